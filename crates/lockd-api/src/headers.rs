@@ -1,0 +1,30 @@
+//! HTTP header names used by the protocol (lowercase, as `http` wants them).
+
+/// Client-chosen trace id, echoed back (PROTOCOL.md §2.2).
+pub const CORRELATION_ID: &str = "x-correlation-id";
+/// Lease id of the caller (get in lease mode, update, remove, metadata).
+pub const LEASE_ID: &str = "x-lease-id";
+/// Transaction id of the caller's lease.
+pub const TXN_ID: &str = "x-txn-id";
+/// Fencing token of the caller's lease; also returned on acquire/keepalive/get.
+pub const FENCING_TOKEN: &str = "x-fencing-token";
+/// CAS guard on the current version.
+pub const IF_VERSION: &str = "x-if-version";
+/// CAS guard on the current state etag.
+pub const IF_STATE_ETAG: &str = "x-if-state-etag";
+/// SHA-256 (hex) of the raw update body.
+pub const EXPECTED_SHA256: &str = "x-expected-sha256";
+/// Exact length of the raw update body.
+pub const EXPECTED_BYTES: &str = "x-expected-bytes";
+/// `query_hidden` metadata attribute.
+pub const META_QUERY_HIDDEN: &str = "x-lockd-meta-query-hidden";
+/// Version of the document returned or written.
+pub const KEY_VERSION: &str = "x-key-version";
+/// State etag of the document returned or written (unquoted).
+pub const ETAG: &str = "etag";
+/// Seconds a client should wait before retrying.
+pub const RETRY_AFTER: &str = "retry-after";
+/// Set to `true` on every response while the server drains.
+pub const SHUTDOWN_IMMINENT: &str = "shutdown-imminent";
+/// QRF state on 429 responses.
+pub const QRF_STATE: &str = "x-lockd-qrf-state";

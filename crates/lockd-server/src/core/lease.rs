@@ -1,0 +1,405 @@
+//! Acquire, keepalive and release (PROTOCOL.md §4.2, §5.3–§5.5), and the
+//! lease checks every lease-protected operation shares.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockd_api::ErrorCode;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::record::{Lease, MetaRecord};
+use super::slot::{delete_doc, persist, Slot, SlotState};
+use super::{millis_until, now_unix, CoreError, CoreResult, Engine};
+
+/// Validated input of an acquire.
+#[derive(Debug, Clone)]
+pub struct AcquireInput {
+    pub namespace: String,
+    /// Normalised (storage) key.
+    pub key: String,
+    pub owner: String,
+    /// Resolved TTL in seconds.
+    pub ttl_seconds: i64,
+    /// Raw `block_seconds` (0 forever, -1 no wait, N, < -1 server bound).
+    pub block_seconds: i64,
+    pub if_not_exists: bool,
+    /// Client-supplied (explicit) txn id, already validated.
+    pub txn_id: Option<String>,
+}
+
+/// A granted lease.
+#[derive(Debug, Clone)]
+pub struct Acquired {
+    pub lease_id: String,
+    pub txn_id: String,
+    pub owner: String,
+    pub expires_at_unix: i64,
+    pub version: i64,
+    pub state_etag: String,
+    pub fencing_token: i64,
+}
+
+/// Validated input of a keepalive.
+#[derive(Debug, Clone)]
+pub struct KeepAliveInput {
+    pub namespace: String,
+    pub key: String,
+    pub lease_id: String,
+    pub fencing_token: i64,
+    pub txn_id: String,
+    pub ttl_seconds: i64,
+}
+
+/// Validated input of a release.
+#[derive(Debug, Clone)]
+pub struct ReleaseInput {
+    pub namespace: String,
+    pub key: String,
+    pub lease_id: String,
+    pub fencing_token: i64,
+    pub txn_id: String,
+    pub rollback: bool,
+}
+
+/// Removes a queued waiter when an acquire ends, however it ends (success,
+/// error, or the client going away and the future being dropped).
+struct WaiterGuard {
+    slot: Arc<Slot>,
+    id: Option<u64>,
+}
+
+impl Drop for WaiterGuard {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.slot.dequeue(id);
+        }
+    }
+}
+
+fn waiting(rec: Option<&MetaRecord>, retry_after: i64) -> CoreError {
+    let (v, e) = rec
+        .map(|r| (r.version, r.state_etag.as_str()))
+        .unwrap_or((0, ""));
+    CoreError::new(ErrorCode::Waiting, "lease already held")
+        .with_current(v, e)
+        .with_retry_after(retry_after.max(1))
+}
+
+/// Discards staged changes: the record without them, and the deletion of a
+/// staged document.
+fn rollback(rec: &mut MetaRecord, id: &str) -> Vec<crate::storage::Op> {
+    rec.staged
+        .take()
+        .and_then(|s| delete_doc(id, &s.state_etag))
+        .into_iter()
+        .collect()
+}
+
+impl Engine {
+    /// Grants a lease, waiting as `block_seconds` asks (§5.3). Waiters are
+    /// served in FIFO order and woken by release or expiry, never by polling.
+    pub async fn acquire(&self, input: AcquireInput) -> CoreResult<Acquired> {
+        let id = super::record::slot_id(&input.namespace, &input.key);
+        let slot = self.slot(&id);
+        let deadline = match input.block_seconds {
+            0 => None,
+            -1 => Some(Instant::now()),
+            n if n > 0 => Some(Instant::now() + Duration::from_secs(n as u64)),
+            _ => Some(Instant::now() + self.cfg.acquire_block),
+        };
+        let notify = Arc::new(Notify::new());
+        let mut guard = WaiterGuard {
+            slot: slot.clone(),
+            id: None,
+        };
+        let mut first = true;
+        loop {
+            let mut st = slot.lock(self.store.as_ref(), &id).await?;
+            if first && input.if_not_exists && st.rec.is_some() {
+                return Err(CoreError::new(
+                    ErrorCode::AlreadyExists,
+                    "key already exists",
+                ));
+            }
+            first = false;
+            let now = now_unix();
+            self.clear_if_expired(&id, &mut st, now).await?;
+            let held = st.rec.as_ref().and_then(|r| r.lease.as_ref()).cloned();
+            if held.is_none() && slot.may_take(guard.id) {
+                let granted = self.grant(&id, &mut st, &input, now).await?;
+                drop(st);
+                // Leaving the queue wakes the next waiter, which then arms
+                // its timer on the new lease's expiry.
+                if let Some(me) = guard.id.take() {
+                    slot.dequeue(me);
+                }
+                return Ok(granted);
+            }
+            let retry_after = held.as_ref().map(|l| l.expires_at_unix - now).unwrap_or(1);
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(waiting(st.rec.as_ref(), retry_after));
+            }
+            let me = match guard.id {
+                Some(me) => me,
+                None => {
+                    let me = self.waiter_id();
+                    slot.enqueue(me, notify.clone());
+                    guard.id = Some(me);
+                    me
+                }
+            };
+            // Only the head of the queue watches the holder's expiry; the
+            // others wait for their turn.
+            let expiry = match (&held, slot.is_head(me)) {
+                (Some(l), true) => Some(
+                    Instant::now() + Duration::from_millis(millis_until(l.expires_at_unix) + 1),
+                ),
+                _ => None,
+            };
+            if held.is_none() {
+                // Free, but reserved for the head of the queue: make sure it
+                // knows.
+                slot.wake_head();
+            }
+            drop(st);
+            let wake = match (deadline, expiry) {
+                (Some(d), Some(e)) => Some(d.min(e)),
+                (d, e) => d.or(e),
+            };
+            match wake {
+                Some(at) => {
+                    tokio::select! {
+                        _ = notify.notified() => {}
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => notify.notified().await,
+            }
+        }
+    }
+
+    async fn grant(
+        &self,
+        id: &str,
+        st: &mut SlotState,
+        input: &AcquireInput,
+        now: i64,
+    ) -> CoreResult<Acquired> {
+        let mut rec = st.rec.clone().unwrap_or_default();
+        // Leftovers of a lease that ended without commit are rolled back.
+        let after = rollback(&mut rec, id);
+        rec.fencing_token += 1;
+        let lease = Lease {
+            id: xid::new().to_string(),
+            owner: input.owner.clone(),
+            expires_at_unix: now + input.ttl_seconds,
+            fencing_token: rec.fencing_token,
+            txn_id: input
+                .txn_id
+                .clone()
+                .unwrap_or_else(|| xid::new().to_string()),
+            txn_explicit: input.txn_id.is_some(),
+        };
+        rec.lease = Some(lease.clone());
+        rec.updated_at_unix = now;
+        let out = Acquired {
+            lease_id: lease.id,
+            txn_id: lease.txn_id,
+            owner: lease.owner,
+            expires_at_unix: lease.expires_at_unix,
+            version: rec.version,
+            state_etag: rec.state_etag.clone(),
+            fencing_token: lease.fencing_token,
+        };
+        persist(self.store.as_ref(), id, st, rec, Vec::new(), after).await?;
+        Ok(out)
+    }
+
+    /// Clears an expired lease and rolls back its staged changes. Returns
+    /// whether a lease was cleared.
+    pub(super) async fn clear_if_expired(
+        &self,
+        id: &str,
+        st: &mut SlotState,
+        now: i64,
+    ) -> CoreResult<bool> {
+        let Some(rec) = st.rec.as_ref() else {
+            return Ok(false);
+        };
+        if !rec.lease.as_ref().is_some_and(|l| l.expired(now)) {
+            return Ok(false);
+        }
+        let mut rec = rec.clone();
+        rec.lease = None;
+        rec.updated_at_unix = now;
+        let after = rollback(&mut rec, id);
+        persist(self.store.as_ref(), id, st, rec, Vec::new(), after).await?;
+        Ok(true)
+    }
+
+    /// Checks that the caller holds the key's current lease (§5.4 order):
+    /// `lease_required`, `lease_expired` (clearing the lease), then
+    /// `fencing_mismatch`, then, when `txn` is given, `missing_txn` and
+    /// `txn_mismatch`. An expired lease is cleared on the way; callers wake
+    /// the key's waiters after an error.
+    pub(super) async fn check_lease(
+        &self,
+        id: &str,
+        st: &mut SlotState,
+        lease_id: &str,
+        token: i64,
+        txn: Option<&str>,
+    ) -> CoreResult<()> {
+        let now = now_unix();
+        let (version, etag, lease) = match st.rec.as_ref() {
+            Some(r) => (r.version, r.state_etag.clone(), r.lease.clone()),
+            None => (0, String::new(), None),
+        };
+        let fail = |code: ErrorCode, detail: &str| {
+            CoreError::new(code, detail).with_current(version, &etag)
+        };
+        let Some(lease) = lease else {
+            return Err(fail(ErrorCode::LeaseRequired, "lease required"));
+        };
+        if lease.id != lease_id {
+            if lease.expired(now) {
+                self.clear_if_expired(id, st, now).await?;
+            }
+            return Err(fail(
+                ErrorCode::LeaseRequired,
+                "lease held by another owner",
+            ));
+        }
+        if lease.expired(now) {
+            self.clear_if_expired(id, st, now).await?;
+            return Err(fail(ErrorCode::LeaseExpired, "lease expired"));
+        }
+        if lease.fencing_token != token {
+            return Err(fail(ErrorCode::FencingMismatch, "fencing token mismatch"));
+        }
+        if let Some(txn) = txn {
+            if txn.is_empty() {
+                return Err(fail(ErrorCode::MissingTxn, "txn_id required"));
+            }
+            if txn != lease.txn_id {
+                return Err(fail(ErrorCode::TxnMismatch, "txn_id does not match lease"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Extends a lease to `now + ttl` (a shorter TTL shortens it).
+    pub async fn keepalive(&self, input: KeepAliveInput) -> CoreResult<i64> {
+        let id = super::record::slot_id(&input.namespace, &input.key);
+        let slot = self.slot(&id);
+        let mut st = slot.lock(self.store.as_ref(), &id).await?;
+        let res = self
+            .check_lease(
+                &id,
+                &mut st,
+                &input.lease_id,
+                input.fencing_token,
+                Some(&input.txn_id),
+            )
+            .await;
+        if let Err(e) = res {
+            drop(st);
+            slot.wake_head();
+            return Err(e);
+        }
+        let now = now_unix();
+        let mut rec = st.rec.clone().unwrap_or_default();
+        let expires = now + input.ttl_seconds;
+        if let Some(l) = rec.lease.as_mut() {
+            l.expires_at_unix = expires;
+        }
+        rec.updated_at_unix = now;
+        persist(
+            self.store.as_ref(),
+            &id,
+            &mut st,
+            rec,
+            Vec::new(),
+            Vec::new(),
+        )
+        .await?;
+        Ok(expires)
+    }
+
+    /// Ends a lease, committing (or rolling back) staged changes. Idempotent
+    /// as the protocol requires (§5.5): unknown, foreign, expired or stale
+    /// leases are reported as released without touching the holder.
+    pub async fn release(&self, input: ReleaseInput) -> CoreResult<()> {
+        let id = super::record::slot_id(&input.namespace, &input.key);
+        let slot = self.slot(&id);
+        let mut st = slot.lock(self.store.as_ref(), &id).await?;
+        let now = now_unix();
+        if self.clear_if_expired(&id, &mut st, now).await? {
+            drop(st);
+            slot.wake_head();
+            return Ok(());
+        }
+        let Some(rec) = st.rec.as_ref() else {
+            return Ok(());
+        };
+        let Some(lease) = rec.lease.as_ref() else {
+            return Ok(());
+        };
+        if lease.id != input.lease_id || lease.fencing_token != input.fencing_token {
+            return Ok(());
+        }
+        let fail = |detail: &str| {
+            CoreError::new(ErrorCode::TxnMismatch, detail)
+                .with_current(rec.version, &rec.state_etag)
+        };
+        if lease.txn_id != input.txn_id {
+            return Err(fail("txn_id does not match lease"));
+        }
+        if rec
+            .staged
+            .as_ref()
+            .is_some_and(|s| s.txn_id != input.txn_id)
+        {
+            return Err(fail("different transaction already staged"));
+        }
+        let mut rec = rec.clone();
+        rec.lease = None;
+        rec.updated_at_unix = now;
+        let after = if input.rollback {
+            rollback(&mut rec, &id)
+        } else {
+            commit(&mut rec, &id)
+        };
+        persist(self.store.as_ref(), &id, &mut st, rec, Vec::new(), after).await?;
+        drop(st);
+        slot.wake_head();
+        Ok(())
+    }
+}
+
+/// Applies staged changes to the committed fields (§4.5). Returns the
+/// deletions of documents no longer referenced.
+fn commit(rec: &mut MetaRecord, id: &str) -> Vec<crate::storage::Op> {
+    let Some(staged) = rec.staged.take() else {
+        return Vec::new();
+    };
+    let mut after = Vec::new();
+    let doc_changed = staged.remove || !staged.state_etag.is_empty();
+    if !staged.state_etag.is_empty() {
+        after.extend(delete_doc(id, &rec.state_etag));
+        rec.state_etag = staged.state_etag;
+    } else if staged.remove {
+        after.extend(delete_doc(id, &rec.state_etag));
+        rec.state_etag.clear();
+    }
+    if let Some(hidden) = staged.query_hidden {
+        rec.query_hidden = hidden;
+    }
+    // A metadata-only commit keeps the version, as the original does.
+    if doc_changed && staged.version > 0 {
+        rec.version = staged.version;
+    }
+    rec.published_version = rec.version;
+    after
+}

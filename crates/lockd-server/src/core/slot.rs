@@ -1,0 +1,164 @@
+//! One slot per `(namespace, key)`: the cached record, the lock that
+//! serialises mutations of the key, and the FIFO queue of blocked acquirers.
+//!
+//! On single-writer backends (mem, disk) the cached record is authoritative
+//! once loaded; every mutation is written through with a conditional put on
+//! the record's store etag before the cache changes, so a failed write leaves
+//! the cache as it was.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex as SyncMutex};
+
+use tokio::sync::{Mutex, MutexGuard, Notify};
+
+use super::record::{doc_key, meta_key, MetaRecord};
+use super::CoreResult;
+use crate::storage::{Cond, ETag, Op, Store};
+
+/// Cached state of a key.
+#[derive(Default)]
+pub struct SlotState {
+    loaded: bool,
+    /// The record, `None` if the key was never acquired.
+    pub rec: Option<MetaRecord>,
+    /// Store etag of the record, for conditional writes.
+    store_etag: Option<ETag>,
+}
+
+struct Waiter {
+    id: u64,
+    notify: Arc<Notify>,
+}
+
+/// A key's lock, cache and waiter queue.
+#[derive(Default)]
+pub struct Slot {
+    state: Mutex<SlotState>,
+    waiters: SyncMutex<VecDeque<Waiter>>,
+}
+
+impl Slot {
+    /// Locks the slot, loading the record from the store on first use.
+    pub async fn lock(&self, store: &dyn Store, id: &str) -> CoreResult<MutexGuard<'_, SlotState>> {
+        let mut st = self.state.lock().await;
+        if !st.loaded {
+            match store.get(&meta_key(id)).await? {
+                Some((raw, etag)) => {
+                    let rec: MetaRecord = serde_json::from_slice(&raw).map_err(|e| {
+                        tracing::error!(key = id, error = %e, "corrupt metadata record");
+                        super::CoreError::new(
+                            lockd_api::ErrorCode::InternalError,
+                            "corrupt metadata record",
+                        )
+                    })?;
+                    st.rec = Some(rec);
+                    st.store_etag = Some(etag);
+                }
+                None => {
+                    st.rec = None;
+                    st.store_etag = None;
+                }
+            }
+            st.loaded = true;
+        }
+        Ok(st)
+    }
+
+    /// Whether the waiter `me` may take the key now: the queue is empty or
+    /// `me` is at its head.
+    pub fn may_take(&self, me: Option<u64>) -> bool {
+        let q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        match (q.front(), me) {
+            (None, _) => true,
+            (Some(w), Some(me)) => w.id == me,
+            (Some(_), None) => false,
+        }
+    }
+
+    /// Whether `me` is at the head of the queue.
+    pub fn is_head(&self, me: u64) -> bool {
+        let q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        q.front().map(|w| w.id == me).unwrap_or(false)
+    }
+
+    /// Appends a waiter to the queue.
+    pub fn enqueue(&self, id: u64, notify: Arc<Notify>) {
+        let mut q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        q.push_back(Waiter { id, notify });
+    }
+
+    /// Removes a waiter; if it was the head, the new head is woken so it can
+    /// look at the key (and arm its expiry timer).
+    pub fn dequeue(&self, id: u64) {
+        let mut q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let was_head = q.front().map(|w| w.id == id).unwrap_or(false);
+        q.retain(|w| w.id != id);
+        if was_head {
+            if let Some(w) = q.front() {
+                w.notify.notify_one();
+            }
+        }
+    }
+
+    /// Wakes the waiter at the head of the queue (the key may be free).
+    pub fn wake_head(&self) {
+        let q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = q.front() {
+            w.notify.notify_one();
+        }
+    }
+}
+
+/// Writes `rec` through to the store, then updates the cache.
+///
+/// `before` (new documents) is applied before the record and `after`
+/// (deletions of documents the record no longer references) after it, in
+/// one batch, so a crash can leave only unreferenced garbage.
+pub async fn persist(
+    store: &dyn Store,
+    id: &str,
+    st: &mut SlotState,
+    rec: MetaRecord,
+    before: Vec<Op>,
+    after: Vec<Op>,
+) -> CoreResult<()> {
+    let raw = serde_json::to_vec(&rec).map_err(|e| {
+        super::CoreError::new(
+            lockd_api::ErrorCode::InternalError,
+            format!("encode record: {e}"),
+        )
+    })?;
+    let cond = match &st.store_etag {
+        Some(e) => Cond::IfMatch(e.clone()),
+        None => Cond::IfAbsent,
+    };
+    let idx = before.len();
+    let mut ops = before;
+    ops.push(Op::Put {
+        key: meta_key(id),
+        value: raw.into(),
+        cond,
+    });
+    ops.extend(after);
+    match store.apply(ops).await {
+        Ok(etags) => {
+            st.store_etag = etags.get(idx).cloned();
+            st.rec = Some(rec);
+            Ok(())
+        }
+        Err(e) => {
+            // Someone else changed the record (shared backends) or the write
+            // failed half-way: reload before the next use.
+            st.loaded = false;
+            Err(e.into())
+        }
+    }
+}
+
+/// A deletion of the document with `etag`, if any.
+pub fn delete_doc(id: &str, etag: &str) -> Option<Op> {
+    (!etag.is_empty()).then(|| Op::Delete {
+        key: doc_key(id, etag),
+        cond: Cond::Any,
+    })
+}

@@ -1,0 +1,333 @@
+//! Reading and staging JSON state (PROTOCOL.md §4.5, §4.6, §5.6–§5.10).
+//! Staged changes are visible to the lease holder only; release commits
+//! them (see `lease.rs`).
+
+use bytes::Bytes;
+use lockd_api::ErrorCode;
+
+use super::record::{doc_key, slot_id, MetaRecord, Staged};
+use super::slot::{delete_doc, persist};
+use super::{now_unix, CoreError, CoreResult, Engine};
+use crate::storage::{Cond, Op};
+
+/// The lease a request presents.
+#[derive(Debug, Clone)]
+pub struct LeaseRef {
+    pub lease_id: String,
+    pub fencing_token: i64,
+    pub txn_id: String,
+}
+
+/// A document returned by get.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub body: Bytes,
+    pub etag: String,
+    pub version: i64,
+}
+
+/// Validated input of an update; `body` is already compacted JSON.
+#[derive(Debug, Clone)]
+pub struct UpdateInput {
+    pub namespace: String,
+    pub key: String,
+    pub lease: LeaseRef,
+    pub if_version: Option<i64>,
+    pub if_etag: Option<String>,
+    pub body: Bytes,
+}
+
+/// Validated input of a remove.
+#[derive(Debug, Clone)]
+pub struct RemoveInput {
+    pub namespace: String,
+    pub key: String,
+    pub lease: LeaseRef,
+    pub if_etag: Option<String>,
+}
+
+/// Validated input of a metadata change.
+#[derive(Debug, Clone)]
+pub struct MetadataInput {
+    pub namespace: String,
+    pub key: String,
+    pub lease: LeaseRef,
+    pub if_version: Option<i64>,
+    pub query_hidden: bool,
+}
+
+/// Result of an update.
+#[derive(Debug, Clone)]
+pub struct Updated {
+    pub new_version: i64,
+    pub new_state_etag: String,
+    pub bytes: i64,
+    pub query_hidden: bool,
+}
+
+/// Result of a remove.
+#[derive(Debug, Clone)]
+pub struct Removed {
+    pub removed: bool,
+    pub new_version: i64,
+}
+
+fn missing_doc() -> CoreError {
+    CoreError::new(ErrorCode::StagedStateMissing, "staged state missing")
+}
+
+impl Engine {
+    /// Committed state for public readers; `None` when there is no document.
+    pub async fn get_public(&self, namespace: &str, key: &str) -> CoreResult<Option<Document>> {
+        let id = slot_id(namespace, key);
+        // A commit may delete the document between reading the record and
+        // the document; the record then points at a newer one, so retry.
+        for _ in 0..8 {
+            let Some(rec) = self.peek(&id).await? else {
+                return Ok(None);
+            };
+            if rec.state_etag.is_empty() {
+                return Ok(None);
+            }
+            if rec.published_version < rec.version {
+                return Err(CoreError::new(
+                    ErrorCode::StateNotPublished,
+                    "state not published",
+                ));
+            }
+            if let Some((body, _)) = self.store.get(&doc_key(&id, &rec.state_etag)).await? {
+                return Ok(Some(Document {
+                    body,
+                    etag: rec.state_etag,
+                    version: rec.published_version,
+                }));
+            }
+        }
+        Err(CoreError::new(
+            ErrorCode::InternalError,
+            "state changed too often while reading",
+        ))
+    }
+
+    /// State as the lease holder sees it (staged changes of its txn win).
+    /// The txn id is not checked, as in the original.
+    pub async fn get_leased(
+        &self,
+        namespace: &str,
+        key: &str,
+        lease_id: &str,
+        fencing_token: i64,
+    ) -> CoreResult<Option<Document>> {
+        let id = slot_id(namespace, key);
+        let slot = self.slot(&id);
+        let mut st = slot.lock(self.store.as_ref(), &id).await?;
+        if let Err(e) = self
+            .check_lease(&id, &mut st, lease_id, fencing_token, None)
+            .await
+        {
+            drop(st);
+            slot.wake_head();
+            return Err(e);
+        }
+        let rec = st.rec.clone().unwrap_or_default();
+        let txn = rec
+            .lease
+            .as_ref()
+            .map(|l| l.txn_id.clone())
+            .unwrap_or_default();
+        let (etag, version) = match rec.staged_by(&txn) {
+            Some(s) if s.remove => return Ok(None),
+            Some(s) if !s.state_etag.is_empty() => (s.state_etag.clone(), s.version),
+            _ => (rec.state_etag.clone(), rec.version),
+        };
+        if etag.is_empty() {
+            return Ok(None);
+        }
+        // Read under the slot lock: the holder's own requests are serialised
+        // anyway, and no commit can remove the document meanwhile.
+        match self.store.get(&doc_key(&id, &etag)).await? {
+            Some((body, _)) => Ok(Some(Document {
+                body,
+                etag,
+                version,
+            })),
+            None => Err(missing_doc()),
+        }
+    }
+
+    /// Stages a new document under the caller's lease.
+    pub async fn update(&self, input: UpdateInput) -> CoreResult<Updated> {
+        let id = slot_id(&input.namespace, &input.key);
+        let slot = self.slot(&id);
+        let mut st = slot.lock(self.store.as_ref(), &id).await?;
+        let l = &input.lease;
+        if let Err(e) = self
+            .check_lease(&id, &mut st, &l.lease_id, l.fencing_token, Some(&l.txn_id))
+            .await
+        {
+            drop(st);
+            slot.wake_head();
+            return Err(e);
+        }
+        let mut rec = st.rec.clone().unwrap_or_default();
+        check_other_txn(&rec, &l.txn_id)?;
+        check_version(&rec, &l.txn_id, input.if_version)?;
+        check_etag(&rec, &l.txn_id, input.if_etag.as_deref())?;
+        let etag = uuid::Uuid::now_v7().to_string();
+        let staged = rec.staged.get_or_insert_with(|| Staged {
+            txn_id: l.txn_id.clone(),
+            ..Staged::default()
+        });
+        if staged.version == 0 {
+            staged.version = rec.version + 1;
+        }
+        let old = std::mem::replace(&mut staged.state_etag, etag.clone());
+        staged.remove = false;
+        let new_version = staged.version;
+        rec.updated_at_unix = now_unix();
+        let bytes = input.body.len() as i64;
+        let before = vec![Op::Put {
+            key: doc_key(&id, &etag),
+            value: input.body,
+            cond: Cond::Any,
+        }];
+        let after = delete_doc(&id, &old).into_iter().collect();
+        let query_hidden = rec.effective_query_hidden();
+        persist(self.store.as_ref(), &id, &mut st, rec, before, after).await?;
+        Ok(Updated {
+            new_version,
+            new_state_etag: etag,
+            bytes,
+            query_hidden,
+        })
+    }
+
+    /// Stages the removal of the document.
+    pub async fn remove(&self, input: RemoveInput) -> CoreResult<Removed> {
+        let id = slot_id(&input.namespace, &input.key);
+        let slot = self.slot(&id);
+        let mut st = slot.lock(self.store.as_ref(), &id).await?;
+        let l = &input.lease;
+        if let Err(e) = self
+            .check_lease(&id, &mut st, &l.lease_id, l.fencing_token, Some(&l.txn_id))
+            .await
+        {
+            drop(st);
+            slot.wake_head();
+            return Err(e);
+        }
+        let mut rec = st.rec.clone().unwrap_or_default();
+        check_other_txn(&rec, &l.txn_id)?;
+        check_etag(&rec, &l.txn_id, input.if_etag.as_deref())?;
+        let staged_doc = rec
+            .staged_by(&l.txn_id)
+            .is_some_and(|s| !s.state_etag.is_empty());
+        if rec.state_etag.is_empty() && !staged_doc {
+            return Ok(Removed {
+                removed: false,
+                new_version: rec.version,
+            });
+        }
+        let version = rec.version;
+        let staged = rec.staged.get_or_insert_with(|| Staged {
+            txn_id: l.txn_id.clone(),
+            ..Staged::default()
+        });
+        staged.version = if staged.version > 0 {
+            staged.version
+        } else {
+            version
+        } + 1;
+        staged.remove = true;
+        let old = std::mem::take(&mut staged.state_etag);
+        let new_version = staged.version;
+        rec.updated_at_unix = now_unix();
+        let after = delete_doc(&id, &old).into_iter().collect();
+        persist(self.store.as_ref(), &id, &mut st, rec, Vec::new(), after).await?;
+        Ok(Removed {
+            removed: true,
+            new_version,
+        })
+    }
+
+    /// Stages metadata attributes. Returns the staged version.
+    pub async fn set_metadata(&self, input: MetadataInput) -> CoreResult<i64> {
+        let id = slot_id(&input.namespace, &input.key);
+        let slot = self.slot(&id);
+        let mut st = slot.lock(self.store.as_ref(), &id).await?;
+        let l = &input.lease;
+        if let Err(e) = self
+            .check_lease(&id, &mut st, &l.lease_id, l.fencing_token, Some(&l.txn_id))
+            .await
+        {
+            drop(st);
+            slot.wake_head();
+            return Err(e);
+        }
+        let mut rec = st.rec.clone().unwrap_or_default();
+        check_other_txn(&rec, &l.txn_id)?;
+        check_version(&rec, &l.txn_id, input.if_version)?;
+        let version = rec.version;
+        let staged = rec.staged.get_or_insert_with(|| Staged {
+            txn_id: l.txn_id.clone(),
+            ..Staged::default()
+        });
+        if staged.version == 0 {
+            staged.version = version + 1;
+        }
+        staged.query_hidden = Some(input.query_hidden);
+        let new_version = staged.version;
+        rec.updated_at_unix = now_unix();
+        persist(
+            self.store.as_ref(),
+            &id,
+            &mut st,
+            rec,
+            Vec::new(),
+            Vec::new(),
+        )
+        .await?;
+        Ok(new_version)
+    }
+
+    /// The record of a key as describe reports it; `None` for keys never
+    /// acquired. Expired leases are reported as stored (no expiry check).
+    pub async fn describe(&self, namespace: &str, key: &str) -> CoreResult<Option<MetaRecord>> {
+        self.peek(&slot_id(namespace, key)).await
+    }
+}
+
+fn check_other_txn(rec: &MetaRecord, txn: &str) -> CoreResult<()> {
+    match &rec.staged {
+        Some(s) if s.txn_id != txn => Err(CoreError::new(
+            ErrorCode::TxnMismatch,
+            "different transaction already staged",
+        )
+        .with_current(rec.version, &rec.state_etag)),
+        _ => Ok(()),
+    }
+}
+
+fn check_version(rec: &MetaRecord, txn: &str, want: Option<i64>) -> CoreResult<()> {
+    let current = rec.current_version(txn);
+    match want {
+        Some(v) if v != current => Err(CoreError::new(
+            ErrorCode::VersionConflict,
+            "state version mismatch",
+        )
+        .with_current(current, &rec.state_etag)),
+        _ => Ok(()),
+    }
+}
+
+fn check_etag(rec: &MetaRecord, txn: &str, want: Option<&str>) -> CoreResult<()> {
+    let current = rec.current_etag(txn);
+    match want {
+        Some(e) if !e.is_empty() && e != current => Err(CoreError::new(
+            ErrorCode::EtagMismatch,
+            "state etag mismatch",
+        )
+        .with_current(0, current)),
+        _ => Ok(()),
+    }
+}

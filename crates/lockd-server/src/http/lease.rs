@@ -1,0 +1,233 @@
+//! `POST /v1/acquire`, `/v1/keepalive`, `/v1/release` (PROTOCOL.md §5.3–§5.5).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use axum::Extension;
+use http::{HeaderMap, StatusCode, Uri};
+use lockd_api::{headers, names, AcquireResponse, ErrorCode, KeepAliveResponse, ReleaseResponse};
+
+use super::decode::{header, int_header, is_xid, read_body, Fields, Query};
+use super::{required_key, respond, ApiError, AppState, CorrelationId};
+use crate::core::{AcquireInput, KeepAliveInput, ReleaseInput};
+
+type Res = Result<Response, ApiError>;
+
+pub async fn acquire(
+    State(app): State<Arc<AppState>>,
+    Extension(cid): Extension<CorrelationId>,
+    uri: Uri,
+    h: HeaderMap,
+    body: Body,
+) -> Res {
+    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
+    let mut f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
+    let namespace = f.string("namespace")?;
+    let mut key = f.string("key")?;
+    let ttl = f.int("ttl_seconds")?;
+    let owner = f.string("owner")?;
+    let block_seconds = f.int("block_seconds")?;
+    let if_not_exists = f.boolean("if_not_exists")?;
+    let mut txn_id = f.string("txn_id")?;
+    f.finish()?;
+    if key.is_empty() {
+        key = Query::parse(uri.query()).get("key").to_string();
+    }
+    if txn_id.is_empty() {
+        txn_id = header(&h, headers::TXN_ID).unwrap_or("").to_string();
+    }
+    let ns = app.namespace(&namespace)?;
+    // The key as echoed: trimmed, one leading '/' and a '<namespace>/'
+    // prefix stripped; generated when empty.
+    let mut shown = names::trim_key(&key).to_string();
+    let prefix = format!("{ns}/");
+    if shown.to_lowercase().starts_with(&prefix) {
+        shown = shown[prefix.len()..].to_string();
+    }
+    if shown.is_empty() {
+        shown = uuid::Uuid::now_v7().to_string();
+    }
+    if owner.is_empty() {
+        return Err(ApiError::new(ErrorCode::MissingOwner, "owner required"));
+    }
+    let ttl_seconds = app.engine.resolve_ttl(ttl);
+    let key = required_key(&shown).map_err(|e| match e.0.code {
+        ErrorCode::MissingKey => ApiError::new(ErrorCode::InvalidKey, "key required"),
+        _ => e,
+    })?;
+    let txn = if txn_id.is_empty() {
+        None
+    } else if is_xid(&txn_id) {
+        Some(txn_id)
+    } else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidTxn,
+            format!("txn_id {txn_id:?} is not a valid xid"),
+        ));
+    };
+    let got = app
+        .engine
+        .acquire(AcquireInput {
+            namespace: ns.clone(),
+            key,
+            owner,
+            ttl_seconds,
+            block_seconds,
+            if_not_exists,
+            txn_id: txn,
+        })
+        .await?;
+    let body = AcquireResponse {
+        namespace: ns,
+        lease_id: got.lease_id,
+        txn_id: got.txn_id,
+        key: shown,
+        owner: got.owner,
+        expires_at_unix: got.expires_at_unix,
+        version: got.version,
+        state_etag: got.state_etag,
+        fencing_token: got.fencing_token,
+        retry_after_seconds: 0,
+        correlation_id: cid.0,
+    };
+    let mut resp = respond::json(StatusCode::OK, &body);
+    respond::set_int(&mut resp, headers::FENCING_TOKEN, body.fencing_token);
+    respond::set_int(&mut resp, headers::KEY_VERSION, body.version);
+    Ok(resp)
+}
+
+/// Queue workflow-state keys (`q/<queue>/state/<id>`) are extended through
+/// the queue API, not keepalive.
+fn is_queue_state_key(key: &str) -> bool {
+    let parts: Vec<&str> = key.split('/').collect();
+    parts.len() == 4 && parts[0] == "q" && parts[2] == "state"
+}
+
+pub async fn keepalive(
+    State(app): State<Arc<AppState>>,
+    uri: Uri,
+    h: HeaderMap,
+    body: Body,
+) -> Res {
+    let header_token = match int_header(
+        &h,
+        headers::FENCING_TOKEN,
+        ErrorCode::MissingFencingToken,
+        ErrorCode::InvalidFencingToken,
+    ) {
+        Ok(t) => Some(t),
+        Err(e) if e.0.code == ErrorCode::MissingFencingToken => None,
+        Err(e) => return Err(e),
+    };
+    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
+    let mut f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
+    let namespace = f.string("namespace")?;
+    let key = f.string("key")?;
+    let lease_id = f.string("lease_id")?;
+    let ttl = f.int("ttl_seconds")?;
+    let body_txn = f.string("txn_id")?;
+    // liblockdc sends its token in the body too; accept it, and insist that
+    // it agrees with the header when both are present.
+    let body_token = f.opt_int("fencing_token")?;
+    f.finish()?;
+    let fencing_token = match (header_token, body_token) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(ApiError::new(
+                ErrorCode::FencingMismatch,
+                "fencing_token in the body differs from X-Fencing-Token",
+            ))
+        }
+        (Some(t), _) | (None, Some(t)) => t,
+        (None, None) => {
+            return Err(ApiError::new(
+                ErrorCode::MissingFencingToken,
+                "x-fencing-token header required",
+            ))
+        }
+    };
+    let q = Query::parse(uri.query());
+    let txn_id = header(&h, headers::TXN_ID)
+        .map(str::to_string)
+        .unwrap_or(body_txn);
+    let ns = app.namespace(if namespace.is_empty() {
+        q.get("namespace")
+    } else {
+        &namespace
+    })?;
+    let key = required_key(if key.is_empty() { q.get("key") } else { &key })?;
+    if lease_id.is_empty() {
+        return Err(ApiError::new(ErrorCode::MissingLease, "lease_id required"));
+    }
+    let ttl_seconds = app.engine.resolve_ttl(ttl);
+    if is_queue_state_key(&key) {
+        return Err(ApiError::new(
+            ErrorCode::QueueStateKeepaliveUnsupported,
+            "queue state leases are extended with /v1/queue/extend",
+        ));
+    }
+    let expires = app
+        .engine
+        .keepalive(KeepAliveInput {
+            namespace: ns,
+            key,
+            lease_id,
+            fencing_token,
+            txn_id,
+            ttl_seconds,
+        })
+        .await?;
+    let mut resp = respond::json(
+        StatusCode::OK,
+        &KeepAliveResponse {
+            expires_at_unix: expires,
+        },
+    );
+    respond::set_int(&mut resp, headers::FENCING_TOKEN, fencing_token);
+    Ok(resp)
+}
+
+pub async fn release(State(app): State<Arc<AppState>>, uri: Uri, h: HeaderMap, body: Body) -> Res {
+    let fencing_token = int_header(
+        &h,
+        headers::FENCING_TOKEN,
+        ErrorCode::MissingFencingToken,
+        ErrorCode::InvalidFencingToken,
+    )?;
+    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
+    let mut f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
+    let namespace = f.string("namespace")?;
+    let key = f.string("key")?;
+    let lease_id = f.string("lease_id")?;
+    let txn_id = f.string("txn_id")?;
+    let rollback = f.boolean("rollback")?;
+    f.finish()?;
+    let q = Query::parse(uri.query());
+    let ns = app.namespace(if namespace.is_empty() {
+        q.get("namespace")
+    } else {
+        &namespace
+    })?;
+    let key = required_key(if key.is_empty() { q.get("key") } else { &key })?;
+    if lease_id.is_empty() {
+        return Err(ApiError::new(ErrorCode::MissingLease, "lease_id required"));
+    }
+    if txn_id.is_empty() {
+        return Err(ApiError::new(ErrorCode::MissingTxn, "txn_id required"));
+    }
+    app.engine
+        .release(ReleaseInput {
+            namespace: ns,
+            key,
+            lease_id,
+            fencing_token,
+            txn_id,
+            rollback,
+        })
+        .await?;
+    Ok(respond::json(
+        StatusCode::OK,
+        &ReleaseResponse { released: true },
+    ))
+}

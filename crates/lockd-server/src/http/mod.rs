@@ -1,0 +1,114 @@
+//! The HTTP edge: an axum router with thin handlers. Handlers decode and
+//! validate a request in the order the protocol gives, call the core, and
+//! shape the response; they never touch storage.
+
+mod decode;
+mod error;
+mod lease;
+mod respond;
+mod state;
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::any;
+use axum::Router;
+use http::{header, HeaderValue, StatusCode};
+use lockd_api::{headers, names, ErrorCode};
+
+use crate::core::Engine;
+pub use error::ApiError;
+
+/// What every handler needs.
+pub struct AppState {
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// Namespace for requests that name none.
+    pub default_namespace: String,
+    /// Body limit for JSON requests and documents.
+    pub json_max: u64,
+}
+
+type Shared = Arc<AppState>;
+
+/// The correlation id of a request (PROTOCOL.md §2.2).
+#[derive(Clone, Debug)]
+pub struct CorrelationId(pub String);
+
+/// Builds the router for all endpoints.
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/healthz", any(health))
+        .route("/readyz", any(health))
+        .route("/v1/acquire", any(lease::acquire))
+        .route("/v1/keepalive", any(lease::keepalive))
+        .route("/v1/release", any(lease::release))
+        .route("/v1/get", any(state::get))
+        .route("/v1/update", any(state::update))
+        .route("/v1/remove", any(state::remove))
+        .route("/v1/describe", any(state::describe))
+        .route("/v1/metadata", any(state::metadata))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(correlation))
+        .with_state(state)
+}
+
+async fn health() -> Response {
+    respond::empty(StatusCode::OK)
+}
+
+/// Unknown routes answer like Go's mux: plain text, not the JSON envelope.
+async fn not_found() -> Response {
+    let mut resp = Response::new(axum::body::Body::from("404 page not found\n"));
+    *resp.status_mut() = StatusCode::NOT_FOUND;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn valid_correlation(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| (0x20..=0x7e).contains(&b))
+}
+
+/// Accepts a valid `X-Correlation-Id` or makes one, hands it to the handler
+/// and echoes it on the response unless the handler set its own.
+async fn correlation(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(headers::CORRELATION_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| valid_correlation(v))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    req.extensions_mut().insert(CorrelationId(id.clone()));
+    let mut resp = next.run(req).await;
+    if !resp.headers().contains_key(headers::CORRELATION_ID) {
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            resp.headers_mut().insert(headers::CORRELATION_ID, v);
+        }
+    }
+    resp
+}
+
+impl AppState {
+    /// Normalises a namespace (`invalid_namespace` on failure).
+    fn namespace(&self, raw: &str) -> Result<String, ApiError> {
+        names::normalize_namespace(raw, &self.default_namespace)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidNamespace, e.0))
+    }
+}
+
+/// Normalises a required key: `missing_key` when empty, `invalid_key` when
+/// malformed.
+fn required_key(raw: &str) -> Result<String, ApiError> {
+    match names::normalize_key(raw) {
+        Ok(Some(k)) => Ok(k),
+        Ok(None) => Err(ApiError::new(ErrorCode::MissingKey, "key required")),
+        Err(e) => Err(ApiError::new(ErrorCode::InvalidKey, e.0)),
+    }
+}

@@ -1,0 +1,29 @@
+//! lockd as a library: exclusive leases with fencing tokens and atomic JSON
+//! state behind the lockd v1 HTTP API.
+//!
+//! * [`core`]: the transport-agnostic engine;
+//! * [`storage`]: the one storage interface and its backends;
+//! * [`http`]: the axum router with thin handlers;
+//! * [`start`]: runs all of it on a TCP or Unix listener.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), String> {
+//! let server = lockd_server::start(lockd_server::ServerConfig {
+//!     listen: "127.0.0.1:0".into(),
+//!     store: "mem://".into(),
+//!     ..Default::default()
+//! })
+//! .await?;
+//! println!("lockd at {}", server.base_url());
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod core;
+pub mod http;
+pub mod json;
+mod server;
+pub mod storage;
+
+pub use config::{ListenProto, ServerConfig};
+pub use server::{start, BoundAddr, RunningServer};

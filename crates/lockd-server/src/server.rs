@@ -1,0 +1,213 @@
+//! Starting and stopping a server: opens the store, binds the listener
+//! (TCP or a Unix socket), serves the router, runs the expiry sweeper, and
+//! shuts down gracefully on request.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::serve::ListenerExt;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{ListenProto, ServerConfig};
+use crate::core::{Engine, EngineConfig};
+use crate::http::{router, AppState};
+use crate::storage;
+
+/// Where a running server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoundAddr {
+    /// A TCP socket.
+    Tcp(SocketAddr),
+    /// A Unix domain socket at this path.
+    Unix(PathBuf),
+}
+
+/// A running server; dropping it does not stop it, call [`RunningServer::shutdown`].
+pub struct RunningServer {
+    addr: BoundAddr,
+    engine: Arc<Engine>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// The bound address.
+    pub fn addr(&self) -> &BoundAddr {
+        &self.addr
+    }
+
+    /// `http://ip:port` for TCP listeners, `unix://path` for sockets.
+    pub fn base_url(&self) -> String {
+        match &self.addr {
+            BoundAddr::Tcp(a) => format!("http://{a}"),
+            BoundAddr::Unix(p) => format!("unix://{}", p.display()),
+        }
+    }
+
+    /// The engine behind the server (for embedding and tests).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish, and
+    /// removes a Unix socket file.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        let _ = self.stop.send(true);
+        let res = self
+            .task
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if let BoundAddr::Unix(p) = &self.addr {
+            let _ = std::fs::remove_file(p);
+        }
+        res
+    }
+
+    /// Waits until the server stops on its own (it only does on errors).
+    pub async fn wait(&mut self) -> std::io::Result<()> {
+        (&mut self.task)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+    }
+}
+
+/// Resolves `--listen` for TCP: `:9341` means every interface.
+async fn tcp_addrs(listen: &str, proto: ListenProto) -> Result<Vec<SocketAddr>, String> {
+    let (host, port) = listen
+        .rsplit_once(':')
+        .ok_or_else(|| format!("--listen {listen:?} must be host:port or :port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("--listen {listen:?}: bad port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let candidates: Vec<SocketAddr> = if host.is_empty() {
+        match proto {
+            ListenProto::Tcp4 => vec![SocketAddr::from(([0, 0, 0, 0], port))],
+            ListenProto::Tcp6 => vec![SocketAddr::from(([0u16; 8], port))],
+            _ => vec![
+                SocketAddr::from(([0u16; 8], port)),
+                SocketAddr::from(([0, 0, 0, 0], port)),
+            ],
+        }
+    } else {
+        tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| format!("--listen {listen:?}: {e}"))?
+            .filter(|a| match proto {
+                ListenProto::Tcp4 => a.is_ipv4(),
+                ListenProto::Tcp6 => a.is_ipv6(),
+                _ => true,
+            })
+            .collect()
+    };
+    if candidates.is_empty() {
+        return Err(format!(
+            "--listen {listen:?}: no address of the requested family"
+        ));
+    }
+    Ok(candidates)
+}
+
+/// Opens the store, binds the listener and starts serving in the background.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), String> {
+/// use lockd_server::{start, ServerConfig};
+/// let server = start(ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() }).await?;
+/// println!("serving on {}", server.base_url());
+/// server.shutdown().await.map_err(|e| e.to_string())?;
+/// # Ok(()) }
+/// ```
+pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
+    cfg.validate()?;
+    let store = storage::open(&cfg.store)?;
+    let engine = Engine::new(
+        store,
+        EngineConfig {
+            default_ttl: cfg.default_ttl,
+            max_ttl: cfg.max_ttl,
+            acquire_block: cfg.acquire_block,
+        },
+    );
+    let default_namespace =
+        lockd_api::names::normalize_namespace(&cfg.default_namespace, "default")
+            .map_err(|e| format!("--default-namespace: {e}"))?;
+    let app = router(Arc::new(AppState {
+        engine: engine.clone(),
+        default_namespace,
+        json_max: cfg.json_max,
+    }));
+    let (stop, mut stopped) = watch::channel(false);
+    let mut stop_serving = stopped.clone();
+    let graceful = async move {
+        let _ = stop_serving.wait_for(|s| *s).await;
+    };
+
+    if !cfg.sweeper_interval.is_zero() {
+        let sweeper = engine.clone();
+        let every = cfg.sweeper_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let n = sweeper.sweep_expired().await;
+                        if n > 0 {
+                            tracing::debug!(cleared = n, "swept expired leases");
+                        }
+                    }
+                    _ = stopped.changed() => break,
+                }
+            }
+        });
+    }
+
+    let (addr, task) = if cfg.listen_proto == ListenProto::Unix {
+        let path = PathBuf::from(&cfg.listen);
+        if path.exists() {
+            std::fs::remove_file(&path)
+                .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+        }
+        let listener = UnixListener::bind(&path)
+            .map_err(|e| format!("cannot listen on unix socket {}: {e}", path.display()))?;
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(graceful)
+                .await
+        });
+        (BoundAddr::Unix(path), task)
+    } else {
+        let mut last_err = String::new();
+        let mut bound = None;
+        for a in tcp_addrs(&cfg.listen, cfg.listen_proto).await? {
+            match TcpListener::bind(a).await {
+                Ok(l) => {
+                    bound = Some(l);
+                    break;
+                }
+                Err(e) => last_err = format!("cannot listen on {a}: {e}"),
+            }
+        }
+        let listener = bound.ok_or(last_err)?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(graceful)
+                .await
+        });
+        (BoundAddr::Tcp(local), task)
+    };
+    Ok(RunningServer {
+        addr,
+        engine,
+        stop,
+        task,
+    })
+}

@@ -1,0 +1,98 @@
+//! `mem://`: objects in a process-local ordered map. For tests and demos;
+//! everything is lost when the process exits.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+
+use bytes::Bytes;
+
+use super::{Cond, ETag, Op, Store, StoreError, StoreResult};
+
+/// In-memory backend.
+#[derive(Default)]
+pub struct MemStore {
+    objects: RwLock<BTreeMap<String, (Bytes, ETag)>>,
+    next_etag: AtomicU64,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// Checks `cond` against the current etag of an object (`None` = absent).
+pub(crate) fn cond_holds(cond: &Cond, current: Option<&str>) -> bool {
+    match cond {
+        Cond::Any => true,
+        Cond::IfAbsent => current.is_none(),
+        Cond::IfMatch(want) => current == Some(want.as_str()),
+    }
+}
+
+fn poisoned() -> StoreError {
+    StoreError::Backend("memory store lock poisoned".into())
+}
+
+#[async_trait::async_trait]
+impl Store for MemStore {
+    async fn get(&self, key: &str) -> StoreResult<Option<(Bytes, ETag)>> {
+        let map = self.objects.read().map_err(|_| poisoned())?;
+        Ok(map.get(key).cloned())
+    }
+
+    async fn apply(&self, ops: Vec<Op>) -> StoreResult<Vec<ETag>> {
+        let mut map = self.objects.write().map_err(|_| poisoned())?;
+        // Check every precondition first so the batch is all-or-nothing.
+        for op in &ops {
+            let (key, cond) = match op {
+                Op::Put { key, cond, .. } | Op::Delete { key, cond } => (key, cond),
+            };
+            if !cond_holds(cond, map.get(key).map(|(_, e)| e.as_str())) {
+                return Err(StoreError::CondFailed(key.clone()));
+            }
+        }
+        let mut etags = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op {
+                Op::Put { key, value, .. } => {
+                    let etag = self.next_etag.fetch_add(1, Ordering::Relaxed).to_string();
+                    map.insert(key, (value, etag.clone()));
+                    etags.push(etag);
+                }
+                Op::Delete { key, .. } => {
+                    map.remove(&key);
+                    etags.push(String::new());
+                }
+            }
+        }
+        Ok(etags)
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let map = self.objects.read().map_err(|_| poisoned())?;
+        let lower = match start_after {
+            Some(s) if s >= prefix => Bound::Excluded(s.to_string()),
+            _ => Bound::Included(prefix.to_string()),
+        };
+        Ok(map
+            .range((lower, Bound::Unbounded))
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    fn describe(&self) -> String {
+        "mem://".into()
+    }
+}

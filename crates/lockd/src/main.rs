@@ -1,0 +1,156 @@
+//! `lockd`: the coordination server.
+//!
+//! ```text
+//! lockd --listen 127.0.0.1:9341 --store mem:// --disable-mtls
+//! ```
+//!
+//! Every flag can also be set through the environment as `LOCKD_` plus the
+//! flag name in upper case with `-` replaced by `_` (`--json-max` →
+//! `LOCKD_JSON_MAX`). Flags win over the environment.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use lockd_server::config::{default_data_dir, parse_duration, parse_size};
+use lockd_server::{ListenProto, ServerConfig};
+
+/// lockd: exclusive leases with fencing tokens and atomic JSON state.
+#[derive(Debug, Parser)]
+#[command(name = "lockd", version, about, long_about = None)]
+struct Args {
+    /// Address to listen on (`host:port`, `:port` for all interfaces), or a
+    /// socket path with `--listen-proto unix`.
+    #[arg(long, env = "LOCKD_LISTEN", default_value = ":9341")]
+    listen: String,
+
+    /// Listener kind: tcp, tcp4, tcp6 or unix.
+    #[arg(long, env = "LOCKD_LISTEN_PROTO", default_value = "tcp", value_parser = parse_proto)]
+    listen_proto: ListenProto,
+
+    /// Storage backend: `mem://` (ephemeral), `disk:///abs/path` or
+    /// `disk://relative/path`. Default: durable disk storage in
+    /// `$LOCKD_CONFIG_DIR/data` (else `~/.lockd/data`).
+    #[arg(long, env = "LOCKD_STORE")]
+    store: Option<String>,
+
+    /// Namespace used when a request names none.
+    #[arg(
+        short = 'n',
+        long,
+        env = "LOCKD_DEFAULT_NAMESPACE",
+        default_value = "default"
+    )]
+    default_namespace: String,
+
+    /// Lease TTL used when a request asks for none.
+    #[arg(long, env = "LOCKD_DEFAULT_TTL", default_value = "30s", value_parser = parse_duration)]
+    default_ttl: Duration,
+
+    /// Longest lease TTL; larger requests are clamped.
+    #[arg(long, env = "LOCKD_MAX_TTL", default_value = "30m", value_parser = parse_duration)]
+    max_ttl: Duration,
+
+    /// How long an acquire with `block_seconds` below -1 waits.
+    #[arg(long, env = "LOCKD_ACQUIRE_BLOCK", default_value = "60s", value_parser = parse_duration)]
+    acquire_block: Duration,
+
+    /// Largest JSON request body or state document (e.g. 100MB, 64MiB).
+    #[arg(long, env = "LOCKD_JSON_MAX", default_value = "100MB", value_parser = parse_size)]
+    json_max: u64,
+
+    /// How often expired leases are swept from storage (0 disables).
+    #[arg(long, env = "LOCKD_SWEEPER_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    sweeper_interval: Duration,
+
+    /// Serve plain HTTP without client certificates. Required until mTLS
+    /// support lands.
+    #[arg(long, env = "LOCKD_DISABLE_MTLS", default_value_t = false)]
+    disable_mtls: bool,
+
+    /// Log level: trace, debug, info, warn, error or none.
+    #[arg(long, env = "LOCKD_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+fn parse_proto(s: &str) -> Result<ListenProto, String> {
+    s.parse()
+}
+
+fn init_logging(level: &str) {
+    let level = match level.trim().to_ascii_lowercase().as_str() {
+        "none" | "off" => "off".to_string(),
+        "warning" => "warn".to_string(),
+        other => other.to_string(),
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(format!("lockd={level},lockd_server={level}"))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(&args.log_level);
+    if !args.disable_mtls {
+        eprintln!(
+            "lockd: mTLS is not available in this build yet; start with --disable-mtls \
+             (or LOCKD_DISABLE_MTLS=true) to serve plain HTTP"
+        );
+        return ExitCode::from(2);
+    }
+    let store = match args.store {
+        Some(s) if !s.trim().is_empty() => s,
+        _ => format!("disk://{}", default_data_dir().display()),
+    };
+    let cfg = ServerConfig {
+        listen: args.listen,
+        listen_proto: args.listen_proto,
+        store,
+        default_namespace: args.default_namespace,
+        default_ttl: args.default_ttl,
+        max_ttl: args.max_ttl,
+        acquire_block: args.acquire_block,
+        json_max: args.json_max,
+        sweeper_interval: args.sweeper_interval,
+    };
+    let store_desc = cfg.store.clone();
+    let server = match lockd_server::start(cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("lockd: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(
+        listen = %server.base_url(),
+        store = %store_desc,
+        mtls = false,
+        "lockd serving"
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    match server.shutdown().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lockd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
