@@ -31,6 +31,7 @@ pub struct RunningServer {
     engine: Arc<Engine>,
     stop: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
+    sweeper: Option<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -60,6 +61,9 @@ impl RunningServer {
             .task
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if let Some(s) = self.sweeper {
+            let _ = s.await;
+        }
         if let BoundAddr::Unix(p) = &self.addr {
             let _ = std::fs::remove_file(p);
         }
@@ -146,10 +150,11 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
         let _ = stop_serving.wait_for(|s| *s).await;
     };
 
+    let mut sweeper_task = None;
     if !cfg.sweeper_interval.is_zero() {
         let sweeper = engine.clone();
         let every = cfg.sweeper_interval;
-        tokio::spawn(async move {
+        sweeper_task = Some(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
@@ -163,7 +168,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
                     _ = stopped.changed() => break,
                 }
             }
-        });
+        }));
     }
 
     let (addr, task) = if cfg.listen_proto == ListenProto::Unix {
@@ -209,5 +214,6 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
         engine,
         stop,
         task,
+        sweeper: sweeper_task,
     })
 }

@@ -43,7 +43,10 @@ pub async fn acquire(
     // prefix stripped; generated when empty.
     let mut shown = names::trim_key(&key).to_string();
     let prefix = format!("{ns}/");
-    if shown.to_lowercase().starts_with(&prefix) {
+    // Compare bytes: the prefix is ASCII, so a match ends on a char boundary.
+    if shown.len() >= prefix.len()
+        && shown.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    {
         shown = shown[prefix.len()..].to_string();
     }
     if shown.is_empty() {

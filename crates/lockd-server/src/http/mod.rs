@@ -51,6 +51,8 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/describe", any(state::describe))
         .route("/v1/metadata", any(state::metadata))
         .fallback(not_found)
+        // Bodies are bounded by --json-max in the handlers, not axum's default.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(correlation))
         .with_state(state)
 }

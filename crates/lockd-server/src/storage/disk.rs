@@ -39,7 +39,20 @@ struct Batch {
 pub struct DiskStore {
     db: Arc<Database>,
     dir: PathBuf,
-    writer: mpsc::Sender<Batch>,
+    writer: Option<mpsc::Sender<Batch>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for DiskStore {
+    /// Closes the writer (it finishes queued batches first) and waits for
+    /// it, so the file is unlocked when the store is gone and can be
+    /// reopened at once.
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn backend<E: std::fmt::Display>(e: E) -> StoreError {
@@ -86,14 +99,15 @@ impl DiskStore {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<Batch>();
         let writer_db = db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("lockd-disk-writer".into())
             .spawn(move || writer_loop(&writer_db, rx))
             .map_err(|e| format!("cannot start disk writer: {e}"))?;
         Ok(Self {
             db,
             dir: dir.to_path_buf(),
-            writer: tx,
+            writer: Some(tx),
+            writer_thread: Some(thread),
         })
     }
 }
@@ -208,6 +222,8 @@ impl Store for DiskStore {
     async fn apply(&self, ops: Vec<Op>) -> StoreResult<Vec<ETag>> {
         let (reply, rx) = oneshot::channel();
         self.writer
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("disk writer stopped".into()))?
             .send(Batch { ops, reply })
             .map_err(|_| StoreError::Backend("disk writer stopped".into()))?;
         rx.await

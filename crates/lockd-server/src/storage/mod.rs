@@ -103,3 +103,145 @@ pub fn open(url: &str) -> Result<Arc<dyn Store>, String> {
         "unsupported store {url:?}: use mem:// or disk:///path (object storage arrives with scale-out)"
     ))
 }
+
+#[cfg(test)]
+mod contract_tests {
+    //! The storage contract, checked against every backend.
+
+    use super::*;
+
+    fn put(key: &str, value: &str, cond: Cond) -> Op {
+        Op::Put {
+            key: key.into(),
+            value: Bytes::from(value.to_string()),
+            cond,
+        }
+    }
+
+    async fn contract(store: &dyn Store) {
+        // Create-if-absent, then a second create fails.
+        let e1 = store
+            .apply(vec![put("a/1", "x", Cond::IfAbsent)])
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.apply(vec![put("a/1", "y", Cond::IfAbsent)]).await,
+            Err(StoreError::CondFailed(_))
+        ));
+        let (v, etag) = store.get("a/1").await.unwrap().unwrap();
+        assert_eq!(&v[..], b"x");
+        assert_eq!(etag, e1[0]);
+
+        // IfMatch with a stale etag fails and applies nothing of the batch.
+        let e2 = store
+            .apply(vec![put("a/1", "y", Cond::IfMatch(etag.clone()))])
+            .await
+            .unwrap();
+        assert_ne!(e2[0], etag);
+        let stale = store
+            .apply(vec![
+                put("a/2", "new", Cond::Any),
+                put("a/1", "z", Cond::IfMatch(etag.clone())),
+            ])
+            .await;
+        assert!(matches!(stale, Err(StoreError::CondFailed(_))));
+        assert!(
+            store.get("a/2").await.unwrap().is_none(),
+            "batch must be all-or-nothing"
+        );
+        assert_eq!(&store.get("a/1").await.unwrap().unwrap().0[..], b"y");
+
+        // Conditional delete, unconditional delete of a missing key.
+        assert!(store
+            .apply(vec![Op::Delete {
+                key: "a/1".into(),
+                cond: Cond::IfMatch(etag)
+            }])
+            .await
+            .is_err());
+        store
+            .apply(vec![Op::Delete {
+                key: "a/1".into(),
+                cond: Cond::IfMatch(e2[0].clone()),
+            }])
+            .await
+            .unwrap();
+        store
+            .apply(vec![Op::Delete {
+                key: "nope".into(),
+                cond: Cond::Any,
+            }])
+            .await
+            .unwrap();
+        assert!(store.get("a/1").await.unwrap().is_none());
+
+        // Listing is ordered, bounded by prefix, start_after and limit.
+        for k in ["b/3", "b/1", "b/2", "c/1", "ba"] {
+            store.apply(vec![put(k, "v", Cond::Any)]).await.unwrap();
+        }
+        assert_eq!(
+            store.list("b/", None, 10).await.unwrap(),
+            ["b/1", "b/2", "b/3"]
+        );
+        assert_eq!(
+            store.list("b/", Some("b/1"), 10).await.unwrap(),
+            ["b/2", "b/3"]
+        );
+        assert_eq!(store.list("b/", None, 2).await.unwrap(), ["b/1", "b/2"]);
+        assert!(store.list("x/", None, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn mem_store_honours_the_contract() {
+        contract(&MemStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn disk_store_honours_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        contract(&DiskStore::open(dir.path()).unwrap()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn disk_group_commit_isolates_failed_batches_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = std::sync::Arc::new(DiskStore::open(dir.path()).unwrap());
+            // Many concurrent writers; every fifth batch carries a failing
+            // precondition and must fail alone.
+            let mut tasks = Vec::new();
+            for i in 0..200 {
+                let s = store.clone();
+                tasks.push(tokio::spawn(async move {
+                    let cond = if i % 5 == 0 {
+                        Cond::IfMatch("missing".into())
+                    } else {
+                        Cond::Any
+                    };
+                    s.apply(vec![put(&format!("k/{i:03}"), &i.to_string(), cond)])
+                        .await
+                }));
+            }
+            for (i, t) in tasks.into_iter().enumerate() {
+                let res = t.await.unwrap();
+                assert_eq!(res.is_ok(), i % 5 != 0, "batch {i}");
+            }
+        }
+        // Reopen: everything acknowledged is there.
+        let store = DiskStore::open(dir.path()).unwrap();
+        let keys = store.list("k/", None, 1000).await.unwrap();
+        assert_eq!(keys.len(), 160);
+        assert_eq!(&store.get("k/001").await.unwrap().unwrap().0[..], b"1");
+        assert!(store.get("k/005").await.unwrap().is_none());
+    }
+
+    #[test]
+    fn open_parses_store_urls() {
+        assert_eq!(open("mem://").unwrap().describe(), "mem://");
+        assert!(open("disk://").is_err());
+        assert!(open("s3://bucket")
+            .err()
+            .unwrap_or_default()
+            .contains("unsupported"));
+    }
+}
