@@ -78,6 +78,31 @@ impl RunningServer {
     }
 }
 
+/// Removes a socket file left behind by a server that is gone. Refuses to
+/// touch anything else: a socket someone still listens on, or a file that
+/// is not a socket.
+fn remove_stale_socket(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(_) => return Ok(()),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(format!(
+            "{} exists and is not a socket; refusing to replace it",
+            path.display()
+        ));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(format!(
+            "{} is in use by a running server; stop it or choose another --listen path",
+            path.display()
+        ));
+    }
+    std::fs::remove_file(path)
+        .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))
+}
+
 /// Resolves `--listen` for TCP: `:9341` means every interface.
 async fn tcp_addrs(listen: &str, proto: ListenProto) -> Result<Vec<SocketAddr>, String> {
     let (host, port) = listen
@@ -173,10 +198,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
 
     let (addr, task) = if cfg.listen_proto == ListenProto::Unix {
         let path = PathBuf::from(&cfg.listen);
-        if path.exists() {
-            std::fs::remove_file(&path)
-                .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
-        }
+        remove_stale_socket(&path)?;
         let listener = UnixListener::bind(&path)
             .map_err(|e| format!("cannot listen on unix socket {}: {e}", path.display()))?;
         let task = tokio::spawn(async move {

@@ -63,6 +63,11 @@ struct Args {
     #[arg(long, env = "LOCKD_SWEEPER_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     sweeper_interval: Duration,
 
+    /// How long shutdown waits for in-flight requests (blocked acquires
+    /// included) before closing connections.
+    #[arg(long, env = "LOCKD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+
     /// Serve plain HTTP without client certificates. Required until mTLS
     /// support lands.
     #[arg(long, env = "LOCKD_DISABLE_MTLS", default_value_t = false)]
@@ -88,6 +93,7 @@ fn init_logging(level: &str) {
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }
@@ -131,6 +137,7 @@ async fn main() -> ExitCode {
         sweeper_interval: args.sweeper_interval,
     };
     let store_desc = cfg.store.clone();
+    let socket_path = (cfg.listen_proto == ListenProto::Unix).then(|| cfg.listen.clone());
     let server = match lockd_server::start(cfg).await {
         Ok(s) => s,
         Err(e) => {
@@ -146,11 +153,20 @@ async fn main() -> ExitCode {
     );
     shutdown_signal().await;
     tracing::info!("shutting down");
-    match server.shutdown().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    match tokio::time::timeout(args.shutdown_timeout, server.shutdown()).await {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("lockd: {e}");
             ExitCode::from(1)
+        }
+        Err(_) => {
+            // Returning ends the runtime, which closes the remaining
+            // connections (blocked acquires, slow clients).
+            tracing::warn!(timeout = ?args.shutdown_timeout, "shutdown timed out; closing remaining connections");
+            if let Some(p) = socket_path {
+                let _ = std::fs::remove_file(p);
+            }
+            ExitCode::SUCCESS
         }
     }
 }
