@@ -123,10 +123,10 @@ impl Engine {
         self.next_waiter.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Clears every expired lease among the keys this process has touched,
-    /// rolling back their staged changes and waking their waiters. Expiry is
-    /// also handled lazily on every request; this reclaims storage of keys
-    /// nobody touches again.
+    /// Clears every expired lease among the keys held in memory, rolling
+    /// back their staged changes and waking their waiters, then drops idle
+    /// keys from memory. Expiry is also handled lazily on every request;
+    /// this reclaims storage and memory of keys nobody touches again.
     pub async fn sweep_expired(&self) -> usize {
         let ids: Vec<(String, Arc<Slot>)> = self
             .slots
@@ -144,6 +144,66 @@ impl Engine {
                 slot.wake_head();
             }
         }
+        self.evict_idle();
         cleared
+    }
+
+    /// Drops idle slots from memory so it holds only keys in use. A slot is
+    /// removed only while the map is its sole owner (checked under the map
+    /// shard's write lock, so nobody can pick it up meanwhile).
+    fn evict_idle(&self) {
+        self.slots
+            .retain(|_, slot| !(Arc::strong_count(slot) == 1 && slot.idle()));
+    }
+
+    /// Number of keys held in memory (for tests and metrics).
+    pub fn cached_keys(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemStore;
+
+    fn input(key: &str) -> AcquireInput {
+        AcquireInput {
+            namespace: "default".into(),
+            key: key.into(),
+            owner: "t".into(),
+            ttl_seconds: 30,
+            block_seconds: -1,
+            if_not_exists: false,
+            txn_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_keys_leave_memory_but_keep_their_counters() {
+        let engine = Engine::new(Arc::new(MemStore::new()), EngineConfig::default());
+        let a = engine.acquire(input("idle")).await.unwrap();
+        engine
+            .release(ReleaseInput {
+                namespace: "default".into(),
+                key: "idle".into(),
+                lease_id: a.lease_id,
+                fencing_token: a.fencing_token,
+                txn_id: a.txn_id,
+                rollback: false,
+            })
+            .await
+            .unwrap();
+        let held = engine.acquire(input("held")).await.unwrap();
+        assert_eq!(engine.cached_keys(), 2);
+        engine.sweep_expired().await;
+        assert_eq!(engine.cached_keys(), 1, "only the held key stays in memory");
+        // The evicted key reloads from the store with its counter intact.
+        let again = engine.acquire(input("idle")).await.unwrap();
+        assert_eq!(again.fencing_token, 2);
+        // The held key is still held.
+        let err = engine.acquire(input("held")).await.unwrap_err();
+        assert_eq!(err.code, lockd_api::ErrorCode::Waiting);
+        assert_eq!(held.fencing_token, 1);
     }
 }

@@ -100,6 +100,19 @@ impl Slot {
         }
     }
 
+    /// Whether the slot can be dropped from memory: no lease, nothing
+    /// staged, nobody waiting, nobody holding its lock. Its record stays in
+    /// the store and is reloaded on next use.
+    pub fn idle(&self) -> bool {
+        let no_waiters = self.waiters.lock().map(|q| q.is_empty()).unwrap_or(false);
+        no_waiters
+            && self.state.try_lock().is_ok_and(|st| {
+                st.rec
+                    .as_ref()
+                    .is_none_or(|r| r.lease.is_none() && r.staged.is_none())
+            })
+    }
+
     /// Wakes the waiter at the head of the queue (the key may be free).
     pub fn wake_head(&self) {
         let q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
