@@ -62,7 +62,18 @@ pub fn normalize_namespace(raw: &str, default_ns: &str) -> Result<String, NameEr
 /// assert_eq!(normalize_key("  ").unwrap(), None);
 /// ```
 pub fn normalize_key(raw: &str) -> Result<Option<String>, NameError> {
-    let trimmed = trim_key(raw);
+    normalize_trimmed_key(trim_key(raw))
+}
+
+/// Like [`normalize_key`] for a key that [`trim_key`] already trimmed: no
+/// further `/` is stripped, so `"/a"` here is an empty first segment.
+///
+/// ```
+/// use lockd_api::names::normalize_trimmed_key;
+/// assert!(normalize_trimmed_key("/a").is_err());
+/// assert_eq!(normalize_trimmed_key("A/b").unwrap().as_deref(), Some("a/b"));
+/// ```
+pub fn normalize_trimmed_key(trimmed: &str) -> Result<Option<String>, NameError> {
     if trimmed.is_empty() {
         return Ok(None);
     }

@@ -1,7 +1,11 @@
 //! JSON document handling for `/v1/update`: validate, then strip
 //! insignificant whitespace without reordering or reformatting anything
 //! (what Go's `json.Compact` does), so stored bytes match the original's.
-//! serde_json's nesting limit (128 levels) bounds validation depth.
+//! Nesting is limited to [`MAX_DEPTH`] levels, as in Go's decoder, so that
+//! every stored document can be read back by Go clients.
+
+/// Deepest nesting of arrays and objects accepted in a document.
+pub const MAX_DEPTH: usize = 10_000;
 
 use serde::de::IgnoredAny;
 
@@ -12,6 +16,8 @@ use serde::de::IgnoredAny;
 /// assert_eq!(compact(b" { \"a\" : [1, 2.50] , \"b\":\"x y\" } ").unwrap(), br#"{"a":[1,2.50],"b":"x y"}"#);
 /// assert!(compact(b"{").is_err());
 /// assert!(compact(b"").is_err());
+/// let deep = format!("{}{}", "[".repeat(10_001), "]".repeat(10_001));
+/// assert!(compact(deep.as_bytes()).is_err());
 /// ```
 pub fn compact(raw: &[u8]) -> Result<Vec<u8>, String> {
     let mut de = serde_json::Deserializer::from_slice(raw);
@@ -22,6 +28,7 @@ pub fn compact(raw: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(raw.len());
     let mut in_string = false;
     let mut escaped = false;
+    let mut depth = 0usize;
     for &b in raw {
         if in_string {
             out.push(b);
@@ -37,6 +44,19 @@ pub fn compact(raw: &[u8]) -> Result<Vec<u8>, String> {
                 b' ' | b'\t' | b'\n' | b'\r' => {}
                 b'"' => {
                     in_string = true;
+                    out.push(b);
+                }
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return Err(format!(
+                            "json: invalid input: exceeded max depth of {MAX_DEPTH}"
+                        ));
+                    }
+                    out.push(b);
+                }
+                b']' | b'}' => {
+                    depth = depth.saturating_sub(1);
                     out.push(b);
                 }
                 _ => out.push(b),

@@ -102,11 +102,12 @@ impl Engine {
     pub async fn acquire(&self, input: AcquireInput) -> CoreResult<Acquired> {
         let id = super::record::slot_id(&input.namespace, &input.key);
         let slot = self.slot(&id);
+        // A bound too far away to represent is no bound at all.
         let deadline = match input.block_seconds {
             0 => None,
             -1 => Some(Instant::now()),
-            n if n > 0 => Some(Instant::now() + Duration::from_secs(n as u64)),
-            _ => Some(Instant::now() + self.cfg.acquire_block),
+            n if n > 0 => Instant::now().checked_add(Duration::from_secs(n as u64)),
+            _ => Instant::now().checked_add(self.cfg.acquire_block),
         };
         let notify = Arc::new(Notify::new());
         let mut guard = WaiterGuard {
@@ -152,9 +153,8 @@ impl Engine {
             // Only the head of the queue watches the holder's expiry; the
             // others wait for their turn.
             let expiry = match (&held, slot.is_head(me)) {
-                (Some(l), true) => Some(
-                    Instant::now() + Duration::from_millis(millis_until(l.expires_at_unix) + 1),
-                ),
+                (Some(l), true) => Instant::now()
+                    .checked_add(Duration::from_millis(millis_until(l.expires_at_unix) + 1)),
                 _ => None,
             };
             if held.is_none() {
@@ -324,6 +324,10 @@ impl Engine {
             Vec::new(),
         )
         .await?;
+        drop(st);
+        // The head waiter's timer is armed on the old expiry; a shorter
+        // lease must re-arm it.
+        slot.wake_head();
         Ok(expires)
     }
 

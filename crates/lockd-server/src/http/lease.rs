@@ -56,10 +56,11 @@ pub async fn acquire(
         return Err(ApiError::new(ErrorCode::MissingOwner, "owner required"));
     }
     let ttl_seconds = app.engine.resolve_ttl(ttl);
-    let key = required_key(&shown).map_err(|e| match e.0.code {
-        ErrorCode::MissingKey => ApiError::new(ErrorCode::InvalidKey, "key required"),
-        _ => e,
-    })?;
+    let key = match names::normalize_trimmed_key(&shown) {
+        Ok(Some(k)) => k,
+        Ok(None) => return Err(ApiError::new(ErrorCode::InvalidKey, "key required")),
+        Err(e) => return Err(ApiError::new(ErrorCode::InvalidKey, e.0)),
+    };
     let txn = if txn_id.is_empty() {
         None
     } else if is_xid(&txn_id) {
@@ -114,16 +115,12 @@ pub async fn keepalive(
     h: HeaderMap,
     body: Body,
 ) -> Res {
-    let header_token = match int_header(
+    let fencing_token = int_header(
         &h,
         headers::FENCING_TOKEN,
         ErrorCode::MissingFencingToken,
         ErrorCode::InvalidFencingToken,
-    ) {
-        Ok(t) => Some(t),
-        Err(e) if e.0.code == ErrorCode::MissingFencingToken => None,
-        Err(e) => return Err(e),
-    };
+    )?;
     let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
     let mut f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
     let namespace = f.string("namespace")?;
@@ -135,21 +132,12 @@ pub async fn keepalive(
     // it agrees with the header when both are present.
     let body_token = f.opt_int("fencing_token")?;
     f.finish()?;
-    let fencing_token = match (header_token, body_token) {
-        (Some(h), Some(b)) if h != b => {
-            return Err(ApiError::new(
-                ErrorCode::FencingMismatch,
-                "fencing_token in the body differs from X-Fencing-Token",
-            ))
-        }
-        (Some(t), _) | (None, Some(t)) => t,
-        (None, None) => {
-            return Err(ApiError::new(
-                ErrorCode::MissingFencingToken,
-                "x-fencing-token header required",
-            ))
-        }
-    };
+    if body_token.is_some_and(|b| b != fencing_token) {
+        return Err(ApiError::new(
+            ErrorCode::FencingMismatch,
+            "fencing_token in the body differs from X-Fencing-Token",
+        ));
+    }
     let q = Query::parse(uri.query());
     let txn_id = header(&h, headers::TXN_ID)
         .map(str::to_string)

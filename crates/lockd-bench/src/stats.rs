@@ -1,0 +1,167 @@
+//! Latency samples and their summaries.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// Index of the acquire request in per-op samples.
+pub const OP_ACQUIRE: usize = 0;
+/// Index of the update request in per-op samples.
+pub const OP_UPDATE: usize = 1;
+/// Index of the release request in per-op samples.
+pub const OP_RELEASE: usize = 2;
+/// Names of the per-op samples, by index.
+pub const OP_NAMES: [&str; 3] = ["acquire", "update", "release"];
+
+/// What one client task measured.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// Latency of every successful unit inside the window, in ns.
+    pub units: Vec<u64>,
+    /// Per-request latencies of lease cycles inside the window, in ns.
+    pub ops: [Vec<u64>; 3],
+    /// Failed units inside the window.
+    pub errors: u64,
+    /// Successful units during warm-up.
+    pub warmup_units: u64,
+    /// Failed units during warm-up.
+    pub warmup_errors: u64,
+}
+
+impl ClientStats {
+    /// Records one successful unit.
+    pub fn record(&mut self, unit_ns: u64, op_ns: &[u64; 3]) {
+        self.units.push(unit_ns);
+        for (samples, &ns) in self.ops.iter_mut().zip(op_ns) {
+            if ns > 0 {
+                samples.push(ns);
+            }
+        }
+    }
+}
+
+/// Percentiles of a sample set, in ns.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Latency {
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Largest sample.
+    pub max: u64,
+    /// Arithmetic mean.
+    pub mean: u64,
+}
+
+impl Latency {
+    /// Nearest-rank percentiles of `samples` (sorted in place).
+    pub fn of(samples: &mut [u64]) -> Option<Latency> {
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort_unstable();
+        let rank = |p: f64| {
+            let idx = ((p / 100.0) * samples.len() as f64).ceil() as usize;
+            samples[idx.clamp(1, samples.len()) - 1]
+        };
+        let sum: u128 = samples.iter().map(|&v| v as u128).sum();
+        Some(Latency {
+            p50: rank(50.0),
+            p99: rank(99.0),
+            max: samples[samples.len() - 1],
+            mean: (sum / samples.len() as u128) as u64,
+        })
+    }
+
+    /// `{"p50":…, "p99":…, "max":…, "mean":…}` in milliseconds.
+    pub fn to_json_ms(self) -> Value {
+        json!({
+            "p50": ms(self.p50),
+            "p99": ms(self.p99),
+            "max": ms(self.max),
+            "mean": ms(self.mean),
+        })
+    }
+}
+
+/// Nanoseconds to milliseconds, rounded to microseconds.
+pub fn ms(ns: u64) -> f64 {
+    (ns as f64 / 1e3).round() / 1e3
+}
+
+/// Summary of one measured run.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Successful units inside the window.
+    pub units: u64,
+    /// Units per second over the window.
+    pub rate: f64,
+    /// Unit latency.
+    pub latency: Latency,
+    /// Per-request latency of lease cycles (empty for the baseline).
+    pub ops: Vec<(&'static str, Latency)>,
+    /// Failed units inside the window.
+    pub errors: u64,
+    /// Successful units during warm-up.
+    pub warmup_units: u64,
+    /// Failed units during warm-up.
+    pub warmup_errors: u64,
+}
+
+impl Summary {
+    /// Merges the per-client results of a run over a `window`.
+    pub fn from_clients(clients: Vec<ClientStats>, window: Duration) -> Summary {
+        let mut units = Vec::new();
+        let mut ops: [Vec<u64>; 3] = Default::default();
+        let mut s = Summary::default();
+        for c in clients {
+            units.extend_from_slice(&c.units);
+            for (all, mine) in ops.iter_mut().zip(c.ops.iter()) {
+                all.extend_from_slice(mine);
+            }
+            s.errors += c.errors;
+            s.warmup_units += c.warmup_units;
+            s.warmup_errors += c.warmup_errors;
+        }
+        s.units = units.len() as u64;
+        s.rate = s.units as f64 / window.as_secs_f64().max(1e-9);
+        s.latency = Latency::of(&mut units).unwrap_or_default();
+        for (name, samples) in OP_NAMES.iter().zip(ops.iter_mut()) {
+            if let Some(l) = Latency::of(samples) {
+                s.ops.push((name, l));
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let mut v: Vec<u64> = (1..=100).rev().collect();
+        let l = Latency::of(&mut v).unwrap_or_default();
+        assert_eq!((l.p50, l.p99, l.max, l.mean), (50, 99, 100, 50));
+        assert!(Latency::of(&mut []).is_none());
+        let mut one = vec![7];
+        let l = Latency::of(&mut one).unwrap_or_default();
+        assert_eq!((l.p50, l.p99, l.max), (7, 7, 7));
+    }
+
+    #[test]
+    fn summary_merges_clients() {
+        let mut a = ClientStats::default();
+        a.record(10, &[1, 2, 3]);
+        a.errors = 1;
+        let mut b = ClientStats::default();
+        b.record(20, &[0, 0, 0]);
+        let s = Summary::from_clients(vec![a, b], Duration::from_secs(2));
+        assert_eq!(s.units, 2);
+        assert_eq!(s.errors, 1);
+        assert!((s.rate - 1.0).abs() < 1e-9);
+        assert_eq!(s.ops.len(), 3);
+        assert_eq!(s.ops[0].1.max, 1);
+    }
+}

@@ -1,0 +1,557 @@
+//! Shared helpers for the lockd-server HTTP integration tests: start a real
+//! server in-process (mem:// or disk://), talk to it over HTTP with reqwest,
+//! and check responses against PROTOCOL.md.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use lockd_server::{RunningServer, ServerConfig};
+use reqwest::header::HeaderMap;
+use reqwest::{RequestBuilder, Response, StatusCode};
+use serde_json::{json, Value};
+
+/// Which backend a test server uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Mem,
+    Disk,
+}
+
+/// A server started for one test, with an HTTP client pointed at it.
+pub struct TestServer {
+    pub base: String,
+    pub http: reqwest::Client,
+    server: Option<RunningServer>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// A server on `mem://` with default settings.
+    pub async fn mem() -> Self {
+        Self::start(Backend::Mem).await
+    }
+
+    /// A server on `disk://<tempdir>` with default settings.
+    pub async fn disk() -> Self {
+        Self::start(Backend::Disk).await
+    }
+
+    /// A server on the given backend with default settings.
+    pub async fn start(backend: Backend) -> Self {
+        Self::with_config(backend, |_| {}).await
+    }
+
+    /// A server on the given backend; `tweak` may change the configuration.
+    pub async fn with_config(backend: Backend, tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        let dir = match backend {
+            Backend::Mem => None,
+            Backend::Disk => Some(tempfile::tempdir().expect("tempdir")),
+        };
+        let store = match &dir {
+            None => "mem://".to_string(),
+            Some(d) => format!("disk://{}", d.path().display()),
+        };
+        let mut cfg = ServerConfig {
+            listen: "127.0.0.1:0".into(),
+            store,
+            ..Default::default()
+        };
+        tweak(&mut cfg);
+        Self::from_config(cfg, dir).await
+    }
+
+    /// Starts a server from a complete configuration; `dir` is kept alive
+    /// as long as the server.
+    pub async fn from_config(cfg: ServerConfig, dir: Option<tempfile::TempDir>) -> Self {
+        let server = lockd_server::start(cfg).await.expect("server starts");
+        let base = server.base_url();
+        Self {
+            base,
+            http: client(),
+            server: Some(server),
+            dir,
+        }
+    }
+
+    /// Wraps an already started server.
+    pub fn from_running(server: RunningServer, dir: Option<tempfile::TempDir>) -> Self {
+        Self {
+            base: server.base_url(),
+            http: client(),
+            server: Some(server),
+            dir,
+        }
+    }
+
+    /// Full URL of a path (which may carry a query).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// `host:port` of the listener (for raw TCP clients).
+    pub fn authority(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
+
+    /// Stops the server and returns its data directory (disk backend).
+    pub async fn shutdown(mut self) -> Option<tempfile::TempDir> {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await.expect("clean shutdown");
+        }
+        self.dir.take()
+    }
+
+    // ----- raw requests -------------------------------------------------
+
+    /// POST `/v1/acquire` with a JSON body.
+    pub async fn acquire_raw(&self, body: Value) -> Response {
+        self.http
+            .post(self.url("/v1/acquire"))
+            .json(&body)
+            .send()
+            .await
+            .expect("acquire request")
+    }
+
+    /// POST `/v1/acquire` with a raw body.
+    pub async fn acquire_bytes(&self, body: impl Into<reqwest::Body>) -> Response {
+        self.http
+            .post(self.url("/v1/acquire"))
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("acquire request")
+    }
+
+    /// Acquires and expects success.
+    pub async fn acquire_json(&self, body: Value) -> Lease {
+        let resp = self.acquire_raw(body.clone()).await;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "acquire {body} failed: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        Lease::from_response(&v, &headers)
+    }
+
+    /// Acquires `key` in the default namespace (ttl, block_seconds).
+    pub async fn acquire(&self, key: &str, owner: &str, ttl: i64, block: i64) -> Lease {
+        self.acquire_json(json!({
+            "key": key, "owner": owner, "ttl_seconds": ttl, "block_seconds": block
+        }))
+        .await
+    }
+
+    /// Acquires `key` in namespace `ns`.
+    pub async fn acquire_ns(
+        &self,
+        ns: &str,
+        key: &str,
+        owner: &str,
+        ttl: i64,
+        block: i64,
+    ) -> Lease {
+        self.acquire_json(json!({
+            "namespace": ns, "key": key, "owner": owner, "ttl_seconds": ttl, "block_seconds": block
+        }))
+        .await
+    }
+
+    /// POST `/v1/keepalive` for `lease` with `ttl`.
+    pub async fn keepalive(&self, lease: &Lease, ttl: i64) -> Response {
+        self.http
+            .post(self.url("/v1/keepalive"))
+            .header("X-Fencing-Token", lease.fencing_token.to_string())
+            .json(&json!({
+                "namespace": lease.namespace,
+                "key": lease.key,
+                "lease_id": lease.lease_id,
+                "txn_id": lease.txn_id,
+                "ttl_seconds": ttl,
+            }))
+            .send()
+            .await
+            .expect("keepalive request")
+    }
+
+    /// POST `/v1/release` for `lease`.
+    pub async fn release_with(&self, lease: &Lease, rollback: bool) -> Response {
+        self.http
+            .post(self.url("/v1/release"))
+            .header("X-Fencing-Token", lease.fencing_token.to_string())
+            .json(&json!({
+                "namespace": lease.namespace,
+                "key": lease.key,
+                "lease_id": lease.lease_id,
+                "txn_id": lease.txn_id,
+                "rollback": rollback,
+            }))
+            .send()
+            .await
+            .expect("release request")
+    }
+
+    /// Releases (commit) and expects `{"released":true}`.
+    pub async fn release(&self, lease: &Lease) {
+        let resp = self.release_with(lease, false).await;
+        expect_released(resp).await;
+    }
+
+    /// A request builder for a key-addressed endpoint carrying the lease
+    /// headers of `lease`.
+    pub fn leased(&self, path: &str, lease: &Lease) -> RequestBuilder {
+        self.http
+            .post(self.url(&addressed(path, &lease.namespace, &lease.key)))
+            .header("X-Lease-ID", &lease.lease_id)
+            .header("X-Txn-ID", &lease.txn_id)
+            .header("X-Fencing-Token", lease.fencing_token.to_string())
+    }
+
+    /// A request builder for `/v1/update` with the lease headers.
+    pub fn update_req(&self, lease: &Lease, body: impl Into<reqwest::Body>) -> RequestBuilder {
+        self.leased("/v1/update", lease)
+            .header("Content-Type", "application/json")
+            .body(body)
+    }
+
+    /// Stages `body` under `lease`, returning the raw response.
+    pub async fn update(&self, lease: &Lease, body: &str) -> Response {
+        self.update_req(lease, body.to_string())
+            .send()
+            .await
+            .expect("update request")
+    }
+
+    /// Stages `body` and expects success; returns (new_version, new_state_etag).
+    pub async fn update_ok(&self, lease: &Lease, body: &str) -> (i64, String) {
+        let resp = self.update(lease, body).await;
+        let (_, v) = expect_json(resp, StatusCode::OK).await;
+        (
+            v["new_version"].as_i64().unwrap(),
+            v["new_state_etag"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Lease-mode `/v1/get`.
+    pub async fn get_leased(&self, lease: &Lease) -> Response {
+        self.leased("/v1/get", lease)
+            .send()
+            .await
+            .expect("get request")
+    }
+
+    /// Public-mode `/v1/get`.
+    pub async fn get_public(&self, ns: &str, key: &str) -> Response {
+        let path = format!("{}&public=1", addressed("/v1/get", ns, key));
+        self.http
+            .post(self.url(&path))
+            .send()
+            .await
+            .expect("get request")
+    }
+
+    /// Public document as (version, etag, body) or `None` for 204.
+    pub async fn public_doc(&self, ns: &str, key: &str) -> Option<Doc> {
+        read_doc(self.get_public(ns, key).await).await
+    }
+
+    /// `/v1/remove` under `lease`.
+    pub async fn remove(&self, lease: &Lease) -> Response {
+        self.leased("/v1/remove", lease)
+            .send()
+            .await
+            .expect("remove request")
+    }
+
+    /// `GET /v1/describe`, expecting 200.
+    pub async fn describe(&self, ns: &str, key: &str) -> Value {
+        let resp = self
+            .http
+            .get(self.url(&addressed("/v1/describe", ns, key)))
+            .send()
+            .await
+            .expect("describe request");
+        expect_json(resp, StatusCode::OK).await.1
+    }
+
+    /// `/v1/metadata` builder under `lease`.
+    pub fn metadata_req(&self, lease: &Lease) -> RequestBuilder {
+        self.leased("/v1/metadata", lease)
+    }
+
+    /// `GET /healthz` status.
+    pub async fn health(&self) -> StatusCode {
+        self.http
+            .get(self.url("/healthz"))
+            .send()
+            .await
+            .expect("healthz request")
+            .status()
+    }
+}
+
+/// An HTTP client with a generous overall timeout so a hung server fails the
+/// test instead of hanging it.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(45))
+        .build()
+        .expect("client")
+}
+
+/// `path?key=..&namespace=..`, URL-encoded.
+pub fn addressed(path: &str, ns: &str, key: &str) -> String {
+    let q = form_urlencoded::Serializer::new(String::new())
+        .append_pair("key", key)
+        .append_pair("namespace", ns)
+        .finish();
+    format!("{path}?{q}")
+}
+
+/// `path?<pairs>`, URL-encoded.
+pub fn with_query(path: &str, pairs: &[(&str, &str)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    format!("{path}?{}", s.finish())
+}
+
+/// What an acquire returned.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub namespace: String,
+    pub key: String,
+    pub lease_id: String,
+    pub txn_id: String,
+    pub owner: String,
+    pub fencing_token: i64,
+    pub version: i64,
+    pub state_etag: Option<String>,
+    pub expires_at_unix: i64,
+    pub body: Value,
+    pub headers: HeaderMap,
+}
+
+impl Lease {
+    /// Builds a lease from an acquire response body and headers.
+    pub fn from_response(v: &Value, headers: &HeaderMap) -> Lease {
+        Lease {
+            namespace: v["namespace"].as_str().unwrap().to_string(),
+            key: v["key"].as_str().unwrap().to_string(),
+            lease_id: v["lease_id"].as_str().unwrap().to_string(),
+            txn_id: v["txn_id"].as_str().unwrap().to_string(),
+            owner: v["owner"].as_str().unwrap_or_default().to_string(),
+            fencing_token: v["fencing_token"].as_i64().unwrap(),
+            version: v["version"].as_i64().unwrap(),
+            state_etag: v
+                .get("state_etag")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            expires_at_unix: v["expires_at_unix"].as_i64().unwrap(),
+            body: v.clone(),
+            headers: headers.clone(),
+        }
+    }
+
+    /// The same lease with another fencing token.
+    pub fn with_token(&self, token: i64) -> Lease {
+        Lease {
+            fencing_token: token,
+            ..self.clone()
+        }
+    }
+
+    /// The same lease with another lease id.
+    pub fn with_lease_id(&self, id: &str) -> Lease {
+        Lease {
+            lease_id: id.to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// The same lease with another txn id.
+    pub fn with_txn(&self, txn: &str) -> Lease {
+        Lease {
+            txn_id: txn.to_string(),
+            ..self.clone()
+        }
+    }
+}
+
+/// A document read from `/v1/get`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Doc {
+    pub version: i64,
+    pub etag: String,
+    pub body: String,
+}
+
+/// Reads a `/v1/get` response: `Some(doc)` on 200 (checking the headers are
+/// present), `None` on 204 (checking they are absent).
+pub async fn read_doc(resp: Response) -> Option<Doc> {
+    let status = resp.status();
+    let h = resp.headers().clone();
+    let body = resp.text().await.unwrap();
+    match status {
+        StatusCode::OK => {
+            let etag = header_str(&h, "etag").expect("ETag on get 200");
+            assert!(!etag.contains('"'), "ETag must be unquoted: {etag}");
+            Some(Doc {
+                version: header_i64(&h, "x-key-version").expect("X-Key-Version on get 200"),
+                etag,
+                body,
+            })
+        }
+        StatusCode::NO_CONTENT => {
+            assert!(body.is_empty(), "204 with a body: {body:?}");
+            assert!(h.get("etag").is_none(), "204 must not carry ETag");
+            assert!(
+                h.get("x-key-version").is_none(),
+                "204 must not carry X-Key-Version"
+            );
+            None
+        }
+        other => panic!("unexpected get status {other}: {body}"),
+    }
+}
+
+/// Asserts a status and parses a JSON body; returns headers and body.
+pub async fn expect_json(resp: Response, status: StatusCode) -> (HeaderMap, Value) {
+    let got = resp.status();
+    let h = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    assert_eq!(got, status, "unexpected status, body: {text}");
+    assert_eq!(
+        header_str(&h, "content-type").as_deref(),
+        Some("application/json"),
+        "JSON responses carry Content-Type: application/json"
+    );
+    assert!(
+        text.ends_with('\n'),
+        "JSON body must end with a newline: {text:?}"
+    );
+    let v: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("body is not JSON ({e}): {text:?}"));
+    (h, v)
+}
+
+/// Asserts `{"released":true}`.
+pub async fn expect_released(resp: Response) {
+    let (_, v) = expect_json(resp, StatusCode::OK).await;
+    assert_eq!(v, json!({"released": true}));
+}
+
+/// Asserts an error response: status, JSON envelope (§3.1) with `error` =
+/// `code`, and `Retry-After` iff `retry_after_seconds` > 0. Returns the body.
+pub async fn assert_error(resp: Response, status: u16, code: &str) -> Value {
+    let got = resp.status().as_u16();
+    let h = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    assert_eq!(got, status, "expected {status} {code}, got {got}: {text}");
+    assert_eq!(
+        header_str(&h, "content-type").as_deref(),
+        Some("application/json"),
+        "error envelope must be application/json: {text}"
+    );
+    let v: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {text:?}"));
+    assert_eq!(
+        v["error"].as_str(),
+        Some(code),
+        "expected error code {code}, got body {text}"
+    );
+    let obj = v.as_object().expect("envelope is an object");
+    for (k, val) in obj {
+        match k.as_str() {
+            "error" | "detail" | "leader_endpoint" | "current_etag" => {
+                let s = val.as_str().expect("string field");
+                assert!(
+                    k == "error" || !s.is_empty(),
+                    "{k} must be omitted when empty"
+                );
+            }
+            "current_version" | "retry_after_seconds" => {
+                assert_ne!(val.as_i64(), Some(0), "{k} must be omitted when 0");
+            }
+            other => panic!("unexpected envelope field {other}: {text}"),
+        }
+    }
+    let retry = v["retry_after_seconds"].as_i64().unwrap_or(0);
+    if retry > 0 {
+        assert_eq!(
+            header_i64(&h, "retry-after"),
+            Some(retry),
+            "Retry-After must mirror retry_after_seconds"
+        );
+    } else {
+        assert!(
+            h.get("retry-after").is_none(),
+            "Retry-After without retry_after_seconds"
+        );
+    }
+    v
+}
+
+/// A header as a string.
+pub fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get(name).map(|v| v.to_str().unwrap().to_string())
+}
+
+/// A header as an integer (strict base 10, as liblockdc parses it).
+pub fn header_i64(h: &HeaderMap, name: &str) -> Option<i64> {
+    header_str(h, name).map(|s| {
+        s.parse::<i64>()
+            .unwrap_or_else(|_| panic!("{name} is not an integer: {s:?}"))
+    })
+}
+
+/// Current Unix time in seconds.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// xid shape: 20 characters of lowercase base32hex (§1.8).
+pub fn is_xid(s: &str) -> bool {
+    s.len() == 20
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'v').contains(&b))
+}
+
+/// UUIDv7 canonical shape: 36 lowercase hyphenated hex, version nibble 7,
+/// RFC 4122 variant.
+pub fn is_uuid_v7(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() != 36 {
+        return false;
+    }
+    for (i, &c) in b.iter().enumerate() {
+        let ok = match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+        };
+        if !ok {
+            return false;
+        }
+    }
+    b[14] == b'7' && matches!(b[19], b'8' | b'9' | b'a' | b'b')
+}
+
+/// A fresh valid xid.
+pub fn new_xid() -> String {
+    xid::new().to_string()
+}
+
+/// Sleeps until the lease with this expiry is certainly expired by the
+/// protocol's whole-second rule (`now >= expires_at_unix`), plus a margin.
+pub async fn wait_until_expired(expires_at_unix: i64) {
+    let target =
+        std::time::UNIX_EPOCH + Duration::from_millis((expires_at_unix * 1000 + 150) as u64);
+    if let Ok(d) = target.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(d).await;
+    }
+}
