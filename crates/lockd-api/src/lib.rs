@@ -19,9 +19,11 @@
 pub mod error;
 pub mod headers;
 pub mod names;
+pub mod queue;
 pub mod types;
 
 pub use error::{ErrorBody, ErrorCode};
+pub use queue::*;
 pub use types::*;
 
 /// Default TCP port of a lockd server.

@@ -60,6 +60,13 @@ pub struct ServerConfig {
     pub json_max: u64,
     /// How often expired leases are swept (0 disables the sweeper).
     pub sweeper_interval: Duration,
+    /// Most consumers waiting at once; beyond → `503 queue_busy`.
+    pub queue_max_consumers: usize,
+    /// Largest enqueue payload in bytes (0 = unlimited).
+    pub queue_max_payload: u64,
+    /// Count deliveries that end by lease expiry toward `max_attempts`
+    /// (true, our default) or only failure nacks (false, the original's rule).
+    pub queue_expiry_counts: bool,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +81,9 @@ impl Default for ServerConfig {
             acquire_block: Duration::from_secs(60),
             json_max: 100 * 1024 * 1024,
             sweeper_interval: Duration::from_secs(5 * 60),
+            queue_max_consumers: crate::core::queue::QueueConfig::default().max_consumers,
+            queue_max_payload: 100_000_000,
+            queue_expiry_counts: true,
         }
     }
 }

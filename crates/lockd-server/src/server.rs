@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{ListenProto, ServerConfig};
+use crate::core::queue::{QueueConfig, Queues};
 use crate::core::{Engine, EngineConfig};
 use crate::http::{router, AppState};
 use crate::storage;
@@ -164,8 +165,17 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
     let default_namespace =
         lockd_api::names::normalize_namespace(&cfg.default_namespace, "default")
             .map_err(|e| format!("--default-namespace: {e}"))?;
+    let queues = Queues::new(
+        engine.clone(),
+        QueueConfig {
+            max_consumers: cfg.queue_max_consumers.max(1),
+            expiry_counts_as_failure: cfg.queue_expiry_counts,
+            max_payload: cfg.queue_max_payload,
+        },
+    );
     let app = router(Arc::new(AppState {
         engine: engine.clone(),
+        queues,
         default_namespace,
         json_max: cfg.json_max,
     }));

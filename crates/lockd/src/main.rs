@@ -68,6 +68,22 @@ struct Args {
     #[arg(long, env = "LOCKD_SWEEPER_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     sweeper_interval: Duration,
 
+    /// Most queue consumers waiting at once; more get `503 queue_busy`.
+    /// Default: 64 per CPU, between 128 and 4096.
+    #[arg(long, env = "LOCKD_QUEUE_MAX_CONSUMERS")]
+    queue_max_consumers: Option<usize>,
+
+    /// Largest queue payload accepted by enqueue (0 = unlimited).
+    #[arg(long, env = "LOCKD_QUEUE_MAX_PAYLOAD", default_value = "100MB", value_parser = parse_size)]
+    queue_max_payload: u64,
+
+    /// Count only failure nacks toward `max_attempts`, as the original
+    /// lockd does. By default a delivery whose lease expires unanswered (a
+    /// crashed or hung consumer) counts too, so poison messages reach the
+    /// dead-letter area instead of looping forever.
+    #[arg(long, env = "LOCKD_QUEUE_ORIGINAL_ATTEMPTS", default_value_t = false)]
+    queue_original_attempts: bool,
+
     /// How long shutdown waits for in-flight requests (blocked acquires
     /// included) before closing connections.
     #[arg(long, env = "LOCKD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -140,6 +156,11 @@ async fn main() -> ExitCode {
         acquire_block: args.acquire_block,
         json_max: args.json_max,
         sweeper_interval: args.sweeper_interval,
+        queue_max_consumers: args
+            .queue_max_consumers
+            .unwrap_or(ServerConfig::default().queue_max_consumers),
+        queue_max_payload: args.queue_max_payload,
+        queue_expiry_counts: !args.queue_original_attempts,
     };
     let store_desc = cfg.store.clone();
     let socket_path = (cfg.listen_proto == ListenProto::Unix).then(|| cfg.listen.clone());

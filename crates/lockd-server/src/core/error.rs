@@ -61,6 +61,7 @@ impl From<StoreError> for CoreError {
             StoreError::CondFailed(_) => {
                 CoreError::new(ErrorCode::CasMismatch, "storage cas mismatch")
             }
+            StoreError::Source(msg) => CoreError::new(ErrorCode::InvalidBody, msg),
             StoreError::Backend(msg) => {
                 tracing::error!(error = %msg, "storage failure");
                 CoreError::new(ErrorCode::InternalError, "internal server error")

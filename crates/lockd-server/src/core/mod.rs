@@ -4,6 +4,7 @@
 
 mod error;
 mod lease;
+pub mod queue;
 pub mod record;
 mod slot;
 mod state;

@@ -84,6 +84,19 @@ impl Fields {
         Ok(Fields { map, code })
     }
 
+    /// No fields at all (an absent body that is allowed to be absent).
+    pub fn empty(code: ErrorCode) -> Fields {
+        Fields {
+            map: HashMap::new(),
+            code,
+        }
+    }
+
+    /// Any JSON value, `None` when absent or null.
+    pub fn value(&mut self, name: &str) -> Option<Value> {
+        self.map.remove(name).filter(|v| !v.is_null())
+    }
+
     fn type_error(&self, name: &str, want: &str) -> ApiError {
         ApiError::new(
             self.code,

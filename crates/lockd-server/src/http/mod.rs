@@ -5,6 +5,8 @@
 mod decode;
 mod error;
 mod lease;
+mod multipart;
+mod queue;
 mod respond;
 mod state;
 
@@ -18,6 +20,7 @@ use axum::Router;
 use http::{header, HeaderValue, StatusCode};
 use lockd_api::{headers, names, ErrorCode};
 
+use crate::core::queue::Queues;
 use crate::core::Engine;
 pub use error::ApiError;
 
@@ -25,6 +28,8 @@ pub use error::ApiError;
 pub struct AppState {
     /// The engine.
     pub engine: Arc<Engine>,
+    /// The queue subsystem.
+    pub queues: Arc<Queues>,
     /// Namespace for requests that name none.
     pub default_namespace: String,
     /// Body limit for JSON requests and documents.
@@ -50,6 +55,22 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/remove", any(state::remove))
         .route("/v1/describe", any(state::describe))
         .route("/v1/metadata", any(state::metadata))
+        .route("/v1/queue/enqueue", any(queue::enqueue))
+        .route("/v1/queue/dequeue", any(queue::dequeue))
+        .route("/v1/queue/dequeueWithState", any(queue::dequeue_with_state))
+        .route("/v1/queue/subscribe", any(queue::subscribe))
+        .route(
+            "/v1/queue/subscribeWithState",
+            any(queue::subscribe_with_state),
+        )
+        .route("/v1/queue/ack", any(queue::ack))
+        .route("/v1/queue/nack", any(queue::nack))
+        .route("/v1/queue/extend", any(queue::extend))
+        .route("/v1/queue/stats", any(queue::stats))
+        .route("/v1/queue/watch", any(queue::watch))
+        .route("/v1/queue/dlq/list", any(queue::dlq_list))
+        .route("/v1/queue/dlq/get", any(queue::dlq_get))
+        .route("/v1/queue/dlq/redrive", any(queue::dlq_redrive))
         .fallback(not_found)
         // Bodies are bounded by --json-max in the handlers, not axum's default.
         .layer(axum::extract::DefaultBodyLimit::disable())

@@ -8,6 +8,11 @@
 //! before its data is durable. Throughput therefore grows with the number of
 //! concurrent writers instead of being capped at one fsync per write.
 //!
+//! Blobs (queue payloads) live beside the database as files under
+//! `PATH/blobs/`, named by the SHA-256 of their key: written to a temporary
+//! file, fsynced, then renamed into place, so they stream in and out without
+//! being held in memory.
+//!
 //! redb holds an exclusive lock on the file, so a second process pointed at
 //! the same directory fails to open it instead of corrupting it.
 
@@ -19,8 +24,12 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
 use super::mem::cond_holds;
-use super::{Cond, ETag, Op, Store, StoreError, StoreResult};
+use super::{ByteStream, Cond, ETag, Op, Store, StoreError, StoreResult};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const SYSTEM: TableDefinition<&str, u64> = TableDefinition::new("system");
@@ -96,6 +105,8 @@ impl DiskStore {
             txn.open_table(SYSTEM).map_err(|e| e.to_string())?;
         }
         txn.commit().map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(dir.join("blobs"))
+            .map_err(|e| format!("cannot create blob directory in {}: {e}", dir.display()))?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<Batch>();
         let writer_db = db.clone();
@@ -109,6 +120,14 @@ impl DiskStore {
             writer: Some(tx),
             writer_thread: Some(thread),
         })
+    }
+}
+
+impl DiskStore {
+    fn blob_path(&self, key: &str) -> PathBuf {
+        self.dir
+            .join("blobs")
+            .join(hex::encode(Sha256::digest(key.as_bytes())))
     }
 }
 
@@ -266,5 +285,54 @@ impl Store for DiskStore {
 
     fn describe(&self) -> String {
         format!("disk://{}", self.dir.display())
+    }
+
+    async fn put_blob(&self, key: &str, mut body: ByteStream) -> StoreResult<u64> {
+        let dir = self.dir.join("blobs");
+        let tmp = dir.join(format!("tmp-{}", uuid::Uuid::now_v7()));
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(backend)?;
+        let mut len = 0u64;
+        let res: StoreResult<()> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| StoreError::Source(e.to_string()))?;
+                len += chunk.len() as u64;
+                file.write_all(&chunk).await.map_err(backend)?;
+            }
+            file.sync_all().await.map_err(backend)?;
+            tokio::fs::rename(&tmp, self.blob_path(key))
+                .await
+                .map_err(backend)?;
+            // Make the rename itself durable.
+            tokio::fs::File::open(&dir)
+                .await
+                .map_err(backend)?
+                .sync_all()
+                .await
+                .map_err(backend)
+        }
+        .await;
+        if res.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        res.map(|_| len)
+    }
+
+    async fn get_blob(&self, key: &str) -> StoreResult<Option<(u64, ByteStream)>> {
+        let file = match tokio::fs::File::open(self.blob_path(key)).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(backend(e)),
+        };
+        let len = file.metadata().await.map_err(backend)?.len();
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024);
+        Ok(Some((len, Box::pin(stream))))
+    }
+
+    async fn delete_blob(&self, key: &str) -> StoreResult<()> {
+        match tokio::fs::remove_file(self.blob_path(key)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
     }
 }

@@ -8,12 +8,15 @@ use std::sync::RwLock;
 
 use bytes::Bytes;
 
-use super::{Cond, ETag, Op, Store, StoreError, StoreResult};
+use futures_util::StreamExt;
+
+use super::{once_stream, ByteStream, Cond, ETag, Op, Store, StoreError, StoreResult};
 
 /// In-memory backend.
 #[derive(Default)]
 pub struct MemStore {
     objects: RwLock<BTreeMap<String, (Bytes, ETag)>>,
+    blobs: RwLock<std::collections::HashMap<String, Bytes>>,
     next_etag: AtomicU64,
 }
 
@@ -94,5 +97,30 @@ impl Store for MemStore {
 
     fn describe(&self) -> String {
         "mem://".into()
+    }
+
+    async fn put_blob(&self, key: &str, mut body: ByteStream) -> StoreResult<u64> {
+        let mut buf = bytes::BytesMut::new();
+        while let Some(chunk) = body.next().await {
+            buf.extend_from_slice(&chunk.map_err(|e| StoreError::Source(e.to_string()))?);
+        }
+        let len = buf.len() as u64;
+        self.blobs
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(key.to_string(), buf.freeze());
+        Ok(len)
+    }
+
+    async fn get_blob(&self, key: &str) -> StoreResult<Option<(u64, ByteStream)>> {
+        let blobs = self.blobs.read().map_err(|_| poisoned())?;
+        Ok(blobs
+            .get(key)
+            .map(|b| (b.len() as u64, once_stream(b.clone()))))
+    }
+
+    async fn delete_blob(&self, key: &str) -> StoreResult<()> {
+        self.blobs.write().map_err(|_| poisoned())?.remove(key);
+        Ok(())
     }
 }

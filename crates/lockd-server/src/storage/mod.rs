@@ -15,9 +15,14 @@
 mod disk;
 mod mem;
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::Stream;
+
+/// A stream of bytes: blob contents going into or out of a store.
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
 pub use disk::DiskStore;
 pub use mem::MemStore;
@@ -59,6 +64,10 @@ pub enum StoreError {
     /// The backend failed.
     #[error("storage failure: {0}")]
     Backend(String),
+    /// The stream given to [`Store::put_blob`] failed or exceeded its
+    /// limit; nothing was stored.
+    #[error("{0}")]
+    Source(String),
 }
 
 /// Result of a backend call.
@@ -84,6 +93,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Human-readable description for logs (`mem://`, `disk:///path`).
     fn describe(&self) -> String;
+
+    /// Stores a blob (a queue payload) from a stream without holding it
+    /// whole in memory (except on `mem://`). Durable when it returns.
+    /// Returns the number of bytes stored.
+    async fn put_blob(&self, key: &str, body: ByteStream) -> StoreResult<u64>;
+
+    /// Opens a blob for streaming: its length and contents.
+    async fn get_blob(&self, key: &str) -> StoreResult<Option<(u64, ByteStream)>>;
+
+    /// Deletes a blob; a missing blob is not an error.
+    async fn delete_blob(&self, key: &str) -> StoreResult<()>;
+}
+
+/// A stream of one chunk.
+pub fn once_stream(b: Bytes) -> ByteStream {
+    Box::pin(futures_util::stream::once(async move { Ok(b) }))
 }
 
 /// Opens a backend from a `--store` URL: `mem://`, `memory://`, or

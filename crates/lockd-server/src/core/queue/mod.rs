@@ -1,0 +1,1111 @@
+//! The at-least-once queue (PROTOCOL.md §6): enqueue, leased deliveries,
+//! ack/nack/extend, dead letters and stateful (workflow) deliveries.
+//!
+//! Each queue keeps an in-memory index of its live messages ordered by the
+//! time they become visible. Consumers wait on the queue's notification and
+//! a timer for the next message to become visible, so a waiting consumer is
+//! woken by enqueue, nack, delay or lease expiry without polling storage.
+//! Every message has its own lock; writes of different messages proceed in
+//! parallel (and share fsyncs on `disk://`).
+
+pub mod message;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as SyncMutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use lockd_api::ErrorCode;
+use serde_json::{json, Value};
+use tokio::sync::{Mutex, Notify, OnceCell};
+use tokio::time::Instant;
+
+use self::message::{
+    dlq_key, msg_key, payload_key, queue_prefix, state_key, Delivery, MessageRecord, StateLease,
+};
+use super::{
+    millis_until, now_unix, AcquireInput, CoreError, CoreResult, Engine, KeepAliveInput, LeaseRef,
+    ReleaseInput, RemoveInput,
+};
+use crate::storage::{ByteStream, Cond, ETag, Op, Store};
+
+/// Tunables of the queue.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Most consumers waiting at once (server-wide); beyond → `queue_busy`.
+    pub max_consumers: usize,
+    /// Count a delivery that ends by lease expiry as a failed attempt (our
+    /// default); `false` restores the original rule (only failure nacks).
+    pub expiry_counts_as_failure: bool,
+    /// Largest payload accepted by enqueue (0 = unlimited).
+    pub max_payload: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        Self {
+            max_consumers: (64 * cpus).clamp(128, 4096),
+            expiry_counts_as_failure: true,
+            max_payload: 100_000_000,
+        }
+    }
+}
+
+/// What enqueue stores (from the `meta` part).
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueInput {
+    pub namespace: String,
+    pub queue: String,
+    pub delay_seconds: i64,
+    pub visibility_timeout_seconds: i64,
+    pub ttl_seconds: i64,
+    pub max_attempts: i64,
+    pub attributes: Option<Value>,
+    pub payload_content_type: String,
+    pub correlation_id: String,
+}
+
+/// How long a dequeue waits for a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Fail at once when nothing is ready (`wait_seconds: -1`).
+    NoWait,
+    /// Wait until a message arrives (`wait_seconds: 0`).
+    Forever,
+    /// Wait up to this many seconds.
+    Seconds(i64),
+}
+
+/// Validated input of a dequeue.
+#[derive(Debug, Clone)]
+pub struct DequeueInput {
+    pub namespace: String,
+    pub queue: String,
+    pub owner: String,
+    /// Resolved visibility timeout (seconds, > 0).
+    pub visibility: i64,
+    pub wait: Wait,
+    /// 1..=64.
+    pub page_size: usize,
+    pub stateful: bool,
+    pub txn_id: Option<String>,
+}
+
+/// One leased message handed to a consumer, with its payload.
+pub struct Leased {
+    pub record: MessageRecord,
+    pub payload_len: u64,
+    pub payload: ByteStream,
+}
+
+/// The lease fields a client presents on ack/nack/extend.
+#[derive(Debug, Clone, Default)]
+pub struct MessageRef {
+    pub namespace: String,
+    pub queue: String,
+    pub message_id: String,
+    pub lease_id: String,
+    pub fencing_token: i64,
+    pub txn_id: String,
+    pub meta_etag: String,
+    pub state_lease_id: String,
+    pub state_fencing_token: i64,
+    pub state_etag: String,
+}
+
+/// How a nack ends a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NackIntent {
+    /// Counts toward `max_attempts`.
+    Failure,
+    /// Does not.
+    Defer,
+}
+
+/// Result of an extend.
+#[derive(Debug, Clone)]
+pub struct Extended {
+    pub lease_expires_at_unix: i64,
+    pub visibility_timeout_seconds: i64,
+    pub meta_etag: String,
+    pub state_lease_expires_at_unix: i64,
+    pub correlation_id: String,
+}
+
+/// A snapshot of a queue for stats and watch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueSnapshot {
+    pub waiting_consumers: usize,
+    pub ready: usize,
+    pub total_consumers: usize,
+    pub head: Option<(String, i64, i64)>,
+}
+
+struct Entry {
+    visible_at: i64,
+    enqueued_at: i64,
+    lease_id: Option<String>,
+    claimed: bool,
+    slot: Arc<Mutex<Slot>>,
+}
+
+struct Slot {
+    /// `None` once the message is gone (acked, dead-lettered, expired).
+    rec: Option<MessageRecord>,
+    etag: ETag,
+}
+
+#[derive(Default)]
+struct Index {
+    entries: HashMap<String, Entry>,
+    /// `(visible_at, id)` of every unclaimed entry.
+    order: BTreeSet<(i64, String)>,
+}
+
+impl Index {
+    fn insert(&mut self, id: &str, rec: &MessageRecord, etag: ETag) {
+        let slot = Arc::new(Mutex::new(Slot {
+            rec: Some(rec.clone()),
+            etag,
+        }));
+        self.entries.insert(
+            id.to_string(),
+            Entry {
+                visible_at: rec.not_visible_until_unix,
+                enqueued_at: rec.enqueued_at_unix,
+                lease_id: rec.delivery.as_ref().map(|d| d.lease_id.clone()),
+                claimed: false,
+                slot,
+            },
+        );
+        self.order
+            .insert((rec.not_visible_until_unix, id.to_string()));
+    }
+
+    /// Records the new state of an entry after a write (or its removal).
+    fn settle(&mut self, id: &str, rec: Option<&MessageRecord>) {
+        let Some(e) = self.entries.get_mut(id) else {
+            return;
+        };
+        self.order.remove(&(e.visible_at, id.to_string()));
+        match rec {
+            Some(rec) => {
+                e.visible_at = rec.not_visible_until_unix;
+                e.lease_id = rec.delivery.as_ref().map(|d| d.lease_id.clone());
+                e.claimed = false;
+                self.order.insert((e.visible_at, id.to_string()));
+            }
+            None => {
+                self.entries.remove(id);
+            }
+        }
+    }
+}
+
+/// One queue: its index, its waiters.
+pub struct QueueShard {
+    namespace: String,
+    name: String,
+    loaded: OnceCell<()>,
+    index: SyncMutex<Index>,
+    notify: Notify,
+    waiting: AtomicUsize,
+}
+
+impl QueueShard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Earliest time a message becomes visible, if any.
+    fn next_visible(&self) -> Option<i64> {
+        self.lock().order.first().map(|(t, _)| *t)
+    }
+
+    /// Wakes everyone waiting on this queue.
+    pub fn wake(&self) {
+        self.notify.notify_waiters();
+    }
+
+    /// Whether delivery `lease_id` of `id` is still outstanding (not acked,
+    /// nacked or expired).
+    pub fn outstanding(&self, id: &str, lease_id: &str) -> bool {
+        let idx = self.lock();
+        idx.entries
+            .get(id)
+            .is_some_and(|e| e.lease_id.as_deref() == Some(lease_id) && e.visible_at > now_unix())
+    }
+
+    /// A future that resolves on the next wake; enabled at once so that a
+    /// wake between now and the await is not lost.
+    pub fn notified(&self) -> std::pin::Pin<Box<tokio::sync::futures::Notified<'_>>> {
+        let mut n = Box::pin(self.notify.notified());
+        n.as_mut().enable();
+        n
+    }
+}
+
+/// The queue subsystem.
+pub struct Queues {
+    engine: Arc<Engine>,
+    store: Arc<dyn Store>,
+    shards: DashMap<String, Arc<QueueShard>>,
+    cfg: QueueConfig,
+    consumers: AtomicUsize,
+}
+
+/// Counts a consumer as waiting while it lives.
+struct ConsumerGuard<'a> {
+    all: &'a AtomicUsize,
+    queue: &'a AtomicUsize,
+}
+
+impl Drop for ConsumerGuard<'_> {
+    fn drop(&mut self) {
+        self.all.fetch_sub(1, Ordering::Relaxed);
+        self.queue.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn not_found(detail: &str) -> CoreError {
+    CoreError::new(ErrorCode::NotFound, detail)
+}
+
+fn mismatch() -> CoreError {
+    CoreError::new(
+        ErrorCode::QueueMessageLeaseMismatch,
+        "message lease does not match (the message was redelivered or released)",
+    )
+}
+
+fn rfc3339_now() -> String {
+    let secs = now_unix();
+    // Civil-from-days (Howard Hinnant), enough for a UTC timestamp.
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+impl Queues {
+    /// The queue subsystem over the engine's store.
+    pub fn new(engine: Arc<Engine>, cfg: QueueConfig) -> Arc<Self> {
+        Arc::new(Self {
+            store: engine.store().clone(),
+            engine,
+            shards: DashMap::new(),
+            cfg,
+            consumers: AtomicUsize::new(0),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &QueueConfig {
+        &self.cfg
+    }
+
+    /// The shard of a queue, loaded from storage on first use.
+    pub async fn shard(&self, ns: &str, queue: &str) -> CoreResult<Arc<QueueShard>> {
+        let id = format!("{ns}/{queue}");
+        let shard = match self.shards.get(&id) {
+            Some(s) => s.clone(),
+            None => self
+                .shards
+                .entry(id)
+                .or_insert_with(|| {
+                    Arc::new(QueueShard {
+                        namespace: ns.to_string(),
+                        name: queue.to_string(),
+                        loaded: OnceCell::new(),
+                        index: SyncMutex::new(Index::default()),
+                        notify: Notify::new(),
+                        waiting: AtomicUsize::new(0),
+                    })
+                })
+                .clone(),
+        };
+        shard.loaded.get_or_try_init(|| self.load(&shard)).await?;
+        Ok(shard)
+    }
+
+    async fn load(&self, shard: &QueueShard) -> CoreResult<()> {
+        let prefix = format!("{}msg/", queue_prefix(&shard.namespace, &shard.name));
+        let mut after: Option<String> = None;
+        loop {
+            let keys = self.store.list(&prefix, after.as_deref(), 1000).await?;
+            let Some(last) = keys.last().cloned() else {
+                break;
+            };
+            for key in keys {
+                if let Some((raw, etag)) = self.store.get(&key).await? {
+                    match serde_json::from_slice::<MessageRecord>(&raw) {
+                        Ok(rec) => shard.lock().insert(&rec.id.clone(), &rec, etag),
+                        Err(e) => {
+                            tracing::error!(key, error = %e, "skipping corrupt message record")
+                        }
+                    }
+                }
+            }
+            after = Some(last);
+        }
+        Ok(())
+    }
+
+    /// Stores a message and its payload; wakes waiting consumers.
+    pub async fn enqueue(
+        &self,
+        input: EnqueueInput,
+        payload: ByteStream,
+    ) -> CoreResult<MessageRecord> {
+        let shard = self.shard(&input.namespace, &input.queue).await?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let pkey = payload_key(&input.namespace, &input.queue, &id);
+        let payload_bytes = self.store.put_blob(&pkey, payload).await?;
+        if self.cfg.max_payload > 0 && payload_bytes > self.cfg.max_payload {
+            let _ = self.store.delete_blob(&pkey).await;
+            return Err(CoreError::new(
+                ErrorCode::InvalidBody,
+                format!(
+                    "payload exceeds the server's limit of {} bytes",
+                    self.cfg.max_payload
+                ),
+            ));
+        }
+        let now = now_unix();
+        let rec = MessageRecord {
+            id: id.clone(),
+            namespace: input.namespace.clone(),
+            queue: input.queue.clone(),
+            enqueued_at_unix: now,
+            payload_bytes: payload_bytes as i64,
+            payload_content_type: if input.payload_content_type.is_empty() {
+                "application/octet-stream".into()
+            } else {
+                input.payload_content_type
+            },
+            attributes: input.attributes,
+            attempts: 0,
+            failure_attempts: 0,
+            max_attempts: if input.max_attempts <= 0 {
+                5
+            } else {
+                input.max_attempts
+            },
+            not_visible_until_unix: now + input.delay_seconds.max(0),
+            visibility_timeout_seconds: if input.visibility_timeout_seconds > 0 {
+                input.visibility_timeout_seconds
+            } else {
+                30
+            },
+            expires_at_unix: if input.ttl_seconds > 0 {
+                now + input.ttl_seconds
+            } else {
+                0
+            },
+            last_error: None,
+            correlation_id: input.correlation_id,
+            fencing_counter: 0,
+            delivery: None,
+            meta_etag: uuid::Uuid::now_v7().to_string(),
+            state_etag: String::new(),
+            dead_lettered_at_unix: 0,
+        };
+        let raw = encode(&rec)?;
+        let res = self
+            .store
+            .apply(vec![Op::Put {
+                key: msg_key(&rec.namespace, &rec.queue, &id),
+                value: raw,
+                cond: Cond::IfAbsent,
+            }])
+            .await;
+        let etags = match res {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = self.store.delete_blob(&pkey).await;
+                return Err(e.into());
+            }
+        };
+        shard
+            .lock()
+            .insert(&id, &rec, etags.into_iter().next().unwrap_or_default());
+        shard.wake();
+        Ok(rec)
+    }
+
+    /// Leases up to `page_size` ready messages, waiting as `wait` says.
+    pub async fn dequeue(&self, input: &DequeueInput) -> CoreResult<Vec<Leased>> {
+        let shard = self.shard(&input.namespace, &input.queue).await?;
+        self.dequeue_on(&shard, input, input.wait).await
+    }
+
+    /// Like [`Queues::dequeue`] on a shard already at hand (subscribe).
+    pub async fn dequeue_on(
+        &self,
+        shard: &Arc<QueueShard>,
+        input: &DequeueInput,
+        wait: Wait,
+    ) -> CoreResult<Vec<Leased>> {
+        if self.consumers.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_consumers {
+            self.consumers.fetch_sub(1, Ordering::Relaxed);
+            return Err(CoreError::new(ErrorCode::QueueBusy, "too many consumers"));
+        }
+        shard.waiting.fetch_add(1, Ordering::Relaxed);
+        let _guard = ConsumerGuard {
+            all: &self.consumers,
+            queue: &shard.waiting,
+        };
+        let deadline = match wait {
+            Wait::Seconds(n) if n > 0 => Instant::now().checked_add(Duration::from_secs(n as u64)),
+            _ => None,
+        };
+        loop {
+            let notified = shard.notified();
+            let mut out = Vec::new();
+            while out.len() < input.page_size {
+                match self.claim_one(shard, input).await? {
+                    Some(l) => out.push(l),
+                    None => break,
+                }
+            }
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            let waiting = || {
+                let e = CoreError::new(ErrorCode::Waiting, "no messages available");
+                match wait {
+                    Wait::Seconds(n) if n > 0 => e.with_retry_after(n),
+                    _ => e,
+                }
+            };
+            if wait == Wait::NoWait || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(waiting());
+            }
+            let next = shard
+                .next_visible()
+                .map(|t| Instant::now() + Duration::from_millis(millis_until(t) + 1));
+            let wake = match (deadline, next) {
+                (Some(d), Some(n)) => Some(d.min(n)),
+                (d, n) => d.or(n),
+            };
+            match wake {
+                Some(at) => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Takes the first ready message, if any, and leases it. Expired and
+    /// exhausted messages met on the way are deleted or dead-lettered.
+    async fn claim_one(
+        &self,
+        shard: &QueueShard,
+        input: &DequeueInput,
+    ) -> CoreResult<Option<Leased>> {
+        loop {
+            let now = now_unix();
+            let (id, slot) = {
+                let mut idx = shard.lock();
+                let Some((t, id)) = idx.order.first().cloned() else {
+                    return Ok(None);
+                };
+                if t > now {
+                    return Ok(None);
+                }
+                idx.order.remove(&(t, id.clone()));
+                let Some(e) = idx.entries.get_mut(&id) else {
+                    continue;
+                };
+                e.claimed = true;
+                (id, e.slot.clone())
+            };
+            let mut slot = slot.lock().await;
+            let Some(mut rec) = slot.rec.clone() else {
+                shard.lock().settle(&id, None);
+                continue;
+            };
+            if rec.not_visible_until_unix > now {
+                // Extended or nacked with a delay while we were queued.
+                shard.lock().settle(&id, Some(&rec));
+                continue;
+            }
+            if rec.expires_at_unix > 0 && now >= rec.expires_at_unix {
+                self.remove_message(&rec, &slot.etag, false).await?;
+                slot.rec = None;
+                shard.lock().settle(&id, None);
+                continue;
+            }
+            if let Some(prev) = rec.delivery.take() {
+                // The previous delivery ended by lease expiry.
+                if self.cfg.expiry_counts_as_failure {
+                    rec.failure_attempts += 1;
+                    rec.last_error = Some(json!({
+                        "reason": "lease_expired",
+                        "detail": "the consumer neither acked nor nacked before its lease expired",
+                        "owner": prev.owner,
+                    }));
+                }
+            }
+            if rec.failure_attempts >= rec.max_attempts {
+                self.dead_letter(&mut rec, &slot.etag).await?;
+                slot.rec = None;
+                shard.lock().settle(&id, None);
+                continue;
+            }
+            let v = input.visibility;
+            let txn = input
+                .txn_id
+                .clone()
+                .unwrap_or_else(|| xid::new().to_string());
+            let state = if input.stateful {
+                match self.lease_state(&rec, &input.owner, v, &txn).await {
+                    Ok(s) => Some(s),
+                    Err(e) if e.code == ErrorCode::Waiting => {
+                        // The previous delivery's state lease is still live
+                        // (clocks meet within a second); look again then.
+                        // The stored record is unchanged.
+                        let mut idx = shard.lock();
+                        if let Some(e) = idx.entries.get_mut(&id) {
+                            e.visible_at = now + 1;
+                            e.claimed = false;
+                        }
+                        idx.order.insert((now + 1, id.clone()));
+                        return Ok(None);
+                    }
+                    Err(e) => {
+                        let r = slot.rec.clone();
+                        shard.lock().settle(&id, r.as_ref());
+                        return Err(e);
+                    }
+                }
+            } else {
+                None
+            };
+            rec.attempts += 1;
+            rec.fencing_counter += 1;
+            rec.not_visible_until_unix = now + v;
+            rec.visibility_timeout_seconds = v;
+            rec.meta_etag = uuid::Uuid::now_v7().to_string();
+            if input.stateful && rec.state_etag.is_empty() {
+                rec.state_etag = uuid::Uuid::now_v7().to_string();
+            }
+            rec.delivery = Some(Delivery {
+                lease_id: xid::new().to_string(),
+                owner: input.owner.clone(),
+                expires_at_unix: now + v,
+                fencing_token: rec.fencing_counter,
+                txn_id: txn,
+                state,
+            });
+            if let Err(e) = self.write(&rec, &mut slot).await {
+                let r = slot.rec.clone();
+                shard.lock().settle(&id, r.as_ref());
+                return Err(e);
+            }
+            shard.lock().settle(&id, Some(&rec));
+            drop(slot);
+            let (payload_len, payload) = self.open_payload(&rec).await?;
+            return Ok(Some(Leased {
+                record: rec,
+                payload_len,
+                payload,
+            }));
+        }
+    }
+
+    async fn open_payload(&self, rec: &MessageRecord) -> CoreResult<(u64, ByteStream)> {
+        match self
+            .store
+            .get_blob(&payload_key(&rec.namespace, &rec.queue, &rec.id))
+            .await?
+        {
+            Some(p) => Ok(p),
+            None => {
+                tracing::error!(message_id = %rec.id, "payload missing; delivering it empty");
+                Ok((0, crate::storage::once_stream(Bytes::new())))
+            }
+        }
+    }
+
+    async fn lease_state(
+        &self,
+        rec: &MessageRecord,
+        owner: &str,
+        ttl: i64,
+        txn: &str,
+    ) -> CoreResult<StateLease> {
+        let got = self
+            .engine
+            .acquire(AcquireInput {
+                namespace: rec.namespace.clone(),
+                key: state_key(&rec.queue, &rec.id),
+                owner: owner.to_string(),
+                ttl_seconds: ttl,
+                block_seconds: -1,
+                if_not_exists: false,
+                txn_id: Some(txn.to_string()),
+            })
+            .await?;
+        Ok(StateLease {
+            lease_id: got.lease_id,
+            fencing_token: got.fencing_token,
+            txn_id: got.txn_id,
+            expires_at_unix: got.expires_at_unix,
+        })
+    }
+
+    /// Writes a changed record over the one in `slot`.
+    async fn write(&self, rec: &MessageRecord, slot: &mut Slot) -> CoreResult<()> {
+        let etags = self
+            .store
+            .apply(vec![Op::Put {
+                key: msg_key(&rec.namespace, &rec.queue, &rec.id),
+                value: encode(rec)?,
+                cond: Cond::IfMatch(slot.etag.clone()),
+            }])
+            .await?;
+        slot.etag = etags.into_iter().next().unwrap_or_default();
+        slot.rec = Some(rec.clone());
+        Ok(())
+    }
+
+    /// Deletes a live record (and its payload unless it moves elsewhere).
+    async fn remove_message(
+        &self,
+        rec: &MessageRecord,
+        etag: &str,
+        keep_payload: bool,
+    ) -> CoreResult<()> {
+        self.store
+            .apply(vec![Op::Delete {
+                key: msg_key(&rec.namespace, &rec.queue, &rec.id),
+                cond: Cond::IfMatch(etag.to_string()),
+            }])
+            .await?;
+        if !keep_payload {
+            let _ = self
+                .store
+                .delete_blob(&payload_key(&rec.namespace, &rec.queue, &rec.id))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Moves a message to the dead-letter area (record moved, payload kept).
+    async fn dead_letter(&self, rec: &mut MessageRecord, etag: &str) -> CoreResult<()> {
+        let previous = rec.last_error.take();
+        rec.last_error = Some(json!({
+            "reason": "max_attempts_exceeded",
+            "time_rfc3339": rfc3339_now(),
+            "previous": previous,
+        }));
+        rec.delivery = None;
+        rec.dead_lettered_at_unix = now_unix();
+        self.store
+            .apply(vec![
+                Op::Put {
+                    key: dlq_key(&rec.namespace, &rec.queue, &rec.id),
+                    value: encode(rec)?,
+                    cond: Cond::Any,
+                },
+                Op::Delete {
+                    key: msg_key(&rec.namespace, &rec.queue, &rec.id),
+                    cond: Cond::IfMatch(etag.to_string()),
+                },
+            ])
+            .await?;
+        tracing::info!(queue = %rec.queue, message_id = %rec.id, "message dead-lettered");
+        Ok(())
+    }
+
+    /// Locks a message for ack/nack/extend and checks the caller's lease.
+    async fn locked_delivery(
+        &self,
+        r: &MessageRef,
+    ) -> CoreResult<(
+        Arc<QueueShard>,
+        tokio::sync::OwnedMutexGuard<Slot>,
+        MessageRecord,
+    )> {
+        let shard = self.shard(&r.namespace, &r.queue).await?;
+        let slot = {
+            let idx = shard.lock();
+            idx.entries
+                .get(&r.message_id)
+                .map(|e| e.slot.clone())
+                .ok_or_else(|| not_found("message not found"))?
+        };
+        let slot = slot.lock_owned().await;
+        let rec = slot
+            .rec
+            .clone()
+            .ok_or_else(|| not_found("message already removed"))?;
+        let Some(d) = rec.delivery.as_ref() else {
+            return Err(mismatch());
+        };
+        if d.lease_id != r.lease_id
+            || (r.fencing_token != 0 && d.fencing_token != r.fencing_token)
+            || (!r.txn_id.is_empty() && d.txn_id != r.txn_id)
+        {
+            return Err(mismatch());
+        }
+        if now_unix() >= d.expires_at_unix {
+            return Err(CoreError::new(
+                ErrorCode::LeaseExpired,
+                "message lease expired",
+            ));
+        }
+        Ok((shard, slot, rec))
+    }
+
+    /// Completes a delivery: deletes the message and, for stateful
+    /// deliveries, its workflow state. Returns the message's correlation id.
+    pub async fn ack(&self, r: &MessageRef) -> CoreResult<String> {
+        let (shard, mut slot, rec) = self.locked_delivery(r).await?;
+        if !r.state_etag.is_empty() && !rec.state_etag.is_empty() && r.state_etag != rec.state_etag
+        {
+            return Err(CoreError::new(
+                ErrorCode::CasMismatch,
+                "state_etag does not match",
+            ));
+        }
+        self.remove_message(&rec, &slot.etag, false).await?;
+        slot.rec = None;
+        shard.lock().settle(&rec.id, None);
+        drop(slot);
+        shard.wake();
+        if let Some(state) = rec.delivery.as_ref().and_then(|d| d.state.clone()) {
+            self.drop_state(&rec, &state).await;
+        }
+        Ok(rec.correlation_id)
+    }
+
+    /// Ends a delivery and makes the message visible again after `delay`.
+    /// Returns the new meta etag and the correlation id.
+    pub async fn nack(
+        &self,
+        r: &MessageRef,
+        delay_seconds: i64,
+        intent: NackIntent,
+        last_error: Option<Value>,
+    ) -> CoreResult<(String, String)> {
+        let (shard, mut slot, mut rec) = self.locked_delivery(r).await?;
+        if r.meta_etag != rec.meta_etag {
+            return Err(CoreError::new(
+                ErrorCode::CasMismatch,
+                "meta_etag does not match",
+            ));
+        }
+        let state = rec.delivery.take().and_then(|d| d.state);
+        match intent {
+            NackIntent::Failure => {
+                rec.failure_attempts += 1;
+                rec.last_error = last_error;
+            }
+            NackIntent::Defer => rec.last_error = None,
+        }
+        rec.not_visible_until_unix = now_unix() + delay_seconds.max(0);
+        rec.meta_etag = uuid::Uuid::now_v7().to_string();
+        if rec.failure_attempts >= rec.max_attempts {
+            let etag = slot.etag.clone();
+            self.dead_letter(&mut rec, &etag).await?;
+            slot.rec = None;
+            shard.lock().settle(&rec.id, None);
+        } else {
+            self.write(&rec, &mut slot).await?;
+            shard.lock().settle(&rec.id, Some(&rec));
+        }
+        drop(slot);
+        shard.wake();
+        if let Some(state) = state {
+            // Progress made under the state lease survives the retry.
+            let _ = self
+                .engine
+                .release(ReleaseInput {
+                    namespace: rec.namespace.clone(),
+                    key: state_key(&rec.queue, &rec.id),
+                    lease_id: state.lease_id,
+                    fencing_token: state.fencing_token,
+                    txn_id: state.txn_id,
+                    rollback: false,
+                })
+                .await;
+        }
+        Ok((rec.meta_etag, rec.correlation_id))
+    }
+
+    /// Extends a delivery (and its state lease) to `now + extend_by`.
+    pub async fn extend(&self, r: &MessageRef, extend_by: i64) -> CoreResult<Extended> {
+        let (shard, mut slot, mut rec) = self.locked_delivery(r).await?;
+        if r.meta_etag != rec.meta_etag {
+            return Err(CoreError::new(
+                ErrorCode::CasMismatch,
+                "meta_etag does not match",
+            ));
+        }
+        // A non-positive extension keeps the delivery's visibility (the
+        // original expires the lease at once, which no client wants).
+        let e = if extend_by > 0 {
+            extend_by
+        } else {
+            rec.visibility_timeout_seconds
+        };
+        let now = now_unix();
+        let mut state_expires = 0;
+        if let Some(d) = rec.delivery.as_mut() {
+            if let Some(st) = d.state.as_mut() {
+                if !r.state_lease_id.is_empty() {
+                    if r.state_lease_id != st.lease_id
+                        || (r.state_fencing_token != 0 && r.state_fencing_token != st.fencing_token)
+                    {
+                        return Err(CoreError::new(
+                            ErrorCode::FencingMismatch,
+                            "state lease does not match the delivery",
+                        ));
+                    }
+                    let key = state_key(&rec.queue, &rec.id);
+                    if self.engine.describe(&rec.namespace, &key).await?.is_none() {
+                        return Err(CoreError::new(ErrorCode::StateNotFound, "state not found"));
+                    }
+                    state_expires = self
+                        .engine
+                        .keepalive(KeepAliveInput {
+                            namespace: rec.namespace.clone(),
+                            key,
+                            lease_id: st.lease_id.clone(),
+                            fencing_token: st.fencing_token,
+                            txn_id: st.txn_id.clone(),
+                            ttl_seconds: e,
+                        })
+                        .await?;
+                    st.expires_at_unix = state_expires;
+                }
+            }
+            d.expires_at_unix = now + e;
+        }
+        rec.not_visible_until_unix = now + e;
+        rec.visibility_timeout_seconds = e;
+        rec.meta_etag = uuid::Uuid::now_v7().to_string();
+        self.write(&rec, &mut slot).await?;
+        shard.lock().settle(&rec.id, Some(&rec));
+        Ok(Extended {
+            lease_expires_at_unix: now + e,
+            visibility_timeout_seconds: e,
+            meta_etag: rec.meta_etag,
+            state_lease_expires_at_unix: state_expires,
+            correlation_id: rec.correlation_id,
+        })
+    }
+
+    /// Drops the workflow state of an acked stateful delivery: staged
+    /// changes are discarded and the committed document removed.
+    async fn drop_state(&self, rec: &MessageRecord, st: &StateLease) {
+        let key = state_key(&rec.queue, &rec.id);
+        let lease = LeaseRef {
+            lease_id: st.lease_id.clone(),
+            fencing_token: st.fencing_token,
+            txn_id: st.txn_id.clone(),
+        };
+        let _ = self
+            .engine
+            .remove(RemoveInput {
+                namespace: rec.namespace.clone(),
+                key: key.clone(),
+                lease,
+                if_etag: None,
+            })
+            .await;
+        let _ = self
+            .engine
+            .release(ReleaseInput {
+                namespace: rec.namespace.clone(),
+                key,
+                lease_id: st.lease_id.clone(),
+                fencing_token: st.fencing_token,
+                txn_id: st.txn_id.clone(),
+                rollback: false,
+            })
+            .await;
+    }
+
+    /// Puts a delivery that never reached its consumer back, as if it had
+    /// not happened (subscriber gone before the message was written).
+    pub async fn return_undelivered(&self, shard: &QueueShard, id: &str, lease_id: &str) {
+        let slot = {
+            let idx = shard.lock();
+            match idx.entries.get(id) {
+                Some(e) => e.slot.clone(),
+                None => return,
+            }
+        };
+        let mut slot = slot.lock().await;
+        let Some(mut rec) = slot.rec.clone() else {
+            return;
+        };
+        let Some(d) = rec.delivery.take() else {
+            return;
+        };
+        if d.lease_id != lease_id {
+            return;
+        }
+        rec.attempts = (rec.attempts - 1).max(0);
+        rec.not_visible_until_unix = now_unix();
+        rec.meta_etag = uuid::Uuid::now_v7().to_string();
+        if self.write(&rec, &mut slot).await.is_ok() {
+            shard.lock().settle(id, Some(&rec));
+            drop(slot);
+            shard.wake();
+            if let Some(st) = d.state {
+                let _ = self
+                    .engine
+                    .release(ReleaseInput {
+                        namespace: rec.namespace.clone(),
+                        key: state_key(&rec.queue, &rec.id),
+                        lease_id: st.lease_id,
+                        fencing_token: st.fencing_token,
+                        txn_id: st.txn_id,
+                        rollback: true,
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// Diagnostics of a queue (stats, watch).
+    pub async fn snapshot(&self, ns: &str, queue: &str) -> CoreResult<QueueSnapshot> {
+        let shard = self.shard(ns, queue).await?;
+        Ok(self.snapshot_of(&shard))
+    }
+
+    /// Diagnostics of a queue already at hand.
+    pub fn snapshot_of(&self, shard: &QueueShard) -> QueueSnapshot {
+        let now = now_unix();
+        let idx = shard.lock();
+        let ready = idx.order.range(..(now + 1, String::new())).count();
+        let head = idx.order.first().filter(|(t, _)| *t <= now).map(|(t, id)| {
+            let enq = idx.entries.get(id).map(|e| e.enqueued_at).unwrap_or(0);
+            (id.clone(), enq, *t)
+        });
+        QueueSnapshot {
+            waiting_consumers: shard.waiting.load(Ordering::Relaxed),
+            ready,
+            total_consumers: self.consumers.load(Ordering::Relaxed),
+            head,
+        }
+    }
+
+    /// Dead-lettered messages of a queue, oldest id first.
+    pub async fn dlq_list(
+        &self,
+        ns: &str,
+        queue: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> CoreResult<Vec<MessageRecord>> {
+        let prefix = format!("{}dlq/", queue_prefix(ns, queue));
+        let after = start_after.map(|id| format!("{prefix}{id}"));
+        let keys = self.store.list(&prefix, after.as_deref(), limit).await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some((raw, _)) = self.store.get(&k).await? {
+                if let Ok(rec) = serde_json::from_slice(&raw) {
+                    out.push(rec);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One dead-lettered message with its payload.
+    pub async fn dlq_get(&self, ns: &str, queue: &str, id: &str) -> CoreResult<Leased> {
+        let (raw, _) = self
+            .store
+            .get(&dlq_key(ns, queue, id))
+            .await?
+            .ok_or_else(|| not_found("dead-lettered message not found"))?;
+        let record: MessageRecord = serde_json::from_slice(&raw)
+            .map_err(|_| CoreError::new(ErrorCode::InternalError, "corrupt dead-letter record"))?;
+        let (payload_len, payload) = self.open_payload(&record).await?;
+        Ok(Leased {
+            record,
+            payload_len,
+            payload,
+        })
+    }
+
+    /// Moves dead-lettered messages back to the live queue with a fresh
+    /// failure budget. Returns the ids moved.
+    pub async fn dlq_redrive(
+        &self,
+        ns: &str,
+        queue: &str,
+        ids: &[String],
+    ) -> CoreResult<Vec<String>> {
+        let shard = self.shard(ns, queue).await?;
+        let mut moved = Vec::new();
+        for id in ids {
+            let Some((raw, etag)) = self.store.get(&dlq_key(ns, queue, id)).await? else {
+                continue;
+            };
+            let Ok(mut rec) = serde_json::from_slice::<MessageRecord>(&raw) else {
+                continue;
+            };
+            rec.failure_attempts = 0;
+            rec.dead_lettered_at_unix = 0;
+            rec.delivery = None;
+            rec.not_visible_until_unix = now_unix();
+            rec.meta_etag = uuid::Uuid::now_v7().to_string();
+            let etags = self
+                .store
+                .apply(vec![
+                    Op::Put {
+                        key: msg_key(ns, queue, id),
+                        value: encode(&rec)?,
+                        cond: Cond::IfAbsent,
+                    },
+                    Op::Delete {
+                        key: dlq_key(ns, queue, id),
+                        cond: Cond::IfMatch(etag),
+                    },
+                ])
+                .await?;
+            shard
+                .lock()
+                .insert(id, &rec, etags.into_iter().next().unwrap_or_default());
+            moved.push(id.clone());
+        }
+        if !moved.is_empty() {
+            shard.wake();
+        }
+        Ok(moved)
+    }
+}
+
+fn encode(rec: &MessageRecord) -> CoreResult<Bytes> {
+    serde_json::to_vec(rec)
+        .map(Bytes::from)
+        .map_err(|e| CoreError::new(ErrorCode::InternalError, format!("encode message: {e}")))
+}

@@ -1,0 +1,792 @@
+//! Queue endpoints (PROTOCOL.md §6): enqueue, dequeue, subscribe (with and
+//! without workflow state), ack, nack, extend, stats, watch, and our
+//! dead-letter endpoints.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use axum::Extension;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use lockd_api::{
+    headers, names, AckResponse, DeadLetterList, EnqueueResponse, ErrorCode, ExtendResponse,
+    NackResponse, QueueStatsResponse, QueueWatchEvent, RedriveResponse,
+};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::decode::{header, is_xid, read_body, Fields, Query};
+use super::{multipart, respond, ApiError, AppState, CorrelationId};
+use crate::core::now_unix;
+use crate::core::queue::{
+    DequeueInput, EnqueueInput, Leased, MessageRef, NackIntent, QueueShard, Wait,
+};
+use crate::storage::ByteStream;
+
+type Res = Result<Response, ApiError>;
+
+/// Largest `meta` part accepted by enqueue.
+const META_MAX: u64 = 1 << 20;
+
+fn queue_name(raw: &str, invalid: ErrorCode) -> Result<String, ApiError> {
+    match names::normalize_queue(raw) {
+        Ok(Some(q)) => Ok(q),
+        Ok(None) => Err(ApiError::new(ErrorCode::MissingQueue, "queue required")),
+        Err(e) => Err(ApiError::new(invalid, e.0)),
+    }
+}
+
+fn or_query<'a>(body: &'a str, q: &'a Query, name: &str) -> &'a str {
+    if body.trim().is_empty() {
+        q.get(name)
+    } else {
+        body
+    }
+}
+
+/// `POST /v1/queue/enqueue`: a `meta` part, then a `payload` part that is
+/// streamed to storage.
+pub async fn enqueue(
+    State(app): State<Arc<AppState>>,
+    Extension(cid): Extension<CorrelationId>,
+    uri: Uri,
+    h: HeaderMap,
+    body: Body,
+) -> Res {
+    let ct = header(&h, header::CONTENT_TYPE.as_str()).unwrap_or("");
+    if !ct.to_ascii_lowercase().starts_with("multipart/") {
+        return Err(ApiError::new(
+            ErrorCode::InvalidContentType,
+            "content type must be multipart/*",
+        ));
+    }
+    let boundary = boundary_of(ct).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::MultipartError,
+            "multipart content type without a boundary",
+        )
+    })?;
+    let mut parts = multer::Multipart::new(body.into_data_stream(), boundary);
+    let mut meta: Option<Fields> = None;
+    let mut payload: Option<ByteStream> = None;
+    loop {
+        let field = parts
+            .next_field()
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::MultipartError, e.to_string()))?;
+        let Some(field) = field else { break };
+        if field.name() == Some("meta") && meta.is_none() {
+            let raw = read_limited(field, META_MAX).await?;
+            meta = Some(Fields::parse(&raw, true, ErrorCode::InvalidBody)?);
+            continue;
+        }
+        // The payload part (or the first unnamed part): stream it and stop.
+        let stream = field.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+        payload = Some(Box::pin(stream));
+        break;
+    }
+    let mut f = meta.unwrap_or_else(|| Fields::empty(ErrorCode::InvalidBody));
+    let namespace = f.string("namespace")?;
+    let queue = f.string("queue")?;
+    let delay_seconds = f.int("delay_seconds")?;
+    let visibility_timeout_seconds = f.int("visibility_timeout_seconds")?;
+    let ttl_seconds = f.int("ttl_seconds")?;
+    let max_attempts = f.int("max_attempts")?;
+    let attributes = f.value("attributes");
+    if attributes.as_ref().is_some_and(|a| !a.is_object()) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            "attributes must be a JSON object",
+        ));
+    }
+    let payload_content_type = f.string("payload_content_type")?;
+    let ns = app.namespace(&namespace)?;
+    let q = Query::parse(uri.query());
+    let queue = queue_name(or_query(&queue, &q, "queue"), ErrorCode::InvalidQueue)?;
+    let payload = payload.unwrap_or_else(|| crate::storage::once_stream(Bytes::new()));
+    let rec = app
+        .queues
+        .enqueue(
+            EnqueueInput {
+                namespace: ns,
+                queue,
+                delay_seconds,
+                visibility_timeout_seconds,
+                ttl_seconds,
+                max_attempts,
+                attributes,
+                payload_content_type,
+                correlation_id: cid.0,
+            },
+            payload,
+        )
+        .await
+        .map_err(|e| match e.code {
+            ErrorCode::InvalidBody if e.detail.contains("multipart") => {
+                ApiError::new(ErrorCode::MultipartError, e.detail)
+            }
+            _ => ApiError(e),
+        })?;
+    Ok(respond::json(
+        StatusCode::OK,
+        &EnqueueResponse {
+            namespace: rec.namespace,
+            queue: rec.queue,
+            message_id: rec.id,
+            attempts: rec.attempts,
+            max_attempts: rec.max_attempts,
+            failure_attempts: rec.failure_attempts,
+            not_visible_until_unix: rec.not_visible_until_unix,
+            visibility_timeout_seconds: rec.visibility_timeout_seconds,
+            payload_bytes: rec.payload_bytes,
+            correlation_id: rec.correlation_id,
+        },
+    ))
+}
+
+/// The `boundary` parameter of a `multipart/*` content type (any subtype;
+/// clients send `multipart/related`), unquoted.
+fn boundary_of(content_type: &str) -> Option<String> {
+    content_type.split(';').skip(1).find_map(|param| {
+        let (k, v) = param.split_once('=')?;
+        if !k.trim().eq_ignore_ascii_case("boundary") {
+            return None;
+        }
+        let v = v.trim().trim_matches('"');
+        (!v.is_empty() && v.len() <= 200).then(|| v.to_string())
+    })
+}
+
+async fn read_limited(mut field: multer::Field<'static>, limit: u64) -> Result<Vec<u8>, ApiError> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::MultipartError, e.to_string()))?
+    {
+        buf.extend_from_slice(&chunk);
+        if buf.len() as u64 > limit {
+            return Err(ApiError::new(ErrorCode::InvalidBody, "meta part too large"));
+        }
+    }
+    Ok(buf)
+}
+
+/// A decoded dequeue/subscribe request and the queue name as requested.
+struct Consumer {
+    input: DequeueInput,
+    requested_queue: String,
+}
+
+async fn consumer(
+    app: &AppState,
+    uri: &Uri,
+    body: Body,
+    stateful: bool,
+) -> Result<Consumer, ApiError> {
+    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
+    let mut f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
+    let namespace = f.string("namespace")?;
+    let queue = f.string("queue")?;
+    let owner = f.string("owner")?;
+    let txn_id = f.string("txn_id")?;
+    let visibility = f.int("visibility_timeout_seconds")?;
+    let wait = f.int("wait_seconds")?;
+    let page_size = f.int("page_size")?;
+    let _start_after = f.string("start_after")?;
+    f.finish()?;
+    let q = Query::parse(uri.query());
+    let ns = app.namespace(or_query(&namespace, &q, "namespace"))?;
+    let requested = or_query(&queue, &q, "queue").trim().to_string();
+    let queue = queue_name(&requested, ErrorCode::InvalidQueue)?;
+    let owner = or_query(&owner, &q, "owner").trim().to_string();
+    if owner.is_empty() {
+        return Err(ApiError::new(ErrorCode::MissingOwner, "owner required"));
+    }
+    let txn_id = match txn_id.trim() {
+        "" => None,
+        t if is_xid(t) => Some(t.to_string()),
+        t => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidTxn,
+                format!("txn_id {t:?} is not a valid xid"),
+            ))
+        }
+    };
+    let wait = match wait {
+        -1 => Wait::NoWait,
+        n if n > 0 => Wait::Seconds(n),
+        _ => Wait::Forever,
+    };
+    Ok(Consumer {
+        input: DequeueInput {
+            namespace: ns,
+            queue,
+            owner,
+            visibility: app.engine.resolve_ttl(visibility),
+            wait,
+            page_size: if stateful {
+                1
+            } else {
+                page_size.clamp(1, 64) as usize
+            },
+            stateful,
+            txn_id,
+        },
+        requested_queue: requested,
+    })
+}
+
+fn delivery_response(boundary: &str, correlation: &str, body: Body) -> Response {
+    let mut resp = Response::new(body);
+    if let Ok(v) = HeaderValue::from_str(&multipart::content_type(boundary)) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    respond::set_str(&mut resp, headers::CORRELATION_ID, correlation);
+    resp
+}
+
+async fn dequeue_impl(app: Arc<AppState>, uri: Uri, body: Body, stateful: bool) -> Res {
+    let c = consumer(&app, &uri, body, stateful).await?;
+    let leased = app.queues.dequeue(&c.input).await?;
+    let boundary = multipart::boundary();
+    let cid = leased
+        .first()
+        .map(|l| l.record.correlation_id.clone())
+        .unwrap_or_default();
+    let stream = multipart::body(&boundary, leased, &c.requested_queue);
+    Ok(delivery_response(
+        &boundary,
+        &cid,
+        Body::from_stream(stream),
+    ))
+}
+
+/// `POST /v1/queue/dequeue`.
+pub async fn dequeue(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res {
+    dequeue_impl(app, uri, body, false).await
+}
+
+/// `POST /v1/queue/dequeueWithState`.
+pub async fn dequeue_with_state(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res {
+    dequeue_impl(app, uri, body, true).await
+}
+
+/// `POST /v1/queue/subscribe`.
+pub async fn subscribe(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res {
+    subscribe_impl(app, uri, body, false).await
+}
+
+/// `POST /v1/queue/subscribeWithState`.
+pub async fn subscribe_with_state(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res {
+    subscribe_impl(app, uri, body, true).await
+}
+
+/// Subscribe: the first delivery is awaited like a dequeue (errors before
+/// it are JSON); then the response streams one meta+payload pair per
+/// delivery. Flow control: at most `page_size` deliveries of this stream
+/// are unacknowledged at a time, so one slow subscriber cannot hoard the
+/// queue. A client that goes away is noticed at once (the channel closes),
+/// and a message leased for it but not yet handed to the connection is put
+/// back.
+async fn subscribe_impl(app: Arc<AppState>, uri: Uri, body: Body, stateful: bool) -> Res {
+    let c = consumer(&app, &uri, body, stateful).await?;
+    let limit = c.input.page_size;
+    let mut one = c.input.clone();
+    one.page_size = 1;
+    let shard = app.queues.shard(&one.namespace, &one.queue).await?;
+    let first = app.queues.dequeue_on(&shard, &one, one.wait).await?;
+    let boundary = multipart::boundary();
+    let cid = first
+        .first()
+        .map(|l| l.record.correlation_id.clone())
+        .unwrap_or_default();
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    let task_boundary = boundary.clone();
+    tokio::spawn(async move {
+        stream_deliveries(
+            app,
+            shard,
+            one,
+            c.requested_queue,
+            task_boundary,
+            first,
+            limit,
+            tx,
+        )
+        .await;
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Ok(delivery_response(
+        &boundary,
+        &cid,
+        Body::from_stream(stream),
+    ))
+}
+
+/// Sends one delivery into the channel. Returns false if the client left.
+async fn send_delivery(
+    tx: &mpsc::Sender<std::io::Result<Bytes>>,
+    boundary: &str,
+    leased: Leased,
+    queue: &str,
+    first: bool,
+) -> bool {
+    let mut parts = multipart::message_parts(boundary, leased, queue, first, None);
+    while let Some(chunk) = parts.next().await {
+        if tx.send(chunk).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream_deliveries(
+    app: Arc<AppState>,
+    shard: Arc<QueueShard>,
+    input: DequeueInput,
+    queue: String,
+    boundary: String,
+    first: Vec<Leased>,
+    limit: usize,
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+) {
+    let mut outstanding: Vec<(String, String)> = Vec::new();
+    let mut is_first = true;
+    let mut pending = first;
+    loop {
+        for leased in pending.drain(..) {
+            let id = leased.record.id.clone();
+            let lease = leased
+                .record
+                .delivery
+                .as_ref()
+                .map(|d| d.lease_id.clone())
+                .unwrap_or_default();
+            if !send_delivery(&tx, &boundary, leased, &queue, is_first).await {
+                app.queues.return_undelivered(&shard, &id, &lease).await;
+                return;
+            }
+            is_first = false;
+            outstanding.push((id, lease));
+        }
+        // Flow control: wait until this stream has room.
+        loop {
+            outstanding.retain(|(id, lease)| shard.outstanding(id, lease));
+            if outstanding.len() < limit {
+                break;
+            }
+            let notified = shard.notified();
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tx.closed() => return,
+            }
+        }
+        let next = tokio::select! {
+            r = app.queues.dequeue_on(&shard, &input, if input.wait == Wait::NoWait { Wait::NoWait } else { Wait::Forever }) => r,
+            _ = tx.closed() => return,
+        };
+        match next {
+            Ok(l) => pending = l,
+            Err(e) => {
+                // Nothing more (wait -1) or an error: end the stream cleanly.
+                if e.code != ErrorCode::Waiting {
+                    tracing::warn!(error = %e, "subscribe stream ended by an error");
+                }
+                let _ = tx.send(Ok(multipart::close(&boundary))).await;
+                return;
+            }
+        }
+    }
+}
+
+/// The fields of ack/nack/extend shared by all three.
+fn message_ref(
+    app: &AppState,
+    uri: &Uri,
+    f: &mut Fields,
+    need_meta_etag: bool,
+) -> Result<MessageRef, ApiError> {
+    let namespace = f.string("namespace")?;
+    let queue = f.string("queue")?;
+    let message_id = f.string("message_id")?;
+    let lease_id = f.string("lease_id")?;
+    let txn_id = f.string("txn_id")?;
+    let fencing_token = f.int("fencing_token")?;
+    let meta_etag = f.string("meta_etag")?;
+    let state_lease_id = f.string("state_lease_id")?;
+    let state_fencing_token = f.int("state_fencing_token")?;
+    let q = Query::parse(uri.query());
+    let ns = app.namespace(or_query(&namespace, &q, "namespace"))?;
+    if queue.trim().is_empty()
+        || message_id.is_empty()
+        || lease_id.is_empty()
+        || (need_meta_etag && meta_etag.is_empty())
+    {
+        let need = if need_meta_etag {
+            "queue, message_id, lease_id and meta_etag are required"
+        } else {
+            "queue, message_id and lease_id are required"
+        };
+        return Err(ApiError::new(ErrorCode::MissingFields, need));
+    }
+    let invalid = if state_lease_id.is_empty() {
+        ErrorCode::InvalidQueueKey
+    } else {
+        ErrorCode::InvalidQueueStateKey
+    };
+    let queue = queue_name(&queue, invalid)?;
+    Ok(MessageRef {
+        namespace: ns,
+        queue,
+        message_id,
+        lease_id,
+        fencing_token,
+        txn_id,
+        meta_etag,
+        state_lease_id,
+        state_fencing_token,
+        state_etag: String::new(),
+    })
+}
+
+fn with_correlation(mut resp: Response, cid: &str) -> Response {
+    respond::set_str(&mut resp, headers::CORRELATION_ID, cid);
+    resp
+}
+
+/// `POST /v1/queue/ack`.
+pub async fn ack(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res {
+    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
+    let mut f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
+    let mut r = message_ref(&app, &uri, &mut f, false)?;
+    r.state_etag = f.string("state_etag")?;
+    f.finish()?;
+    let cid = app.queues.ack(&r).await?;
+    Ok(with_correlation(
+        respond::json(
+            StatusCode::OK,
+            &AckResponse {
+                acked: true,
+                correlation_id: cid.clone(),
+            },
+        ),
+        &cid,
+    ))
+}
+
+/// `POST /v1/queue/nack`.
+pub async fn nack(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res {
+    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
+    let mut f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
+    let r = message_ref(&app, &uri, &mut f, true)?;
+    let _state_etag = f.string("state_etag")?;
+    let delay = f.int("delay_seconds")?;
+    let intent = f.string("intent")?;
+    let last_error = f.value("last_error");
+    f.finish()?;
+    let intent = match intent.trim().to_ascii_lowercase().as_str() {
+        "" | "failure" => NackIntent::Failure,
+        "defer" => NackIntent::Defer,
+        other => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidNackIntent,
+                format!("intent {other:?} must be failure or defer"),
+            ))
+        }
+    };
+    if intent == NackIntent::Defer && last_error.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidNackLastError,
+            "last_error is only allowed with intent failure",
+        ));
+    }
+    let (meta_etag, cid) = app.queues.nack(&r, delay, intent, last_error).await?;
+    Ok(with_correlation(
+        respond::json(
+            StatusCode::OK,
+            &NackResponse {
+                requeued: true,
+                meta_etag,
+                correlation_id: cid.clone(),
+            },
+        ),
+        &cid,
+    ))
+}
+
+/// `POST /v1/queue/extend`.
+pub async fn extend(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res {
+    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
+    let mut f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
+    let r = message_ref(&app, &uri, &mut f, true)?;
+    let extend_by = f.int("extend_by_seconds")?;
+    f.finish()?;
+    let out = app.queues.extend(&r, extend_by).await?;
+    let cid = out.correlation_id.clone();
+    Ok(with_correlation(
+        respond::json(
+            StatusCode::OK,
+            &ExtendResponse {
+                lease_expires_at_unix: out.lease_expires_at_unix,
+                visibility_timeout_seconds: out.visibility_timeout_seconds,
+                meta_etag: out.meta_etag,
+                state_lease_expires_at_unix: out.state_lease_expires_at_unix,
+                correlation_id: out.correlation_id,
+            },
+        ),
+        &cid,
+    ))
+}
+
+/// Namespace and queue of stats/watch/dlq requests (body, else query).
+fn addressed_queue(
+    app: &AppState,
+    uri: &Uri,
+    f: &mut Fields,
+) -> Result<(String, String, String), ApiError> {
+    let namespace = f.string("namespace")?;
+    let queue = f.string("queue")?;
+    let q = Query::parse(uri.query());
+    let ns = app.namespace(or_query(&namespace, &q, "namespace"))?;
+    let requested = or_query(&queue, &q, "queue").trim().to_string();
+    let name = queue_name(&requested, ErrorCode::InvalidQueue)?;
+    Ok((ns, name, requested))
+}
+
+/// `POST /v1/queue/stats`.
+pub async fn stats(
+    State(app): State<Arc<AppState>>,
+    Extension(cid): Extension<CorrelationId>,
+    uri: Uri,
+    body: Body,
+) -> Res {
+    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
+    let mut f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
+    let (ns, queue, requested) = addressed_queue(&app, &uri, &mut f)?;
+    f.finish()?;
+    let snap = app.queues.snapshot(&ns, &queue).await?;
+    let now = now_unix();
+    let (head_id, head_enq, head_vis) = snap.head.clone().unwrap_or_default();
+    Ok(respond::json(
+        StatusCode::OK,
+        &QueueStatsResponse {
+            namespace: ns,
+            queue: requested,
+            waiting_consumers: snap.waiting_consumers as i64,
+            pending_candidates: snap.ready as i64,
+            total_consumers: snap.total_consumers as i64,
+            has_active_watcher: true,
+            available: snap.head.is_some(),
+            head_message_id: head_id,
+            head_enqueued_at_unix: head_enq,
+            head_not_visible_until_unix: head_vis,
+            head_age_seconds: if head_enq > 0 {
+                (now - head_enq).max(0)
+            } else {
+                0
+            },
+            correlation_id: cid.0,
+        },
+    ))
+}
+
+/// `POST /v1/queue/watch`: server-sent events whenever the queue's head
+/// changes, a heartbeat comment every 20 s.
+pub async fn watch(
+    State(app): State<Arc<AppState>>,
+    Extension(cid): Extension<CorrelationId>,
+    uri: Uri,
+    body: Body,
+) -> Res {
+    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
+    let mut f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
+    let (ns, queue, requested) = addressed_queue(&app, &uri, &mut f)?;
+    f.finish()?;
+    let shard = app.queues.shard(&ns, &queue).await?;
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::spawn(async move {
+        let mut last: Option<(bool, String)> = None;
+        let mut id = 0u64;
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(20));
+        heartbeat.tick().await;
+        loop {
+            let notified = shard.notified();
+            let snap = app.queues.snapshot_of(&shard);
+            let state = (
+                snap.head.is_some(),
+                snap.head.map(|h| h.0).unwrap_or_default(),
+            );
+            if last.as_ref() != Some(&state) {
+                id += 1;
+                let event = QueueWatchEvent {
+                    namespace: ns.clone(),
+                    queue: requested.clone(),
+                    available: state.0,
+                    head_message_id: state.1.clone(),
+                    changed_at_unix: now_unix(),
+                    correlation_id: cid.0.clone(),
+                };
+                let data = serde_json::to_string(&event).unwrap_or_default();
+                let frame = format!("id: {id}\nevent: queue_watch\ndata: {data}\n\n");
+                if tx.send(Ok(Bytes::from(frame))).await.is_err() {
+                    return;
+                }
+                last = Some(state);
+            }
+            tokio::select! {
+                _ = notified => {}
+                // Messages also become visible by the clock.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = heartbeat.tick() => {
+                    if tx.send(Ok(Bytes::from_static(b": keepalive\n\n"))).await.is_err() {
+                        return;
+                    }
+                }
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+/// `POST /v1/queue/dlq/list` (ours): `{namespace, queue, start_after, limit}`.
+pub async fn dlq_list(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res {
+    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
+    let mut f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
+    let (ns, queue, _) = addressed_queue(&app, &uri, &mut f)?;
+    let start_after = f.string("start_after")?;
+    let limit = f.int("limit")?;
+    f.finish()?;
+    let limit = if limit <= 0 { 100 } else { limit.min(1000) } as usize;
+    let recs = app
+        .queues
+        .dlq_list(
+            &ns,
+            &queue,
+            (!start_after.is_empty()).then_some(start_after.as_str()),
+            limit,
+        )
+        .await?;
+    let next_cursor = if recs.len() == limit {
+        recs.last().map(|r| r.id.clone()).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let messages = recs
+        .iter()
+        .map(|r| multipart::wire_message(r, &queue))
+        .collect();
+    Ok(respond::json(
+        StatusCode::OK,
+        &DeadLetterList {
+            namespace: ns,
+            queue,
+            messages,
+            next_cursor,
+        },
+    ))
+}
+
+/// `POST /v1/queue/dlq/get` (ours): `{namespace, queue, message_id}` →
+/// the message in the delivery format (meta part, payload part).
+pub async fn dlq_get(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res {
+    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
+    let mut f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
+    let (ns, queue, _) = addressed_queue(&app, &uri, &mut f)?;
+    let id = f.string("message_id")?;
+    f.finish()?;
+    if id.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::MissingFields,
+            "message_id required",
+        ));
+    }
+    let leased = app.queues.dlq_get(&ns, &queue, &id).await?;
+    let boundary = multipart::boundary();
+    let cid = leased.record.correlation_id.clone();
+    let stream = multipart::body(&boundary, vec![leased], &queue);
+    Ok(delivery_response(
+        &boundary,
+        &cid,
+        Body::from_stream(stream),
+    ))
+}
+
+/// `POST /v1/queue/dlq/redrive` (ours): `{namespace, queue, message_ids}`
+/// or `{namespace, queue, all: true}`.
+pub async fn dlq_redrive(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res {
+    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
+    let mut f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
+    let (ns, queue, _) = addressed_queue(&app, &uri, &mut f)?;
+    let all = f.boolean("all")?;
+    let ids = f.value("message_ids");
+    f.finish()?;
+    let mut ids: Vec<String> = match ids {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s),
+                _ => Err(ApiError::new(
+                    ErrorCode::InvalidBody,
+                    "message_ids must be strings",
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
+                "message_ids must be an array",
+            ))
+        }
+    };
+    if all {
+        let mut after: Option<String> = None;
+        loop {
+            let page = app
+                .queues
+                .dlq_list(&ns, &queue, after.as_deref(), 1000)
+                .await?;
+            let Some(last) = page.last().map(|r| r.id.clone()) else {
+                break;
+            };
+            ids.extend(page.into_iter().map(|r| r.id));
+            after = Some(last);
+        }
+    }
+    if ids.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::MissingFields,
+            "message_ids (or all: true) required",
+        ));
+    }
+    let redriven = app.queues.dlq_redrive(&ns, &queue, &ids).await?;
+    Ok(respond::json(
+        StatusCode::OK,
+        &RedriveResponse {
+            namespace: ns,
+            queue,
+            redriven,
+        },
+    ))
+}
