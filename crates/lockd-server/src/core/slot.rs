@@ -146,6 +146,10 @@ pub async fn persist(
         None => Cond::IfAbsent,
     };
     let idx = before.len();
+    // If this future is dropped while the write is in flight (the client
+    // went away), the write may still land: the cache must then be
+    // reloaded before anyone trusts it again.
+    st.loaded = false;
     let mut ops = before;
     ops.push(Op::Put {
         key: meta_key(id),
@@ -157,14 +161,12 @@ pub async fn persist(
         Ok(etags) => {
             st.store_etag = etags.get(idx).cloned();
             st.rec = Some(rec);
+            st.loaded = true;
             Ok(())
         }
-        Err(e) => {
-            // Someone else changed the record (shared backends) or the write
-            // failed half-way: reload before the next use.
-            st.loaded = false;
-            Err(e.into())
-        }
+        // Someone else changed the record (shared backends) or the write
+        // failed: the cache stays unloaded and is read again on next use.
+        Err(e) => Err(e.into()),
     }
 }
 

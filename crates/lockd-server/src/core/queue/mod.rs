@@ -158,6 +158,33 @@ struct Slot {
     /// `None` once the message is gone (acked, dead-lettered, expired).
     rec: Option<MessageRecord>,
     etag: ETag,
+    /// A write was started and not seen to finish (its future was dropped):
+    /// reload from the store before use.
+    stale: bool,
+}
+
+/// Puts a claimed entry back in the visibility order if the claim is
+/// abandoned (error, or the request's future dropped mid-way). After a
+/// `settle` the entry is no longer claimed and this does nothing.
+struct ClaimGuard<'a> {
+    shard: &'a QueueShard,
+    id: String,
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        let mut idx = self.shard.lock();
+        let visible_at = match idx.entries.get_mut(&self.id) {
+            Some(e) if e.claimed => {
+                e.claimed = false;
+                e.visible_at
+            }
+            _ => return,
+        };
+        idx.order.insert((visible_at, self.id.clone()));
+        drop(idx);
+        self.shard.wake();
+    }
 }
 
 #[derive(Default)]
@@ -172,6 +199,7 @@ impl Index {
         let slot = Arc::new(Mutex::new(Slot {
             rec: Some(rec.clone()),
             etag,
+            stale: false,
         }));
         self.entries.insert(
             id.to_string(),
@@ -542,7 +570,13 @@ impl Queues {
                 e.claimed = true;
                 (id, e.slot.clone())
             };
+            let _claim = ClaimGuard {
+                shard,
+                id: id.clone(),
+            };
             let mut slot = slot.lock().await;
+            self.refresh(&mut slot, &shard.namespace, &shard.name, &id)
+                .await?;
             let Some(mut rec) = slot.rec.clone() else {
                 shard.lock().settle(&id, None);
                 continue;
@@ -553,8 +587,7 @@ impl Queues {
                 continue;
             }
             if rec.expires_at_unix > 0 && now >= rec.expires_at_unix {
-                self.remove_message(&rec, &slot.etag, false).await?;
-                slot.rec = None;
+                self.remove_message(&rec, &mut slot, false).await?;
                 shard.lock().settle(&id, None);
                 continue;
             }
@@ -570,8 +603,7 @@ impl Queues {
                 }
             }
             if rec.failure_attempts >= rec.max_attempts {
-                self.dead_letter(&mut rec, &slot.etag).await?;
-                slot.rec = None;
+                self.dead_letter(&mut rec, &mut slot).await?;
                 shard.lock().settle(&id, None);
                 continue;
             }
@@ -677,8 +709,28 @@ impl Queues {
         })
     }
 
+    /// Reloads a slot whose last write was abandoned mid-way.
+    async fn refresh(&self, slot: &mut Slot, ns: &str, queue: &str, id: &str) -> CoreResult<()> {
+        if !slot.stale {
+            return Ok(());
+        }
+        match self.store.get(&msg_key(ns, queue, id)).await? {
+            Some((raw, etag)) => {
+                let rec = serde_json::from_slice(&raw).map_err(|_| {
+                    CoreError::new(ErrorCode::InternalError, "corrupt message record")
+                })?;
+                slot.rec = Some(rec);
+                slot.etag = etag;
+            }
+            None => slot.rec = None,
+        }
+        slot.stale = false;
+        Ok(())
+    }
+
     /// Writes a changed record over the one in `slot`.
     async fn write(&self, rec: &MessageRecord, slot: &mut Slot) -> CoreResult<()> {
+        slot.stale = true;
         let etags = self
             .store
             .apply(vec![Op::Put {
@@ -689,6 +741,7 @@ impl Queues {
             .await?;
         slot.etag = etags.into_iter().next().unwrap_or_default();
         slot.rec = Some(rec.clone());
+        slot.stale = false;
         Ok(())
     }
 
@@ -696,15 +749,18 @@ impl Queues {
     async fn remove_message(
         &self,
         rec: &MessageRecord,
-        etag: &str,
+        slot: &mut Slot,
         keep_payload: bool,
     ) -> CoreResult<()> {
+        slot.stale = true;
         self.store
             .apply(vec![Op::Delete {
                 key: msg_key(&rec.namespace, &rec.queue, &rec.id),
-                cond: Cond::IfMatch(etag.to_string()),
+                cond: Cond::IfMatch(slot.etag.clone()),
             }])
             .await?;
+        slot.rec = None;
+        slot.stale = false;
         if !keep_payload {
             let _ = self
                 .store
@@ -715,7 +771,7 @@ impl Queues {
     }
 
     /// Moves a message to the dead-letter area (record moved, payload kept).
-    async fn dead_letter(&self, rec: &mut MessageRecord, etag: &str) -> CoreResult<()> {
+    async fn dead_letter(&self, rec: &mut MessageRecord, slot: &mut Slot) -> CoreResult<()> {
         let previous = rec.last_error.take();
         rec.last_error = Some(json!({
             "reason": "max_attempts_exceeded",
@@ -724,6 +780,7 @@ impl Queues {
         }));
         rec.delivery = None;
         rec.dead_lettered_at_unix = now_unix();
+        slot.stale = true;
         self.store
             .apply(vec![
                 Op::Put {
@@ -733,10 +790,12 @@ impl Queues {
                 },
                 Op::Delete {
                     key: msg_key(&rec.namespace, &rec.queue, &rec.id),
-                    cond: Cond::IfMatch(etag.to_string()),
+                    cond: Cond::IfMatch(slot.etag.clone()),
                 },
             ])
             .await?;
+        slot.rec = None;
+        slot.stale = false;
         tracing::info!(queue = %rec.queue, message_id = %rec.id, "message dead-lettered");
         Ok(())
     }
@@ -758,11 +817,13 @@ impl Queues {
                 .map(|e| e.slot.clone())
                 .ok_or_else(|| not_found("message not found"))?
         };
-        let slot = slot.lock_owned().await;
-        let rec = slot
-            .rec
-            .clone()
-            .ok_or_else(|| not_found("message already removed"))?;
+        let mut slot = slot.lock_owned().await;
+        self.refresh(&mut slot, &r.namespace, &r.queue, &r.message_id)
+            .await?;
+        let Some(rec) = slot.rec.clone() else {
+            shard.lock().settle(&r.message_id, None);
+            return Err(not_found("message already removed"));
+        };
         let Some(d) = rec.delivery.as_ref() else {
             return Err(mismatch());
         };
@@ -792,8 +853,7 @@ impl Queues {
                 "state_etag does not match",
             ));
         }
-        self.remove_message(&rec, &slot.etag, false).await?;
-        slot.rec = None;
+        self.remove_message(&rec, &mut slot, false).await?;
         shard.lock().settle(&rec.id, None);
         drop(slot);
         shard.wake();
@@ -830,9 +890,7 @@ impl Queues {
         rec.not_visible_until_unix = now_unix() + delay_seconds.max(0);
         rec.meta_etag = uuid::Uuid::now_v7().to_string();
         if rec.failure_attempts >= rec.max_attempts {
-            let etag = slot.etag.clone();
-            self.dead_letter(&mut rec, &etag).await?;
-            slot.rec = None;
+            self.dead_letter(&mut rec, &mut slot).await?;
             shard.lock().settle(&rec.id, None);
         } else {
             self.write(&rec, &mut slot).await?;
@@ -962,6 +1020,13 @@ impl Queues {
             }
         };
         let mut slot = slot.lock().await;
+        if self
+            .refresh(&mut slot, &shard.namespace, &shard.name, id)
+            .await
+            .is_err()
+        {
+            return;
+        }
         let Some(mut rec) = slot.rec.clone() else {
             return;
         };
