@@ -8,10 +8,11 @@
 //! before its data is durable. Throughput therefore grows with the number of
 //! concurrent writers instead of being capped at one fsync per write.
 //!
-//! Blobs (queue payloads) live beside the database as files under
-//! `PATH/blobs/`, named by the SHA-256 of their key: written to a temporary
-//! file, fsynced, then renamed into place, so they stream in and out without
-//! being held in memory.
+//! Blobs (queue payloads) up to [`INLINE_BLOB_MAX`] bytes are stored in the
+//! database itself, so they share group commits with everything else.
+//! Larger ones live beside it as files under `PATH/blobs/`, named by the
+//! SHA-256 of their key: written to a temporary file, fsynced, then renamed
+//! into place, so they stream in and out without being held in memory.
 //!
 //! redb holds an exclusive lock on the file, so a second process pointed at
 //! the same directory fails to open it instead of corrupting it.
@@ -34,6 +35,11 @@ use super::{ByteStream, Cond, ETag, Op, Store, StoreError, StoreResult};
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const SYSTEM: TableDefinition<&str, u64> = TableDefinition::new("system");
 const ETAG_SEQ: &str = "etag_seq";
+/// Largest blob kept inside the database; larger ones become files.
+pub const INLINE_BLOB_MAX: usize = 64 * 1024;
+/// Database key prefix of inline blobs.
+const INLINE_PREFIX: &str = "\u{0}blob/";
+
 /// Upper bound on batches folded into one commit, to bound latency.
 const MAX_GROUP: usize = 1024;
 
@@ -124,6 +130,37 @@ impl DiskStore {
 }
 
 impl DiskStore {
+    /// Streams a large blob into its file: temporary file, fsync, rename,
+    /// fsync of the directory.
+    async fn put_blob_file(&self, key: &str, mut body: ByteStream) -> StoreResult<u64> {
+        let dir = self.dir.join("blobs");
+        let tmp = dir.join(format!("tmp-{}", uuid::Uuid::now_v7()));
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(backend)?;
+        let mut len = 0u64;
+        let res: StoreResult<()> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| StoreError::Source(e.to_string()))?;
+                len += chunk.len() as u64;
+                file.write_all(&chunk).await.map_err(backend)?;
+            }
+            file.sync_all().await.map_err(backend)?;
+            tokio::fs::rename(&tmp, self.blob_path(key))
+                .await
+                .map_err(backend)?;
+            tokio::fs::File::open(&dir)
+                .await
+                .map_err(backend)?
+                .sync_all()
+                .await
+                .map_err(backend)
+        }
+        .await;
+        if res.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        res.map(|_| len)
+    }
+
     fn blob_path(&self, key: &str) -> PathBuf {
         self.dir
             .join("blobs")
@@ -288,36 +325,45 @@ impl Store for DiskStore {
     }
 
     async fn put_blob(&self, key: &str, mut body: ByteStream) -> StoreResult<u64> {
-        let dir = self.dir.join("blobs");
-        let tmp = dir.join(format!("tmp-{}", uuid::Uuid::now_v7()));
-        let mut file = tokio::fs::File::create(&tmp).await.map_err(backend)?;
-        let mut len = 0u64;
-        let res: StoreResult<()> = async {
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| StoreError::Source(e.to_string()))?;
-                len += chunk.len() as u64;
-                file.write_all(&chunk).await.map_err(backend)?;
+        // Small blobs go into the database (one group-committed write);
+        // the first chunk that crosses the bound spills everything to a file.
+        let mut head = bytes::BytesMut::new();
+        let mut spill = None;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| StoreError::Source(e.to_string()))?;
+            if head.len() + chunk.len() > INLINE_BLOB_MAX {
+                spill = Some(chunk);
+                break;
             }
-            file.sync_all().await.map_err(backend)?;
-            tokio::fs::rename(&tmp, self.blob_path(key))
-                .await
-                .map_err(backend)?;
-            // Make the rename itself durable.
-            tokio::fs::File::open(&dir)
-                .await
-                .map_err(backend)?
-                .sync_all()
-                .await
-                .map_err(backend)
+            head.extend_from_slice(&chunk);
         }
-        .await;
-        if res.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        res.map(|_| len)
+        let inline_key = format!("{INLINE_PREFIX}{key}");
+        let Some(next) = spill else {
+            let len = head.len() as u64;
+            self.apply(vec![Op::Put {
+                key: inline_key,
+                value: head.freeze(),
+                cond: Cond::Any,
+            }])
+            .await?;
+            let _ = tokio::fs::remove_file(self.blob_path(key)).await;
+            return Ok(len);
+        };
+        let rest: ByteStream =
+            Box::pin(futures_util::stream::iter([Ok(head.freeze()), Ok(next)]).chain(body));
+        let len = self.put_blob_file(key, rest).await?;
+        self.apply(vec![Op::Delete {
+            key: inline_key,
+            cond: Cond::Any,
+        }])
+        .await?;
+        Ok(len)
     }
 
     async fn get_blob(&self, key: &str) -> StoreResult<Option<(u64, ByteStream)>> {
+        if let Some((value, _)) = self.get(&format!("{INLINE_PREFIX}{key}")).await? {
+            return Ok(Some((value.len() as u64, super::once_stream(value))));
+        }
         let file = match tokio::fs::File::open(self.blob_path(key)).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -329,6 +375,11 @@ impl Store for DiskStore {
     }
 
     async fn delete_blob(&self, key: &str) -> StoreResult<()> {
+        self.apply(vec![Op::Delete {
+            key: format!("{INLINE_PREFIX}{key}"),
+            cond: Cond::Any,
+        }])
+        .await?;
         match tokio::fs::remove_file(self.blob_path(key)).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

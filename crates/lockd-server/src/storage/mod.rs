@@ -270,3 +270,66 @@ mod contract_tests {
             .contains("unsupported"));
     }
 }
+
+#[cfg(test)]
+mod blob_tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    fn chunks(total: usize) -> ByteStream {
+        let data: Vec<std::io::Result<Bytes>> = (0..total)
+            .step_by(10_000)
+            .map(|i| Ok(Bytes::from(vec![(i / 10_000) as u8; 10_000.min(total - i)])))
+            .collect();
+        Box::pin(futures_util::stream::iter(data))
+    }
+
+    async fn read_all(s: ByteStream) -> Vec<u8> {
+        s.fold(Vec::new(), |mut acc, c| async move {
+            acc.extend_from_slice(&c.unwrap());
+            acc
+        })
+        .await
+    }
+
+    async fn blobs(store: &dyn Store) {
+        for size in [0usize, 5, 64 * 1024, 64 * 1024 + 1, 300_000] {
+            let key = format!("q/ns/q/payload/{size}");
+            assert_eq!(
+                store.put_blob(&key, chunks(size)).await.unwrap(),
+                size as u64
+            );
+            let (len, s) = store.get_blob(&key).await.unwrap().unwrap();
+            assert_eq!(len, size as u64);
+            let got = read_all(s).await;
+            assert_eq!(got, read_all(chunks(size)).await, "size {size}");
+            store.delete_blob(&key).await.unwrap();
+            assert!(store.get_blob(&key).await.unwrap().is_none());
+        }
+        // A failing source stores nothing.
+        let bad: ByteStream = Box::pin(futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(b"x")),
+            Err(std::io::Error::other("client went away")),
+        ]));
+        assert!(matches!(
+            store.put_blob("k", bad).await,
+            Err(StoreError::Source(_))
+        ));
+        assert!(store.get_blob("k").await.unwrap().is_none());
+        // Replacing a large blob with a small one leaves only the small one.
+        store.put_blob("r", chunks(200_000)).await.unwrap();
+        store.put_blob("r", chunks(10)).await.unwrap();
+        assert_eq!(store.get_blob("r").await.unwrap().unwrap().0, 10);
+    }
+
+    #[tokio::test]
+    async fn mem_blobs_round_trip() {
+        blobs(&MemStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn disk_blobs_round_trip_inline_and_as_files() {
+        let dir = tempfile::tempdir().unwrap();
+        blobs(&DiskStore::open(dir.path()).unwrap()).await;
+    }
+}

@@ -762,10 +762,15 @@ impl Queues {
         slot.rec = None;
         slot.stale = false;
         if !keep_payload {
-            let _ = self
-                .store
-                .delete_blob(&payload_key(&rec.namespace, &rec.queue, &rec.id))
-                .await;
+            // Garbage once the record is gone: delete it in the background
+            // rather than making the caller wait for another write.
+            let store = self.store.clone();
+            let key = payload_key(&rec.namespace, &rec.queue, &rec.id);
+            tokio::spawn(async move {
+                if let Err(e) = store.delete_blob(&key).await {
+                    tracing::warn!(key, error = %e, "could not delete payload");
+                }
+            });
         }
         Ok(())
     }
