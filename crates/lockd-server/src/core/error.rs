@@ -61,7 +61,8 @@ impl From<StoreError> for CoreError {
             StoreError::CondFailed(_) => {
                 CoreError::new(ErrorCode::CasMismatch, "storage cas mismatch")
             }
-            StoreError::Source(msg) => CoreError::new(ErrorCode::InvalidBody, msg),
+            // The only streamed source is an enqueue's multipart payload.
+            StoreError::Source(msg) => CoreError::new(ErrorCode::MultipartError, msg),
             StoreError::Backend(msg) => {
                 tracing::error!(error = %msg, "storage failure");
                 CoreError::new(ErrorCode::InternalError, "internal server error")

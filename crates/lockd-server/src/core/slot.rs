@@ -19,6 +19,8 @@ use crate::storage::{Cond, ETag, Op, Store};
 #[derive(Default)]
 pub struct SlotState {
     loaded: bool,
+    /// A write was started; a reload must wait for it to land first.
+    written: bool,
     /// The record, `None` if the key was never acquired.
     pub rec: Option<MetaRecord>,
     /// Store etag of the record, for conditional writes.
@@ -42,6 +44,10 @@ impl Slot {
     pub async fn lock(&self, store: &dyn Store, id: &str) -> CoreResult<MutexGuard<'_, SlotState>> {
         let mut st = self.state.lock().await;
         if !st.loaded {
+            if st.written {
+                store.barrier().await?;
+                st.written = false;
+            }
             match store.get(&meta_key(id)).await? {
                 Some((raw, etag)) => {
                     let rec: MetaRecord = serde_json::from_slice(&raw).map_err(|e| {
@@ -150,6 +156,7 @@ pub async fn persist(
     // went away), the write may still land: the cache must then be
     // reloaded before anyone trusts it again.
     st.loaded = false;
+    st.written = true;
     let mut ops = before;
     ops.push(Op::Put {
         key: meta_key(id),

@@ -124,13 +124,7 @@ pub async fn enqueue(
             },
             payload,
         )
-        .await
-        .map_err(|e| match e.code {
-            ErrorCode::InvalidBody if e.detail.contains("multipart") => {
-                ApiError::new(ErrorCode::MultipartError, e.detail)
-            }
-            _ => ApiError(e),
-        })?;
+        .await?;
     Ok(respond::json(
         StatusCode::OK,
         &EnqueueResponse {
@@ -382,6 +376,12 @@ async fn stream_deliveries(
             outstanding.retain(|(id, lease)| shard.outstanding(id, lease));
             if outstanding.len() < limit {
                 break;
+            }
+            // wait_seconds -1 ends the stream once nothing is ready, even
+            // while deliveries are still unacknowledged.
+            if input.wait == Wait::NoWait && !shard.has_ready() {
+                let _ = tx.send(Ok(multipart::close(&boundary))).await;
+                return;
             }
             let notified = shard.notified();
             tokio::select! {

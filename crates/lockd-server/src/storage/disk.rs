@@ -286,6 +286,12 @@ impl Store for DiskStore {
             .map_err(|_| StoreError::Backend("disk writer stopped".into()))?
     }
 
+    async fn barrier(&self) -> StoreResult<()> {
+        // The writer applies batches in order: an empty one is answered only
+        // after everything queued before it has committed.
+        self.apply(Vec::new()).await.map(|_| ())
+    }
+
     async fn list(
         &self,
         prefix: &str,

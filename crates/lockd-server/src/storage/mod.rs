@@ -94,6 +94,13 @@ pub trait Store: Send + Sync + 'static {
     /// Human-readable description for logs (`mem://`, `disk:///path`).
     fn describe(&self) -> String;
 
+    /// Returns once every write handed to this store before the call is
+    /// durable and visible to `get` (writes whose callers stopped waiting
+    /// included). Used before re-reading an object after an abandoned write.
+    async fn barrier(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// Stores a blob (a queue payload) from a stream without holding it
     /// whole in memory (except on `mem://`). Durable when it returns.
     /// Returns the number of bytes stored.

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use futures_util::StreamExt;
 use lockd_api::ErrorCode;
 use serde_json::{json, Value};
 use tokio::sync::{Mutex, Notify, OnceCell};
@@ -255,6 +256,11 @@ impl QueueShard {
         self.lock().order.first().map(|(t, _)| *t)
     }
 
+    /// Whether a message is visible now.
+    pub fn has_ready(&self) -> bool {
+        self.next_visible().is_some_and(|t| t <= now_unix())
+    }
+
     /// Wakes everyone waiting on this queue.
     pub fn wake(&self) {
         self.notify.notify_waiters();
@@ -406,17 +412,31 @@ impl Queues {
         let shard = self.shard(&input.namespace, &input.queue).await?;
         let id = uuid::Uuid::now_v7().to_string();
         let pkey = payload_key(&input.namespace, &input.queue, &id);
-        let payload_bytes = self.store.put_blob(&pkey, payload).await?;
-        if self.cfg.max_payload > 0 && payload_bytes > self.cfg.max_payload {
-            let _ = self.store.delete_blob(&pkey).await;
-            return Err(CoreError::new(
-                ErrorCode::InvalidBody,
-                format!(
-                    "payload exceeds the server's limit of {} bytes",
-                    self.cfg.max_payload
-                ),
-            ));
-        }
+        // Refuse an oversize payload as soon as it crosses the limit, not
+        // after storing it whole.
+        let max = self.cfg.max_payload;
+        let too_large = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = too_large.clone();
+        let mut seen = 0u64;
+        let payload: ByteStream = Box::pin(payload.map(move |chunk| {
+            let chunk = chunk?;
+            seen += chunk.len() as u64;
+            if max > 0 && seen > max {
+                flag.store(true, Ordering::Relaxed);
+                return Err(std::io::Error::other("payload too large"));
+            }
+            Ok(chunk)
+        }));
+        let payload_bytes = match self.store.put_blob(&pkey, payload).await {
+            Ok(n) => n,
+            Err(_) if too_large.load(Ordering::Relaxed) => {
+                return Err(CoreError::new(
+                    ErrorCode::InvalidBody,
+                    format!("payload exceeds the server's limit of {max} bytes"),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
         let now = now_unix();
         let rec = MessageRecord {
             id: id.clone(),
@@ -714,6 +734,7 @@ impl Queues {
         if !slot.stale {
             return Ok(());
         }
+        self.store.barrier().await?;
         match self.store.get(&msg_key(ns, queue, id)).await? {
             Some((raw, etag)) => {
                 let rec = serde_json::from_slice(&raw).map_err(|_| {
