@@ -68,6 +68,10 @@ pub struct MessageRecord {
     /// When the message was dead-lettered (DLQ records only).
     #[serde(default)]
     pub dead_lettered_at_unix: i64,
+    /// The payload is a small object at [`inline_payload_key`], written in
+    /// the same batch as the record, rather than a streamed blob.
+    #[serde(default)]
+    pub payload_inline: bool,
 }
 
 /// Store key prefix of a queue's objects.
@@ -88,6 +92,11 @@ pub fn dlq_key(ns: &str, queue: &str, id: &str) -> String {
 /// Blob key of a payload.
 pub fn payload_key(ns: &str, queue: &str, id: &str) -> String {
     format!("q/{ns}/{queue}/payload/{id}")
+}
+
+/// Store key of a small payload kept as an ordinary object.
+pub fn inline_payload_key(ns: &str, queue: &str, id: &str) -> String {
+    format!("q/{ns}/{queue}/pl/{id}")
 }
 
 /// Engine key of a message's workflow state (PROTOCOL.md §6.12).

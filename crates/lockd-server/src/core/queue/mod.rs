@@ -24,13 +24,18 @@ use tokio::sync::{Mutex, Notify, OnceCell};
 use tokio::time::Instant;
 
 use self::message::{
-    dlq_key, msg_key, payload_key, queue_prefix, state_key, Delivery, MessageRecord, StateLease,
+    dlq_key, inline_payload_key, msg_key, payload_key, queue_prefix, state_key, Delivery,
+    MessageRecord, StateLease,
 };
 use super::{
     millis_until, now_unix, AcquireInput, CoreError, CoreResult, Engine, KeepAliveInput, LeaseRef,
     ReleaseInput, RemoveInput,
 };
 use crate::storage::{ByteStream, Cond, ETag, Op, Store};
+
+/// Largest payload written as an ordinary object together with its
+/// record; larger payloads stream into blobs.
+pub const INLINE_PAYLOAD_MAX: usize = 64 * 1024;
 
 /// Tunables of the queue.
 #[derive(Debug, Clone)]
@@ -427,15 +432,41 @@ impl Queues {
             }
             Ok(chunk)
         }));
-        let payload_bytes = match self.store.put_blob(&pkey, payload).await {
-            Ok(n) => n,
-            Err(_) if too_large.load(Ordering::Relaxed) => {
-                return Err(CoreError::new(
-                    ErrorCode::InvalidBody,
-                    format!("payload exceeds the server's limit of {max} bytes"),
-                ))
+        let oversize = || {
+            CoreError::new(
+                ErrorCode::InvalidBody,
+                format!("payload exceeds the server's limit of {max} bytes"),
+            )
+        };
+        // A small payload is written with the record in one batch; a large
+        // one streams into a blob first.
+        let mut payload = payload;
+        let mut head = bytes::BytesMut::new();
+        let mut spill = None;
+        while let Some(chunk) = payload.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(_) if too_large.load(Ordering::Relaxed) => return Err(oversize()),
+                Err(e) => return Err(CoreError::new(ErrorCode::MultipartError, e.to_string())),
+            };
+            if head.len() + chunk.len() > INLINE_PAYLOAD_MAX {
+                spill = Some(chunk);
+                break;
             }
-            Err(e) => return Err(e.into()),
+            head.extend_from_slice(&chunk);
+        }
+        let (payload_bytes, inline) = match spill {
+            None => (head.len() as u64, Some(head.freeze())),
+            Some(next) => {
+                let rest: ByteStream = Box::pin(
+                    futures_util::stream::iter([Ok(head.freeze()), Ok(next)]).chain(payload),
+                );
+                match self.store.put_blob(&pkey, rest).await {
+                    Ok(n) => (n, None),
+                    Err(_) if too_large.load(Ordering::Relaxed) => return Err(oversize()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
         };
         let now = now_unix();
         let rec = MessageRecord {
@@ -475,26 +506,34 @@ impl Queues {
             meta_etag: uuid::Uuid::now_v7().to_string(),
             state_etag: String::new(),
             dead_lettered_at_unix: 0,
+            payload_inline: inline.is_some(),
         };
         let raw = encode(&rec)?;
-        let res = self
-            .store
-            .apply(vec![Op::Put {
-                key: msg_key(&rec.namespace, &rec.queue, &id),
-                value: raw,
-                cond: Cond::IfAbsent,
-            }])
-            .await;
-        let etags = match res {
+        let mut ops = Vec::with_capacity(2);
+        if let Some(body) = inline {
+            ops.push(Op::Put {
+                key: inline_payload_key(&rec.namespace, &rec.queue, &id),
+                value: body,
+                cond: Cond::Any,
+            });
+        }
+        let record_at = ops.len();
+        ops.push(Op::Put {
+            key: msg_key(&rec.namespace, &rec.queue, &id),
+            value: raw,
+            cond: Cond::IfAbsent,
+        });
+        let etags = match self.store.apply(ops).await {
             Ok(e) => e,
             Err(e) => {
-                let _ = self.store.delete_blob(&pkey).await;
+                if !rec.payload_inline {
+                    let _ = self.store.delete_blob(&pkey).await;
+                }
                 return Err(e.into());
             }
         };
-        shard
-            .lock()
-            .insert(&id, &rec, etags.into_iter().next().unwrap_or_default());
+        let etag = etags.into_iter().nth(record_at).unwrap_or_default();
+        shard.lock().insert(&id, &rec, etag);
         shard.wake();
         Ok(rec)
     }
@@ -607,7 +646,7 @@ impl Queues {
                 continue;
             }
             if rec.expires_at_unix > 0 && now >= rec.expires_at_unix {
-                self.remove_message(&rec, &mut slot, false).await?;
+                self.remove_message(&rec, &mut slot).await?;
                 shard.lock().settle(&id, None);
                 continue;
             }
@@ -689,6 +728,16 @@ impl Queues {
     }
 
     async fn open_payload(&self, rec: &MessageRecord) -> CoreResult<(u64, ByteStream)> {
+        if rec.payload_inline {
+            let key = inline_payload_key(&rec.namespace, &rec.queue, &rec.id);
+            return match self.store.get(&key).await? {
+                Some((body, _)) => Ok((body.len() as u64, crate::storage::once_stream(body))),
+                None => {
+                    tracing::error!(message_id = %rec.id, "payload missing; delivering it empty");
+                    Ok((0, crate::storage::once_stream(Bytes::new())))
+                }
+            };
+        }
         match self
             .store
             .get_blob(&payload_key(&rec.namespace, &rec.queue, &rec.id))
@@ -766,23 +815,23 @@ impl Queues {
         Ok(())
     }
 
-    /// Deletes a live record (and its payload unless it moves elsewhere).
-    async fn remove_message(
-        &self,
-        rec: &MessageRecord,
-        slot: &mut Slot,
-        keep_payload: bool,
-    ) -> CoreResult<()> {
+    /// Deletes a live record and its payload.
+    async fn remove_message(&self, rec: &MessageRecord, slot: &mut Slot) -> CoreResult<()> {
         slot.stale = true;
-        self.store
-            .apply(vec![Op::Delete {
-                key: msg_key(&rec.namespace, &rec.queue, &rec.id),
-                cond: Cond::IfMatch(slot.etag.clone()),
-            }])
-            .await?;
+        let mut ops = vec![Op::Delete {
+            key: msg_key(&rec.namespace, &rec.queue, &rec.id),
+            cond: Cond::IfMatch(slot.etag.clone()),
+        }];
+        if rec.payload_inline {
+            ops.push(Op::Delete {
+                key: inline_payload_key(&rec.namespace, &rec.queue, &rec.id),
+                cond: Cond::Any,
+            });
+        }
+        self.store.apply(ops).await?;
         slot.rec = None;
         slot.stale = false;
-        if !keep_payload {
+        if !rec.payload_inline {
             // Garbage once the record is gone: delete it in the background
             // rather than making the caller wait for another write.
             let store = self.store.clone();
@@ -879,7 +928,7 @@ impl Queues {
                 "state_etag does not match",
             ));
         }
-        self.remove_message(&rec, &mut slot, false).await?;
+        self.remove_message(&rec, &mut slot).await?;
         shard.lock().settle(&rec.id, None);
         drop(slot);
         shard.wake();
