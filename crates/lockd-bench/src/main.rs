@@ -41,6 +41,57 @@
 //! keep-alive, one connection pool, `TCP_NODELAY`), to keep load-generator
 //! overhead low.
 //!
+//! # The queue workload
+//!
+//! `queue` runs P producers (default 4) and C consumers (default 4) on one
+//! queue (`bench`) and measures **messages per second end to end**: a
+//! message counts when its ack completes inside the window.
+//!
+//! * A producer loops over `POST /v1/queue/enqueue` with
+//!   `Content-Type: multipart/related; boundary=B` and a `meta` part
+//!   `{"queue":"bench"}` followed by a 1 KiB `payload` part (PROTOCOL.md
+//!   §6.2). The payload's first 8 bytes are the enqueue time (monotonic
+//!   nanoseconds since the run started, little-endian), the next 8 a random
+//!   run tag.
+//! * `--consume dequeue`: each consumer loops over `POST /v1/queue/dequeue`
+//!   `{"queue","owner","wait_seconds":5,"page_size":N}` (`--page-size`,
+//!   default 1), parses the `multipart/related` answer (§6.3) and acks every
+//!   message (concurrently when a page holds several) before the next
+//!   dequeue.
+//! * `--consume subscribe`: each consumer holds one
+//!   `POST /v1/queue/subscribe` stream (`--subscribe-page-size`, default 8:
+//!   the server keeps at most N unacknowledged deliveries per stream),
+//!   parses deliveries from the streaming body as they arrive and hands
+//!   them to its own ack task, which acks them concurrently.
+//! * ack is `POST /v1/queue/ack`
+//!   `{"queue","message_id","lease_id","fencing_token","meta_etag"}` (§6.7).
+//! * Default `--consume both`: dequeue, then subscribe, each on a fresh
+//!   in-process server (`--store mem|disk|both`, default both) or, with
+//!   `--url`, on the running server with a queue of its own
+//!   (`bench-<run>-<mode>`).
+//!
+//! Producers cannot run ahead without bound: each enqueue takes one of
+//! `--backlog` (default 2 000) permits and each ack of one of this run's
+//! messages returns one, so enqueued − acked never exceeds the cap. When
+//! consumers are the bottleneck the queue sits at the cap and enqueue→ack
+//! latency is mostly time spent queued (≈ cap ÷ rate); the report shows the
+//! sampled backlog so it is clear which side limited the run. A dequeue
+//! consumer needs two round trips per message and a producer one, so with
+//! P = C the dequeue runs usually hit the cap; subscribe consumers usually
+//! keep up and their latency is the real delivery latency.
+//!
+//! Each run reports msgs/s, its ratio to the baseline ceiling (baseline
+//! req/s ÷ 3, since a message costs three requests: enqueue, dequeue or a
+//! share of a subscribe stream, ack; subscribe amortises its request, so it
+//! can exceed 1.0), enqueue→ack p50/p99/max, per-request p50/p99 (enqueue,
+//! dequeue, ack), the backlog, empty polls (`409 waiting`), `queue_busy`
+//! rejections and errors. After the window producers stop and consumers
+//! drain the queue (`--drain-timeout`, default 10 s); messages still not
+//! acked are reported as a warning. The baseline runs with P + C clients
+//! (`--baseline-clients`). For context the report also quotes the original
+//! Go lockd's published figures from the issue (about 2 000 dequeues/s in
+//! memory, about 850/s on disk); they are not measured here.
+//!
 //! # Examples
 //!
 //! ```text
@@ -55,6 +106,17 @@
 //!
 //! # only the bare axum baseline
 //! cargo run --release -p lockd-bench -- baseline --duration 5s
+//!
+//! # queue: baseline, then mem and disk, dequeue and subscribe each
+//! cargo run --release -p lockd-bench -- queue --duration 5s --warmup 1s
+//!
+//! # dequeue with pages of 8 on disk only, 8 producers, 16 consumers
+//! cargo run --release -p lockd-bench -- queue --store disk --consume dequeue \
+//!     --page-size 8 -p 8 -c 16
+//!
+//! # subscribe against a running server, latency with a small backlog, JSON
+//! cargo run --release -p lockd-bench -- queue --url http://127.0.0.1:9341 \
+//!     --consume subscribe --backlog 64 --json > queue.json
 //! ```
 //!
 //! With `--json` the human-readable report goes to stderr and a single JSON
@@ -63,6 +125,8 @@
 
 mod baseline;
 mod load;
+mod multipart;
+mod queue;
 mod stats;
 
 /// The same allocator as the `lockd` binary, so in-process figures match
@@ -87,8 +151,9 @@ const REQUESTS_PER_CYCLE: f64 = 3.0;
 #[command(
     name = "lockd-bench",
     version,
-    about = "Load generator for lockd: lease cycles (acquire → update → release) against \
-             in-process mem/disk servers or a running one, compared to a bare axum baseline"
+    about = "Load generator for lockd: lease cycles (acquire → update → release) and queue \
+             messages (enqueue → dequeue/subscribe → ack) against in-process mem/disk servers \
+             or a running one, compared to a bare axum baseline"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -101,6 +166,8 @@ enum Cmd {
     Lease(LeaseArgs),
     /// Only the bare axum + serde_json baseline (POST /json).
     Baseline(CommonArgs),
+    /// Queue: P producers enqueue 1 KiB messages, C consumers dequeue or subscribe and ack.
+    Queue(QueueArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -144,6 +211,74 @@ struct LeaseArgs {
     /// Distinct keys per client, used round-robin.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     keys_per_client: u32,
+}
+
+#[derive(Args, Debug, Clone)]
+struct QueueArgs {
+    /// Concurrent producers (enqueue loops).
+    #[arg(short = 'p', long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    producers: u32,
+    /// Concurrent consumers (dequeue loops or subscribe streams).
+    #[arg(short = 'c', long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    consumers: u32,
+    /// How consumers take messages; `both` runs dequeue, then subscribe.
+    #[arg(long, value_enum, default_value_t = ConsumeChoice::Both)]
+    consume: ConsumeChoice,
+    /// `page_size` of dequeue requests (messages per response, 1-64).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    page_size: u32,
+    /// `page_size` of subscribe requests: most unacknowledged deliveries per stream (1-64).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
+    subscribe_page_size: u32,
+    /// Payload size in bytes (the first 16 carry the enqueue time and a run tag).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(16..=64 * 1024 * 1024))]
+    payload_bytes: u32,
+    /// Producers pause while enqueued − acked messages exceed this.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    backlog: u32,
+    /// `wait_seconds` of dequeue and subscribe requests.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..=300))]
+    wait_seconds: i64,
+    /// Queue name (with --url: `<queue>-<run>-<mode>`, so runs never share a queue).
+    #[arg(long, default_value = "bench")]
+    queue: String,
+    /// Measurement window per run (10s, 1500ms, 1m, or plain seconds).
+    #[arg(short = 'd', long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Warm-up before each measurement window (not measured).
+    #[arg(short = 'w', long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Per-request timeout (dequeue/subscribe get wait_seconds on top).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// After the window, how long consumers may take to ack what is left.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Which in-process store(s) to benchmark.
+    #[arg(long, value_enum, default_value_t = StoreChoice::Both, conflicts_with = "url")]
+    store: StoreChoice,
+    /// Target a running lockd server (plain HTTP) instead of in-process ones.
+    #[arg(long, value_name = "http://host:port")]
+    url: Option<String>,
+    /// Skip the baseline measurement.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Concurrent clients of the baseline (default: producers + consumers).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    baseline_clients: Option<u32>,
+    /// Tokio worker threads (default: number of CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print a machine-readable JSON summary on stdout (report moves to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum ConsumeChoice {
+    Dequeue,
+    Subscribe,
+    Both,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,6 +439,58 @@ fn key_prefix(run_id: &str, label: &str) -> String {
     format!("bench-{run_id}-{label}")
 }
 
+/// A running in-process lockd server and the directory it owns.
+struct InProcess {
+    label: &'static str,
+    store_url: String,
+    server: lockd_server::RunningServer,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl InProcess {
+    /// Starts a server for `store` (`disk://` in a fresh temporary directory).
+    async fn start(store: StoreChoice) -> Result<InProcess, String> {
+        let (label, dir) = match store {
+            StoreChoice::Disk => {
+                let dir = tempfile::Builder::new()
+                    .prefix("lockd-bench-")
+                    .tempdir()
+                    .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+                ("disk", Some(dir))
+            }
+            _ => ("mem", None),
+        };
+        let store_url = match &dir {
+            Some(d) => format!("disk://{}", d.path().display()),
+            None => "mem://".to_string(),
+        };
+        let server = lockd_server::start(lockd_server::ServerConfig {
+            listen: "127.0.0.1:0".into(),
+            store: store_url.clone(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("starting the {label} server: {e}"))?;
+        Ok(InProcess {
+            label,
+            store_url,
+            server,
+            dir,
+        })
+    }
+
+    /// Stops the server, then removes its directory.
+    async fn stop(self) {
+        let label = self.label;
+        let server = self.server;
+        shutdown_quietly(label, async {
+            server.shutdown().await.map_err(|e| e.to_string())
+        })
+        .await;
+        drop(self.dir);
+    }
+}
+
 /// Starts an in-process lockd server for `store` and measures it.
 async fn run_lease_inprocess(
     args: &LeaseArgs,
@@ -311,34 +498,11 @@ async fn run_lease_inprocess(
     doc: &bytes::Bytes,
     run_id: &str,
 ) -> Result<(String, String, Summary), String> {
-    let (label, dir) = match store {
-        StoreChoice::Disk => {
-            let dir = tempfile::Builder::new()
-                .prefix("lockd-bench-")
-                .tempdir()
-                .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-            ("disk", Some(dir))
-        }
-        _ => ("mem", None),
-    };
-    let store_url = match &dir {
-        Some(d) => format!("disk://{}", d.path().display()),
-        None => "mem://".to_string(),
-    };
-    let server = lockd_server::start(lockd_server::ServerConfig {
-        listen: "127.0.0.1:0".into(),
-        store: store_url.clone(),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| format!("starting the {label} server: {e}"))?;
-    let base = server.base_url();
+    let srv = InProcess::start(store).await?;
+    let (label, store_url) = (srv.label, srv.store_url.clone());
+    let base = srv.server.base_url();
     let result = run_lease_target(args, label, &base, doc, run_id).await;
-    shutdown_quietly(label, async {
-        server.shutdown().await.map_err(|e| e.to_string())
-    })
-    .await;
-    drop(dir);
+    srv.stop().await;
     Ok((label.to_string(), store_url, result?))
 }
 
@@ -418,13 +582,7 @@ async fn cmd_lease(args: LeaseArgs, threads: usize) -> Result<(), String> {
         to_stderr: common.json,
     };
     let doc = load::make_document(common.doc_bytes as usize);
-    let run_id = format!(
-        "{:x}",
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis())
-            & 0xff_ffff
-    );
+    let run_id = new_run_id();
 
     // Fail fast on a wrong --url instead of after the baseline run.
     if let Some(url) = &args.url {
@@ -510,14 +668,437 @@ async fn cmd_lease(args: LeaseArgs, threads: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// The original Go lockd's published queue figures, quoted from the issue
+/// for context (other hardware; not measured by this tool).
+const GO_DEQUEUES_PER_S_MEM: f64 = 2000.0;
+/// See [`GO_DEQUEUES_PER_S_MEM`].
+const GO_DEQUEUES_PER_S_DISK: f64 = 850.0;
+
+/// Requests per queued message: enqueue, dequeue (or its share of a
+/// subscribe stream), ack.
+const REQUESTS_PER_MESSAGE: f64 = 3.0;
+
+/// A short run id: the low 24 bits of the wall clock in milliseconds.
+fn new_run_id() -> String {
+    format!(
+        "{:x}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+            & 0xff_ffff
+    )
+}
+
+/// One measured queue run.
+struct QueueRun {
+    store: String,
+    mode: queue::Mode,
+    target: String,
+    queue: String,
+    page_size: u32,
+    result: queue::QueueResult,
+}
+
+impl QueueArgs {
+    fn modes(&self) -> &'static [queue::Mode] {
+        match self.consume {
+            ConsumeChoice::Dequeue => &[queue::Mode::Dequeue],
+            ConsumeChoice::Subscribe => &[queue::Mode::Subscribe],
+            ConsumeChoice::Both => &[queue::Mode::Dequeue, queue::Mode::Subscribe],
+        }
+    }
+
+    fn page_size(&self, mode: queue::Mode) -> u32 {
+        match mode {
+            queue::Mode::Dequeue => self.page_size,
+            queue::Mode::Subscribe => self.subscribe_page_size,
+        }
+    }
+
+    fn baseline_clients(&self) -> u32 {
+        self.baseline_clients
+            .unwrap_or(self.producers + self.consumers)
+    }
+
+    /// The baseline's parameters: same window, the queue's concurrency.
+    fn baseline_common(&self) -> CommonArgs {
+        CommonArgs {
+            clients: self.baseline_clients(),
+            duration: self.duration,
+            warmup: self.warmup,
+            timeout: self.timeout,
+            doc_bytes: self.payload_bytes.clamp(64, 64 * 1024 * 1024),
+            threads: self.threads,
+            json: self.json,
+        }
+    }
+}
+
+async fn run_queue_target(
+    args: &QueueArgs,
+    store: &str,
+    mode: queue::Mode,
+    base: &str,
+    queue_name: &str,
+    run_id: &str,
+) -> Result<queue::QueueResult, String> {
+    let label = format!("{store} {}", mode.name());
+    eprintln!(
+        "running queue {} against {store} ({base}, queue {queue_name:?}): {} warm-up + {} + drain",
+        mode.name(),
+        fmt_dur(args.warmup),
+        fmt_dur(args.duration)
+    );
+    let spec = queue::QueueSpec {
+        label,
+        base: base.to_string(),
+        queue: queue_name.to_string(),
+        owner_prefix: format!("bench-{run_id}-{store}-{}", mode.name()),
+        mode,
+        producers: args.producers as usize,
+        consumers: args.consumers as usize,
+        payload_bytes: args.payload_bytes as usize,
+        page_size: args.page_size(mode),
+        wait_seconds: args.wait_seconds,
+        backlog: args.backlog as usize,
+        warmup: args.warmup,
+        duration: args.duration,
+        timeout: args.timeout,
+        drain_timeout: args.drain_timeout,
+    };
+    queue::run(&spec).await
+}
+
+fn opt_latency_text(l: Option<stats::Latency>) -> String {
+    match l {
+        Some(l) => format!("p50 {} p99 {}", fmt_ms(l.p50), fmt_ms(l.p99)),
+        None => "n/a".to_string(),
+    }
+}
+
+fn opt_latency_json(l: Option<stats::Latency>) -> Value {
+    l.map_or(Value::Null, stats::Latency::to_json_ms)
+}
+
+fn queue_run_lines(report: &Report, run: &QueueRun, ceiling: Option<f64>, backlog_cap: u32) {
+    let r = &run.result;
+    let ratio_text = ceiling
+        .filter(|c| *c > 0.0)
+        .map(|c| format!(" ({:.2} of baseline ceiling)", r.rate / c))
+        .unwrap_or_default();
+    let e2e = match r.e2e {
+        Some(l) => format!(
+            "enqueue→ack p50 {}, p99 {}, max {}",
+            fmt_ms(l.p50),
+            fmt_ms(l.p99),
+            fmt_ms(l.max)
+        ),
+        None => "no message acked in the window".to_string(),
+    };
+    report.line(&format!(
+        "{} {} (page_size {}): {} msgs/s{ratio_text}, {e2e}, errors {}",
+        run.store,
+        run.mode.name(),
+        run.page_size,
+        group(r.rate),
+        r.errors(),
+    ));
+    let mut ops = vec![format!("enqueue {}", opt_latency_text(r.enqueue))];
+    if run.mode == queue::Mode::Dequeue {
+        let per = r
+            .per_response()
+            .map(|p| format!(" ({p:.2} msgs/response)"))
+            .unwrap_or_default();
+        ops.push(format!("dequeue {}{per}", opt_latency_text(r.dequeue)));
+    }
+    ops.push(format!("ack {}", opt_latency_text(r.ack)));
+    report.line(&format!("    per request: {}", ops.join(" | ")));
+    let mut misc = vec![
+        format!("enqueued {}/s", group(r.enqueue_rate)),
+        format!(
+            "backlog mean {}, max {} (cap {})",
+            group(r.backlog_mean),
+            group(r.backlog_max as f64),
+            group(f64::from(backlog_cap))
+        ),
+        format!("{} empty polls", r.empty_polls),
+    ];
+    if r.busy > 0 {
+        misc.push(format!(
+            "{} queue_busy rejections (more consumers than the server admits)",
+            r.busy
+        ));
+    }
+    if run.mode == queue::Mode::Subscribe {
+        misc.push(format!(
+            "{} streams opened, {} ended by the server",
+            r.streams, r.stream_ends
+        ));
+    }
+    misc.push(format!("drained in {:.2}s", r.drain.as_secs_f64()));
+    report.line(&format!("    {}", misc.join(", ")));
+    if r.errors() > 0 {
+        report.line(&format!(
+            "    errors: enqueue {}, {} {}, ack {}",
+            r.enqueue_errors,
+            run.mode.name(),
+            r.consume_errors,
+            r.ack_errors
+        ));
+    }
+    if r.outside_errors > 0 {
+        report.line(&format!(
+            "    ({} errors during warm-up or drain)",
+            r.outside_errors
+        ));
+    }
+    if r.undrained > 0 {
+        report.line(&format!(
+            "    WARNING: {} of {} enqueued messages were not acked when the drain ended",
+            r.undrained, r.total_enqueued
+        ));
+    }
+    if r.redeliveries > 0 {
+        report.line(&format!(
+            "    note: {} redeliveries (attempts > 1)",
+            r.redeliveries
+        ));
+    }
+    if r.foreign > 0 {
+        report.line(&format!(
+            "    note: {} messages from another run were acked and ignored",
+            r.foreign
+        ));
+    }
+}
+
+fn queue_run_json(run: &QueueRun, ceiling: Option<f64>, backlog_cap: u32) -> Value {
+    let r = &run.result;
+    json!({
+        "store": run.store,
+        "mode": run.mode.name(),
+        "target": run.target,
+        "queue": run.queue,
+        "page_size": run.page_size,
+        "messages_per_s": r.rate,
+        "requests_per_s": r.rate * REQUESTS_PER_MESSAGE,
+        "ratio_of_baseline_ceiling": ceiling.filter(|c| *c > 0.0).map(|c| r.rate / c),
+        "acked": r.acked,
+        "end_to_end_ms": opt_latency_json(r.e2e),
+        "ops_latency_ms": {
+            "enqueue": opt_latency_json(r.enqueue),
+            "dequeue": opt_latency_json(r.dequeue),
+            "ack": opt_latency_json(r.ack),
+        },
+        "enqueued": r.enqueued,
+        "enqueues_per_s": r.enqueue_rate,
+        "errors": {
+            "enqueue": r.enqueue_errors,
+            "consume": r.consume_errors,
+            "ack": r.ack_errors,
+            "total": r.errors(),
+            "outside_window": r.outside_errors,
+        },
+        "empty_polls": r.empty_polls,
+        "queue_busy": r.busy,
+        "messages_per_response": r.per_response(),
+        "streams_opened": r.streams,
+        "streams_ended_by_server": r.stream_ends,
+        "redeliveries": r.redeliveries,
+        "foreign": r.foreign,
+        "backlog": { "mean": r.backlog_mean, "max": r.backlog_max, "cap": backlog_cap },
+        "warmup_acked": r.warmup_acked,
+        "total_enqueued": r.total_enqueued,
+        "total_acked": r.total_acked,
+        "undrained": r.undrained,
+        "drain_s": r.drain.as_secs_f64(),
+    })
+}
+
+fn go_reference_line() -> String {
+    format!(
+        "original Go lockd, published figures (quoted from the issue, other hardware, not \
+         measured here): about {} dequeues/s in memory, about {}/s on disk",
+        group(GO_DEQUEUES_PER_S_MEM),
+        group(GO_DEQUEUES_PER_S_DISK)
+    )
+}
+
+async fn cmd_queue(args: QueueArgs, threads: usize) -> Result<(), String> {
+    let report = Report {
+        to_stderr: args.json,
+    };
+    let run_id = new_run_id();
+    let queue_for = |mode: queue::Mode| -> Result<String, String> {
+        let name = if args.url.is_some() {
+            format!("{}-{run_id}-{}", args.queue, mode.name())
+        } else {
+            args.queue.clone()
+        };
+        match lockd_api::names::normalize_queue(&name) {
+            Ok(Some(q)) => Ok(q),
+            Ok(None) => Err("--queue must not be empty".to_string()),
+            Err(e) => Err(format!("--queue: {}", e.0)),
+        }
+    };
+    for &mode in args.modes() {
+        queue_for(mode)?;
+    }
+
+    // Fail fast on a wrong --url instead of after the baseline run.
+    if let Some(url) = &args.url {
+        let q = queue_for(args.modes()[0])?;
+        queue::preflight_queue(&load::http_client(), url, &q).await?;
+    }
+
+    let baseline_common = args.baseline_common();
+    let baseline = if args.no_baseline {
+        None
+    } else {
+        let doc = load::make_document(baseline_common.doc_bytes as usize);
+        Some(run_baseline(&baseline_common, &doc).await?)
+    };
+
+    let mut runs: Vec<QueueRun> = Vec::new();
+    if let Some(url) = &args.url {
+        let base = url.trim_end_matches('/');
+        for &mode in args.modes() {
+            let q = queue_for(mode)?;
+            let result = run_queue_target(&args, "remote", mode, base, &q, &run_id).await?;
+            runs.push(QueueRun {
+                store: "remote".into(),
+                mode,
+                target: url.clone(),
+                queue: q,
+                page_size: args.page_size(mode),
+                result,
+            });
+        }
+    } else {
+        let stores: &[StoreChoice] = match args.store {
+            StoreChoice::Mem => &[StoreChoice::Mem],
+            StoreChoice::Disk => &[StoreChoice::Disk],
+            StoreChoice::Both => &[StoreChoice::Mem, StoreChoice::Disk],
+        };
+        for &store in stores {
+            for &mode in args.modes() {
+                // A fresh server (and directory) per run: no leftovers.
+                let srv = InProcess::start(store).await?;
+                let q = queue_for(mode)?;
+                let base = srv.server.base_url();
+                let result = run_queue_target(&args, srv.label, mode, &base, &q, &run_id).await;
+                let (label, store_url) = (srv.label.to_string(), srv.store_url.clone());
+                srv.stop().await;
+                runs.push(QueueRun {
+                    store: label,
+                    mode,
+                    target: store_url,
+                    queue: q,
+                    page_size: args.page_size(mode),
+                    result: result?,
+                });
+            }
+        }
+    }
+
+    report.line(&format!(
+        "lockd-bench queue: {} producers, {} consumers, {} B payload, backlog cap {}, \
+         wait_seconds {}, warm-up {}, window {}, {threads} tokio worker threads, {} CPUs",
+        args.producers,
+        args.consumers,
+        args.payload_bytes,
+        group(f64::from(args.backlog)),
+        args.wait_seconds,
+        fmt_dur(args.warmup),
+        fmt_dur(args.duration),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    ));
+    let ceiling = baseline.as_ref().map(|b| b.rate / REQUESTS_PER_MESSAGE);
+    if let Some(b) = &baseline {
+        report.line(&format!(
+            "baseline (axum + serde_json, POST /json, {} clients): {} req/s, {}, errors {} \
+             → ceiling {} msgs/s (3 requests per message)",
+            baseline_common.clients,
+            group(b.rate),
+            latency_text(b),
+            b.errors,
+            group(b.rate / REQUESTS_PER_MESSAGE),
+        ));
+    }
+    for run in &runs {
+        queue_run_lines(&report, run, ceiling, args.backlog);
+    }
+    report.line(&go_reference_line());
+
+    if args.json {
+        let mut m = serde_json::Map::new();
+        m.insert("tool".into(), json!("lockd-bench"));
+        m.insert("workload".into(), json!("queue"));
+        m.insert("producers".into(), json!(args.producers));
+        m.insert("consumers".into(), json!(args.consumers));
+        m.insert("payload_bytes".into(), json!(args.payload_bytes));
+        m.insert("backlog_cap".into(), json!(args.backlog));
+        m.insert("page_size".into(), json!(args.page_size));
+        m.insert(
+            "subscribe_page_size".into(),
+            json!(args.subscribe_page_size),
+        );
+        m.insert("wait_seconds".into(), json!(args.wait_seconds));
+        m.insert("warmup_s".into(), json!(args.warmup.as_secs_f64()));
+        m.insert("duration_s".into(), json!(args.duration.as_secs_f64()));
+        m.insert(
+            "drain_timeout_s".into(),
+            json!(args.drain_timeout.as_secs_f64()),
+        );
+        m.insert("worker_threads".into(), json!(threads));
+        m.insert(
+            "cpus".into(),
+            json!(std::thread::available_parallelism().map_or(0, |n| n.get())),
+        );
+        m.insert("run_id".into(), json!(run_id));
+        let b = baseline.as_ref().map_or(Value::Null, |b| {
+            let mut v = summary_json(b);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("clients".into(), json!(baseline_common.clients));
+                o.insert("requests_per_s".into(), json!(b.rate));
+                o.insert(
+                    "ceiling_messages_per_s".into(),
+                    json!(b.rate / REQUESTS_PER_MESSAGE),
+                );
+            }
+            v
+        });
+        m.insert("baseline".into(), b);
+        m.insert(
+            "go_reference".into(),
+            json!({
+                "mem_dequeues_per_s": GO_DEQUEUES_PER_S_MEM,
+                "disk_dequeues_per_s": GO_DEQUEUES_PER_S_DISK,
+                "note": "published figures of the original Go lockd quoted in the issue; \
+                         not measured here, other hardware",
+            }),
+        );
+        m.insert(
+            "runs".into(),
+            Value::Array(
+                runs.iter()
+                    .map(|r| queue_run_json(r, ceiling, args.backlog))
+                    .collect(),
+            ),
+        );
+        println!("{}", Value::Object(m));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let common = match &cli.cmd {
-        Cmd::Lease(a) => &a.common,
-        Cmd::Baseline(c) => c,
+    let threads = match &cli.cmd {
+        Cmd::Lease(a) => a.common.threads,
+        Cmd::Baseline(c) => c.threads,
+        Cmd::Queue(q) => q.threads,
     };
-    let threads = common
-        .threads
+    let threads = threads
         .filter(|n| *n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -535,6 +1116,7 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Lease(a) => cmd_lease(a, threads).await,
             Cmd::Baseline(c) => cmd_baseline(c, threads).await,
+            Cmd::Queue(q) => cmd_queue(q, threads).await,
         }
     });
     match result {
@@ -592,5 +1174,41 @@ mod tests {
             Cli::try_parse_from(["lockd-bench", "lease", "--store", "mem", "--url", "x"]).is_err()
         );
         assert!(Cli::try_parse_from(["lockd-bench", "lease", "--duration", "soon"]).is_err());
+    }
+
+    #[test]
+    fn queue_cli_parses() {
+        let cli = Cli::try_parse_from(["lockd-bench", "queue", "--duration", "5s", "-w", "1s"]);
+        let Ok(Cli { cmd: Cmd::Queue(q) }) = cli else {
+            panic!("queue did not parse");
+        };
+        assert_eq!((q.producers, q.consumers), (4, 4));
+        assert_eq!((q.page_size, q.subscribe_page_size), (1, 8));
+        assert_eq!(
+            (q.payload_bytes, q.backlog, q.wait_seconds),
+            (1024, 2000, 5)
+        );
+        assert_eq!(q.modes(), [queue::Mode::Dequeue, queue::Mode::Subscribe]);
+        assert_eq!(q.baseline_clients(), 8);
+        assert!(Cli::try_parse_from([
+            "lockd-bench",
+            "queue",
+            "--consume",
+            "subscribe",
+            "--store",
+            "disk",
+            "-p",
+            "2",
+            "-c",
+            "16",
+            "--subscribe-page-size",
+            "64"
+        ])
+        .is_ok());
+        assert!(Cli::try_parse_from(["lockd-bench", "queue", "--page-size", "65"]).is_err());
+        assert!(Cli::try_parse_from(["lockd-bench", "queue", "--payload-bytes", "8"]).is_err());
+        assert!(
+            Cli::try_parse_from(["lockd-bench", "queue", "--store", "mem", "--url", "x"]).is_err()
+        );
     }
 }

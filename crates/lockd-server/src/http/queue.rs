@@ -293,7 +293,7 @@ async fn subscribe_impl(app: Arc<AppState>, uri: Uri, body: Body, stateful: bool
     let mut one = c.input.clone();
     one.page_size = 1;
     let shard = app.queues.shard(&one.namespace, &one.queue).await?;
-    let first = app.queues.dequeue_on(&shard, &one, one.wait).await?;
+    let first = app.queues.dequeue_on(&shard, &one, one.wait, false).await?;
     let boundary = multipart::boundary();
     let cid = first
         .first()
@@ -391,7 +391,7 @@ async fn stream_deliveries(
             }
         }
         let next = tokio::select! {
-            r = app.queues.dequeue_on(&shard, &input, if input.wait == Wait::NoWait { Wait::NoWait } else { Wait::Forever }) => r,
+            r = app.queues.dequeue_on(&shard, &input, if input.wait == Wait::NoWait { Wait::NoWait } else { Wait::Forever }, true) => r,
             _ = tx.closed() => return,
         };
         match next {

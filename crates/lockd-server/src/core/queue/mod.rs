@@ -247,7 +247,12 @@ pub struct QueueShard {
     name: String,
     loaded: OnceCell<()>,
     index: SyncMutex<Index>,
-    notify: Notify,
+    /// A message became ready: wakes one consumer (which passes the wake
+    /// on if more are ready), so a queue change does not stampede.
+    ready: Notify,
+    /// Anything changed (ack, nack, enqueue…): wakes watchers and
+    /// subscribers waiting for flow-control room.
+    changed: Notify,
     waiting: AtomicUsize,
 }
 
@@ -266,9 +271,16 @@ impl QueueShard {
         self.next_visible().is_some_and(|t| t <= now_unix())
     }
 
-    /// Wakes everyone waiting on this queue.
+    /// A message became ready: one consumer and every watcher wake.
     pub fn wake(&self) {
-        self.notify.notify_waiters();
+        self.ready.notify_one();
+        self.changed.notify_waiters();
+    }
+
+    /// Something changed that no consumer is waiting for (an ack): only
+    /// watchers and flow-controlled subscribers wake.
+    pub fn touch(&self) {
+        self.changed.notify_waiters();
     }
 
     /// Whether delivery `lease_id` of `id` is still outstanding (not acked,
@@ -280,10 +292,17 @@ impl QueueShard {
             .is_some_and(|e| e.lease_id.as_deref() == Some(lease_id) && e.visible_at > now_unix())
     }
 
-    /// A future that resolves on the next wake; enabled at once so that a
-    /// wake between now and the await is not lost.
+    /// A future that resolves on the next change of the queue; enabled at
+    /// once so that a change between now and the await is not lost.
     pub fn notified(&self) -> std::pin::Pin<Box<tokio::sync::futures::Notified<'_>>> {
-        let mut n = Box::pin(self.notify.notified());
+        let mut n = Box::pin(self.changed.notified());
+        n.as_mut().enable();
+        n
+    }
+
+    /// Like [`QueueShard::notified`], for a consumer waiting for a message.
+    fn ready_notified(&self) -> std::pin::Pin<Box<tokio::sync::futures::Notified<'_>>> {
+        let mut n = Box::pin(self.ready.notified());
         n.as_mut().enable();
         n
     }
@@ -375,7 +394,8 @@ impl Queues {
                         name: queue.to_string(),
                         loaded: OnceCell::new(),
                         index: SyncMutex::new(Index::default()),
-                        notify: Notify::new(),
+                        ready: Notify::new(),
+                        changed: Notify::new(),
                         waiting: AtomicUsize::new(0),
                     })
                 })
@@ -541,17 +561,20 @@ impl Queues {
     /// Leases up to `page_size` ready messages, waiting as `wait` says.
     pub async fn dequeue(&self, input: &DequeueInput) -> CoreResult<Vec<Leased>> {
         let shard = self.shard(&input.namespace, &input.queue).await?;
-        self.dequeue_on(&shard, input, input.wait).await
+        self.dequeue_on(&shard, input, input.wait, false).await
     }
 
-    /// Like [`Queues::dequeue`] on a shard already at hand (subscribe).
+    /// Like [`Queues::dequeue`] on a shard already at hand. An `admitted`
+    /// consumer (an open subscribe stream asking for its next message) is
+    /// not refused by the consumer limit again.
     pub async fn dequeue_on(
         &self,
         shard: &Arc<QueueShard>,
         input: &DequeueInput,
         wait: Wait,
+        admitted: bool,
     ) -> CoreResult<Vec<Leased>> {
-        if self.consumers.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_consumers {
+        if self.consumers.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_consumers && !admitted {
             self.consumers.fetch_sub(1, Ordering::Relaxed);
             return Err(CoreError::new(ErrorCode::QueueBusy, "too many consumers"));
         }
@@ -565,7 +588,7 @@ impl Queues {
             _ => None,
         };
         loop {
-            let notified = shard.notified();
+            let notified = shard.ready_notified();
             let mut out = Vec::new();
             while out.len() < input.page_size {
                 match self.claim_one(shard, input).await? {
@@ -574,6 +597,10 @@ impl Queues {
                 }
             }
             if !out.is_empty() {
+                if shard.has_ready() {
+                    // Pass the wake on to the next consumer.
+                    shard.ready.notify_one();
+                }
                 return Ok(out);
             }
             let waiting = || {
@@ -931,7 +958,7 @@ impl Queues {
         self.remove_message(&rec, &mut slot).await?;
         shard.lock().settle(&rec.id, None);
         drop(slot);
-        shard.wake();
+        shard.touch();
         if let Some(state) = rec.delivery.as_ref().and_then(|d| d.state.clone()) {
             self.drop_state(&rec, &state).await;
         }
