@@ -33,7 +33,7 @@ const VISIBILITY: i64 = 2;
 const CRASH_ONE_IN: u64 = 200;
 
 /// How long one run may take before the test gives up.
-const RUN_LIMIT: Duration = Duration::from_secs(80);
+const RUN_LIMIT: Duration = Duration::from_secs(240);
 
 async fn start(store: String) -> lockd_server::RunningServer {
     lockd_server::start(ServerConfig {
@@ -131,14 +131,10 @@ async fn no_loss_no_double_ack_mem() {
     no_loss_no_double_ack("mem://".into(), 20_000).await;
 }
 
-/// On a 2-core machine (debug build) the 8 producers enqueue only a few
-/// hundred messages a second on disk (every enqueue waits for a durable
-/// commit): 20,000 took about 60 s, over the time budget, so the disk run
-/// uses 5,000 (about 15 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_loss_no_double_ack_disk() {
     let dir = tempfile::tempdir().expect("tempdir");
-    no_loss_no_double_ack(format!("disk://{}", dir.path().display()), 5_000).await;
+    no_loss_no_double_ack(format!("disk://{}", dir.path().display()), 20_000).await;
 }
 
 /// A 50 MB payload goes through enqueue and dequeue byte-exact on disk.

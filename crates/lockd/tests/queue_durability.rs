@@ -171,9 +171,9 @@ async fn in_flight_message_is_redelivered_after_its_visibility_across_sigkill() 
     q.assert_empty("after every lease expired").await;
 }
 
-/// (c) No loss across a crash in the middle of a run: 4 producers and 4
-/// consumers (2 dequeue, 2 subscribe; consumers crash on about one message
-/// in 200) work through 3,000 messages, the server is SIGKILLed half-way,
+/// (c) No loss across a crash in the middle of a run: 8 producers and 8
+/// consumers (4 dequeue, 4 subscribe; consumers crash on about one message
+/// in 200) work through 20,000 messages, the server is SIGKILLed half-way,
 /// restarted on the same directory, and new producers and consumers finish
 /// the job. Every message whose enqueue was answered is acked successfully
 /// exactly once over both runs (or its only ack went unanswered in the
@@ -182,7 +182,7 @@ async fn in_flight_message_is_redelivered_after_its_visibility_across_sigkill() 
 /// expired, with a higher attempt count and fencing token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_loss_across_a_crash_mid_run() {
-    const TOTAL: u64 = 3_000;
+    const TOTAL: u64 = 20_000;
     const V: i64 = 2;
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
@@ -191,7 +191,7 @@ async fn no_loss_across_a_crash_mid_run() {
     let next = Arc::new(AtomicU64::new(0));
 
     let run = |base: String, stop: qsupport::Stop, epoch: usize| {
-        let producers: Vec<_> = (0..4)
+        let producers: Vec<_> = (0..8)
             .map(|_| {
                 tokio::spawn(producer(
                     Q::new(&base, QUEUE),
@@ -201,9 +201,9 @@ async fn no_loss_across_a_crash_mid_run() {
                 ))
             })
             .collect();
-        let consumers: Vec<_> = (0..4)
+        let consumers: Vec<_> = (0..8)
             .map(|i| {
-                let mode = if i < 2 {
+                let mode = if i < 4 {
                     Mode::Dequeue { max_page: 8 }
                 } else {
                     Mode::Subscribe { page: 4 }
@@ -229,7 +229,7 @@ async fn no_loss_across_a_crash_mid_run() {
     let srv = cmd.start();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (producers, consumers) = run(srv.base(), stop_rx, 0);
-    let halfway = wait_until(Duration::from_secs(40), || {
+    let halfway = wait_until(Duration::from_secs(180), || {
         ledger.acked.load(Ordering::SeqCst) >= TOTAL as usize / 3
             && ledger.enqueued.load(Ordering::SeqCst) >= TOTAL as usize / 2
     })
@@ -258,7 +258,7 @@ async fn no_loss_across_a_crash_mid_run() {
     for p in producers {
         p.await.unwrap().expect("phase 2 producer");
     }
-    let done = wait_until(Duration::from_secs(40), || ledger.unresolved() == 0).await;
+    let done = wait_until(Duration::from_secs(180), || ledger.unresolved() == 0).await;
     stop_tx.send_replace(true);
     for c in consumers {
         c.await.unwrap().expect("phase 2 consumer");
