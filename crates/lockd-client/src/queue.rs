@@ -1,0 +1,627 @@
+//! Queues: [`Client::enqueue`], [`Client::dequeue`], [`Client::subscribe`]
+//! and the [`QueueMessage`] a consumer works with.
+//!
+//! A message is leased to its consumer until its visibility timeout; finish
+//! it with [`QueueMessage::ack`], give it back with [`QueueMessage::nack`] /
+//! [`QueueMessage::defer`], or ask for more time with
+//! [`QueueMessage::extend`]. Dropping a message that was neither acked nor
+//! nacked nacks it in the background (after [`QueueMessage::set_close_delay`]).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use http::Method;
+use http_body_util::BodyExt;
+use lockd_api::{AckResponse, DeliveryMeta, EnqueueResponse, ExtendResponse, NackResponse};
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::client::{CallOpts, Client};
+use crate::error::{Error, Result};
+use crate::lease::Payload;
+use crate::transport::{read_all, Call, CallBody};
+
+type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// Options of an enqueue.
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueOptions {
+    /// Namespace ("" = the client's or the server's default).
+    pub namespace: String,
+    /// Content type of the payload (default `application/octet-stream`).
+    pub content_type: Option<String>,
+    /// Hide the message for this long.
+    pub delay: Duration,
+    /// Stored visibility timeout (deliveries use the consumer's).
+    pub visibility: Duration,
+    /// Delete the message if unread after this long.
+    pub ttl: Duration,
+    /// Failed attempts before dead-lettering (0 = server default, 5).
+    pub max_attempts: i64,
+    /// JSON object returned with every delivery.
+    pub attributes: Option<Value>,
+}
+
+/// Options of a dequeue or subscribe.
+#[derive(Debug, Clone)]
+pub struct DequeueOptions {
+    /// Namespace ("" = the client's or the server's default).
+    pub namespace: String,
+    /// Consumer name (required by the server).
+    pub owner: String,
+    /// How long to wait for a message: `None` forever, `Some(ZERO)` not at all.
+    pub block: Option<Duration>,
+    /// Lease of each delivery (0 = server default).
+    pub visibility: Duration,
+    /// Subscribe: unacknowledged deliveries per stream (1..=64).
+    pub page_size: u32,
+    /// Also lease the message's workflow state.
+    pub stateful: bool,
+}
+
+impl DequeueOptions {
+    /// Options for consumer `owner`, waiting forever.
+    pub fn new(owner: impl Into<String>) -> Self {
+        Self {
+            namespace: String::new(),
+            owner: owner.into(),
+            block: None,
+            visibility: Duration::ZERO,
+            page_size: 1,
+            stateful: false,
+        }
+    }
+}
+
+fn secs_up(d: Duration) -> i64 {
+    d.as_secs_f64().ceil() as i64
+}
+
+/// A leased message.
+pub struct QueueMessage {
+    client: Client,
+    meta: lockd_api::QueueMessage,
+    endpoint: usize,
+    payload: Option<ByteStream>,
+    reader: Option<tokio_util::io::StreamReader<ByteStream, Bytes>>,
+    done: bool,
+    close_delay: Duration,
+}
+
+impl std::fmt::Debug for QueueMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueMessage")
+            .field("meta", &self.meta)
+            .finish()
+    }
+}
+
+impl QueueMessage {
+    /// Everything the server sent about the delivery.
+    pub fn meta(&self) -> &lockd_api::QueueMessage {
+        &self.meta
+    }
+    /// Message id.
+    pub fn id(&self) -> &str {
+        &self.meta.message_id
+    }
+    /// Deliveries so far, this one included.
+    pub fn attempts(&self) -> i64 {
+        self.meta.attempts
+    }
+    /// Correlation id given at enqueue.
+    pub fn correlation_id(&self) -> &str {
+        &self.meta.correlation_id
+    }
+    /// Fencing token of this delivery.
+    pub fn fencing_token(&self) -> i64 {
+        self.meta.fencing_token
+    }
+    /// The workflow-state key of a stateful delivery
+    /// (`q/<queue>/state/<id>`), to use with the state lease fields.
+    pub fn state_key(&self) -> String {
+        format!("q/{}/state/{}", self.meta.queue, self.meta.message_id)
+    }
+
+    /// The workflow state of a stateful delivery (`dequeue` with
+    /// `stateful: true`): a session on [`QueueMessage::state_key`] holding
+    /// the delivery's state lease, for `load`/`save`/`update`/`remove`.
+    /// Staged changes are committed by [`QueueMessage::nack`] and dropped
+    /// by [`QueueMessage::ack`]; extend the message (not the session) to
+    /// keep the state lease alive. `None` for ordinary deliveries.
+    pub fn state(&self) -> Option<crate::LeaseSession> {
+        let m = &self.meta;
+        if m.state_lease_id.is_empty() {
+            return None;
+        }
+        Some(crate::lease::state_session(
+            &self.client,
+            m,
+            self.state_key(),
+            self.endpoint,
+        ))
+    }
+
+    /// Delay of the nack sent when the message is dropped un-acked.
+    pub fn set_close_delay(&mut self, d: Duration) {
+        self.close_delay = d;
+    }
+
+    /// Takes the payload as a stream (once).
+    pub fn payload_stream(&mut self) -> Option<impl Stream<Item = std::io::Result<Bytes>> + Send> {
+        self.payload.take()
+    }
+
+    /// Reads the whole payload into memory.
+    pub async fn payload_bytes(&mut self) -> Result<Bytes> {
+        let Some(s) = self.payload.take() else {
+            return Ok(Bytes::new());
+        };
+        let chunks: Vec<Bytes> = s
+            .try_collect()
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        Ok(chunks.concat().into())
+    }
+
+    /// Copies the payload into `w` without holding it in memory.
+    pub async fn write_payload_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> Result<u64> {
+        let Some(mut s) = self.payload.take() else {
+            return Ok(0);
+        };
+        let mut n = 0u64;
+        while let Some(chunk) = s.next().await {
+            let chunk = chunk.map_err(|e| Error::Transport(e.to_string()))?;
+            n += chunk.len() as u64;
+            w.write_all(&chunk)
+                .await
+                .map_err(|e| Error::Transport(e.to_string()))?;
+        }
+        w.flush()
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        Ok(n)
+    }
+
+    fn ref_body(&self) -> serde_json::Map<String, Value> {
+        let m = &self.meta;
+        let v = json!({
+            "namespace": m.namespace, "queue": m.queue, "message_id": m.message_id,
+            "lease_id": m.lease_id, "txn_id": m.txn_id, "fencing_token": m.fencing_token,
+            "meta_etag": m.meta_etag,
+            "state_lease_id": m.state_lease_id, "state_fencing_token": m.state_fencing_token,
+        });
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    fn opts(&self) -> CallOpts {
+        CallOpts {
+            prefer: Some(self.endpoint),
+            unbounded: false,
+            correlation: Some(self.meta.correlation_id.clone()),
+        }
+    }
+
+    /// Acknowledges the message: it is deleted (and a stateful delivery's
+    /// workflow state with it).
+    pub async fn ack(mut self) -> Result<()> {
+        let mut body = self.ref_body();
+        body.insert("state_etag".into(), json!(self.meta.state_etag));
+        self.client
+            .post_json::<_, AckResponse>("/v1/queue/ack", &body, Vec::new(), self.opts())
+            .await?;
+        self.done = true;
+        Ok(())
+    }
+
+    /// Gives the message back as a failed attempt, visible again after
+    /// `delay`; `last_error` is kept on the message.
+    pub async fn nack(mut self, delay: Duration, last_error: Option<Value>) -> Result<()> {
+        let mut body = self.ref_body();
+        body.insert("delay_seconds".into(), json!(secs_up(delay)));
+        body.insert("intent".into(), json!("failure"));
+        if let Some(e) = last_error {
+            body.insert("last_error".into(), e);
+        }
+        self.client
+            .post_json::<_, NackResponse>("/v1/queue/nack", &body, Vec::new(), self.opts())
+            .await?;
+        self.done = true;
+        Ok(())
+    }
+
+    /// Gives the message back without counting an attempt.
+    pub async fn defer(mut self, delay: Duration) -> Result<()> {
+        let mut body = self.ref_body();
+        body.insert("delay_seconds".into(), json!(secs_up(delay)));
+        body.insert("intent".into(), json!("defer"));
+        self.client
+            .post_json::<_, NackResponse>("/v1/queue/nack", &body, Vec::new(), self.opts())
+            .await?;
+        self.done = true;
+        Ok(())
+    }
+
+    /// Extends the delivery (and its state lease) to now + `by`.
+    pub async fn extend(&mut self, by: Duration) -> Result<()> {
+        let mut body = self.ref_body();
+        body.insert("extend_by_seconds".into(), json!(secs_up(by).max(1)));
+        let (r, _, _) = self
+            .client
+            .post_json::<_, ExtendResponse>("/v1/queue/extend", &body, Vec::new(), self.opts())
+            .await?;
+        self.meta.meta_etag = r.meta_etag;
+        self.meta.lease_expires_at_unix = r.lease_expires_at_unix;
+        if r.state_lease_expires_at_unix > 0 {
+            self.meta.state_lease_expires_at_unix = r.state_lease_expires_at_unix;
+        }
+        Ok(())
+    }
+}
+
+impl AsyncRead for QueueMessage {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.reader.is_none() {
+            match this.payload.take() {
+                Some(s) => this.reader = Some(tokio_util::io::StreamReader::new(s)),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        match this.reader.as_mut() {
+            Some(r) => Pin::new(r).poll_read(cx, buf),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl Drop for QueueMessage {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let client = self.client.clone();
+        let mut body = self.ref_body();
+        body.insert("delay_seconds".into(), json!(secs_up(self.close_delay)));
+        body.insert("intent".into(), json!("failure"));
+        let opts = self.opts();
+        let id = self.meta.message_id.clone();
+        rt.spawn(async move {
+            if let Err(e) = client
+                .post_json::<_, NackResponse>("/v1/queue/nack", &body, Vec::new(), opts)
+                .await
+            {
+                tracing::warn!(target: "lockd_client", message_id = %id, error = %e, "nack of a dropped message failed");
+            }
+        });
+    }
+}
+
+fn multipart_boundary(h: &http::HeaderMap) -> Result<String> {
+    let ct = h
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    ct.split(';')
+        .skip(1)
+        .find_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case("boundary")
+                .then(|| v.trim().trim_matches('"').to_string())
+        })
+        .ok_or_else(|| Error::Decode(format!("delivery without a multipart boundary ({ct:?})")))
+}
+
+fn mp_err(e: multer::Error) -> Error {
+    Error::Decode(format!("delivery: {e}"))
+}
+
+/// Reads the next meta part of a delivery stream.
+async fn next_meta(mp: &mut multer::Multipart<'static>) -> Result<Option<lockd_api::QueueMessage>> {
+    let Some(field) = mp.next_field().await.map_err(mp_err)? else {
+        return Ok(None);
+    };
+    if field.name() != Some("meta") {
+        return Err(Error::Decode(format!(
+            "expected a meta part, got {:?}",
+            field.name()
+        )));
+    }
+    let raw = field.bytes().await.map_err(mp_err)?;
+    let meta: DeliveryMeta =
+        serde_json::from_slice(&raw).map_err(|e| Error::Decode(e.to_string()))?;
+    Ok(Some(meta.message))
+}
+
+impl Client {
+    /// Enqueues a payload (bytes or a stream, see [`Payload`]) on `queue`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lockd_client::Client) -> lockd_client::Result<()> {
+    /// let sent = client.enqueue("jobs", r#"{"op":"ship"}"#, Default::default()).await?;
+    /// println!("enqueued {}", sent.message_id);
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue(
+        &self,
+        queue: &str,
+        payload: impl Into<Payload>,
+        opts: EnqueueOptions,
+    ) -> Result<EnqueueResponse> {
+        let boundary = uuid::Uuid::new_v4().simple().to_string();
+        let mut meta = json!({
+            "namespace": self.namespace_or(&opts.namespace),
+            "queue": queue,
+            "delay_seconds": secs_up(opts.delay),
+            "visibility_timeout_seconds": secs_up(opts.visibility),
+            "ttl_seconds": secs_up(opts.ttl),
+            "max_attempts": opts.max_attempts,
+            "payload_content_type": opts.content_type.clone().unwrap_or_else(|| "application/octet-stream".into()),
+        });
+        if let (Some(a), Some(m)) = (opts.attributes.clone(), meta.as_object_mut()) {
+            m.insert("attributes".into(), a);
+        }
+        let mut head = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"meta\"\r\nContent-Type: application/json\r\n\r\n"
+        )
+        .into_bytes();
+        head.extend_from_slice(
+            &serde_json::to_vec(&meta).map_err(|e| Error::InvalidArgument(e.to_string()))?,
+        );
+        head.extend_from_slice(
+            format!(
+                "\n\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"payload\"\r\nContent-Type: {}\r\n\r\n",
+                opts.content_type.as_deref().unwrap_or("application/octet-stream")
+            )
+            .as_bytes(),
+        );
+        let tail = Bytes::from(format!("\r\n--{boundary}--\r\n"));
+        let body = match payload.into() {
+            Payload::Bytes(b) => {
+                let mut all = head;
+                all.extend_from_slice(&b);
+                all.extend_from_slice(&tail);
+                CallBody::Bytes(all.into())
+            }
+            Payload::Stream(s) => {
+                let stream = futures_util::stream::once(async move { Ok(Bytes::from(head)) })
+                    .chain(s)
+                    .chain(futures_util::stream::once(async move { Ok(tail) }));
+                Payload::Stream(Box::pin(stream)).into_call_body()
+            }
+        };
+        let answer = self
+            .send(Call {
+                method: Method::POST,
+                path: "/v1/queue/enqueue".into(),
+                headers: vec![(
+                    "content-type",
+                    format!("multipart/related; boundary={boundary}"),
+                )],
+                body,
+                prefer: None,
+                unbounded: false,
+                correlation: None,
+            })
+            .await?;
+        let (_, raw) = read_all(answer.response).await?;
+        serde_json::from_slice(&raw).map_err(|e| Error::Decode(e.to_string()))
+    }
+
+    fn consumer_body(&self, queue: &str, o: &DequeueOptions, page_size: u32) -> Value {
+        let wait = match o.block {
+            None => 0,
+            Some(d) if d.is_zero() => -1,
+            Some(d) => secs_up(d).max(1),
+        };
+        json!({
+            "namespace": self.namespace_or(&o.namespace),
+            "queue": queue,
+            "owner": o.owner,
+            "visibility_timeout_seconds": secs_up(o.visibility),
+            "wait_seconds": wait,
+            "page_size": page_size,
+        })
+    }
+
+    /// Leases one message; `Ok(None)` when none came within `block`.
+    pub async fn dequeue(&self, queue: &str, opts: DequeueOptions) -> Result<Option<QueueMessage>> {
+        let path = if opts.stateful {
+            "/v1/queue/dequeueWithState"
+        } else {
+            "/v1/queue/dequeue"
+        };
+        let raw = serde_json::to_vec(&self.consumer_body(queue, &opts, 1))
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let answer = match self
+            .send(Call {
+                method: Method::POST,
+                path: path.into(),
+                headers: vec![
+                    ("content-type", "application/json".into()),
+                    ("accept", "multipart/related".into()),
+                ],
+                body: CallBody::Bytes(raw.into()),
+                prefer: None,
+                unbounded: true,
+                correlation: None,
+            })
+            .await
+        {
+            Ok(a) => a,
+            Err(e) if e.is_waiting() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let boundary = multipart_boundary(answer.response.headers())?;
+        let stream = answer.response.into_body().into_data_stream();
+        let mut mp = multer::Multipart::new(stream, boundary);
+        let Some(meta) = next_meta(&mut mp).await? else {
+            return Ok(None);
+        };
+        let payload: ByteStream = match mp.next_field().await.map_err(mp_err)? {
+            Some(field) => Box::pin(field.map_err(|e| std::io::Error::other(e.to_string()))),
+            None => Box::pin(futures_util::stream::empty()),
+        };
+        Ok(Some(QueueMessage {
+            client: self.clone(),
+            meta,
+            endpoint: answer.endpoint,
+            payload: Some(payload),
+            reader: None,
+            done: false,
+            close_delay: Duration::ZERO,
+        }))
+    }
+
+    /// Keeps one streaming request open and calls `handler` for each
+    /// delivery (payload already read), reconnecting when the server ends
+    /// the stream. Returns when the handler fails, or, with
+    /// `block: Some(ZERO)`, once the queue is empty.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lockd_client::Client) -> lockd_client::Result<()> {
+    /// use lockd_client::DequeueOptions;
+    /// client.subscribe("jobs", DequeueOptions::new("worker-1"), |msg| async move {
+    ///     msg.ack().await
+    /// }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe<F, Fut>(
+        &self,
+        queue: &str,
+        opts: DequeueOptions,
+        mut handler: F,
+    ) -> Result<()>
+    where
+        F: FnMut(QueueMessage) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let path = if opts.stateful {
+            "/v1/queue/subscribeWithState"
+        } else {
+            "/v1/queue/subscribe"
+        };
+        let page = opts.page_size.clamp(1, 64);
+        loop {
+            let raw = serde_json::to_vec(&self.consumer_body(queue, &opts, page))
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            let answer = match self
+                .send(Call {
+                    method: Method::POST,
+                    path: path.into(),
+                    headers: vec![
+                        ("content-type", "application/json".into()),
+                        ("accept", "multipart/related".into()),
+                    ],
+                    body: CallBody::Bytes(raw.into()),
+                    prefer: None,
+                    unbounded: true,
+                    correlation: None,
+                })
+                .await
+            {
+                Ok(a) => a,
+                Err(e) if e.is_waiting() && opts.block == Some(Duration::ZERO) => return Ok(()),
+                Err(e)
+                    if e.is_waiting() || e.is_throttled() || e.code() == Some("cas_mismatch") =>
+                {
+                    tokio::time::sleep(
+                        e.retry_after()
+                            .unwrap_or(Duration::from_millis(1))
+                            .min(Duration::from_secs(5)),
+                    )
+                    .await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let endpoint = answer.endpoint;
+            let boundary = multipart_boundary(answer.response.headers())?;
+            let mut mp =
+                multer::Multipart::new(answer.response.into_body().into_data_stream(), boundary);
+            loop {
+                let meta = match next_meta(&mut mp).await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(target: "lockd_client", error = %e, "subscribe stream ended");
+                        break;
+                    }
+                };
+                let payload = match mp.next_field().await.map_err(mp_err)? {
+                    Some(f) => f.bytes().await.map_err(mp_err)?,
+                    None => Bytes::new(),
+                };
+                let msg = QueueMessage {
+                    client: self.clone(),
+                    meta,
+                    endpoint,
+                    payload: Some(crate_once(payload)),
+                    reader: None,
+                    done: false,
+                    close_delay: Duration::ZERO,
+                };
+                handler(msg).await?;
+            }
+            if opts.block == Some(Duration::ZERO) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Acks a delivery from its raw fields (as `lockd client queue dequeue`
+    /// exports them).
+    pub async fn queue_ack(&self, meta: &lockd_api::QueueMessage) -> Result<()> {
+        self.raw_message(meta.clone()).ack().await
+    }
+
+    /// Nacks a delivery from its raw fields.
+    pub async fn queue_nack(
+        &self,
+        meta: &lockd_api::QueueMessage,
+        delay: Duration,
+        last_error: Option<Value>,
+    ) -> Result<()> {
+        self.raw_message(meta.clone()).nack(delay, last_error).await
+    }
+
+    /// Extends a delivery from its raw fields; returns the new meta etag.
+    pub async fn queue_extend(
+        &self,
+        meta: &lockd_api::QueueMessage,
+        by: Duration,
+    ) -> Result<String> {
+        let mut m = self.raw_message(meta.clone());
+        m.extend(by).await?;
+        m.done = true;
+        Ok(m.meta.meta_etag.clone())
+    }
+
+    fn raw_message(&self, meta: lockd_api::QueueMessage) -> QueueMessage {
+        QueueMessage {
+            client: self.clone(),
+            meta,
+            endpoint: 0,
+            payload: None,
+            reader: None,
+            // Raw helpers never nack on drop: the caller owns the outcome.
+            done: true,
+            close_delay: Duration::ZERO,
+        }
+    }
+}
+
+fn crate_once(b: Bytes) -> ByteStream {
+    Box::pin(futures_util::stream::once(async move { Ok(b) }))
+}
