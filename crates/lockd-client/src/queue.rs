@@ -442,26 +442,33 @@ impl Client {
         } else {
             "/v1/queue/dequeue"
         };
-        let raw = serde_json::to_vec(&self.consumer_body(queue, &opts, 1))
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let answer = match self
-            .send(Call {
-                method: Method::POST,
-                path: path.into(),
-                headers: vec![
-                    ("content-type", "application/json".into()),
-                    ("accept", "multipart/related".into()),
-                ],
-                body: CallBody::Bytes(raw.into()),
-                prefer: None,
-                unbounded: true,
-                correlation: None,
-            })
-            .await
-        {
-            Ok(a) => a,
-            Err(e) if e.is_waiting() => return Ok(None),
-            Err(e) => return Err(e),
+        let raw: Bytes = serde_json::to_vec(&self.consumer_body(queue, &opts, 1))
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?
+            .into();
+        let answer = loop {
+            let res = self
+                .send(Call {
+                    method: Method::POST,
+                    path: path.into(),
+                    headers: vec![
+                        ("content-type", "application/json".into()),
+                        ("accept", "multipart/related".into()),
+                    ],
+                    body: CallBody::Bytes(raw.clone()),
+                    prefer: None,
+                    unbounded: true,
+                    correlation: None,
+                })
+                .await;
+            match res {
+                Ok(a) => break a,
+                Err(e) if e.is_waiting() => return Ok(None),
+                // Throttled: wait as the server asks, then ask again.
+                Err(e) if e.is_throttled() => {
+                    tokio::time::sleep(e.retry_after().unwrap_or(Duration::from_secs(1))).await;
+                }
+                Err(e) => return Err(e),
+            }
         };
         let boundary = multipart_boundary(answer.response.headers())?;
         let stream = answer.response.into_body().into_data_stream();
