@@ -92,6 +92,12 @@ impl Client {
     {
         let ttl = req.ttl;
         let (session, state) = self.handshake(req).await?;
+        // This function decides commit or rollback when the handler ends;
+        // a server drain must not commit half-done work behind its back.
+        session
+            .s
+            .drain_release
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         let cancel = CancellationToken::new();
         let keeper = {
             let session = session.clone();

@@ -118,9 +118,10 @@ impl ClientBuilder {
         self
     }
 
-    /// Per-request timeout of ordinary calls (default 15 s, 3 s when more
-    /// than one endpoint is configured and this was not set). Blocking
-    /// acquires, dequeues and subscriptions have none.
+    /// Per-request timeout of ordinary calls (default 15 s; a client made
+    /// with [`Client::with_endpoints`] starts from 3 s). Blocking acquires,
+    /// dequeues, subscriptions and streamed document reads and writes have
+    /// none.
     pub fn http_timeout(mut self, d: Duration) -> Self {
         self.http_timeout = d;
         self
@@ -199,7 +200,8 @@ impl Client {
         ClientBuilder::default().endpoint(url).build()
     }
 
-    /// A client that fails over across `urls`, in order.
+    /// A client that fails over across `urls`, in order, with a 3 s
+    /// per-request timeout so that a dead endpoint is passed over quickly.
     pub fn with_endpoints<I, S>(urls: I) -> Result<Client>
     where
         I: IntoIterator<Item = S>,
@@ -256,7 +258,10 @@ impl Client {
             Err(_) => return,
         };
         for s in live {
-            if s.endpoint != endpoint || s.done.load(std::sync::atomic::Ordering::SeqCst) {
+            if s.endpoint != endpoint
+                || s.done.load(std::sync::atomic::Ordering::SeqCst)
+                || !s.drain_release.load(std::sync::atomic::Ordering::SeqCst)
+            {
                 continue;
             }
             let session = crate::lease::LeaseSession { s };

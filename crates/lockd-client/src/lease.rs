@@ -212,6 +212,9 @@ pub(crate) struct SessionState {
     pub etag: Mutex<String>,
     pub expires_at: AtomicI64,
     pub done: AtomicBool,
+    /// Released when its server announces a shutdown (off for sessions
+    /// whose release someone else owns, e.g. acquire-for-update's).
+    pub drain_release: AtomicBool,
 }
 
 impl Drop for SessionState {
@@ -382,6 +385,7 @@ impl Client {
                 etag: Mutex::new(a.state_etag),
                 expires_at: AtomicI64::new(a.expires_at_unix),
                 done: AtomicBool::new(false),
+                drain_release: AtomicBool::new(true),
             }),
         };
         self.register_session(&session.s);
@@ -466,6 +470,7 @@ pub(crate) fn state_session(
             etag: Mutex::new(String::new()),
             expires_at: AtomicI64::new(m.state_lease_expires_at_unix),
             done: AtomicBool::new(true),
+            drain_release: AtomicBool::new(false),
         }),
     }
 }

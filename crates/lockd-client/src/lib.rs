@@ -1,12 +1,19 @@
 //! `lockd-client`: the async Rust SDK for lockd.
 //!
+//! lockd hands out exclusive **leases** on keys, each with a **fencing
+//! token**, keeps an **atomic JSON document** per key that only the lease
+//! holder can change, and runs **at-least-once queues**. This crate speaks
+//! the lockd v1 HTTP API on tokio and mirrors the original Go SDK:
+//!
 //! * [`Client`]: connection settings, endpoints and failover;
 //! * [`Client::acquire`] → [`LeaseSession`]: exclusive leases with fencing
 //!   tokens, typed JSON state (`load`/`save`), CAS, keepalive, release;
 //! * [`Client::acquire_for_update`]: acquire, run a handler with the state,
 //!   keep the lease alive, commit or roll back;
-//! * queues: [`Client::enqueue`], [`Client::dequeue`], [`QueueMessage`];
-//! * [`correlation`]: ids that follow work through every request.
+//! * queues: [`Client::enqueue`], [`Client::dequeue`], [`Client::subscribe`],
+//!   [`QueueMessage`] (ack, nack, defer, extend, workflow state);
+//! * [`correlation`]: ids that follow work through every request;
+//! * [`Error`]: one error type, with the server's error code and hints.
 //!
 //! ```no_run
 //! use lockd_client::{AcquireRequest, Client};
@@ -19,9 +26,191 @@
 //! let lease = client.acquire(AcquireRequest::new("stock/widget", "worker-1")).await?;
 //! let mut stock: Stock = lease.load().await?.unwrap_or_default();
 //! stock.count += 1;
-//! lease.save(&stock).await?;
+//! lease.save(&stock).await?; // staged: only this lease sees it
 //! lease.release().await?; // commits
 //! # Ok(()) }
+//! ```
+//!
+//! The crate's `examples/` directory has runnable programs for each of the
+//! Go SDK's quick-start flows (`cargo run -p lockd-client --example
+//! lease_loop`, `acquire_for_update`, `producer`, `consumer`, `subscribe`,
+//! `stateful_consumer`); they start an in-process server unless
+//! `LOCKD_URL` is set.
+//!
+//! # Connecting
+//!
+//! [`Client::new`] takes one endpoint, or a comma-separated list:
+//!
+//! * `http://host:port`: plain HTTP (the server runs with `--disable-mtls`);
+//! * `unix:///path/to/lockd.sock`: a server listening on a Unix socket
+//!   (`--listen-proto unix`); cannot be mixed with other endpoints;
+//! * bare `host` or `host:port`: `http`, port 9341 when none is given
+//!   (bare endpoints would mean `https` with
+//!   [`ClientBuilder::disable_mtls`]`(false)`).
+//!
+//! `https://` (mTLS) is **not supported yet**: it is refused with
+//! [`Error::Unsupported`]. [`Client::builder`] sets timeouts, a default
+//! namespace, the retry policy and drain-aware shutdown. No connection is
+//! made until the first call; a `Client` is cheap to clone and clones share
+//! connections (HTTP keep-alive).
+//!
+//! Ordinary calls time out after [`ClientBuilder::http_timeout`] (15 s by
+//! default, 3 s with [`Client::with_endpoints`]); blocking acquires,
+//! dequeues, subscriptions and streamed document reads and writes have no
+//! client-side timeout.
+//!
+//! # Leases and fencing tokens
+//!
+//! [`Client::acquire`] returns a [`LeaseSession`]: at most one live lease
+//! per key (and namespace). [`AcquireRequest::block`] decides what happens
+//! when the key is held: [`Block::NoWait`] fails at once with a `waiting`
+//! error, [`Block::For`] waits up to a bound, [`Block::Forever`] (the
+//! default) waits as long as it takes. A lease lasts its TTL (30 s by
+//! default); extend it with [`LeaseSession::keepalive`] — a plain session is
+//! **not** kept alive for you ([`Client::acquire_for_update`] is).
+//!
+//! Every acquire of a key gets a [`LeaseSession::fencing_token`] higher than
+//! any before it. The session sends it with each call; pass it to whatever
+//! the lease protects too, and have that refuse lower tokens, so that a
+//! holder that stalled past its TTL can do no damage. A call made with a
+//! lease that is gone fails with [`Error::is_lease_lost`].
+//!
+//! # State and CAS
+//!
+//! [`LeaseSession::load`] / [`LeaseSession::get`] read the document as the
+//! lease sees it; [`LeaseSession::save`] / [`LeaseSession::update`] /
+//! [`LeaseSession::remove`] **stage** changes that only this lease sees.
+//! [`LeaseSession::release`] commits them all at once;
+//! [`LeaseSession::rollback`] (or lease expiry) discards them. Anyone can
+//! read the committed document with [`Client::load_public`] /
+//! [`Client::get_public`].
+//!
+//! As in the Go SDK, `save` is a **compare-and-set by default**: the session
+//! remembers the version and etag of the state it last saw (at acquire, then
+//! after every read and write) and sends them as `X-If-Version` /
+//! `X-If-State-ETag` ([`Cas::Session`]). A write that lost a race fails with
+//! [`Error::is_cas_conflict`], and [`ApiError::current_version`] /
+//! [`ApiError::current_etag`] tell what it was compared against. Pass
+//! [`Cas::None`] to [`LeaseSession::update`] to overwrite unconditionally,
+//! or [`Cas::Explicit`] for values of your own.
+//!
+//! # Dropping sessions and messages
+//!
+//! A [`LeaseSession`] is a handle: clones are the same session. When the
+//! last handle of a session that was neither released nor rolled back is
+//! dropped, it is **released in the background** — which **commits** its
+//! staged changes — bounded by [`ClientBuilder::close_timeout`] (dropped
+//! outside a tokio runtime, the lease just expires by its TTL). Call
+//! `release` or `rollback` yourself to decide and to see the outcome.
+//!
+//! A [`QueueMessage`] dropped without `ack`, `nack` or `defer` is **nacked**
+//! in the background (a failed attempt, visible again after
+//! [`QueueMessage::set_close_delay`], default at once), so it is never lost.
+//! The workflow-state session of a stateful delivery
+//! ([`QueueMessage::state`]) never releases on drop: the message's ack or
+//! nack owns that lease.
+//!
+//! # Acquire-for-update
+//!
+//! [`Client::acquire_for_update`] acquires the key, reads its state, runs
+//! your handler with an [`UpdateContext`] while a background task keeps the
+//! lease alive (every half TTL), and releases. It **commits** when the
+//! handler returns `Ok` and **rolls back** when it returns `Err` (reported
+//! as [`Error::Handler`]) or when the lease is lost (reported as
+//! [`Error::Cancelled`]; the handler is stopped and
+//! [`UpdateContext::cancellation`] fires). This differs from the Go SDK,
+//! whose `AcquireForUpdate` releases — and so commits whatever the handler
+//! staged — even when the handler fails: here a half-done update is not
+//! published. Only
+//! the acquire-and-read handshake is retried; the handler runs once.
+//!
+//! # Retries
+//!
+//! [`Client::acquire`] retries as the Go SDK does. Expected answers —
+//! `409` (the key is held), `429` (throttled) and `5xx` — are retried
+//! without limit while the block window lasts, sleeping the longer of the
+//! server's `Retry-After` and a jittered backoff (1 s growing ×1.2 up to
+//! 5 s by default, see [`RetryPolicy`]). Transport errors and other
+//! failures count against a **failure budget**,
+//! [`RetryPolicy::failure_retries`] (5 by default, negative = unlimited),
+//! which an expected answer resets. `403`,
+//! `already_exists` ([`AcquireRequest::if_not_exists`]) and anything under
+//! [`Block::NoWait`] are returned at once. Other calls are not retried (they
+//! do fail over, see below); [`Error::is_retryable`] and
+//! [`Error::retry_after`] help with loops of your own. [`Client::subscribe`]
+//! reconnects by itself when a stream ends or is throttled.
+//!
+//! # Failover
+//!
+//! With several endpoints ([`Client::with_endpoints`], a comma-separated
+//! list, or repeated [`ClientBuilder::endpoint`]), each request goes first
+//! to the preferred endpoint — the last one that answered, or, for calls on
+//! a lease session or a delivered message, the endpoint that granted it —
+//! and moves on **in the configured order** on a transport error or a
+//! `503 node_passive` answer, at most once around the list. Any other answer
+//! is final. Requests with a streamed body are sent once and do not fail
+//! over.
+//!
+//! # Drain-aware shutdown
+//!
+//! A lockd server that is draining marks its responses with
+//! `Shutdown-Imminent` (the original Go server does; this workspace's
+//! server does not send it yet). When a response carries it, the client
+//! releases, in the background, every open lease session that endpoint
+//! granted (each release bounded by [`ClientBuilder::close_timeout`]), so
+//! waiting workers get the keys at once instead of after the TTL. Releasing
+//! **commits** what the sessions staged. Sessions of
+//! [`Client::acquire_for_update`] are left to it: they commit or roll back
+//! when their handler ends, as usual. Turn it off with
+//! [`ClientBuilder::drain_aware_shutdown`]`(false)` to keep holding leases
+//! until their TTL.
+//!
+//! # Correlation ids
+//!
+//! Every request carries an `X-Correlation-Id`: a lease session keeps the
+//! id it was acquired with ([`LeaseSession::correlation_id`]), a queue
+//! message the id given at enqueue ([`QueueMessage::correlation_id`]);
+//! other calls take the id of the current [`correlation::scope`], else a
+//! fresh UUIDv7. Errors carry the id of their request
+//! ([`ApiError::correlation_id`]), so client and server logs can be joined.
+//!
+//! # The `inprocess` feature
+//!
+//! With the `inprocess` feature (off by default; it pulls in the server
+//! crate), `lockd_client::inprocess::start()` runs a lockd server inside the
+//! process on a private Unix socket with `mem://` storage and returns a
+//! client for it: for tests and examples, no server to install.
+//!
+//! ```toml
+//! [dev-dependencies]
+//! lockd-client = { path = "crates/lockd-client", features = ["inprocess"] }
+//! ```
+//!
+//! ```
+//! # #[cfg(feature = "inprocess")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> lockd_client::Result<()> {
+//! use lockd_client::{AcquireRequest, Cas};
+//!
+//! let server = lockd_client::inprocess::start().await?;
+//! let client = server.client();
+//!
+//! let lease = client.acquire(AcquireRequest::new("orders/42", "worker-1")).await?;
+//! assert_eq!(lease.fencing_token(), 1);
+//! lease.save(&serde_json::json!({ "status": "packed" })).await?;
+//!
+//! // A write guarded by a version that is not the current one is refused.
+//! let stale = Cas::Explicit { version: Some(99), etag: None };
+//! let err = lease.update(r#"{"status":"lost"}"#, stale).await.unwrap_err();
+//! assert!(err.is_cas_conflict());
+//!
+//! lease.release().await?; // commits {"status":"packed"}
+//! let doc: Option<serde_json::Value> = client.load_public("", "orders/42").await?;
+//! assert_eq!(doc.unwrap()["status"], "packed");
+//! server.close().await?;
+//! # Ok(()) }
+//! # #[cfg(not(feature = "inprocess"))]
+//! # fn main() {}
 //! ```
 
 mod afu;
@@ -40,6 +229,8 @@ pub use error::{ApiError, Error, Result};
 pub use lease::{
     AcquireRequest, Block, Cas, Document, DocumentStream, LeaseSession, Payload, Updated,
 };
+/// The lockd v1 wire types (the `lockd-api` crate): request and response
+/// bodies, header names, error codes.
 pub use lockd_api as api;
 pub use queue::{DequeueOptions, EnqueueOptions, QueueMessage};
 pub use transport::Endpoint;

@@ -409,9 +409,10 @@ impl Client {
                     "content-type",
                     format!("multipart/related; boundary={boundary}"),
                 )],
+                // A streamed payload takes as long as its source does.
+                unbounded: matches!(body, CallBody::Stream(_)),
                 body,
                 prefer: None,
-                unbounded: false,
                 correlation: None,
             })
             .await?;

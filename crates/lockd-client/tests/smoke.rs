@@ -30,7 +30,10 @@ async fn lease_and_queue_round_trip() {
     };
     assert!(err.is_waiting(), "{err}");
 
-    let sent = c.enqueue("jobs", "hello", Default::default()).await.unwrap();
+    let sent = c
+        .enqueue("jobs", "hello", Default::default())
+        .await
+        .unwrap();
     let mut msg = c
         .dequeue("jobs", DequeueOptions::new("w"))
         .await
