@@ -786,6 +786,11 @@ impl LeaseSession {
         self.release().await
     }
 
+    /// Describes the session's key (lease, committed version and etag).
+    pub async fn describe(&self) -> Result<DescribeResponse> {
+        self.s.client.describe(&self.s.namespace, &self.s.key).await
+    }
+
     /// Whether the session was released (or rolled back).
     pub fn is_released(&self) -> bool {
         self.s.done.load(Ordering::SeqCst)

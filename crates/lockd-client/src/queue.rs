@@ -588,6 +588,32 @@ impl Client {
         }
     }
 
+    /// [`Client::dequeue`] with the message's workflow state leased too
+    /// (see [`QueueMessage::state`]).
+    pub async fn dequeue_with_state(
+        &self,
+        queue: &str,
+        mut opts: DequeueOptions,
+    ) -> Result<Option<QueueMessage>> {
+        opts.stateful = true;
+        self.dequeue(queue, opts).await
+    }
+
+    /// [`Client::subscribe`] with each message's workflow state leased too.
+    pub async fn subscribe_with_state<F, Fut>(
+        &self,
+        queue: &str,
+        mut opts: DequeueOptions,
+        handler: F,
+    ) -> Result<()>
+    where
+        F: FnMut(QueueMessage) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        opts.stateful = true;
+        self.subscribe(queue, opts, handler).await
+    }
+
     /// Acks a delivery from its raw fields (as `lockd client queue dequeue`
     /// exports them).
     pub async fn queue_ack(&self, meta: &lockd_api::QueueMessage) -> Result<()> {
