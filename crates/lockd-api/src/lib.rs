@@ -16,6 +16,7 @@
 //! assert_eq!(headers::FENCING_TOKEN, "x-fencing-token");
 //! ```
 
+pub mod delivery;
 pub mod error;
 pub mod headers;
 pub mod names;

@@ -125,7 +125,6 @@
 
 mod baseline;
 mod load;
-mod multipart;
 mod queue;
 mod stats;
 

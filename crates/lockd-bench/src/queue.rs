@@ -47,8 +47,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::load::{error_chain, http_client, preflight, HttpClient, Target};
-use crate::multipart::{boundary_of, Delivery, DeliveryReader};
 use crate::stats::Latency;
+use lockd_api::delivery::{boundary_of, Delivery, DeliveryReader};
 
 /// Boundary of the enqueue bodies (never occurs in the payload: the
 /// filler is lowercase letters and digits, the stamp 16 bytes).
@@ -1025,7 +1025,7 @@ pub async fn run(spec: &QueueSpec) -> Result<QueueResult, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::multipart::Parser;
+    use lockd_api::delivery::Parser;
 
     #[test]
     fn enqueue_body_is_the_documented_multipart() {

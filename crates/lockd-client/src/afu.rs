@@ -62,7 +62,8 @@ impl Client {
     /// releases: commit when the handler returns `Ok`, rollback when it
     /// returns `Err` (reported as [`Error::Handler`]) or when the lease is
     /// lost (reported as [`Error::Cancelled`]). The lease is kept alive
-    /// every half TTL meanwhile. Only the acquire-and-read handshake is
+    /// every third of the TTL meanwhile (TTLs under 2 s are raised to 2 s,
+    /// since the server counts expiry in whole seconds). Only the acquire-and-read handshake is
     /// retried (bounded by the client's retry policy); the handler runs once.
     ///
     /// ```no_run
@@ -90,19 +91,28 @@ impl Client {
         Fut: Future<Output = std::result::Result<T, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let ttl = req.ttl;
+        // The server keeps expiry in whole seconds, so a lease may live up
+        // to a second less than asked: below 2 s no keepalive could keep up.
+        let ttl = req.ttl.max(Duration::from_secs(2));
+        let req = req.ttl(ttl);
         let (session, state) = self.handshake(req).await?;
         // This function decides commit or rollback when the handler ends;
-        // a server drain must not commit half-done work behind its back.
+        // a server drain must not commit half-done work behind its back,
+        // and if this future is dropped (or the handler panics) the work
+        // is rolled back, not committed.
         session
             .s
             .drain_release
             .store(false, std::sync::atomic::Ordering::SeqCst);
+        session
+            .s
+            .rollback_on_drop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let cancel = CancellationToken::new();
         let keeper = {
             let session = session.clone();
             let cancel = cancel.clone();
-            let every = (ttl / 2).max(Duration::from_secs(1));
+            let every = ttl / 3;
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.tick().await;
@@ -119,6 +129,8 @@ impl Client {
                 }
             })
         };
+        // Stops the keepalive task however this future ends.
+        let _stop_keepalive = cancel.clone().drop_guard();
         let ctx = UpdateContext {
             session: session.clone(),
             state,

@@ -215,6 +215,8 @@ pub(crate) struct SessionState {
     /// Released when its server announces a shutdown (off for sessions
     /// whose release someone else owns, e.g. acquire-for-update's).
     pub drain_release: AtomicBool,
+    /// Roll back rather than commit if dropped unreleased.
+    pub rollback_on_drop: AtomicBool,
 }
 
 impl Drop for SessionState {
@@ -230,6 +232,7 @@ impl Drop for SessionState {
         let body = json!({
             "namespace": self.namespace, "key": self.key,
             "lease_id": self.lease_id, "txn_id": self.txn_id,
+            "rollback": self.rollback_on_drop.load(Ordering::SeqCst),
         });
         let token = self.fencing.load(Ordering::SeqCst);
         let opts = CallOpts {
@@ -386,6 +389,7 @@ impl Client {
                 expires_at: AtomicI64::new(a.expires_at_unix),
                 done: AtomicBool::new(false),
                 drain_release: AtomicBool::new(true),
+                rollback_on_drop: AtomicBool::new(false),
             }),
         };
         self.register_session(&session.s);
@@ -471,6 +475,7 @@ pub(crate) fn state_session(
             expires_at: AtomicI64::new(m.state_lease_expires_at_unix),
             done: AtomicBool::new(true),
             drain_release: AtomicBool::new(false),
+            rollback_on_drop: AtomicBool::new(false),
         }),
     }
 }

@@ -114,7 +114,7 @@
 //!
 //! [`Client::acquire_for_update`] acquires the key, reads its state, runs
 //! your handler with an [`UpdateContext`] while a background task keeps the
-//! lease alive (every half TTL), and releases. It **commits** when the
+//! lease alive (every third of its TTL, which is at least 2 s), and releases. It **commits** when the
 //! handler returns `Ok` and **rolls back** when it returns `Err` (reported
 //! as [`Error::Handler`]) or when the lease is lost (reported as
 //! [`Error::Cancelled`]; the handler is stopped and

@@ -556,31 +556,39 @@ impl Client {
             };
             let endpoint = answer.endpoint;
             let boundary = multipart_boundary(answer.response.headers())?;
-            let mut mp =
-                multer::Multipart::new(answer.response.into_body().into_data_stream(), boundary);
+            // Deliveries are cut by their payload's Content-Length, so each
+            // one reaches the handler as soon as its last byte is in (the
+            // next delimiter only comes with the next delivery).
+            let mut reader = lockd_api::delivery::DeliveryReader::new(&boundary);
+            let mut body = answer.response.into_body();
             loop {
-                let meta = match next_meta(&mut mp).await {
-                    Ok(Some(m)) => m,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(target: "lockd_client", error = %e, "subscribe stream ended");
+                while let Some(d) = reader.next_delivery().map_err(Error::Decode)? {
+                    let msg = QueueMessage {
+                        client: self.clone(),
+                        meta: d.message,
+                        endpoint,
+                        payload: Some(crate_once(d.payload)),
+                        reader: None,
+                        done: false,
+                        close_delay: Duration::ZERO,
+                    };
+                    handler(msg).await?;
+                }
+                if reader.is_done() {
+                    break;
+                }
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            reader.feed(&data);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(target: "lockd_client", error = %e, "subscribe stream broke; reconnecting");
                         break;
                     }
-                };
-                let payload = match mp.next_field().await.map_err(mp_err)? {
-                    Some(f) => f.bytes().await.map_err(mp_err)?,
-                    None => Bytes::new(),
-                };
-                let msg = QueueMessage {
-                    client: self.clone(),
-                    meta,
-                    endpoint,
-                    payload: Some(crate_once(payload)),
-                    reader: None,
-                    done: false,
-                    close_delay: Duration::ZERO,
-                };
-                handler(msg).await?;
+                    None => break,
+                }
             }
             if opts.block == Some(Duration::ZERO) {
                 return Ok(());

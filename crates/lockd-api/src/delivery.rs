@@ -8,8 +8,8 @@
 //! by their `Content-Length` when they carry one (the server always sends
 //! it), otherwise at the next delimiter.
 
+use crate::{DeliveryMeta, QueueMessage};
 use bytes::{Buf, Bytes, BytesMut};
-use lockd_api::{DeliveryMeta, QueueMessage};
 
 /// Largest part header block or delimiter-less stretch we buffer before
 /// calling the stream broken (payloads with `Content-Length` are exempt).
