@@ -67,6 +67,17 @@ pub struct ServerConfig {
     /// Count deliveries that end by lease expiry toward `max_attempts`
     /// (true, our default) or only failure nacks (false, the original's rule).
     pub queue_expiry_counts: bool,
+    /// Back-pressure thresholds and delays.
+    pub qrf: crate::control::qrf::QrfConfig,
+    /// How often the LSF samples the host (0 disables sampling).
+    pub lsf_sample_interval: Duration,
+    /// How often a sample is logged (0 never).
+    pub lsf_log_interval: Duration,
+    /// Drain window on graceful shutdown (0 disables draining).
+    pub drain_grace: Duration,
+    /// Budget of a graceful shutdown: drain (at most 80 %) and then HTTP
+    /// shutdown; connections still open then are closed.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +95,11 @@ impl Default for ServerConfig {
             queue_max_consumers: crate::core::queue::QueueConfig::default().max_consumers,
             queue_max_payload: 100_000_000,
             queue_expiry_counts: true,
+            qrf: crate::control::qrf::QrfConfig::default(),
+            lsf_sample_interval: Duration::from_millis(200),
+            lsf_log_interval: Duration::from_secs(15),
+            drain_grace: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }

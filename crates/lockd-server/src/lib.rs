@@ -19,6 +19,7 @@
 //! ```
 
 pub mod config;
+pub mod control;
 pub mod core;
 pub mod http;
 pub mod json;

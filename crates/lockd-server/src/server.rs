@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use tokio::net::{TcpListener, UnixListener};
@@ -12,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{ListenProto, ServerConfig};
+use crate::control::layer::Control;
 use crate::core::queue::{QueueConfig, Queues};
 use crate::core::{Engine, EngineConfig};
 use crate::http::{router, AppState};
@@ -30,6 +32,10 @@ pub enum BoundAddr {
 pub struct RunningServer {
     addr: BoundAddr,
     engine: Arc<Engine>,
+    queues: Arc<Queues>,
+    control: Arc<Control>,
+    drain_grace: Duration,
+    shutdown_timeout: Duration,
     stop: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
     sweeper: Option<JoinHandle<()>>,
@@ -54,9 +60,74 @@ impl RunningServer {
         &self.engine
     }
 
+    /// Drains, then shuts down (what SIGTERM does), within
+    /// `shutdown_timeout`:
+    ///
+    /// 1. the drain window (`drain_grace`, at most 80 % of the budget):
+    ///    `Shutdown-Imminent` on every response, new acquires and consumer
+    ///    cycles refused, until no lease or delivery is held or the window
+    ///    ends;
+    /// 2. HTTP shutdown with the rest of the budget: no new connections,
+    ///    in-flight requests finish; whatever is still open then is closed.
+    ///
+    /// Storage is flushed and closed when the server is gone.
+    pub async fn shutdown_gracefully(self) -> std::io::Result<()> {
+        let started = tokio::time::Instant::now();
+        let budget = self.shutdown_timeout;
+        let mut window = self.drain_grace;
+        if !budget.is_zero() {
+            window = window.min(budget.mul_f64(0.8));
+        }
+        if !window.is_zero() {
+            self.control.drain.start(window);
+            tracing::info!(window = ?window, "draining");
+            loop {
+                let held = self.engine.live_leases() + self.queues.live_deliveries();
+                if held == 0 {
+                    tracing::info!("no leases held; drain complete");
+                    break;
+                }
+                if started.elapsed() >= window {
+                    tracing::warn!(held, "drain window over with leases still held");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let rest = if budget.is_zero() {
+            Duration::MAX
+        } else {
+            budget
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_millis(10))
+        };
+        let unix = match &self.addr {
+            BoundAddr::Unix(p) => Some(p.clone()),
+            BoundAddr::Tcp(_) => None,
+        };
+        let res = match tokio::time::timeout(rest, self.shutdown()).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!("shutdown budget spent; closing remaining connections");
+                Ok(())
+            }
+        };
+        if let Some(p) = unix {
+            let _ = std::fs::remove_file(p);
+        }
+        res
+    }
+
+    /// The drain and back-pressure controls (for embedding and tests).
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
     /// Stops accepting connections, lets in-flight requests finish, and
     /// removes a Unix socket file.
     pub async fn shutdown(self) -> std::io::Result<()> {
+        // Streams (subscribe, watch) end when a drain starts.
+        self.control.drain.start(Duration::ZERO);
         let _ = self.stop.send(true);
         let res = self
             .task
@@ -173,9 +244,11 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
             max_payload: cfg.queue_max_payload,
         },
     );
+    let control = Control::new(cfg.qrf.clone());
     let app = router(Arc::new(AppState {
         engine: engine.clone(),
-        queues,
+        queues: queues.clone(),
+        control: control.clone(),
         default_namespace,
         json_max: cfg.json_max,
     }));
@@ -185,6 +258,11 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
         let _ = stop_serving.wait_for(|s| *s).await;
     };
 
+    tokio::spawn(control.clone().run_sampler(
+        cfg.lsf_sample_interval,
+        cfg.lsf_log_interval,
+        stopped.clone(),
+    ));
     let mut sweeper_task = None;
     if !cfg.sweeper_interval.is_zero() {
         let sweeper = engine.clone();
@@ -244,6 +322,10 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
     Ok(RunningServer {
         addr,
         engine,
+        queues,
+        control,
+        drain_grace: cfg.drain_grace,
+        shutdown_timeout: cfg.shutdown_timeout,
         stop,
         task,
         sweeper: sweeper_task,

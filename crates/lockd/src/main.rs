@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use lockd_server::config::{default_data_dir, parse_duration, parse_size};
+use lockd_server::control::qrf::QrfConfig;
 use lockd_server::{ListenProto, ServerConfig};
 
 /// lockd: exclusive leases with fencing tokens and atomic JSON state.
@@ -84,6 +85,15 @@ struct Args {
     #[arg(long, env = "LOCKD_QUEUE_ORIGINAL_ATTEMPTS", default_value_t = false)]
     queue_original_attempts: bool,
 
+    /// Drain window on SIGTERM/SIGINT: new acquires and consumers are
+    /// refused while held leases finish (at most 80 % of
+    /// --shutdown-timeout; 0 disables draining).
+    #[arg(long, env = "LOCKD_DRAIN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    drain_grace: Duration,
+
+    #[command(flatten)]
+    qrf: QrfArgs,
+
     /// How long shutdown waits for in-flight requests (blocked acquires
     /// included) before closing connections.
     #[arg(long, env = "LOCKD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -97,6 +107,140 @@ struct Args {
     /// Log level: trace, debug, info, warn, error or none.
     #[arg(long, env = "LOCKD_LOG_LEVEL", default_value = "info")]
     log_level: String,
+}
+
+/// Back-pressure (QRF) and host sampling (LSF) flags; 0 disables a limit.
+#[derive(Debug, clap::Args)]
+struct QrfArgs {
+    /// Turn perimeter defence (QRF and the LSF sampler) off.
+    #[arg(long, env = "LOCKD_QRF_DISABLED", default_value_t = false)]
+    qrf_disabled: bool,
+    /// In-flight queue operations at which pressure-adding work is paced.
+    #[arg(long, env = "LOCKD_QRF_QUEUE_SOFT_LIMIT", default_value_t = 0)]
+    qrf_queue_soft_limit: i64,
+    /// In-flight queue operations at which QRF engages.
+    #[arg(long, env = "LOCKD_QRF_QUEUE_HARD_LIMIT", default_value_t = 0)]
+    qrf_queue_hard_limit: i64,
+    /// In-flight consumers at which consumers are paced.
+    #[arg(long, env = "LOCKD_QRF_QUEUE_CONSUMER_SOFT_LIMIT", default_value_t = 0)]
+    qrf_queue_consumer_soft_limit: i64,
+    /// In-flight consumers at which QRF engages.
+    #[arg(long, env = "LOCKD_QRF_QUEUE_CONSUMER_HARD_LIMIT", default_value_t = 0)]
+    qrf_queue_consumer_hard_limit: i64,
+    /// In-flight lock operations soft limit.
+    #[arg(long, env = "LOCKD_QRF_LOCK_SOFT_LIMIT", default_value_t = 0)]
+    qrf_lock_soft_limit: i64,
+    /// In-flight lock operations hard limit.
+    #[arg(long, env = "LOCKD_QRF_LOCK_HARD_LIMIT", default_value_t = 0)]
+    qrf_lock_hard_limit: i64,
+    /// Host memory in use (%) soft limit.
+    #[arg(
+        long,
+        env = "LOCKD_QRF_MEMORY_SOFT_LIMIT_PERCENT",
+        default_value_t = 80.0
+    )]
+    qrf_memory_soft_limit_percent: f64,
+    /// Host memory in use (%) hard limit.
+    #[arg(
+        long,
+        env = "LOCKD_QRF_MEMORY_HARD_LIMIT_PERCENT",
+        default_value_t = 90.0
+    )]
+    qrf_memory_hard_limit_percent: f64,
+    /// Subtracted from memory % when the host does not report MemAvailable.
+    #[arg(
+        long,
+        env = "LOCKD_QRF_MEMORY_STRICT_HEADROOM_PERCENT",
+        default_value_t = 15.0
+    )]
+    qrf_memory_strict_headroom_percent: f64,
+    /// Process RSS soft limit (e.g. 2GB; 0 off).
+    #[arg(long, env = "LOCKD_QRF_MEMORY_SOFT_LIMIT", default_value = "0", value_parser = parse_size)]
+    qrf_memory_soft_limit: u64,
+    /// Process RSS hard limit (0 off).
+    #[arg(long, env = "LOCKD_QRF_MEMORY_HARD_LIMIT", default_value = "0", value_parser = parse_size)]
+    qrf_memory_hard_limit: u64,
+    /// Swap in use (%) soft limit (0 off).
+    #[arg(long, env = "LOCKD_QRF_SWAP_SOFT_LIMIT_PERCENT", default_value_t = 0.0)]
+    qrf_swap_soft_limit_percent: f64,
+    /// Swap in use (%) hard limit (0 off).
+    #[arg(long, env = "LOCKD_QRF_SWAP_HARD_LIMIT_PERCENT", default_value_t = 0.0)]
+    qrf_swap_hard_limit_percent: f64,
+    /// Host CPU (%) soft limit (0 off: a busy server is doing its job).
+    #[arg(long, env = "LOCKD_QRF_CPU_SOFT_LIMIT", default_value_t = 0.0)]
+    qrf_cpu_soft_limit: f64,
+    /// Host CPU (%) hard limit (0 off).
+    #[arg(long, env = "LOCKD_QRF_CPU_HARD_LIMIT", default_value_t = 0.0)]
+    qrf_cpu_hard_limit: f64,
+    /// 1-minute load as a multiple of its baseline: soft limit.
+    #[arg(
+        long,
+        env = "LOCKD_QRF_LOAD_SOFT_LIMIT_MULTIPLIER",
+        default_value_t = 4.0
+    )]
+    qrf_load_soft_limit_multiplier: f64,
+    /// 1-minute load as a multiple of its baseline: hard limit.
+    #[arg(
+        long,
+        env = "LOCKD_QRF_LOAD_HARD_LIMIT_MULTIPLIER",
+        default_value_t = 8.0
+    )]
+    qrf_load_hard_limit_multiplier: f64,
+    /// Healthy samples before relaxing one step.
+    #[arg(long, env = "LOCKD_QRF_RECOVERY_SAMPLES", default_value_t = 5)]
+    qrf_recovery_samples: u32,
+    /// Base pacing delay while soft-armed.
+    #[arg(long, env = "LOCKD_QRF_SOFT_DELAY", default_value = "50ms", value_parser = parse_duration)]
+    qrf_soft_delay: Duration,
+    /// Base pacing delay while engaged.
+    #[arg(long, env = "LOCKD_QRF_ENGAGED_DELAY", default_value = "250ms", value_parser = parse_duration)]
+    qrf_engaged_delay: Duration,
+    /// Base pacing delay while recovering.
+    #[arg(long, env = "LOCKD_QRF_RECOVERY_DELAY", default_value = "200ms", value_parser = parse_duration)]
+    qrf_recovery_delay: Duration,
+    /// Longest pacing delay; beyond it clients get 429.
+    #[arg(long, env = "LOCKD_QRF_MAX_WAIT", default_value = "5s", value_parser = parse_duration)]
+    qrf_max_wait: Duration,
+    /// Most requests pacing at once; beyond it clients get 429.
+    #[arg(long, env = "LOCKD_QRF_MAX_PACED", default_value_t = 256)]
+    qrf_max_paced: usize,
+    /// How often the LSF samples the host.
+    #[arg(long, env = "LOCKD_LSF_SAMPLE_INTERVAL", default_value = "200ms", value_parser = parse_duration)]
+    lsf_sample_interval: Duration,
+    /// How often a sample is logged (0 never).
+    #[arg(long, env = "LOCKD_LSF_LOG_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    lsf_log_interval: Duration,
+}
+
+impl QrfArgs {
+    fn config(&self) -> QrfConfig {
+        QrfConfig {
+            disabled: self.qrf_disabled,
+            queue_soft_limit: self.qrf_queue_soft_limit,
+            queue_hard_limit: self.qrf_queue_hard_limit,
+            queue_consumer_soft_limit: self.qrf_queue_consumer_soft_limit,
+            queue_consumer_hard_limit: self.qrf_queue_consumer_hard_limit,
+            lock_soft_limit: self.qrf_lock_soft_limit,
+            lock_hard_limit: self.qrf_lock_hard_limit,
+            memory_soft_limit_percent: self.qrf_memory_soft_limit_percent,
+            memory_hard_limit_percent: self.qrf_memory_hard_limit_percent,
+            memory_strict_headroom_percent: self.qrf_memory_strict_headroom_percent,
+            memory_soft_limit_bytes: self.qrf_memory_soft_limit,
+            memory_hard_limit_bytes: self.qrf_memory_hard_limit,
+            swap_soft_limit_percent: self.qrf_swap_soft_limit_percent,
+            swap_hard_limit_percent: self.qrf_swap_hard_limit_percent,
+            cpu_soft_limit: self.qrf_cpu_soft_limit,
+            cpu_hard_limit: self.qrf_cpu_hard_limit,
+            load_soft_limit_multiplier: self.qrf_load_soft_limit_multiplier,
+            load_hard_limit_multiplier: self.qrf_load_hard_limit_multiplier,
+            recovery_samples: self.qrf_recovery_samples,
+            soft_delay: self.qrf_soft_delay,
+            engaged_delay: self.qrf_engaged_delay,
+            recovery_delay: self.qrf_recovery_delay,
+            max_wait: self.qrf_max_wait,
+            max_paced: self.qrf_max_paced,
+        }
+    }
 }
 
 fn parse_proto(s: &str) -> Result<ListenProto, String> {
@@ -161,6 +305,11 @@ async fn main() -> ExitCode {
             .unwrap_or(ServerConfig::default().queue_max_consumers),
         queue_max_payload: args.queue_max_payload,
         queue_expiry_counts: !args.queue_original_attempts,
+        qrf: args.qrf.config(),
+        lsf_sample_interval: args.qrf.lsf_sample_interval,
+        lsf_log_interval: args.qrf.lsf_log_interval,
+        drain_grace: args.drain_grace,
+        shutdown_timeout: args.shutdown_timeout,
     };
     let store_desc = cfg.store.clone();
     let socket_path = (cfg.listen_proto == ListenProto::Unix).then(|| cfg.listen.clone());
@@ -179,7 +328,9 @@ async fn main() -> ExitCode {
     );
     shutdown_signal().await;
     tracing::info!("shutting down");
-    match tokio::time::timeout(args.shutdown_timeout, server.shutdown()).await {
+    // The server keeps to the budget itself; this is a last resort.
+    let last_resort = args.shutdown_timeout + Duration::from_secs(2);
+    match tokio::time::timeout(last_resort, server.shutdown_gracefully()).await {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
             eprintln!("lockd: {e}");

@@ -157,6 +157,16 @@ impl Engine {
             .retain(|_, slot| !(Arc::strong_count(slot) == 1 && slot.idle()));
     }
 
+    /// Keys with a live lease among those in memory (a locked key counts:
+    /// it is being worked on).
+    pub fn live_leases(&self) -> usize {
+        let now = now_unix();
+        self.slots
+            .iter()
+            .filter(|e| e.value().holds_lease(now))
+            .count()
+    }
+
     /// Number of keys held in memory (for tests and metrics).
     pub fn cached_keys(&self) -> usize {
         self.slots.len()

@@ -119,6 +119,18 @@ impl Slot {
             })
     }
 
+    /// Whether the key has a live lease (or is being changed right now).
+    pub fn holds_lease(&self, now: i64) -> bool {
+        match self.state.try_lock() {
+            Ok(st) => st
+                .rec
+                .as_ref()
+                .and_then(|r| r.lease.as_ref())
+                .is_some_and(|l| !l.expired(now)),
+            Err(_) => true,
+        }
+    }
+
     /// Wakes the waiter at the head of the queue (the key may be free).
     pub fn wake_head(&self) {
         let q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());

@@ -30,6 +30,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// The queue subsystem.
     pub queues: Arc<Queues>,
+    /// Back-pressure and drain.
+    pub control: Arc<crate::control::layer::Control>,
     /// Namespace for requests that name none.
     pub default_namespace: String,
     /// Body limit for JSON requests and documents.
@@ -44,6 +46,7 @@ pub struct CorrelationId(pub String);
 
 /// Builds the router for all endpoints.
 pub fn router(state: Shared) -> Router {
+    let control = state.control.clone();
     Router::new()
         .route("/healthz", any(health))
         .route("/readyz", any(health))
@@ -74,6 +77,10 @@ pub fn router(state: Shared) -> Router {
         .fallback(not_found)
         // Bodies are bounded by --json-max in the handlers, not axum's default.
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            control,
+            crate::control::layer::guard,
+        ))
         .layer(axum::middleware::from_fn(correlation))
         .with_state(state)
 }

@@ -353,6 +353,7 @@ async fn stream_deliveries(
     tx: mpsc::Sender<std::io::Result<Bytes>>,
 ) {
     let mut outstanding: Vec<(String, String)> = Vec::new();
+    let mut drain = app.control.drain.watch();
     let mut is_first = true;
     let mut pending = first;
     loop {
@@ -390,7 +391,16 @@ async fn stream_deliveries(
                 _ = tx.closed() => return,
             }
         }
+        if app.control.drain.is_draining() {
+            // Tell the subscriber to stop: a clean end of the stream.
+            let _ = tx.send(Ok(multipart::close(&boundary))).await;
+            return;
+        }
         let next = tokio::select! {
+            _ = drain.changed() => {
+                let _ = tx.send(Ok(multipart::close(&boundary))).await;
+                return;
+            }
             r = app.queues.dequeue_on(&shard, &input, if input.wait == Wait::NoWait { Wait::NoWait } else { Wait::Forever }, true) => r,
             _ = tx.closed() => return,
         };
@@ -618,7 +628,11 @@ pub async fn watch(
         let mut id = 0u64;
         let mut heartbeat = tokio::time::interval(Duration::from_secs(20));
         heartbeat.tick().await;
+        let mut drain = app.control.drain.watch();
         loop {
+            if app.control.drain.is_draining() {
+                return;
+            }
             let notified = shard.notified();
             let snap = app.queues.snapshot_of(&shard);
             let state = (
@@ -652,6 +666,8 @@ pub async fn watch(
                     }
                 }
                 _ = tx.closed() => return,
+                // A draining server ends watch streams so it can stop.
+                _ = drain.changed() => return,
             }
         }
     });

@@ -1161,6 +1161,21 @@ impl Queues {
         }
     }
 
+    /// Deliveries whose lease is live, over every queue in memory.
+    pub fn live_deliveries(&self) -> usize {
+        let now = now_unix();
+        self.shards
+            .iter()
+            .map(|s| {
+                let idx = s.value().lock();
+                idx.entries
+                    .values()
+                    .filter(|e| e.lease_id.is_some() && e.visible_at > now)
+                    .count()
+            })
+            .sum()
+    }
+
     /// Diagnostics of a queue (stats, watch).
     pub async fn snapshot(&self, ns: &str, queue: &str) -> CoreResult<QueueSnapshot> {
         let shard = self.shard(ns, queue).await?;
