@@ -245,6 +245,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
         },
     );
     let control = Control::new(cfg.qrf.clone());
+    queues.attach_drain(control.drain.clone());
     let app = router(Arc::new(AppState {
         engine: engine.clone(),
         queues: queues.clone(),

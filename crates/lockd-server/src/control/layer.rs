@@ -22,8 +22,9 @@ pub struct Control {
     pub qrf: Controller,
     /// In-flight requests per kind.
     pub inflight: Inflight,
-    /// The drain switch.
-    pub drain: Drain,
+    /// The drain switch (shared with the queue, whose waiting consumers
+    /// must stop when it flips).
+    pub drain: Arc<Drain>,
 }
 
 impl Control {
@@ -32,7 +33,7 @@ impl Control {
         Arc::new(Control {
             qrf: Controller::new(qrf),
             inflight: Inflight::default(),
-            drain: Drain::new(),
+            drain: Arc::new(Drain::new()),
         })
     }
 
@@ -83,6 +84,25 @@ fn imminent(resp: &mut Response) {
         .insert(headers::SHUTDOWN_IMMINENT, HeaderValue::from_static("true"));
 }
 
+/// Reads and drops what a refused request is still sending (up to 1 MiB,
+/// for at most a second), so the client reads our answer instead of a
+/// broken pipe.
+async fn discard_body(req: Request) {
+    use http_body_util::BodyExt;
+    let mut body = req.into_body();
+    let mut left: usize = 1 << 20;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let n = frame.data_ref().map(|d| d.len()).unwrap_or(0);
+            if n >= left {
+                break;
+            }
+            left -= n;
+        }
+    })
+    .await;
+}
+
 /// Drain and back-pressure for one request.
 pub async fn guard(State(ctl): State<Arc<Control>>, req: Request, next: Next) -> Response {
     let kind = Kind::of_path(req.uri().path());
@@ -104,6 +124,7 @@ pub async fn guard(State(ctl): State<Arc<Control>>, req: Request, next: Next) ->
         )
         .into_response();
         imminent(&mut resp);
+        discard_body(req).await;
         return resp;
     }
     match ctl.qrf.decide(kind) {
@@ -126,6 +147,7 @@ pub async fn guard(State(ctl): State<Arc<Control>>, req: Request, next: Next) ->
             if ctl.drain.is_draining() {
                 imminent(&mut resp);
             }
+            discard_body(req).await;
             return resp;
         }
     }

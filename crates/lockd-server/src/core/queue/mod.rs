@@ -311,6 +311,8 @@ impl QueueShard {
 /// The queue subsystem.
 pub struct Queues {
     engine: Arc<Engine>,
+    /// The server's drain switch: waiting consumers stop when it flips.
+    drain: std::sync::OnceLock<Arc<crate::control::drain::Drain>>,
     store: Arc<dyn Store>,
     shards: DashMap<String, Arc<QueueShard>>,
     cfg: QueueConfig,
@@ -369,9 +371,28 @@ impl Queues {
         Arc::new(Self {
             store: engine.store().clone(),
             engine,
+            drain: std::sync::OnceLock::new(),
             shards: DashMap::new(),
             cfg,
             consumers: AtomicUsize::new(0),
+        })
+    }
+
+    /// Connects the server's drain switch: once it flips, waiting
+    /// consumers are answered `shutdown_draining` instead of getting new
+    /// deliveries.
+    pub fn attach_drain(&self, drain: Arc<crate::control::drain::Drain>) {
+        let _ = self.drain.set(drain);
+    }
+
+    fn draining_error(&self) -> Option<CoreError> {
+        let d = self.drain.get()?;
+        d.is_draining().then(|| {
+            CoreError::new(
+                ErrorCode::ShutdownDraining,
+                "server is draining existing leases",
+            )
+            .with_retry_after(d.remaining().as_secs_f64().ceil() as i64)
         })
     }
 
@@ -587,7 +608,11 @@ impl Queues {
             Wait::Seconds(n) if n > 0 => Instant::now().checked_add(Duration::from_secs(n as u64)),
             _ => None,
         };
+        let mut drain = self.drain.get().map(|d| d.watch());
         loop {
+            if let Some(e) = self.draining_error() {
+                return Err(e);
+            }
             let notified = shard.ready_notified();
             let mut out = Vec::new();
             while out.len() < input.page_size {
@@ -620,14 +645,24 @@ impl Queues {
                 (Some(d), Some(n)) => Some(d.min(n)),
                 (d, n) => d.or(n),
             };
-            match wake {
-                Some(at) => {
-                    tokio::select! {
-                        _ = notified => {}
-                        _ = tokio::time::sleep_until(at) => {}
+            let drained = async {
+                match drain.as_mut() {
+                    Some(rx) => {
+                        let _ = rx.changed().await;
                     }
+                    None => std::future::pending::<()>().await,
                 }
-                None => notified.await,
+            };
+            let sleep = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = notified => {}
+                _ = sleep => {}
+                _ = drained => {}
             }
         }
     }
