@@ -92,6 +92,38 @@
 //! Go lockd's published figures from the issue (about 2 000 dequeues/s in
 //! memory, about 850/s on disk); they are not measured here.
 //!
+//! # The overload run
+//!
+//! `overload` checks the server's back-pressure (QRF) under a multiple of
+//! its sustainable load; the details are in the `overload` module.
+//!
+//! 1. **Calibrate** (`--calibrate`, default 5 s, after a 1 s warm-up): the
+//!    queue workload above (4 producers, 4 dequeue consumers, 1 KiB
+//!    payloads, backlog cap 2 000) measures the sustainable end-to-end
+//!    rate R.
+//! 2. **Overload** (`--duration`, default 20 s): open-loop producer tasks
+//!    (default `factor × R × 20 ms`, 32-1024) try to enqueue at `--factor`
+//!    × R (default 10) on a fixed schedule, with no backlog cap; a `429` is
+//!    counted and only the task that got it sleeps its `Retry-After`. The
+//!    same consumers keep dequeuing and acking. A monitor thread (its own
+//!    runtime and connection) GETs `/healthz` every 100 ms and, for an
+//!    in-process server, reads this process's `VmRSS` every 500 ms (the
+//!    load generator shares the process) and polls the QRF state and
+//!    in-flight counters every 20 ms; with `--url` memory is n/a.
+//! 3. **Drain**: producers stop, consumers ack what is left; every
+//!    enqueue answered `200` must then have been acked exactly once under
+//!    the `message_id` it got (payloads carry a sequence number).
+//!
+//! The in-process server (`--store mem|disk`, default mem) gets
+//! `qrf.queue_soft_limit` 64, `qrf.queue_hard_limit` 128 and
+//! `lsf_sample_interval` 100 ms so QRF can engage on a small box
+//! (`--qrf-queue-soft`, `--qrf-queue-hard`, `--lsf-interval`);
+//! `--default-qrf` keeps the server's defaults. The report gives offered
+//! vs accepted enqueue rate, `429` count and share, QRF states seen, ack
+//! rate vs calibration, `/healthz` p50/p99/max per phase, RSS per phase,
+//! the backlog, the drain, the delivery check, a PASS/FAIL verdict per
+//! claim and a per-second timeline.
+//!
 //! # Examples
 //!
 //! ```text
@@ -117,6 +149,13 @@
 //! # subscribe against a running server, latency with a small backlog, JSON
 //! cargo run --release -p lockd-bench -- queue --url http://127.0.0.1:9341 \
 //!     --consume subscribe --backlog 64 --json > queue.json
+//!
+//! # overload: calibrate 5 s, then 10 × R for 20 s, in-process mem server
+//! cargo run --release -p lockd-bench -- overload --store mem --duration 20s --calibrate 5s
+//!
+//! # the same on disk with the server's default QRF settings, JSON on stdout
+//! cargo run --release -p lockd-bench -- overload --store disk --duration 10s --default-qrf \
+//!     --json > overload.json
 //! ```
 //!
 //! With `--json` the human-readable report goes to stderr and a single JSON
@@ -125,6 +164,7 @@
 
 mod baseline;
 mod load;
+mod overload;
 mod queue;
 mod stats;
 
@@ -152,7 +192,8 @@ const REQUESTS_PER_CYCLE: f64 = 3.0;
     version,
     about = "Load generator for lockd: lease cycles (acquire → update → release) and queue \
              messages (enqueue → dequeue/subscribe → ack) against in-process mem/disk servers \
-             or a running one, compared to a bare axum baseline"
+             or a running one, compared to a bare axum baseline; and an overload run that \
+             checks the server's back-pressure"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -167,6 +208,9 @@ enum Cmd {
     Baseline(CommonArgs),
     /// Queue: P producers enqueue 1 KiB messages, C consumers dequeue or subscribe and ack.
     Queue(QueueArgs),
+    /// Overload: calibrate the sustainable queue rate R, offer factor × R (10×) for a while,
+    /// check /healthz latency, memory, ack flow and that nothing acknowledged is lost.
+    Overload(overload::OverloadArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -449,6 +493,14 @@ struct InProcess {
 impl InProcess {
     /// Starts a server for `store` (`disk://` in a fresh temporary directory).
     async fn start(store: StoreChoice) -> Result<InProcess, String> {
+        Self::start_with(store, |_| {}).await
+    }
+
+    /// Like [`InProcess::start`], with `tweak` applied to the configuration.
+    async fn start_with(
+        store: StoreChoice,
+        tweak: impl FnOnce(&mut lockd_server::ServerConfig),
+    ) -> Result<InProcess, String> {
         let (label, dir) = match store {
             StoreChoice::Disk => {
                 let dir = tempfile::Builder::new()
@@ -463,13 +515,15 @@ impl InProcess {
             Some(d) => format!("disk://{}", d.path().display()),
             None => "mem://".to_string(),
         };
-        let server = lockd_server::start(lockd_server::ServerConfig {
+        let mut cfg = lockd_server::ServerConfig {
             listen: "127.0.0.1:0".into(),
             store: store_url.clone(),
             ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("starting the {label} server: {e}"))?;
+        };
+        tweak(&mut cfg);
+        let server = lockd_server::start(cfg)
+            .await
+            .map_err(|e| format!("starting the {label} server: {e}"))?;
         Ok(InProcess {
             label,
             store_url,
@@ -1096,6 +1150,7 @@ fn main() -> ExitCode {
         Cmd::Lease(a) => a.common.threads,
         Cmd::Baseline(c) => c.threads,
         Cmd::Queue(q) => q.threads,
+        Cmd::Overload(o) => o.threads,
     };
     let threads = threads
         .filter(|n| *n > 0)
@@ -1116,6 +1171,7 @@ fn main() -> ExitCode {
             Cmd::Lease(a) => cmd_lease(a, threads).await,
             Cmd::Baseline(c) => cmd_baseline(c, threads).await,
             Cmd::Queue(q) => cmd_queue(q, threads).await,
+            Cmd::Overload(o) => overload::cmd(o, threads).await,
         }
     });
     match result {
@@ -1209,5 +1265,48 @@ mod tests {
         assert!(
             Cli::try_parse_from(["lockd-bench", "queue", "--store", "mem", "--url", "x"]).is_err()
         );
+    }
+
+    #[test]
+    fn overload_cli_parses() {
+        let cli = Cli::try_parse_from(["lockd-bench", "overload"]);
+        let Ok(Cli {
+            cmd: Cmd::Overload(o),
+        }) = cli
+        else {
+            panic!("overload did not parse");
+        };
+        assert_eq!(o.duration, Duration::from_secs(20));
+        assert_eq!(o.calibrate, Duration::from_secs(5));
+        assert!((o.factor - 10.0).abs() < 1e-9);
+        assert_eq!((o.producers, o.consumers), (4, 4));
+        assert_eq!((o.qrf_queue_soft, o.qrf_queue_hard), (64, 128));
+        assert_eq!(o.lsf_interval, Duration::from_millis(100));
+        assert_eq!(o.store, overload::OneStore::Mem);
+        assert!(Cli::try_parse_from([
+            "lockd-bench",
+            "overload",
+            "--store",
+            "disk",
+            "--duration",
+            "10s",
+            "--default-qrf"
+        ])
+        .is_ok());
+        assert!(Cli::try_parse_from([
+            "lockd-bench",
+            "overload",
+            "--default-qrf",
+            "--qrf-queue-soft",
+            "8"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from(["lockd-bench", "overload", "--store", "both"]).is_err());
+        assert!(
+            Cli::try_parse_from(["lockd-bench", "overload", "--url", "x", "--store", "mem"])
+                .is_err()
+        );
+        assert!(Cli::try_parse_from(["lockd-bench", "overload", "--factor", "0"]).is_err());
+        assert!(Cli::try_parse_from(["lockd-bench", "overload", "--payload-bytes", "16"]).is_err());
     }
 }

@@ -198,7 +198,7 @@ impl QueueResult {
 }
 
 /// A random-enough 64-bit tag (no `rand` dependency needed).
-fn run_tag() -> u64 {
+pub(crate) fn run_tag() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -267,6 +267,35 @@ impl EnqueueBody {
         b.extend_from_slice(self.tail);
         Bytes::from(b)
     }
+
+    /// Like [`EnqueueBody::build`], with `seq` in payload bytes 16..24
+    /// (the template's payload must be at least [`SEQ_STAMP_BYTES`] long).
+    pub fn build_with_seq(&self, stamp: u64, tag: u64, seq: u64) -> Bytes {
+        let mut b = Vec::with_capacity(self.head.len() + self.filler.len() + self.tail.len());
+        b.extend_from_slice(&self.head);
+        b.extend_from_slice(&stamp.to_le_bytes());
+        b.extend_from_slice(&tag.to_le_bytes());
+        b.extend_from_slice(&seq.to_le_bytes());
+        b.extend_from_slice(&self.filler[SEQ_STAMP_BYTES.min(self.filler.len())..]);
+        b.extend_from_slice(self.tail);
+        Bytes::from(b)
+    }
+}
+
+/// Bytes at the start of an overload payload: enqueue time, run tag and a
+/// sequence number.
+pub const SEQ_STAMP_BYTES: usize = STAMP_BYTES + 8;
+
+/// The sequence number of a payload built by
+/// [`EnqueueBody::build_with_seq`], if it carries `tag`.
+pub fn read_seq(payload: &[u8], tag: u64) -> Option<u64> {
+    if payload.len() < SEQ_STAMP_BYTES {
+        return None;
+    }
+    read_stamp(payload, tag)?;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&payload[STAMP_BYTES..SEQ_STAMP_BYTES]);
+    Some(u64::from_le_bytes(b))
 }
 
 /// Everything the tasks of a run share.
@@ -561,21 +590,21 @@ impl Shared {
     }
 }
 
-fn content_type(h: &hyper::HeaderMap) -> String {
+pub(crate) fn content_type(h: &hyper::HeaderMap) -> String {
     h.get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string()
 }
 
-fn snippet(body: &[u8]) -> String {
+pub(crate) fn snippet(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(300)])
         .trim_end()
         .to_string()
 }
 
 /// The `error` code of a `409 waiting` or `503 queue_busy` answer.
-fn error_code(status: StatusCode, body: &[u8]) -> Option<String> {
+pub(crate) fn error_code(status: StatusCode, body: &[u8]) -> Option<String> {
     if status != StatusCode::CONFLICT && status != StatusCode::SERVICE_UNAVAILABLE {
         return None;
     }
@@ -868,7 +897,7 @@ async fn sample_backlog(sh: Arc<Shared>) -> (f64, u64) {
     (mean, max)
 }
 
-fn parse_uri(s: &str) -> Result<Uri, String> {
+pub(crate) fn parse_uri(s: &str) -> Result<Uri, String> {
     s.parse::<Uri>().map_err(|e| format!("bad URL {s:?}: {e}"))
 }
 

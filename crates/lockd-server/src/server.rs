@@ -259,9 +259,11 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
         let _ = stop_serving.wait_for(|s| *s).await;
     };
 
+    let backlog_of = queues.clone();
     tokio::spawn(control.clone().run_sampler(
         cfg.lsf_sample_interval,
         cfg.lsf_log_interval,
+        Arc::new(move || backlog_of.live_messages() as i64),
         stopped.clone(),
     ));
     let mut sweeper_task = None;

@@ -671,8 +671,9 @@ async fn every_posture_over_http() {
     assert_eq!(ctl.qrf.observe(&producers(4)), Some(State::Engaged));
     let r = enqueue_sized(&s, "walk", b"x").await;
     let secs = assert_throttled(r, "engaged").await;
-    // 250 ms × (1 + 9 × 1) = 2.5 s → 3.
-    assert_eq!(secs, 3);
+    // 250 ms × (1 + 9 × 1) = 2.5 s, but Retry-After never exceeds
+    // max_wait (500 ms) → 1.
+    assert_eq!(secs, 1);
     let r = s
         .acquire_raw(
             json!({"key": "walk-a2", "owner": "o", "ttl_seconds": 30, "block_seconds": -1}),
@@ -699,11 +700,12 @@ async fn every_posture_over_http() {
     );
 
     // A soft breach during recovery stays in recovery; the delay (200 ms ×
-    // (1 + 9 × 0.5) = 1.1 s) exceeds max_wait: refused, Retry-After 2.
+    // (1 + 9 × 0.5) = 1.1 s) exceeds max_wait: refused, Retry-After capped
+    // at max_wait (500 ms) → 1.
     assert_eq!(ctl.qrf.observe(&producers(3)), None);
     assert_eq!(ctl.qrf.state(), State::Recovery);
     let r = enqueue_sized(&s, "walk", b"x").await;
-    assert_eq!(assert_throttled(r, "recovery").await, 2);
+    assert_eq!(assert_throttled(r, "recovery").await, 1);
     take_and_ack(&s).await;
     s.update_ok(&lease, r#"{"walk":true}"#).await;
 

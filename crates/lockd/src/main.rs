@@ -127,6 +127,20 @@ struct QrfArgs {
     /// In-flight consumers at which QRF engages.
     #[arg(long, env = "LOCKD_QRF_QUEUE_CONSUMER_HARD_LIMIT", default_value_t = 0)]
     qrf_queue_consumer_hard_limit: i64,
+    /// Messages held by the queues at which producers are paced.
+    #[arg(
+        long,
+        env = "LOCKD_QRF_QUEUE_BACKLOG_SOFT_LIMIT",
+        default_value_t = 50_000
+    )]
+    qrf_queue_backlog_soft_limit: i64,
+    /// Messages held by the queues at which QRF engages (producers refused).
+    #[arg(
+        long,
+        env = "LOCKD_QRF_QUEUE_BACKLOG_HARD_LIMIT",
+        default_value_t = 100_000
+    )]
+    qrf_queue_backlog_hard_limit: i64,
     /// In-flight lock operations soft limit.
     #[arg(long, env = "LOCKD_QRF_LOCK_SOFT_LIMIT", default_value_t = 0)]
     qrf_lock_soft_limit: i64,
@@ -220,6 +234,8 @@ impl QrfArgs {
             queue_hard_limit: self.qrf_queue_hard_limit,
             queue_consumer_soft_limit: self.qrf_queue_consumer_soft_limit,
             queue_consumer_hard_limit: self.qrf_queue_consumer_hard_limit,
+            queue_backlog_soft_limit: self.qrf_queue_backlog_soft_limit,
+            queue_backlog_hard_limit: self.qrf_queue_backlog_hard_limit,
             lock_soft_limit: self.qrf_lock_soft_limit,
             lock_hard_limit: self.qrf_lock_hard_limit,
             memory_soft_limit_percent: self.qrf_memory_soft_limit_percent,

@@ -43,6 +43,7 @@ impl Control {
         self: Arc<Self>,
         every: std::time::Duration,
         log_every: std::time::Duration,
+        backlog: Arc<dyn Fn() -> i64 + Send + Sync>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         if self.qrf.config().disabled || every.is_zero() {
@@ -57,7 +58,8 @@ impl Control {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            let s = sampler.sample(&self.inflight);
+            let mut s = sampler.sample(&self.inflight);
+            s.queue_backlog = backlog();
             self.qrf.observe(&s);
             if !log_every.is_zero() && last_log.elapsed() >= log_every {
                 last_log = tokio::time::Instant::now();
@@ -72,6 +74,7 @@ impl Control {
                     consumers = s.consumers,
                     acks = s.acks,
                     locks = s.locks,
+                    queue_backlog = s.queue_backlog,
                     "lsf sample"
                 );
             }

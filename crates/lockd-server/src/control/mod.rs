@@ -135,4 +135,7 @@ pub struct Sample {
     pub acks: i64,
     /// In-flight lock operations.
     pub locks: i64,
+    /// Messages held by the queues of this server (ready, delayed or in
+    /// flight): what grows when producers outrun consumers.
+    pub queue_backlog: i64,
 }

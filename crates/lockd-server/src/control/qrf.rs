@@ -36,6 +36,12 @@ pub struct QrfConfig {
     pub queue_consumer_soft_limit: i64,
     /// See `queue_consumer_soft_limit`.
     pub queue_consumer_hard_limit: i64,
+    /// Messages held by the queues (backlog) soft/hard limits: the signal
+    /// that producers outrun consumers, and the bound on the memory the
+    /// queue index uses.
+    pub queue_backlog_soft_limit: i64,
+    /// See `queue_backlog_soft_limit`.
+    pub queue_backlog_hard_limit: i64,
     /// In-flight lock operations soft/hard limits.
     pub lock_soft_limit: i64,
     /// See `lock_soft_limit`.
@@ -85,6 +91,8 @@ impl Default for QrfConfig {
             queue_hard_limit: 0,
             queue_consumer_soft_limit: 0,
             queue_consumer_hard_limit: 0,
+            queue_backlog_soft_limit: 50_000,
+            queue_backlog_hard_limit: 100_000,
             lock_soft_limit: 0,
             lock_hard_limit: 0,
             memory_soft_limit_percent: 80.0,
@@ -292,6 +300,12 @@ impl Controller {
                 c.lock_soft_limit as f64,
                 c.lock_hard_limit as f64,
             ),
+            count_metric(
+                "queue_backlog",
+                s.queue_backlog as f64,
+                c.queue_backlog_soft_limit as f64,
+                c.queue_backlog_hard_limit as f64,
+            ),
         ];
         let consumers = [count_metric(
             "consumer_inflight",
@@ -421,8 +435,16 @@ impl Controller {
         // a hard limit.
         let scale = 1.0 + 9.0 * p.severity.clamp(0.0, 10.0);
         let delay = base.mul_f64(scale);
+        // Retry-After never asks for more than max_wait: the pressure is
+        // re-measured every sample, and a long shared wait only makes
+        // clients come back as a herd.
+        let cap = if self.cfg.max_wait.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            self.cfg.max_wait
+        };
         let reject = |delay: Duration| Decision::Reject {
-            retry_after_secs: delay.as_secs_f64().ceil().max(1.0) as u64,
+            retry_after_secs: delay.min(cap).as_secs_f64().ceil().max(1.0) as u64,
             state,
         };
         if state == State::Engaged && p.hard && kind != Kind::Consumer {
@@ -639,6 +661,34 @@ mod tests {
             ..calm()
         });
         assert!(matches!(c.decide(Kind::Consumer), Decision::Pace(_)));
+    }
+
+    #[test]
+    fn a_growing_backlog_engages_and_retry_after_is_capped() {
+        let c = Controller::new(QrfConfig {
+            queue_backlog_soft_limit: 100,
+            queue_backlog_hard_limit: 200,
+            max_wait: Duration::from_secs(2),
+            ..QrfConfig::default()
+        });
+        let soft = Sample {
+            queue_backlog: 150,
+            ..calm()
+        };
+        assert_eq!(c.observe(&soft), Some(State::SoftArm));
+        let hard = Sample {
+            queue_backlog: 5_000,
+            ..calm()
+        };
+        assert_eq!(c.observe(&hard), Some(State::Engaged));
+        match c.decide(Kind::Producer) {
+            Decision::Reject {
+                retry_after_secs, ..
+            } => assert_eq!(retry_after_secs, 2),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(c.decide(Kind::Ack), Decision::Admit);
+        assert_eq!(c.decide(Kind::Consumer), Decision::Admit);
     }
 
     #[test]

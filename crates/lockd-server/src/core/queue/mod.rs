@@ -1196,6 +1196,14 @@ impl Queues {
         }
     }
 
+    /// Messages held by every queue in memory (ready, delayed, in flight).
+    pub fn live_messages(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.value().lock().entries.len())
+            .sum()
+    }
+
     /// Deliveries whose lease is live, over every queue in memory.
     pub fn live_deliveries(&self) -> usize {
         let now = now_unix();
