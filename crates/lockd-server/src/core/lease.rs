@@ -241,8 +241,9 @@ impl Engine {
     /// Checks that the caller holds the key's current lease (§5.4 order):
     /// `lease_required`, `lease_expired` (clearing the lease), then
     /// `fencing_mismatch`, then, when `txn` is given, `missing_txn` and
-    /// `txn_mismatch`. An expired lease is cleared on the way; callers wake
-    /// the key's waiters after an error.
+    /// `txn_mismatch`. An expired lease is cleared on the way; use
+    /// [`Engine::lock_leased`], which also wakes the key's waiters after an
+    /// error.
     pub(super) async fn check_lease(
         &self,
         id: &str,
@@ -289,25 +290,38 @@ impl Engine {
         Ok(())
     }
 
-    /// Extends a lease to `now + ttl` (a shorter TTL shortens it).
-    pub async fn keepalive(&self, input: KeepAliveInput) -> CoreResult<i64> {
-        let id = super::record::slot_id(&input.namespace, &input.key);
-        let slot = self.slot(&id);
-        let mut st = slot.lock(self.store.as_ref(), &id).await?;
-        let res = self
-            .check_lease(
-                &id,
-                &mut st,
-                &input.lease_id,
-                input.fencing_token,
-                Some(&input.txn_id),
-            )
-            .await;
-        if let Err(e) = res {
+    /// Locks a key and checks the caller's lease; on failure the key's
+    /// waiters are woken (an expired lease may just have been cleared).
+    pub(super) async fn lock_leased<'s>(
+        &self,
+        id: &str,
+        slot: &'s Slot,
+        lease_id: &str,
+        token: i64,
+        txn: Option<&str>,
+    ) -> CoreResult<tokio::sync::MutexGuard<'s, SlotState>> {
+        let mut st = slot.lock(self.store.as_ref(), id).await?;
+        if let Err(e) = self.check_lease(id, &mut st, lease_id, token, txn).await {
             drop(st);
             slot.wake_head();
             return Err(e);
         }
+        Ok(st)
+    }
+
+    /// Extends a lease to `now + ttl` (a shorter TTL shortens it).
+    pub async fn keepalive(&self, input: KeepAliveInput) -> CoreResult<i64> {
+        let id = super::record::slot_id(&input.namespace, &input.key);
+        let slot = self.slot(&id);
+        let mut st = self
+            .lock_leased(
+                &id,
+                &slot,
+                &input.lease_id,
+                input.fencing_token,
+                Some(&input.txn_id),
+            )
+            .await?;
         let now = now_unix();
         let mut rec = st.rec.clone().unwrap_or_default();
         let expires = now + input.ttl_seconds;

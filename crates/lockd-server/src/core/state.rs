@@ -120,15 +120,9 @@ impl Engine {
     ) -> CoreResult<Option<Document>> {
         let id = slot_id(namespace, key);
         let slot = self.slot(&id);
-        let mut st = slot.lock(self.store.as_ref(), &id).await?;
-        if let Err(e) = self
-            .check_lease(&id, &mut st, lease_id, fencing_token, None)
-            .await
-        {
-            drop(st);
-            slot.wake_head();
-            return Err(e);
-        }
+        let st = self
+            .lock_leased(&id, &slot, lease_id, fencing_token, None)
+            .await?;
         let rec = st.rec.clone().unwrap_or_default();
         let txn = rec
             .lease
@@ -159,16 +153,10 @@ impl Engine {
     pub async fn update(&self, input: UpdateInput) -> CoreResult<Updated> {
         let id = slot_id(&input.namespace, &input.key);
         let slot = self.slot(&id);
-        let mut st = slot.lock(self.store.as_ref(), &id).await?;
         let l = &input.lease;
-        if let Err(e) = self
-            .check_lease(&id, &mut st, &l.lease_id, l.fencing_token, Some(&l.txn_id))
-            .await
-        {
-            drop(st);
-            slot.wake_head();
-            return Err(e);
-        }
+        let mut st = self
+            .lock_leased(&id, &slot, &l.lease_id, l.fencing_token, Some(&l.txn_id))
+            .await?;
         let mut rec = st.rec.clone().unwrap_or_default();
         check_other_txn(&rec, &l.txn_id)?;
         check_version(&rec, &l.txn_id, input.if_version)?;
@@ -206,16 +194,10 @@ impl Engine {
     pub async fn remove(&self, input: RemoveInput) -> CoreResult<Removed> {
         let id = slot_id(&input.namespace, &input.key);
         let slot = self.slot(&id);
-        let mut st = slot.lock(self.store.as_ref(), &id).await?;
         let l = &input.lease;
-        if let Err(e) = self
-            .check_lease(&id, &mut st, &l.lease_id, l.fencing_token, Some(&l.txn_id))
-            .await
-        {
-            drop(st);
-            slot.wake_head();
-            return Err(e);
-        }
+        let mut st = self
+            .lock_leased(&id, &slot, &l.lease_id, l.fencing_token, Some(&l.txn_id))
+            .await?;
         let mut rec = st.rec.clone().unwrap_or_default();
         check_other_txn(&rec, &l.txn_id)?;
         check_etag(&rec, &l.txn_id, input.if_etag.as_deref())?;
@@ -254,16 +236,10 @@ impl Engine {
     pub async fn set_metadata(&self, input: MetadataInput) -> CoreResult<i64> {
         let id = slot_id(&input.namespace, &input.key);
         let slot = self.slot(&id);
-        let mut st = slot.lock(self.store.as_ref(), &id).await?;
         let l = &input.lease;
-        if let Err(e) = self
-            .check_lease(&id, &mut st, &l.lease_id, l.fencing_token, Some(&l.txn_id))
-            .await
-        {
-            drop(st);
-            slot.wake_head();
-            return Err(e);
-        }
+        let mut st = self
+            .lock_leased(&id, &slot, &l.lease_id, l.fencing_token, Some(&l.txn_id))
+            .await?;
         let mut rec = st.rec.clone().unwrap_or_default();
         check_other_txn(&rec, &l.txn_id)?;
         check_version(&rec, &l.txn_id, input.if_version)?;
