@@ -171,7 +171,7 @@ async fn invalid_body_on_lease_endpoints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn body_larger_than_json_max_is_invalid_body() {
-    let s = TestServer::with_config(Backend::Mem, |c| c.json_max = 1024).await;
+    let mut s = TestServer::with_config(Backend::Mem, |c| c.json_max = 1024).await;
 
     // Acquire: exactly 1024 bytes accepted, 1025 refused.
     let base = json!({"key":"big","owner":"","block_seconds":-1}).to_string();
@@ -209,6 +209,9 @@ async fn body_larger_than_json_max_is_invalid_body() {
         }
         Err(e) => assert!(e.is_request() || e.is_body(), "unexpected failure: {e}"),
     }
+    // The server closed that connection mid-upload; the client's pool may
+    // still hand it out once, so carry on with a fresh client.
+    s.http = reqwest::Client::builder().no_proxy().build().unwrap();
     assert_eq!(s.health().await, StatusCode::OK);
 
     let l = s.acquire("big", "o", 30, -1).await;
