@@ -212,6 +212,9 @@ pub(crate) struct SessionState {
     pub etag: Mutex<String>,
     pub expires_at: AtomicI64,
     pub done: AtomicBool,
+    /// `release`/`rollback` went through (separate from `done`, which only
+    /// says whether dropping should release).
+    pub released: AtomicBool,
     /// Released when its server announces a shutdown (off for sessions
     /// whose release someone else owns, e.g. acquire-for-update's).
     pub drain_release: AtomicBool,
@@ -388,12 +391,54 @@ impl Client {
                 etag: Mutex::new(a.state_etag),
                 expires_at: AtomicI64::new(a.expires_at_unix),
                 done: AtomicBool::new(false),
+                released: AtomicBool::new(false),
                 drain_release: AtomicBool::new(true),
                 rollback_on_drop: AtomicBool::new(false),
             }),
         };
         self.register_session(&session.s);
         session
+    }
+
+    /// Picks up a lease acquired elsewhere (another process, a shell via
+    /// `lockd client acquire`) from its exported fields. The session is
+    /// detached: it is not released on drop; call `release`, or
+    /// [`LeaseSession::attach`] to release it on drop as usual.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lockd_client::Client) -> lockd_client::Result<()> {
+    /// let lease = client.resume_lease("default", "orders", "c5v9…", "c5va…", 7);
+    /// lease.keepalive(std::time::Duration::from_secs(30)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn resume_lease(
+        &self,
+        namespace: &str,
+        key: &str,
+        lease_id: &str,
+        txn_id: &str,
+        fencing_token: i64,
+    ) -> LeaseSession {
+        LeaseSession {
+            s: Arc::new(SessionState {
+                client: self.clone(),
+                namespace: self.namespace_or(namespace).to_string(),
+                key: key.to_string(),
+                lease_id: lease_id.to_string(),
+                txn_id: txn_id.to_string(),
+                owner: String::new(),
+                endpoint: 0,
+                correlation: crate::correlation::current_or_new(),
+                fencing: AtomicI64::new(fencing_token),
+                version: AtomicI64::new(0),
+                etag: Mutex::new(String::new()),
+                expires_at: AtomicI64::new(0),
+                done: AtomicBool::new(true),
+                released: AtomicBool::new(false),
+                drain_release: AtomicBool::new(false),
+                rollback_on_drop: AtomicBool::new(false),
+            }),
+        }
     }
 
     /// Describes a key (lease and committed version); no lease needed.
@@ -474,6 +519,7 @@ pub(crate) fn state_session(
             etag: Mutex::new(String::new()),
             expires_at: AtomicI64::new(m.state_lease_expires_at_unix),
             done: AtomicBool::new(true),
+            released: AtomicBool::new(false),
             drain_release: AtomicBool::new(false),
             rollback_on_drop: AtomicBool::new(false),
         }),
@@ -746,9 +792,10 @@ impl LeaseSession {
     }
 
     async fn finish(&self, rollback: bool) -> Result<()> {
-        if self.s.done.swap(true, Ordering::SeqCst) {
+        if self.s.released.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        let was_done = self.s.done.swap(true, Ordering::SeqCst);
         let body = json!({
             "namespace": self.s.namespace, "key": self.s.key,
             "lease_id": self.s.lease_id, "txn_id": self.s.txn_id,
@@ -770,7 +817,8 @@ impl LeaseSession {
             // Already gone: the lease is released either way.
             Err(e) if e.code() == Some("lease_required") => Ok(()),
             Err(e) => {
-                self.s.done.store(false, Ordering::SeqCst);
+                self.s.released.store(false, Ordering::SeqCst);
+                self.s.done.store(was_done, Ordering::SeqCst);
                 Err(e)
             }
         }
@@ -796,8 +844,22 @@ impl LeaseSession {
         self.s.client.describe(&self.s.namespace, &self.s.key).await
     }
 
+    /// Stops this session from being released when dropped: the lease is
+    /// left to its TTL or to whoever resumes it (a CLI exporting it to a
+    /// shell does this).
+    pub fn detach(&self) {
+        self.s.done.store(true, Ordering::SeqCst);
+        self.s.drain_release.store(false, Ordering::SeqCst);
+    }
+
+    /// Undoes [`LeaseSession::detach`] (and makes a resumed session
+    /// release on drop).
+    pub fn attach(&self) {
+        self.s.done.store(false, Ordering::SeqCst);
+    }
+
     /// Whether the session was released (or rolled back).
     pub fn is_released(&self) -> bool {
-        self.s.done.load(Ordering::SeqCst)
+        self.s.released.load(Ordering::SeqCst)
     }
 }
