@@ -638,6 +638,17 @@ impl Client {
         self.raw_message(meta.clone()).nack(delay, last_error).await
     }
 
+    /// Defers a delivery from its raw fields (no attempt counted).
+    pub async fn queue_defer(&self, meta: &lockd_api::QueueMessage, delay: Duration) -> Result<()> {
+        self.raw_message(meta.clone()).defer(delay).await
+    }
+
+    /// Lets go of a delivered message without acking or nacking it: the
+    /// caller (a shell, another process) finishes it from its raw fields.
+    pub fn queue_forget(&self, mut msg: QueueMessage) {
+        msg.done = true;
+    }
+
     /// Extends a delivery from its raw fields; returns the new meta etag.
     pub async fn queue_extend(
         &self,

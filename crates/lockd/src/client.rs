@@ -172,6 +172,248 @@ pub enum ClientCommand {
         #[arg(short = 'k', long, env = "LOCKD_CLIENT_KEY")]
         key: String,
     },
+    /// Queue commands.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+}
+
+/// A delivery a command works on (from `eval "$(lockd client queue dequeue …)"`).
+#[derive(Debug, Args)]
+pub struct Delivered {
+    /// Queue.
+    #[arg(short = 'q', long, env = "LOCKD_QUEUE_NAME")]
+    queue: String,
+    /// Message id.
+    #[arg(long, env = "LOCKD_QUEUE_MESSAGE_ID")]
+    message_id: String,
+    /// Delivery lease id.
+    #[arg(long, env = "LOCKD_QUEUE_LEASE")]
+    lease: String,
+    /// Delivery fencing token.
+    #[arg(long, env = "LOCKD_QUEUE_FENCING_TOKEN")]
+    fencing_token: i64,
+    /// Message meta etag.
+    #[arg(long, env = "LOCKD_QUEUE_META_ETAG")]
+    meta_etag: String,
+    /// Namespace of the message.
+    #[arg(long, env = "LOCKD_QUEUE_NAMESPACE", default_value = "")]
+    queue_namespace: String,
+    /// State lease (stateful deliveries).
+    #[arg(long, env = "LOCKD_QUEUE_STATE_LEASE", default_value = "")]
+    state_lease: String,
+    /// State fencing token (stateful deliveries).
+    #[arg(long, env = "LOCKD_QUEUE_STATE_FENCING_TOKEN", default_value_t = 0)]
+    state_fencing_token: i64,
+}
+
+/// `lockd client queue …`.
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Enqueue a payload from --data, --file, or stdin.
+    Enqueue {
+        /// Queue.
+        #[arg(short = 'q', long)]
+        queue: String,
+        /// Payload given inline.
+        #[arg(long, conflicts_with = "file")]
+        data: Option<String>,
+        /// Payload file (`-` = stdin, the default).
+        #[arg(long)]
+        file: Option<String>,
+        /// Payload content type.
+        #[arg(long, default_value = "application/octet-stream")]
+        content_type: String,
+        /// Hide the message this long.
+        #[arg(long, default_value = "0s", value_parser = parse_duration)]
+        delay: Duration,
+        /// Failed attempts before dead-lettering (0 = server default).
+        #[arg(long, default_value_t = 0)]
+        max_attempts: i64,
+    },
+    /// Lease one message; print export lines for eval and write its payload
+    /// to a file (exit 0 with no output when none came: "no messages").
+    Dequeue {
+        /// Queue.
+        #[arg(short = 'q', long)]
+        queue: String,
+        /// Consumer name (default: <hostname>-<pid>).
+        #[arg(long)]
+        owner: Option<String>,
+        /// Lease of the delivery.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        visibility: Duration,
+        /// How long to wait: a duration, `forever`, or `nowait`.
+        #[arg(long, default_value = "forever", allow_hyphen_values = true)]
+        block: String,
+        /// Where to write the payload (default: a temporary file).
+        #[arg(long)]
+        payload_out: Option<String>,
+        /// Also lease the message's workflow state.
+        #[arg(long)]
+        stateful: bool,
+    },
+    /// Acknowledge the delivery from the environment.
+    Ack {
+        #[command(flatten)]
+        d: Delivered,
+    },
+    /// Give the delivery back (a failed attempt, or --intent defer).
+    Nack {
+        #[command(flatten)]
+        d: Delivered,
+        /// Visible again after this long.
+        #[arg(long, default_value = "0s", value_parser = parse_duration)]
+        delay: Duration,
+        /// `failure` (counts toward max_attempts) or `defer`.
+        #[arg(long, default_value = "failure")]
+        intent: String,
+        /// Why it failed (kept on the message as last_error).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Extend the delivery's lease.
+    Extend {
+        #[command(flatten)]
+        d: Delivered,
+        /// New lease from now.
+        #[arg(long = "extend", default_value = "30s", value_parser = parse_duration)]
+        by: Duration,
+    },
+}
+
+fn raw_delivery(d: &Delivered) -> lockd_client::api::QueueMessage {
+    lockd_client::api::QueueMessage {
+        namespace: d.queue_namespace.clone(),
+        queue: d.queue.clone(),
+        message_id: d.message_id.clone(),
+        lease_id: d.lease.clone(),
+        fencing_token: d.fencing_token,
+        meta_etag: d.meta_etag.clone(),
+        state_lease_id: d.state_lease.clone(),
+        state_fencing_token: d.state_fencing_token,
+        ..Default::default()
+    }
+}
+
+async fn queue_command(client: &Client, conn: &Conn, cmd: QueueCommand) -> Result<(), Error> {
+    match cmd {
+        QueueCommand::Enqueue {
+            queue,
+            data,
+            file,
+            content_type,
+            delay,
+            max_attempts,
+        } => {
+            let payload = match (data, file.as_deref()) {
+                (Some(d), _) => lockd_client::Payload::from(d),
+                (None, Some(f)) if f != "-" => {
+                    let f = tokio::fs::File::open(f)
+                        .await
+                        .map_err(|e| Error::InvalidArgument(format!("cannot read {f}: {e}")))?;
+                    lockd_client::Payload::from_reader(f)
+                }
+                _ => lockd_client::Payload::from_reader(tokio::io::stdin()),
+            };
+            let sent = client
+                .enqueue(
+                    &queue,
+                    payload,
+                    lockd_client::EnqueueOptions {
+                        namespace: conn.namespace.clone(),
+                        content_type: Some(content_type),
+                        delay,
+                        max_attempts,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            println!("{}", serde_json::to_string(&sent).unwrap_or_default());
+            Ok(())
+        }
+        QueueCommand::Dequeue {
+            queue,
+            owner,
+            visibility,
+            block,
+            payload_out,
+            stateful,
+        } => {
+            let block = match parse_block(&block).map_err(Error::InvalidArgument)? {
+                Block::Forever => None,
+                Block::NoWait => Some(Duration::ZERO),
+                Block::For(d) => Some(d),
+            };
+            let mut opts = lockd_client::DequeueOptions::new(owner.unwrap_or_else(default_owner));
+            opts.namespace = conn.namespace.clone();
+            opts.block = block;
+            opts.visibility = visibility;
+            opts.stateful = stateful;
+            let Some(mut msg) = client.dequeue(&queue, opts).await? else {
+                eprintln!("lockd client: no messages available");
+                return Ok(());
+            };
+            let path = payload_out.unwrap_or_else(|| {
+                std::env::temp_dir()
+                    .join(format!("lockd-payload-{}", msg.id()))
+                    .display()
+                    .to_string()
+            });
+            let mut file = tokio::fs::File::create(&path)
+                .await
+                .map_err(|e| Error::InvalidArgument(format!("cannot write {path}: {e}")))?;
+            msg.write_payload_to(&mut file).await?;
+            let m = msg.meta().clone();
+            // The shell owns the delivery now: ack/nack/extend decide.
+            client.queue_forget(msg);
+            let mut out = vec![
+                ("LOCKD_QUEUE_NAMESPACE", m.namespace.clone()),
+                ("LOCKD_QUEUE_NAME", m.queue.clone()),
+                ("LOCKD_QUEUE_MESSAGE_ID", m.message_id.clone()),
+                ("LOCKD_QUEUE_LEASE", m.lease_id.clone()),
+                ("LOCKD_QUEUE_FENCING_TOKEN", m.fencing_token.to_string()),
+                ("LOCKD_QUEUE_META_ETAG", m.meta_etag.clone()),
+                ("LOCKD_QUEUE_ATTEMPTS", m.attempts.to_string()),
+                ("LOCKD_QUEUE_PAYLOAD_PATH", path),
+            ];
+            if stateful {
+                out.push(("LOCKD_QUEUE_STATE_LEASE", m.state_lease_id.clone()));
+                out.push((
+                    "LOCKD_QUEUE_STATE_FENCING_TOKEN",
+                    m.state_fencing_token.to_string(),
+                ));
+                out.push(("LOCKD_QUEUE_STATE_ETAG", m.state_etag.clone()));
+            }
+            let mut stdout = std::io::stdout().lock();
+            for (k, v) in out.into_iter().filter(|(_, v)| !v.is_empty()) {
+                let _ = writeln!(stdout, "export {k}={}", quote(&v));
+            }
+            Ok(())
+        }
+        QueueCommand::Ack { d } => client.queue_ack(&raw_delivery(&d)).await,
+        QueueCommand::Nack {
+            d,
+            delay,
+            intent,
+            reason,
+        } => match intent.as_str() {
+            "failure" => {
+                let last_error = reason.map(|r| serde_json::json!({ "reason": r }));
+                client
+                    .queue_nack(&raw_delivery(&d), delay, last_error)
+                    .await
+            }
+            "defer" => client.queue_defer(&raw_delivery(&d), delay).await,
+            other => Err(Error::InvalidArgument(format!(
+                "--intent {other:?}: use failure or defer"
+            ))),
+        },
+        QueueCommand::Extend { d, by } => {
+            let etag = client.queue_extend(&raw_delivery(&d), by).await?;
+            println!("export LOCKD_QUEUE_META_ETAG={}", quote(&etag));
+            Ok(())
+        }
+    }
 }
 
 /// Shell-quotes a value for `export NAME="value"` (Go-style double quotes).
@@ -409,6 +651,7 @@ async fn command(client: &Client, conn: &Conn, cmd: ClientCommand) -> Result<(),
             );
             Ok(())
         }
+        ClientCommand::Queue(q) => queue_command(client, conn, q).await,
         ClientCommand::Describe { key } => {
             let d = client.describe(&conn.namespace, &key).await?;
             println!("{}", serde_json::to_string(&d).unwrap_or_default());

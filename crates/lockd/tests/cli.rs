@@ -80,3 +80,38 @@ fn exit_codes_for_held_keys_stale_leases_and_unreachable_servers() {
     let (code, _, err) = sh(&srv.base(), "$L client get");
     assert_eq!(code, 2, "no lease and no --public is a usage error: {err}");
 }
+
+#[test]
+fn queue_enqueue_eval_dequeue_ack_and_nack() {
+    let srv = LockdCmd::with_store("mem://").start();
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        r#"
+        set -e
+        echo -n 'ship order 42' | $L client queue enqueue --queue jobs > /dev/null
+        $L client queue enqueue --queue jobs --data 'second' > /dev/null
+        eval "$($L client queue dequeue --queue jobs --block nowait --payload-out {dir}/p1)"
+        echo "payload:$(cat "$LOCKD_QUEUE_PAYLOAD_PATH")"
+        echo "attempts:$LOCKD_QUEUE_ATTEMPTS"
+        $L client queue ack
+        eval "$($L client queue dequeue --queue jobs --block nowait --payload-out {dir}/p2)"
+        echo "payload2:$(cat "$LOCKD_QUEUE_PAYLOAD_PATH")"
+        eval "$($L client queue extend --extend 1m)"
+        $L client queue nack --delay 0s --reason 'carrier down'
+        eval "$($L client queue dequeue --queue jobs --block nowait --payload-out {dir}/p3)"
+        echo "again:$(cat "$LOCKD_QUEUE_PAYLOAD_PATH") attempts:$LOCKD_QUEUE_ATTEMPTS"
+        $L client queue nack --intent defer --delay 60s
+        $L client queue dequeue --queue jobs --block nowait
+        echo "empty-ok"
+    "#,
+        dir = dir.path().display()
+    );
+    let (code, out, err) = sh(&srv.base(), &script);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("payload:ship order 42"), "{out}");
+    assert!(out.contains("attempts:1"), "{out}");
+    assert!(out.contains("payload2:second"), "{out}");
+    assert!(out.contains("again:second attempts:2"), "{out}");
+    assert!(out.contains("empty-ok"), "{out}");
+    assert!(err.contains("no messages available"), "{err}");
+}
