@@ -57,6 +57,25 @@ pub struct Conn {
         global = true
     )]
     namespace: String,
+    /// `text` (export lines for eval) or `json` (one JSON object).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"], global = true)]
+    output: String,
+}
+
+/// Prints `(NAME, value)` pairs as export lines, or as one JSON object.
+fn emit(conn: &Conn, pairs: Vec<(&str, String)>) {
+    let mut stdout = std::io::stdout().lock();
+    if conn.output == "json" {
+        let map: serde_json::Map<String, serde_json::Value> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v)))
+            .collect();
+        let _ = writeln!(stdout, "{}", serde_json::Value::Object(map));
+        return;
+    }
+    for (k, v) in pairs.into_iter().filter(|(_, v)| !v.is_empty()) {
+        let _ = writeln!(stdout, "export {k}={}", quote(&v));
+    }
 }
 
 /// The lease a command works on (from `eval "$(lockd client acquire …)"`).
@@ -252,6 +271,36 @@ pub enum QueueCommand {
         #[arg(long)]
         stateful: bool,
     },
+    /// Stream deliveries as JSON lines (metadata and payload path) and ack
+    /// each one with --ack, or by the exit status of --exec (nack on
+    /// failure). Ends when the queue is empty, or after --count messages.
+    ///
+    /// Example: lockd client queue subscribe --queue jobs --exec 'process "$LOCKD_QUEUE_PAYLOAD_PATH"'
+    Subscribe {
+        /// Queue.
+        #[arg(short = 'q', long)]
+        queue: String,
+        /// Consumer name (default: <hostname>-<pid>).
+        #[arg(long)]
+        owner: Option<String>,
+        /// Lease of each delivery.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        visibility: Duration,
+        /// Directory for payload files (default: the temp dir).
+        #[arg(long)]
+        payload_dir: Option<std::path::PathBuf>,
+        /// Command run per message (sh -c) with LOCKD_QUEUE_MESSAGE_ID and
+        /// LOCKD_QUEUE_PAYLOAD_PATH set; exit 0 acks, anything else nacks.
+        #[arg(long)]
+        exec: Option<String>,
+        /// Ack every message once written.
+        #[arg(long, conflicts_with = "exec")]
+        ack: bool,
+        /// Stop after this many messages (waiting for them); without it the
+        /// command ends when the queue is empty.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Acknowledge the delivery from the environment.
     Ack {
         #[command(flatten)]
@@ -384,11 +433,77 @@ async fn queue_command(client: &Client, conn: &Conn, cmd: QueueCommand) -> Resul
                 ));
                 out.push(("LOCKD_QUEUE_STATE_ETAG", m.state_etag.clone()));
             }
-            let mut stdout = std::io::stdout().lock();
-            for (k, v) in out.into_iter().filter(|(_, v)| !v.is_empty()) {
-                let _ = writeln!(stdout, "export {k}={}", quote(&v));
-            }
+            emit(conn, out);
             Ok(())
+        }
+        QueueCommand::Subscribe {
+            queue,
+            owner,
+            visibility,
+            payload_dir,
+            exec,
+            ack,
+            count,
+        } => {
+            let mut opts = lockd_client::DequeueOptions::new(owner.unwrap_or_else(default_owner));
+            opts.namespace = conn.namespace.clone();
+            opts.visibility = visibility;
+            opts.page_size = 1;
+            opts.block = if count.is_some() {
+                None
+            } else {
+                Some(Duration::ZERO)
+            };
+            let dir = payload_dir.unwrap_or_else(std::env::temp_dir);
+            let seen = std::sync::atomic::AtomicU64::new(0);
+            let limit = count.unwrap_or(u64::MAX);
+            let res = client
+                .subscribe(&queue, opts, |mut msg| {
+                    let dir = dir.clone();
+                    let exec = exec.clone();
+                    let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    async move {
+                        let path = dir.join(format!("lockd-payload-{}", msg.id()));
+                        let mut f = tokio::fs::File::create(&path).await.map_err(|e| {
+                            Error::InvalidArgument(format!("cannot write {}: {e}", path.display()))
+                        })?;
+                        msg.write_payload_to(&mut f).await?;
+                        let line =
+                            serde_json::json!({ "message": msg.meta(), "payload_path": path });
+                        println!("{line}");
+                        let ok = match &exec {
+                            Some(cmd) => tokio::process::Command::new("sh")
+                                .arg("-c")
+                                .arg(cmd)
+                                .env("LOCKD_QUEUE_MESSAGE_ID", msg.id())
+                                .env("LOCKD_QUEUE_PAYLOAD_PATH", &path)
+                                .status()
+                                .await
+                                .map(|s| s.success())
+                                .unwrap_or(false),
+                            None => ack,
+                        };
+                        if ok {
+                            msg.ack().await?;
+                        } else if exec.is_some() {
+                            let why = serde_json::json!({ "reason": "command failed" });
+                            msg.nack(Duration::ZERO, Some(why)).await?;
+                        } else {
+                            // Neither --ack nor --exec: it stays leased to
+                            // this consumer and comes back after visibility.
+                            client.queue_forget(msg);
+                        }
+                        if n >= limit {
+                            return Err(Error::Cancelled("count reached".into()));
+                        }
+                        Ok(())
+                    }
+                })
+                .await;
+            match res {
+                Err(Error::Cancelled(_)) | Ok(()) => Ok(()),
+                Err(e) => Err(e),
+            }
         }
         QueueCommand::Ack { d } => client.queue_ack(&raw_delivery(&d)).await,
         QueueCommand::Nack {
@@ -548,10 +663,7 @@ async fn command(client: &Client, conn: &Conn, cmd: ClientCommand) -> Result<(),
                 "LOCKD_CLIENT_CORRELATION_ID",
                 lease.correlation_id().to_string(),
             ));
-            let mut stdout = std::io::stdout().lock();
-            for (k, v) in out {
-                let _ = writeln!(stdout, "export {k}={}", quote(&v));
-            }
+            emit(conn, out);
             Ok(())
         }
         ClientCommand::Keepalive { held, ttl } => {

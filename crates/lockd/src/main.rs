@@ -9,6 +9,7 @@
 //! `LOCKD_JSON_MAX`). Flags win over the environment.
 
 mod client;
+mod config;
 
 use std::process::ExitCode;
 
@@ -38,11 +39,74 @@ struct Cli {
 enum Command {
     /// Talk to a lockd server from a shell: acquire, update, release, …
     Client(client::ClientArgs),
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script.
+    ///
+    /// Example: lockd completions bash > /etc/bash_completion.d/lockd
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ConfigCommand {
+    /// Write a commented template of every setting.
+    ///
+    /// Example: lockd config gen --out ~/.lockd/config.yaml
+    Gen {
+        /// Print the template instead of writing a file.
+        #[arg(long)]
+        stdout: bool,
+        /// Where to write it (default: $LOCKD_CONFIG_DIR or ~/.lockd, config.yaml).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn config_gen(stdout: bool, out: Option<std::path::PathBuf>, force: bool) -> ExitCode {
+    if stdout {
+        print!("{}", config::TEMPLATE);
+        return ExitCode::SUCCESS;
+    }
+    let path = out.unwrap_or_else(|| {
+        lockd_server::config::default_data_dir()
+            .parent()
+            .map(|d| d.join("config.yaml"))
+            .unwrap_or_else(|| "config.yaml".into())
+    });
+    if path.exists() && !force {
+        eprintln!("lockd: {} exists; use --force to overwrite", path.display());
+        return ExitCode::from(1);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::write(&path, config::TEMPLATE) {
+        Ok(()) => {
+            eprintln!("lockd: wrote {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lockd: cannot write {}: {e}", path.display());
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Server flags.
 #[derive(Debug, clap::Args)]
 struct Args {
+    /// Config file (keys are flag names; default: ~/.lockd/config.yaml if
+    /// present). Flags and LOCKD_* variables override it.
+    #[arg(short = 'c', long)]
+    config: Option<std::path::PathBuf>,
+
     /// Address to listen on (`host:port`, `:port` for all interfaces), or a
     /// socket path with `--listen-proto unix`.
     #[arg(long, env = "LOCKD_LISTEN", default_value = ":9341")]
@@ -309,9 +373,41 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // The config file fills in LOCKD_* variables that are not set, before
+    // any thread exists; flags then win over both.
+    let argv: Vec<String> = std::env::args().collect();
+    let is_server = argv.get(1).is_none_or(|a| a.starts_with('-'));
+    if is_server {
+        if let Some(path) = config::locate(&argv) {
+            if let Err(e) = config::apply(&path) {
+                eprintln!("lockd: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Config(ConfigCommand::Gen { stdout, out, force })) => {
+            return config_gen(stdout, out, force)
+        }
+        Some(Command::Completions { shell }) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "lockd", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("lockd: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     if let Some(Command::Client(c)) = cli.command {
         init_logging("warn");
         return client::run(c).await;

@@ -115,3 +115,91 @@ fn queue_enqueue_eval_dequeue_ack_and_nack() {
     assert!(out.contains("empty-ok"), "{out}");
     assert!(err.contains("no messages available"), "{err}");
 }
+
+#[test]
+fn subscribe_acks_by_exit_status_and_ends_when_empty() {
+    let srv = LockdCmd::with_store("mem://").start();
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        r#"
+        set -e
+        for i in 1 2 3; do $L client queue enqueue --queue sub --data "ok $i" > /dev/null; done
+        $L client queue subscribe --queue sub --payload-dir {dir} --exec 'grep -q ok "$LOCKD_QUEUE_PAYLOAD_PATH"'
+        $L client queue dequeue --queue sub --block nowait
+    "#,
+        dir = dir.path().display()
+    );
+    let (code, out, err) = sh(&srv.base(), &script);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line per delivery"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    for l in &lines {
+        let path = l["payload_path"].as_str().unwrap();
+        assert!(std::fs::read_to_string(path).unwrap().starts_with("ok "));
+        assert_eq!(l["message"]["queue"], "sub");
+    }
+    assert!(err.contains("no messages available"), "all acked: {err}");
+}
+
+/// file < LOCKD_* environment < flag, seen through --default-ttl.
+#[tokio::test]
+async fn config_file_env_and_flag_precedence() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lockd.yaml");
+    std::fs::write(&file, "# test\ndefault-ttl: 2m\nmax-ttl: 1h\n").unwrap();
+    let cfg = file.to_str().unwrap();
+    let ttl_of = |srv: &support::Lockd| {
+        let api = srv.api();
+        async move {
+            let r = api
+                .acquire_raw(serde_json::json!({"key": "t", "owner": "o", "block_seconds": -1}))
+                .await;
+            r.json()["expires_at_unix"].as_i64().unwrap() - support::now_unix()
+        }
+    };
+    let only_file = LockdCmd::with_store("mem://")
+        .args(["--config", cfg])
+        .start();
+    let t = ttl_of(&only_file).await;
+    assert!((118..=121).contains(&t), "file: {t}");
+    let env = LockdCmd::with_store("mem://")
+        .args(["--config", cfg])
+        .env("LOCKD_DEFAULT_TTL", "3m")
+        .start();
+    let t = ttl_of(&env).await;
+    assert!((178..=181).contains(&t), "env over file: {t}");
+    let flag = LockdCmd::with_store("mem://")
+        .args(["--config", cfg, "--default-ttl", "4m"])
+        .env("LOCKD_DEFAULT_TTL", "3m")
+        .start();
+    let t = ttl_of(&flag).await;
+    assert!((238..=241).contains(&t), "flag over env: {t}");
+}
+
+#[test]
+fn config_gen_and_completions() {
+    let (code, out, _) = sh("http://127.0.0.1:1", "$L config gen --stdout");
+    assert_eq!(code, 0);
+    assert!(out.contains("# drain-grace: 10s"), "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    let gen = format!(
+        "$L config gen --out {p} && $L config gen --out {p}",
+        p = path.display()
+    );
+    let (code, _, err) = sh("http://127.0.0.1:1", &gen);
+    assert_eq!(code, 1, "a second gen without --force refuses: {err}");
+    assert!(err.contains("--force"), "{err}");
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("qrf-max-wait"));
+    let (code, out, _) = sh("http://127.0.0.1:1", "$L completions bash");
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("lockd") && out.contains("client"),
+        "bash completion script"
+    );
+}
