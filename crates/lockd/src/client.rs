@@ -57,6 +57,19 @@ pub struct Conn {
         global = true
     )]
     namespace: String,
+    /// Client mTLS bundle. This build has no mTLS yet: giving one is an
+    /// error that says so.
+    #[arg(short = 'b', long, env = "LOCKD_CLIENT_BUNDLE", global = true)]
+    bundle: Option<String>,
+    /// Release leases when the server announces a shutdown.
+    #[arg(long, env = "LOCKD_CLIENT_DRAIN_AWARE", default_value_t = true, global = true, action = clap::ArgAction::Set)]
+    drain_aware_shutdown: bool,
+    /// Timeout of a release on close.
+    #[arg(long, env = "LOCKD_CLIENT_CLOSE_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
+    close_timeout: Duration,
+    /// Timeout of one keepalive.
+    #[arg(long, env = "LOCKD_CLIENT_KEEPALIVE_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
+    keepalive_timeout: Duration,
     /// `text` (export lines for eval) or `json` (one JSON object).
     #[arg(long, default_value = "text", value_parser = ["text", "json"], global = true)]
     output: String,
@@ -129,6 +142,8 @@ pub enum ClientCommand {
         if_not_exists: bool,
     },
     /// Extend the lease from the environment.
+    ///
+    /// Example: lockd client keepalive --ttl 1m
     Keepalive {
         #[command(flatten)]
         held: Held,
@@ -137,6 +152,8 @@ pub enum ClientCommand {
         ttl: Duration,
     },
     /// Release the lease (commits staged changes unless --rollback).
+    ///
+    /// Example: lockd client release --rollback
     Release {
         #[command(flatten)]
         held: Held,
@@ -146,6 +163,8 @@ pub enum ClientCommand {
     },
     /// Print the document: as the lease holder sees it, or committed
     /// (--public). Exit 0 with no output when there is none.
+    ///
+    /// Example: lockd client get --public --key orders -o orders.json
     Get {
         /// Read committed state without a lease.
         #[arg(long)]
@@ -167,6 +186,8 @@ pub enum ClientCommand {
         output: String,
     },
     /// Stage a new document from a file or `-` (stdin).
+    ///
+    /// Example: lockd client get | jq '.n += 1' | lockd client update -
     Update {
         #[command(flatten)]
         held: Held,
@@ -181,11 +202,15 @@ pub enum ClientCommand {
         if_etag: Option<String>,
     },
     /// Stage removal of the document.
+    ///
+    /// Example: lockd client remove && lockd client release
     Remove {
         #[command(flatten)]
         held: Held,
     },
     /// Print what the server knows about a key (JSON).
+    ///
+    /// Example: lockd client describe --key orders
     Describe {
         /// Key.
         #[arg(short = 'k', long, env = "LOCKD_CLIENT_KEY")]
@@ -229,6 +254,8 @@ pub struct Delivered {
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
     /// Enqueue a payload from --data, --file, or stdin.
+    ///
+    /// Example: lockd client queue enqueue --queue jobs --file order.json --content-type application/json
     Enqueue {
         /// Queue.
         #[arg(short = 'q', long)]
@@ -251,6 +278,8 @@ pub enum QueueCommand {
     },
     /// Lease one message; print export lines for eval and write its payload
     /// to a file (exit 0 with no output when none came: "no messages").
+    ///
+    /// Example: eval "$(lockd client queue dequeue --queue jobs)"
     Dequeue {
         /// Queue.
         #[arg(short = 'q', long)]
@@ -302,11 +331,15 @@ pub enum QueueCommand {
         count: Option<u64>,
     },
     /// Acknowledge the delivery from the environment.
+    ///
+    /// Example: lockd client queue ack
     Ack {
         #[command(flatten)]
         d: Delivered,
     },
     /// Give the delivery back (a failed attempt, or --intent defer).
+    ///
+    /// Example: lockd client queue nack --delay 30s --reason "carrier down"
     Nack {
         #[command(flatten)]
         d: Delivered,
@@ -321,6 +354,8 @@ pub enum QueueCommand {
         reason: Option<String>,
     },
     /// Extend the delivery's lease.
+    ///
+    /// Example: lockd client queue extend --extend 2m
     Extend {
         #[command(flatten)]
         d: Delivered,
@@ -357,10 +392,20 @@ async fn queue_command(client: &Client, conn: &Conn, cmd: QueueCommand) -> Resul
             let payload = match (data, file.as_deref()) {
                 (Some(d), _) => lockd_client::Payload::from(d),
                 (None, Some(f)) if f != "-" => {
-                    let f = tokio::fs::File::open(f)
+                    let file = tokio::fs::File::open(f)
                         .await
                         .map_err(|e| Error::InvalidArgument(format!("cannot read {f}: {e}")))?;
-                    lockd_client::Payload::from_reader(f)
+                    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+                    let pb = progress(len, "upload");
+                    let stream = futures_util::StreamExt::inspect(
+                        tokio_util::io::ReaderStream::new(file),
+                        move |chunk: &std::io::Result<bytes::Bytes>| {
+                            if let (Some(pb), Ok(c)) = (&pb, chunk) {
+                                pb.inc(c.len() as u64);
+                            }
+                        },
+                    );
+                    lockd_client::Payload::Stream(Box::pin(stream))
                 }
                 _ => lockd_client::Payload::from_reader(tokio::io::stdin()),
             };
@@ -411,7 +456,25 @@ async fn queue_command(client: &Client, conn: &Conn, cmd: QueueCommand) -> Resul
             let mut file = tokio::fs::File::create(&path)
                 .await
                 .map_err(|e| Error::InvalidArgument(format!("cannot write {path}: {e}")))?;
-            msg.write_payload_to(&mut file).await?;
+            let pb = progress(msg.meta().payload_bytes.max(0) as u64, "download");
+            if let Some(mut stream) = msg.payload_stream() {
+                use tokio::io::AsyncWriteExt;
+                while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+                    let chunk = chunk.map_err(|e| Error::Transport(e.to_string()))?;
+                    file.write_all(&chunk)
+                        .await
+                        .map_err(|e| Error::InvalidArgument(format!("cannot write {path}: {e}")))?;
+                    if let Some(pb) = &pb {
+                        pb.inc(chunk.len() as u64);
+                    }
+                }
+                file.flush()
+                    .await
+                    .map_err(|e| Error::InvalidArgument(format!("cannot write {path}: {e}")))?;
+            }
+            if let Some(pb) = pb {
+                pb.finish_and_clear();
+            }
             let m = msg.meta().clone();
             // The shell owns the delivery now: ack/nack/extend decide.
             client.queue_forget(msg);
@@ -531,6 +594,22 @@ async fn queue_command(client: &Client, conn: &Conn, cmd: QueueCommand) -> Resul
     }
 }
 
+/// A progress bar on stderr for transfers of at least 1 MiB, only when
+/// stderr is a terminal (scripts and pipes see nothing).
+fn progress(len: u64, what: &str) -> Option<indicatif::ProgressBar> {
+    if len < (1 << 20) || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what.to_string());
+    Some(pb)
+}
+
 /// Shell-quotes a value for `export NAME="value"` (Go-style double quotes).
 fn quote(v: &str) -> String {
     let mut out = String::from("\"");
@@ -593,10 +672,18 @@ fn default_owner() -> String {
 
 /// Runs a client command.
 pub async fn run(args: ClientArgs) -> ExitCode {
+    if let Some(b) = &args.conn.bundle {
+        return fail(&Error::Unsupported(format!(
+            "--bundle {b}: this build has no mTLS yet; use http:// endpoints (--disable-mtls)"
+        )));
+    }
     let client = match Client::builder()
         .endpoint(&args.conn.server)
         .disable_mtls(args.conn.disable_mtls)
         .http_timeout(args.conn.timeout)
+        .close_timeout(args.conn.close_timeout)
+        .keepalive_timeout(args.conn.keepalive_timeout)
+        .drain_aware_shutdown(args.conn.drain_aware_shutdown)
         .namespace(args.conn.namespace.clone())
         .build()
     {

@@ -203,3 +203,40 @@ fn config_gen_and_completions() {
         "bash completion script"
     );
 }
+
+/// A server that answers every request with 429, as QRF does when engaged.
+fn throttling_stub() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut conn = conn;
+            let _ = conn.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+            let mut buf = [0u8; 65536];
+            let _ = conn.read(&mut buf);
+            let body = r#"{"error":"throttled","detail":"perimeter defence engaged","retry_after_seconds":2}"#;
+            let resp = format!(
+                "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 2\r\nX-Lockd-QRF-State: engaged\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(resp.as_bytes());
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn throttled_server_exits_5_and_exports_retry_after() {
+    let base = throttling_stub();
+    let (code, out, err) = sh(&base, "$L client queue enqueue --queue jobs --data x");
+    assert_eq!(code, 5, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("export LOCKD_CLIENT_RETRY_AFTER=2"), "{out}");
+    assert!(err.contains("throttled (429)"), "{err}");
+    let (code, _, err) = sh(
+        &base,
+        "$L client acquire --key k --bundle /etc/lockd/client.pem",
+    );
+    assert_eq!(code, 1, "no mTLS in this build: {err}");
+    assert!(err.contains("no mTLS"), "{err}");
+}
