@@ -541,12 +541,7 @@ impl Shared {
         ct: &HeaderValue,
         body: Bytes,
     ) -> Result<Request<Full<Bytes>>, String> {
-        Request::builder()
-            .method(Method::POST)
-            .uri(uri.clone())
-            .header(CONTENT_TYPE, ct.clone())
-            .body(Full::new(body))
-            .map_err(|e| format!("building request: {e}"))
+        crate::queue::post_request(uri, ct, body)
     }
 
     /// POSTs and reads the whole answer within `timeout`.

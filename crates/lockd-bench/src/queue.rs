@@ -468,12 +468,7 @@ impl Shared {
         ct: &HeaderValue,
         body: Bytes,
     ) -> Result<Request<Full<Bytes>>, String> {
-        Request::builder()
-            .method(Method::POST)
-            .uri(uri.clone())
-            .header(CONTENT_TYPE, ct.clone())
-            .body(Full::new(body))
-            .map_err(|e| format!("building request: {e}"))
+        crate::queue::post_request(uri, ct, body)
     }
 
     /// POSTs and reads the whole answer within `timeout`.
@@ -1049,6 +1044,21 @@ pub async fn run(spec: &QueueSpec) -> Result<QueueResult, String> {
         undrained: total_enqueued.saturating_sub(total_acked),
         drain,
     })
+}
+
+/// A POST of `body` with content type `ct` (shared by the queue and
+/// overload workloads).
+pub(crate) fn post_request(
+    uri: &Uri,
+    ct: &HeaderValue,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, String> {
+    Request::builder()
+        .method(Method::POST)
+        .uri(uri.clone())
+        .header(CONTENT_TYPE, ct.clone())
+        .body(Full::new(body))
+        .map_err(|e| format!("building request: {e}"))
 }
 
 #[cfg(test)]
