@@ -441,6 +441,12 @@ async fn real_burst_is_throttled_while_acks_pass() {
     )
     .await;
     let job = qcommon::enqueue_simple(&s, "jobs", b"job-1").await;
+    // With a soft limit of 1 the enqueue above may itself have armed the
+    // controller for a few samples: start the burst from calm.
+    wait_for(Duration::from_secs(5), "calm before the burst", || {
+        ctl.qrf.state() == State::Disengaged
+    })
+    .await;
     let stop = Arc::new(AtomicBool::new(false));
     // 3 samples of 20 ms in recovery: poll faster than that.
     let recorder = spawn_recorder(ctl.clone(), Duration::from_millis(5), stop.clone());
