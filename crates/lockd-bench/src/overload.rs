@@ -550,20 +550,7 @@ impl Shared {
         req: Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<(StatusCode, HeaderMap, Bytes), String> {
-        let exchange = async {
-            let resp = self.http.request(req).await.map_err(|e| error_chain(&e))?;
-            let (parts, body) = resp.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|e| format!("reading body: {}", error_chain(&e)))?
-                .to_bytes();
-            Ok::<_, String>((parts.status, parts.headers, body))
-        };
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {timeout:?}")),
-        }
+        crate::queue::exchange(&self.http, req, timeout).await
     }
 }
 

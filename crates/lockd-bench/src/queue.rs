@@ -477,22 +477,8 @@ impl Shared {
         req: Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<(StatusCode, String, Bytes), String> {
-        let exchange = async {
-            let resp = self.http.request(req).await.map_err(|e| error_chain(&e))?;
-            let status = resp.status();
-            let ct = content_type(resp.headers());
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| format!("reading body: {}", error_chain(&e)))?
-                .to_bytes();
-            Ok::<_, String>((status, ct, body))
-        };
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {timeout:?}")),
-        }
+        let (status, headers, body) = exchange(&self.http, req, timeout).await?;
+        Ok((status, content_type(&headers), body))
     }
 
     /// POSTs and fails on a non-2xx answer.
@@ -1044,6 +1030,29 @@ pub async fn run(spec: &QueueSpec) -> Result<QueueResult, String> {
         undrained: total_enqueued.saturating_sub(total_acked),
         drain,
     })
+}
+
+/// Sends a request and reads the whole answer within `timeout` (shared by
+/// the queue and overload workloads).
+pub(crate) async fn exchange(
+    http: &HttpClient,
+    req: Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<(StatusCode, hyper::HeaderMap, Bytes), String> {
+    let exchange = async {
+        let resp = http.request(req).await.map_err(|e| error_chain(&e))?;
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("reading body: {}", error_chain(&e)))?
+            .to_bytes();
+        Ok::<_, String>((parts.status, parts.headers, body))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
 }
 
 /// A POST of `body` with content type `ct` (shared by the queue and
