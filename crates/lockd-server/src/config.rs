@@ -78,6 +78,10 @@ pub struct ServerConfig {
     /// Budget of a graceful shutdown: drain (at most 80 %) and then HTTP
     /// shutdown; connections still open then are closed.
     pub shutdown_timeout: Duration,
+    /// mTLS: the server bundle (certificate, key, trusted CA, denylist).
+    /// `None` serves plain HTTP with no authorization (testing only).
+    /// Unix sockets are always plain: the socket's permissions guard them.
+    pub tls: Option<lockd_tls::ServerBundle>,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +104,7 @@ impl Default for ServerConfig {
             lsf_log_interval: Duration::from_secs(15),
             drain_grace: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }

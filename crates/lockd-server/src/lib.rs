@@ -24,6 +24,7 @@ pub mod core;
 pub mod http;
 pub mod json;
 mod server;
+mod tls;
 pub mod storage;
 
 pub use config::{ListenProto, ServerConfig};

@@ -31,6 +31,7 @@ pub enum BoundAddr {
 /// A running server; dropping it does not stop it, call [`RunningServer::shutdown`].
 pub struct RunningServer {
     addr: BoundAddr,
+    tls: bool,
     engine: Arc<Engine>,
     queues: Arc<Queues>,
     control: Arc<Control>,
@@ -47,9 +48,11 @@ impl RunningServer {
         &self.addr
     }
 
-    /// `http://ip:port` for TCP listeners, `unix://path` for sockets.
+    /// `https://ip:port` (mTLS) or `http://ip:port` for TCP listeners,
+    /// `unix://path` for sockets.
     pub fn base_url(&self) -> String {
         match &self.addr {
+            BoundAddr::Tcp(a) if self.tls => format!("https://{a}"),
             BoundAddr::Tcp(a) => format!("http://{a}"),
             BoundAddr::Unix(p) => format!("unix://{}", p.display()),
         }
@@ -224,6 +227,14 @@ async fn tcp_addrs(listen: &str, proto: ListenProto) -> Result<Vec<SocketAddr>, 
 /// ```
 pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
     cfg.validate()?;
+    // Build the TLS configuration before touching storage or the network,
+    // so a bad bundle fails start-up cleanly.
+    let tls_config = match (&cfg.tls, cfg.listen_proto) {
+        (Some(b), p) if p != ListenProto::Unix => {
+            Some(lockd_tls::server_config(b).map_err(|e| e.to_string())?)
+        }
+        _ => None,
+    };
     let store = storage::open(&cfg.store)?;
     let engine = Engine::new(
         store,
@@ -254,6 +265,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
         json_max: cfg.json_max,
     }));
     let (stop, mut stopped) = watch::channel(false);
+    let stop_rx = stopped.clone();
+    let tls_on = tls_config.is_some();
     let mut stop_serving = stopped.clone();
     let graceful = async move {
         let _ = stop_serving.wait_for(|s| *s).await;
@@ -292,6 +305,12 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
         remove_stale_socket(&path)?;
         let listener = UnixListener::bind(&path)
             .map_err(|e| format!("cannot listen on unix socket {}: {e}", path.display()))?;
+        // The socket's permissions are its only guard: owner only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("cannot restrict unix socket {}: {e}", path.display()))?;
+        }
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(graceful)
@@ -312,18 +331,33 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
         }
         let listener = bound.ok_or(last_err)?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(graceful)
-                .await
-        });
+        let task = match tls_config {
+            Some(tls) => {
+                let listener = crate::tls::TlsListener::new(listener, tls, stop_rx.clone())
+                    .map_err(|e| e.to_string())?;
+                let svc = app.into_make_service_with_connect_info::<crate::http::Peer>();
+                tokio::spawn(async move {
+                    axum::serve(listener, svc)
+                        .with_graceful_shutdown(graceful)
+                        .await
+                })
+            }
+            None => {
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(graceful)
+                        .await
+                })
+            }
+        };
         (BoundAddr::Tcp(local), task)
     };
     Ok(RunningServer {
         addr,
+        tls: tls_on,
         engine,
         queues,
         control,

@@ -10,14 +10,16 @@ use http::{HeaderMap, StatusCode, Uri};
 use lockd_api::{headers, names, AcquireResponse, ErrorCode, KeepAliveResponse, ReleaseResponse};
 
 use super::decode::{header, int_header, is_xid, read_body, Fields, Query};
-use super::{required_key, respond, ApiError, AppState, CorrelationId};
+use super::{required_key, respond, ApiError, AppState, Caller, CorrelationId};
 use crate::core::{AcquireInput, KeepAliveInput, ReleaseInput};
+use lockd_tls::Access;
 
 type Res = Result<Response, ApiError>;
 
 pub async fn acquire(
     State(app): State<Arc<AppState>>,
     Extension(cid): Extension<CorrelationId>,
+    caller: Caller,
     uri: Uri,
     h: HeaderMap,
     body: Body,
@@ -27,7 +29,8 @@ pub async fn acquire(
     let namespace = f.string("namespace")?;
     let mut key = f.string("key")?;
     let ttl = f.int("ttl_seconds")?;
-    let owner = f.string("owner")?;
+    // Under mTLS the owner carries the caller's certificate identity.
+    let owner = caller.lease_owner(f.string("owner")?);
     let block_seconds = f.int("block_seconds")?;
     let if_not_exists = f.boolean("if_not_exists")?;
     let mut txn_id = f.string("txn_id")?;
@@ -38,7 +41,7 @@ pub async fn acquire(
     if txn_id.is_empty() {
         txn_id = header(&h, headers::TXN_ID).unwrap_or("").to_string();
     }
-    let ns = app.namespace(&namespace)?;
+    let ns = app.namespace_for(&namespace, &caller, Access::Any)?;
     // The key as echoed: trimmed, one leading '/' and a '<namespace>/'
     // prefix stripped; generated when empty.
     let mut shown = names::trim_key(&key).to_string();
@@ -111,6 +114,7 @@ fn is_queue_state_key(key: &str) -> bool {
 
 pub async fn keepalive(
     State(app): State<Arc<AppState>>,
+    caller: Caller,
     uri: Uri,
     h: HeaderMap,
     body: Body,
@@ -142,11 +146,15 @@ pub async fn keepalive(
     let txn_id = header(&h, headers::TXN_ID)
         .map(str::to_string)
         .unwrap_or(body_txn);
-    let ns = app.namespace(if namespace.is_empty() {
-        q.get("namespace")
-    } else {
-        &namespace
-    })?;
+    let ns = app.namespace_for(
+        if namespace.is_empty() {
+            q.get("namespace")
+        } else {
+            &namespace
+        },
+        &caller,
+        Access::Any,
+    )?;
     let key = required_key(if key.is_empty() { q.get("key") } else { &key })?;
     if lease_id.is_empty() {
         return Err(ApiError::new(ErrorCode::MissingLease, "lease_id required"));
@@ -179,7 +187,13 @@ pub async fn keepalive(
     Ok(resp)
 }
 
-pub async fn release(State(app): State<Arc<AppState>>, uri: Uri, h: HeaderMap, body: Body) -> Res {
+pub async fn release(
+    State(app): State<Arc<AppState>>,
+    caller: Caller,
+    uri: Uri,
+    h: HeaderMap,
+    body: Body,
+) -> Res {
     let fencing_token = int_header(
         &h,
         headers::FENCING_TOKEN,
@@ -195,11 +209,15 @@ pub async fn release(State(app): State<Arc<AppState>>, uri: Uri, h: HeaderMap, b
     let rollback = f.boolean("rollback")?;
     f.finish()?;
     let q = Query::parse(uri.query());
-    let ns = app.namespace(if namespace.is_empty() {
-        q.get("namespace")
-    } else {
-        &namespace
-    })?;
+    let ns = app.namespace_for(
+        if namespace.is_empty() {
+            q.get("namespace")
+        } else {
+            &namespace
+        },
+        &caller,
+        Access::Any,
+    )?;
     let key = required_key(if key.is_empty() { q.get("key") } else { &key })?;
     if lease_id.is_empty() {
         return Err(ApiError::new(ErrorCode::MissingLease, "lease_id required"));

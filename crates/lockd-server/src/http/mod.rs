@@ -23,6 +23,7 @@ use lockd_api::{headers, names, ErrorCode};
 use crate::core::queue::Queues;
 use crate::core::Engine;
 pub use error::ApiError;
+use lockd_tls::{Access, Denied, Identity};
 
 /// What every handler needs.
 pub struct AppState {
@@ -39,6 +40,63 @@ pub struct AppState {
 }
 
 type Shared = Arc<AppState>;
+
+/// The verified client identity of a connection; `None` without mTLS.
+/// The listener attaches it to every request as axum connect info.
+#[derive(Clone, Debug, Default)]
+pub struct Peer(pub Option<Arc<Identity>>);
+
+/// The caller of a request: its certificate identity under mTLS, nobody
+/// (and no authorization) without.
+#[derive(Clone, Debug, Default)]
+pub struct Caller(Option<Arc<Identity>>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Caller(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<Peer>>()
+                .and_then(|c| c.0 .0.clone()),
+        ))
+    }
+}
+
+impl Caller {
+    /// Checks the caller's namespace claims (PROTOCOL.md §1.10).
+    fn authorize(&self, namespace: &str, access: Access) -> Result<(), ApiError> {
+        let Some(id) = &self.0 else {
+            return Ok(());
+        };
+        id.authorize(namespace, access).map_err(|d| match d {
+            Denied::Forbidden(m) => ApiError::new(ErrorCode::NamespaceForbidden, m),
+            Denied::InvalidClaims(m) => ApiError::new(ErrorCode::InvalidNamespaceClaims, m),
+        })
+    }
+
+    /// A lease owner as stored under mTLS: `<owner>/<subject>#<serial>`
+    /// (even for an empty owner).
+    fn lease_owner(&self, owner: String) -> String {
+        match &self.0 {
+            Some(id) => format!("{owner}{}", id.owner_suffix()),
+            None => owner,
+        }
+    }
+
+    /// A queue consumer's owner under mTLS: suffixed like a lease owner,
+    /// but an empty owner stays empty (and is refused as missing).
+    fn queue_owner(&self, owner: String) -> String {
+        match &self.0 {
+            Some(id) if !owner.is_empty() => format!("{owner}{}", id.owner_suffix()),
+            _ => owner,
+        }
+    }
+}
 
 /// The correlation id of a request (PROTOCOL.md §2.2).
 #[derive(Clone, Debug)]
@@ -130,6 +188,19 @@ impl AppState {
     fn namespace(&self, raw: &str) -> Result<String, ApiError> {
         names::normalize_namespace(raw, &self.default_namespace)
             .map_err(|e| ApiError::new(ErrorCode::InvalidNamespace, e.0))
+    }
+
+    /// Normalises a namespace, then checks that `caller` may touch it
+    /// with `access`.
+    fn namespace_for(
+        &self,
+        raw: &str,
+        caller: &Caller,
+        access: Access,
+    ) -> Result<String, ApiError> {
+        let ns = self.namespace(raw)?;
+        caller.authorize(&ns, access)?;
+        Ok(ns)
     }
 }
 

@@ -20,12 +20,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::decode::{header, is_xid, read_body, Fields, Query};
-use super::{multipart, respond, ApiError, AppState, CorrelationId};
+use super::{multipart, respond, ApiError, AppState, Caller, CorrelationId};
 use crate::core::now_unix;
 use crate::core::queue::{
     DequeueInput, EnqueueInput, Leased, MessageRef, NackIntent, QueueShard, Wait,
 };
 use crate::storage::ByteStream;
+use lockd_tls::Access;
 
 type Res = Result<Response, ApiError>;
 
@@ -53,6 +54,7 @@ fn or_query<'a>(body: &'a str, q: &'a Query, name: &str) -> &'a str {
 pub async fn enqueue(
     State(app): State<Arc<AppState>>,
     Extension(cid): Extension<CorrelationId>,
+    caller: Caller,
     uri: Uri,
     h: HeaderMap,
     body: Body,
@@ -104,7 +106,7 @@ pub async fn enqueue(
         ));
     }
     let payload_content_type = f.string("payload_content_type")?;
-    let ns = app.namespace(&namespace)?;
+    let ns = app.namespace_for(&namespace, &caller, Access::Write)?;
     let q = Query::parse(uri.query());
     let queue = queue_name(or_query(&queue, &q, "queue"), ErrorCode::InvalidQueue)?;
     let payload = payload.unwrap_or_else(|| crate::storage::once_stream(Bytes::new()));
@@ -178,6 +180,7 @@ struct Consumer {
 
 async fn consumer(
     app: &AppState,
+    caller: &Caller,
     uri: &Uri,
     body: Body,
     stateful: bool,
@@ -194,10 +197,10 @@ async fn consumer(
     let _start_after = f.string("start_after")?;
     f.finish()?;
     let q = Query::parse(uri.query());
-    let ns = app.namespace(or_query(&namespace, &q, "namespace"))?;
+    let ns = app.namespace_for(or_query(&namespace, &q, "namespace"), caller, Access::Read)?;
     let requested = or_query(&queue, &q, "queue").trim().to_string();
     let queue = queue_name(&requested, ErrorCode::InvalidQueue)?;
-    let owner = or_query(&owner, &q, "owner").trim().to_string();
+    let owner = caller.queue_owner(or_query(&owner, &q, "owner").trim().to_string());
     if owner.is_empty() {
         return Err(ApiError::new(ErrorCode::MissingOwner, "owner required"));
     }
@@ -244,8 +247,14 @@ fn delivery_response(boundary: &str, correlation: &str, body: Body) -> Response 
     resp
 }
 
-async fn dequeue_impl(app: Arc<AppState>, uri: Uri, body: Body, stateful: bool) -> Res {
-    let c = consumer(&app, &uri, body, stateful).await?;
+async fn dequeue_impl(
+    app: Arc<AppState>,
+    caller: Caller,
+    uri: Uri,
+    body: Body,
+    stateful: bool,
+) -> Res {
+    let c = consumer(&app, &caller, &uri, body, stateful).await?;
     let leased = app.queues.dequeue(&c.input).await?;
     let boundary = multipart::boundary();
     let cid = leased
@@ -261,23 +270,43 @@ async fn dequeue_impl(app: Arc<AppState>, uri: Uri, body: Body, stateful: bool) 
 }
 
 /// `POST /v1/queue/dequeue`.
-pub async fn dequeue(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res {
-    dequeue_impl(app, uri, body, false).await
+pub async fn dequeue(
+    State(app): State<Arc<AppState>>,
+    caller: Caller,
+    uri: Uri,
+    body: Body,
+) -> Res {
+    dequeue_impl(app, caller, uri, body, false).await
 }
 
 /// `POST /v1/queue/dequeueWithState`.
-pub async fn dequeue_with_state(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res {
-    dequeue_impl(app, uri, body, true).await
+pub async fn dequeue_with_state(
+    State(app): State<Arc<AppState>>,
+    caller: Caller,
+    uri: Uri,
+    body: Body,
+) -> Res {
+    dequeue_impl(app, caller, uri, body, true).await
 }
 
 /// `POST /v1/queue/subscribe`.
-pub async fn subscribe(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res {
-    subscribe_impl(app, uri, body, false).await
+pub async fn subscribe(
+    State(app): State<Arc<AppState>>,
+    caller: Caller,
+    uri: Uri,
+    body: Body,
+) -> Res {
+    subscribe_impl(app, caller, uri, body, false).await
 }
 
 /// `POST /v1/queue/subscribeWithState`.
-pub async fn subscribe_with_state(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res {
-    subscribe_impl(app, uri, body, true).await
+pub async fn subscribe_with_state(
+    State(app): State<Arc<AppState>>,
+    caller: Caller,
+    uri: Uri,
+    body: Body,
+) -> Res {
+    subscribe_impl(app, caller, uri, body, true).await
 }
 
 /// Subscribe: the first delivery is awaited like a dequeue (errors before
@@ -287,8 +316,14 @@ pub async fn subscribe_with_state(State(app): State<Arc<AppState>>, uri: Uri, bo
 /// queue. A client that goes away is noticed at once (the channel closes),
 /// and a message leased for it but not yet handed to the connection is put
 /// back.
-async fn subscribe_impl(app: Arc<AppState>, uri: Uri, body: Body, stateful: bool) -> Res {
-    let c = consumer(&app, &uri, body, stateful).await?;
+async fn subscribe_impl(
+    app: Arc<AppState>,
+    caller: Caller,
+    uri: Uri,
+    body: Body,
+    stateful: bool,
+) -> Res {
+    let c = consumer(&app, &caller, &uri, body, stateful).await?;
     let limit = c.input.page_size;
     let mut one = c.input.clone();
     one.page_size = 1;
@@ -421,6 +456,7 @@ async fn stream_deliveries(
 /// The fields of ack/nack/extend shared by all three.
 fn message_ref(
     app: &AppState,
+    caller: &Caller,
     uri: &Uri,
     f: &mut Fields,
     need_meta_etag: bool,
@@ -435,7 +471,7 @@ fn message_ref(
     let state_lease_id = f.string("state_lease_id")?;
     let state_fencing_token = f.int("state_fencing_token")?;
     let q = Query::parse(uri.query());
-    let ns = app.namespace(or_query(&namespace, &q, "namespace"))?;
+    let ns = app.namespace_for(or_query(&namespace, &q, "namespace"), caller, Access::Read)?;
     if queue.trim().is_empty()
         || message_id.is_empty()
         || lease_id.is_empty()
@@ -474,10 +510,10 @@ fn with_correlation(mut resp: Response, cid: &str) -> Response {
 }
 
 /// `POST /v1/queue/ack`.
-pub async fn ack(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res {
+pub async fn ack(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, body: Body) -> Res {
     let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
     let mut f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
-    let mut r = message_ref(&app, &uri, &mut f, false)?;
+    let mut r = message_ref(&app, &caller, &uri, &mut f, false)?;
     r.state_etag = f.string("state_etag")?;
     f.finish()?;
     let cid = app.queues.ack(&r).await?;
@@ -494,10 +530,10 @@ pub async fn ack(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res 
 }
 
 /// `POST /v1/queue/nack`.
-pub async fn nack(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res {
+pub async fn nack(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, body: Body) -> Res {
     let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
     let mut f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
-    let r = message_ref(&app, &uri, &mut f, true)?;
+    let r = message_ref(&app, &caller, &uri, &mut f, true)?;
     let _state_etag = f.string("state_etag")?;
     let delay = f.int("delay_seconds")?;
     let intent = f.string("intent")?;
@@ -534,10 +570,10 @@ pub async fn nack(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res
 }
 
 /// `POST /v1/queue/extend`.
-pub async fn extend(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res {
+pub async fn extend(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, body: Body) -> Res {
     let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
     let mut f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
-    let r = message_ref(&app, &uri, &mut f, true)?;
+    let r = message_ref(&app, &caller, &uri, &mut f, true)?;
     let extend_by = f.int("extend_by_seconds")?;
     f.finish()?;
     let out = app.queues.extend(&r, extend_by).await?;
@@ -560,13 +596,15 @@ pub async fn extend(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> R
 /// Namespace and queue of stats/watch/dlq requests (body, else query).
 fn addressed_queue(
     app: &AppState,
+    caller: &Caller,
+    access: Access,
     uri: &Uri,
     f: &mut Fields,
 ) -> Result<(String, String, String), ApiError> {
     let namespace = f.string("namespace")?;
     let queue = f.string("queue")?;
     let q = Query::parse(uri.query());
-    let ns = app.namespace(or_query(&namespace, &q, "namespace"))?;
+    let ns = app.namespace_for(or_query(&namespace, &q, "namespace"), caller, access)?;
     let requested = or_query(&queue, &q, "queue").trim().to_string();
     let name = queue_name(&requested, ErrorCode::InvalidQueue)?;
     Ok((ns, name, requested))
@@ -576,12 +614,13 @@ fn addressed_queue(
 pub async fn stats(
     State(app): State<Arc<AppState>>,
     Extension(cid): Extension<CorrelationId>,
+    caller: Caller,
     uri: Uri,
     body: Body,
 ) -> Res {
     let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
     let mut f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
-    let (ns, queue, requested) = addressed_queue(&app, &uri, &mut f)?;
+    let (ns, queue, requested) = addressed_queue(&app, &caller, Access::Read, &uri, &mut f)?;
     f.finish()?;
     let snap = app.queues.snapshot(&ns, &queue).await?;
     let now = now_unix();
@@ -614,12 +653,13 @@ pub async fn stats(
 pub async fn watch(
     State(app): State<Arc<AppState>>,
     Extension(cid): Extension<CorrelationId>,
+    caller: Caller,
     uri: Uri,
     body: Body,
 ) -> Res {
     let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
     let mut f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
-    let (ns, queue, requested) = addressed_queue(&app, &uri, &mut f)?;
+    let (ns, queue, requested) = addressed_queue(&app, &caller, Access::Read, &uri, &mut f)?;
     f.finish()?;
     let shard = app.queues.shard(&ns, &queue).await?;
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
@@ -686,10 +726,15 @@ pub async fn watch(
 }
 
 /// `POST /v1/queue/dlq/list` (ours): `{namespace, queue, start_after, limit}`.
-pub async fn dlq_list(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res {
+pub async fn dlq_list(
+    State(app): State<Arc<AppState>>,
+    caller: Caller,
+    uri: Uri,
+    body: Body,
+) -> Res {
     let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
     let mut f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
-    let (ns, queue, _) = addressed_queue(&app, &uri, &mut f)?;
+    let (ns, queue, _) = addressed_queue(&app, &caller, Access::Read, &uri, &mut f)?;
     let start_after = f.string("start_after")?;
     let limit = f.int("limit")?;
     f.finish()?;
@@ -725,10 +770,15 @@ pub async fn dlq_list(State(app): State<Arc<AppState>>, uri: Uri, body: Body) ->
 
 /// `POST /v1/queue/dlq/get` (ours): `{namespace, queue, message_id}` →
 /// the message in the delivery format (meta part, payload part).
-pub async fn dlq_get(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res {
+pub async fn dlq_get(
+    State(app): State<Arc<AppState>>,
+    caller: Caller,
+    uri: Uri,
+    body: Body,
+) -> Res {
     let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
     let mut f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
-    let (ns, queue, _) = addressed_queue(&app, &uri, &mut f)?;
+    let (ns, queue, _) = addressed_queue(&app, &caller, Access::Read, &uri, &mut f)?;
     let id = f.string("message_id")?;
     f.finish()?;
     if id.is_empty() {
@@ -750,10 +800,15 @@ pub async fn dlq_get(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> 
 
 /// `POST /v1/queue/dlq/redrive` (ours): `{namespace, queue, message_ids}`
 /// or `{namespace, queue, all: true}`.
-pub async fn dlq_redrive(State(app): State<Arc<AppState>>, uri: Uri, body: Body) -> Res {
+pub async fn dlq_redrive(
+    State(app): State<Arc<AppState>>,
+    caller: Caller,
+    uri: Uri,
+    body: Body,
+) -> Res {
     let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
     let mut f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
-    let (ns, queue, _) = addressed_queue(&app, &uri, &mut f)?;
+    let (ns, queue, _) = addressed_queue(&app, &caller, Access::Write, &uri, &mut f)?;
     let all = f.boolean("all")?;
     let ids = f.value("message_ids");
     f.finish()?;

@@ -16,8 +16,9 @@ use sha2::{Digest, Sha256};
 use super::decode::{
     header, int_header, opt_int_header, parse_go_bool, read_body, truthy, Fields, Query,
 };
-use super::{required_key, respond, ApiError, AppState};
+use super::{required_key, respond, ApiError, AppState, Caller};
 use crate::core::{Document, LeaseRef, MetadataInput, RemoveInput, UpdateInput};
+use lockd_tls::Access;
 
 type Res = Result<Response, ApiError>;
 
@@ -26,12 +27,17 @@ const METADATA_MAX: u64 = 4096;
 
 /// Namespace and key of a query-addressed endpoint, checked in the
 /// protocol's order: `missing_key`, `invalid_namespace`, `invalid_key`.
-fn addressed(app: &AppState, q: &Query) -> Result<(String, String), ApiError> {
+fn addressed(
+    app: &AppState,
+    q: &Query,
+    caller: &Caller,
+    access: Access,
+) -> Result<(String, String), ApiError> {
     let raw_key = q.get("key");
     if raw_key.trim().is_empty() {
         return Err(ApiError::new(ErrorCode::MissingKey, "key query required"));
     }
-    let ns = app.namespace(q.get("namespace"))?;
+    let ns = app.namespace_for(q.get("namespace"), caller, access)?;
     let key = required_key(raw_key)?;
     Ok((ns, key))
 }
@@ -77,7 +83,7 @@ fn document(doc: Option<Document>, fencing: Option<i64>) -> Response {
     resp
 }
 
-pub async fn get(State(app): State<Arc<AppState>>, uri: Uri, h: HeaderMap) -> Res {
+pub async fn get(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, h: HeaderMap) -> Res {
     let q = Query::parse(uri.query());
     if q.get("key").trim().is_empty() {
         return Err(ApiError::new(
@@ -97,7 +103,9 @@ pub async fn get(State(app): State<Arc<AppState>>, uri: Uri, h: HeaderMap) -> Re
             ErrorCode::InvalidFencingToken,
         )?)
     };
-    let ns = app.namespace(q.get("namespace"))?;
+    // Public reads need read permission; a lease holder needs any claim.
+    let access = if public { Access::Read } else { Access::Any };
+    let ns = app.namespace_for(q.get("namespace"), &caller, access)?;
     let key = required_key(q.get("key"))?;
     match (token, lease_id) {
         (None, _) => Ok(document(app.engine.get_public(&ns, &key).await?, None)),
@@ -112,9 +120,15 @@ pub async fn get(State(app): State<Arc<AppState>>, uri: Uri, h: HeaderMap) -> Re
     }
 }
 
-pub async fn update(State(app): State<Arc<AppState>>, uri: Uri, h: HeaderMap, body: Body) -> Res {
+pub async fn update(
+    State(app): State<Arc<AppState>>,
+    caller: Caller,
+    uri: Uri,
+    h: HeaderMap,
+    body: Body,
+) -> Res {
     let q = Query::parse(uri.query());
-    let (namespace, key) = addressed(&app, &q)?;
+    let (namespace, key) = addressed(&app, &q, &caller, Access::Write)?;
     let lease = lease_headers(&h)?;
     let if_version = opt_int_header(&h, headers::IF_VERSION, ErrorCode::InvalidVersion)?;
     let expected_bytes = match header(&h, headers::EXPECTED_BYTES) {
@@ -195,9 +209,14 @@ pub async fn update(State(app): State<Arc<AppState>>, uri: Uri, h: HeaderMap, bo
     Ok(resp)
 }
 
-pub async fn remove(State(app): State<Arc<AppState>>, uri: Uri, h: HeaderMap) -> Res {
+pub async fn remove(
+    State(app): State<Arc<AppState>>,
+    caller: Caller,
+    uri: Uri,
+    h: HeaderMap,
+) -> Res {
     let q = Query::parse(uri.query());
-    let (namespace, key) = addressed(&app, &q)?;
+    let (namespace, key) = addressed(&app, &q, &caller, Access::Write)?;
     let lease = lease_headers(&h)?;
     // Parsed but not enforced on remove, as in the original.
     opt_int_header(&h, headers::IF_VERSION, ErrorCode::InvalidVersion)?;
@@ -221,9 +240,9 @@ pub async fn remove(State(app): State<Arc<AppState>>, uri: Uri, h: HeaderMap) ->
     Ok(resp)
 }
 
-pub async fn describe(State(app): State<Arc<AppState>>, uri: Uri) -> Res {
+pub async fn describe(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri) -> Res {
     let q = Query::parse(uri.query());
-    let (namespace, key) = addressed(&app, &q)?;
+    let (namespace, key) = addressed(&app, &q, &caller, Access::Read)?;
     let rec = app.engine.describe(&namespace, &key).await?;
     let mut out = DescribeResponse {
         namespace,
@@ -244,9 +263,15 @@ pub async fn describe(State(app): State<Arc<AppState>>, uri: Uri) -> Res {
     Ok(respond::json(StatusCode::OK, &out))
 }
 
-pub async fn metadata(State(app): State<Arc<AppState>>, uri: Uri, h: HeaderMap, body: Body) -> Res {
+pub async fn metadata(
+    State(app): State<Arc<AppState>>,
+    caller: Caller,
+    uri: Uri,
+    h: HeaderMap,
+    body: Body,
+) -> Res {
     let q = Query::parse(uri.query());
-    let (namespace, key) = addressed(&app, &q)?;
+    let (namespace, key) = addressed(&app, &q, &caller, Access::Write)?;
     let lease = lease_headers(&h)?;
     let if_version = opt_int_header(&h, headers::IF_VERSION, ErrorCode::InvalidVersion)?;
     let raw = read_body(body, METADATA_MAX, ErrorCode::InvalidMetadata).await?;

@@ -1,0 +1,229 @@
+//! The mTLS listener: accepts TCP connections, runs TLS handshakes off the
+//! accept path (a slow or hostile client cannot stall others), and hands
+//! finished connections to the HTTP server together with the client's
+//! verified identity.
+//!
+//! A handshake that fails (no client certificate, wrong CA, expired,
+//! missing clientAuth usage, revoked serial) closes the connection before
+//! any request is read. A plain-HTTP request sent to the TLS port gets a
+//! `400` explaining the mistake, then the connection closes.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::connect_info::Connected;
+use axum::serve::IncomingStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::http::Peer;
+use lockd_tls::rustls;
+use lockd_tls::Identity;
+
+/// How long a client may take to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; further connections wait to start theirs.
+const MAX_HANDSHAKES: usize = 1024;
+
+/// What Go's HTTPS server answers to plain HTTP, so clients see the same.
+const PLAIN_HTTP_REPLY: &[u8] =
+    b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+
+/// A TLS connection and the identity its client certificate proved.
+pub struct TlsConn {
+    stream: TlsStream<TcpStream>,
+    peer: Option<Arc<Identity>>,
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// An axum listener yielding handshaken TLS connections.
+pub struct TlsListener {
+    ready: mpsc::Receiver<(TlsConn, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    /// Starts accepting on `tcp`; stops when `stop` turns true.
+    pub fn new(
+        tcp: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        stop: watch::Receiver<bool>,
+    ) -> io::Result<Self> {
+        let local = tcp.local_addr()?;
+        let (tx, ready) = mpsc::channel(64);
+        tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), tx, stop));
+        Ok(Self { ready, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsConn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(c) => c,
+            // The accept loop has stopped (shutdown): nothing more comes.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        Peer(stream.io().peer.clone())
+    }
+}
+
+async fn accept_loop(
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    tx: mpsc::Sender<(TlsConn, SocketAddr)>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stopped(&mut stop) => return,
+        };
+        let (sock, addr) = tokio::select! {
+            r = tcp.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => return,
+        };
+        let _ = sock.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&acceptor, sock, addr)).await {
+                Ok(Some(conn)) => {
+                    let _ = tx.send((conn, addr)).await;
+                }
+                Ok(None) => {}
+                Err(_) => tracing::debug!(%addr, "tls handshake timed out"),
+            }
+        });
+    }
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    mut sock: TcpStream,
+    addr: SocketAddr,
+) -> Option<TlsConn> {
+    // A TLS connection starts with a handshake record (0x16); anything
+    // that looks like an HTTP method is someone using http:// by mistake.
+    let mut first = [0u8; 1];
+    if let Ok(1) = sock.peek(&mut first).await {
+        if first[0].is_ascii_uppercase() {
+            tracing::debug!(%addr, "plain HTTP on the TLS port");
+            let _ = sock.write_all(PLAIN_HTTP_REPLY).await;
+            let _ = sock.shutdown().await;
+            return None;
+        }
+    }
+    let stream = match acceptor.accept(sock).await {
+        Ok(s) => s,
+        Err(e) => {
+            log_rejection(addr, &e);
+            return None;
+        }
+    };
+    let (_, session) = stream.get_ref();
+    let peer = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|leaf| match Identity::from_der(leaf) {
+            Ok(id) => Some(Arc::new(id)),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "verified client certificate could not be read");
+                None
+            }
+        });
+    Some(TlsConn { stream, peer })
+}
+
+/// Certificate problems are worth an operator's attention (a revoked or
+/// expired client retrying); transport noise is not.
+fn log_rejection(addr: SocketAddr, e: &io::Error) {
+    let cert_problem = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| {
+            matches!(
+                r,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            )
+        });
+    if cert_problem {
+        tracing::warn!(%addr, error = %e, "client certificate rejected");
+    } else {
+        tracing::debug!(%addr, error = %e, "tls handshake failed");
+    }
+}
