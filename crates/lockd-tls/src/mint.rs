@@ -288,6 +288,34 @@ fn krypt_material(ca_der: &[u8]) -> Result<Vec<pem::Pem>, TlsError> {
     Ok(vec![root_block, desc_block])
 }
 
+/// The prefix of a PKCS#8 v1 (RFC 5208) Ed25519 private key, up to the
+/// 32-byte seed: SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 },
+/// OCTET STRING { OCTET STRING (32) } }.
+const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// A key as PEM in the form Go's `MarshalPKCS8PrivateKey` and OpenSSL
+/// write Ed25519 keys: PKCS#8 v1, without the public key that ring's v2
+/// encoding appends (OpenSSL 3.0 cannot read that; liblockdc uses OpenSSL).
+fn key_pem(key: &KeyPair) -> String {
+    let der = key.serialized_der();
+    // In ring's v2 encoding the seed follows the same inner OCTET STRING
+    // header (04 22 04 20) as in v1.
+    let seed = der
+        .windows(4)
+        .position(|w| w == [0x04, 0x22, 0x04, 0x20])
+        .and_then(|i| der.get(i + 4..i + 36));
+    match seed {
+        Some(seed) if key.algorithm() == &PKCS_ED25519 => {
+            let mut v1 = ED25519_PKCS8_V1_PREFIX.to_vec();
+            v1.extend_from_slice(seed);
+            encode(&[pem::Pem::new("PRIVATE KEY", v1)])
+        }
+        _ => key.serialize_pem(),
+    }
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -313,7 +341,7 @@ impl Ca {
         Ok(Self {
             cert_pem: cert.pem(),
             cert_der: cert.der().clone(),
-            key_pem: key.serialize_pem(),
+            key_pem: key_pem(&key),
             key,
             krypt,
         })
@@ -361,7 +389,7 @@ impl Ca {
         Ok(Self {
             cert_pem: encode(std::slice::from_ref(&ca)),
             cert_der,
-            key_pem: key.serialize_pem(),
+            key_pem: key_pem(&key),
             key,
             krypt,
         })
@@ -412,7 +440,7 @@ impl Ca {
         Ok(Leaf {
             cert_pem: cert.pem(),
             cert_der: cert.der().clone(),
-            key_pem: key.serialize_pem(),
+            key_pem: key_pem(&key),
             serial: serial_text,
         })
     }
