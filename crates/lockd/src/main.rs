@@ -8,6 +8,7 @@
 //! flag name in upper case with `-` replaced by `_` (`--json-max` →
 //! `LOCKD_JSON_MAX`). Flags win over the environment.
 
+mod auth;
 mod client;
 mod config;
 
@@ -42,6 +43,12 @@ struct Cli {
 enum Command {
     /// Talk to a lockd server from a shell: acquire, update, release, …
     Client(client::ClientArgs),
+    /// Certificates for mutual TLS: create CA, server and client bundles,
+    /// inspect and verify them, revoke client certificates.
+    ///
+    /// Example: lockd auth new client --cn worker -n orders=rw
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -184,10 +191,30 @@ struct Args {
     #[arg(long, env = "LOCKD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
 
-    /// Serve plain HTTP without client certificates. Required until mTLS
-    /// support lands.
+    /// Serve plain HTTP without client certificates or namespace
+    /// authorization. For testing only.
     #[arg(long, env = "LOCKD_DISABLE_MTLS", default_value_t = false)]
     disable_mtls: bool,
+
+    /// Server bundle (CA certificate, server certificate and key, optional
+    /// denylist). Default: $LOCKD_CONFIG_DIR/server.pem, else
+    /// ~/.lockd/server.pem.
+    // A distinct id: `lockd client` has a `--bundle` of its own.
+    #[arg(long = "bundle", id = "server_bundle", env = "LOCKD_BUNDLE")]
+    bundle: Option<std::path::PathBuf>,
+
+    /// Extra file of revoked client serials (one per line, `#` comments),
+    /// merged with the bundle's denylist.
+    #[arg(long, env = "LOCKD_DENYLIST_PATH")]
+    denylist_path: Option<std::path::PathBuf>,
+
+    /// Create whatever is missing of a CA, server and client bundles and a
+    /// config.yaml in DIR (mode 0700, files 0600), then serve with them.
+    /// Running it again changes nothing.
+    ///
+    /// Example: lockd --bootstrap ~/.lockd
+    #[arg(long, env = "LOCKD_BOOTSTRAP", value_name = "DIR")]
+    bootstrap: Option<std::path::PathBuf>,
 
     /// Log level: trace, debug, info, warn, error or none.
     #[arg(long, env = "LOCKD_LOG_LEVEL", default_value = "info")]
@@ -364,6 +391,14 @@ fn init_logging(level: &str) {
         .init();
 }
 
+/// `$LOCKD_CONFIG_DIR/server.pem`, else `~/.lockd/server.pem`.
+fn default_bundle_path() -> std::path::PathBuf {
+    default_data_dir()
+        .parent()
+        .map(|d| d.join("server.pem"))
+        .unwrap_or_else(|| "server.pem".into())
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
@@ -382,7 +417,25 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let is_server = argv.get(1).is_none_or(|a| a.starts_with('-'));
     if is_server {
-        if let Some(path) = config::locate(&argv) {
+        // --bootstrap creates its files (and the config) before the config
+        // file is looked for, so the server then reads the new config.
+        let mut bootstrapped = None;
+        if let Ok(Cli {
+            command: None,
+            server,
+        }) = Cli::try_parse()
+        {
+            if let Some(dir) = server.bootstrap {
+                match auth::bootstrap(&dir, server.config.as_deref()) {
+                    Ok(path) => bootstrapped = Some(path),
+                    Err(e) => {
+                        eprintln!("lockd: {e}");
+                        return ExitCode::from(1);
+                    }
+                }
+            }
+        }
+        if let Some(path) = bootstrapped.or_else(|| config::locate(&argv)) {
             if let Err(e) = config::apply(&path) {
                 eprintln!("lockd: {e}");
                 return ExitCode::from(2);
@@ -394,6 +447,7 @@ fn main() -> ExitCode {
         Some(Command::Config(ConfigCommand::Gen { stdout, out, force })) => {
             return config_gen(stdout, out, force)
         }
+        Some(Command::Auth(cmd)) => return auth::run(cmd),
         Some(Command::Completions { shell }) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "lockd", &mut std::io::stdout());
@@ -417,13 +471,34 @@ async fn run(cli: Cli) -> ExitCode {
     }
     let args = cli.server;
     init_logging(&args.log_level);
-    if !args.disable_mtls {
-        eprintln!(
-            "lockd: mTLS is not available in this build yet; start with --disable-mtls \
-             (or LOCKD_DISABLE_MTLS=true) to serve plain HTTP"
+    let tls = if args.disable_mtls {
+        tracing::warn!(
+            "mTLS disabled (--disable-mtls): plain HTTP with no client authentication \
+             and no namespace authorization; for testing only"
         );
-        return ExitCode::from(2);
-    }
+        None
+    } else if args.listen_proto == ListenProto::Unix {
+        None
+    } else {
+        let path = args.bundle.clone().unwrap_or_else(default_bundle_path);
+        match lockd_tls::ServerBundle::load(&path, args.denylist_path.as_deref()) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("lockd: cannot load the server bundle: {e}");
+                if !path.exists() {
+                    eprintln!(
+                        "lockd: create one with `lockd --bootstrap {}` (CA, server and client \
+                         bundles plus a config in one step), or `lockd auth new ca` then \
+                         `lockd auth new server`; or point --bundle at an existing bundle; \
+                         --disable-mtls serves plain HTTP (testing only)",
+                        path.parent().unwrap_or(std::path::Path::new(".")).display()
+                    );
+                }
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let mtls = tls.is_some();
     let store = match args.store {
         Some(s) if !s.trim().is_empty() => s,
         _ => format!("disk://{}", default_data_dir().display()),
@@ -448,6 +523,7 @@ async fn run(cli: Cli) -> ExitCode {
         lsf_log_interval: args.qrf.lsf_log_interval,
         drain_grace: args.drain_grace,
         shutdown_timeout: args.shutdown_timeout,
+        tls,
     };
     let store_desc = cfg.store.clone();
     let socket_path = (cfg.listen_proto == ListenProto::Unix).then(|| cfg.listen.clone());
@@ -461,7 +537,7 @@ async fn run(cli: Cli) -> ExitCode {
     tracing::info!(
         listen = %server.base_url(),
         store = %store_desc,
-        mtls = false,
+        mtls,
         "lockd serving"
     );
     shutdown_signal().await;

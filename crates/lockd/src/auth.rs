@@ -1,0 +1,1455 @@
+//! `lockd auth` and `lockd --bootstrap`: creating, inspecting, verifying
+//! and revoking the certificate bundles lockd's mutual TLS runs on.
+//!
+//! Every file is written the same way: parent directories are created with
+//! mode 0700, the content goes to a temporary file created with mode 0600 in
+//! the same directory, which is then moved into place. Private keys are
+//! therefore never readable by others, not even for a moment.
+//!
+//! Default locations are in the config directory: `$LOCKD_CONFIG_DIR` when
+//! set and not empty, else `~/.lockd`.
+//!
+//! ```text
+//! lockd auth new ca                       # ca.pem
+//! lockd auth new server --hosts lockd.example.com,10.0.0.7
+//! lockd auth new client -n orders=rw,audit=r
+//! lockd auth inspect client
+//! lockd auth revoke client 1f3a9c…        # denylist in server*.pem
+//! lockd --bootstrap ~/.lockd              # all of the above, once
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use lockd_server::config::parse_duration;
+use lockd_tls::bundle::with_denylist;
+use lockd_tls::identity::WILDCARD;
+use lockd_tls::mint::{parse_claim_args, Ca, LeafSpec, Validity};
+use lockd_tls::rustls::pki_types::{CertificateDer, UnixTime};
+use lockd_tls::{normalize_serial, serial_hex, ClientBundle, Identity, Permission, ServerBundle};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+/// `lockd auth …`: manage certificate bundles.
+#[derive(Debug, clap::Subcommand)]
+pub enum AuthCommand {
+    /// Create a CA, server, client or TC client bundle.
+    #[command(subcommand)]
+    New(NewCommand),
+    /// Add client certificate serials to server bundle denylists.
+    #[command(subcommand)]
+    Revoke(RevokeCommand),
+    /// Show what bundles contain: subjects, serials, expiry, SANs, denylist.
+    ///
+    /// Without `server`/`client`, every bundle in the config directory (or
+    /// given with --in) is shown according to its kind.
+    ///
+    /// Example: lockd auth inspect client --in ./worker.pem
+    Inspect(InspectArgs),
+    /// Check bundles: chains, key usages, validity dates, revocation.
+    ///
+    /// Exits non-zero when a bundle fails.
+    #[command(subcommand)]
+    Verify(VerifyCommand),
+}
+
+/// `lockd auth new …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum NewCommand {
+    /// Create a certificate authority bundle (ca.pem).
+    ///
+    /// It holds the CA certificate, its key and the storage-encryption
+    /// material Go servers expect.
+    ///
+    /// Example: lockd auth new ca --cn acme-lockd-ca
+    Ca(NewCaArgs),
+    /// Create a server bundle signed by the CA (server.pem).
+    ///
+    /// Without --out or --force, an existing server.pem is kept and
+    /// server02.pem, server03.pem, … is written instead.
+    ///
+    /// Example: lockd auth new server --hosts lockd.example.com,10.0.0.7
+    Server(NewServerArgs),
+    /// Create an SDK client bundle with namespace claims (client.pem).
+    ///
+    /// The default claim is `default=rw`. Without --out or --force, an
+    /// existing client.pem is kept and client02.pem, client03.pem, … is
+    /// written instead.
+    ///
+    /// Example: lockd auth new client --cn worker -n orders=rw,audit=r
+    Client(NewClientArgs),
+    /// Create a transaction-coordinator client bundle (tc-client.pem).
+    ///
+    /// It claims `ALL=rw`. Without --out or --force, an existing
+    /// tc-client.pem is kept and tc-client02.pem, … is written instead.
+    Tcclient(NewTcClientArgs),
+}
+
+/// Flags of `lockd auth new ca`.
+#[derive(Debug, clap::Args)]
+pub struct NewCaArgs {
+    /// Output path (default: <config dir>/ca.pem).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// CA certificate common name.
+    #[arg(long, default_value = "lockd-ca")]
+    cn: String,
+    /// Validity period (e.g. 87600h).
+    #[arg(long, default_value = "87600h", value_parser = parse_duration)]
+    valid_for: Duration,
+    /// Overwrite an existing file.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Flags of `lockd auth new server`.
+#[derive(Debug, clap::Args)]
+pub struct NewServerArgs {
+    /// Output path (default: <config dir>/server.pem, or the next free
+    /// serverNN.pem).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Server certificate common name.
+    #[arg(long, default_value = "lockd-server")]
+    cn: String,
+    /// DNS names and IP addresses the certificate is valid for; repeat the
+    /// flag and/or separate with commas (default: `*`).
+    #[arg(long)]
+    hosts: Vec<String>,
+    /// Validity period.
+    #[arg(long, default_value = "8760h", value_parser = parse_duration)]
+    valid_for: Duration,
+    /// Overwrite an existing file.
+    #[arg(long)]
+    force: bool,
+    /// CA bundle (default: <config dir>/ca.pem).
+    #[arg(long)]
+    ca_in: Option<PathBuf>,
+}
+
+/// Flags of `lockd auth new client`.
+#[derive(Debug, clap::Args)]
+pub struct NewClientArgs {
+    /// CA bundle (default: <config dir>/ca.pem).
+    #[arg(long)]
+    ca_in: Option<PathBuf>,
+    /// Output path (default: <config dir>/client.pem, or the next free
+    /// clientNN.pem).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Client certificate common name (also in its SPIFFE URI).
+    #[arg(long, default_value = "lockd-client")]
+    cn: String,
+    /// Validity period.
+    #[arg(long, default_value = "8760h", value_parser = parse_duration)]
+    valid_for: Duration,
+    /// Namespace claims `ns=r|w|rw` (bare `ns` means rw, `ALL` is every
+    /// namespace); repeat the flag and/or separate with commas. Default:
+    /// `default=rw`.
+    #[arg(short = 'n', long = "namespace", value_name = "CLAIMS")]
+    namespaces: Vec<String>,
+    /// Same as `-n ALL=r`.
+    #[arg(long)]
+    read_all: bool,
+    /// Same as `-n ALL=w`.
+    #[arg(long)]
+    write_all: bool,
+    /// Same as `-n ALL=rw`.
+    #[arg(long)]
+    rw_all: bool,
+    /// Overwrite an existing file.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Flags of `lockd auth new tcclient`.
+#[derive(Debug, clap::Args)]
+pub struct NewTcClientArgs {
+    /// CA bundle (default: <config dir>/ca.pem).
+    #[arg(long)]
+    ca_in: Option<PathBuf>,
+    /// Output path (default: <config dir>/tc-client.pem, or the next free
+    /// tc-clientNN.pem).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Certificate common name (also in its SPIFFE URI).
+    #[arg(long, default_value = "lockd-tc-client")]
+    cn: String,
+    /// Validity period.
+    #[arg(long, default_value = "8760h", value_parser = parse_duration)]
+    valid_for: Duration,
+    /// Overwrite an existing file.
+    #[arg(long)]
+    force: bool,
+}
+
+/// `lockd auth revoke …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum RevokeCommand {
+    /// Deny client certificates by serial (hex, as `lockd auth inspect
+    /// client` prints it). The serials are merged into the server bundle's
+    /// `LOCKD DENYLIST` block; servers pick them up when they restart.
+    ///
+    /// Example: lockd auth revoke client 3f2a9c0d11e4b7a8
+    Client(RevokeClientArgs),
+}
+
+/// Flags of `lockd auth revoke client`.
+#[derive(Debug, clap::Args)]
+pub struct RevokeClientArgs {
+    /// Serial numbers to deny.
+    #[arg(required = true, value_name = "SERIAL")]
+    serials: Vec<String>,
+    /// Server bundle to update (default: <config dir>/server.pem).
+    #[arg(long)]
+    server_in: Option<PathBuf>,
+    /// Write the updated bundle here instead of over --server-in.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Overwrite an existing --out file.
+    #[arg(long)]
+    force: bool,
+    /// Also add the serials to every other server*.pem beside --server-in
+    /// that trusts the same CA (`--propagate=false` to skip).
+    #[arg(
+        long,
+        default_value_t = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    propagate: bool,
+}
+
+/// Flags of `lockd auth inspect`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct InspectArgs {
+    #[command(subcommand)]
+    kind: Option<InspectKind>,
+    /// Bundle files; repeat and/or separate with commas (default: ca.pem,
+    /// server*.pem, client*.pem and tc-client*.pem in the config
+    /// directory).
+    #[arg(long = "in", value_name = "PATH", value_delimiter = ',')]
+    inputs: Vec<PathBuf>,
+}
+
+/// `lockd auth inspect server|client`.
+#[derive(Debug, clap::Subcommand)]
+pub enum InspectKind {
+    /// Server bundles (default: every server*.pem in the config directory).
+    Server(InputArgs),
+    /// Client bundles (default: every client*.pem and tc-client*.pem in
+    /// the config directory).
+    Client(InputArgs),
+}
+
+/// `--in` of the inspect and verify commands.
+#[derive(Debug, clap::Args)]
+pub struct InputArgs {
+    /// Bundle files; repeat and/or separate with commas.
+    #[arg(long = "in", value_name = "PATH", value_delimiter = ',')]
+    inputs: Vec<PathBuf>,
+}
+
+/// `lockd auth verify …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum VerifyCommand {
+    /// Server bundles (default: every server*.pem in the config directory):
+    /// CA flag and dates, server certificate chained to the CA with the
+    /// serverAuth usage, dates.
+    Server(InputArgs),
+    /// Client bundles (default: every client*.pem and tc-client*.pem):
+    /// chained to their CA and to the server bundle's CA with the
+    /// clientAuth usage, dates, not on the server bundle's denylist.
+    Client(VerifyClientArgs),
+}
+
+/// Flags of `lockd auth verify client`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyClientArgs {
+    #[command(flatten)]
+    inputs: InputArgs,
+    /// Server bundle to check against (default: <config dir>/server.pem).
+    #[arg(long)]
+    server_in: Option<PathBuf>,
+}
+
+/// Runs a `lockd auth` command; errors go to stderr with exit code 1.
+pub fn run(cmd: AuthCommand) -> ExitCode {
+    let result = match cmd {
+        AuthCommand::New(NewCommand::Ca(a)) => new_ca(a),
+        AuthCommand::New(NewCommand::Server(a)) => new_server(a),
+        AuthCommand::New(NewCommand::Client(a)) => new_client(a),
+        AuthCommand::New(NewCommand::Tcclient(a)) => new_tc_client(a),
+        AuthCommand::Revoke(RevokeCommand::Client(a)) => revoke_client(a),
+        AuthCommand::Inspect(a) => inspect(a),
+        AuthCommand::Verify(VerifyCommand::Server(a)) => verify_server(a),
+        AuthCommand::Verify(VerifyCommand::Client(a)) => verify_client(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lockd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Paths and files
+
+/// The config directory: `$LOCKD_CONFIG_DIR` when set and not empty (made
+/// absolute), else `$HOME/.lockd`.
+fn config_dir() -> Result<PathBuf, String> {
+    if let Some(d) = std::env::var_os("LOCKD_CONFIG_DIR").filter(|d| !d.is_empty()) {
+        return std::path::absolute(PathBuf::from(d))
+            .map_err(|e| format!("resolve LOCKD_CONFIG_DIR: {e}"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .ok_or("neither LOCKD_CONFIG_DIR nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".lockd"))
+}
+
+/// Creates `dir` and any missing parents with mode 0700.
+fn create_dir_private(dir: &Path) -> Result<(), String> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("create dir {}: {e}", dir.display()))
+}
+
+/// How [`write_file`] treats an existing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Existing {
+    /// Fail with "already exists"; the check and the creation are one
+    /// atomic step (a hard link), so concurrent writers cannot clobber.
+    Keep,
+    /// Replace it atomically.
+    Replace,
+}
+
+/// Writes `data` to `path` with mode 0600 through a temporary file in the
+/// same directory; parents are created with mode 0700.
+fn write_file(path: &Path, data: &[u8], existing: Existing) -> Result<(), String> {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    create_dir_private(dir)?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{}: not a file path", path.display()))?
+        .to_string_lossy();
+    let tmp = dir.join(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let write_tmp = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()
+    };
+    if let Err(e) = write_tmp() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("write {}: {e}", path.display()));
+    }
+    let placed = match existing {
+        Existing::Replace => std::fs::rename(&tmp, path),
+        Existing::Keep => match std::fs::hard_link(&tmp, path) {
+            Ok(()) => std::fs::remove_file(&tmp),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(format!(
+                    "{} already exists (use --force to overwrite)",
+                    path.display()
+                ));
+            }
+            // File systems without hard links: check, then rename.
+            Err(_) if path.exists() => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(format!(
+                    "{} already exists (use --force to overwrite)",
+                    path.display()
+                ));
+            }
+            Err(_) => std::fs::rename(&tmp, path),
+        },
+    };
+    placed.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("write {}: {e}", path.display())
+    })
+}
+
+/// Writes a new bundle: refuses an existing file unless `force`.
+fn write_bundle(path: &Path, data: &[u8], force: bool) -> Result<(), String> {
+    write_file(
+        path,
+        data,
+        if force {
+            Existing::Replace
+        } else {
+            Existing::Keep
+        },
+    )
+}
+
+/// `path` when it does not exist, else the first free `<stem>NN<ext>` from
+/// 02 on (`server.pem` → `server02.pem`, …, `server99.pem`,
+/// `server100.pem`, up to 999), as the Go tooling numbers them.
+fn next_free_path(path: &Path) -> Result<PathBuf, String> {
+    if !path.exists() {
+        return Ok(path.to_path_buf());
+    }
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pem".into());
+    for i in 2..=999 {
+        let candidate = dir.join(format!("{stem}{i:02}.{ext}"));
+        if !candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    Err(format!(
+        "no free file name for {} under {}",
+        path.display(),
+        dir.display()
+    ))
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("read {what} {}: {e}", path.display()))
+}
+
+/// Loads the CA from `path`, with a hint when it is missing.
+fn load_ca(path: &Path) -> Result<(Ca, Vec<u8>), String> {
+    let data = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "ca bundle {} not found; create one with `lockd auth new ca`",
+                path.display()
+            ))
+        }
+        Err(e) => return Err(format!("read ca bundle {}: {e}", path.display())),
+    };
+    let ca = Ca::from_pem(&data).map_err(|e| {
+        format!(
+            "load ca {}: {e} (create one with `lockd auth new ca`)",
+            path.display()
+        )
+    })?;
+    Ok((ca, data))
+}
+
+/// Appends the storage-encryption blocks to a CA bundle that lacks them,
+/// so every server bundle issued from it carries the same material (Go
+/// servers sharing a store need that). Bundles written by lockd have them.
+fn ensure_ca_material(path: &Path, data: &[u8], ca: &Ca) -> Result<(), String> {
+    if String::from_utf8_lossy(data).contains("-----BEGIN KRYPT-SYSTEM-ROOT-KEY-----") {
+        return Ok(());
+    }
+    let full = ca.bundle();
+    let Some(material) = full.strip_prefix(&format!("{}{}", ca.cert_pem, ca.key_pem)) else {
+        return Ok(());
+    };
+    let mut updated = data.to_vec();
+    if !updated.is_empty() && !updated.ends_with(b"\n") {
+        updated.push(b'\n');
+    }
+    updated.extend_from_slice(material.as_bytes());
+    write_file(path, &updated, Existing::Replace)?;
+    eprintln!(
+        "lockd: added storage-encryption material to {}",
+        path.display()
+    );
+    Ok(())
+}
+
+fn validity(d: Duration) -> Result<Validity, String> {
+    if d.is_zero() {
+        return Err("--valid-for must be longer than zero".into());
+    }
+    Ok(Validity::from_now(d))
+}
+
+/// Splits repeatable, comma-separated `--hosts` values; trims, drops empty
+/// entries and duplicates, keeps the order.
+fn split_hosts(raw: &[String]) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    raw.iter()
+        .flat_map(|r| r.split(','))
+        .map(str::trim)
+        .filter(|h| !h.is_empty() && seen.insert(h.to_string()))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The namespace claims of `lockd auth new client`: `--read-all`,
+/// `--write-all`, `--rw-all` and every `-n` entry, one claim per
+/// namespace (the strongest of r < w < rw wins), sorted with `ALL` first.
+fn client_claims(a: &NewClientArgs) -> Result<Vec<(String, Permission)>, String> {
+    let mut items: Vec<String> = Vec::new();
+    for (on, perm) in [(a.read_all, "r"), (a.write_all, "w"), (a.rw_all, "rw")] {
+        if on {
+            items.push(format!("{WILDCARD}={perm}"));
+        }
+    }
+    for raw in &a.namespaces {
+        for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if item.matches('=').count() > 1 {
+                return Err(format!(
+                    "invalid namespace claim {item:?}: expected namespace or namespace=perm"
+                ));
+            }
+            // `all` in any case is the wildcard.
+            let (ns, rest) = match item.split_once('=') {
+                Some((n, p)) => (n.trim(), format!("={p}")),
+                None => (item, String::new()),
+            };
+            let ns = if ns.eq_ignore_ascii_case(WILDCARD) {
+                WILDCARD
+            } else {
+                ns
+            };
+            items.push(format!("{ns}{rest}"));
+        }
+    }
+    let mut merged: BTreeMap<String, Permission> = BTreeMap::new();
+    for (ns, perm) in parse_claim_args(&items)? {
+        let slot = merged.entry(ns).or_insert(Permission::None);
+        *slot = (*slot).max(perm);
+    }
+    let mut out: Vec<(String, Permission)> = Vec::new();
+    if let Some(p) = merged.remove(WILDCARD) {
+        out.push((WILDCARD.into(), p));
+    }
+    out.extend(merged);
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// Certificates
+
+/// What `inspect` and `verify` show of a certificate.
+struct CertInfo {
+    subject: String,
+    serial: String,
+    not_before: i64,
+    not_after: i64,
+    dns: Vec<String>,
+    ips: Vec<String>,
+    uris: Vec<String>,
+    /// The extended key usage list names serverAuth.
+    server_auth: bool,
+    /// The extended key usage list names clientAuth.
+    client_auth: bool,
+    is_ca: bool,
+}
+
+fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| format!("parse certificate: {e}"))?;
+    let mut info = CertInfo {
+        subject: lockd_tls::identity::rfc2253(cert.subject()),
+        serial: serial_hex(cert.raw_serial()),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+        dns: Vec::new(),
+        ips: Vec::new(),
+        uris: Vec::new(),
+        server_auth: false,
+        client_auth: false,
+        is_ca: cert.is_ca(),
+    };
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => info.dns.push(d.to_string()),
+                GeneralName::URI(u) => info.uris.push(u.to_string()),
+                GeneralName::IPAddress(b) => {
+                    if let Ok(a) = <[u8; 4]>::try_from(*b) {
+                        info.ips.push(std::net::Ipv4Addr::from(a).to_string());
+                    } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
+                        info.ips.push(std::net::Ipv6Addr::from(a).to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if let Ok(Some(eku)) = cert.extended_key_usage() {
+        info.server_auth = eku.value.server_auth;
+        info.client_auth = eku.value.client_auth;
+    }
+    Ok(info)
+}
+
+/// Formats a Unix timestamp as RFC 3339 in UTC (`2035-01-02T03:04:05Z`).
+fn rfc3339(ts: i64) -> String {
+    let days = ts.div_euclid(86_400);
+    let secs = ts.rem_euclid(86_400);
+    // Days since 1970-01-01 to a civil date (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Verifies `chain[0]` (with `chain[1..]` as intermediates) against `cas`
+/// for `usage`, as the TLS handshake will.
+fn verify_chain(
+    chain: &[CertificateDer<'static>],
+    cas: &[CertificateDer<'static>],
+    usage: webpki::KeyUsage,
+) -> Result<(), String> {
+    let leaf = chain.first().ok_or("no leaf certificate")?;
+    let anchors = cas
+        .iter()
+        .map(|c| webpki::anchor_from_trusted_cert(c).map(|a| a.to_owned()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("CA certificate unusable as trust anchor: {e}"))?;
+    let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("{e}"))?;
+    ee.verify_for_usage(
+        lockd_tls::provider().signature_verification_algorithms.all,
+        &anchors,
+        &chain[1..],
+        UnixTime::now(),
+        usage,
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| format!("{e}"))
+}
+
+/// The node id of a server bundle's `spiffe://lockd/server/<id>` URI.
+fn server_spiffe_uri(path: &Path) -> Option<String> {
+    let data = std::fs::read(path).ok()?;
+    let bundle = ServerBundle::parse(&data).ok()?;
+    let id = Identity::from_der(bundle.chain.first()?).ok()?;
+    id.uris
+        .into_iter()
+        .find(|u| u.starts_with("spiffe://lockd/server/"))
+}
+
+// ---------------------------------------------------------------------------
+// lockd auth new
+
+fn new_ca(a: NewCaArgs) -> Result<(), String> {
+    let out = match a.out {
+        Some(p) => p,
+        None => config_dir()?.join("ca.pem"),
+    };
+    let ca = Ca::generate(&a.cn, validity(a.valid_for)?).map_err(|e| e.to_string())?;
+    write_bundle(&out, ca.bundle().as_bytes(), a.force)?;
+    println!("ca bundle written to {}", out.display());
+    Ok(())
+}
+
+fn new_server(a: NewServerArgs) -> Result<(), String> {
+    let dir = config_dir()?;
+    let ca_in = a.ca_in.unwrap_or_else(|| dir.join("ca.pem"));
+    let (ca, ca_data) = load_ca(&ca_in)?;
+    let out = match a.out {
+        Some(p) => p,
+        None if a.force => dir.join("server.pem"),
+        None => next_free_path(&dir.join("server.pem"))?,
+    };
+    let mut spec = LeafSpec::server(&a.cn, &split_hosts(&a.hosts), validity(a.valid_for)?);
+    // Replacing a bundle keeps the server's node identity.
+    if let Some(uri) = server_spiffe_uri(&out) {
+        if let Some(slot) = spec.uris.iter_mut().find(|u| u.starts_with("spiffe://")) {
+            *slot = uri;
+        }
+    }
+    ensure_ca_material(&ca_in, &ca_data, &ca)?;
+    let leaf = ca.issue(&spec).map_err(|e| e.to_string())?;
+    let pem = ca.server_bundle(&leaf, false, &BTreeSet::new());
+    write_bundle(&out, pem.as_bytes(), a.force)?;
+    println!("server bundle written to {}", out.display());
+    println!("ca certificate referenced from {}", ca_in.display());
+    println!("serial: {}", leaf.serial);
+    Ok(())
+}
+
+fn new_client(a: NewClientArgs) -> Result<(), String> {
+    let dir = config_dir()?;
+    let ca_in = a.ca_in.clone().unwrap_or_else(|| dir.join("ca.pem"));
+    let claims = client_claims(&a)?;
+    let (ca, _) = load_ca(&ca_in)?;
+    let out = match a.out {
+        Some(p) => p,
+        None if a.force => dir.join("client.pem"),
+        None => next_free_path(&dir.join("client.pem"))?,
+    };
+    let cn = match a.cn.trim() {
+        "" => "lockd-client",
+        cn => cn,
+    };
+    let leaf = ca
+        .issue(&LeafSpec::sdk_client(cn, &claims, validity(a.valid_for)?))
+        .map_err(|e| e.to_string())?;
+    write_bundle(&out, ca.client_bundle(&leaf).as_bytes(), a.force)?;
+    println!("client certificate written to {}", out.display());
+    println!("serial: {}", leaf.serial);
+    Ok(())
+}
+
+fn new_tc_client(a: NewTcClientArgs) -> Result<(), String> {
+    let dir = config_dir()?;
+    let ca_in = a.ca_in.unwrap_or_else(|| dir.join("ca.pem"));
+    let (ca, _) = load_ca(&ca_in)?;
+    let out = match a.out {
+        Some(p) => p,
+        None if a.force => dir.join("tc-client.pem"),
+        None => next_free_path(&dir.join("tc-client.pem"))?,
+    };
+    let cn = match a.cn.trim() {
+        "" => "lockd-tc-client",
+        cn => cn,
+    };
+    let leaf = ca
+        .issue(&LeafSpec::tc_client(cn, validity(a.valid_for)?))
+        .map_err(|e| e.to_string())?;
+    write_bundle(&out, ca.client_bundle(&leaf).as_bytes(), a.force)?;
+    println!("tc client certificate written to {}", out.display());
+    println!("serial: {}", leaf.serial);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// lockd auth revoke client
+
+/// Normalizes a serial given on the command line; it must be hex.
+fn parse_serial(raw: &str) -> Result<String, String> {
+    let s = normalize_serial(raw);
+    let digits = s.strip_prefix('-').unwrap_or(&s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "invalid serial {raw:?}: expected hexadecimal as `lockd auth inspect client` prints it"
+        ));
+    }
+    Ok(s)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+fn revoke_client(a: RevokeClientArgs) -> Result<(), String> {
+    let serials = a
+        .serials
+        .iter()
+        .map(|s| parse_serial(s))
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    let server_in = match a.server_in {
+        Some(p) => p,
+        None => config_dir()?.join("server.pem"),
+    };
+    let data = read(&server_in, "server bundle")?;
+    let bundle = ServerBundle::parse(&data)
+        .map_err(|e| format!("load bundle {}: {e}", server_in.display()))?;
+    let mut merged = bundle.denylist.clone();
+    merged.extend(serials.iter().cloned());
+    let updated = with_denylist(&data, &merged).map_err(|e| e.to_string())?;
+    let target = a.out.clone().unwrap_or_else(|| server_in.clone());
+    if same_file(&target, &server_in) {
+        write_file(&target, updated.as_bytes(), Existing::Replace)?;
+    } else {
+        write_bundle(&target, updated.as_bytes(), a.force)?;
+    }
+    println!("bundle updated: {}", target.display());
+    if a.propagate {
+        let dir = match server_in.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let Some(ca) = bundle.ca_certs.first() else {
+            return Ok(());
+        };
+        let mut count = 0usize;
+        for path in list_bundles(&dir, &["server"])? {
+            if same_file(&path, &server_in) || same_file(&path, &target) {
+                continue;
+            }
+            let Ok(other_data) = std::fs::read(&path) else {
+                eprintln!("lockd: skipping {}: cannot read it", path.display());
+                continue;
+            };
+            let other = match ServerBundle::parse(&other_data) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("lockd: skipping {}: {e}", path.display());
+                    continue;
+                }
+            };
+            if other.ca_certs.first() != Some(ca) {
+                eprintln!("lockd: skipping {}: issued by another CA", path.display());
+                continue;
+            }
+            let mut theirs = other.denylist.clone();
+            theirs.extend(serials.iter().cloned());
+            if theirs == other.denylist {
+                continue;
+            }
+            let text = with_denylist(&other_data, &theirs).map_err(|e| e.to_string())?;
+            write_file(&path, text.as_bytes(), Existing::Replace)?;
+            count += 1;
+        }
+        if count > 0 {
+            println!("denylist propagated to {count} server bundle(s)");
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// lockd auth inspect / verify
+
+/// Files in `dir` whose names start with one of `prefixes` and end in
+/// `.pem`, sorted by name; none when `dir` does not exist.
+fn list_bundles(dir: &Path, prefixes: &[&str]) -> Result<Vec<PathBuf>, String> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("read config dir {}: {e}", dir.display())),
+    };
+    let mut out: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().map(|t| !t.is_dir()).unwrap_or(false))
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name.ends_with(".pem") && prefixes.iter().any(|p| name.starts_with(p)))
+                .then(|| e.path())
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+fn targets(inputs: &[PathBuf], prefixes: &[&str]) -> Result<Vec<PathBuf>, String> {
+    if !inputs.is_empty() {
+        return Ok(inputs.to_vec());
+    }
+    list_bundles(&config_dir()?, prefixes)
+}
+
+const SERVER_PREFIXES: &[&str] = &["server"];
+const CLIENT_PREFIXES: &[&str] = &["client", "tc-client"];
+
+fn inspect(a: InspectArgs) -> Result<(), String> {
+    let (paths, kind, none) = match &a.kind {
+        Some(InspectKind::Server(i)) => (
+            targets(&i.inputs, SERVER_PREFIXES)?,
+            Some(true),
+            "No server bundles found.",
+        ),
+        Some(InspectKind::Client(i)) => (
+            targets(&i.inputs, CLIENT_PREFIXES)?,
+            Some(false),
+            "No client bundles found.",
+        ),
+        None => (
+            targets(&a.inputs, &["ca.pem", "server", "client", "tc-client"])?,
+            None,
+            "No bundles found.",
+        ),
+    };
+    if paths.is_empty() {
+        println!("{none}");
+        return Ok(());
+    }
+    let mut failed = 0usize;
+    for path in &paths {
+        let shown = match kind {
+            Some(true) => inspect_server(path),
+            Some(false) => inspect_client(path),
+            None => inspect_any(path),
+        };
+        if let Err(e) = shown {
+            eprintln!("lockd: {e}");
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} bundle(s) could not be read"));
+    }
+    Ok(())
+}
+
+/// Shows a bundle as what it is: a server bundle when its leaf has the
+/// serverAuth usage, a client bundle when it has another leaf, a CA bundle
+/// when it has none.
+fn inspect_any(path: &Path) -> Result<(), String> {
+    let data = read(path, "bundle")?;
+    if let Ok(b) = ServerBundle::parse(&data) {
+        let server = b
+            .chain
+            .first()
+            .and_then(|c| cert_info(c).ok())
+            .is_some_and(|i| i.server_auth);
+        return if server {
+            inspect_server(path)
+        } else {
+            inspect_client(path)
+        };
+    }
+    if ClientBundle::parse(&data).is_ok() {
+        return inspect_client(path);
+    }
+    let ca = Ca::from_pem(&data).map_err(|e| format!("load bundle {}: {e}", path.display()))?;
+    let info = cert_info(&ca.cert_der)?;
+    println!("CA bundle: {}", path.display());
+    println!("  CA: {}", info.subject);
+    println!("    Serial: {}", info.serial);
+    println!("    Expires: {}", rfc3339(info.not_after));
+    Ok(())
+}
+
+fn inspect_server(path: &Path) -> Result<(), String> {
+    let data = read(path, "server bundle")?;
+    let b =
+        ServerBundle::parse(&data).map_err(|e| format!("load bundle {}: {e}", path.display()))?;
+    println!("Bundle: {}", path.display());
+    if let Some(ca) = b.ca_certs.first() {
+        let ca = cert_info(ca)?;
+        println!("  CA: {}", ca.subject);
+        println!("    Serial: {}", ca.serial);
+        println!("    Expires: {}", rfc3339(ca.not_after));
+    }
+    if let Some(leaf) = b.chain.first() {
+        let s = cert_info(leaf)?;
+        println!("  Server: {}", s.subject);
+        println!("    Serial: {}", s.serial);
+        println!("    Expires: {}", rfc3339(s.not_after));
+        if !s.dns.is_empty() {
+            println!("    DNS: {}", s.dns.join(", "));
+        }
+        if !s.ips.is_empty() {
+            println!("    IPs: {}", s.ips.join(", "));
+        }
+        for (i, u) in s.uris.iter().enumerate() {
+            println!("    URI[{i}]: {u}");
+        }
+    }
+    if b.ca_key.is_some() {
+        println!("  CA key: included");
+    }
+    if b.denylist.is_empty() {
+        println!("  Denylist: (empty)");
+    } else {
+        println!("  Denylist ({}):", b.denylist.len());
+        for s in &b.denylist {
+            println!("    - {s}");
+        }
+    }
+    Ok(())
+}
+
+fn inspect_client(path: &Path) -> Result<(), String> {
+    let data = read(path, "client bundle")?;
+    let b = ClientBundle::parse(&data)
+        .map_err(|e| format!("load client bundle {}: {e}", path.display()))?;
+    println!("Client bundle: {}", path.display());
+    if let Some(leaf) = b.chain.first() {
+        let c = cert_info(leaf)?;
+        println!("  Client: {}", c.subject);
+        println!("    Serial: {}", c.serial);
+        println!("    Expires: {}", rfc3339(c.not_after));
+        for (i, u) in c.uris.iter().enumerate() {
+            println!("    URI[{i}]: {u}");
+        }
+    }
+    for (i, ca) in b.ca_certs.iter().enumerate() {
+        let ca = cert_info(ca)?;
+        println!(
+            "  CA[{i}]: {} (serial {}, expires {})",
+            ca.subject,
+            ca.serial,
+            rfc3339(ca.not_after)
+        );
+    }
+    Ok(())
+}
+
+/// Validity-date problems of one certificate, labelled `what`.
+fn date_issues(what: &str, c: &CertInfo, now: i64, issues: &mut Vec<String>) {
+    if c.not_after < now {
+        issues.push(format!("{what} expired at {}", rfc3339(c.not_after)));
+    }
+    if c.not_before > now {
+        issues.push(format!("{what} not valid until {}", rfc3339(c.not_before)));
+    }
+}
+
+fn server_issues(b: &ServerBundle) -> Result<Vec<String>, String> {
+    let now = now_unix();
+    let mut issues = Vec::new();
+    match b.ca_certs.first() {
+        None => issues.push("missing CA certificate".into()),
+        Some(ca) => {
+            let ca = cert_info(ca)?;
+            if !ca.is_ca {
+                issues.push(format!("CA certificate {} missing CA flag", ca.subject));
+            }
+            date_issues("CA certificate", &ca, now, &mut issues);
+        }
+    }
+    match b.chain.first() {
+        None => issues.push("missing server certificate".into()),
+        Some(leaf) => {
+            let s = cert_info(leaf)?;
+            date_issues("server certificate", &s, now, &mut issues);
+            if !s.server_auth {
+                issues.push("server certificate missing ServerAuth extended key usage".into());
+            }
+            let first_ca = b.ca_certs.first().cloned().into_iter().collect::<Vec<_>>();
+            if let Err(e) = verify_chain(&b.chain, &first_ca, webpki::KeyUsage::server_auth()) {
+                issues.push(format!("server certificate failed verification: {e}"));
+            }
+        }
+    }
+    Ok(issues)
+}
+
+/// Why a bundle failed verification.
+enum Failure {
+    /// It could not be read or parsed.
+    Load(String),
+    /// It parsed but has problems.
+    Issues(Vec<String>),
+}
+
+/// Reports one bundle's outcome; returns whether it passed.
+fn report(kind: &str, path: &Path, outcome: Result<String, Failure>) -> bool {
+    match outcome {
+        Ok(summary) => {
+            println!("{kind} bundle {} verified OK ({summary})", path.display());
+            true
+        }
+        Err(Failure::Load(e)) => {
+            eprintln!("{kind} bundle {} verification failed: {e}", path.display());
+            false
+        }
+        Err(Failure::Issues(issues)) => {
+            eprintln!("{kind} bundle {} verification failed:", path.display());
+            for i in issues {
+                eprintln!("  - {i}");
+            }
+            false
+        }
+    }
+}
+
+fn finish(kind: &str, total: usize, failures: usize) -> Result<(), String> {
+    if failures > 0 {
+        eprintln!("{kind} verification failed for {failures} bundle(s).");
+        return Err(format!(
+            "{} verification failed for {failures} bundle(s)",
+            kind.to_ascii_lowercase()
+        ));
+    }
+    println!("{kind} verification succeeded for {total} bundle(s).");
+    Ok(())
+}
+
+fn verify_server(a: InputArgs) -> Result<(), String> {
+    let paths = targets(&a.inputs, SERVER_PREFIXES)?;
+    if paths.is_empty() {
+        eprintln!("No server bundles found.");
+        return Ok(());
+    }
+    let mut failures = 0;
+    for path in &paths {
+        let outcome = (|| {
+            let data = read(path, "server bundle").map_err(Failure::Load)?;
+            let b = ServerBundle::parse(&data).map_err(|e| Failure::Load(e.to_string()))?;
+            let issues = server_issues(&b).map_err(Failure::Load)?;
+            if !issues.is_empty() {
+                return Err(Failure::Issues(issues));
+            }
+            let serial = |c: Option<&CertificateDer<'_>>| {
+                c.and_then(|c| cert_info(c).ok())
+                    .map(|i| i.serial)
+                    .unwrap_or_else(|| "<unknown>".into())
+            };
+            Ok(format!(
+                "CA serial {}, server serial {}",
+                serial(b.ca_certs.first()),
+                serial(b.chain.first())
+            ))
+        })();
+        if !report("Server", path, outcome) {
+            failures += 1;
+        }
+    }
+    finish("Server", paths.len(), failures)
+}
+
+fn client_issues(c: &ClientBundle, server: &ServerBundle) -> Result<Vec<String>, String> {
+    let now = now_unix();
+    let mut issues = Vec::new();
+    let leaf = c.chain.first().ok_or("missing client certificate")?;
+    let info = cert_info(leaf)?;
+    date_issues("client certificate", &info, now, &mut issues);
+    for ca in &c.ca_certs {
+        let ca = cert_info(ca)?;
+        if !ca.is_ca {
+            issues.push(format!("embedded CA {} missing CA flag", ca.subject));
+        }
+        date_issues(
+            &format!("embedded CA {}", ca.subject),
+            &ca,
+            now,
+            &mut issues,
+        );
+    }
+    if let Err(e) = verify_chain(&c.chain, &c.ca_certs, webpki::KeyUsage::client_auth()) {
+        issues.push(format!("client certificate failed verification: {e}"));
+    }
+    if let Some(server_ca) = server.ca_certs.first() {
+        if let Err(e) = verify_chain(
+            &c.chain,
+            std::slice::from_ref(server_ca),
+            webpki::KeyUsage::client_auth(),
+        ) {
+            let serial = cert_info(server_ca)
+                .map(|i| i.serial)
+                .unwrap_or_else(|_| "<unknown>".into());
+            issues.push(format!(
+                "client certificate not signed by server CA (serial {serial}): {e}"
+            ));
+        }
+    }
+    if server.denylist.contains(&info.serial) {
+        issues.push(format!(
+            "client certificate serial {} is revoked in denylist",
+            info.serial
+        ));
+    }
+    Ok(issues)
+}
+
+fn verify_client(a: VerifyClientArgs) -> Result<(), String> {
+    let server_in = match a.server_in {
+        Some(p) => p,
+        None => config_dir()?.join("server.pem"),
+    };
+    let data = read(&server_in, "server bundle")?;
+    let server = ServerBundle::parse(&data)
+        .map_err(|e| format!("load server bundle {}: {e}", server_in.display()))?;
+    let server_auth = server
+        .chain
+        .first()
+        .and_then(|c| cert_info(c).ok())
+        .is_some_and(|i| i.server_auth);
+    if !server_auth {
+        return Err(format!(
+            "server bundle {} does not contain a server certificate with ServerAuth usage",
+            server_in.display()
+        ));
+    }
+    let paths = targets(&a.inputs.inputs, CLIENT_PREFIXES)?;
+    if paths.is_empty() {
+        eprintln!("No client bundles found.");
+        return Ok(());
+    }
+    let mut failures = 0;
+    for path in &paths {
+        let outcome = (|| {
+            let data = read(path, "client bundle").map_err(Failure::Load)?;
+            let c = ClientBundle::parse(&data).map_err(|e| Failure::Load(e.to_string()))?;
+            let issues = client_issues(&c, &server).map_err(Failure::Load)?;
+            if !issues.is_empty() {
+                return Err(Failure::Issues(issues));
+            }
+            let serial = c
+                .chain
+                .first()
+                .and_then(|l| cert_info(l).ok())
+                .map(|i| i.serial)
+                .unwrap_or_default();
+            let cas: Vec<String> = c
+                .ca_certs
+                .iter()
+                .filter_map(|ca| cert_info(ca).ok().map(|i| i.serial))
+                .collect();
+            let ca_summary = match cas.as_slice() {
+                [] => "no CA serials".to_string(),
+                [one] => format!("CA serial {one}"),
+                many => format!("CA serials [{}]", many.join(", ")),
+            };
+            Ok(format!("{ca_summary}, client serial {serial}"))
+        })();
+        if !report("Client", path, outcome) {
+            failures += 1;
+        }
+    }
+    finish("Client", paths.len(), failures)
+}
+
+// ---------------------------------------------------------------------------
+// lockd --bootstrap DIR
+
+/// Validity of the bootstrap CA (10 years).
+const BOOTSTRAP_CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Validity of the bootstrap server certificate (2 years).
+const BOOTSTRAP_SERVER_VALIDITY: Duration = Duration::from_secs(2 * 365 * 24 * 3600);
+/// Validity of the bootstrap client certificates (1 year).
+const BOOTSTRAP_CLIENT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Quotes a config value for the flat YAML of `config.yaml`.
+fn yaml_value(v: &str) -> String {
+    if v.contains('"') {
+        format!("'{v}'")
+    } else {
+        format!("\"{v}\"")
+    }
+}
+
+/// The bootstrap `config.yaml`: the bundle, the denylist file and durable
+/// disk storage under `dir`; everything else stays at its default.
+fn bootstrap_config(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "# Written by `lockd --bootstrap {d}`. Keys are server flag names\n\
+         # (`lockd config gen --stdout` lists them all); flags and LOCKD_*\n\
+         # environment variables override what is set here.\n\
+         bundle: {}\n\
+         denylist-path: {}\n\
+         store: {}\n",
+        yaml_value(&format!("{d}/server.pem")),
+        yaml_value(&format!("{d}/server.denylist")),
+        yaml_value(&format!("disk://{d}/data")),
+    )
+}
+
+/// Creates whatever is missing in `dir` for a server with mutual TLS and
+/// returns the config file the server should read.
+///
+/// In `dir` (created with mode 0700): `ca.pem` (CA `lockd-root`, 10
+/// years), `server.pem` (`lockd-anywhere`, hosts `*`, `localhost`,
+/// `127.0.0.1` and `::1`, 2 years, carrying the
+/// CA key), `client.pem` (`lockd-client`, claim `default=rw`),
+/// `tc-client.pem` (`lockd-tc-client`, claim `ALL=rw`), `server.denylist`
+/// (empty) and the config file: `config` when given (`-c`), else
+/// `dir/config.yaml`. Files are created with mode 0600; an existing file is
+/// never touched, and when `ca.pem` exists the missing bundles are issued
+/// by it. Sets `LOCKD_CONFIG_DIR` to `dir` unless it is set. Reports on
+/// stderr what it created.
+///
+/// Must run before any other thread starts (it sets an environment
+/// variable).
+pub fn bootstrap(dir: &Path, config: Option<&Path>) -> Result<PathBuf, String> {
+    if dir.as_os_str().is_empty() {
+        return Err("bootstrap: directory required".into());
+    }
+    create_dir_private(dir).map_err(|e| format!("bootstrap: {e}"))?;
+    let dir = std::fs::canonicalize(dir)
+        .map_err(|e| format!("bootstrap: resolve {}: {e}", dir.display()))?;
+    if std::env::var_os("LOCKD_CONFIG_DIR").is_none_or(|v| v.is_empty()) {
+        std::env::set_var("LOCKD_CONFIG_DIR", &dir);
+    }
+    let config_path = match config {
+        Some(c) => std::path::absolute(c)
+            .map_err(|e| format!("bootstrap: resolve config path {}: {e}", c.display()))?,
+        None => dir.join("config.yaml"),
+    };
+    let mut created: Vec<PathBuf> = Vec::new();
+    let mut create = |path: PathBuf, data: &[u8]| -> Result<(), String> {
+        write_file(&path, data, Existing::Keep).map_err(|e| format!("bootstrap: {e}"))?;
+        created.push(path);
+        Ok(())
+    };
+
+    let ca_path = dir.join("ca.pem");
+    let ca = if ca_path.exists() {
+        // An existing file is never rewritten, so a CA bundle without
+        // storage-encryption material stays as it is (a new server bundle
+        // then gets fresh material).
+        load_ca(&ca_path).map_err(|e| format!("bootstrap: {e}"))?.0
+    } else {
+        let ca = Ca::generate("lockd-root", Validity::from_now(BOOTSTRAP_CA_VALIDITY))
+            .map_err(|e| format!("bootstrap: {e}"))?;
+        create(ca_path, ca.bundle().as_bytes())?;
+        ca
+    };
+    let issue = |spec: LeafSpec| ca.issue(&spec).map_err(|e| format!("bootstrap: {e}"));
+
+    let server_path = dir.join("server.pem");
+    if !server_path.exists() {
+        // `*` as the original writes, plus the loopback names so that
+        // clients that check host names (curl, liblockdc) work locally.
+        let hosts: Vec<String> = ["*", "localhost", "127.0.0.1", "::1"]
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        let leaf = issue(LeafSpec::server(
+            "lockd-anywhere",
+            &hosts,
+            Validity::from_now(BOOTSTRAP_SERVER_VALIDITY),
+        ))?;
+        create(
+            server_path,
+            ca.server_bundle(&leaf, true, &BTreeSet::new()).as_bytes(),
+        )?;
+    }
+    let client_path = dir.join("client.pem");
+    if !client_path.exists() {
+        let leaf = issue(LeafSpec::sdk_client(
+            "lockd-client",
+            &[("default".to_string(), Permission::ReadWrite)],
+            Validity::from_now(BOOTSTRAP_CLIENT_VALIDITY),
+        ))?;
+        create(client_path, ca.client_bundle(&leaf).as_bytes())?;
+    }
+    let tc_path = dir.join("tc-client.pem");
+    if !tc_path.exists() {
+        let leaf = issue(LeafSpec::tc_client(
+            "lockd-tc-client",
+            Validity::from_now(BOOTSTRAP_CLIENT_VALIDITY),
+        ))?;
+        create(tc_path, ca.client_bundle(&leaf).as_bytes())?;
+    }
+    if !config_path.exists() {
+        create(config_path.clone(), bootstrap_config(&dir).as_bytes())?;
+    }
+    let denylist_path = dir.join("server.denylist");
+    if !denylist_path.exists() {
+        create(denylist_path, b"")?;
+    }
+
+    for p in &created {
+        eprintln!("lockd: bootstrap: created {}", p.display());
+    }
+    if created.is_empty() {
+        eprintln!("lockd: bootstrap: nothing to create in {}", dir.display());
+    } else {
+        eprintln!(
+            "lockd: bootstrap: {} file(s) created in {}",
+            created.len(),
+            dir.display()
+        );
+    }
+    Ok(config_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(2_082_758_399), "2035-12-31T23:59:59Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn numbers_like_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("server.pem");
+        assert_eq!(next_free_path(&p).unwrap(), p);
+        std::fs::write(&p, "x").unwrap();
+        assert_eq!(next_free_path(&p).unwrap(), dir.path().join("server02.pem"));
+        for i in 2..=99 {
+            std::fs::write(dir.path().join(format!("server{i:02}.pem")), "x").unwrap();
+        }
+        assert_eq!(
+            next_free_path(&p).unwrap(),
+            dir.path().join("server100.pem")
+        );
+    }
+
+    #[test]
+    fn splits_hosts_and_serials() {
+        assert_eq!(
+            split_hosts(&["a, b".into(), "b,,c".into()]),
+            vec!["a", "b", "c"]
+        );
+        assert_eq!(parse_serial("0x00AB:cd").unwrap(), "abcd");
+        assert!(parse_serial("client").is_err());
+        assert!(parse_serial("").is_err());
+    }
+
+    #[test]
+    fn write_file_keeps_or_replaces() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/f.pem");
+        write_file(&p, b"one", Existing::Keep).unwrap();
+        assert!(write_file(&p, b"two", Existing::Keep)
+            .unwrap_err()
+            .contains("already exists"));
+        assert_eq!(std::fs::read(&p).unwrap(), b"one");
+        write_file(&p, b"two", Existing::Replace).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dmode = std::fs::metadata(p.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dmode, 0o700);
+        // No temporary files are left behind.
+        assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn bootstrap_config_is_valid() {
+        let text = bootstrap_config(Path::new("/srv/lockd"));
+        let pairs = crate::config::parse(&text).unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                ("bundle".into(), "/srv/lockd/server.pem".into()),
+                ("denylist-path".into(), "/srv/lockd/server.denylist".into()),
+                ("store".into(), "disk:///srv/lockd/data".into()),
+            ]
+        );
+    }
+}
