@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::tls::BundleSource;
 use crate::transport::{read_all, Answer, Call, CallBody, Endpoint, Transport};
 
 /// Retry policy of acquire (and of the acquire-for-update handshake).
@@ -77,6 +78,9 @@ pub struct Client {
 ///     .unwrap();
 /// assert_eq!(client.endpoints().len(), 2);
 /// ```
+///
+/// `https://` endpoints speak mutual TLS with a client bundle: see
+/// [`ClientBuilder::bundle_path`] and [`ClientBuilder::bundle`].
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     endpoints: Vec<String>,
@@ -86,6 +90,7 @@ pub struct ClientBuilder {
     namespace: Option<String>,
     drain_aware: bool,
     plain: bool,
+    bundle: Option<BundleSource>,
     retry: RetryPolicy,
 }
 
@@ -98,15 +103,17 @@ impl Default for ClientBuilder {
             keepalive_timeout: Duration::from_secs(5),
             namespace: None,
             drain_aware: true,
-            plain: true,
+            plain: false,
+            bundle: None,
             retry: RetryPolicy::default(),
         }
     }
 }
 
 impl ClientBuilder {
-    /// Adds an endpoint (`http://host:port`, `unix:///path.sock`, or bare
-    /// `host[:port]`); a comma-separated list adds several.
+    /// Adds an endpoint (`http://host:port`, `https://host:port`,
+    /// `unix:///path.sock`, or bare `host[:port]`); a comma-separated list
+    /// adds several.
     pub fn endpoint(mut self, url: impl AsRef<str>) -> Self {
         self.endpoints.extend(
             url.as_ref()
@@ -152,10 +159,60 @@ impl ClientBuilder {
         self
     }
 
-    /// Whether bare `host:port` endpoints mean `http` (true, default until
-    /// mTLS lands) or `https`.
+    /// Whether bare `host:port` endpoints mean `http` (true) or `https`
+    /// (false, the default, as in the Go SDK). Endpoints with a scheme
+    /// keep it either way.
     pub fn disable_mtls(mut self, plain: bool) -> Self {
         self.plain = plain;
+        self
+    }
+
+    /// The client bundle file for `https://` endpoints: one PEM file with
+    /// the CA certificate, the client certificate and its key, as `lockd
+    /// auth new client` writes it (a leading `~` means `$HOME`). It is
+    /// loaded by [`ClientBuilder::build`], which fails with
+    /// [`Error::Tls`] naming the file when it cannot be read or used.
+    ///
+    /// Without a bundle, a client with an `https://` endpoint looks for one
+    /// with [`crate::discover_client_bundle`] in
+    /// [`crate::default_config_dir`] (`$LOCKD_CONFIG_DIR`, else
+    /// `~/.lockd`).
+    ///
+    /// ```no_run
+    /// let client = lockd_client::Client::builder()
+    ///     .endpoint("https://10.0.0.1:9341,https://10.0.0.2:9341")
+    ///     .bundle_path("~/.lockd/client.pem")
+    ///     .build()?;
+    /// # Ok::<(), lockd_client::Error>(())
+    /// ```
+    pub fn bundle_path(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.bundle = Some(BundleSource::Path(path.into()));
+        self
+    }
+
+    /// A client bundle already in memory (e.g. parsed from a secret with
+    /// [`crate::ClientBundle::parse`]), for `https://` endpoints. Replaces
+    /// any [`ClientBuilder::bundle_path`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockd_tls::mint::{Ca, LeafSpec, Validity};
+    ///
+    /// let day = Validity::from_now(Duration::from_secs(86400));
+    /// let ca = Ca::generate("lockd-ca", day).unwrap();
+    /// let leaf = ca.issue(&LeafSpec::sdk_client("worker", &[], day)).unwrap();
+    /// let pem = ca.client_bundle(&leaf);
+    ///
+    /// let bundle = lockd_client::ClientBundle::parse(pem.as_bytes()).unwrap();
+    /// let client = lockd_client::Client::builder()
+    ///     .endpoint("https://127.0.0.1:9341")
+    ///     .bundle(bundle)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(client.endpoints()[0].display(), "https://127.0.0.1:9341");
+    /// ```
+    pub fn bundle(mut self, bundle: lockd_tls::ClientBundle) -> Self {
+        self.bundle = Some(BundleSource::Bundle(Box::new(bundle)));
         self
     }
 
@@ -166,6 +223,11 @@ impl ClientBuilder {
     }
 
     /// Builds the client. No connection is made until the first call.
+    ///
+    /// A bundle given with [`ClientBuilder::bundle_path`] is loaded here
+    /// (whatever the endpoints); with an `https://` endpoint and no bundle,
+    /// one is discovered (see [`ClientBuilder::bundle_path`]). Bundle
+    /// problems are [`Error::Tls`].
     pub fn build(self) -> Result<Client> {
         if self.endpoints.is_empty() {
             return Err(Error::InvalidArgument("no endpoint given".into()));
@@ -180,9 +242,16 @@ impl ClientBuilder {
                 "unix:// endpoints cannot be mixed with others".into(),
             ));
         }
+        let https = endpoints.iter().any(|e| matches!(e, Endpoint::Https(_)));
+        // One configuration for every https endpoint.
+        let tls = if https || self.bundle.is_some() {
+            Some(crate::tls::client_config(self.bundle.as_ref())?)
+        } else {
+            None
+        };
         Ok(Client {
             inner: Arc::new(Inner {
-                transport: Transport::new(endpoints, self.http_timeout),
+                transport: Transport::new(endpoints, self.http_timeout, tls)?,
                 namespace: self.namespace,
                 close_timeout: self.close_timeout,
                 keepalive_timeout: self.keepalive_timeout,

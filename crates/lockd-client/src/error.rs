@@ -4,7 +4,8 @@
 //! the protocol's error code and everything the server attached (detail,
 //! retry hint, QRF state, the version and etag a CAS check compared
 //! against, the correlation id). [`Error::Transport`] means no answer was
-//! had from any endpoint.
+//! had from any endpoint; [`Error::Tls`] that mutual TLS could not be set
+//! up (no usable client bundle, or a handshake one side refused).
 
 use std::time::Duration;
 
@@ -36,13 +37,19 @@ pub enum Error {
     Api(Box<ApiError>),
     /// No endpoint could be reached (or the connection broke).
     Transport(String),
+    /// Mutual TLS failed: the client bundle could not be loaded or found,
+    /// or a handshake was refused (the server's certificate is not from
+    /// the bundle's CA or lacks serverAuth; the server rejected the client
+    /// certificate, e.g. revoked or from another CA). Not retryable: it
+    /// takes a configuration change.
+    Tls(String),
     /// A request ran past its timeout.
     Timeout,
     /// A response could not be decoded.
     Decode(String),
     /// The caller passed something unusable (bad URL, bad option).
     InvalidArgument(String),
-    /// Not available in this build (e.g. `https://` before mTLS support).
+    /// Not available in this build.
     Unsupported(String),
     /// The operation was cancelled (e.g. the lease was lost).
     Cancelled(String),
@@ -59,6 +66,7 @@ impl std::fmt::Display for Error {
             Error::Api(e) if e.detail.is_empty() => write!(f, "lockd: {} ({})", e.code, e.status),
             Error::Api(e) => write!(f, "lockd: {} ({}): {}", e.code, e.status, e.detail),
             Error::Transport(m) => write!(f, "lockd transport: {m}"),
+            Error::Tls(m) => write!(f, "lockd tls: {m}"),
             Error::Timeout => f.write_str("lockd: request timed out"),
             Error::Decode(m) => write!(f, "lockd: bad response: {m}"),
             Error::InvalidArgument(m) => write!(f, "lockd: {m}"),

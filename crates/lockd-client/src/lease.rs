@@ -294,8 +294,9 @@ impl Client {
     /// throttling (429) and server errors (5xx) are retried after the
     /// server's `Retry-After` or a growing backoff, without limit while the
     /// block window lasts; transport errors and other failures count
-    /// against [`crate::RetryPolicy::failure_retries`]. `403` and
-    /// `already_exists` are returned at once.
+    /// against [`crate::RetryPolicy::failure_retries`]. `403`,
+    /// `already_exists` and TLS failures ([`Error::Tls`]) are returned at
+    /// once.
     pub async fn acquire(&self, req: AcquireRequest) -> Result<LeaseSession> {
         let policy = self.inner.retry.clone();
         let start = Instant::now();
@@ -343,6 +344,8 @@ impl Client {
             };
             let expected = match &err {
                 Error::Api(a) if a.status == 403 || a.code == "already_exists" => return Err(err),
+                // A certificate problem does not go away by waiting.
+                Error::Tls(_) => return Err(err),
                 Error::Api(a) => a.status == 409 || a.status == 429 || a.status >= 500,
                 _ => false,
             };

@@ -41,15 +41,36 @@
 //!
 //! [`Client::new`] takes one endpoint, or a comma-separated list:
 //!
+//! * `https://host:port`: mutual TLS (the server's default), see below;
 //! * `http://host:port`: plain HTTP (the server runs with `--disable-mtls`);
 //! * `unix:///path/to/lockd.sock`: a server listening on a Unix socket
 //!   (`--listen-proto unix`); cannot be mixed with other endpoints;
 //! * bare `host` or `host:port`: `http`, port 9341 when none is given
-//!   (bare endpoints would mean `https` with
+//!   (bare endpoints mean `https` with
 //!   [`ClientBuilder::disable_mtls`]`(false)`).
 //!
-//! `https://` (mTLS) is **not supported yet**: it is refused with
-//! [`Error::Unsupported`]. [`Client::builder`] sets timeouts, a default
+//! `https://` endpoints present a **client bundle** — one PEM file with the
+//! CA certificate, the client certificate and its key, as `lockd auth new
+//! client` (or `lockd --bootstrap`) writes it — and accept a server whose
+//! certificate chains to that CA and allows serverAuth; the host name is
+//! not checked. Give the bundle with [`ClientBuilder::bundle_path`] or
+//! [`ClientBuilder::bundle`]; without one, the client looks for the single
+//! `client*.pem` with an SDK identity in `$LOCKD_CONFIG_DIR` (else
+//! `~/.lockd`), see [`discover_client_bundle`]. Bundle and handshake
+//! problems are [`Error::Tls`], e.g. `tls handshake with 127.0.0.1:9341
+//! failed: server certificate not issued by the bundle's CA (unknown
+//! issuer)`.
+//!
+//! ```no_run
+//! # async fn demo() -> lockd_client::Result<()> {
+//! let client = lockd_client::Client::builder()
+//!     .endpoint("https://lockd-1:9341,https://lockd-2:9341")
+//!     .bundle_path("/etc/lockd/client.pem")
+//!     .build()?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`Client::builder`] sets timeouts, a default
 //! namespace, the retry policy and drain-aware shutdown. No connection is
 //! made until the first call; a `Client` is cheap to clone and clones share
 //! connections (HTTP keep-alive).
@@ -221,6 +242,7 @@ mod error;
 pub mod inprocess;
 mod lease;
 mod queue;
+mod tls;
 mod transport;
 
 pub use afu::UpdateContext;
@@ -232,5 +254,9 @@ pub use lease::{
 /// The lockd v1 wire types (the `lockd-api` crate): request and response
 /// bodies, header names, error codes.
 pub use lockd_api as api;
+/// A client bundle (CA certificate, client certificate and key) for
+/// `https://` endpoints; see [`ClientBuilder::bundle`].
+pub use lockd_tls::ClientBundle;
 pub use queue::{DequeueOptions, EnqueueOptions, QueueMessage};
+pub use tls::{default_config_dir, discover_client_bundle};
 pub use transport::Endpoint;

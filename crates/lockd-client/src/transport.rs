@@ -1,6 +1,7 @@
 //! Endpoints, connections and the request loop with failover.
 //!
-//! Each endpoint is `http://host:port` or `unix:///path.sock`. Requests go to
+//! Each endpoint is `http://host:port`, `https://host:port` (mutual TLS) or
+//! `unix:///path.sock`. Requests go to
 //! the preferred endpoint first (the last one that worked, or the one that
 //! granted a lease); on a transport error or a `503 node_passive` answer they
 //! move to the next endpoint, at most once around the list. Bodies that can
@@ -25,6 +26,7 @@ use lockd_api::{headers, ErrorBody};
 
 use crate::correlation;
 use crate::error::{ApiError, Error, Result};
+use crate::tls::{find_tls_failure, TlsConnector, TlsFailures};
 
 /// A request body: bytes that can be resent, or a stream sent once.
 pub(crate) type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -34,6 +36,8 @@ pub(crate) type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 pub enum Endpoint {
     /// Plain HTTP: `http://host:port` (authority kept as given).
     Http(String),
+    /// HTTP over mutual TLS: `https://host:port` (authority kept as given).
+    Https(String),
     /// A Unix domain socket.
     Unix(PathBuf),
 }
@@ -72,17 +76,27 @@ impl Endpoint {
         };
         match scheme.as_str() {
             "http" => Ok(Endpoint::Http(authority)),
-            "https" => Err(Error::Unsupported(format!(
-                "{raw:?}: https (mTLS) is not supported by this SDK build yet; use http:// with a server started with --disable-mtls"
+            "https" => Ok(Endpoint::Https(authority)),
+            other => Err(Error::InvalidArgument(format!(
+                "{raw:?}: unknown scheme {other:?}"
             ))),
-            other => Err(Error::InvalidArgument(format!("{raw:?}: unknown scheme {other:?}"))),
         }
     }
 
-    /// `http://authority` or `unix://path`, for logs and errors.
+    /// `host:port` (or the socket path), for messages.
+    pub(crate) fn authority(&self) -> String {
+        match self {
+            Endpoint::Http(a) | Endpoint::Https(a) => a.clone(),
+            Endpoint::Unix(p) => p.display().to_string(),
+        }
+    }
+
+    /// `http://authority`, `https://authority` or `unix://path`, for logs
+    /// and errors.
     pub fn display(&self) -> String {
         match self {
             Endpoint::Http(a) => format!("http://{a}"),
+            Endpoint::Https(a) => format!("https://{a}"),
             Endpoint::Unix(p) => format!("unix://{}", p.display()),
         }
     }
@@ -113,6 +127,7 @@ impl tower_service::Service<http::Uri> for UnixConnector {
 
 enum Conn {
     Tcp(HyperClient<HttpConnector, Body>),
+    Tls(HyperClient<TlsConnector, Body>, Arc<TlsFailures>),
     Unix(HyperClient<UnixConnector, Body>),
 }
 
@@ -171,32 +186,56 @@ pub(crate) struct Answer {
 }
 
 impl Transport {
-    pub fn new(endpoints: Vec<Endpoint>, timeout: Duration) -> Transport {
+    /// Connections to `endpoints`; `tls` is the configuration every
+    /// `https://` endpoint shares (required when there is one).
+    pub fn new(
+        endpoints: Vec<Endpoint>,
+        timeout: Duration,
+        tls: Option<Arc<lockd_tls::rustls::ClientConfig>>,
+    ) -> Result<Transport> {
+        let tcp = || {
+            let mut http = HttpConnector::new();
+            http.set_nodelay(true);
+            http.set_connect_timeout(Some(Duration::from_secs(5)));
+            http
+        };
         let targets: Vec<Target> = endpoints
             .into_iter()
             .map(|endpoint| {
-                let conn = match &endpoint {
-                    Endpoint::Http(_) => {
-                        let mut http = HttpConnector::new();
-                        http.set_nodelay(true);
-                        http.set_connect_timeout(Some(Duration::from_secs(5)));
-                        Conn::Tcp(HyperClient::builder(TokioExecutor::new()).build(http))
-                    }
-                    Endpoint::Unix(p) => Conn::Unix(
-                        HyperClient::builder(TokioExecutor::new())
-                            .build(UnixConnector(Arc::new(p.clone()))),
-                    ),
-                };
-                Target { endpoint, conn }
+                let conn =
+                    match &endpoint {
+                        Endpoint::Http(_) => {
+                            Conn::Tcp(HyperClient::builder(TokioExecutor::new()).build(tcp()))
+                        }
+                        Endpoint::Https(_) => {
+                            let config = tls.clone().ok_or_else(|| {
+                                Error::Tls(format!(
+                                    "{}: no TLS configuration for an https endpoint",
+                                    endpoint.display()
+                                ))
+                            })?;
+                            let failures = Arc::new(TlsFailures::default());
+                            Conn::Tls(
+                                HyperClient::builder(TokioExecutor::new())
+                                    .build(TlsConnector::new(tcp(), config, failures.clone())),
+                                failures,
+                            )
+                        }
+                        Endpoint::Unix(p) => Conn::Unix(
+                            HyperClient::builder(TokioExecutor::new())
+                                .build(UnixConnector(Arc::new(p.clone()))),
+                        ),
+                    };
+                Ok(Target { endpoint, conn })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let draining = (0..targets.len()).map(|_| AtomicBool::new(false)).collect();
-        Transport {
+        Ok(Transport {
             targets,
             preferred: AtomicUsize::new(0),
             timeout,
             draining,
-        }
+        })
     }
 
     /// Endpoints that announced a shutdown since the last call of this.
@@ -216,6 +255,7 @@ impl Transport {
     fn request(&self, t: &Target, call: &Call, body: Body, cid: &str) -> Result<Request<Body>> {
         let uri = match &t.endpoint {
             Endpoint::Http(a) => format!("http://{a}{}", call.path),
+            Endpoint::Https(a) => format!("https://{a}{}", call.path),
             Endpoint::Unix(_) => format!("http://localhost{}", call.path),
         };
         let mut req = Request::builder()
@@ -241,12 +281,28 @@ impl Transport {
         req: Request<Body>,
         unbounded: bool,
     ) -> Result<Response<Incoming>> {
+        let started = std::time::Instant::now();
         let fut = async {
             match &t.conn {
                 Conn::Tcp(c) => c.request(req).await,
+                Conn::Tls(c, _) => c.request(req).await,
                 Conn::Unix(c) => c.request(req).await,
             }
-            .map_err(|e| Error::Transport(format!("{}: {e}", t.endpoint.display())))
+            .map_err(|e| {
+                let tls = find_tls_failure(&e).or_else(|| match &t.conn {
+                    // The connection died of a TLS failure before the
+                    // request could learn why (see TlsFailures).
+                    Conn::Tls(_, failures) => failures.since(started),
+                    _ => None,
+                });
+                match tls {
+                    Some(why) => Error::Tls(format!(
+                        "tls handshake with {} failed: {why}",
+                        t.endpoint.authority()
+                    )),
+                    None => Error::Transport(format!("{}: {e}", t.endpoint.display())),
+                }
+            })
         };
         if unbounded || self.timeout.is_zero() {
             fut.await
@@ -270,6 +326,8 @@ impl Transport {
             .unwrap_or_else(|| self.preferred.load(Ordering::Relaxed))
             % n.max(1);
         let mut last = Error::Transport("no endpoints".into());
+        // A TLS failure says more than a dead endpoint tried after it.
+        let mut tls_failure: Option<Error> = None;
         for step in 0..n {
             let idx = (start + step) % n;
             let t = &self.targets[idx];
@@ -325,14 +383,18 @@ impl Transport {
                 }
                 Err(e) => {
                     tracing::debug!(target: "lockd_client", endpoint = %t.endpoint.display(), error = %e, "endpoint failed");
-                    last = e;
+                    if matches!(e, Error::Tls(_)) {
+                        tls_failure = Some(e);
+                    } else {
+                        last = e;
+                    }
                     if !replayable {
                         break;
                     }
                 }
             }
         }
-        Err(last)
+        Err(tls_failure.unwrap_or(last))
     }
 }
 

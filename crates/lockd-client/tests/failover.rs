@@ -199,7 +199,7 @@ async fn keepalive_timeout_applies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_endpoints_down_fails_in_bounded_time() {
     let dead1 = format!("http://127.0.0.1:{}", closed_port());
-    let dead2 = format!("127.0.0.1:{}", closed_port());
+    let dead2 = format!("http://127.0.0.1:{}", closed_port());
     let c = Client::with_endpoints([dead1.as_str(), dead2.as_str()]).unwrap();
     let limit = Duration::from_secs(10);
 

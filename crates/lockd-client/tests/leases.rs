@@ -37,8 +37,13 @@ async fn client_constructors_and_endpoint_parsing() {
     let lease = c.acquire(AcquireRequest::new("k-new", "o")).await.unwrap();
     lease.release().await.unwrap();
 
-    // A comma-separated list, and a bare host:port.
-    let c = Client::new(format!("{url}, {authority}")).unwrap();
+    // A comma-separated list, and a bare host:port: plain HTTP only when
+    // mTLS is disabled (bare endpoints mean https otherwise, as in Go).
+    let c = Client::builder()
+        .endpoint(format!("{url}, {authority}"))
+        .disable_mtls(true)
+        .build()
+        .unwrap();
     assert_eq!(c.endpoints().len(), 2);
     assert_eq!(c.endpoints()[1], Endpoint::Http(authority.clone()));
 
@@ -98,16 +103,16 @@ async fn client_constructors_and_endpoint_parsing() {
         Client::builder().build(),
         Err(Error::InvalidArgument(_))
     ));
-    assert!(matches!(
-        Client::new("https://127.0.0.1:1"),
-        Err(Error::Unsupported(_))
-    ));
+    assert_eq!(
+        Endpoint::parse("127.0.0.1:1", false).unwrap(),
+        Endpoint::Https("127.0.0.1:1".into())
+    );
     assert!(matches!(
         Client::builder()
-            .endpoint("127.0.0.1:1")
-            .disable_mtls(false)
+            .endpoint("https://127.0.0.1:1")
+            .bundle_path("/nonexistent/client.pem")
             .build(),
-        Err(Error::Unsupported(_))
+        Err(Error::Tls(m)) if m.contains("/nonexistent/client.pem")
     ));
     assert!(matches!(
         Client::new("ftp://127.0.0.1:1"),

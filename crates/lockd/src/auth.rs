@@ -55,6 +55,27 @@ pub enum AuthCommand {
     /// Exits non-zero when a bundle fails.
     #[command(subcommand)]
     Verify(VerifyCommand),
+    /// Split a client bundle into the separate PEM files most TLS tools
+    /// take: `<name>.crt` (certificate chain), `<name>.key` (private key,
+    /// 0600) and `ca.crt` (the CA certificates).
+    ///
+    /// Example: lockd auth export --in ~/.lockd/client.pem --out-dir ./tls
+    /// then: curl --cert tls/client.crt --key tls/client.key --cacert tls/ca.crt https://127.0.0.1:9341/healthz
+    Export(ExportArgs),
+}
+
+/// `lockd auth export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Client bundle to split (default: <config dir>/client.pem).
+    #[arg(long = "in")]
+    input: Option<PathBuf>,
+    /// Directory for the files (default: the current directory).
+    #[arg(long, default_value = ".")]
+    out_dir: PathBuf,
+    /// Overwrite existing files.
+    #[arg(long)]
+    force: bool,
 }
 
 /// `lockd auth new …`.
@@ -291,6 +312,7 @@ pub fn run(cmd: AuthCommand) -> ExitCode {
         AuthCommand::Inspect(a) => inspect(a),
         AuthCommand::Verify(VerifyCommand::Server(a)) => verify_server(a),
         AuthCommand::Verify(VerifyCommand::Client(a)) => verify_client(a),
+        AuthCommand::Export(a) => export(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -306,6 +328,51 @@ pub fn run(cmd: AuthCommand) -> ExitCode {
 
 /// The config directory: `$LOCKD_CONFIG_DIR` when set and not empty (made
 /// absolute), else `$HOME/.lockd`.
+/// Writes a client bundle's parts as separate files for curl, openssl and
+/// the like.
+fn export(a: ExportArgs) -> Result<(), String> {
+    let input = match a.input {
+        Some(p) => p,
+        None => config_dir()?.join("client.pem"),
+    };
+    let bundle = lockd_tls::ClientBundle::load(&input).map_err(|e| e.to_string())?;
+    let stem = input
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("client")
+        .to_string();
+    let certs = |ders: &[lockd_tls::rustls::pki_types::CertificateDer<'static>]| {
+        let blocks: Vec<pem::Pem> = ders
+            .iter()
+            .map(|d| pem::Pem::new("CERTIFICATE", d.to_vec()))
+            .collect();
+        lockd_tls::bundle::encode(&blocks)
+    };
+    let tag = match &bundle.key {
+        lockd_tls::rustls::pki_types::PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+        lockd_tls::rustls::pki_types::PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+        _ => "PRIVATE KEY",
+    };
+    let key = lockd_tls::bundle::encode(&[pem::Pem::new(tag, bundle.key.secret_der().to_vec())]);
+    let existing = if a.force {
+        Existing::Replace
+    } else {
+        Existing::Keep
+    };
+    std::fs::create_dir_all(&a.out_dir)
+        .map_err(|e| format!("create {}: {e}", a.out_dir.display()))?;
+    let files = [
+        (a.out_dir.join(format!("{stem}.crt")), certs(&bundle.chain)),
+        (a.out_dir.join(format!("{stem}.key")), key),
+        (a.out_dir.join("ca.crt"), certs(&bundle.ca_certs)),
+    ];
+    for (path, data) in &files {
+        write_file(path, data.as_bytes(), existing)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 fn config_dir() -> Result<PathBuf, String> {
     if let Some(d) = std::env::var_os("LOCKD_CONFIG_DIR").filter(|d| !d.is_empty()) {
         return std::path::absolute(PathBuf::from(d))

@@ -12,9 +12,14 @@
 //! lockd client get --public --key orders
 //! ```
 //!
-//! Exit codes: 0 success, 1 other errors, 2 usage, 3 conflict (the key is
-//! held, a CAS check failed, already exists), 4 lease lost or not found,
-//! 5 throttled or draining (retry later), 6 server unreachable.
+//! `https://` servers (mutual TLS) need a client bundle: `--bundle` /
+//! `LOCKD_CLIENT_BUNDLE`, else the one `client*.pem` with an SDK identity
+//! in `$LOCKD_CONFIG_DIR` (or `~/.lockd`).
+//!
+//! Exit codes: 0 success, 1 other errors (TLS and bundle problems
+//! included), 2 usage, 3 conflict (the key is held, a CAS check failed,
+//! already exists), 4 lease lost or not found, 5 throttled or draining
+//! (retry later), 6 server unreachable.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -27,23 +32,19 @@ use lockd_server::config::parse_duration;
 /// Connection settings shared by every client command.
 #[derive(Debug, Args)]
 pub struct Conn {
-    /// Server endpoint(s), comma-separated (http://host:port, unix:///path,
-    /// or host:port).
+    /// Server endpoint(s), comma-separated (https://host:port,
+    /// http://host:port, unix:///path, or host:port).
     #[arg(
         short = 's',
         long,
         env = "LOCKD_CLIENT_SERVER",
-        default_value = "http://127.0.0.1:9341",
+        default_value = "https://127.0.0.1:9341",
         global = true
     )]
     server: String,
-    /// Plain HTTP for bare host:port endpoints (this build has no mTLS yet).
-    #[arg(
-        long,
-        env = "LOCKD_CLIENT_DISABLE_MTLS",
-        default_value_t = true,
-        global = true
-    )]
+    /// Plain HTTP for bare host:port endpoints (endpoints with a scheme keep
+    /// it). Without it bare endpoints mean https, as in the Go CLI.
+    #[arg(long, env = "LOCKD_CLIENT_DISABLE_MTLS", global = true)]
     disable_mtls: bool,
     /// Per-request timeout.
     #[arg(long, env = "LOCKD_CLIENT_TIMEOUT", default_value = "15s", value_parser = parse_duration, global = true)]
@@ -57,10 +58,19 @@ pub struct Conn {
         global = true
     )]
     namespace: String,
-    /// Client mTLS bundle. This build has no mTLS yet: giving one is an
-    /// error that says so.
-    #[arg(short = 'b', long, env = "LOCKD_CLIENT_BUNDLE", global = true)]
-    bundle: Option<String>,
+    /// Client bundle (CA certificate, client certificate and key) for
+    /// https:// endpoints. Default: the one client*.pem with an SDK
+    /// identity in $LOCKD_CONFIG_DIR, else ~/.lockd.
+    ///
+    /// (Its own id: the server's `--bundle` is another argument.)
+    #[arg(
+        id = "client_bundle",
+        short = 'b',
+        long = "bundle",
+        env = "LOCKD_CLIENT_BUNDLE",
+        global = true
+    )]
+    bundle: Option<std::path::PathBuf>,
     /// Release leases when the server announces a shutdown.
     #[arg(long, env = "LOCKD_CLIENT_DRAIN_AWARE", default_value_t = true, global = true, action = clap::ArgAction::Set)]
     drain_aware_shutdown: bool,
@@ -670,14 +680,50 @@ fn default_owner() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Runs a client command.
-pub async fn run(args: ClientArgs) -> ExitCode {
-    if let Some(b) = &args.conn.bundle {
-        return fail(&Error::Unsupported(format!(
-            "--bundle {b}: this build has no mTLS yet; use http:// endpoints (--disable-mtls)"
+/// Loads an explicit `--bundle` and checks that it is an SDK client's: its
+/// certificate carries a `spiffe://lockd/sdk/…` URI, or no URI at all (a
+/// bundle from before SPIFFE identities), as the Go CLI requires.
+fn load_bundle(path: &std::path::Path) -> Result<lockd_client::ClientBundle, Error> {
+    let expanded = match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => std::path::PathBuf::from(home).join(rest),
+        _ => path.to_path_buf(),
+    };
+    let bundle = lockd_client::ClientBundle::load(&expanded)
+        .map_err(|e| Error::Tls(format!("--bundle: load client bundle: {e}")))?;
+    let uris = bundle
+        .chain
+        .first()
+        .and_then(|leaf| lockd_tls::Identity::from_der(leaf).ok())
+        .map(|id| id.uris)
+        .unwrap_or_default();
+    let sdk = uris.iter().any(|u| {
+        u.split_once("://").is_some_and(|(scheme, rest)| {
+            let (host, p) = rest.split_once('/').unwrap_or((rest, ""));
+            scheme.eq_ignore_ascii_case("spiffe")
+                && host.eq_ignore_ascii_case("lockd")
+                && p.starts_with("sdk/")
+        })
+    });
+    if !uris.is_empty() && !sdk {
+        return Err(Error::Tls(format!(
+            "--bundle {}: not an SDK client certificate (expected a spiffe://lockd/sdk/ identity, found {})",
+            expanded.display(),
+            uris.join(", ")
         )));
     }
-    let client = match Client::builder()
+    Ok(bundle)
+}
+
+/// Runs a client command.
+pub async fn run(args: ClientArgs) -> ExitCode {
+    let mut builder = Client::builder();
+    if let Some(path) = &args.conn.bundle {
+        match load_bundle(path) {
+            Ok(b) => builder = builder.bundle(b),
+            Err(e) => return fail(&e),
+        }
+    }
+    let client = match builder
         .endpoint(&args.conn.server)
         .disable_mtls(args.conn.disable_mtls)
         .http_timeout(args.conn.timeout)

@@ -233,10 +233,13 @@ fn throttled_server_exits_5_and_exports_retry_after() {
     assert_eq!(code, 5, "stdout:\n{out}\nstderr:\n{err}");
     assert!(out.contains("export LOCKD_CLIENT_RETRY_AFTER=2"), "{out}");
     assert!(err.contains("throttled (429)"), "{err}");
-    let (code, _, err) = sh(
+    // A bundle that cannot be read: exit 1, naming the file, before any
+    // request is sent.
+    let (code, out, err) = sh(
         &base,
-        "$L client acquire --key k --bundle /etc/lockd/client.pem",
+        "$L client acquire --key k --bundle /nonexistent/lockd/client.pem",
     );
-    assert_eq!(code, 1, "no mTLS in this build: {err}");
-    assert!(err.contains("no mTLS"), "{err}");
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains("/nonexistent/lockd/client.pem"), "{err}");
+    assert!(!out.contains("RETRY_AFTER"), "no request was made: {out}");
 }
