@@ -82,6 +82,15 @@ pub struct ServerConfig {
     /// `None` serves plain HTTP with no authorization (testing only).
     /// Unix sockets are always plain: the socket's permissions guard them.
     pub tls: Option<lockd_tls::ServerBundle>,
+    /// How nodes sharing a store coordinate (`--ha`).
+    pub ha: crate::ha::HaMode,
+    /// Failover lease lifetime (`--ha-lease-ttl`, at least 5 s).
+    pub ha_lease_ttl: Duration,
+    /// How often waiting acquires and dequeues look for other nodes'
+    /// changes on a shared store (`--queue-poll-interval`).
+    pub queue_poll_interval: Duration,
+    /// Random extra delay per poll (`--queue-poll-jitter`).
+    pub queue_poll_jitter: Duration,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +114,10 @@ impl Default for ServerConfig {
             drain_grace: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
             tls: None,
+            ha: crate::ha::HaMode::Failover,
+            ha_lease_ttl: Duration::from_secs(10),
+            queue_poll_interval: Duration::from_secs(3),
+            queue_poll_jitter: Duration::from_millis(500),
         }
     }
 }
@@ -126,7 +139,22 @@ impl ServerConfig {
         }
         lockd_api::names::normalize_namespace(&self.default_namespace, "")
             .map_err(|e| format!("--default-namespace: {e}"))?;
+        if self.ha_lease_ttl < Duration::from_secs(5) {
+            return Err("--ha-lease-ttl must be at least 5s".into());
+        }
+        if self.queue_poll_interval.is_zero() {
+            return Err("--queue-poll-interval must be positive".into());
+        }
         Ok(())
+    }
+
+    /// Whether the store is shared object storage (several nodes may use it
+    /// at once), as opposed to a store one process owns.
+    pub fn object_store(&self) -> bool {
+        let s = self.store.trim();
+        ["s3://", "aws://", "azure://"]
+            .iter()
+            .any(|p| s.starts_with(p))
     }
 }
 

@@ -21,11 +21,12 @@
 pub mod config;
 pub mod control;
 pub mod core;
+pub mod ha;
 pub mod http;
 pub mod json;
 mod server;
-mod tls;
 pub mod storage;
+mod tls;
 
 pub use config::{ListenProto, ServerConfig};
 pub use server::{start, BoundAddr, RunningServer};

@@ -16,6 +16,7 @@ use crate::config::{ListenProto, ServerConfig};
 use crate::control::layer::Control;
 use crate::core::queue::{QueueConfig, Queues};
 use crate::core::{Engine, EngineConfig};
+use crate::ha::{Election, Ha, HaMode};
 use crate::http::{router, AppState};
 use crate::storage;
 
@@ -40,6 +41,8 @@ pub struct RunningServer {
     stop: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
     sweeper: Option<JoinHandle<()>>,
+    ha_task: Option<JoinHandle<()>>,
+    ha: Arc<Ha>,
 }
 
 impl RunningServer {
@@ -121,6 +124,11 @@ impl RunningServer {
         res
     }
 
+    /// This node's HA role.
+    pub fn ha(&self) -> &Arc<Ha> {
+        &self.ha
+    }
+
     /// The drain and back-pressure controls (for embedding and tests).
     pub fn control(&self) -> &Arc<Control> {
         &self.control
@@ -138,6 +146,10 @@ impl RunningServer {
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         if let Some(s) = self.sweeper {
             let _ = s.await;
+        }
+        // Hands the failover lease back so a passive node takes over now.
+        if let Some(h) = self.ha_task {
+            let _ = h.await;
         }
         if let BoundAddr::Unix(p) = &self.addr {
             let _ = std::fs::remove_file(p);
@@ -236,14 +248,40 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
         _ => None,
     };
     let store = storage::open(&cfg.store)?;
+    // Only object stores can be shared by several processes; a disk store
+    // is locked by its one process, so concurrent mode means nothing there.
+    let mut ha_mode = cfg.ha;
+    if ha_mode == HaMode::Concurrent && !cfg.object_store() {
+        tracing::warn!(
+            store = %cfg.store,
+            "--ha concurrent needs shared object storage; using failover"
+        );
+        ha_mode = HaMode::Failover;
+    }
+    // Other writers may touch the same objects: read fresh, retry lost
+    // compare-and-swaps (failover too, for the moment two nodes overlap).
+    let shared = cfg.object_store() && ha_mode != HaMode::Single;
     let engine = Engine::new(
-        store,
+        store.clone(),
         EngineConfig {
             default_ttl: cfg.default_ttl,
             max_ttl: cfg.max_ttl,
             acquire_block: cfg.acquire_block,
+            shared,
+            poll_interval: cfg.queue_poll_interval,
+            poll_jitter: cfg.queue_poll_jitter,
         },
     );
+    let (ha, election) = match ha_mode {
+        HaMode::Failover | HaMode::Auto => {
+            let (mut election, ha) = Election::new(store.clone(), cfg.ha_lease_ttl);
+            // Decide the role before serving the first request.
+            election.round().await;
+            (ha, Some(election))
+        }
+        HaMode::Concurrent | HaMode::Single => (Ha::always_active(), None),
+    };
+    tracing::info!(mode = %ha_mode, shared, active = ha.is_active(), "ha");
     let default_namespace =
         lockd_api::names::normalize_namespace(&cfg.default_namespace, "default")
             .map_err(|e| format!("--default-namespace: {e}"))?;
@@ -261,6 +299,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
         engine: engine.clone(),
         queues: queues.clone(),
         control: control.clone(),
+        ha: ha.clone(),
         default_namespace,
         json_max: cfg.json_max,
     }));
@@ -279,6 +318,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
         Arc::new(move || backlog_of.live_messages() as i64),
         stopped.clone(),
     ));
+    let ha_task = election.map(|e| tokio::spawn(e.run(stopped.clone())));
     let mut sweeper_task = None;
     if !cfg.sweeper_interval.is_zero() {
         let sweeper = engine.clone();
@@ -366,5 +406,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
         stop,
         task,
         sweeper: sweeper_task,
+        ha_task,
+        ha,
     })
 }

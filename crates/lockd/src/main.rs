@@ -191,6 +191,31 @@ struct Args {
     #[arg(long, env = "LOCKD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
 
+    /// How nodes sharing one object store coordinate: `failover` (one
+    /// active node, the others answer 503 node_passive), `concurrent`
+    /// (every node serves every key; object stores only), `single` (no
+    /// coordination), `auto` (as failover).
+    #[arg(long, env = "LOCKD_HA", default_value = "failover")]
+    ha: lockd_server::ha::HaMode,
+
+    /// Lifetime of the failover lease; a passive node takes over at most
+    /// this long after the active one stops renewing it (at least 5s).
+    #[arg(long, env = "LOCKD_HA_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    ha_lease_ttl: Duration,
+
+    /// On shared object storage: how often waiting acquires and dequeues
+    /// look for changes made by other nodes.
+    #[arg(long, env = "LOCKD_QUEUE_POLL_INTERVAL", default_value = "3s", value_parser = parse_duration)]
+    queue_poll_interval: Duration,
+
+    /// Random extra delay (0..this) added to each poll.
+    #[arg(long, env = "LOCKD_QUEUE_POLL_JITTER", default_value = "500ms", value_parser = parse_duration)]
+    queue_poll_jitter: Duration,
+
+    /// AWS region for `aws://` stores (else AWS_REGION).
+    #[arg(long, env = "LOCKD_AWS_REGION")]
+    aws_region: Option<String>,
+
     /// Serve plain HTTP without client certificates or namespace
     /// authorization. For testing only.
     #[arg(long, env = "LOCKD_DISABLE_MTLS", default_value_t = false)]
@@ -499,10 +524,16 @@ async fn run(cli: Cli) -> ExitCode {
         }
     };
     let mtls = tls.is_some();
-    let store = match args.store {
+    let mut store = match args.store {
         Some(s) if !s.trim().is_empty() => s,
         _ => format!("disk://{}", default_data_dir().display()),
     };
+    if let Some(region) = args.aws_region.as_deref().filter(|r| !r.trim().is_empty()) {
+        if store.starts_with("aws://") && !store.contains("region=") {
+            let sep = if store.contains('?') { '&' } else { '?' };
+            store = format!("{store}{sep}region={}", region.trim());
+        }
+    }
     let cfg = ServerConfig {
         listen: args.listen,
         listen_proto: args.listen_proto,
@@ -524,6 +555,10 @@ async fn run(cli: Cli) -> ExitCode {
         drain_grace: args.drain_grace,
         shutdown_timeout: args.shutdown_timeout,
         tls,
+        ha: args.ha,
+        ha_lease_ttl: args.ha_lease_ttl,
+        queue_poll_interval: args.queue_poll_interval,
+        queue_poll_jitter: args.queue_poll_jitter,
     };
     let store_desc = cfg.store.clone();
     let socket_path = (cfg.listen_proto == ListenProto::Unix).then(|| cfg.listen.clone());

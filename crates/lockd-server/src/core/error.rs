@@ -19,6 +19,9 @@ pub struct CoreError {
     pub current_etag: String,
     /// Seconds before a retry makes sense (0 = omitted).
     pub retry_after_seconds: i64,
+    /// A storage compare-and-swap failed: another writer changed the
+    /// object first. Retried internally on shared stores; never sent.
+    pub store_conflict: bool,
 }
 
 impl CoreError {
@@ -30,6 +33,7 @@ impl CoreError {
             current_version: 0,
             current_etag: String::new(),
             retry_after_seconds: 0,
+            store_conflict: false,
         }
     }
 
@@ -59,7 +63,9 @@ impl From<StoreError> for CoreError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::CondFailed(_) => {
-                CoreError::new(ErrorCode::CasMismatch, "storage cas mismatch")
+                let mut e = CoreError::new(ErrorCode::CasMismatch, "storage cas mismatch");
+                e.store_conflict = true;
+                e
             }
             // The only streamed source is an enqueue's multipart payload.
             StoreError::Source(msg) => CoreError::new(ErrorCode::MultipartError, msg),

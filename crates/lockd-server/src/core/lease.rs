@@ -116,7 +116,7 @@ impl Engine {
         };
         let mut first = true;
         loop {
-            let mut st = slot.lock(self.store.as_ref(), &id).await?;
+            let mut st = self.lock_slot(&slot, &id).await?;
             if first && input.if_not_exists && st.rec.is_some() {
                 return Err(CoreError::new(
                     ErrorCode::AlreadyExists,
@@ -125,10 +125,19 @@ impl Engine {
             }
             first = false;
             let now = now_unix();
-            self.clear_if_expired(&id, &mut st, now).await?;
+            match self.clear_if_expired(&id, &mut st, now).await {
+                // Another node changed the key first: read it again.
+                Err(e) if e.store_conflict && self.shared() => continue,
+                r => r?,
+            };
             let held = st.rec.as_ref().and_then(|r| r.lease.as_ref()).cloned();
             if held.is_none() && slot.may_take(guard.id) {
-                let granted = self.grant(&id, &mut st, &input, now).await?;
+                let granted = match self.grant(&id, &mut st, &input, now).await {
+                    // Another node took the key first: look again (it is
+                    // held now, so this acquire waits or fails as asked).
+                    Err(e) if e.store_conflict && self.shared() => continue,
+                    r => r?,
+                };
                 drop(st);
                 // Leaving the queue wakes the next waiter, which then arms
                 // its timer on the new lease's expiry.
@@ -163,10 +172,12 @@ impl Engine {
                 slot.wake_head();
             }
             drop(st);
-            let wake = match (deadline, expiry) {
-                (Some(d), Some(e)) => Some(d.min(e)),
-                (d, e) => d.or(e),
-            };
+            // On a shared store another node may release the key: look
+            // again after a poll interval even if nothing here wakes us.
+            let wake = [deadline, expiry, self.next_poll()]
+                .into_iter()
+                .flatten()
+                .min();
             match wake {
                 Some(at) => {
                     tokio::select! {
@@ -300,7 +311,7 @@ impl Engine {
         token: i64,
         txn: Option<&str>,
     ) -> CoreResult<tokio::sync::MutexGuard<'s, SlotState>> {
-        let mut st = slot.lock(self.store.as_ref(), id).await?;
+        let mut st = self.lock_slot(slot, id).await?;
         if let Err(e) = self.check_lease(id, &mut st, lease_id, token, txn).await {
             drop(st);
             slot.wake_head();
@@ -311,6 +322,10 @@ impl Engine {
 
     /// Extends a lease to `now + ttl` (a shorter TTL shortens it).
     pub async fn keepalive(&self, input: KeepAliveInput) -> CoreResult<i64> {
+        self.cas_retry(|| self.keepalive_once(&input)).await
+    }
+
+    async fn keepalive_once(&self, input: &KeepAliveInput) -> CoreResult<i64> {
         let id = super::record::slot_id(&input.namespace, &input.key);
         let slot = self.slot(&id);
         let mut st = self
@@ -349,9 +364,13 @@ impl Engine {
     /// as the protocol requires (§5.5): unknown, foreign, expired or stale
     /// leases are reported as released without touching the holder.
     pub async fn release(&self, input: ReleaseInput) -> CoreResult<()> {
+        self.cas_retry(|| self.release_once(&input)).await
+    }
+
+    async fn release_once(&self, input: &ReleaseInput) -> CoreResult<()> {
         let id = super::record::slot_id(&input.namespace, &input.key);
         let slot = self.slot(&id);
-        let mut st = slot.lock(self.store.as_ref(), &id).await?;
+        let mut st = self.lock_slot(&slot, &id).await?;
         let now = now_unix();
         if self.clear_if_expired(&id, &mut st, now).await? {
             drop(st);

@@ -32,6 +32,16 @@ pub struct EngineConfig {
     pub max_ttl: Duration,
     /// Wait bound for `block_seconds < -1`.
     pub acquire_block: Duration,
+    /// Other nodes write the same store at the same time (`--ha
+    /// concurrent` on object storage): cached records are only hints,
+    /// every operation reads the record afresh, and a lost compare-and-swap
+    /// is retried from a fresh read.
+    pub shared: bool,
+    /// How often a waiting acquire or dequeue looks at the store for
+    /// changes made by other nodes (shared stores only).
+    pub poll_interval: Duration,
+    /// Random extra delay added to each poll, so nodes do not poll in step.
+    pub poll_jitter: Duration,
 }
 
 impl Default for EngineConfig {
@@ -40,9 +50,16 @@ impl Default for EngineConfig {
             default_ttl: Duration::from_secs(30),
             max_ttl: Duration::from_secs(30 * 60),
             acquire_block: Duration::from_secs(60),
+            shared: false,
+            poll_interval: Duration::from_secs(3),
+            poll_jitter: Duration::from_millis(500),
         }
     }
 }
+
+/// How often an operation that lost a compare-and-swap to another node is
+/// retried before the conflict is reported.
+const CAS_RETRIES: u32 = 16;
 
 /// The lease and state engine.
 pub struct Engine {
@@ -116,8 +133,66 @@ impl Engine {
                 }
             }
         };
-        let st = slot.lock(self.store.as_ref(), id).await?;
+        let st = self.lock_slot(&slot, id).await?;
         Ok(st.rec.clone())
+    }
+
+    /// Locks a key's slot, reading its record afresh when other nodes
+    /// may have changed it.
+    async fn lock_slot<'s>(
+        &self,
+        slot: &'s Slot,
+        id: &str,
+    ) -> CoreResult<tokio::sync::MutexGuard<'s, slot::SlotState>> {
+        slot.lock(self.store.as_ref(), id, self.cfg.shared).await
+    }
+
+    /// Whether other nodes share the store.
+    pub fn shared(&self) -> bool {
+        self.cfg.shared
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// When a waiter should next look at the store for other nodes'
+    /// changes: the poll interval plus jitter from now (shared stores
+    /// only).
+    pub fn next_poll(&self) -> Option<tokio::time::Instant> {
+        if !self.cfg.shared {
+            return None;
+        }
+        let jitter_ms = self.cfg.poll_jitter.as_millis() as u64;
+        let extra = if jitter_ms == 0 {
+            0
+        } else {
+            (uuid::Uuid::new_v4().as_u128() as u64) % (jitter_ms + 1)
+        };
+        tokio::time::Instant::now()
+            .checked_add(self.cfg.poll_interval + Duration::from_millis(extra))
+    }
+
+    /// Runs `op` again (after a fresh read) when it lost a compare-and-swap
+    /// to another node; on single-writer stores it runs once.
+    pub(crate) async fn cas_retry<T, F, Fut>(&self, mut op: F) -> CoreResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = CoreResult<T>>,
+    {
+        let mut attempt: u32 = 0;
+        loop {
+            match op().await {
+                Err(e) if e.store_conflict && self.cfg.shared && attempt < CAS_RETRIES => {
+                    attempt += 1;
+                    // A little randomised backoff so racing nodes part ways.
+                    let ms = 1 + (uuid::Uuid::new_v4().as_u128() as u64) % (5 * attempt as u64);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                r => return r,
+            }
+        }
     }
 
     fn waiter_id(&self) -> u64 {
@@ -136,7 +211,7 @@ impl Engine {
             .collect();
         let mut cleared = 0;
         for (id, slot) in ids {
-            let Ok(mut st) = slot.lock(self.store.as_ref(), &id).await else {
+            let Ok(mut st) = self.lock_slot(&slot, &id).await else {
                 continue;
             };
             if let Ok(true) = self.clear_if_expired(&id, &mut st, now_unix()).await {

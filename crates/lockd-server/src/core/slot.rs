@@ -40,10 +40,16 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// Locks the slot, loading the record from the store on first use.
-    pub async fn lock(&self, store: &dyn Store, id: &str) -> CoreResult<MutexGuard<'_, SlotState>> {
+    /// Locks the slot, loading the record from the store on first use, or
+    /// on every use when `fresh` (other nodes write the same store).
+    pub async fn lock(
+        &self,
+        store: &dyn Store,
+        id: &str,
+        fresh: bool,
+    ) -> CoreResult<MutexGuard<'_, SlotState>> {
         let mut st = self.state.lock().await;
-        if !st.loaded {
+        if !st.loaded || fresh {
             if st.written {
                 store.barrier().await?;
                 st.written = false;

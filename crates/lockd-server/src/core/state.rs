@@ -151,6 +151,10 @@ impl Engine {
 
     /// Stages a new document under the caller's lease.
     pub async fn update(&self, input: UpdateInput) -> CoreResult<Updated> {
+        self.cas_retry(|| self.update_once(input.clone())).await
+    }
+
+    async fn update_once(&self, input: UpdateInput) -> CoreResult<Updated> {
         let id = slot_id(&input.namespace, &input.key);
         let slot = self.slot(&id);
         let l = &input.lease;
@@ -192,6 +196,10 @@ impl Engine {
 
     /// Stages the removal of the document.
     pub async fn remove(&self, input: RemoveInput) -> CoreResult<Removed> {
+        self.cas_retry(|| self.remove_once(input.clone())).await
+    }
+
+    async fn remove_once(&self, input: RemoveInput) -> CoreResult<Removed> {
         let id = slot_id(&input.namespace, &input.key);
         let slot = self.slot(&id);
         let l = &input.lease;
@@ -234,6 +242,11 @@ impl Engine {
 
     /// Stages metadata attributes. Returns the staged version.
     pub async fn set_metadata(&self, input: MetadataInput) -> CoreResult<i64> {
+        self.cas_retry(|| self.set_metadata_once(input.clone()))
+            .await
+    }
+
+    async fn set_metadata_once(&self, input: MetadataInput) -> CoreResult<i64> {
         let id = slot_id(&input.namespace, &input.key);
         let slot = self.slot(&id);
         let l = &input.lease;

@@ -37,6 +37,8 @@ pub struct AppState {
     pub default_namespace: String,
     /// Body limit for JSON requests and documents.
     pub json_max: u64,
+    /// This node's HA role: passive nodes refuse requests.
+    pub ha: Arc<crate::ha::Ha>,
 }
 
 type Shared = Arc<AppState>;
@@ -105,6 +107,7 @@ pub struct CorrelationId(pub String);
 /// Builds the router for all endpoints.
 pub fn router(state: Shared) -> Router {
     let control = state.control.clone();
+    let ha = state.ha.clone();
     Router::new()
         .route("/healthz", any(health))
         .route("/readyz", any(health))
@@ -139,8 +142,28 @@ pub fn router(state: Shared) -> Router {
             control,
             crate::control::layer::guard,
         ))
+        .layer(axum::middleware::from_fn_with_state(ha, passive_guard))
         .layer(axum::middleware::from_fn(correlation))
         .with_state(state)
+}
+
+/// A passive node (failover) answers everything but the health checks
+/// with `503 node_passive`, so clients move to the next endpoint.
+async fn passive_guard(
+    axum::extract::State(ha): axum::extract::State<Arc<crate::ha::Ha>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if ha.is_active() || matches!(req.uri().path(), "/healthz" | "/readyz") {
+        return next.run(req).await;
+    }
+    axum::response::IntoResponse::into_response(ApiError(
+        crate::core::CoreError::new(
+            ErrorCode::NodePassive,
+            "server is passive for this backend; retry another node",
+        )
+        .with_retry_after(ha.retry_after_seconds()),
+    ))
 }
 
 async fn health() -> Response {

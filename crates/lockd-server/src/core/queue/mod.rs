@@ -254,6 +254,9 @@ pub struct QueueShard {
     /// subscribers waiting for flow-control room.
     changed: Notify,
     waiting: AtomicUsize,
+    /// When the index was last compared with the store (shared stores:
+    /// other nodes enqueue too).
+    synced: SyncMutex<Option<Instant>>,
 }
 
 impl QueueShard {
@@ -418,6 +421,7 @@ impl Queues {
                         ready: Notify::new(),
                         changed: Notify::new(),
                         waiting: AtomicUsize::new(0),
+                        synced: SyncMutex::new(None),
                     })
                 })
                 .clone(),
@@ -427,17 +431,36 @@ impl Queues {
     }
 
     async fn load(&self, shard: &QueueShard) -> CoreResult<()> {
+        self.sync(shard).await
+    }
+
+    /// Adds to the index every stored message it does not know yet (all of
+    /// them on first use; on shared stores, those other nodes enqueued).
+    /// Messages other nodes removed are dropped when a claim finds them
+    /// gone.
+    async fn sync(&self, shard: &QueueShard) -> CoreResult<()> {
         let prefix = format!("{}msg/", queue_prefix(&shard.namespace, &shard.name));
         let mut after: Option<String> = None;
+        let mut added = 0usize;
         loop {
             let keys = self.store.list(&prefix, after.as_deref(), 1000).await?;
             let Some(last) = keys.last().cloned() else {
                 break;
             };
             for key in keys {
+                let id = key.rsplit('/').next().unwrap_or_default().to_string();
+                if shard.lock().entries.contains_key(&id) {
+                    continue;
+                }
                 if let Some((raw, etag)) = self.store.get(&key).await? {
                     match serde_json::from_slice::<MessageRecord>(&raw) {
-                        Ok(rec) => shard.lock().insert(&rec.id.clone(), &rec, etag),
+                        Ok(rec) => {
+                            let mut idx = shard.lock();
+                            if !idx.entries.contains_key(&rec.id) {
+                                idx.insert(&rec.id.clone(), &rec, etag);
+                                added += 1;
+                            }
+                        }
                         Err(e) => {
                             tracing::error!(key, error = %e, "skipping corrupt message record")
                         }
@@ -445,6 +468,27 @@ impl Queues {
                 }
             }
             after = Some(last);
+        }
+        *shard.synced.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        if added > 0 && shard.has_ready() {
+            shard.wake();
+        }
+        Ok(())
+    }
+
+    /// On shared stores, looks for other nodes' messages when the last look
+    /// is older than the poll interval.
+    async fn sync_if_due(&self, shard: &QueueShard) -> CoreResult<()> {
+        if !self.engine.shared() {
+            return Ok(());
+        }
+        let due = shard
+            .synced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|t| t.elapsed() >= self.engine.config().poll_interval);
+        if due {
+            self.sync(shard).await?;
         }
         Ok(())
     }
@@ -614,6 +658,7 @@ impl Queues {
                 return Err(e);
             }
             let notified = shard.ready_notified();
+            self.sync_if_due(shard).await?;
             let mut out = Vec::new();
             while out.len() < input.page_size {
                 match self.claim_one(shard, input).await? {
@@ -641,10 +686,12 @@ impl Queues {
             let next = shard
                 .next_visible()
                 .map(|t| Instant::now() + Duration::from_millis(millis_until(t) + 1));
-            let wake = match (deadline, next) {
-                (Some(d), Some(n)) => Some(d.min(n)),
-                (d, n) => d.or(n),
-            };
+            // On a shared store other nodes enqueue too: look again after
+            // a poll interval.
+            let wake = [deadline, next, self.engine.next_poll()]
+                .into_iter()
+                .flatten()
+                .min();
             let drained = async {
                 match drain.as_mut() {
                     Some(rx) => {
@@ -708,7 +755,14 @@ impl Queues {
                 continue;
             }
             if rec.expires_at_unix > 0 && now >= rec.expires_at_unix {
-                self.remove_message(&rec, &mut slot).await?;
+                match self.remove_message(&rec, &mut slot).await {
+                    Err(e) if e.store_conflict => {
+                        // Another node changed it first; look again.
+                        shard.lock().settle(&id, Some(&rec));
+                        continue;
+                    }
+                    r => r?,
+                }
                 shard.lock().settle(&id, None);
                 continue;
             }
@@ -724,7 +778,13 @@ impl Queues {
                 }
             }
             if rec.failure_attempts >= rec.max_attempts {
-                self.dead_letter(&mut rec, &mut slot).await?;
+                match self.dead_letter(&mut rec, &mut slot).await {
+                    Err(e) if e.store_conflict => {
+                        shard.lock().settle(&id, slot.rec.clone().as_ref());
+                        continue;
+                    }
+                    r => r?,
+                }
                 shard.lock().settle(&id, None);
                 continue;
             }
@@ -776,6 +836,11 @@ impl Queues {
             if let Err(e) = self.write(&rec, &mut slot).await {
                 let r = slot.rec.clone();
                 shard.lock().settle(&id, r.as_ref());
+                if e.store_conflict {
+                    // Another node delivered it first (the slot is marked
+                    // stale and is read again): try the next message.
+                    continue;
+                }
                 return Err(e);
             }
             shard.lock().settle(&id, Some(&rec));
@@ -841,8 +906,9 @@ impl Queues {
     }
 
     /// Reloads a slot whose last write was abandoned mid-way.
+    /// On shared stores every use reads the record afresh.
     async fn refresh(&self, slot: &mut Slot, ns: &str, queue: &str, id: &str) -> CoreResult<()> {
-        if !slot.stale {
+        if !slot.stale && !self.engine.shared() {
             return Ok(());
         }
         self.store.barrier().await?;
@@ -947,12 +1013,33 @@ impl Queues {
         MessageRecord,
     )> {
         let shard = self.shard(&r.namespace, &r.queue).await?;
-        let slot = {
+        let known = {
             let idx = shard.lock();
-            idx.entries
-                .get(&r.message_id)
-                .map(|e| e.slot.clone())
-                .ok_or_else(|| not_found("message not found"))?
+            idx.entries.get(&r.message_id).map(|e| e.slot.clone())
+        };
+        let slot = match known {
+            Some(s) => s,
+            // Delivered by another node sharing the store: load it.
+            None if self.engine.shared() => {
+                let key = msg_key(&r.namespace, &r.queue, &r.message_id);
+                let (raw, etag) = self
+                    .store
+                    .get(&key)
+                    .await?
+                    .ok_or_else(|| not_found("message not found"))?;
+                let rec: MessageRecord = serde_json::from_slice(&raw).map_err(|_| {
+                    CoreError::new(ErrorCode::InternalError, "corrupt message record")
+                })?;
+                let mut idx = shard.lock();
+                if !idx.entries.contains_key(&rec.id) {
+                    idx.insert(&rec.id.clone(), &rec, etag);
+                }
+                idx.entries
+                    .get(&r.message_id)
+                    .map(|e| e.slot.clone())
+                    .ok_or_else(|| not_found("message not found"))?
+            }
+            None => return Err(not_found("message not found")),
         };
         let mut slot = slot.lock_owned().await;
         self.refresh(&mut slot, &r.namespace, &r.queue, &r.message_id)
@@ -982,6 +1069,10 @@ impl Queues {
     /// Completes a delivery: deletes the message and, for stateful
     /// deliveries, its workflow state. Returns the message's correlation id.
     pub async fn ack(&self, r: &MessageRef) -> CoreResult<String> {
+        self.engine.cas_retry(|| self.ack_once(r)).await
+    }
+
+    async fn ack_once(&self, r: &MessageRef) -> CoreResult<String> {
         let (shard, mut slot, rec) = self.locked_delivery(r).await?;
         if !r.state_etag.is_empty() && !rec.state_etag.is_empty() && r.state_etag != rec.state_etag
         {
@@ -1003,6 +1094,18 @@ impl Queues {
     /// Ends a delivery and makes the message visible again after `delay`.
     /// Returns the new meta etag and the correlation id.
     pub async fn nack(
+        &self,
+        r: &MessageRef,
+        delay_seconds: i64,
+        intent: NackIntent,
+        last_error: Option<Value>,
+    ) -> CoreResult<(String, String)> {
+        self.engine
+            .cas_retry(|| self.nack_once(r, delay_seconds, intent, last_error.clone()))
+            .await
+    }
+
+    async fn nack_once(
         &self,
         r: &MessageRef,
         delay_seconds: i64,
@@ -1054,6 +1157,12 @@ impl Queues {
 
     /// Extends a delivery (and its state lease) to `now + extend_by`.
     pub async fn extend(&self, r: &MessageRef, extend_by: i64) -> CoreResult<Extended> {
+        self.engine
+            .cas_retry(|| self.extend_once(r, extend_by))
+            .await
+    }
+
+    async fn extend_once(&self, r: &MessageRef, extend_by: i64) -> CoreResult<Extended> {
         let (shard, mut slot, mut rec) = self.locked_delivery(r).await?;
         if r.meta_etag != rec.meta_etag {
             return Err(CoreError::new(

@@ -1,0 +1,254 @@
+//! High availability over a shared store (`--ha`).
+//!
+//! - `concurrent`: every node serves every request; all mutations are
+//!   compare-and-swap on the shared objects (object stores only).
+//! - `failover` (default) and `auto`: one node is active, elected through a
+//!   lease object (`.ha/activelease`) that it renews every third of
+//!   `--ha-lease-ttl`; the others answer `503 node_passive` (except
+//!   `/healthz` and `/readyz`) so clients move on to the next endpoint, and
+//!   take over once the active node's lease lapses.
+//! - `single`: no coordination; the node assumes it owns the store.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::storage::{Cond, ETag, Op, Store, StoreError};
+
+/// The store key of the failover lease.
+pub const HA_LEASE_KEY: &str = ".ha/activelease";
+
+/// How nodes sharing a store coordinate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HaMode {
+    /// All nodes active; compare-and-swap on every mutation.
+    Concurrent,
+    /// One active node elected by a lease in the store.
+    #[default]
+    Failover,
+    /// No coordination.
+    Single,
+    /// Like failover in this implementation.
+    Auto,
+}
+
+impl std::str::FromStr for HaMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "concurrent" => Ok(Self::Concurrent),
+            "failover" | "" => Ok(Self::Failover),
+            "single" => Ok(Self::Single),
+            "auto" => Ok(Self::Auto),
+            other => Err(format!(
+                "--ha {other:?}: must be concurrent, failover, single or auto"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for HaMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Concurrent => "concurrent",
+            Self::Failover => "failover",
+            Self::Single => "single",
+            Self::Auto => "auto",
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LeaseRecord {
+    node_id: String,
+    expires_at_unix_ms: i64,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// This node's HA role, read by the request guard.
+pub struct Ha {
+    node_id: String,
+    active: AtomicBool,
+    /// Until when (Unix ms) the current holder's lease runs, for the
+    /// `retry_after_seconds` hint of passive answers.
+    holder_until_ms: AtomicI64,
+}
+
+impl Ha {
+    /// A node that is always active (`concurrent`, `single`, and tests).
+    pub fn always_active() -> Arc<Self> {
+        Arc::new(Self {
+            node_id: uuid::Uuid::now_v7().to_string(),
+            active: AtomicBool::new(true),
+            holder_until_ms: AtomicI64::new(0),
+        })
+    }
+
+    /// Whether this node serves requests now.
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// This node's id in the HA lease.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Seconds until the active node's lease lapses (at least 1).
+    pub fn retry_after_seconds(&self) -> i64 {
+        let left = self.holder_until_ms.load(Ordering::Relaxed) - now_ms();
+        (left / 1000 + 1).max(1)
+    }
+
+    fn set_active(&self, on: bool) {
+        let was = self.active.swap(on, Ordering::AcqRel);
+        if was != on {
+            if on {
+                tracing::info!(node = %self.node_id, "ha: this node is now active");
+            } else {
+                tracing::warn!(node = %self.node_id, "ha: this node is now passive");
+            }
+        }
+    }
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The failover election: one node holds the lease object and renews it.
+pub struct Election {
+    ha: Arc<Ha>,
+    store: Arc<dyn Store>,
+    ttl: Duration,
+    /// Etag of our lease object while we hold it.
+    etag: Option<ETag>,
+    /// Until when our own lease is certainly ours (Unix ms).
+    ours_until_ms: i64,
+}
+
+impl Election {
+    /// A passive node about to take part in elections on `store`.
+    pub fn new(store: Arc<dyn Store>, ttl: Duration) -> (Self, Arc<Ha>) {
+        let ha = Arc::new(Ha {
+            node_id: uuid::Uuid::now_v7().to_string(),
+            active: AtomicBool::new(false),
+            holder_until_ms: AtomicI64::new(0),
+        });
+        (
+            Self {
+                ha: ha.clone(),
+                store,
+                ttl,
+                etag: None,
+                ours_until_ms: 0,
+            },
+            ha,
+        )
+    }
+
+    /// One round: take the lease if it is free, ours or lapsed; otherwise
+    /// stay passive.
+    pub async fn round(&mut self) {
+        let now = now_ms();
+        let ttl_ms = self.ttl.as_millis() as i64;
+        let current = match self.store.get(HA_LEASE_KEY).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "ha: cannot read the lease");
+                // Keep serving only while our own lease surely lasts.
+                if now >= self.ours_until_ms {
+                    self.ha.set_active(false);
+                }
+                return;
+            }
+        };
+        let cond = match &current {
+            None => Cond::IfAbsent,
+            Some((raw, etag)) => {
+                let holder: Option<LeaseRecord> = serde_json::from_slice(raw).ok();
+                match holder {
+                    Some(h) if h.node_id != self.ha.node_id && h.expires_at_unix_ms > now => {
+                        self.ha
+                            .holder_until_ms
+                            .store(h.expires_at_unix_ms, Ordering::Relaxed);
+                        self.etag = None;
+                        self.ha.set_active(false);
+                        return;
+                    }
+                    _ => Cond::IfMatch(etag.clone()),
+                }
+            }
+        };
+        let rec = LeaseRecord {
+            node_id: self.ha.node_id.clone(),
+            expires_at_unix_ms: now + ttl_ms,
+        };
+        let raw = match serde_json::to_vec(&rec) {
+            Ok(r) => Bytes::from(r),
+            Err(_) => return,
+        };
+        match self
+            .store
+            .apply(vec![Op::Put {
+                key: HA_LEASE_KEY.into(),
+                value: raw,
+                cond,
+            }])
+            .await
+        {
+            Ok(etags) => {
+                self.etag = etags.into_iter().next();
+                self.ours_until_ms = now + ttl_ms;
+                self.ha
+                    .holder_until_ms
+                    .store(now + ttl_ms, Ordering::Relaxed);
+                self.ha.set_active(true);
+            }
+            Err(StoreError::CondFailed(_)) => {
+                // Another node won this round.
+                self.etag = None;
+                self.ha.set_active(false);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ha: cannot write the lease");
+                if now >= self.ours_until_ms {
+                    self.ha.set_active(false);
+                }
+            }
+        }
+    }
+
+    /// Renews or contends every third of the TTL until `stop`, then hands
+    /// the lease back so another node takes over at once.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let every = (self.ttl / 3).max(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => self.round().await,
+                _ = stopped(&mut stop) => break,
+            }
+        }
+        self.ha.set_active(false);
+        if let Some(etag) = self.etag.take() {
+            let _ = self
+                .store
+                .apply(vec![Op::Delete {
+                    key: HA_LEASE_KEY.into(),
+                    cond: Cond::IfMatch(etag),
+                }])
+                .await;
+        }
+    }
+}
