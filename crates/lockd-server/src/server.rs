@@ -248,6 +248,18 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
         _ => None,
     };
     let store = storage::open(&cfg.store)?;
+    if cfg.object_store() {
+        // Refuse to run on a store that would silently break the
+        // guarantees (e.g. one that ignores conditional writes).
+        let report = storage::verify::verify(store.as_ref()).await;
+        if !report.ok() {
+            return Err(format!(
+                "store {} does not support what lockd needs:\n  {}\n(`lockd verify store` runs the same checks)",
+                store.describe(),
+                report.failures().join("\n  ")
+            ));
+        }
+    }
     // Only object stores can be shared by several processes; a disk store
     // is locked by its one process, so concurrent mode means nothing there.
     let mut ha_mode = cfg.ha;

@@ -341,3 +341,15 @@ async fn conditional_put_rate() {
         f64::from(N) / secs
     );
 }
+
+/// `lockd verify store` (and the server's start-up check) passes on the
+/// local S3 server and leaves nothing behind.
+#[tokio::test]
+async fn verify_store_passes_and_cleans_up() {
+    let Some(store) = s3::test_store("verify_store_passes_and_cleans_up") else {
+        return;
+    };
+    let report = lockd_server::storage::verify::verify(&store).await;
+    assert!(report.ok(), "{:?}", report.failures());
+    assert!(store.list(".verify/", None, 10).await.unwrap().is_empty());
+}

@@ -15,6 +15,7 @@
 mod disk;
 mod mem;
 pub mod s3;
+pub mod verify;
 
 use std::pin::Pin;
 use std::sync::Arc;
