@@ -285,13 +285,15 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
         },
     );
     let (ha, election) = match ha_mode {
-        HaMode::Failover | HaMode::Auto => {
+        // A local store is owned by one process (disk:// is locked, mem://
+        // is private): there is nobody to elect against.
+        HaMode::Failover | HaMode::Auto if cfg.object_store() => {
             let (mut election, ha) = Election::new(store.clone(), cfg.ha_lease_ttl);
             // Decide the role before serving the first request.
             election.round().await;
             (ha, Some(election))
         }
-        HaMode::Concurrent | HaMode::Single => (Ha::always_active(), None),
+        _ => (Ha::always_active(), None),
     };
     tracing::info!(mode = %ha_mode, shared, active = ha.is_active(), "ha");
     let default_namespace =
