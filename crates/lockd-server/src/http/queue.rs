@@ -51,7 +51,30 @@ fn or_query<'a>(body: &'a str, q: &'a Query, name: &str) -> &'a str {
 
 /// `POST /v1/queue/enqueue`: a `meta` part, then a `payload` part that is
 /// streamed to storage.
+///
+/// A refused enqueue may leave part of its body unread; the connection
+/// then cannot carry another request, so the answer says `Connection:
+/// close` and clients do not reuse it.
 pub async fn enqueue(
+    state: State<Arc<AppState>>,
+    cid: Extension<CorrelationId>,
+    caller: Caller,
+    uri: Uri,
+    h: HeaderMap,
+    body: Body,
+) -> Response {
+    match enqueue_inner(state, cid, caller, uri, h, body).await {
+        Ok(r) => r,
+        Err(e) => {
+            let mut r = axum::response::IntoResponse::into_response(e);
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
+    }
+}
+
+async fn enqueue_inner(
     State(app): State<Arc<AppState>>,
     Extension(cid): Extension<CorrelationId>,
     caller: Caller,
