@@ -42,16 +42,13 @@ fn s3_store_passes_and_missing_credentials_are_named() {
     let (ok, out) = verify("s3://127.0.0.1:9/bucket?insecure=1", &[]);
     assert!(!ok);
     assert!(out.contains("LOCKD_S3_ACCESS_KEY_ID"), "{out}");
-    let Ok(endpoint) = std::env::var("LOCKD_TEST_S3") else {
-        eprintln!("LOCKD_TEST_S3 unset: skipping the live S3 part (.ci/run sets it)");
+    let Some(local) = lockd_server::storage::s3::local_test_s3() else {
+        eprintln!("SKIPPED: no local S3 server");
         return;
     };
-    let bucket = std::env::var("LOCKD_TEST_S3_BUCKET").unwrap_or_else(|_| "lockd-test".into());
-    let host = endpoint.trim_start_matches("http://");
-    let url = format!("s3://{host}/{bucket}/verify-cli?insecure=1");
-    let id = std::env::var("LOCKD_S3_ACCESS_KEY_ID").unwrap_or_else(|_| "lockd".into());
-    let secret =
-        std::env::var("LOCKD_S3_SECRET_ACCESS_KEY").unwrap_or_else(|_| "lockd-secret".into());
+    let host = local.endpoint.trim_start_matches("http://");
+    let url = format!("s3://{host}/{}/verify-cli?insecure=1", local.bucket);
+    let (id, secret) = (local.access_key_id.clone(), local.secret_access_key.clone());
     let (ok, out) = verify(
         &url,
         &[
