@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 pub const BIN: &str = env!("CARGO_BIN_EXE_lockd");
 
 /// How long a server may take to become ready.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
