@@ -243,13 +243,13 @@ async fn concurrent_nodes_serialize_leases_per_key() {
 // 2. a queue shared by nodes
 
 /// Messages of [`queue_across_nodes_delivers_each_message_once`]:
-/// `LOCKD_CLUSTER_QUEUE_MESSAGES`, default 2,000 (5,000 take about 100 s on
-/// the local SeaweedFS on 2 cores, too long for CI).
+/// `LOCKD_CLUSTER_QUEUE_MESSAGES`, default 5,000 (about 65 s on the local
+/// SeaweedFS on 2 cores under load).
 fn queue_messages() -> u64 {
     std::env::var("LOCKD_CLUSTER_QUEUE_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000)
+        .unwrap_or(5_000)
 }
 
 /// Dequeues (pages of up to 8, visibility 60 s) and acks until `stop`,
