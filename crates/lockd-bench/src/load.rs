@@ -18,6 +18,42 @@ use lockd_api::types::{AcquireRequest, AcquireResponse, ReleaseRequest};
 
 use crate::stats::{ClientStats, OP_ACQUIRE, OP_RELEASE, OP_UPDATE};
 
+/// A short class of an error message, for the per-run tally of what went
+/// wrong: the request (`acquire`, `enqueue`, …), then the HTTP status and
+/// the `error` code of the answer (`acquire 409 cas_mismatch`), or
+/// `timeout` / `transport`.
+pub fn error_kind(msg: &str) -> String {
+    let what = msg.split([' ', ':']).next().unwrap_or_default();
+    if let Some(i) = msg.find("HTTP ") {
+        let status: String = msg[i + 5..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        let code = msg
+            .find("\"error\":\"")
+            .map(|j| {
+                let rest = &msg[j + 9..];
+                rest[..rest.find('"').unwrap_or(rest.len())].to_string()
+            })
+            .unwrap_or_default();
+        return format!("{what} {status} {code}").trim_end().to_string();
+    }
+    if msg.contains("no answer within") {
+        format!("{what} timeout")
+    } else {
+        format!("{what} transport")
+    }
+}
+
+/// [`error_kind`] with the node the client talked to when there are several.
+pub fn error_kind_at(msg: &str, node: usize, nodes: usize) -> String {
+    if nodes > 1 {
+        format!("{} @node{node}", error_kind(msg))
+    } else {
+        error_kind(msg)
+    }
+}
+
 /// The HTTP client type: HTTP/1.1 keep-alive over one pool, TCP_NODELAY.
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -84,11 +120,12 @@ struct KeyTarget {
 enum Workload {
     /// `POST /json` with the document, one request per unit.
     Baseline { uri: Uri },
-    /// acquire → update → release, one cycle per unit.
+    /// acquire → update → release, one cycle per unit; client `c` talks
+    /// to node `c % nodes.len()`.
     Lease {
-        acquire_uri: Uri,
-        release_uri: Uri,
-        /// `keys[client][n]`.
+        /// `(acquire, release)` URIs per node.
+        nodes: Vec<(Uri, Uri)>,
+        /// `keys[client][n]` (update URIs point at the client's node).
         keys: Vec<Vec<KeyTarget>>,
     },
 }
@@ -124,9 +161,10 @@ pub struct RunSpec {
 pub enum Target {
     /// The bare axum server at this base URL.
     Baseline(String),
-    /// A lockd server at this base URL; keys get this run-unique prefix.
+    /// lockd servers (nodes sharing one store, or just one) at these base
+    /// URLs, clients spread round-robin; keys get this run-unique prefix.
     Lease {
-        base: String,
+        bases: Vec<String>,
         key_prefix: String,
         keys_per_client: usize,
     },
@@ -209,11 +247,8 @@ impl Shared {
                     .await?;
                 Ok(())
             }
-            Workload::Lease {
-                acquire_uri,
-                release_uri,
-                keys,
-            } => {
+            Workload::Lease { nodes, keys } => {
+                let (acquire_uri, release_uri) = &nodes[client % nodes.len()];
                 let mine = &keys[client];
                 let kt = &mine[(iter % mine.len() as u64) as usize];
                 self.lease_cycle(acquire_uri, release_uri, kt, op_ns).await
@@ -289,9 +324,9 @@ impl Shared {
     }
 }
 
-/// Checks the target answers before the clock starts.
+/// Checks the target (every node of it) answers before the clock starts.
 pub async fn preflight(http: &HttpClient, target: &Target, doc: &Bytes) -> Result<(), String> {
-    let (url, req) = match target {
+    match target {
         Target::Baseline(base) => {
             let url = format!("{base}/json");
             let req = Request::builder()
@@ -300,18 +335,31 @@ pub async fn preflight(http: &HttpClient, target: &Target, doc: &Bytes) -> Resul
                 .header(CONTENT_TYPE, "application/json")
                 .body(Full::new(doc.clone()))
                 .map_err(|e| e.to_string())?;
-            (url, req)
+            preflight_one(http, url, req).await
         }
-        Target::Lease { base, .. } => {
-            let url = format!("{base}/healthz");
-            let req = Request::builder()
-                .method(Method::GET)
-                .uri(parse_uri(&url)?)
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| e.to_string())?;
-            (url, req)
+        Target::Lease { bases, .. } => {
+            if bases.is_empty() {
+                return Err("no server to benchmark".into());
+            }
+            for base in bases {
+                let url = format!("{base}/healthz");
+                let req = Request::builder()
+                    .method(Method::GET)
+                    .uri(parse_uri(&url)?)
+                    .body(Full::new(Bytes::new()))
+                    .map_err(|e| e.to_string())?;
+                preflight_one(http, url, req).await?;
+            }
+            Ok(())
         }
-    };
+    }
+}
+
+async fn preflight_one(
+    http: &HttpClient,
+    url: String,
+    req: Request<Full<Bytes>>,
+) -> Result<(), String> {
     let resp = tokio::time::timeout(Duration::from_secs(10), http.request(req))
         .await
         .map_err(|_| format!("{url}: no answer within 10s"))?
@@ -330,12 +378,16 @@ fn build_workload(target: &Target, clients: usize) -> Result<Workload, String> {
             uri: parse_uri(&format!("{base}/json"))?,
         }),
         Target::Lease {
-            base,
+            bases,
             key_prefix,
             keys_per_client,
         } => {
+            if bases.is_empty() {
+                return Err("no server to benchmark".into());
+            }
             let mut keys = Vec::with_capacity(clients);
             for c in 0..clients {
+                let base = &bases[c % bases.len()];
                 let owner = format!("{key_prefix}-owner-{c}");
                 let mut mine = Vec::with_capacity(*keys_per_client);
                 for n in 0..(*keys_per_client).max(1) {
@@ -357,11 +409,16 @@ fn build_workload(target: &Target, clients: usize) -> Result<Workload, String> {
                 }
                 keys.push(mine);
             }
-            Ok(Workload::Lease {
-                acquire_uri: parse_uri(&format!("{base}/v1/acquire"))?,
-                release_uri: parse_uri(&format!("{base}/v1/release"))?,
-                keys,
-            })
+            let nodes = bases
+                .iter()
+                .map(|base| {
+                    Ok((
+                        parse_uri(&format!("{base}/v1/acquire"))?,
+                        parse_uri(&format!("{base}/v1/release"))?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            Ok(Workload::Lease { nodes, keys })
         }
     }
 }
@@ -408,6 +465,10 @@ async fn client_loop(
     measure_end: Instant,
 ) -> ClientStats {
     let mut st = ClientStats::default();
+    let nodes = match &shared.workload {
+        Workload::Lease { nodes, .. } => nodes.len(),
+        Workload::Baseline { .. } => 1,
+    };
     let mut iter = 0u64;
     loop {
         let t0 = Instant::now();
@@ -433,10 +494,45 @@ async fn client_loop(
                 } else {
                     st.warmup_errors += 1;
                 }
+                *st.error_kinds
+                    .entry(error_kind_at(&msg, client % nodes, nodes))
+                    .or_default() += 1;
                 shared.report_error(measured, &msg);
                 tokio::time::sleep(ERROR_BACKOFF).await;
             }
         }
     }
     st
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_kinds_name_request_status_and_code() {
+        assert_eq!(
+            error_kind(
+                "acquire bench-1-s3x2-0-1: HTTP 409 Conflict: {\"error\":\"cas_mismatch\",\"detail\":\"x\"}"
+            ),
+            "acquire 409 cas_mismatch"
+        );
+        assert_eq!(
+            error_kind("enqueue: HTTP 502 Bad Gateway: upstream"),
+            "enqueue 502"
+        );
+        assert_eq!(
+            error_kind("release k: no answer within 10s"),
+            "release timeout"
+        );
+        assert_eq!(
+            error_kind("ack: client error (Connect): refused"),
+            "ack transport"
+        );
+        assert_eq!(
+            error_kind_at("ack: HTTP 404 Not Found: {\"error\":\"not_found\"}", 1, 2),
+            "ack 404 not_found @node1"
+        );
+        assert_eq!(error_kind_at("ack: x", 0, 1), "ack transport");
+    }
 }

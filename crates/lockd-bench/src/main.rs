@@ -27,6 +27,19 @@
 //! runtime in one process, so on a small machine they compete for the same
 //! cores; that is intended and is why the baseline exists.
 //!
+//! # Object storage and several nodes
+//!
+//! `--store s3 --s3 http://host:port/bucket[/prefix] --nodes 1,2` (lease
+//! and queue) measures `disk://` as the reference, then `s3://` once per
+//! node count: that many in-process servers share one fresh prefix in
+//! `--ha concurrent` mode and the clients (producers and consumers) are
+//! spread round-robin over them. Each run gets its own random prefix and
+//! deletes its objects afterwards (the `s3` module). Besides the usual
+//! lines, the report then has a comparison table: throughput and p50/p99
+//! as ratios to `disk://` and to `s3://` with one node, all measured in
+//! the same invocation; errors are tallied by request, status and error
+//! code (and node).
+//!
 //! # Baseline
 //!
 //! Unless `--no-baseline` is given, every run first measures a bare axum
@@ -166,6 +179,7 @@ mod baseline;
 mod load;
 mod overload;
 mod queue;
+mod s3;
 mod stats;
 
 /// The same allocator as the `lockd` binary, so in-process figures match
@@ -181,7 +195,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
 use crate::load::{RunSpec, Target};
-use crate::stats::Summary;
+use crate::s3::{Backend, S3Args};
+use crate::stats::{Latency, Summary};
 
 /// Requests per lease cycle (acquire, update, release).
 const REQUESTS_PER_CYCLE: f64 = 3.0;
@@ -191,7 +206,7 @@ const REQUESTS_PER_CYCLE: f64 = 3.0;
     name = "lockd-bench",
     version,
     about = "Load generator for lockd: lease cycles (acquire → update → release) and queue \
-             messages (enqueue → dequeue/subscribe → ack) against in-process mem/disk servers \
+             messages (enqueue → dequeue/subscribe → ack) against in-process mem/disk/s3 servers (s3 with one or more nodes) \
              or a running one, compared to a bare axum baseline; and an overload run that \
              checks the server's back-pressure"
 )]
@@ -254,6 +269,8 @@ struct LeaseArgs {
     /// Distinct keys per client, used round-robin.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     keys_per_client: u32,
+    #[command(flatten)]
+    s3: S3Args,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -309,6 +326,8 @@ struct QueueArgs {
     /// Concurrent clients of the baseline (default: producers + consumers).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     baseline_clients: Option<u32>,
+    #[command(flatten)]
+    s3: S3Args,
     /// Tokio worker threads (default: number of CPUs).
     #[arg(long)]
     threads: Option<usize>,
@@ -326,9 +345,14 @@ enum ConsumeChoice {
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 enum StoreChoice {
+    /// mem://
     Mem,
+    /// disk:// in a temporary directory
     Disk,
+    /// mem://, then disk://
     Both,
+    /// disk:// (reference), then s3:// (--s3) once per --nodes count
+    S3,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -454,22 +478,27 @@ where
     }
 }
 
-/// Measures lease cycles against one lockd server (in-process or remote).
+/// Measures lease cycles against one lockd server (in-process or remote),
+/// or several nodes sharing a store (clients spread round-robin).
 async fn run_lease_target(
     args: &LeaseArgs,
     label: &str,
-    base: &str,
+    bases: &[String],
     doc: &bytes::Bytes,
     run_id: &str,
 ) -> Result<Summary, String> {
     eprintln!(
-        "running lease cycles against {label} ({base}): {} warm-up + {}",
+        "running lease cycles against {label} ({}): {} warm-up + {}",
+        bases.join(", "),
         fmt_dur(args.common.warmup),
         fmt_dur(args.common.duration)
     );
     let spec = spec_for(&args.common, label, doc);
     let target = Target::Lease {
-        base: base.trim_end_matches('/').to_string(),
+        bases: bases
+            .iter()
+            .map(|b| b.trim_end_matches('/').to_string())
+            .collect(),
         key_prefix: key_prefix(run_id, label),
         keys_per_client: args.keys_per_client as usize,
     };
@@ -482,81 +511,281 @@ fn key_prefix(run_id: &str, label: &str) -> String {
     format!("bench-{run_id}-{label}")
 }
 
-/// A running in-process lockd server and the directory it owns.
+/// Running in-process lockd servers (one, or several nodes sharing an
+/// object store) and what they own.
 struct InProcess {
-    label: &'static str,
+    label: String,
     store_url: String,
+    /// The first (or only) node.
     server: lockd_server::RunningServer,
+    /// Further nodes on the same store.
+    others: Vec<lockd_server::RunningServer>,
     dir: Option<tempfile::TempDir>,
+    /// Object store whose objects are deleted once the nodes have stopped.
+    purge: Option<String>,
 }
 
 impl InProcess {
-    /// Starts a server for `store` (`disk://` in a fresh temporary directory).
-    async fn start(store: StoreChoice) -> Result<InProcess, String> {
-        Self::start_with(store, |_| {}).await
+    /// Starts the server(s) for `backend` (`disk://` in a fresh temporary
+    /// directory, `s3://` under a fresh prefix).
+    async fn start(backend: Backend, s3: &S3Args) -> Result<InProcess, String> {
+        Self::launch(backend, s3, |_| {}).await
     }
 
-    /// Like [`InProcess::start`], with `tweak` applied to the configuration.
+    /// A mem or disk server with `tweak` applied to its configuration.
     async fn start_with(
         store: StoreChoice,
-        tweak: impl FnOnce(&mut lockd_server::ServerConfig),
+        tweak: impl Fn(&mut lockd_server::ServerConfig),
     ) -> Result<InProcess, String> {
-        let (label, dir) = match store {
-            StoreChoice::Disk => {
-                let dir = tempfile::Builder::new()
+        let backend = match store {
+            StoreChoice::Disk => Backend::Disk,
+            StoreChoice::Mem | StoreChoice::Both => Backend::Mem,
+            StoreChoice::S3 => return Err("an s3 server needs --s3".into()),
+        };
+        Self::launch(backend, &S3Args::default(), tweak).await
+    }
+
+    async fn launch(
+        backend: Backend,
+        s3: &S3Args,
+        tweak: impl Fn(&mut lockd_server::ServerConfig),
+    ) -> Result<InProcess, String> {
+        let label = backend.label();
+        let mut dir = None;
+        let mut purge = None;
+        let store_url = match backend {
+            Backend::Mem => "mem://".to_string(),
+            Backend::Disk => {
+                let d = tempfile::Builder::new()
                     .prefix("lockd-bench-")
                     .tempdir()
                     .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-                ("disk", Some(dir))
+                let url = format!("disk://{}", d.path().display());
+                dir = Some(d);
+                url
             }
-            _ => ("mem", None),
-        };
-        let store_url = match &dir {
-            Some(d) => format!("disk://{}", d.path().display()),
-            None => "mem://".to_string(),
+            Backend::S3 { .. } => {
+                let root = s3.s3.as_ref().ok_or("--store s3 needs --s3")?;
+                let url = root.store_url(&s3::fresh_prefix(&label));
+                purge = Some(url.clone());
+                url
+            }
         };
         let mut cfg = lockd_server::ServerConfig {
             listen: "127.0.0.1:0".into(),
             store: store_url.clone(),
             ..Default::default()
         };
+        if let Backend::S3 { .. } = backend {
+            cfg.ha = lockd_server::ha::HaMode::Concurrent;
+            if let Some(every) = s3.queue_poll_interval {
+                cfg.queue_poll_interval = every;
+            }
+        }
         tweak(&mut cfg);
-        let server = lockd_server::start(cfg)
-            .await
-            .map_err(|e| format!("starting the {label} server: {e}"))?;
+        let mut servers = Vec::new();
+        for n in 0..backend.nodes() {
+            match lockd_server::start(cfg.clone()).await {
+                Ok(srv) => servers.push(srv),
+                Err(e) => {
+                    for srv in servers {
+                        let _ = srv.shutdown().await;
+                    }
+                    if let Some(url) = &purge {
+                        purge_quietly(url).await;
+                    }
+                    return Err(format!("starting the {label} server (node {n}): {e}"));
+                }
+            }
+        }
+        let server = servers.remove(0);
         Ok(InProcess {
             label,
             store_url,
             server,
+            others: servers,
             dir,
+            purge,
         })
     }
 
-    /// Stops the server, then removes its directory.
+    /// Base URLs of all nodes.
+    fn bases(&self) -> Vec<String> {
+        std::iter::once(&self.server)
+            .chain(&self.others)
+            .map(|s| s.base_url())
+            .collect()
+    }
+
+    /// Stops the servers, then removes their directory or objects.
     async fn stop(self) {
         let label = self.label;
-        let server = self.server;
-        shutdown_quietly(label, async {
-            server.shutdown().await.map_err(|e| e.to_string())
-        })
-        .await;
+        for server in std::iter::once(self.server).chain(self.others) {
+            shutdown_quietly(&label, async {
+                server.shutdown().await.map_err(|e| e.to_string())
+            })
+            .await;
+        }
         drop(self.dir);
+        if let Some(url) = &self.purge {
+            purge_quietly(url).await;
+        }
     }
 }
 
-/// Starts an in-process lockd server for `store` and measures it.
+/// Deletes a run's objects; a failure is a warning.
+async fn purge_quietly(url: &str) {
+    match tokio::time::timeout(Duration::from_secs(120), s3::purge(url)).await {
+        Ok(Ok(p)) if p.failed == 0 => {
+            eprintln!("cleaned up {url}: {} objects deleted", p.deleted)
+        }
+        Ok(Ok(p)) => eprintln!(
+            "warning: cleaning up {url}: {} objects deleted, {} deletions failed",
+            p.deleted, p.failed
+        ),
+        Ok(Err(e)) => eprintln!("warning: cleaning up {url}: {e}"),
+        Err(_) => eprintln!("warning: cleaning up {url}: not done within 120s"),
+    }
+}
+
+/// One measured lease run.
+struct LeaseRun {
+    label: String,
+    target: String,
+    nodes: u32,
+    summary: Summary,
+}
+
+/// Starts in-process lockd server(s) for `backend` and measures them.
 async fn run_lease_inprocess(
     args: &LeaseArgs,
-    store: StoreChoice,
+    backend: Backend,
     doc: &bytes::Bytes,
     run_id: &str,
-) -> Result<(String, String, Summary), String> {
-    let srv = InProcess::start(store).await?;
-    let (label, store_url) = (srv.label, srv.store_url.clone());
-    let base = srv.server.base_url();
-    let result = run_lease_target(args, label, &base, doc, run_id).await;
+) -> Result<LeaseRun, String> {
+    let srv = InProcess::start(backend, &args.s3).await?;
+    let (label, store_url) = (srv.label.clone(), srv.store_url.clone());
+    let result = run_lease_target(args, &label, &srv.bases(), doc, run_id).await;
     srv.stop().await;
-    Ok((label.to_string(), store_url, result?))
+    Ok(LeaseRun {
+        label,
+        target: store_url,
+        nodes: backend.nodes(),
+        summary: result?,
+    })
+}
+
+/// `(2 nodes, --ha concurrent)` for object-store runs, else nothing.
+fn nodes_text(label: &str, nodes: u32) -> String {
+    if !label.starts_with("s3x") {
+        return String::new();
+    }
+    let plural = if nodes == 1 { "" } else { "s" };
+    format!(" ({nodes} node{plural}, --ha concurrent)")
+}
+
+/// `errors by kind (whole run): acquire 409 cas_mismatch × 3, …`.
+fn error_kinds_line(report: &Report, kinds: &std::collections::BTreeMap<String, u64>) {
+    if kinds.is_empty() {
+        return;
+    }
+    let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} × {n}")).collect();
+    report.line(&format!(
+        "    errors by kind (whole run, warm-up and drain included): {}",
+        list.join(", ")
+    ));
+}
+
+/// One row of the comparison table.
+struct CompareRow {
+    label: String,
+    rate: f64,
+    latency: Option<Latency>,
+}
+
+/// Ratios of `row` to `reference`: throughput, p50, p99 (NaN where a side
+/// has no value, e.g. no latency samples when nothing completed).
+fn ratios(row: &CompareRow, reference: Option<&CompareRow>) -> Option<(f64, f64, f64)> {
+    let r = reference?;
+    let div = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    let lat = |f: fn(&Latency) -> u64| match (row.latency, r.latency) {
+        (Some(a), Some(b)) => div(f(&a) as f64, f(&b) as f64),
+        _ => f64::NAN,
+    };
+    Some((div(row.rate, r.rate), lat(|l| l.p50), lat(|l| l.p99)))
+}
+
+fn ratios_json(row: &CompareRow, reference: Option<&CompareRow>) -> Value {
+    let finite = |v: f64| if v.is_finite() { json!(v) } else { Value::Null };
+    ratios(row, reference).map_or(
+        Value::Null,
+        |(t, p50, p99)| json!({ "throughput": finite(t), "p50": finite(p50), "p99": finite(p99) }),
+    )
+}
+
+/// `0.043`, `0.52`, `1.9`, `12`.
+fn fmt_ratio(v: f64) -> String {
+    if !v.is_finite() {
+        "n/a".to_string()
+    } else if v < 0.1 {
+        format!("{v:.3}")
+    } else if v < 10.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// The `vs disk` / `vs s3x1` table (only when object-store runs exist).
+fn comparison_lines(report: &Report, title: &str, unit: &str, latency: &str, rows: &[CompareRow]) {
+    if !rows.iter().any(|r| r.label.starts_with("s3x")) {
+        return;
+    }
+    let find = |l: &str| rows.iter().find(|r| r.label == l);
+    let (disk, s3x1) = (find("disk"), find("s3x1"));
+    report.line(&format!(
+        "{title} (same invocation; {latency}; ratios = run ÷ reference, for latency lower is better):"
+    ));
+    let head = |reference: &str| {
+        format!(
+            "{:>12} {:>6} {:>6}",
+            format!("{reference} rate"),
+            "p50",
+            "p99"
+        )
+    };
+    report.line(&format!(
+        "    {:<6} {:>10} {:>9} {:>9}   {}   {}",
+        "run",
+        unit,
+        "p50",
+        "p99",
+        head("÷disk"),
+        head("÷s3x1")
+    ));
+    for row in rows {
+        let (p50, p99) = row.latency.map_or(("n/a".into(), "n/a".into()), |l| {
+            (fmt_ms(l.p50), fmt_ms(l.p99))
+        });
+        let cols = |reference: Option<&CompareRow>| match ratios(row, reference) {
+            Some((t, a, b)) => format!(
+                "{:>12} {:>6} {:>6}",
+                fmt_ratio(t),
+                fmt_ratio(a),
+                fmt_ratio(b)
+            ),
+            None => format!("{:>26}", "n/a"),
+        };
+        report.line(&format!(
+            "    {:<6} {:>10} {:>9} {:>9}   {}   {}",
+            row.label,
+            group(row.rate),
+            p50,
+            p99,
+            cols(disk),
+            cols(s3x1)
+        ));
+    }
 }
 
 fn header_lines(report: &Report, workload: &str, common: &CommonArgs, threads: usize) {
@@ -637,15 +866,19 @@ async fn cmd_lease(args: LeaseArgs, threads: usize) -> Result<(), String> {
     let doc = load::make_document(common.doc_bytes as usize);
     let run_id = new_run_id();
 
-    // Fail fast on a wrong --url instead of after the baseline run.
-    if let Some(url) = &args.url {
-        let target = Target::Lease {
-            base: url.trim_end_matches('/').to_string(),
-            key_prefix: String::new(),
-            keys_per_client: 1,
-        };
-        load::preflight(&load::http_client(), &target, &doc).await?;
-    }
+    // Fail fast on a wrong --url or store flags instead of after the baseline run.
+    let backends = match &args.url {
+        Some(url) => {
+            let target = Target::Lease {
+                bases: vec![url.trim_end_matches('/').to_string()],
+                key_prefix: String::new(),
+                keys_per_client: 1,
+            };
+            load::preflight(&load::http_client(), &target, &doc).await?;
+            Vec::new()
+        }
+        None => s3::plan(args.store, &args.s3)?,
+    };
 
     let baseline = if args.no_baseline {
         None
@@ -653,35 +886,51 @@ async fn cmd_lease(args: LeaseArgs, threads: usize) -> Result<(), String> {
         Some(run_baseline(common, &doc).await?)
     };
 
-    // (label, target description, summary)
-    let mut runs: Vec<(String, String, Summary)> = Vec::new();
+    let mut runs: Vec<LeaseRun> = Vec::new();
     if let Some(url) = &args.url {
-        let s = run_lease_target(&args, "remote", url, &doc, &run_id).await?;
-        runs.push(("remote".into(), url.clone(), s));
+        let s = run_lease_target(&args, "remote", std::slice::from_ref(url), &doc, &run_id).await?;
+        runs.push(LeaseRun {
+            label: "remote".into(),
+            target: url.clone(),
+            nodes: 1,
+            summary: s,
+        });
     } else {
-        let stores: &[StoreChoice] = match args.store {
-            StoreChoice::Mem => &[StoreChoice::Mem],
-            StoreChoice::Disk => &[StoreChoice::Disk],
-            StoreChoice::Both => &[StoreChoice::Mem, StoreChoice::Disk],
-        };
-        for &store in stores {
-            runs.push(run_lease_inprocess(&args, store, &doc, &run_id).await?);
+        for &backend in &backends {
+            runs.push(run_lease_inprocess(&args, backend, &doc, &run_id).await?);
         }
     }
 
     header_lines(&report, "lease", common, threads);
+    if let Some(root) = &args.s3.s3 {
+        report.line(&format!(
+            "s3: {} (each node its own client of the store; clients spread round-robin over the nodes)",
+            root.describe()
+        ));
+    }
     let ceiling = baseline.as_ref().map(|b| b.rate / REQUESTS_PER_CYCLE);
     if let Some(b) = &baseline {
         baseline_lines(&report, b);
     }
     let mut runs_json = Vec::new();
-    for (label, target, s) in &runs {
+    let rows: Vec<CompareRow> = runs
+        .iter()
+        .map(|r| CompareRow {
+            label: r.label.clone(),
+            rate: r.summary.rate,
+            latency: (r.summary.units > 0).then_some(r.summary.latency),
+        })
+        .collect();
+    let find_row = |l: &str| rows.iter().find(|r| r.label == l);
+    for (run, row) in runs.iter().zip(&rows) {
+        let (label, target, s) = (&run.label, &run.target, &run.summary);
         let ratio = ceiling.filter(|c| *c > 0.0).map(|c| s.rate / c);
         let ratio_text = ratio
             .map(|r| format!(" ({r:.2} of baseline ceiling)"))
             .unwrap_or_default();
         report.line(&format!(
-            "{label}: {} cycles/s{ratio_text}, {}, errors {}",
+            "{label}{}: {} cycles/s{ratio_text}, {}, errors {}",
+            nodes_text(label, run.nodes),
             group(s.rate),
             latency_text(s),
             s.errors,
@@ -697,6 +946,7 @@ async fn cmd_lease(args: LeaseArgs, threads: usize) -> Result<(), String> {
         if s.warmup_errors > 0 {
             report.line(&format!("    ({} errors during warm-up)", s.warmup_errors));
         }
+        error_kinds_line(&report, &s.error_kinds);
         let mut v = summary_json(s);
         if let Some(o) = v.as_object_mut() {
             o.insert("store".into(), json!(label));
@@ -705,9 +955,25 @@ async fn cmd_lease(args: LeaseArgs, threads: usize) -> Result<(), String> {
             o.insert("cycles_per_s".into(), json!(s.rate));
             o.insert("requests_per_s".into(), json!(s.rate * REQUESTS_PER_CYCLE));
             o.insert("ratio_of_baseline_ceiling".into(), json!(ratio));
+            o.insert("nodes".into(), json!(run.nodes));
+            o.insert("error_kinds".into(), json!(s.error_kinds));
+            o.insert(
+                "ratios".into(),
+                json!({
+                    "vs_disk": ratios_json(row, find_row("disk")),
+                    "vs_s3_1node": ratios_json(row, find_row("s3x1")),
+                }),
+            );
         }
         runs_json.push(v);
     }
+    comparison_lines(
+        &report,
+        "lease comparison",
+        "cycles/s",
+        "cycle latency",
+        &rows,
+    );
     if common.json {
         let mut m = common_json("lease", common, threads);
         m.insert("keys_per_client".into(), json!(args.keys_per_client));
@@ -745,6 +1011,7 @@ fn new_run_id() -> String {
 /// One measured queue run.
 struct QueueRun {
     store: String,
+    nodes: u32,
     mode: queue::Mode,
     target: String,
     queue: String,
@@ -791,20 +1058,21 @@ async fn run_queue_target(
     args: &QueueArgs,
     store: &str,
     mode: queue::Mode,
-    base: &str,
+    bases: &[String],
     queue_name: &str,
     run_id: &str,
 ) -> Result<queue::QueueResult, String> {
     let label = format!("{store} {}", mode.name());
     eprintln!(
-        "running queue {} against {store} ({base}, queue {queue_name:?}): {} warm-up + {} + drain",
+        "running queue {} against {store} ({}, queue {queue_name:?}): {} warm-up + {} + drain",
         mode.name(),
+        bases.join(", "),
         fmt_dur(args.warmup),
         fmt_dur(args.duration)
     );
     let spec = queue::QueueSpec {
         label,
-        base: base.to_string(),
+        bases: bases.to_vec(),
         queue: queue_name.to_string(),
         owner_prefix: format!("bench-{run_id}-{store}-{}", mode.name()),
         mode,
@@ -849,8 +1117,9 @@ fn queue_run_lines(report: &Report, run: &QueueRun, ceiling: Option<f64>, backlo
         None => "no message acked in the window".to_string(),
     };
     report.line(&format!(
-        "{} {} (page_size {}): {} msgs/s{ratio_text}, {e2e}, errors {}",
+        "{}{} {} (page_size {}): {} msgs/s{ratio_text}, {e2e}, errors {}",
         run.store,
+        nodes_text(&run.store, run.nodes),
         run.mode.name(),
         run.page_size,
         group(r.rate),
@@ -923,12 +1192,78 @@ fn queue_run_lines(report: &Report, run: &QueueRun, ceiling: Option<f64>, backlo
             r.foreign
         ));
     }
+    if r.slow_dequeues > 0 {
+        let when = r
+            .slow_started
+            .map(|(a, b)| {
+                format!(
+                    ", sent {:.1}-{:.1}s after the run began",
+                    a as f64 / 1e9,
+                    b as f64 / 1e9
+                )
+            })
+            .unwrap_or_default();
+        report.line(&format!(
+            "    WARNING: {} dequeues (whole run) answered with a message only after more than {} \
+             (longest {}{when}); the window's dequeue latency leaves out those straddling its edges",
+            r.slow_dequeues,
+            fmt_dur(queue::SLOW_DEQUEUE),
+            fmt_ms(r.dequeue_max_all)
+        ));
+    }
+    if r.acked_by_node.len() > 1 {
+        let per: Vec<String> = r
+            .acked_by_node
+            .iter()
+            .zip(&r.enqueued_by_node)
+            .enumerate()
+            .map(|(i, (a, e))| {
+                format!(
+                    "node{i} acked {}/s, enqueued {}/s",
+                    group(*a as f64 / r.window_s),
+                    group(*e as f64 / r.window_s)
+                )
+            })
+            .collect();
+        report.line(&format!("    per node: {}", per.join(" | ")));
+    }
+    error_kinds_line(report, &r.error_kinds);
 }
 
-fn queue_run_json(run: &QueueRun, ceiling: Option<f64>, backlog_cap: u32) -> Value {
+fn queue_compare_row(run: &QueueRun) -> CompareRow {
+    CompareRow {
+        label: run.store.clone(),
+        rate: run.result.rate,
+        latency: run.result.e2e,
+    }
+}
+
+fn queue_run_json(
+    run: &QueueRun,
+    runs: &[QueueRun],
+    ceiling: Option<f64>,
+    backlog_cap: u32,
+) -> Value {
     let r = &run.result;
+    let row = queue_compare_row(run);
+    let reference = |label: &str| {
+        runs.iter()
+            .find(|o| o.mode == run.mode && o.store == label)
+            .map(queue_compare_row)
+    };
     json!({
         "store": run.store,
+        "nodes": run.nodes,
+        "ratios": {
+            "vs_disk": ratios_json(&row, reference("disk").as_ref()),
+            "vs_s3_1node": ratios_json(&row, reference("s3x1").as_ref()),
+        },
+        "error_kinds": r.error_kinds,
+        "acked_by_node": r.acked_by_node,
+        "slow_dequeues": r.slow_dequeues,
+        "dequeue_max_all_ms": stats::ms(r.dequeue_max_all),
+        "slow_dequeues_sent_s": r.slow_started.map(|(a, b)| json!([a as f64 / 1e9, b as f64 / 1e9])),
+        "enqueued_by_node": r.enqueued_by_node,
         "mode": run.mode.name(),
         "target": run.target,
         "queue": run.queue,
@@ -998,11 +1333,15 @@ async fn cmd_queue(args: QueueArgs, threads: usize) -> Result<(), String> {
         queue_for(mode)?;
     }
 
-    // Fail fast on a wrong --url instead of after the baseline run.
-    if let Some(url) = &args.url {
-        let q = queue_for(args.modes()[0])?;
-        queue::preflight_queue(&load::http_client(), url, &q).await?;
-    }
+    // Fail fast on a wrong --url or store flags instead of after the baseline run.
+    let backends = match &args.url {
+        Some(url) => {
+            let q = queue_for(args.modes()[0])?;
+            queue::preflight_queue(&load::http_client(), url, &q).await?;
+            Vec::new()
+        }
+        None => s3::plan(args.store, &args.s3)?,
+    };
 
     let baseline_common = args.baseline_common();
     let baseline = if args.no_baseline {
@@ -1017,9 +1356,11 @@ async fn cmd_queue(args: QueueArgs, threads: usize) -> Result<(), String> {
         let base = url.trim_end_matches('/');
         for &mode in args.modes() {
             let q = queue_for(mode)?;
-            let result = run_queue_target(&args, "remote", mode, base, &q, &run_id).await?;
+            let result =
+                run_queue_target(&args, "remote", mode, &[base.to_string()], &q, &run_id).await?;
             runs.push(QueueRun {
                 store: "remote".into(),
+                nodes: 1,
                 mode,
                 target: url.clone(),
                 queue: q,
@@ -1028,22 +1369,18 @@ async fn cmd_queue(args: QueueArgs, threads: usize) -> Result<(), String> {
             });
         }
     } else {
-        let stores: &[StoreChoice] = match args.store {
-            StoreChoice::Mem => &[StoreChoice::Mem],
-            StoreChoice::Disk => &[StoreChoice::Disk],
-            StoreChoice::Both => &[StoreChoice::Mem, StoreChoice::Disk],
-        };
-        for &store in stores {
+        for &backend in &backends {
             for &mode in args.modes() {
-                // A fresh server (and directory) per run: no leftovers.
-                let srv = InProcess::start(store).await?;
+                // A fresh server (and directory or prefix) per run: no leftovers.
+                let srv = InProcess::start(backend, &args.s3).await?;
                 let q = queue_for(mode)?;
-                let base = srv.server.base_url();
-                let result = run_queue_target(&args, srv.label, mode, &base, &q, &run_id).await;
-                let (label, store_url) = (srv.label.to_string(), srv.store_url.clone());
+                let result =
+                    run_queue_target(&args, &srv.label, mode, &srv.bases(), &q, &run_id).await;
+                let (label, store_url) = (srv.label.clone(), srv.store_url.clone());
                 srv.stop().await;
                 runs.push(QueueRun {
                     store: label,
+                    nodes: backend.nodes(),
                     mode,
                     target: store_url,
                     queue: q,
@@ -1078,8 +1415,29 @@ async fn cmd_queue(args: QueueArgs, threads: usize) -> Result<(), String> {
             group(b.rate / REQUESTS_PER_MESSAGE),
         ));
     }
+    if let Some(root) = &args.s3.s3 {
+        report.line(&format!(
+            "s3: {} (each node its own client of the store; producers and consumers spread \
+             round-robin over the nodes, a consumer acks on its node)",
+            root.describe()
+        ));
+    }
     for run in &runs {
         queue_run_lines(&report, run, ceiling, args.backlog);
+    }
+    for &mode in args.modes() {
+        let rows: Vec<CompareRow> = runs
+            .iter()
+            .filter(|r| r.mode == mode)
+            .map(queue_compare_row)
+            .collect();
+        comparison_lines(
+            &report,
+            &format!("queue {} comparison", mode.name()),
+            "msgs/s",
+            "enqueue→ack latency",
+            &rows,
+        );
     }
     report.line(&go_reference_line());
 
@@ -1135,7 +1493,7 @@ async fn cmd_queue(args: QueueArgs, threads: usize) -> Result<(), String> {
             "runs".into(),
             Value::Array(
                 runs.iter()
-                    .map(|r| queue_run_json(r, ceiling, args.backlog))
+                    .map(|r| queue_run_json(r, &runs, ceiling, args.backlog))
                     .collect(),
             ),
         );
@@ -1265,6 +1623,160 @@ mod tests {
         assert!(
             Cli::try_parse_from(["lockd-bench", "queue", "--store", "mem", "--url", "x"]).is_err()
         );
+    }
+
+    #[test]
+    fn s3_cli_parses() {
+        let cli = Cli::try_parse_from([
+            "lockd-bench",
+            "lease",
+            "--store",
+            "s3",
+            "--s3",
+            "http://127.0.0.1:8333/lockd-test",
+            "--nodes",
+            "1,2",
+            "-c",
+            "32",
+        ]);
+        let Ok(Cli { cmd: Cmd::Lease(a) }) = cli else {
+            panic!("lease --store s3 did not parse");
+        };
+        assert_eq!(a.store, StoreChoice::S3);
+        assert_eq!(a.s3.nodes, [1, 2]);
+        let root = a.s3.s3.clone().expect("--s3");
+        assert_eq!(
+            root.store_url("x"),
+            "s3://127.0.0.1:8333/lockd-test/x?insecure=1"
+        );
+        assert_eq!(
+            s3::plan(a.store, &a.s3),
+            Ok(vec![
+                Backend::Disk,
+                Backend::S3 { nodes: 1 },
+                Backend::S3 { nodes: 2 }
+            ])
+        );
+
+        let cli = Cli::try_parse_from([
+            "lockd-bench",
+            "queue",
+            "--store",
+            "s3",
+            "--s3",
+            "s3://127.0.0.1:8333/lockd-test/bench?insecure=1",
+            "--nodes",
+            "2",
+            "--nodes",
+            "1",
+            "--queue-poll-interval",
+            "250ms",
+            "--consume",
+            "dequeue",
+        ]);
+        let Ok(Cli { cmd: Cmd::Queue(q) }) = cli else {
+            panic!("queue --store s3 did not parse");
+        };
+        assert_eq!(q.s3.nodes, [2, 1]);
+        assert_eq!(q.s3.queue_poll_interval, Some(Duration::from_millis(250)));
+        assert_eq!(
+            s3::plan(q.store, &q.s3),
+            Ok(vec![
+                Backend::Disk,
+                Backend::S3 { nodes: 2 },
+                Backend::S3 { nodes: 1 }
+            ])
+        );
+
+        // Defaults: one node, no --s3; --store both keeps its meaning.
+        let Ok(Cli { cmd: Cmd::Lease(a) }) = Cli::try_parse_from(["lockd-bench", "lease"]) else {
+            panic!("lease did not parse");
+        };
+        assert_eq!(a.s3.nodes, [1]);
+        assert!(a.s3.s3.is_none());
+        assert_eq!(
+            s3::plan(a.store, &a.s3),
+            Ok(vec![Backend::Mem, Backend::Disk])
+        );
+
+        // --store s3 without --s3, or --nodes/--s3 with another store: rejected at planning.
+        let Ok(Cli { cmd: Cmd::Lease(a) }) =
+            Cli::try_parse_from(["lockd-bench", "lease", "--store", "s3"])
+        else {
+            panic!("lease --store s3 did not parse");
+        };
+        assert!(s3::plan(a.store, &a.s3).is_err());
+        let Ok(Cli { cmd: Cmd::Queue(q) }) =
+            Cli::try_parse_from(["lockd-bench", "queue", "--store", "disk", "--nodes", "2"])
+        else {
+            panic!("queue --nodes did not parse");
+        };
+        assert!(s3::plan(q.store, &q.s3).is_err());
+
+        // Parse errors.
+        for bad in [
+            &["lockd-bench", "lease", "--nodes", "0"][..],
+            &["lockd-bench", "lease", "--nodes", "17"],
+            &["lockd-bench", "lease", "--nodes", "1,x"],
+            &["lockd-bench", "lease", "--s3", "127.0.0.1:8333/b"],
+            &["lockd-bench", "lease", "--s3", "http://127.0.0.1:8333"],
+            &[
+                "lockd-bench",
+                "queue",
+                "--url",
+                "http://x",
+                "--s3",
+                "http://h/b",
+            ],
+            &["lockd-bench", "queue", "--url", "http://x", "--nodes", "2"],
+            &["lockd-bench", "lease", "--queue-poll-interval", "soon"],
+            &["lockd-bench", "overload", "--store", "s3"],
+            &["lockd-bench", "overload", "--nodes", "2"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn comparison_ratios() {
+        let lat = |p50, p99| {
+            Some(Latency {
+                p50,
+                p99,
+                max: p99,
+                mean: p50,
+            })
+        };
+        let disk = CompareRow {
+            label: "disk".into(),
+            rate: 1000.0,
+            latency: lat(4, 8),
+        };
+        let s3x2 = CompareRow {
+            label: "s3x2".into(),
+            rate: 250.0,
+            latency: lat(16, 80),
+        };
+        let (t, p50, p99) = ratios(&s3x2, Some(&disk)).expect("ratios");
+        assert!((t - 0.25).abs() < 1e-9 && (p50 - 4.0).abs() < 1e-9 && (p99 - 10.0).abs() < 1e-9);
+        assert!(ratios(&s3x2, None).is_none());
+        let empty = CompareRow {
+            label: "s3x1".into(),
+            rate: 0.0,
+            latency: None,
+        };
+        let (t, p50, p99) = ratios(&empty, Some(&disk)).expect("ratios");
+        assert!(t == 0.0 && p50.is_nan() && p99.is_nan());
+        assert!(ratios(&disk, Some(&empty)).is_some_and(|(t, _, _)| t.is_nan()));
+        assert_eq!(
+            ratios_json(&empty, Some(&disk)),
+            json!({ "throughput": 0.0, "p50": null, "p99": null })
+        );
+        assert_eq!(ratios_json(&s3x2, None), Value::Null);
+        assert_eq!(fmt_ratio(0.0432), "0.043");
+        assert_eq!(fmt_ratio(1.234), "1.23");
+        assert_eq!(fmt_ratio(12.4), "12");
+        assert_eq!(fmt_ratio(f64::NAN), "n/a");
     }
 
     #[test]

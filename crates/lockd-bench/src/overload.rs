@@ -1645,7 +1645,7 @@ async fn phases(
     let cal_from = Instant::now();
     let calibration = queue::run(&queue::QueueSpec {
         label: "calibration".into(),
-        base: base.to_string(),
+        bases: vec![base.to_string()],
         queue: q_cal.to_string(),
         owner_prefix: format!("bench-{run_id}-calibrate"),
         mode: queue::Mode::Dequeue,

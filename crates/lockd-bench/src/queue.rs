@@ -33,6 +33,7 @@
 //! message was delivered and acked.
 
 use std::collections::hash_map::RandomState;
+use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -46,7 +47,7 @@ use hyper::{Method, Request, StatusCode, Uri};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::load::{error_chain, http_client, preflight, HttpClient, Target};
+use crate::load::{error_chain, error_kind_at, http_client, preflight, HttpClient, Target};
 use crate::stats::Latency;
 use lockd_api::delivery::{boundary_of, Delivery, DeliveryReader};
 
@@ -67,6 +68,11 @@ const PRINTED_ERRORS: usize = 5;
 
 /// Pause after a failed request so a broken server is not hammered.
 const ERROR_BACKOFF: Duration = Duration::from_millis(1);
+
+/// A dequeue answered with messages only after this long is counted as
+/// slow (see [`QueueResult::slow_dequeues`]): with producers running, a
+/// consumer should not wait that long for a message.
+pub const SLOW_DEQUEUE: Duration = Duration::from_secs(1);
 
 /// Pause after `503 queue_busy` (more consumers than the server admits):
 /// retrying at once would turn the surplus consumers into a request storm.
@@ -96,8 +102,10 @@ impl Mode {
 pub struct QueueSpec {
     /// Label used in error messages (`mem dequeue`, …).
     pub label: String,
-    /// `http://host:port` of the lockd server.
-    pub base: String,
+    /// `http://host:port` of each lockd node (one, or several sharing a
+    /// store); producer `i` and consumer `c` talk to nodes `i % n` and
+    /// `c % n`, a consumer acks on its own node.
+    pub bases: Vec<String>,
     /// Queue name.
     pub queue: String,
     /// Owners are `<owner_prefix>-<consumer>`.
@@ -183,6 +191,23 @@ pub struct QueueResult {
     pub undrained: u64,
     /// How long the drain took.
     pub drain: Duration,
+    /// Length of the measurement window, seconds.
+    pub window_s: f64,
+    /// Errors of the whole run (warm-up and drain included) by kind.
+    pub error_kinds: BTreeMap<String, u64>,
+    /// `acked` by the node the ack went to.
+    pub acked_by_node: Vec<u64>,
+    /// `enqueued` by the node the enqueue went to.
+    pub enqueued_by_node: Vec<u64>,
+    /// Dequeues of the whole run answered with messages after more than
+    /// [`SLOW_DEQUEUE`] (the window's `dequeue` latency leaves out those
+    /// that straddle its edges, so long waits hide there).
+    pub slow_dequeues: u64,
+    /// Longest dequeue answered with messages over the whole run, ns.
+    pub dequeue_max_all: u64,
+    /// When the first and the last slow dequeue was sent, ns after the run
+    /// (warm-up) began.
+    pub slow_started: Option<(u64, u64)>,
 }
 
 impl QueueResult {
@@ -310,10 +335,8 @@ struct Shared {
     measure_end: Instant,
     tag: u64,
     queue: String,
-    enqueue_uri: Uri,
-    dequeue_uri: Uri,
-    subscribe_uri: Uri,
-    ack_uri: Uri,
+    /// The endpoints of each node.
+    nodes: Vec<NodeUris>,
     enqueue_body: EnqueueBody,
     json: HeaderValue,
     multipart: HeaderValue,
@@ -324,6 +347,25 @@ struct Shared {
     /// Successful acks of this run's messages.
     acked: AtomicU64,
     printed: AtomicUsize,
+}
+
+/// The queue endpoints of one node.
+struct NodeUris {
+    enqueue: Uri,
+    dequeue: Uri,
+    subscribe: Uri,
+    ack: Uri,
+}
+
+impl NodeUris {
+    fn of(base: &str) -> Result<Self, String> {
+        Ok(Self {
+            enqueue: parse_uri(&format!("{base}/v1/queue/enqueue"))?,
+            dequeue: parse_uri(&format!("{base}/v1/queue/dequeue"))?,
+            subscribe: parse_uri(&format!("{base}/v1/queue/subscribe"))?,
+            ack: parse_uri(&format!("{base}/v1/queue/ack"))?,
+        })
+    }
 }
 
 /// What a failed request was.
@@ -338,6 +380,8 @@ enum Failed {
 struct AckOutcome {
     started: Instant,
     finished: Instant,
+    /// Node the ack went to.
+    node: usize,
     result: Result<(), String>,
     /// `None` for messages of another run.
     stamp: Option<u64>,
@@ -380,6 +424,20 @@ struct TaskStats {
     foreign: u64,
     responses: u64,
     delivered_in_responses: u64,
+    error_kinds: BTreeMap<String, u64>,
+    acked_by_node: Vec<u64>,
+    enqueued_by_node: Vec<u64>,
+    slow_dequeues: u64,
+    dequeue_max_all: u64,
+    slow_started: Option<(u64, u64)>,
+}
+
+/// Adds `n` to `v[i]`, growing `v` as needed.
+fn bump(v: &mut Vec<u64>, i: usize, n: u64) {
+    if v.len() <= i {
+        v.resize(i + 1, 0);
+    }
+    v[i] += n;
 }
 
 impl TaskStats {
@@ -403,9 +461,28 @@ impl TaskStats {
         self.foreign += o.foreign;
         self.responses += o.responses;
         self.delivered_in_responses += o.delivered_in_responses;
+        for (kind, n) in o.error_kinds {
+            *self.error_kinds.entry(kind).or_default() += n;
+        }
+        for (i, n) in o.acked_by_node.into_iter().enumerate() {
+            bump(&mut self.acked_by_node, i, n);
+        }
+        for (i, n) in o.enqueued_by_node.into_iter().enumerate() {
+            bump(&mut self.enqueued_by_node, i, n);
+        }
+        self.slow_dequeues += o.slow_dequeues;
+        self.dequeue_max_all = self.dequeue_max_all.max(o.dequeue_max_all);
+        self.slow_started = match (self.slow_started, o.slow_started) {
+            (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
+            (x, y) => x.or(y),
+        };
     }
 
-    fn failed(&mut self, sh: &Shared, what: Failed, at: Instant, msg: &str) {
+    fn failed(&mut self, sh: &Shared, node: usize, what: Failed, at: Instant, msg: &str) {
+        *self
+            .error_kinds
+            .entry(error_kind_at(msg, node, sh.nodes.len()))
+            .or_default() += 1;
         let measured = at >= sh.measure_start && at <= sh.measure_end;
         if !measured {
             self.outside_errors += 1;
@@ -424,7 +501,7 @@ impl TaskStats {
             self.redeliveries += 1;
         }
         match o.result {
-            Err(msg) => self.failed(sh, Failed::Ack, o.finished, &msg),
+            Err(msg) => self.failed(sh, o.node, Failed::Ack, o.finished, &msg),
             Ok(()) => {
                 let Some(stamp) = o.stamp else {
                     self.foreign += 1;
@@ -434,6 +511,7 @@ impl TaskStats {
                     self.warmup_acked += 1;
                 } else if o.finished <= sh.measure_end {
                     self.acked += 1;
+                    bump(&mut self.acked_by_node, o.node, 1);
                     let now = (o.finished - sh.epoch).as_nanos() as u64;
                     self.e2e.push(now.saturating_sub(stamp));
                     if o.started >= sh.measure_start {
@@ -502,8 +580,8 @@ impl Shared {
     }
 
     /// One dequeue request.
-    async fn dequeue(&self, body: &Bytes) -> Result<Polled, String> {
-        let req = self.request(&self.dequeue_uri, &self.json, body.clone())?;
+    async fn dequeue(&self, node: usize, body: &Bytes) -> Result<Polled, String> {
+        let req = self.request(&self.nodes[node].dequeue, &self.json, body.clone())?;
         let (status, ct, body) = self
             .exchange(req, self.consume_timeout)
             .await
@@ -540,8 +618,8 @@ impl Shared {
 
     /// Opens a subscribe stream (the server answers once the first message
     /// is leased).
-    async fn subscribe(&self, body: &Bytes) -> Result<Opened, String> {
-        let req = self.request(&self.subscribe_uri, &self.json, body.clone())?;
+    async fn subscribe(&self, node: usize, body: &Bytes) -> Result<Opened, String> {
+        let req = self.request(&self.nodes[node].subscribe, &self.json, body.clone())?;
         let resp = match tokio::time::timeout(self.consume_timeout, self.http.request(req)).await {
             Ok(r) => r.map_err(|e| format!("subscribe: {}", error_chain(&e)))?,
             Err(_) => {
@@ -600,7 +678,7 @@ pub(crate) fn error_code(status: StatusCode, body: &[u8]) -> Option<String> {
 
 /// Acks one delivery; a successful ack of this run's message returns a
 /// backlog permit.
-async fn ack(sh: Arc<Shared>, d: Delivery) -> AckOutcome {
+async fn ack(sh: Arc<Shared>, node: usize, d: Delivery) -> AckOutcome {
     let m = &d.message;
     let stamp = read_stamp(&d.payload, sh.tag);
     let body = serde_json::json!({
@@ -613,7 +691,7 @@ async fn ack(sh: Arc<Shared>, d: Delivery) -> AckOutcome {
     .to_string();
     let started = Instant::now();
     let result = sh
-        .post_ok("ack", &sh.ack_uri, &sh.json, Bytes::from(body))
+        .post_ok("ack", &sh.nodes[node].ack, &sh.json, Bytes::from(body))
         .await
         .map(|_| ())
         .map_err(|e| format!("{e} (message {})", m.message_id));
@@ -625,13 +703,14 @@ async fn ack(sh: Arc<Shared>, d: Delivery) -> AckOutcome {
     AckOutcome {
         started,
         finished,
+        node,
         result,
         stamp,
         attempts: m.attempts,
     }
 }
 
-async fn producer(sh: Arc<Shared>) -> TaskStats {
+async fn producer(sh: Arc<Shared>, node: usize) -> TaskStats {
     let mut st = TaskStats::default();
     let end = tokio::time::Instant::from_std(sh.measure_end);
     loop {
@@ -651,7 +730,7 @@ async fn producer(sh: Arc<Shared>) -> TaskStats {
         let stamp = (t0 - sh.epoch).as_nanos() as u64;
         let body = sh.enqueue_body.build(stamp, sh.tag);
         let res = sh
-            .post_ok("enqueue", &sh.enqueue_uri, &sh.multipart, body)
+            .post_ok("enqueue", &sh.nodes[node].enqueue, &sh.multipart, body)
             .await;
         let t1 = Instant::now();
         match res {
@@ -659,12 +738,13 @@ async fn producer(sh: Arc<Shared>) -> TaskStats {
                 sh.enqueued.fetch_add(1, Ordering::Relaxed);
                 if t0 >= sh.measure_start && t1 <= sh.measure_end {
                     st.enqueued += 1;
+                    bump(&mut st.enqueued_by_node, node, 1);
                     st.enqueue.push((t1 - t0).as_nanos() as u64);
                 }
             }
             Err(msg) => {
                 sh.backlog.add_permits(1);
-                st.failed(&sh, Failed::Enqueue, t1, &msg);
+                st.failed(&sh, node, Failed::Enqueue, t1, &msg);
                 tokio::time::sleep(ERROR_BACKOFF).await;
             }
         }
@@ -674,6 +754,7 @@ async fn producer(sh: Arc<Shared>) -> TaskStats {
 
 async fn dequeue_consumer(
     sh: Arc<Shared>,
+    node: usize,
     body: Bytes,
     mut stop: watch::Receiver<bool>,
 ) -> TaskStats {
@@ -684,7 +765,7 @@ async fn dequeue_consumer(
         }
         let t0 = Instant::now();
         let res = tokio::select! {
-            r = sh.dequeue(&body) => r,
+            r = sh.dequeue(node, &body) => r,
             _ = stop.changed() => break,
         };
         let t1 = Instant::now();
@@ -695,6 +776,16 @@ async fn dequeue_consumer(
                 tokio::time::sleep(BUSY_BACKOFF).await;
             }
             Ok(Polled::Deliveries(ds)) => {
+                let took = t1 - t0;
+                st.dequeue_max_all = st.dequeue_max_all.max(took.as_nanos() as u64);
+                if took > SLOW_DEQUEUE {
+                    st.slow_dequeues += 1;
+                    let at = (t0 - sh.epoch).as_nanos() as u64;
+                    st.slow_started = Some(match st.slow_started {
+                        Some((a, b)) => (a.min(at), b.max(at)),
+                        None => (at, at),
+                    });
+                }
                 if t0 >= sh.measure_start && t1 <= sh.measure_end {
                     st.dequeue.push((t1 - t0).as_nanos() as u64);
                     st.responses += 1;
@@ -702,24 +793,26 @@ async fn dequeue_consumer(
                 }
                 if ds.len() == 1 {
                     for d in ds {
-                        let o = ack(sh.clone(), d).await;
+                        let o = ack(sh.clone(), node, d).await;
                         st.absorb(&sh, o);
                     }
                 } else {
                     let mut set = JoinSet::new();
                     for d in ds {
-                        set.spawn(ack(sh.clone(), d));
+                        set.spawn(ack(sh.clone(), node, d));
                     }
                     while let Some(r) = set.join_next().await {
                         match r {
                             Ok(o) => st.absorb(&sh, o),
-                            Err(e) => st.failed(&sh, Failed::Ack, Instant::now(), &e.to_string()),
+                            Err(e) => {
+                                st.failed(&sh, node, Failed::Ack, Instant::now(), &e.to_string())
+                            }
                         }
                     }
                 }
             }
             Err(msg) => {
-                st.failed(&sh, Failed::Consume, t1, &msg);
+                st.failed(&sh, node, Failed::Consume, t1, &msg);
                 tokio::time::sleep(ERROR_BACKOFF).await;
             }
         }
@@ -728,7 +821,11 @@ async fn dequeue_consumer(
 }
 
 /// Acks what a subscribe stream delivers, concurrently.
-async fn ack_loop(sh: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Delivery>) -> TaskStats {
+async fn ack_loop(
+    sh: Arc<Shared>,
+    node: usize,
+    mut rx: mpsc::UnboundedReceiver<Delivery>,
+) -> TaskStats {
     let mut st = TaskStats::default();
     let mut set = JoinSet::new();
     let mut open = true;
@@ -736,13 +833,13 @@ async fn ack_loop(sh: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Delivery>) ->
         tokio::select! {
             d = rx.recv(), if open => match d {
                 Some(d) => {
-                    set.spawn(ack(sh.clone(), d));
+                    set.spawn(ack(sh.clone(), node, d));
                 }
                 None => open = false,
             },
             Some(r) = set.join_next(), if !set.is_empty() => match r {
                 Ok(o) => st.absorb(&sh, o),
-                Err(e) => st.failed(&sh, Failed::Ack, Instant::now(), &e.to_string()),
+                Err(e) => st.failed(&sh, node, Failed::Ack, Instant::now(), &e.to_string()),
             },
             else => break,
         }
@@ -801,18 +898,19 @@ async fn read_stream(
 
 async fn subscribe_consumer(
     sh: Arc<Shared>,
+    node: usize,
     body: Bytes,
     mut stop: watch::Receiver<bool>,
 ) -> TaskStats {
     let (tx, rx) = mpsc::unbounded_channel::<Delivery>();
-    let acker = tokio::spawn(ack_loop(sh.clone(), rx));
+    let acker = tokio::spawn(ack_loop(sh.clone(), node, rx));
     let mut st = TaskStats::default();
     loop {
         if *stop.borrow() {
             break;
         }
         let opened = tokio::select! {
-            r = sh.subscribe(&body) => r,
+            r = sh.subscribe(node, &body) => r,
             _ = stop.changed() => break,
         };
         let (boundary, stream) = match opened {
@@ -827,7 +925,7 @@ async fn subscribe_consumer(
             }
             Ok(Opened::Stream(b, s)) => (b, s),
             Err(msg) => {
-                st.failed(&sh, Failed::Consume, Instant::now(), &msg);
+                st.failed(&sh, node, Failed::Consume, Instant::now(), &msg);
                 tokio::time::sleep(ERROR_BACKOFF).await;
                 continue;
             }
@@ -839,6 +937,7 @@ async fn subscribe_consumer(
             StreamEnd::Broken(msg) => {
                 st.failed(
                     &sh,
+                    node,
                     Failed::Consume,
                     Instant::now(),
                     &format!("subscribe: {msg}"),
@@ -850,7 +949,13 @@ async fn subscribe_consumer(
     drop(tx);
     match acker.await {
         Ok(acks) => st.merge(acks),
-        Err(e) => st.failed(&sh, Failed::Ack, Instant::now(), &format!("ack task: {e}")),
+        Err(e) => st.failed(
+            &sh,
+            node,
+            Failed::Ack,
+            Instant::now(),
+            &format!("ack task: {e}"),
+        ),
     }
     st
 }
@@ -889,7 +994,7 @@ pub async fn preflight_queue(http: &HttpClient, base: &str, queue: &str) -> Resu
     preflight(
         http,
         &Target::Lease {
-            base: base.to_string(),
+            bases: vec![base.to_string()],
             key_prefix: String::new(),
             keys_per_client: 1,
         },
@@ -928,8 +1033,13 @@ pub async fn preflight_queue(http: &HttpClient, base: &str, queue: &str) -> Resu
 /// Runs warm-up, window and drain of one queue workload.
 pub async fn run(spec: &QueueSpec) -> Result<QueueResult, String> {
     let http = http_client();
-    let base = spec.base.trim_end_matches('/');
-    preflight_queue(&http, base, &spec.queue).await?;
+    if spec.bases.is_empty() {
+        return Err("no server to benchmark".into());
+    }
+    let bases: Vec<&str> = spec.bases.iter().map(|b| b.trim_end_matches('/')).collect();
+    for base in &bases {
+        preflight_queue(&http, base, &spec.queue).await?;
+    }
     let epoch = Instant::now();
     let measure_start = epoch + spec.warmup;
     let measure_end = measure_start + spec.duration;
@@ -943,10 +1053,10 @@ pub async fn run(spec: &QueueSpec) -> Result<QueueResult, String> {
         measure_end,
         tag: run_tag(),
         queue: spec.queue.clone(),
-        enqueue_uri: parse_uri(&format!("{base}/v1/queue/enqueue"))?,
-        dequeue_uri: parse_uri(&format!("{base}/v1/queue/dequeue"))?,
-        subscribe_uri: parse_uri(&format!("{base}/v1/queue/subscribe"))?,
-        ack_uri: parse_uri(&format!("{base}/v1/queue/ack"))?,
+        nodes: bases
+            .iter()
+            .map(|b| NodeUris::of(b))
+            .collect::<Result<_, _>>()?,
         enqueue_body: EnqueueBody::new(&spec.queue, spec.payload_bytes),
         json: HeaderValue::from_static("application/json"),
         multipart: EnqueueBody::content_type(),
@@ -968,15 +1078,20 @@ pub async fn run(spec: &QueueSpec) -> Result<QueueResult, String> {
             })
             .to_string(),
         );
+        let node = c % bases.len();
         let task = match spec.mode {
-            Mode::Dequeue => tokio::spawn(dequeue_consumer(sh.clone(), body, stop_rx.clone())),
-            Mode::Subscribe => tokio::spawn(subscribe_consumer(sh.clone(), body, stop_rx.clone())),
+            Mode::Dequeue => {
+                tokio::spawn(dequeue_consumer(sh.clone(), node, body, stop_rx.clone()))
+            }
+            Mode::Subscribe => {
+                tokio::spawn(subscribe_consumer(sh.clone(), node, body, stop_rx.clone()))
+            }
         };
         consumers.push(task);
     }
     let sampler = tokio::spawn(sample_backlog(sh.clone()));
     let producers: Vec<_> = (0..spec.producers)
-        .map(|_| tokio::spawn(producer(sh.clone())))
+        .map(|i| tokio::spawn(producer(sh.clone(), i % bases.len())))
         .collect();
 
     let mut all = TaskStats::default();
@@ -1029,6 +1144,21 @@ pub async fn run(spec: &QueueSpec) -> Result<QueueResult, String> {
         total_acked,
         undrained: total_enqueued.saturating_sub(total_acked),
         drain,
+        window_s: window,
+        slow_dequeues: all.slow_dequeues,
+        dequeue_max_all: all.dequeue_max_all,
+        slow_started: all.slow_started,
+        error_kinds: all.error_kinds,
+        acked_by_node: {
+            let mut v = all.acked_by_node;
+            v.resize(bases.len(), 0);
+            v
+        },
+        enqueued_by_node: {
+            let mut v = all.enqueued_by_node;
+            v.resize(bases.len(), 0);
+            v
+        },
     })
 }
 

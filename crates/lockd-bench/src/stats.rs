@@ -1,5 +1,6 @@
 //! Latency samples and their summaries.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -26,6 +27,8 @@ pub struct ClientStats {
     pub warmup_units: u64,
     /// Failed units during warm-up.
     pub warmup_errors: u64,
+    /// Failed units of the whole run by [`crate::load::error_kind`].
+    pub error_kinds: BTreeMap<String, u64>,
 }
 
 impl ClientStats {
@@ -106,6 +109,8 @@ pub struct Summary {
     pub warmup_units: u64,
     /// Failed units during warm-up.
     pub warmup_errors: u64,
+    /// Failed units of the whole run (warm-up included) by kind.
+    pub error_kinds: BTreeMap<String, u64>,
 }
 
 impl Summary {
@@ -122,6 +127,9 @@ impl Summary {
             s.errors += c.errors;
             s.warmup_units += c.warmup_units;
             s.warmup_errors += c.warmup_errors;
+            for (kind, n) in c.error_kinds {
+                *s.error_kinds.entry(kind).or_default() += n;
+            }
         }
         s.units = units.len() as u64;
         s.rate = s.units as f64 / window.as_secs_f64().max(1e-9);
@@ -155,13 +163,16 @@ mod tests {
         let mut a = ClientStats::default();
         a.record(10, &[1, 2, 3]);
         a.errors = 1;
+        a.error_kinds.insert("acquire 409 x".into(), 1);
         let mut b = ClientStats::default();
         b.record(20, &[0, 0, 0]);
+        b.error_kinds.insert("acquire 409 x".into(), 2);
         let s = Summary::from_clients(vec![a, b], Duration::from_secs(2));
         assert_eq!(s.units, 2);
         assert_eq!(s.errors, 1);
         assert!((s.rate - 1.0).abs() < 1e-9);
         assert_eq!(s.ops.len(), 3);
         assert_eq!(s.ops[0].1.max, 1);
+        assert_eq!(s.error_kinds.get("acquire 409 x"), Some(&3));
     }
 }
