@@ -91,6 +91,9 @@ pub struct ServerConfig {
     pub queue_poll_interval: Duration,
     /// Random extra delay per poll (`--queue-poll-jitter`).
     pub queue_poll_jitter: Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP),
+    /// `host:port` or `:port`; `None` (the default) collects none.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -118,6 +121,7 @@ impl Default for ServerConfig {
             ha_lease_ttl: Duration::from_secs(10),
             queue_poll_interval: Duration::from_secs(3),
             queue_poll_jitter: Duration::from_millis(500),
+            metrics_listen: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! * [`core`]: the transport-agnostic engine;
 //! * [`storage`]: the one storage interface and its backends;
 //! * [`http`]: the axum router with thin handlers;
+//! * [`obs`]: Prometheus metrics and structured logs;
 //! * [`start`]: runs all of it on a TCP or Unix listener.
 //!
 //! ```no_run
@@ -24,6 +25,7 @@ pub mod core;
 pub mod ha;
 pub mod http;
 pub mod json;
+pub mod obs;
 mod server;
 pub mod storage;
 mod tls;

@@ -43,6 +43,8 @@ pub struct RunningServer {
     sweeper: Option<JoinHandle<()>>,
     ha_task: Option<JoinHandle<()>>,
     ha: Arc<Ha>,
+    metrics_addr: Option<SocketAddr>,
+    metrics_task: Option<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -66,6 +68,11 @@ impl RunningServer {
         &self.engine
     }
 
+    /// Where `GET /metrics` is served (`--metrics-listen`), if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// Drains, then shuts down (what SIGTERM does), within
     /// `shutdown_timeout`:
     ///
@@ -86,15 +93,19 @@ impl RunningServer {
         }
         if !window.is_zero() {
             self.control.drain.start(window);
-            tracing::info!(window = ?window, "draining");
+            tracing::info!(sys = SHUTDOWN_SYS, window = ?window, "draining");
             loop {
                 let held = self.engine.live_leases() + self.queues.live_deliveries();
                 if held == 0 {
-                    tracing::info!("no leases held; drain complete");
+                    tracing::info!(sys = SHUTDOWN_SYS, "no leases held; drain complete");
                     break;
                 }
                 if started.elapsed() >= window {
-                    tracing::warn!(held, "drain window over with leases still held");
+                    tracing::warn!(
+                        sys = SHUTDOWN_SYS,
+                        held,
+                        "drain window over with leases still held"
+                    );
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -114,7 +125,10 @@ impl RunningServer {
         let res = match tokio::time::timeout(rest, self.shutdown()).await {
             Ok(r) => r,
             Err(_) => {
-                tracing::warn!("shutdown budget spent; closing remaining connections");
+                tracing::warn!(
+                    sys = SHUTDOWN_SYS,
+                    "shutdown budget spent; closing remaining connections"
+                );
                 Ok(())
             }
         };
@@ -151,6 +165,9 @@ impl RunningServer {
         if let Some(h) = self.ha_task {
             let _ = h.await;
         }
+        if let Some(m) = self.metrics_task {
+            let _ = m.await;
+        }
         if let BoundAddr::Unix(p) = &self.addr {
             let _ = std::fs::remove_file(p);
         }
@@ -164,6 +181,9 @@ impl RunningServer {
             .map_err(|e| std::io::Error::other(e.to_string()))?
     }
 }
+
+/// `sys` of the drain and shutdown log lines.
+const SHUTDOWN_SYS: &str = "server.shutdown.controller";
 
 /// Removes a socket file left behind by a server that is gone. Refuses to
 /// touch anything else: a socket someone still listens on, or a file that
@@ -247,7 +267,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
         }
         _ => None,
     };
-    let store = storage::open(&cfg.store)?;
+    let mut store = storage::open(&cfg.store)?;
     if cfg.object_store() {
         // Refuse to run on a store that would silently break the
         // guarantees (e.g. one that ignores conditional writes).
@@ -259,6 +279,19 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
                 report.failures().join("\n  ")
             ));
         }
+    }
+    // With metrics on, every storage operation is timed by a decorator
+    // (backends stay untouched; without metrics there is no wrapper).
+    let store_metrics = Arc::new(crate::obs::metrics::StoreMetrics::new());
+    let http_metrics = cfg
+        .metrics_listen
+        .as_ref()
+        .map(|_| Arc::new(crate::obs::metrics::HttpMetrics::new()));
+    if http_metrics.is_some() {
+        store = Arc::new(crate::obs::store::MeteredStore::new(
+            store,
+            store_metrics.clone(),
+        ));
     }
     // Only object stores can be shared by several processes; a disk store
     // is locked by its one process, so concurrent mode means nothing there.
@@ -316,8 +349,31 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
         ha: ha.clone(),
         default_namespace,
         json_max: cfg.json_max,
+        metrics: http_metrics.clone(),
     }));
     let (stop, mut stopped) = watch::channel(false);
+    let (metrics_addr, metrics_task) = match (&cfg.metrics_listen, http_metrics) {
+        (Some(listen), Some(http)) => {
+            let exporter = Arc::new(crate::obs::exporter::Exporter {
+                http,
+                store: store_metrics,
+                disk: cfg.store.trim().starts_with("disk://"),
+                engine: engine.clone(),
+                queues: queues.clone(),
+                control: control.clone(),
+                ha: ha.clone(),
+            });
+            let (addr, task) =
+                crate::obs::exporter::serve(listen, exporter, stopped.clone()).await?;
+            tracing::info!(
+                sys = "observability.telemetry.exporter",
+                listen = %addr,
+                "metrics listening on http://{addr}/metrics"
+            );
+            (Some(addr), Some(task))
+        }
+        _ => (None, None),
+    };
     let stop_rx = stopped.clone();
     let tls_on = tls_config.is_some();
     let mut stop_serving = stopped.clone();
@@ -337,21 +393,25 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
     if !cfg.sweeper_interval.is_zero() {
         let sweeper = engine.clone();
         let every = cfg.sweeper_interval;
-        sweeper_task = Some(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        let n = sweeper.sweep_expired().await;
-                        if n > 0 {
-                            tracing::debug!(cleared = n, "swept expired leases");
+        let span = tracing::error_span!("sweeper", sys = "server.lifecycle.sweeper");
+        sweeper_task = Some(tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            let n = sweeper.sweep_expired().await;
+                            if n > 0 {
+                                tracing::debug!(cleared = n, "swept expired leases");
+                            }
                         }
+                        _ = stopped.changed() => break,
                     }
-                    _ = stopped.changed() => break,
                 }
-            }
-        }));
+            },
+            span,
+        )));
     }
 
     let (addr, task) = if cfg.listen_proto == ListenProto::Unix {
@@ -422,5 +482,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
         sweeper: sweeper_task,
         ha_task,
         ha,
+        metrics_addr,
+        metrics_task,
     })
 }

@@ -107,8 +107,15 @@ pub const TEMPLATE: &str = r#"# lockd server configuration (keys are the flag na
 #
 # listen: ":9341"               # host:port, or a socket path with listen-proto unix
 # listen-proto: tcp             # tcp, tcp4, tcp6, unix
-# store: "disk:///var/lib/lockd" # mem://, disk:///abs/path (default: ~/.lockd/data)
-# disable-mtls: true            # plain HTTP (this build has no mTLS yet)
+# store: "disk:///var/lib/lockd" # mem://, disk:///abs/path, s3://host:port/bucket/prefix, aws://bucket/prefix
+# bundle: "/etc/lockd/server.pem" # server bundle (default: ~/.lockd/server.pem)
+# denylist-path: "/etc/lockd/server.denylist" # extra revoked client serials
+# disable-mtls: false           # true: plain HTTP, no client certificates (testing only)
+# ha: failover                  # concurrent, failover, single, auto (shared object stores)
+# ha-lease-ttl: 10s
+# queue-poll-interval: 3s       # shared stores: how often waiters look for other nodes' changes
+# queue-poll-jitter: 500ms
+# aws-region: eu-west-1         # for aws:// stores
 # default-namespace: default
 # default-ttl: 30s
 # max-ttl: 30m
@@ -120,6 +127,8 @@ pub const TEMPLATE: &str = r#"# lockd server configuration (keys are the flag na
 # drain-grace: 10s
 # shutdown-timeout: 10s
 # log-level: info
+# log-format: text              # text or json
+# metrics-listen: "127.0.0.1:9464" # Prometheus /metrics (off when unset)
 #
 # Perimeter defence (0 disables a limit)
 # qrf-disabled: false

@@ -23,6 +23,7 @@ use std::time::Duration;
 use clap::Parser;
 use lockd_server::config::{default_data_dir, parse_duration, parse_size};
 use lockd_server::control::qrf::QrfConfig;
+use lockd_server::obs::log::LogFormat;
 use lockd_server::{ListenProto, ServerConfig};
 
 /// lockd: exclusive leases with fencing tokens, atomic JSON state and an
@@ -295,6 +296,17 @@ struct Args {
     /// Log level: trace, debug, info, warn, error or none.
     #[arg(long, env = "LOCKD_LOG_LEVEL", default_value = "info")]
     log_level: String,
+
+    /// Log line format: `text`, or `json` (one object per line with `ts`,
+    /// `lvl`, `app`, `sys`, `msg`, the request's `correlation_id`, and the
+    /// event's fields).
+    #[arg(long, env = "LOCKD_LOG_FORMAT", default_value = "text", value_parser = parse_log_format)]
+    log_format: LogFormat,
+
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (plain HTTP, a
+    /// listener of its own), e.g. 127.0.0.1:9464 or :9464. Off by default.
+    #[arg(long, env = "LOCKD_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 /// Back-pressure (QRF) and host sampling (LSF) flags; 0 disables a limit.
@@ -451,20 +463,13 @@ fn parse_proto(s: &str) -> Result<ListenProto, String> {
     s.parse()
 }
 
-fn init_logging(level: &str) {
-    let level = match level.trim().to_ascii_lowercase().as_str() {
-        "none" | "off" => "off".to_string(),
-        "warning" => "warn".to_string(),
-        other => other.to_string(),
-    };
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(format!("lockd={level},lockd_server={level}"))
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    s.parse()
+}
+
+/// Logs to stderr (see `lockd_server::obs::log` for the line format).
+fn init_logging(format: LogFormat, level: &str) {
+    lockd_server::obs::log::init(format, level);
 }
 
 /// `$LOCKD_CONFIG_DIR/server.pem`, else `~/.lockd/server.pem`.
@@ -542,15 +547,15 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> ExitCode {
     if let Some(Command::Client(c)) = cli.command {
-        init_logging("warn");
+        init_logging(LogFormat::Text, "warn");
         return client::run(c).await;
     }
     if let Some(Command::Verify(VerifyCommand::Store { store })) = cli.command {
-        init_logging("warn");
+        init_logging(LogFormat::Text, "warn");
         return verify_store(store).await;
     }
     let args = cli.server;
-    init_logging(&args.log_level);
+    init_logging(args.log_format, &args.log_level);
     let tls = if args.disable_mtls {
         tracing::warn!(
             "mTLS disabled (--disable-mtls): plain HTTP with no client authentication \
@@ -614,6 +619,10 @@ async fn run(cli: Cli) -> ExitCode {
         ha_lease_ttl: args.ha_lease_ttl,
         queue_poll_interval: args.queue_poll_interval,
         queue_poll_jitter: args.queue_poll_jitter,
+        metrics_listen: args
+            .metrics_listen
+            .filter(|m| !m.trim().is_empty())
+            .map(|m| m.trim().to_string()),
     };
     let store_desc = cfg.store.clone();
     let socket_path = (cfg.listen_proto == ListenProto::Unix).then(|| cfg.listen.clone());

@@ -25,6 +25,9 @@ pub struct Control {
     /// The drain switch (shared with the queue, whose waiting consumers
     /// must stop when it flips).
     pub drain: Arc<Drain>,
+    /// The latest LSF sample and how many were taken (metrics).
+    last_sample: std::sync::Mutex<Option<super::Sample>>,
+    samples: std::sync::atomic::AtomicU64,
 }
 
 impl Control {
@@ -34,7 +37,20 @@ impl Control {
             qrf: Controller::new(qrf),
             inflight: Inflight::default(),
             drain: Arc::new(Drain::new()),
+            last_sample: std::sync::Mutex::new(None),
+            samples: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// The latest LSF sample (`None` before the first, or with QRF off)
+    /// and the number of samples taken.
+    pub fn last_sample(&self) -> (Option<super::Sample>, u64) {
+        let s = self
+            .last_sample
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (s, self.samples.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Runs the LSF sampler feeding the controller until `stop` fires;
@@ -61,9 +77,13 @@ impl Control {
             let mut s = sampler.sample(&self.inflight);
             s.queue_backlog = backlog();
             self.qrf.observe(&s);
+            *self.last_sample.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.clone());
+            self.samples
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if !log_every.is_zero() && last_log.elapsed() >= log_every {
                 last_log = tokio::time::Instant::now();
                 tracing::info!(
+                    sys = "control.lsf.observer",
                     qrf = self.qrf.state().as_str(),
                     memory_percent = format!("{:.1}", s.memory_percent),
                     load1 = s.load1,

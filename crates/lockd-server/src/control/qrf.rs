@@ -241,6 +241,11 @@ impl Controller {
         &self.cfg
     }
 
+    /// Requests sleeping in a pacing delay right now.
+    pub fn pacing_now(&self) -> usize {
+        self.paced.load(Ordering::Relaxed)
+    }
+
     /// The current posture.
     pub fn state(&self) -> State {
         self.lock().state

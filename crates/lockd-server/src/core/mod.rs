@@ -246,6 +246,12 @@ impl Engine {
     pub fn cached_keys(&self) -> usize {
         self.slots.len()
     }
+
+    /// Blocked acquirers waiting for a key, over every key in memory
+    /// (metrics; walks the keys, so call it at scrape time only).
+    pub fn waiting_acquirers(&self) -> usize {
+        self.slots.iter().map(|e| e.value().waiters()).sum()
+    }
 }
 
 #[cfg(test)]

@@ -137,6 +137,11 @@ impl Slot {
         }
     }
 
+    /// Number of blocked acquirers queued on the key (metrics).
+    pub fn waiters(&self) -> usize {
+        self.waiters.lock().map(|q| q.len()).unwrap_or(0)
+    }
+
     /// Wakes the waiter at the head of the queue (the key may be free).
     pub fn wake_head(&self) {
         let q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());

@@ -39,6 +39,8 @@ pub struct AppState {
     pub json_max: u64,
     /// This node's HA role: passive nodes refuse requests.
     pub ha: Arc<crate::ha::Ha>,
+    /// Request counts and latencies (`None`: metrics off).
+    pub metrics: Option<Arc<crate::obs::metrics::HttpMetrics>>,
 }
 
 type Shared = Arc<AppState>;
@@ -108,6 +110,7 @@ pub struct CorrelationId(pub String);
 pub fn router(state: Shared) -> Router {
     let control = state.control.clone();
     let ha = state.ha.clone();
+    let metrics = state.metrics.clone();
     Router::new()
         .route("/healthz", any(health))
         .route("/readyz", any(health))
@@ -143,7 +146,7 @@ pub fn router(state: Shared) -> Router {
             crate::control::layer::guard,
         ))
         .layer(axum::middleware::from_fn_with_state(ha, passive_guard))
-        .layer(axum::middleware::from_fn(correlation))
+        .layer(axum::middleware::from_fn_with_state(metrics, correlation))
         .with_state(state)
 }
 
@@ -187,7 +190,22 @@ fn valid_correlation(v: &str) -> bool {
 
 /// Accepts a valid `X-Correlation-Id` or makes one, hands it to the handler
 /// and echoes it on the response unless the handler set its own.
-async fn correlation(mut req: Request, next: Next) -> Response {
+///
+/// Also the request's observability: everything the request logs runs in
+/// a span carrying its `sys` (`api.http.router.<operation>`) and
+/// `correlation_id`, and, with metrics on, its endpoint, status and time to
+/// the response head are recorded. The span is at ERROR level so that it
+/// exists whenever any logging does: it only carries context.
+async fn correlation(
+    axum::extract::State(metrics): axum::extract::State<
+        Option<Arc<crate::obs::metrics::HttpMetrics>>,
+    >,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let endpoint = crate::obs::endpoint_index(req.uri().path());
     let id = req
         .headers()
         .get(headers::CORRELATION_ID)
@@ -196,13 +214,34 @@ async fn correlation(mut req: Request, next: Next) -> Response {
         .filter(|v| valid_correlation(v))
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let span = tracing::error_span!(
+        "request",
+        sys = crate::obs::endpoint_sys(endpoint),
+        correlation_id = id.as_str(),
+    );
+    let method = req.method().clone();
     req.extensions_mut().insert(CorrelationId(id.clone()));
-    let mut resp = next.run(req).await;
+    let mut resp = next.run(req).instrument(span).await;
     if !resp.headers().contains_key(headers::CORRELATION_ID) {
         if let Ok(v) = HeaderValue::from_str(&id) {
             resp.headers_mut().insert(headers::CORRELATION_ID, v);
         }
     }
+    let took = started.elapsed();
+    if let Some(m) = &metrics {
+        m.observe(endpoint, resp.status().as_u16(), took);
+    }
+    // Outside the span (which is closed by now): the context is given
+    // explicitly.
+    tracing::debug!(
+        sys = crate::obs::endpoint_sys(endpoint),
+        correlation_id = id.as_str(),
+        method = method.as_str(),
+        endpoint = crate::obs::endpoint_label(endpoint),
+        status = resp.status().as_u16(),
+        elapsed_ms = took.as_micros() as f64 / 1000.0,
+        "http.request.complete"
+    );
     resp
 }
 

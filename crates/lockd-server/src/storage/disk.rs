@@ -177,7 +177,9 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Batch>) {
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let results = commit_group(db, &mut group);
+        crate::obs::metrics::DISK_COMMITS.record(group.len(), started.elapsed(), results.is_ok());
         match results {
             Ok(per_batch) => {
                 for (batch, res) in group.into_iter().zip(per_batch) {

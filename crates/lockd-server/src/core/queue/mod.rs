@@ -11,7 +11,7 @@
 pub mod message;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
@@ -143,6 +143,25 @@ pub struct Extended {
     pub correlation_id: String,
 }
 
+/// One queue's figures for metrics ([`Queues::gauges`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueGauge {
+    /// Namespace.
+    pub namespace: String,
+    /// Queue name.
+    pub queue: String,
+    /// Messages held (ready, delayed or in flight).
+    pub messages: usize,
+    /// Messages visible now.
+    pub ready: usize,
+    /// Messages delivered and not yet acked, nacked or expired.
+    pub in_flight: usize,
+    /// Consumers waiting on this queue.
+    pub waiting_consumers: usize,
+    /// Messages this process moved to the dead-letter area.
+    pub dead_lettered: u64,
+}
+
 /// A snapshot of a queue for stats and watch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueSnapshot {
@@ -259,6 +278,8 @@ pub struct QueueShard {
     synced: SyncMutex<Option<Instant>>,
     /// Held while a comparison runs, so only one runs per queue.
     syncing: Mutex<()>,
+    /// Messages this process moved to the dead-letter area (metrics).
+    dead_lettered: AtomicU64,
 }
 
 impl QueueShard {
@@ -425,6 +446,7 @@ impl Queues {
                         waiting: AtomicUsize::new(0),
                         synced: SyncMutex::new(None),
                         syncing: Mutex::new(()),
+                        dead_lettered: AtomicU64::new(0),
                     })
                 })
                 .clone(),
@@ -970,6 +992,9 @@ impl Queues {
             .await?;
         slot.rec = None;
         slot.stale = false;
+        if let Some(shard) = self.shards.get(&format!("{}/{}", rec.namespace, rec.queue)) {
+            shard.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        }
         tracing::info!(queue = %rec.queue, message_id = %rec.id, "message dead-lettered");
         Ok(())
     }
@@ -1297,6 +1322,39 @@ impl Queues {
                     .count()
             })
             .sum()
+    }
+
+    /// Per-queue figures of every queue in memory, for metrics: one
+    /// short lock of each queue's index (call it at scrape time only).
+    pub fn gauges(&self) -> Vec<QueueGauge> {
+        let now = now_unix();
+        self.shards
+            .iter()
+            .map(|s| {
+                let shard = s.value();
+                let idx = shard.lock();
+                let ready = idx.order.range(..(now + 1, String::new())).count();
+                let in_flight = idx
+                    .entries
+                    .values()
+                    .filter(|e| e.lease_id.is_some() && e.visible_at > now)
+                    .count();
+                QueueGauge {
+                    namespace: shard.namespace.clone(),
+                    queue: shard.name.clone(),
+                    messages: idx.entries.len(),
+                    ready,
+                    in_flight,
+                    waiting_consumers: shard.waiting.load(Ordering::Relaxed),
+                    dead_lettered: shard.dead_lettered.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    /// Consumers waiting for messages, over every queue.
+    pub fn waiting_consumers(&self) -> usize {
+        self.consumers.load(Ordering::Relaxed)
     }
 
     /// Diagnostics of a queue (stats, watch).
