@@ -176,10 +176,12 @@
 //! error lines always go to stderr.
 
 mod baseline;
+mod chart;
 mod load;
 mod overload;
 mod queue;
 mod s3;
+mod sdk;
 mod stats;
 
 /// The same allocator as the `lockd` binary, so in-process figures match
@@ -226,6 +228,16 @@ enum Cmd {
     /// Overload: calibrate the sustainable queue rate R, offer factor × R (10×) for a while,
     /// check /healthz latency, memory, ack flow and that nothing acknowledged is lost.
     Overload(overload::OverloadArgs),
+    /// SDK: acquire → save a JSON document → release (`--keys distinct|shared|N`; `--vs-etcd`).
+    LeaseCycle(sdk::SdkArgs),
+    /// SDK: public reads of committed documents.
+    PublicRead(sdk::SdkArgs),
+    /// SDK: keepalives of one held lease per client.
+    Keepalive(sdk::SdkArgs),
+    /// SDK: YCSB-like mix of public reads and lease-cycle updates (`--read-ratio`).
+    Mixed(sdk::SdkArgs),
+    /// SDK: producers enqueue, consumers dequeue or subscribe and ack.
+    SdkQueue(sdk::SdkArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -1509,6 +1521,11 @@ fn main() -> ExitCode {
         Cmd::Baseline(c) => c.threads,
         Cmd::Queue(q) => q.threads,
         Cmd::Overload(o) => o.threads,
+        Cmd::LeaseCycle(a)
+        | Cmd::PublicRead(a)
+        | Cmd::Keepalive(a)
+        | Cmd::Mixed(a)
+        | Cmd::SdkQueue(a) => a.threads,
     };
     let threads = threads
         .filter(|n| *n > 0)
@@ -1530,6 +1547,11 @@ fn main() -> ExitCode {
             Cmd::Baseline(c) => cmd_baseline(c, threads).await,
             Cmd::Queue(q) => cmd_queue(q, threads).await,
             Cmd::Overload(o) => overload::cmd(o, threads).await,
+            Cmd::LeaseCycle(a) => sdk::cmd(sdk::Workload::LeaseCycle, a, threads).await,
+            Cmd::PublicRead(a) => sdk::cmd(sdk::Workload::PublicRead, a, threads).await,
+            Cmd::Keepalive(a) => sdk::cmd(sdk::Workload::Keepalive, a, threads).await,
+            Cmd::Mixed(a) => sdk::cmd(sdk::Workload::Mixed, a, threads).await,
+            Cmd::SdkQueue(a) => sdk::cmd(sdk::Workload::Queue, a, threads).await,
         }
     });
     match result {
