@@ -322,11 +322,11 @@ pub fn rfc2253(name: &X509Name<'_>) -> String {
                 Some(0) if !known[0].is_empty() => {}
                 Some(i) => known[i].push(match atv.as_str() {
                     Ok(s) => escape(s),
-                    Err(_) => format!("#{}", hex_of(&der_of(atv.attr_value()))),
+                    Err(_) => format!("#{}", crate::hex(&der_of(atv.attr_value()))),
                 }),
                 // Go prints attributes it has no name for as the hex of
                 // their DER encoding.
-                None => others.push(format!("{oid}=#{}", hex_of(&der_of(atv.attr_value())))),
+                None => others.push(format!("{oid}=#{}", crate::hex(&der_of(atv.attr_value())))),
             }
         }
     }
@@ -352,10 +352,6 @@ pub fn rfc2253(name: &X509Name<'_>) -> String {
 fn der_of(v: &x509_parser::der_parser::asn1_rs::Any<'_>) -> Vec<u8> {
     use x509_parser::der_parser::asn1_rs::ToDer;
     v.to_der_vec().unwrap_or_default()
-}
-
-fn hex_of(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn escape(v: &str) -> String {

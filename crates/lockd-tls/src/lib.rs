@@ -79,10 +79,7 @@ pub fn serial_hex(raw: &[u8]) -> String {
     } else {
         raw.to_vec()
     };
-    let mut s = String::with_capacity(magnitude.len() * 2);
-    for b in &magnitude {
-        s.push_str(&format!("{b:02x}"));
-    }
+    let s = hex(&magnitude);
     let trimmed = s.trim_start_matches('0');
     let body = if trimmed.is_empty() { "0" } else { trimmed };
     if negative {
@@ -90,6 +87,11 @@ pub fn serial_hex(raw: &[u8]) -> String {
     } else {
         body.to_string()
     }
+}
+
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Normalizes a serial as written by a user or in a denylist: trimmed,

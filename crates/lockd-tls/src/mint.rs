@@ -36,7 +36,7 @@ use rustls_pki_types::CertificateDer;
 
 use crate::bundle::{encode, is_ca, DENYLIST_BLOCK};
 use crate::identity::{Permission, WILDCARD};
-use crate::{serial_hex, TlsError};
+use crate::{hex, serial_hex, TlsError};
 
 const KRYPT_ROOT: &str = "KRYPT-SYSTEM-ROOT-KEY";
 const KRYPT_DESCRIPTOR: &str = "KRYPT-DESCRIPTOR";
@@ -314,10 +314,6 @@ fn key_pem(key: &KeyPair) -> String {
         }
         _ => key.serialize_pem(),
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 impl Ca {

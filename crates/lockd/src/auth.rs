@@ -373,15 +373,10 @@ fn export(a: ExportArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The config directory, as the SDK and CLI find it.
 fn config_dir() -> Result<PathBuf, String> {
-    if let Some(d) = std::env::var_os("LOCKD_CONFIG_DIR").filter(|d| !d.is_empty()) {
-        return std::path::absolute(PathBuf::from(d))
-            .map_err(|e| format!("resolve LOCKD_CONFIG_DIR: {e}"));
-    }
-    let home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .ok_or("neither LOCKD_CONFIG_DIR nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".lockd"))
+    lockd_client::default_config_dir()
+        .ok_or_else(|| "neither LOCKD_CONFIG_DIR nor HOME is set".into())
 }
 
 /// Creates `dir` and any missing parents with mode 0700.
