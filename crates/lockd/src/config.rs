@@ -129,6 +129,7 @@ pub const TEMPLATE: &str = r#"# lockd server configuration (keys are the flag na
 # log-level: info
 # log-format: text              # text or json
 # metrics-listen: "127.0.0.1:9464" # Prometheus /metrics (off when unset)
+# otlp-endpoint: "http://127.0.0.1:4318" # OTLP trace export (binaries built with --features otlp)
 #
 # Perimeter defence (0 disables a limit)
 # qrf-disabled: false

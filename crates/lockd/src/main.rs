@@ -307,6 +307,13 @@ struct Args {
     /// listener of its own), e.g. 127.0.0.1:9464 or :9464. Off by default.
     #[arg(long, env = "LOCKD_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<String>,
+
+    /// Export a span per HTTP request to this OpenTelemetry collector over
+    /// OTLP/HTTP (protobuf POSTs to URL/v1/traces), e.g.
+    /// http://127.0.0.1:4318. Plain http only. Off by default.
+    #[cfg(feature = "otlp")]
+    #[arg(long, env = "LOCKD_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 /// Back-pressure (QRF) and host sampling (LSF) flags; 0 disables a limit.
@@ -555,7 +562,53 @@ async fn run(cli: Cli) -> ExitCode {
         return verify_store(store).await;
     }
     let args = cli.server;
-    init_logging(args.log_format, &args.log_level);
+    #[cfg(not(feature = "otlp"))]
+    {
+        init_logging(args.log_format, &args.log_level);
+        // Set directly or by a config file's `otlp-endpoint`.
+        if std::env::var_os("LOCKD_OTLP_ENDPOINT").is_some_and(|v| !v.is_empty()) {
+            tracing::warn!(
+                "LOCKD_OTLP_ENDPOINT is set, but this lockd was built without the `otlp` \
+                 feature: no traces are exported"
+            );
+        }
+        serve(args).await
+    }
+    #[cfg(feature = "otlp")]
+    {
+        let endpoint = args
+            .otlp_endpoint
+            .as_deref()
+            .map(str::trim)
+            .filter(|e| !e.is_empty());
+        let Some(endpoint) = endpoint else {
+            init_logging(args.log_format, &args.log_level);
+            return serve(args).await;
+        };
+        let traces = match lockd_server::obs::otlp::Traces::new(endpoint) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("lockd: --otlp-endpoint: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        lockd_server::obs::log::init_with_traces(args.log_format, &args.log_level, &traces);
+        let code = serve(args).await;
+        // Sends the spans still queued; the exporter blocks, so off the
+        // runtime's workers.
+        let flushed = tokio::task::spawn_blocking(move || {
+            traces.shutdown(lockd_server::obs::otlp::SHUTDOWN_TIMEOUT)
+        })
+        .await;
+        if let Err(e) = flushed {
+            tracing::warn!(error = %e, "otlp: flushing the last spans failed");
+        }
+        code
+    }
+}
+
+/// Runs the server until SIGTERM/SIGINT and its graceful shutdown.
+async fn serve(args: Args) -> ExitCode {
     let tls = if args.disable_mtls {
         tracing::warn!(
             "mTLS disabled (--disable-mtls): plain HTTP with no client authentication \

@@ -195,7 +195,10 @@ fn valid_correlation(v: &str) -> bool {
 /// a span carrying its `sys` (`api.http.router.<operation>`) and
 /// `correlation_id`, and, with metrics on, its endpoint, status and time to
 /// the response head are recorded. The span is at ERROR level so that it
-/// exists whenever any logging does: it only carries context.
+/// exists whenever any logging does: it only carries context. Built with
+/// the `otlp` feature and run with `--otlp-endpoint`, the span is also
+/// exported (see `crate::obs::otlp`), a child of the caller's
+/// `traceparent`, ending when the response head is ready.
 async fn correlation(
     axum::extract::State(metrics): axum::extract::State<
         Option<Arc<crate::obs::metrics::HttpMetrics>>,
@@ -214,14 +217,41 @@ async fn correlation(
         .filter(|v| valid_correlation(v))
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    #[cfg(not(feature = "otlp"))]
     let span = tracing::error_span!(
         "request",
         sys = crate::obs::endpoint_sys(endpoint),
         correlation_id = id.as_str(),
     );
+    // With OTLP export compiled in, the span also carries what the
+    // exported span needs (see `crate::obs::otlp`); the log layer reads
+    // `lockd.sys` and `lockd.correlation_id` as `sys` and `correlation_id`
+    // and ignores the rest.
+    #[cfg(feature = "otlp")]
+    let span = tracing::error_span!(
+        "request",
+        lockd.sys = crate::obs::endpoint_sys(endpoint),
+        lockd.correlation_id = id.as_str(),
+        otel.name = crate::obs::endpoint_operation(endpoint)
+            .unwrap_or(crate::obs::otlp::span_name_method(req.method())),
+        otel.kind = "server",
+        http.request.method = crate::obs::otlp::method(req.method()),
+        http.route = crate::obs::endpoint_route(endpoint),
+        http.response.status_code = tracing::field::Empty,
+        "error.type" = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    #[cfg(feature = "otlp")]
+    crate::obs::otlp::set_remote_parent(&span, req.headers());
+    #[cfg(feature = "otlp")]
+    let exported = crate::obs::otlp::enabled().then(|| span.clone());
     let method = req.method().clone();
     req.extensions_mut().insert(CorrelationId(id.clone()));
     let mut resp = next.run(req).instrument(span).await;
+    #[cfg(feature = "otlp")]
+    if let Some(span) = exported {
+        crate::obs::otlp::record_status(&span, resp.status().as_u16());
+    }
     if !resp.headers().contains_key(headers::CORRELATION_ID) {
         if let Ok(v) = HeaderValue::from_str(&id) {
             resp.headers_mut().insert(headers::CORRELATION_ID, v);

@@ -116,6 +116,19 @@ pub fn init(format: LogFormat, level: &str) {
         .try_init();
 }
 
+/// Installs the process's logger as [`init`] does, plus the layer exporting
+/// request spans over OTLP (see [`crate::obs::otlp`]). The two layers
+/// filter on their own: `level` (even `none`) governs the log lines only.
+/// Logs where spans go. Installs nothing if a logger is already installed.
+#[cfg(feature = "otlp")]
+pub fn init_with_traces(format: LogFormat, level: &str, traces: &crate::obs::otlp::Traces) {
+    let _ = tracing_subscriber::registry()
+        .with(LockdLayer::new(format, std::io::stderr).with_filter(filter(level)))
+        .with(traces.layer())
+        .try_init();
+    tracing::info!(endpoint = traces.url(), "otlp: exporting request spans");
+}
+
 /// The `sys` and `correlation_id` a span hands to the events inside it.
 #[derive(Default, Debug, Clone)]
 struct SpanCtx {
@@ -123,18 +136,25 @@ struct SpanCtx {
     correlation_id: Option<String>,
 }
 
+/// `lockd.sys` and `lockd.correlation_id` (the names the request span uses
+/// when built for OTLP export, where span fields become attributes) count
+/// as `sys` and `correlation_id`.
 impl Visit for SpanCtx {
     fn record_str(&mut self, field: &Field, value: &str) {
         match field.name() {
-            "sys" => self.sys = Some(value.to_string()),
-            "correlation_id" => self.correlation_id = Some(value.to_string()),
+            "sys" | "lockd.sys" => self.sys = Some(value.to_string()),
+            "correlation_id" | "lockd.correlation_id" => {
+                self.correlation_id = Some(value.to_string())
+            }
             _ => {}
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         match field.name() {
-            "sys" | "correlation_id" => self.record_str(field, &format!("{value:?}")),
+            "sys" | "lockd.sys" | "correlation_id" | "lockd.correlation_id" => {
+                self.record_str(field, &format!("{value:?}"))
+            }
             _ => {}
         }
     }
@@ -460,6 +480,34 @@ mod tests {
             l.contains(" INFO api.http.router.get: served correlation_id=\"c 1\" path=/v1/get detail=\"two words\""),
             "{l}"
         );
+    }
+
+    #[test]
+    fn otlp_span_field_names_count_as_sys_and_correlation_id() {
+        let lines = capture(LogFormat::Json, || {
+            let span = tracing::error_span!(
+                "request",
+                lockd.sys = "api.http.router.acquire",
+                lockd.correlation_id = "otel-1",
+                otel.name = "acquire",
+                http.request.method = "POST",
+                http.response.status_code = tracing::field::Empty,
+            );
+            let _g = span.enter();
+            span.record("http.response.status_code", 200);
+            tracing::info!(key = "k", "inside");
+        });
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["app", "correlation_id", "key", "lvl", "msg", "sys", "ts"],
+            "{v}"
+        );
+        assert_eq!(v["sys"], "api.http.router.acquire");
+        assert_eq!(v["correlation_id"], "otel-1");
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! * [`log`]: the `tracing` layer behind `--log-format json|text`: every
 //!   line carries `app`, a dotted `sys` naming its subsystem (the original
 //!   lockd's convention) and, while a request is served, its
-//!   `correlation_id`.
+//!   `correlation_id`;
+//! * `otlp` (cargo feature `otlp` only): OpenTelemetry export of a span per
+//!   request over OTLP/HTTP (`--otlp-endpoint`).
 //!
 //! Endpoint names are shared by the metrics (`endpoint` label) and the logs
 //! (`sys` of a request), and come from a fixed table, so a request for an
@@ -20,6 +22,8 @@
 pub mod exporter;
 pub mod log;
 pub mod metrics;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod store;
 
 /// Every route: its path (the `endpoint` label) and the `sys` of its
@@ -107,6 +111,19 @@ pub fn endpoint_sys(slot: usize) -> &'static str {
         .unwrap_or("api.http.router")
 }
 
+/// The route template of a slot (its path); `None` for the catch-all.
+pub fn endpoint_route(slot: usize) -> Option<&'static str> {
+    ENDPOINTS.get(slot).map(|e| e.0)
+}
+
+/// The operation a slot serves, its `sys` without `api.http.router.`
+/// (`acquire`, `queue.dequeue`, `healthz`, …); `None` for the catch-all.
+pub fn endpoint_operation(slot: usize) -> Option<&'static str> {
+    ENDPOINTS
+        .get(slot)
+        .and_then(|e| e.1.strip_prefix("api.http.router."))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,10 +134,15 @@ mod tests {
             assert_eq!(endpoint_index(path), i, "{path}");
             assert_eq!(endpoint_label(i), *path);
             assert!(sys.starts_with("api.http.router."), "{sys}");
+            assert_eq!(endpoint_route(i), Some(*path));
+            assert!(endpoint_operation(i).is_some_and(|o| !o.is_empty()));
         }
         assert_eq!(endpoint_index("/v1/acquire/"), OTHER_ENDPOINT);
         assert_eq!(endpoint_index("/nope"), OTHER_ENDPOINT);
         assert_eq!(endpoint_label(OTHER_ENDPOINT), "other");
         assert_eq!(endpoint_sys(OTHER_ENDPOINT), "api.http.router");
+        assert_eq!(endpoint_route(OTHER_ENDPOINT), None);
+        assert_eq!(endpoint_operation(OTHER_ENDPOINT), None);
+        assert_eq!(endpoint_operation(2), Some("acquire"));
     }
 }
