@@ -2,11 +2,20 @@
 //!
 //! All writes go through a single writer thread that group-commits: it takes
 //! every batch queued while the previous commit was on its way to disk and
-//! applies them in one redb transaction with one fsync. Each caller's batch
-//! is still all-or-nothing (its preconditions are checked against the state
-//! the earlier batches of the same group left), and no caller is answered
-//! before its data is durable. Throughput therefore grows with the number of
+//! applies them in one redb transaction. Each caller's batch is still
+//! all-or-nothing (its preconditions are checked against the state the
+//! earlier batches of the same group left), and no caller is answered before
+//! its data is durable. Throughput therefore grows with the number of
 //! concurrent writers instead of being capped at one fsync per write.
+//!
+//! A group is made durable by one record in the write-ahead log
+//! (`PATH/lockd.wal`, see [`super::wal`]) and one `fdatasync` of it; the
+//! redb transaction itself commits without an fsync and becomes visible
+//! only after the log record is on disk. A checkpoint (a durable redb
+//! commit that also starts a new log epoch) follows every
+//! [`CHECKPOINT_BYTES`] of log or [`CHECKPOINT_EVERY`], and happens when the
+//! store closes. Opening the store replays the log's current epoch, so a
+//! crash loses nothing that was acknowledged.
 //!
 //! Blobs (queue payloads) up to [`INLINE_BLOB_MAX`] bytes are stored in the
 //! database itself, so they share group commits with everything else.
@@ -30,11 +39,20 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::mem::cond_holds;
+use super::wal::{Change, RecordBuf, Recovered, Wal};
 use super::{ByteStream, Cond, ETag, Op, Store, StoreError, StoreResult};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const SYSTEM: TableDefinition<&str, u64> = TableDefinition::new("system");
 const ETAG_SEQ: &str = "etag_seq";
+/// The log epoch whose records are not yet in a durable commit.
+const WAL_EPOCH: &str = "wal_epoch";
+/// Size of the preallocated write-ahead log.
+const WAL_CAPACITY: u64 = 16 << 20;
+/// Log bytes after which the writer checkpoints.
+pub const CHECKPOINT_BYTES: u64 = 4 << 20;
+/// Time after which the writer checkpoints a log that is not empty.
+pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// Largest blob kept inside the database; larger ones become files.
 pub const INLINE_BLOB_MAX: usize = 64 * 1024;
 /// Database key prefix of inline blobs.
@@ -105,12 +123,29 @@ impl DiskStore {
             ),
             other => format!("cannot open store {}: {other}", file.display()),
         })?;
-        let txn = db.begin_write().map_err(|e| e.to_string())?;
-        {
-            txn.open_table(OBJECTS).map_err(|e| e.to_string())?;
-            txn.open_table(SYSTEM).map_err(|e| e.to_string())?;
+        let epoch = {
+            let txn = db.begin_write().map_err(|e| e.to_string())?;
+            let epoch = {
+                txn.open_table(OBJECTS).map_err(|e| e.to_string())?;
+                let system = txn.open_table(SYSTEM).map_err(|e| e.to_string())?;
+                let stored = system.get(WAL_EPOCH).map_err(|e| e.to_string())?;
+                stored.map(|v| v.value()).unwrap_or(0)
+            };
+            txn.commit().map_err(|e| e.to_string())?;
+            epoch
+        };
+        let wal_path = dir.join("lockd.wal");
+        let (wal, recovered) = Wal::open(&wal_path, WAL_CAPACITY, epoch)
+            .map_err(|e| format!("cannot open write-ahead log {}: {e}", wal_path.display()))?;
+        replay(&db, &recovered, wal.epoch())
+            .map_err(|e| format!("cannot replay write-ahead log {}: {e}", wal_path.display()))?;
+        if recovered.records > 0 {
+            tracing::info!(
+                records = recovered.records,
+                changes = recovered.changes.len(),
+                "disk store: replayed the write-ahead log"
+            );
         }
-        txn.commit().map_err(|e| e.to_string())?;
         std::fs::create_dir_all(dir.join("blobs"))
             .map_err(|e| format!("cannot create blob directory in {}: {e}", dir.display()))?;
         let db = Arc::new(db);
@@ -118,7 +153,7 @@ impl DiskStore {
         let writer_db = db.clone();
         let thread = std::thread::Builder::new()
             .name("lockd-disk-writer".into())
-            .spawn(move || writer_loop(&writer_db, rx))
+            .spawn(move || writer_loop(writer_db, wal, rx))
             .map_err(|e| format!("cannot start disk writer: {e}"))?;
         Ok(Self {
             db,
@@ -168,7 +203,108 @@ impl DiskStore {
     }
 }
 
-fn writer_loop(db: &Database, rx: mpsc::Receiver<Batch>) {
+/// Applies the changes recovered from the log and records `next_epoch`, in
+/// one durable commit.
+fn replay(db: &Database, rec: &Recovered, next_epoch: u64) -> StoreResult<()> {
+    let txn = db.begin_write().map_err(backend)?;
+    {
+        let mut objects = txn.open_table(OBJECTS).map_err(backend)?;
+        let mut system = txn.open_table(SYSTEM).map_err(backend)?;
+        for change in &rec.changes {
+            match change {
+                Change::Put { key, etag, value } => {
+                    objects
+                        .insert(key.as_str(), encode(*etag, value).as_slice())
+                        .map_err(backend)?;
+                }
+                Change::Delete { key } => {
+                    objects.remove(key.as_str()).map_err(backend)?;
+                }
+            }
+        }
+        let seq = system
+            .get(ETAG_SEQ)
+            .map_err(backend)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        system
+            .insert(ETAG_SEQ, seq.max(rec.etag_seq))
+            .map_err(backend)?;
+        system.insert(WAL_EPOCH, next_epoch).map_err(backend)?;
+    }
+    txn.commit().map_err(backend)
+}
+
+/// Makes everything committed so far durable in the database and starts
+/// a new log epoch.
+fn checkpoint(db: &Database, wal: &mut Wal) -> StoreResult<()> {
+    let next = wal.epoch() + 1;
+    let txn = db.begin_write().map_err(backend)?;
+    {
+        let mut system = txn.open_table(SYSTEM).map_err(backend)?;
+        system.insert(WAL_EPOCH, next).map_err(backend)?;
+    }
+    txn.commit().map_err(backend)?;
+    wal.restart(next);
+    Ok(())
+}
+
+/// Set once the log or the database failed in a way that leaves the
+/// store's durable state unknown: from then on every write is refused
+/// until the process restarts (and recovers from the log).
+type Broken = Arc<std::sync::Mutex<Option<String>>>;
+
+fn broken_reason(broken: &Broken) -> Option<String> {
+    broken.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn set_broken(broken: &Broken, reason: String) {
+    tracing::error!(error = %reason, "disk store failed; it refuses writes until lockd restarts");
+    let mut b = broken.lock().unwrap_or_else(|p| p.into_inner());
+    b.get_or_insert(reason);
+}
+
+fn refused(reason: &str) -> StoreError {
+    StoreError::Backend(format!(
+        "disk store stopped accepting writes after an I/O failure ({reason}); restart lockd"
+    ))
+}
+
+/// A committed (visible, not yet durable) group on its way to the log.
+struct Logged {
+    /// The group's changes; `None` when it changed nothing.
+    record: Option<RecordBuf>,
+    /// Each caller's reply and result, sent once the record is durable.
+    replies: Vec<(Reply, StoreResult<Vec<ETag>>)>,
+}
+
+/// Stage one: applies groups of batches to the database, commits them
+/// without an fsync, and hands each group to the log stage.
+///
+/// A group is visible to readers of the database from its commit, a
+/// moment before its log record is durable. Nothing observable comes of
+/// that: the engine answers from its own cache, which takes a write only
+/// once `apply` returns, and a caller is answered only after the record
+/// is durable. If the log then fails, the store stops taking writes, and
+/// recovery restores exactly what the log holds.
+fn writer_loop(db: Arc<Database>, wal: Wal, rx: mpsc::Receiver<Batch>) {
+    let broken: Broken = Arc::default();
+    let (log_tx, log_rx) = mpsc::channel::<Logged>();
+    let log_db = db.clone();
+    let log_broken = broken.clone();
+    let logger = std::thread::Builder::new()
+        .name("lockd-disk-log".into())
+        .spawn(move || log_loop(&log_db, wal, log_rx, &log_broken));
+    let logger = match logger {
+        Ok(t) => t,
+        Err(e) => {
+            set_broken(&broken, format!("cannot start the log thread: {e}"));
+            while let Ok(b) = rx.recv() {
+                let _ = b.reply.send(Err(refused("no log thread")));
+            }
+            return;
+        }
+    };
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -177,52 +313,181 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Batch>) {
                 Err(_) => break,
             }
         }
+        if let Some(reason) = broken_reason(&broken) {
+            for batch in group {
+                let _ = batch.reply.send(Err(refused(&reason)));
+            }
+            continue;
+        }
         let started = std::time::Instant::now();
-        let results = commit_group(db, &mut group);
-        crate::obs::metrics::DISK_COMMITS.record(group.len(), started.elapsed(), results.is_ok());
-        match results {
-            Ok(per_batch) => {
-                for (batch, res) in group.into_iter().zip(per_batch) {
-                    let _ = batch.reply.send(res);
-                }
-            }
-            Err(e) => {
+        let outcome = commit_group(&db, &group);
+        crate::obs::metrics::DISK_COMMITS.record(group.len(), started.elapsed(), outcome.is_ok());
+        let logged = match outcome {
+            Ok((record, results)) => Logged {
+                record,
+                replies: group.into_iter().map(|b| b.reply).zip(results).collect(),
+            },
+            Err(GroupError::Aborted(e)) => {
                 tracing::error!(error = %e, "disk commit failed");
-                for batch in group {
-                    let _ = batch.reply.send(Err(StoreError::Backend(e.to_string())));
+                let msg = e.to_string();
+                Logged {
+                    record: None,
+                    replies: group
+                        .into_iter()
+                        .map(|b| (b.reply, Err(StoreError::Backend(msg.clone()))))
+                        .collect(),
                 }
             }
+            Err(GroupError::Fatal(reason)) => {
+                set_broken(&broken, reason.clone());
+                for batch in group {
+                    let _ = batch.reply.send(Err(refused(&reason)));
+                }
+                continue;
+            }
+        };
+        if let Err(mpsc::SendError(l)) = log_tx.send(logged) {
+            set_broken(&broken, "the log thread stopped".into());
+            for (reply, _) in l.replies {
+                let _ = reply.send(Err(refused("the log thread stopped")));
+            }
+        }
+    }
+    drop(log_tx);
+    let _ = logger.join();
+}
+
+/// Stage two: appends the records of every group waiting, with one
+/// `fdatasync`, then answers their callers in order; checkpoints when
+/// the log has grown or aged, and when the store closes.
+fn log_loop(db: &Database, mut wal: Wal, rx: mpsc::Receiver<Logged>, broken: &Broken) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut last_checkpoint = std::time::Instant::now();
+    let mut pending: Vec<Logged> = Vec::new();
+    loop {
+        match rx.recv_timeout(CHECKPOINT_EVERY) {
+            Ok(first) => pending.push(first),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        while pending.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(l) => pending.push(l),
+                Err(_) => break,
+            }
+        }
+        let failure = broken_reason(broken).or_else(|| {
+            let records: Vec<&RecordBuf> =
+                pending.iter().filter_map(|l| l.record.as_ref()).collect();
+            if records.is_empty() {
+                return None;
+            }
+            if wal.fits_all(&records) {
+                wal.append_all(&records)
+                    .err()
+                    .map(|e| format!("write-ahead log: {e}"))
+            } else {
+                // Too much for what is left of the log: a checkpoint makes
+                // these groups (committed already) durable in the database.
+                last_checkpoint = std::time::Instant::now();
+                checkpoint(db, &mut wal)
+                    .err()
+                    .map(|e| format!("checkpoint: {e}"))
+            }
+        });
+        if let Some(reason) = &failure {
+            set_broken(broken, reason.clone());
+        }
+        for logged in pending.drain(..) {
+            for (reply, result) in logged.replies {
+                let result = match &failure {
+                    Some(reason) => Err(refused(reason)),
+                    None => result,
+                };
+                let _ = reply.send(result);
+            }
+        }
+        if failure.is_none()
+            && wal.used() > 0
+            && (wal.used() >= CHECKPOINT_BYTES || last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
+        {
+            last_checkpoint = std::time::Instant::now();
+            if let Err(e) = checkpoint(db, &mut wal) {
+                set_broken(broken, format!("checkpoint: {e}"));
+            }
+        }
+    }
+    if broken_reason(broken).is_none() && wal.used() > 0 {
+        if let Err(e) = checkpoint(db, &mut wal) {
+            tracing::error!(error = %e, "disk checkpoint at close failed; the log is replayed at next open");
         }
     }
 }
 
-/// Applies every batch of a group in one transaction. A batch whose
-/// precondition fails is skipped whole; the others still commit.
-fn commit_group(db: &Database, group: &mut [Batch]) -> StoreResult<Vec<StoreResult<Vec<ETag>>>> {
-    let txn = db.begin_write().map_err(backend)?;
+/// Why a group commit failed.
+enum GroupError {
+    /// Nothing of the group was applied; later groups may still commit.
+    Aborted(StoreError),
+    /// The database may be in an unknown state.
+    Fatal(String),
+}
+
+/// Applies every batch of a group in one transaction and commits it
+/// without an fsync; returns the log record of its changes and each
+/// batch's result. A batch whose precondition fails is skipped whole; the
+/// others still commit.
+#[allow(clippy::type_complexity)]
+fn commit_group(
+    db: &Database,
+    group: &[Batch],
+) -> Result<(Option<RecordBuf>, Vec<StoreResult<Vec<ETag>>>), GroupError> {
+    let aborted = |e: redb::Error| GroupError::Aborted(backend(e));
+    let mut txn = db.begin_write().map_err(|e| aborted(e.into()))?;
+    txn.set_durability(redb::Durability::None)
+        .map_err(|e| aborted(e.into()))?;
     let mut results = Vec::with_capacity(group.len());
+    let mut record = RecordBuf::new();
     {
-        let mut objects = txn.open_table(OBJECTS).map_err(backend)?;
-        let mut system = txn.open_table(SYSTEM).map_err(backend)?;
+        let mut objects = txn.open_table(OBJECTS).map_err(|e| aborted(e.into()))?;
+        let mut system = txn.open_table(SYSTEM).map_err(|e| aborted(e.into()))?;
         let mut seq = system
             .get(ETAG_SEQ)
-            .map_err(backend)?
+            .map_err(|e| aborted(e.into()))?
             .map(|v| v.value())
             .unwrap_or(0);
-        for batch in group.iter_mut() {
-            results.push(apply_batch(&mut objects, &mut seq, &batch.ops));
+        for batch in group {
+            results.push(apply_batch(
+                &mut objects,
+                &mut seq,
+                &batch.ops,
+                &mut record,
+            )?);
         }
-        system.insert(ETAG_SEQ, seq).map_err(backend)?;
+        system
+            .insert(ETAG_SEQ, seq)
+            .map_err(|e| aborted(e.into()))?;
+        record.set_etag_seq(seq);
     }
-    txn.commit().map_err(backend)?;
-    Ok(results)
+    if record.is_empty() {
+        // Nothing changed (refused preconditions, barriers).
+        txn.abort().map_err(|e| aborted(e.into()))?;
+        return Ok((None, results));
+    }
+    txn.commit()
+        .map_err(|e| GroupError::Fatal(format!("commit: {e}")))?;
+    Ok((Some(record), results))
 }
 
+/// Applies one caller's batch: checks every precondition, then writes.
+/// A refused precondition is the batch's own result; a database error
+/// aborts the whole group (some of the batch may already be written).
 fn apply_batch(
     objects: &mut redb::Table<&str, &[u8]>,
     seq: &mut u64,
     ops: &[Op],
-) -> StoreResult<Vec<ETag>> {
+    record: &mut RecordBuf,
+) -> Result<StoreResult<Vec<ETag>>, GroupError> {
+    let aborted = |e: redb::StorageError| GroupError::Aborted(backend(e));
     for op in ops {
         let (key, cond) = match op {
             Op::Put { key, cond, .. } | Op::Delete { key, cond } => (key, cond),
@@ -230,12 +495,15 @@ fn apply_batch(
         if *cond == Cond::Any {
             continue;
         }
-        let current = match objects.get(key.as_str()).map_err(backend)? {
-            Some(raw) => Some(decode(raw.value())?.0.to_string()),
+        let current = match objects.get(key.as_str()).map_err(aborted)? {
+            Some(raw) => match decode(raw.value()) {
+                Ok((etag, _)) => Some(etag.to_string()),
+                Err(e) => return Ok(Err(e)),
+            },
             None => None,
         };
         if !cond_holds(cond, current.as_deref()) {
-            return Err(StoreError::CondFailed(key.clone()));
+            return Ok(Err(StoreError::CondFailed(key.clone())));
         }
     }
     let mut etags = Vec::with_capacity(ops.len());
@@ -245,16 +513,18 @@ fn apply_batch(
                 *seq += 1;
                 objects
                     .insert(key.as_str(), encode(*seq, value).as_slice())
-                    .map_err(backend)?;
+                    .map_err(aborted)?;
+                record.put(key, *seq, value);
                 etags.push(seq.to_string());
             }
             Op::Delete { key, .. } => {
-                objects.remove(key.as_str()).map_err(backend)?;
+                objects.remove(key.as_str()).map_err(aborted)?;
+                record.delete(key);
                 etags.push(String::new());
             }
         }
     }
-    Ok(etags)
+    Ok(Ok(etags))
 }
 
 #[async_trait::async_trait]
