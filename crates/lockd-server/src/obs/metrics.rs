@@ -441,7 +441,7 @@ pub static DISK_COMMITS: DiskCommits = DiskCommits {
 
 impl DiskCommits {
     /// Records one group commit of `batches` caller batches that took
-    /// `took` (transaction and fsync).
+    /// `took` (log write and fdatasync).
     pub fn record(&self, batches: usize, took: Duration, ok: bool) {
         self.batches.observe(BATCH_BUCKETS, batches as u64);
         self.duration.observe_duration(STORAGE_BUCKETS_NS, took);
@@ -456,7 +456,7 @@ impl DiskCommits {
         e.family(
             "lockd_disk_commit_batches",
             "histogram",
-            "Caller batches folded into one disk:// group commit (one fsync).",
+            "Caller batches folded into one disk:// group commit (one log write and fdatasync).",
         );
         e.histogram(
             "lockd_disk_commit_batches",
@@ -468,7 +468,7 @@ impl DiskCommits {
         e.family(
             "lockd_disk_commit_duration_seconds",
             "histogram",
-            "Duration of one disk:// group commit (transaction and fsync).",
+            "Duration of one disk:// group commit (log write and fdatasync).",
         );
         e.histogram(
             "lockd_disk_commit_duration_seconds",

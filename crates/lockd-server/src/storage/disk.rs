@@ -1,21 +1,31 @@
 //! `disk://PATH`: a durable, embedded store in one redb file under `PATH`.
 //!
-//! All writes go through a single writer thread that group-commits: it takes
-//! every batch queued while the previous commit was on its way to disk and
-//! applies them in one redb transaction. Each caller's batch is still
-//! all-or-nothing (its preconditions are checked against the state the
-//! earlier batches of the same group left), and no caller is answered before
-//! its data is durable. Throughput therefore grows with the number of
-//! concurrent writers instead of being capped at one fsync per write.
+//! Writes are applied in memory and made durable by a write-ahead log
+//! (`PATH/lockd.wal`, see [`super::wal`]); redb holds everything up to the
+//! last checkpoint.
 //!
-//! A group is made durable by one record in the write-ahead log
-//! (`PATH/lockd.wal`, see [`super::wal`]) and one `fdatasync` of it; the
-//! redb transaction itself commits without an fsync and becomes visible
-//! only after the log record is on disk. A checkpoint (a durable redb
-//! commit that also starts a new log epoch) follows every
-//! [`CHECKPOINT_BYTES`] of log or [`CHECKPOINT_EVERY`], and happens when the
-//! store closes. Opening the store replays the log's current epoch, so a
-//! crash loses nothing that was acknowledged.
+//! * `apply` checks a batch's preconditions and applies it, all-or-nothing,
+//!   to an in-memory *overlay* of the changes since the last checkpoint,
+//!   then queues the batch's log record and waits.
+//! * One log thread group-commits: it appends the records of every batch
+//!   queued while the previous `fdatasync` was running with one write and
+//!   one `fdatasync`, then answers those callers. No caller is answered
+//!   before its data is durable, and throughput grows with the number of
+//!   concurrent writers instead of being capped at one fsync per write.
+//! * Every [`CHECKPOINT_BYTES`] of log or [`CHECKPOINT_EVERY`] (and when the
+//!   store closes) the log thread freezes the overlay, writes it into redb
+//!   with one durable commit that also records the next log *epoch*, and
+//!   starts the log again. Reads look at the overlay, then the frozen one,
+//!   then redb.
+//! * Opening the store replays the records of the current epoch into redb,
+//!   so a crash loses nothing that was acknowledged.
+//!
+//! A batch is visible to readers of the store a moment before its record is
+//! durable. Nothing observable comes of that: the engine answers from its
+//! own cache, which takes a write only once `apply` returns, and callers are
+//! answered only after the record is durable. If the log fails, the store
+//! refuses every later write until the process restarts, and recovery
+//! restores exactly what the log holds.
 //!
 //! Blobs (queue payloads) up to [`INLINE_BLOB_MAX`] bytes are stored in the
 //! database itself, so they share group commits with everything else.
@@ -26,9 +36,10 @@
 //! redb holds an exclusive lock on the file, so a second process pointed at
 //! the same directory fails to open it instead of corrupting it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -58,31 +69,66 @@ pub const INLINE_BLOB_MAX: usize = 64 * 1024;
 /// Database key prefix of inline blobs.
 const INLINE_PREFIX: &str = "\u{0}blob/";
 
-/// Upper bound on batches folded into one commit, to bound latency.
+/// Upper bound on batches folded into one log write, to bound latency.
 const MAX_GROUP: usize = 1024;
 
 type Reply = oneshot::Sender<StoreResult<Vec<ETag>>>;
 
-struct Batch {
-    ops: Vec<Op>,
+/// A value in an overlay: `None` is a deletion.
+type Slot = Option<(u64, Bytes)>;
+type Overlay = BTreeMap<String, Slot>;
+
+/// A batch applied in memory, on its way to the log.
+struct LogItem {
+    /// Its changes; `None` when it changed nothing (a barrier).
+    record: Option<RecordBuf>,
     reply: Reply,
+    etags: Vec<ETag>,
+}
+
+struct Inner {
+    /// Changes since the last checkpoint.
+    active: Overlay,
+    /// Changes being written into redb by a checkpoint.
+    flushing: Option<Arc<Overlay>>,
+    /// The last etag handed out.
+    seq: u64,
+    /// The log thread's queue; `None` once the store is closing.
+    log: Option<mpsc::Sender<LogItem>>,
+    /// Set when the log or a checkpoint failed: writes are refused.
+    broken: Option<String>,
+}
+
+struct Shared {
+    db: Database,
+    inner: Mutex<Inner>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_broken(&self, reason: String) {
+        tracing::error!(error = %reason, "disk store failed; it refuses writes until lockd restarts");
+        self.lock().broken.get_or_insert(reason);
+    }
 }
 
 /// Durable embedded backend.
 pub struct DiskStore {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     dir: PathBuf,
-    writer: Option<mpsc::Sender<Batch>>,
-    writer_thread: Option<std::thread::JoinHandle<()>>,
+    logger: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for DiskStore {
-    /// Closes the writer (it finishes queued batches first) and waits for
-    /// it, so the file is unlocked when the store is gone and can be
-    /// reopened at once.
+    /// Closes the log queue (the log thread finishes what is queued and
+    /// checkpoints) and waits, so the file is unlocked when the store is
+    /// gone and can be reopened at once.
     fn drop(&mut self) {
-        self.writer.take();
-        if let Some(t) = self.writer_thread.take() {
+        self.shared.lock().log.take();
+        if let Some(t) = self.logger.take() {
             let _ = t.join();
         }
     }
@@ -90,6 +136,16 @@ impl Drop for DiskStore {
 
 fn backend<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Backend(e.to_string())
+}
+
+fn refused(reason: &str) -> StoreError {
+    StoreError::Backend(format!(
+        "disk store stopped accepting writes after an I/O failure ({reason}); restart lockd"
+    ))
+}
+
+fn stopped() -> StoreError {
+    StoreError::Backend("disk store is closed".into())
 }
 
 /// Objects are stored as an 8-byte little-endian etag followed by the value.
@@ -107,6 +163,28 @@ fn decode(raw: &[u8]) -> StoreResult<(u64, &[u8])> {
     let mut tag = [0u8; 8];
     tag.copy_from_slice(&raw[..8]);
     Ok((u64::from_le_bytes(tag), &raw[8..]))
+}
+
+/// Reads `key` from redb (what the last checkpoint left).
+fn read_db(db: &Database, key: &str) -> StoreResult<Option<(Bytes, u64)>> {
+    let txn = db.begin_read().map_err(backend)?;
+    let table = txn.open_table(OBJECTS).map_err(backend)?;
+    match table.get(key).map_err(backend)? {
+        Some(raw) => {
+            let (etag, value) = decode(raw.value())?;
+            Ok(Some((Bytes::copy_from_slice(value), etag)))
+        }
+        None => Ok(None),
+    }
+}
+
+impl Inner {
+    /// The overlays' word on `key`: `Some(slot)` if either has changed it.
+    fn overlay(&self, key: &str) -> Option<&Slot> {
+        self.active
+            .get(key)
+            .or_else(|| self.flushing.as_ref().and_then(|f| f.get(key)))
+    }
 }
 
 impl DiskStore {
@@ -137,7 +215,7 @@ impl DiskStore {
         let wal_path = dir.join("lockd.wal");
         let (wal, recovered) = Wal::open(&wal_path, WAL_CAPACITY, epoch)
             .map_err(|e| format!("cannot open write-ahead log {}: {e}", wal_path.display()))?;
-        replay(&db, &recovered, wal.epoch())
+        let seq = replay(&db, &recovered, wal.epoch())
             .map_err(|e| format!("cannot replay write-ahead log {}: {e}", wal_path.display()))?;
         if recovered.records > 0 {
             tracing::info!(
@@ -148,18 +226,26 @@ impl DiskStore {
         }
         std::fs::create_dir_all(dir.join("blobs"))
             .map_err(|e| format!("cannot create blob directory in {}: {e}", dir.display()))?;
-        let db = Arc::new(db);
-        let (tx, rx) = mpsc::channel::<Batch>();
-        let writer_db = db.clone();
-        let thread = std::thread::Builder::new()
-            .name("lockd-disk-writer".into())
-            .spawn(move || writer_loop(writer_db, wal, rx))
-            .map_err(|e| format!("cannot start disk writer: {e}"))?;
-        Ok(Self {
+        let (tx, rx) = mpsc::channel::<LogItem>();
+        let shared = Arc::new(Shared {
             db,
+            inner: Mutex::new(Inner {
+                active: Overlay::new(),
+                flushing: None,
+                seq,
+                log: Some(tx),
+                broken: None,
+            }),
+        });
+        let log_shared = shared.clone();
+        let logger = std::thread::Builder::new()
+            .name("lockd-disk-log".into())
+            .spawn(move || log_loop(&log_shared, wal, rx))
+            .map_err(|e| format!("cannot start the disk log thread: {e}"))?;
+        Ok(Self {
+            shared,
             dir: dir.to_path_buf(),
-            writer: Some(tx),
-            writer_thread: Some(thread),
+            logger: Some(logger),
         })
     }
 }
@@ -201,12 +287,73 @@ impl DiskStore {
             .join("blobs")
             .join(hex::encode(Sha256::digest(key.as_bytes())))
     }
+
+    /// Checks and applies one batch in memory and queues its record.
+    fn apply_now(&self, ops: Vec<Op>) -> StoreResult<oneshot::Receiver<StoreResult<Vec<ETag>>>> {
+        let mut g = self.shared.lock();
+        if let Some(reason) = &g.broken {
+            return Err(refused(reason));
+        }
+        for op in &ops {
+            let (key, cond) = match op {
+                Op::Put { key, cond, .. } | Op::Delete { key, cond } => (key, cond),
+            };
+            if *cond == Cond::Any {
+                continue;
+            }
+            let current = match g.overlay(key) {
+                Some(slot) => slot.as_ref().map(|(etag, _)| *etag),
+                None => read_db(&self.shared.db, key)?.map(|(_, etag)| etag),
+            };
+            let current = current.map(|e| e.to_string());
+            if !cond_holds(cond, current.as_deref()) {
+                return Err(StoreError::CondFailed(key.clone()));
+            }
+        }
+        let mut record = RecordBuf::new();
+        let mut etags = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op {
+                Op::Put { key, value, .. } => {
+                    g.seq += 1;
+                    let seq = g.seq;
+                    record.put(&key, seq, &value);
+                    g.active.insert(key, Some((seq, value)));
+                    etags.push(seq.to_string());
+                }
+                Op::Delete { key, .. } => {
+                    record.delete(&key);
+                    g.active.insert(key, None);
+                    etags.push(String::new());
+                }
+            }
+        }
+        record.set_etag_seq(g.seq);
+        let (reply, rx) = oneshot::channel();
+        let item = LogItem {
+            record: (!record.is_empty()).then_some(record),
+            reply,
+            etags,
+        };
+        let sent = match &g.log {
+            Some(log) => log.send(item).is_ok(),
+            None => false,
+        };
+        if !sent {
+            // Applied in memory but never to be logged: stop taking writes.
+            drop(g);
+            self.shared.set_broken("the log thread stopped".into());
+            return Err(stopped());
+        }
+        Ok(rx)
+    }
 }
 
 /// Applies the changes recovered from the log and records `next_epoch`, in
-/// one durable commit.
-fn replay(db: &Database, rec: &Recovered, next_epoch: u64) -> StoreResult<()> {
+/// one durable commit; returns the etag sequence to continue from.
+fn replay(db: &Database, rec: &Recovered, next_epoch: u64) -> StoreResult<u64> {
     let txn = db.begin_write().map_err(backend)?;
+    let seq;
     {
         let mut objects = txn.open_table(OBJECTS).map_err(backend)?;
         let mut system = txn.open_table(SYSTEM).map_err(backend)?;
@@ -222,148 +369,26 @@ fn replay(db: &Database, rec: &Recovered, next_epoch: u64) -> StoreResult<()> {
                 }
             }
         }
-        let seq = system
+        let stored = system
             .get(ETAG_SEQ)
             .map_err(backend)?
             .map(|v| v.value())
             .unwrap_or(0);
-        system
-            .insert(ETAG_SEQ, seq.max(rec.etag_seq))
-            .map_err(backend)?;
+        seq = stored.max(rec.etag_seq);
+        system.insert(ETAG_SEQ, seq).map_err(backend)?;
         system.insert(WAL_EPOCH, next_epoch).map_err(backend)?;
     }
-    txn.commit().map_err(backend)
-}
-
-/// Makes everything committed so far durable in the database and starts
-/// a new log epoch.
-fn checkpoint(db: &Database, wal: &mut Wal) -> StoreResult<()> {
-    let next = wal.epoch() + 1;
-    let txn = db.begin_write().map_err(backend)?;
-    {
-        let mut system = txn.open_table(SYSTEM).map_err(backend)?;
-        system.insert(WAL_EPOCH, next).map_err(backend)?;
-    }
     txn.commit().map_err(backend)?;
-    wal.restart(next);
-    Ok(())
+    Ok(seq)
 }
 
-/// Set once the log or the database failed in a way that leaves the
-/// store's durable state unknown: from then on every write is refused
-/// until the process restarts (and recovers from the log).
-type Broken = Arc<std::sync::Mutex<Option<String>>>;
-
-fn broken_reason(broken: &Broken) -> Option<String> {
-    broken.lock().unwrap_or_else(|p| p.into_inner()).clone()
-}
-
-fn set_broken(broken: &Broken, reason: String) {
-    tracing::error!(error = %reason, "disk store failed; it refuses writes until lockd restarts");
-    let mut b = broken.lock().unwrap_or_else(|p| p.into_inner());
-    b.get_or_insert(reason);
-}
-
-fn refused(reason: &str) -> StoreError {
-    StoreError::Backend(format!(
-        "disk store stopped accepting writes after an I/O failure ({reason}); restart lockd"
-    ))
-}
-
-/// A committed (visible, not yet durable) group on its way to the log.
-struct Logged {
-    /// The group's changes; `None` when it changed nothing.
-    record: Option<RecordBuf>,
-    /// Each caller's reply and result, sent once the record is durable.
-    replies: Vec<(Reply, StoreResult<Vec<ETag>>)>,
-}
-
-/// Stage one: applies groups of batches to the database, commits them
-/// without an fsync, and hands each group to the log stage.
-///
-/// A group is visible to readers of the database from its commit, a
-/// moment before its log record is durable. Nothing observable comes of
-/// that: the engine answers from its own cache, which takes a write only
-/// once `apply` returns, and a caller is answered only after the record
-/// is durable. If the log then fails, the store stops taking writes, and
-/// recovery restores exactly what the log holds.
-fn writer_loop(db: Arc<Database>, wal: Wal, rx: mpsc::Receiver<Batch>) {
-    let broken: Broken = Arc::default();
-    let (log_tx, log_rx) = mpsc::channel::<Logged>();
-    let log_db = db.clone();
-    let log_broken = broken.clone();
-    let logger = std::thread::Builder::new()
-        .name("lockd-disk-log".into())
-        .spawn(move || log_loop(&log_db, wal, log_rx, &log_broken));
-    let logger = match logger {
-        Ok(t) => t,
-        Err(e) => {
-            set_broken(&broken, format!("cannot start the log thread: {e}"));
-            while let Ok(b) = rx.recv() {
-                let _ = b.reply.send(Err(refused("no log thread")));
-            }
-            return;
-        }
-    };
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(b) => group.push(b),
-                Err(_) => break,
-            }
-        }
-        if let Some(reason) = broken_reason(&broken) {
-            for batch in group {
-                let _ = batch.reply.send(Err(refused(&reason)));
-            }
-            continue;
-        }
-        let started = std::time::Instant::now();
-        let outcome = commit_group(&db, &group);
-        crate::obs::metrics::DISK_COMMITS.record(group.len(), started.elapsed(), outcome.is_ok());
-        let logged = match outcome {
-            Ok((record, results)) => Logged {
-                record,
-                replies: group.into_iter().map(|b| b.reply).zip(results).collect(),
-            },
-            Err(GroupError::Aborted(e)) => {
-                tracing::error!(error = %e, "disk commit failed");
-                let msg = e.to_string();
-                Logged {
-                    record: None,
-                    replies: group
-                        .into_iter()
-                        .map(|b| (b.reply, Err(StoreError::Backend(msg.clone()))))
-                        .collect(),
-                }
-            }
-            Err(GroupError::Fatal(reason)) => {
-                set_broken(&broken, reason.clone());
-                for batch in group {
-                    let _ = batch.reply.send(Err(refused(&reason)));
-                }
-                continue;
-            }
-        };
-        if let Err(mpsc::SendError(l)) = log_tx.send(logged) {
-            set_broken(&broken, "the log thread stopped".into());
-            for (reply, _) in l.replies {
-                let _ = reply.send(Err(refused("the log thread stopped")));
-            }
-        }
-    }
-    drop(log_tx);
-    let _ = logger.join();
-}
-
-/// Stage two: appends the records of every group waiting, with one
-/// `fdatasync`, then answers their callers in order; checkpoints when
+/// The log thread: appends the records of every batch waiting with one
+/// write and one `fdatasync`, answers their callers, and checkpoints when
 /// the log has grown or aged, and when the store closes.
-fn log_loop(db: &Database, mut wal: Wal, rx: mpsc::Receiver<Logged>, broken: &Broken) {
+fn log_loop(shared: &Shared, mut wal: Wal, rx: mpsc::Receiver<LogItem>) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut last_checkpoint = std::time::Instant::now();
-    let mut pending: Vec<Logged> = Vec::new();
+    let mut pending: Vec<LogItem> = Vec::new();
     loop {
         match rx.recv_timeout(CHECKPOINT_EVERY) {
             Ok(first) => pending.push(first),
@@ -372,195 +397,185 @@ fn log_loop(db: &Database, mut wal: Wal, rx: mpsc::Receiver<Logged>, broken: &Br
         }
         while pending.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(l) => pending.push(l),
+                Ok(item) => pending.push(item),
                 Err(_) => break,
             }
         }
-        let failure = broken_reason(broken).or_else(|| {
-            let records: Vec<&RecordBuf> =
-                pending.iter().filter_map(|l| l.record.as_ref()).collect();
-            if records.is_empty() {
-                return None;
-            }
-            if wal.fits_all(&records) {
-                wal.append_all(&records)
-                    .err()
-                    .map(|e| format!("write-ahead log: {e}"))
-            } else {
-                // Too much for what is left of the log: a checkpoint makes
-                // these groups (committed already) durable in the database.
+        if !pending.is_empty() {
+            let started = std::time::Instant::now();
+            let batches = pending.len();
+            let failure = write_log(shared, &mut wal, &rx, &mut pending);
+            if failure.is_some() {
                 last_checkpoint = std::time::Instant::now();
-                checkpoint(db, &mut wal)
-                    .err()
-                    .map(|e| format!("checkpoint: {e}"))
             }
-        });
-        if let Some(reason) = &failure {
-            set_broken(broken, reason.clone());
+            crate::obs::metrics::DISK_COMMITS.record(
+                batches,
+                started.elapsed(),
+                failure.as_deref().is_none_or(str::is_empty),
+            );
         }
-        for logged in pending.drain(..) {
-            for (reply, result) in logged.replies {
-                let result = match &failure {
-                    Some(reason) => Err(refused(reason)),
-                    None => result,
-                };
-                let _ = reply.send(result);
-            }
-        }
-        if failure.is_none()
-            && wal.used() > 0
-            && (wal.used() >= CHECKPOINT_BYTES || last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
-        {
+        let due = wal.used() >= CHECKPOINT_BYTES
+            || (wal.used() > 0 && last_checkpoint.elapsed() >= CHECKPOINT_EVERY);
+        if due {
             last_checkpoint = std::time::Instant::now();
-            if let Err(e) = checkpoint(db, &mut wal) {
-                set_broken(broken, format!("checkpoint: {e}"));
-            }
+            checkpoint(shared, &mut wal, &rx, &mut pending);
         }
     }
-    if broken_reason(broken).is_none() && wal.used() > 0 {
-        if let Err(e) = checkpoint(db, &mut wal) {
-            tracing::error!(error = %e, "disk checkpoint at close failed; the log is replayed at next open");
+    checkpoint(shared, &mut wal, &rx, &mut pending);
+}
+
+/// Logs and answers `pending`. Returns `Some("")` when it had to
+/// checkpoint instead (the log was full), `Some(reason)` on failure.
+fn write_log(
+    shared: &Shared,
+    wal: &mut Wal,
+    rx: &mpsc::Receiver<LogItem>,
+    pending: &mut Vec<LogItem>,
+) -> Option<String> {
+    let broken = shared.lock().broken.clone();
+    if let Some(reason) = broken {
+        answer(pending, Some(&reason));
+        return Some(reason);
+    }
+    let records: Vec<&RecordBuf> = pending.iter().filter_map(|i| i.record.as_ref()).collect();
+    if records.is_empty() {
+        answer(pending, None);
+        return None;
+    }
+    if !wal.fits_all(&records) {
+        // More than the log has room for: a checkpoint writes these
+        // changes (already in the overlay) into redb and answers them.
+        drop(records);
+        checkpoint(shared, wal, rx, pending);
+        return Some(String::new());
+    }
+    match wal.append_all(&records) {
+        Ok(()) => {
+            answer(pending, None);
+            None
+        }
+        Err(e) => {
+            let reason = format!("write-ahead log: {e}");
+            shared.set_broken(reason.clone());
+            answer(pending, Some(&reason));
+            Some(reason)
         }
     }
 }
 
-/// Why a group commit failed.
-enum GroupError {
-    /// Nothing of the group was applied; later groups may still commit.
-    Aborted(StoreError),
-    /// The database may be in an unknown state.
-    Fatal(String),
+fn answer(pending: &mut Vec<LogItem>, failure: Option<&str>) {
+    for item in pending.drain(..) {
+        let result = match failure {
+            Some(reason) => Err(refused(reason)),
+            None => Ok(item.etags),
+        };
+        let _ = item.reply.send(result);
+    }
 }
 
-/// Applies every batch of a group in one transaction and commits it
-/// without an fsync; returns the log record of its changes and each
-/// batch's result. A batch whose precondition fails is skipped whole; the
-/// others still commit.
-#[allow(clippy::type_complexity)]
-fn commit_group(
-    db: &Database,
-    group: &[Batch],
-) -> Result<(Option<RecordBuf>, Vec<StoreResult<Vec<ETag>>>), GroupError> {
-    let aborted = |e: redb::Error| GroupError::Aborted(backend(e));
-    let mut txn = db.begin_write().map_err(|e| aborted(e.into()))?;
-    txn.set_durability(redb::Durability::None)
-        .map_err(|e| aborted(e.into()))?;
-    let mut results = Vec::with_capacity(group.len());
-    let mut record = RecordBuf::new();
+/// Freezes the overlay, writes it into redb with one durable commit that
+/// also starts the next log epoch, and answers `pending` plus every batch
+/// queued before the freeze (their changes are in what was written).
+fn checkpoint(
+    shared: &Shared,
+    wal: &mut Wal,
+    rx: &mpsc::Receiver<LogItem>,
+    pending: &mut Vec<LogItem>,
+) {
+    let (frozen, seq) = {
+        let mut g = shared.lock();
+        if let Some(reason) = g.broken.clone() {
+            drop(g);
+            answer(pending, Some(&reason));
+            return;
+        }
+        // Everything sent so far was applied to the overlay being frozen
+        // (batches are applied and queued under this lock).
+        while let Ok(item) = rx.try_recv() {
+            pending.push(item);
+        }
+        if g.active.is_empty() && wal.used() == 0 {
+            drop(g);
+            answer(pending, None);
+            return;
+        }
+        let frozen = Arc::new(std::mem::take(&mut g.active));
+        g.flushing = Some(frozen.clone());
+        (frozen, g.seq)
+    };
+    let next = wal.epoch() + 1;
+    let result = write_checkpoint(&shared.db, &frozen, seq, next);
+    shared.lock().flushing = None;
+    match result {
+        Ok(()) => {
+            wal.restart(next);
+            answer(pending, None);
+        }
+        Err(e) => {
+            // The frozen changes are lost from memory, so the store must
+            // not serve anything more; the log still holds them.
+            let reason = format!("checkpoint: {e}");
+            shared.set_broken(reason.clone());
+            answer(pending, Some(&reason));
+        }
+    }
+}
+
+fn write_checkpoint(db: &Database, frozen: &Overlay, seq: u64, next_epoch: u64) -> StoreResult<()> {
+    let txn = db.begin_write().map_err(backend)?;
     {
-        let mut objects = txn.open_table(OBJECTS).map_err(|e| aborted(e.into()))?;
-        let mut system = txn.open_table(SYSTEM).map_err(|e| aborted(e.into()))?;
-        let mut seq = system
-            .get(ETAG_SEQ)
-            .map_err(|e| aborted(e.into()))?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        for batch in group {
-            results.push(apply_batch(
-                &mut objects,
-                &mut seq,
-                &batch.ops,
-                &mut record,
-            )?);
-        }
-        system
-            .insert(ETAG_SEQ, seq)
-            .map_err(|e| aborted(e.into()))?;
-        record.set_etag_seq(seq);
-    }
-    if record.is_empty() {
-        // Nothing changed (refused preconditions, barriers).
-        txn.abort().map_err(|e| aborted(e.into()))?;
-        return Ok((None, results));
-    }
-    txn.commit()
-        .map_err(|e| GroupError::Fatal(format!("commit: {e}")))?;
-    Ok((Some(record), results))
-}
-
-/// Applies one caller's batch: checks every precondition, then writes.
-/// A refused precondition is the batch's own result; a database error
-/// aborts the whole group (some of the batch may already be written).
-fn apply_batch(
-    objects: &mut redb::Table<&str, &[u8]>,
-    seq: &mut u64,
-    ops: &[Op],
-    record: &mut RecordBuf,
-) -> Result<StoreResult<Vec<ETag>>, GroupError> {
-    let aborted = |e: redb::StorageError| GroupError::Aborted(backend(e));
-    for op in ops {
-        let (key, cond) = match op {
-            Op::Put { key, cond, .. } | Op::Delete { key, cond } => (key, cond),
-        };
-        if *cond == Cond::Any {
-            continue;
-        }
-        let current = match objects.get(key.as_str()).map_err(aborted)? {
-            Some(raw) => match decode(raw.value()) {
-                Ok((etag, _)) => Some(etag.to_string()),
-                Err(e) => return Ok(Err(e)),
-            },
-            None => None,
-        };
-        if !cond_holds(cond, current.as_deref()) {
-            return Ok(Err(StoreError::CondFailed(key.clone())));
-        }
-    }
-    let mut etags = Vec::with_capacity(ops.len());
-    for op in ops {
-        match op {
-            Op::Put { key, value, .. } => {
-                *seq += 1;
-                objects
-                    .insert(key.as_str(), encode(*seq, value).as_slice())
-                    .map_err(aborted)?;
-                record.put(key, *seq, value);
-                etags.push(seq.to_string());
-            }
-            Op::Delete { key, .. } => {
-                objects.remove(key.as_str()).map_err(aborted)?;
-                record.delete(key);
-                etags.push(String::new());
+        let mut objects = txn.open_table(OBJECTS).map_err(backend)?;
+        for (key, slot) in frozen {
+            match slot {
+                Some((etag, value)) => {
+                    objects
+                        .insert(key.as_str(), encode(*etag, value).as_slice())
+                        .map_err(backend)?;
+                }
+                None => {
+                    objects.remove(key.as_str()).map_err(backend)?;
+                }
             }
         }
+        let mut system = txn.open_table(SYSTEM).map_err(backend)?;
+        system.insert(ETAG_SEQ, seq).map_err(backend)?;
+        system.insert(WAL_EPOCH, next_epoch).map_err(backend)?;
     }
-    Ok(Ok(etags))
+    txn.commit().map_err(backend)
 }
 
 #[async_trait::async_trait]
 impl Store for DiskStore {
     async fn get(&self, key: &str) -> StoreResult<Option<(Bytes, ETag)>> {
-        let db = self.db.clone();
+        if let Some(slot) = self.shared.lock().overlay(key) {
+            return Ok(slot
+                .as_ref()
+                .map(|(etag, value)| (value.clone(), etag.to_string())));
+        }
+        let shared = self.shared.clone();
         let key = key.to_string();
         tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read().map_err(backend)?;
-            let table = txn.open_table(OBJECTS).map_err(backend)?;
-            match table.get(key.as_str()).map_err(backend)? {
-                Some(raw) => {
-                    let (etag, value) = decode(raw.value())?;
-                    Ok(Some((Bytes::copy_from_slice(value), etag.to_string())))
-                }
-                None => Ok(None),
+            // A checkpoint may have moved the key into redb meanwhile; the
+            // overlays are looked at again under the same rule.
+            if let Some(slot) = shared.lock().overlay(&key) {
+                return Ok(slot
+                    .as_ref()
+                    .map(|(etag, value)| (value.clone(), etag.to_string())));
             }
+            Ok(read_db(&shared.db, &key)?.map(|(v, etag)| (v, etag.to_string())))
         })
         .await
         .map_err(backend)?
     }
 
     async fn apply(&self, ops: Vec<Op>) -> StoreResult<Vec<ETag>> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .as_ref()
-            .ok_or_else(|| StoreError::Backend("disk writer stopped".into()))?
-            .send(Batch { ops, reply })
-            .map_err(|_| StoreError::Backend("disk writer stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Backend("disk writer stopped".into()))?
+        let rx = self.apply_now(ops)?;
+        rx.await.map_err(|_| stopped())?
     }
 
     async fn barrier(&self) -> StoreResult<()> {
-        // The writer applies batches in order: an empty one is answered only
-        // after everything queued before it has committed.
+        // Batches are logged in order: an empty one is answered only after
+        // everything queued before it is durable.
         self.apply(Vec::new()).await.map(|_| ())
     }
 
@@ -570,32 +585,61 @@ impl Store for DiskStore {
         start_after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<String>> {
-        let db = self.db.clone();
-        let prefix = prefix.to_string();
-        let start = start_after.map(str::to_string);
-        tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read().map_err(backend)?;
+        let from = match start_after {
+            Some(s) if s >= prefix => s.to_string(),
+            _ => prefix.to_string(),
+        };
+        // The overlays' changes in range (the active one wins).
+        let mut changed: BTreeMap<String, bool> = BTreeMap::new();
+        {
+            let g = self.shared.lock();
+            let frozen = g.flushing.clone();
+            for overlay in frozen.as_deref().into_iter().chain([&g.active]) {
+                for (k, slot) in overlay.range::<str, _>((
+                    std::ops::Bound::Included(from.as_str()),
+                    std::ops::Bound::Unbounded,
+                )) {
+                    if !k.starts_with(prefix) {
+                        break;
+                    }
+                    changed.insert(k.clone(), slot.is_some());
+                }
+            }
+        }
+        let deleted = changed.values().filter(|present| !**present).count();
+        let shared = self.shared.clone();
+        let prefix_owned = prefix.to_string();
+        let want = limit.saturating_add(deleted).saturating_add(1);
+        let from_db = from.clone();
+        let stored: Vec<String> = tokio::task::spawn_blocking(move || {
+            let txn = shared.db.begin_read().map_err(backend)?;
             let table = txn.open_table(OBJECTS).map_err(backend)?;
-            let from = match &start {
-                Some(s) if s.as_str() >= prefix.as_str() => s.clone(),
-                _ => prefix.clone(),
-            };
             let mut out = Vec::new();
-            for item in table.range(from.as_str()..).map_err(backend)? {
+            for item in table.range(from_db.as_str()..).map_err(backend)? {
                 let (k, _) = item.map_err(backend)?;
                 let k = k.value();
-                if !k.starts_with(prefix.as_str()) || out.len() >= limit {
+                if !k.starts_with(prefix_owned.as_str()) || out.len() >= want {
                     break;
-                }
-                if start.as_deref() == Some(k) {
-                    continue;
                 }
                 out.push(k.to_string());
             }
-            Ok(out)
+            Ok::<_, StoreError>(out)
         })
         .await
-        .map_err(backend)?
+        .map_err(backend)??;
+        let mut keys: std::collections::BTreeSet<String> = stored.into_iter().collect();
+        for (k, present) in changed {
+            if present {
+                keys.insert(k);
+            } else {
+                keys.remove(&k);
+            }
+        }
+        Ok(keys
+            .into_iter()
+            .filter(|k| start_after != Some(k.as_str()))
+            .take(limit)
+            .collect())
     }
 
     fn describe(&self) -> String {

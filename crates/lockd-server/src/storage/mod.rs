@@ -378,6 +378,64 @@ mod contract_tests {
         assert_eq!(again.list("c/", None, 100).await.unwrap().len(), 49);
     }
 
+    /// Listing merges what the last checkpoint put into redb with the
+    /// newer puts and deletes still in memory, page by page.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn disk_list_merges_checkpointed_and_recent_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = DiskStore::open(dir.path()).unwrap();
+            for i in (0..40).step_by(2) {
+                store
+                    .apply(vec![put(&format!("l/{i:02}"), "old", Cond::Any)])
+                    .await
+                    .unwrap();
+            }
+        }
+        // Reopened: the even keys are in redb now.
+        let store = DiskStore::open(dir.path()).unwrap();
+        let mut expected: std::collections::BTreeSet<String> =
+            (0..40).step_by(2).map(|i| format!("l/{i:02}")).collect();
+        for i in (1..40).step_by(4) {
+            let k = format!("l/{i:02}");
+            store
+                .apply(vec![put(&k, "new", Cond::IfAbsent)])
+                .await
+                .unwrap();
+            expected.insert(k);
+        }
+        for i in (0..40).step_by(6) {
+            let k = format!("l/{i:02}");
+            store
+                .apply(vec![Op::Delete {
+                    key: k.clone(),
+                    cond: Cond::Any,
+                }])
+                .await
+                .unwrap();
+            expected.remove(&k);
+        }
+        store
+            .apply(vec![put("m/00", "x", Cond::Any)])
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.list("l/", after.as_deref(), 4).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 4);
+            after = page.last().cloned();
+            seen.extend(page);
+        }
+        assert_eq!(seen, expected.into_iter().collect::<Vec<_>>());
+        assert_eq!(&store.get("l/01").await.unwrap().unwrap().0[..], b"new");
+        assert_eq!(&store.get("l/02").await.unwrap().unwrap().0[..], b"old");
+        assert!(store.get("l/06").await.unwrap().is_none());
+    }
+
     #[test]
     fn open_parses_store_urls() {
         assert_eq!(open("mem://").unwrap().describe(), "mem://");
