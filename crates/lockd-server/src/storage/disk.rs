@@ -504,16 +504,16 @@ fn checkpoint(
         (frozen, g.seq)
     };
     let next = wal.epoch() + 1;
-    let result = write_checkpoint(&shared.db, &frozen, seq, next);
-    shared.lock().flushing = None;
-    match result {
+    match write_checkpoint(&shared.db, &frozen, seq, next) {
         Ok(()) => {
+            shared.lock().flushing = None;
             wal.restart(next);
             answer(pending, None);
         }
         Err(e) => {
-            // The frozen changes are lost from memory, so the store must
-            // not serve anything more; the log still holds them.
+            // The frozen overlay stays in place, so reads remain right;
+            // writes stop, and the log still holds everything for the
+            // recovery at the next start.
             let reason = format!("checkpoint: {e}");
             shared.set_broken(reason.clone());
             answer(pending, Some(&reason));
