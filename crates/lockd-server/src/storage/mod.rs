@@ -378,6 +378,42 @@ mod contract_tests {
         assert_eq!(again.list("c/", None, 100).await.unwrap().len(), 49);
     }
 
+    /// A write bigger than the whole log is made durable by a checkpoint
+    /// instead, and later writes still go through the log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn disk_write_larger_than_the_log_is_checkpointed() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = bytes::Bytes::from(vec![b'x'; 20 << 20]);
+        let tag = {
+            let store = DiskStore::open(dir.path()).unwrap();
+            let tags = store
+                .apply(vec![Op::Put {
+                    key: "big".into(),
+                    value: big.clone(),
+                    cond: Cond::IfAbsent,
+                }])
+                .await
+                .unwrap();
+            store
+                .apply(vec![put("after", "1", Cond::Any)])
+                .await
+                .unwrap();
+            let (v, t) = store.get("big").await.unwrap().unwrap();
+            assert_eq!((v.len(), &t), (big.len(), &tags[0]));
+            // A crash image taken now must still have both writes.
+            let image = dir.path().join("image");
+            std::fs::create_dir_all(image.join("blobs")).unwrap();
+            for f in ["lockd.redb", "lockd.wal"] {
+                std::fs::copy(dir.path().join(f), image.join(f)).unwrap();
+            }
+            tags[0].clone()
+        };
+        let copy = DiskStore::open(&dir.path().join("image")).unwrap();
+        let (v, t) = copy.get("big").await.unwrap().unwrap();
+        assert_eq!((v.len(), t), (big.len(), tag));
+        assert_eq!(&copy.get("after").await.unwrap().unwrap().0[..], b"1");
+    }
+
     /// Listing merges what the last checkpoint put into redb with the
     /// newer puts and deletes still in memory, page by page.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
