@@ -404,14 +404,14 @@ fn log_loop(shared: &Shared, mut wal: Wal, rx: mpsc::Receiver<LogItem>) {
         if !pending.is_empty() {
             let started = std::time::Instant::now();
             let batches = pending.len();
-            let failure = write_log(shared, &mut wal, &rx, &mut pending);
-            if failure.is_some() {
+            let outcome = write_log(shared, &mut wal, &rx, &mut pending);
+            if outcome == Logged::Checkpointed {
                 last_checkpoint = std::time::Instant::now();
             }
             crate::obs::metrics::DISK_COMMITS.record(
                 batches,
                 started.elapsed(),
-                failure.as_deref().is_none_or(str::is_empty),
+                outcome != Logged::Failed,
             );
         }
         let due = wal.used() >= CHECKPOINT_BYTES
@@ -424,41 +424,51 @@ fn log_loop(shared: &Shared, mut wal: Wal, rx: mpsc::Receiver<LogItem>) {
     checkpoint(shared, &mut wal, &rx, &mut pending);
 }
 
-/// Logs and answers `pending`. Returns `Some("")` when it had to
-/// checkpoint instead (the log was full), `Some(reason)` on failure.
+/// How [`write_log`] made a group durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Logged {
+    /// Appended to the log and synced (or nothing to log).
+    Synced,
+    /// Too big for the rest of the log: a checkpoint wrote it into redb.
+    Checkpointed,
+    /// The store is broken; the callers got the error.
+    Failed,
+}
+
+/// Makes `pending` durable and answers its callers.
 fn write_log(
     shared: &Shared,
     wal: &mut Wal,
     rx: &mpsc::Receiver<LogItem>,
     pending: &mut Vec<LogItem>,
-) -> Option<String> {
+) -> Logged {
     let broken = shared.lock().broken.clone();
     if let Some(reason) = broken {
         answer(pending, Some(&reason));
-        return Some(reason);
+        return Logged::Failed;
     }
     let records: Vec<&RecordBuf> = pending.iter().filter_map(|i| i.record.as_ref()).collect();
     if records.is_empty() {
         answer(pending, None);
-        return None;
+        return Logged::Synced;
     }
     if !wal.fits_all(&records) {
         // More than the log has room for: a checkpoint writes these
         // changes (already in the overlay) into redb and answers them.
         drop(records);
         checkpoint(shared, wal, rx, pending);
-        return Some(String::new());
+        return Logged::Checkpointed;
     }
     match wal.append_all(&records) {
         Ok(()) => {
             answer(pending, None);
-            None
+            Logged::Synced
         }
         Err(e) => {
             let reason = format!("write-ahead log: {e}");
             shared.set_broken(reason.clone());
             answer(pending, Some(&reason));
-            Some(reason)
+            Logged::Failed
         }
     }
 }
