@@ -165,6 +165,12 @@ fn decode(raw: &[u8]) -> StoreResult<(u64, &[u8])> {
     Ok((u64::from_le_bytes(tag), &raw[8..]))
 }
 
+/// What `get` answers for a key the overlays know.
+fn found(slot: &Slot) -> Option<(Bytes, ETag)> {
+    slot.as_ref()
+        .map(|(etag, value)| (value.clone(), etag.to_string()))
+}
+
 /// Reads `key` from redb (what the last checkpoint left).
 fn read_db(db: &Database, key: &str) -> StoreResult<Option<(Bytes, u64)>> {
     let txn = db.begin_read().map_err(backend)?;
@@ -215,14 +221,11 @@ impl DiskStore {
         let wal_path = dir.join("lockd.wal");
         let (wal, recovered) = Wal::open(&wal_path, WAL_CAPACITY, epoch)
             .map_err(|e| format!("cannot open write-ahead log {}: {e}", wal_path.display()))?;
-        let seq = replay(&db, &recovered, wal.epoch())
+        let (records, changes) = (recovered.records, recovered.changes.len());
+        let seq = replay(&db, recovered, wal.epoch())
             .map_err(|e| format!("cannot replay write-ahead log {}: {e}", wal_path.display()))?;
-        if recovered.records > 0 {
-            tracing::info!(
-                records = recovered.records,
-                changes = recovered.changes.len(),
-                "disk store: replayed the write-ahead log"
-            );
+        if records > 0 {
+            tracing::info!(records, changes, "disk store: replayed the write-ahead log");
         }
         std::fs::create_dir_all(dir.join("blobs"))
             .map_err(|e| format!("cannot create blob directory in {}: {e}", dir.display()))?;
@@ -351,34 +354,24 @@ impl DiskStore {
 
 /// Applies the changes recovered from the log and records `next_epoch`, in
 /// one durable commit; returns the etag sequence to continue from.
-fn replay(db: &Database, rec: &Recovered, next_epoch: u64) -> StoreResult<u64> {
-    let txn = db.begin_write().map_err(backend)?;
-    let seq;
-    {
-        let mut objects = txn.open_table(OBJECTS).map_err(backend)?;
-        let mut system = txn.open_table(SYSTEM).map_err(backend)?;
-        for change in &rec.changes {
-            match change {
-                Change::Put { key, etag, value } => {
-                    objects
-                        .insert(key.as_str(), encode(*etag, value).as_slice())
-                        .map_err(backend)?;
-                }
-                Change::Delete { key } => {
-                    objects.remove(key.as_str()).map_err(backend)?;
-                }
-            }
-        }
-        let stored = system
-            .get(ETAG_SEQ)
-            .map_err(backend)?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        seq = stored.max(rec.etag_seq);
-        system.insert(ETAG_SEQ, seq).map_err(backend)?;
-        system.insert(WAL_EPOCH, next_epoch).map_err(backend)?;
+fn replay(db: &Database, rec: Recovered, next_epoch: u64) -> StoreResult<u64> {
+    let stored = {
+        let txn = db.begin_read().map_err(backend)?;
+        let system = txn.open_table(SYSTEM).map_err(backend)?;
+        let seq = system.get(ETAG_SEQ).map_err(backend)?;
+        seq.map(|v| v.value()).unwrap_or(0)
+    };
+    // Puts and deletes are absolute, so the last change of each key is
+    // the state the log leads to.
+    let mut changes = Overlay::new();
+    for change in rec.changes {
+        match change {
+            Change::Put { key, etag, value } => changes.insert(key, Some((etag, value.into()))),
+            Change::Delete { key } => changes.insert(key, None),
+        };
     }
-    txn.commit().map_err(backend)?;
+    let seq = stored.max(rec.etag_seq);
+    write_checkpoint(db, &changes, seq, next_epoch)?;
     Ok(seq)
 }
 
@@ -558,9 +551,7 @@ fn write_checkpoint(db: &Database, frozen: &Overlay, seq: u64, next_epoch: u64) 
 impl Store for DiskStore {
     async fn get(&self, key: &str) -> StoreResult<Option<(Bytes, ETag)>> {
         if let Some(slot) = self.shared.lock().overlay(key) {
-            return Ok(slot
-                .as_ref()
-                .map(|(etag, value)| (value.clone(), etag.to_string())));
+            return Ok(found(slot));
         }
         let shared = self.shared.clone();
         let key = key.to_string();
@@ -568,9 +559,7 @@ impl Store for DiskStore {
             // A checkpoint may have moved the key into redb meanwhile; the
             // overlays are looked at again under the same rule.
             if let Some(slot) = shared.lock().overlay(&key) {
-                return Ok(slot
-                    .as_ref()
-                    .map(|(etag, value)| (value.clone(), etag.to_string())));
+                return Ok(found(slot));
             }
             Ok(read_db(&shared.db, &key)?.map(|(v, etag)| (v, etag.to_string())))
         })
