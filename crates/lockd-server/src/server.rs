@@ -17,6 +17,7 @@ use crate::control::layer::Control;
 use crate::core::queue::{QueueConfig, Queues};
 use crate::core::{Engine, EngineConfig};
 use crate::ha::{Election, Ha, HaMode};
+use crate::http::linger::LingerListener;
 use crate::http::{router, AppState};
 use crate::storage;
 
@@ -349,6 +350,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
         ha: ha.clone(),
         default_namespace,
         json_max: cfg.json_max,
+        subscribe_flow_control: cfg.subscribe_flow_control,
         metrics: http_metrics.clone(),
     }));
     let (stop, mut stopped) = watch::channel(false);
@@ -425,6 +427,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| format!("cannot restrict unix socket {}: {e}", path.display()))?;
         }
+        let listener = LingerListener(listener);
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(graceful)
@@ -457,9 +460,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
                 })
             }
             None => {
-                let listener = listener.tap_io(|tcp| {
+                let listener = LingerListener(listener.tap_io(|tcp| {
                     let _ = tcp.set_nodelay(true);
-                });
+                }));
                 tokio::spawn(async move {
                     axum::serve(listener, app)
                         .with_graceful_shutdown(graceful)

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+use crate::http::linger::Linger;
 use crate::http::Peer;
 use lockd_tls::rustls;
 use lockd_tls::Identity;
@@ -38,7 +39,7 @@ const PLAIN_HTTP_REPLY: &[u8] =
 
 /// A TLS connection and the identity its client certificate proved.
 pub struct TlsConn {
-    stream: TlsStream<TcpStream>,
+    stream: TlsStream<Linger<TcpStream>>,
     peer: Option<Arc<Identity>>,
 }
 
@@ -172,15 +173,14 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn handshake(
-    acceptor: &TlsAcceptor,
-    mut sock: TcpStream,
-    addr: SocketAddr,
-) -> Option<TlsConn> {
+async fn handshake(acceptor: &TlsAcceptor, sock: TcpStream, addr: SocketAddr) -> Option<TlsConn> {
     // A TLS connection starts with a handshake record (0x16); anything
     // that looks like an HTTP method is someone using http:// by mistake.
     let mut first = [0u8; 1];
-    if let Ok(1) = sock.peek(&mut first).await {
+    let peeked = sock.peek(&mut first).await;
+    // Closes linger, so a client still sending reads the answer.
+    let mut sock = Linger::new(sock);
+    if let Ok(1) = peeked {
         if first[0].is_ascii_uppercase() {
             tracing::debug!(%addr, "plain HTTP on the TLS port");
             let _ = sock.write_all(PLAIN_HTTP_REPLY).await;

@@ -107,25 +107,6 @@ fn imminent(resp: &mut Response) {
         .insert(headers::SHUTDOWN_IMMINENT, HeaderValue::from_static("true"));
 }
 
-/// Reads and drops what a refused request is still sending (up to 1 MiB,
-/// for at most a second), so the client reads our answer instead of a
-/// broken pipe.
-async fn discard_body(req: Request) {
-    use http_body_util::BodyExt;
-    let mut body = req.into_body();
-    let mut left: usize = 1 << 20;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-        while let Some(Ok(frame)) = body.frame().await {
-            let n = frame.data_ref().map(|d| d.len()).unwrap_or(0);
-            if n >= left {
-                break;
-            }
-            left -= n;
-        }
-    })
-    .await;
-}
-
 /// Drain and back-pressure for one request.
 pub async fn guard(State(ctl): State<Arc<Control>>, req: Request, next: Next) -> Response {
     let kind = Kind::of_path(req.uri().path());
@@ -147,7 +128,6 @@ pub async fn guard(State(ctl): State<Arc<Control>>, req: Request, next: Next) ->
         )
         .into_response();
         imminent(&mut resp);
-        discard_body(req).await;
         return resp;
     }
     match ctl.qrf.decide(kind) {
@@ -170,7 +150,6 @@ pub async fn guard(State(ctl): State<Arc<Control>>, req: Request, next: Next) ->
             if ctl.drain.is_draining() {
                 imminent(&mut resp);
             }
-            discard_body(req).await;
             return resp;
         }
     }

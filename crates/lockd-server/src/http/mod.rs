@@ -3,8 +3,10 @@
 //! shape the response; they never touch storage.
 
 mod decode;
+mod drain;
 mod error;
 mod lease;
+pub(crate) mod linger;
 mod multipart;
 mod queue;
 mod respond;
@@ -37,6 +39,9 @@ pub struct AppState {
     pub default_namespace: String,
     /// Body limit for JSON requests and documents.
     pub json_max: u64,
+    /// Subscribe streams wait for acks past `page_size` unacknowledged
+    /// deliveries (`--queue-subscribe-flow-control`).
+    pub subscribe_flow_control: bool,
     /// This node's HA role: passive nodes refuse requests.
     pub ha: Arc<crate::ha::Ha>,
     /// Request counts and latencies (`None`: metrics off).
@@ -147,6 +152,9 @@ pub fn router(state: Shared) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(ha, passive_guard))
         .layer(axum::middleware::from_fn_with_state(metrics, correlation))
+        // Outermost: whatever answers (a handler, a guard, a refusal), the
+        // rest of its request body is read before the answer goes out.
+        .layer(axum::middleware::from_fn(drain::finish_request_body))
         .with_state(state)
 }
 

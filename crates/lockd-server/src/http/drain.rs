@@ -1,0 +1,223 @@
+//! Reading what a handler left of a request body before answering.
+//!
+//! A handler may answer before it has read its whole body: enqueue stops
+//! at the multipart closing boundary (a chunked body still has its last
+//! chunk on the wire), and early refusals (missing lease headers, a full
+//! queue, a bad `meta` part) never touch the payload. If the server then
+//! answers and moves on, the unread bytes sit in the socket: the client's
+//! next write fails (`EPIPE` on a Unix socket, a reset on TCP) and it may
+//! never read the answer, or the connection's next request is garbage.
+//!
+//! This middleware gives every HTTP/1 request body to the handler through
+//! a wrapper that hands the unread rest back when the handler drops it.
+//! Before the response leaves, the rest is read and discarded, up to
+//! [`DRAIN_MAX_BYTES`] and [`DRAIN_MAX_TIME`] (as Go's server reads up to
+//! 256 KiB after a handler). Within the bound the connection stays usable
+//! for the next request; past it the response says `Connection: close`
+//! and the listener's lingering close (see [`super::linger`]) lets the
+//! client still read it.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{header, HeaderValue, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::sync::oneshot;
+
+/// Most bytes of an unread body discarded to keep the connection.
+pub const DRAIN_MAX_BYTES: u64 = 256 * 1024;
+/// Longest wait for the rest of an unread body.
+pub const DRAIN_MAX_TIME: Duration = Duration::from_secs(2);
+
+/// A request body that returns its unread rest through `back` when dropped.
+struct Returning {
+    inner: Option<Body>,
+    back: Option<oneshot::Sender<Body>>,
+}
+
+impl HttpBody for Returning {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        match &polled {
+            // Finished or failed: nothing is left to hand back.
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                self.inner = None;
+                self.back = None;
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map(|b| b.size_hint())
+            .unwrap_or_else(|| SizeHint::with_exact(0))
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        if let (Some(inner), Some(back)) = (self.inner.take(), self.back.take()) {
+            if !inner.is_end_stream() {
+                let _ = back.send(inner);
+            }
+        }
+    }
+}
+
+/// What draining the rest of a body came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Drained {
+    /// Read to its end: the connection can carry the next request.
+    Complete,
+    /// Too long, too slow or broken: the connection must close.
+    GaveUp,
+}
+
+async fn drain(mut body: Body, max_bytes: u64, max_time: Duration) -> Drained {
+    if body.size_hint().lower() > max_bytes {
+        return Drained::GaveUp;
+    }
+    let read = async {
+        let mut seen = 0u64;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return Drained::GaveUp;
+            };
+            if let Some(data) = frame.data_ref() {
+                seen = seen.saturating_add(data.len() as u64);
+                if seen > max_bytes {
+                    return Drained::GaveUp;
+                }
+            }
+        }
+        Drained::Complete
+    };
+    tokio::time::timeout(max_time, read)
+        .await
+        .unwrap_or(Drained::GaveUp)
+}
+
+/// The middleware: see the module docs.
+///
+/// Responses are not held back for a body that is still in use when the
+/// handler returns (a spawned task reading it): only a dropped, unfinished
+/// body is drained.
+pub async fn finish_request_body(req: Request, next: Next) -> Response {
+    // HTTP/2 streams are independent: an unread body costs the connection
+    // nothing. A body that is already at its end has nothing to drain.
+    if req.version() == Version::HTTP_2 || req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let (tx, mut rx) = oneshot::channel();
+    let req = req.map(|inner| {
+        Body::new(Returning {
+            inner: Some(inner),
+            back: Some(tx),
+        })
+    });
+    let mut resp = next.run(req).await;
+    // The handler is done; if it dropped its body unfinished, the rest
+    // came back. (A body still held elsewhere, or read to its end, did not.)
+    let Ok(rest) = rx.try_recv() else {
+        return resp;
+    };
+    if drain(rest, DRAIN_MAX_BYTES, DRAIN_MAX_TIME).await == Drained::GaveUp {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::stream;
+
+    fn chunks(n: usize, size: usize) -> Body {
+        let items: Vec<Result<Bytes, std::io::Error>> =
+            (0..n).map(|_| Ok(Bytes::from(vec![b'x'; size]))).collect();
+        Body::from_stream(stream::iter(items))
+    }
+
+    #[tokio::test]
+    async fn drains_a_short_rest() {
+        assert_eq!(
+            drain(chunks(4, 1024), 8 * 1024, Duration::from_secs(1)).await,
+            Drained::Complete
+        );
+    }
+
+    #[tokio::test]
+    async fn gives_up_past_the_byte_bound() {
+        assert_eq!(
+            drain(chunks(16, 1024), 8 * 1024, Duration::from_secs(1)).await,
+            Drained::GaveUp
+        );
+    }
+
+    #[tokio::test]
+    async fn gives_up_on_a_declared_length_past_the_bound() {
+        let body = Body::from(vec![0u8; 9 * 1024]);
+        assert_eq!(
+            drain(body, 8 * 1024, Duration::from_secs(1)).await,
+            Drained::GaveUp
+        );
+    }
+
+    #[tokio::test]
+    async fn gives_up_on_a_stalled_body() {
+        let stalled = Body::from_stream(stream::pending::<Result<Bytes, std::io::Error>>());
+        assert_eq!(
+            drain(stalled, 1024, Duration::from_millis(50)).await,
+            Drained::GaveUp
+        );
+    }
+
+    #[tokio::test]
+    async fn hands_back_only_an_unfinished_body() {
+        let (tx, rx) = oneshot::channel();
+        let mut b = Returning {
+            inner: Some(chunks(2, 10)),
+            back: Some(tx),
+        };
+        // Read one frame, then drop: the rest comes back.
+        let first = std::future::poll_fn(|cx| Pin::new(&mut b).poll_frame(cx)).await;
+        assert!(first.is_some());
+        drop(b);
+        let rest = rx.await.expect("the rest is handed back");
+        let got = rest.collect().await.expect("readable").to_bytes();
+        assert_eq!(got.len(), 10);
+
+        let (tx, rx) = oneshot::channel();
+        let b = Returning {
+            inner: Some(chunks(2, 10)),
+            back: Some(tx),
+        };
+        let all = Body::new(b).collect().await.expect("readable").to_bytes();
+        assert_eq!(all.len(), 20);
+        assert!(rx.await.is_err(), "a finished body is not handed back");
+    }
+}
