@@ -67,6 +67,10 @@ pub struct ServerConfig {
     /// Count deliveries that end by lease expiry toward `max_attempts`
     /// (true, our default) or only failure nacks (false, the original's rule).
     pub queue_expiry_counts: bool,
+    /// Per-stream flow control on subscribe (off by default, as in the
+    /// original): when on, a stream holds at most `page_size` unacknowledged
+    /// deliveries and waits for acks before leasing more.
+    pub subscribe_flow_control: bool,
     /// Back-pressure thresholds and delays.
     pub qrf: crate::control::qrf::QrfConfig,
     /// How often the LSF samples the host (0 disables sampling).
@@ -111,6 +115,7 @@ impl Default for ServerConfig {
             queue_max_consumers: crate::core::queue::QueueConfig::default().max_consumers,
             queue_max_payload: 100_000_000,
             queue_expiry_counts: true,
+            subscribe_flow_control: false,
             qrf: crate::control::qrf::QrfConfig::default(),
             lsf_sample_interval: Duration::from_millis(200),
             lsf_log_interval: Duration::from_secs(15),

@@ -2052,9 +2052,9 @@ async fn subscribe_waits_for_the_first_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subscribe_nowait_closes_on_empty_queue_with_unacked_deliveries() {
-    let s = TestServer::mem().await;
+    let s = TestServer::with_config(Backend::Mem, |c| c.subscribe_flow_control = true).await;
     let id = enqueue_simple(&s, "drain", b"only").await;
-    // Default page_size: one unacked delivery fills the stream's window.
+    // With flow control, one unacked delivery fills the stream's window.
     let mut sub = Subscription::start(&s, SUB, &dq("drain", -1, 30)).await;
     let d = sub.expect_next(secs(5)).await;
     assert_eq!(d.id(), id);
@@ -2068,9 +2068,68 @@ async fn subscribe_nowait_closes_on_empty_queue_with_unacked_deliveries() {
     ack(&s, &d).await;
 }
 
+/// The original's subscribe does not wait for acks: a client that reads
+/// several deliveries before acking any (a batching worker) keeps getting
+/// them. `page_size` is only how many one fetch may lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribe_keeps_delivering_without_acks() {
+    let s = TestServer::mem().await;
+    for (queue, page) in [("batch1", None), ("batch4", Some(4))] {
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            ids.push(enqueue_simple(&s, queue, format!("{i}").as_bytes()).await);
+        }
+        let body = match page {
+            Some(p) => with(&dq(queue, 0, 30), json!({ "page_size": p })),
+            None => dq(queue, 0, 30),
+        };
+        let mut sub = Subscription::start(&s, SUB, &body).await;
+        let mut held = Vec::new();
+        for _ in 0..10 {
+            held.push(sub.expect_next(secs(5)).await);
+        }
+        let got: Vec<&str> = held.iter().map(|d| d.id()).collect();
+        assert_eq!(got, ids, "page_size {page:?}: all ten before any ack");
+        for d in &held {
+            ack(&s, d).await;
+        }
+        // Still open, and new messages keep coming.
+        let late = enqueue_simple(&s, queue, b"late").await;
+        let d = sub.expect_next(secs(5)).await;
+        assert_eq!(d.id(), late);
+        ack(&s, &d).await;
+    }
+}
+
+/// `wait_seconds: -1`: everything ready is delivered, then the stream
+/// ends, acks or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribe_nowait_delivers_all_ready_then_ends() {
+    let s = TestServer::mem().await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(enqueue_simple(&s, "drainall", format!("{i}").as_bytes()).await);
+    }
+    let mut sub = Subscription::start(&s, SUB, &dq("drainall", -1, 30)).await;
+    let mut held = Vec::new();
+    while let Some(d) = tokio::time::timeout(secs(5), sub.next())
+        .await
+        .expect("stream hung instead of ending")
+    {
+        held.push(d);
+    }
+    let got: Vec<&str> = held.iter().map(|d| d.id()).collect();
+    assert_eq!(got, ids);
+    for d in &held {
+        ack(&s, d).await;
+    }
+}
+
+/// Per-stream flow control is an opt-in (`--queue-subscribe-flow-control`):
+/// then at most `page_size` deliveries of a stream are unacknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subscribe_flow_control_by_page_size() {
-    let s = TestServer::mem().await;
+    let s = TestServer::with_config(Backend::Mem, |c| c.subscribe_flow_control = true).await;
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(enqueue_simple(&s, "flow", format!("{i}").as_bytes()).await);

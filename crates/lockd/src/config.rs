@@ -124,6 +124,7 @@ pub const TEMPLATE: &str = r#"# lockd server configuration (keys are the flag na
 # sweeper-interval: 5m
 # queue-max-payload: 100MB
 # queue-original-attempts: false
+# queue-subscribe-flow-control: false # at most page_size unacked deliveries per subscribe stream
 # drain-grace: 10s
 # shutdown-timeout: 10s
 # log-level: info

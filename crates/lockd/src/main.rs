@@ -229,6 +229,18 @@ struct Args {
     #[arg(long, env = "LOCKD_QUEUE_ORIGINAL_ATTEMPTS", default_value_t = false)]
     queue_original_attempts: bool,
 
+    /// Per-stream flow control on subscribe: a stream holds at most
+    /// `page_size` unacknowledged deliveries and leases more only as they
+    /// are acked, nacked or expire. Off by default, as in the original,
+    /// where `page_size` only sets how many messages one fetch may lease
+    /// and a subscriber may read many deliveries before acking any.
+    #[arg(
+        long,
+        env = "LOCKD_QUEUE_SUBSCRIBE_FLOW_CONTROL",
+        default_value_t = false
+    )]
+    queue_subscribe_flow_control: bool,
+
     /// Drain window on SIGTERM/SIGINT: new acquires and consumers are
     /// refused while held leases finish (at most 80 % of
     /// --shutdown-timeout; 0 disables draining).
@@ -662,6 +674,7 @@ async fn serve(args: Args) -> ExitCode {
             .unwrap_or(ServerConfig::default().queue_max_consumers),
         queue_max_payload: args.queue_max_payload,
         queue_expiry_counts: !args.queue_original_attempts,
+        subscribe_flow_control: args.queue_subscribe_flow_control,
         qrf: args.qrf.config(),
         lsf_sample_interval: args.qrf.lsf_sample_interval,
         lsf_log_interval: args.qrf.lsf_log_interval,

@@ -52,29 +52,11 @@ fn or_query<'a>(body: &'a str, q: &'a Query, name: &str) -> &'a str {
 /// `POST /v1/queue/enqueue`: a `meta` part, then a `payload` part that is
 /// streamed to storage.
 ///
-/// A refused enqueue may leave part of its body unread; the connection
-/// then cannot carry another request, so the answer says `Connection:
-/// close` and clients do not reuse it.
+/// The answer may come before the whole body was read (the closing
+/// boundary, a refused payload); the router reads the rest before it goes
+/// out, or closes the connection if the rest is too long (see
+/// `drain.rs`).
 pub async fn enqueue(
-    state: State<Arc<AppState>>,
-    cid: Extension<CorrelationId>,
-    caller: Caller,
-    uri: Uri,
-    h: HeaderMap,
-    body: Body,
-) -> Response {
-    match enqueue_inner(state, cid, caller, uri, h, body).await {
-        Ok(r) => r,
-        Err(e) => {
-            let mut r = axum::response::IntoResponse::into_response(e);
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            r
-        }
-    }
-}
-
-async fn enqueue_inner(
     State(app): State<Arc<AppState>>,
     Extension(cid): Extension<CorrelationId>,
     caller: Caller,
@@ -334,11 +316,14 @@ pub async fn subscribe_with_state(
 
 /// Subscribe: the first delivery is awaited like a dequeue (errors before
 /// it are JSON); then the response streams one meta+payload pair per
-/// delivery. Flow control: at most `page_size` deliveries of this stream
-/// are unacknowledged at a time, so one slow subscriber cannot hoard the
-/// queue. A client that goes away is noticed at once (the channel closes),
-/// and a message leased for it but not yet handed to the connection is put
-/// back.
+/// delivery, leasing up to `page_size` messages per fetch, as long as the
+/// client stays. As in the original, the stream does not wait for acks: a
+/// subscriber may read many deliveries before acking any (hoarding is
+/// bounded by the visibility timeout). With `--queue-subscribe-flow-control`
+/// a stream holds at most `page_size` unacknowledged deliveries instead.
+/// With `wait_seconds: -1` the stream ends once nothing is ready. A client
+/// that goes away is noticed at once (the channel closes), and messages
+/// leased for it but not yet handed to the connection are put back.
 async fn subscribe_impl(
     app: Arc<AppState>,
     caller: Caller,
@@ -347,31 +332,29 @@ async fn subscribe_impl(
     stateful: bool,
 ) -> Res {
     let c = consumer(&app, &caller, &uri, body, stateful).await?;
-    let limit = c.input.page_size;
-    let mut one = c.input.clone();
-    one.page_size = 1;
-    let shard = app.queues.shard(&one.namespace, &one.queue).await?;
-    let first = app.queues.dequeue_on(&shard, &one, one.wait, false).await?;
+    let flow_cap = app.subscribe_flow_control.then_some(c.input.page_size);
+    let input = c.input;
+    let shard = app.queues.shard(&input.namespace, &input.queue).await?;
+    let first = app
+        .queues
+        .dequeue_on(&shard, &input, input.wait, false)
+        .await?;
     let boundary = multipart::boundary();
     let cid = first
         .first()
         .map(|l| l.record.correlation_id.clone())
         .unwrap_or_default();
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
-    let task_boundary = boundary.clone();
-    tokio::spawn(async move {
-        stream_deliveries(
-            app,
-            shard,
-            one,
-            c.requested_queue,
-            task_boundary,
-            first,
-            limit,
-            tx,
-        )
-        .await;
-    });
+    let stream = Subscription {
+        app,
+        shard,
+        input,
+        queue: c.requested_queue,
+        boundary: boundary.clone(),
+        flow_cap,
+        tx,
+    };
+    tokio::spawn(stream.run(first));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
@@ -380,6 +363,138 @@ async fn subscribe_impl(
         &cid,
         Body::from_stream(stream),
     ))
+}
+
+/// One subscribe stream after its first fetch: leases, writes, repeats.
+struct Subscription {
+    app: Arc<AppState>,
+    shard: Arc<QueueShard>,
+    input: DequeueInput,
+    /// The queue name as the client wrote it (echoed in deliveries).
+    queue: String,
+    boundary: String,
+    /// Most unacknowledged deliveries (flow control on), else no cap.
+    flow_cap: Option<usize>,
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+}
+
+/// How a subscribe stream goes on after writing what it leased.
+enum AfterWrite {
+    /// Lease up to this many more.
+    Fetch(usize),
+    /// End the response with the closing delimiter.
+    Close,
+    /// The client is gone.
+    Gone,
+}
+
+impl Subscription {
+    async fn run(self, first: Vec<Leased>) {
+        let mut outstanding: Vec<(String, String)> = Vec::new();
+        let mut drain = self.app.control.drain.watch();
+        let mut is_first = true;
+        let mut pending = first;
+        // After the first delivery the stream stays open (wait > 0 only
+        // bounds the first), unless the client asked not to wait at all.
+        let next_wait = if self.input.wait == Wait::NoWait {
+            Wait::NoWait
+        } else {
+            Wait::Forever
+        };
+        loop {
+            let mut batch = std::mem::take(&mut pending).into_iter();
+            while let Some(leased) = batch.next() {
+                let (id, lease) = delivery_ids(&leased);
+                if !send_delivery(&self.tx, &self.boundary, leased, &self.queue, is_first).await {
+                    self.app
+                        .queues
+                        .return_undelivered(&self.shard, &id, &lease)
+                        .await;
+                    for rest in batch {
+                        let (id, lease) = delivery_ids(&rest);
+                        self.app
+                            .queues
+                            .return_undelivered(&self.shard, &id, &lease)
+                            .await;
+                    }
+                    return;
+                }
+                is_first = false;
+                if self.flow_cap.is_some() {
+                    outstanding.push((id, lease));
+                }
+            }
+            let mut fetch = std::borrow::Cow::Borrowed(&self.input);
+            if let Some(cap) = self.flow_cap {
+                match self.wait_for_room(&mut outstanding, cap).await {
+                    // Never lease past the window.
+                    AfterWrite::Fetch(room) => fetch.to_mut().page_size = room,
+                    AfterWrite::Close => return self.close().await,
+                    AfterWrite::Gone => return,
+                }
+            }
+            if self.app.control.drain.is_draining() {
+                // Tell the subscriber to stop: a clean end of the stream.
+                return self.close().await;
+            }
+            let next = tokio::select! {
+                _ = drain.changed() => return self.close().await,
+                r = self.app.queues.dequeue_on(&self.shard, &fetch, next_wait, true) => r,
+                _ = self.tx.closed() => return,
+            };
+            match next {
+                Ok(l) => pending = l,
+                Err(e) => {
+                    // Nothing more (wait -1) or an error: end the stream cleanly.
+                    if e.code != ErrorCode::Waiting {
+                        tracing::warn!(error = %e, "subscribe stream ended by an error");
+                    }
+                    return self.close().await;
+                }
+            }
+        }
+    }
+
+    /// Flow control (opt-in): waits until fewer than `cap` deliveries of
+    /// this stream are unacknowledged.
+    async fn wait_for_room(
+        &self,
+        outstanding: &mut Vec<(String, String)>,
+        cap: usize,
+    ) -> AfterWrite {
+        loop {
+            outstanding.retain(|(id, lease)| self.shard.outstanding(id, lease));
+            if outstanding.len() < cap {
+                return AfterWrite::Fetch(cap - outstanding.len());
+            }
+            // wait_seconds -1 ends the stream once nothing is ready, even
+            // while deliveries are still unacknowledged.
+            if self.input.wait == Wait::NoWait && !self.shard.has_ready() {
+                return AfterWrite::Close;
+            }
+            let notified = self.shard.notified();
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = self.tx.closed() => return AfterWrite::Gone,
+            }
+        }
+    }
+
+    async fn close(&self) {
+        let _ = self.tx.send(Ok(multipart::close(&self.boundary))).await;
+    }
+}
+
+/// Message id and delivery lease id of a leased message.
+fn delivery_ids(leased: &Leased) -> (String, String) {
+    let lease = leased
+        .record
+        .delivery
+        .as_ref()
+        .map(|d| d.lease_id.clone())
+        .unwrap_or_default();
+    (leased.record.id.clone(), lease)
 }
 
 /// Sends one delivery into the channel. Returns false if the client left.
@@ -399,91 +514,17 @@ async fn send_delivery(
     true
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn stream_deliveries(
-    app: Arc<AppState>,
-    shard: Arc<QueueShard>,
-    input: DequeueInput,
-    queue: String,
-    boundary: String,
-    first: Vec<Leased>,
-    limit: usize,
-    tx: mpsc::Sender<std::io::Result<Bytes>>,
-) {
-    let mut outstanding: Vec<(String, String)> = Vec::new();
-    let mut drain = app.control.drain.watch();
-    let mut is_first = true;
-    let mut pending = first;
-    loop {
-        for leased in pending.drain(..) {
-            let id = leased.record.id.clone();
-            let lease = leased
-                .record
-                .delivery
-                .as_ref()
-                .map(|d| d.lease_id.clone())
-                .unwrap_or_default();
-            if !send_delivery(&tx, &boundary, leased, &queue, is_first).await {
-                app.queues.return_undelivered(&shard, &id, &lease).await;
-                return;
-            }
-            is_first = false;
-            outstanding.push((id, lease));
-        }
-        // Flow control: wait until this stream has room.
-        loop {
-            outstanding.retain(|(id, lease)| shard.outstanding(id, lease));
-            if outstanding.len() < limit {
-                break;
-            }
-            // wait_seconds -1 ends the stream once nothing is ready, even
-            // while deliveries are still unacknowledged.
-            if input.wait == Wait::NoWait && !shard.has_ready() {
-                let _ = tx.send(Ok(multipart::close(&boundary))).await;
-                return;
-            }
-            let notified = shard.notified();
-            tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = tx.closed() => return,
-            }
-        }
-        if app.control.drain.is_draining() {
-            // Tell the subscriber to stop: a clean end of the stream.
-            let _ = tx.send(Ok(multipart::close(&boundary))).await;
-            return;
-        }
-        let next = tokio::select! {
-            _ = drain.changed() => {
-                let _ = tx.send(Ok(multipart::close(&boundary))).await;
-                return;
-            }
-            r = app.queues.dequeue_on(&shard, &input, if input.wait == Wait::NoWait { Wait::NoWait } else { Wait::Forever }, true) => r,
-            _ = tx.closed() => return,
-        };
-        match next {
-            Ok(l) => pending = l,
-            Err(e) => {
-                // Nothing more (wait -1) or an error: end the stream cleanly.
-                if e.code != ErrorCode::Waiting {
-                    tracing::warn!(error = %e, "subscribe stream ended by an error");
-                }
-                let _ = tx.send(Ok(multipart::close(&boundary))).await;
-                return;
-            }
-        }
-    }
-}
-
-/// The fields of ack/nack/extend shared by all three.
-fn message_ref(
+/// The fields of ack/nack/extend shared by all three. `rest` reads the
+/// endpoint's own fields; the whole body is decoded (unknown fields, wrong
+/// types) before any field is validated (PROTOCOL.md §1.2).
+fn message_ref<T>(
     app: &AppState,
     caller: &Caller,
     uri: &Uri,
-    f: &mut Fields,
+    mut f: Fields,
     need_meta_etag: bool,
-) -> Result<MessageRef, ApiError> {
+    rest: impl FnOnce(&mut Fields) -> Result<T, ApiError>,
+) -> Result<(MessageRef, T), ApiError> {
     let namespace = f.string("namespace")?;
     let queue = f.string("queue")?;
     let message_id = f.string("message_id")?;
@@ -493,6 +534,8 @@ fn message_ref(
     let meta_etag = f.string("meta_etag")?;
     let state_lease_id = f.string("state_lease_id")?;
     let state_fencing_token = f.int("state_fencing_token")?;
+    let extra = rest(&mut f)?;
+    f.finish()?;
     let q = Query::parse(uri.query());
     let ns = app.namespace_for(or_query(&namespace, &q, "namespace"), caller, Access::Read)?;
     if queue.trim().is_empty()
@@ -513,18 +556,21 @@ fn message_ref(
         ErrorCode::InvalidQueueStateKey
     };
     let queue = queue_name(&queue, invalid)?;
-    Ok(MessageRef {
-        namespace: ns,
-        queue,
-        message_id,
-        lease_id,
-        fencing_token,
-        txn_id,
-        meta_etag,
-        state_lease_id,
-        state_fencing_token,
-        state_etag: String::new(),
-    })
+    Ok((
+        MessageRef {
+            namespace: ns,
+            queue,
+            message_id,
+            lease_id,
+            fencing_token,
+            txn_id,
+            meta_etag,
+            state_lease_id,
+            state_fencing_token,
+            state_etag: String::new(),
+        },
+        extra,
+    ))
 }
 
 fn with_correlation(mut resp: Response, cid: &str) -> Response {
@@ -535,10 +581,10 @@ fn with_correlation(mut resp: Response, cid: &str) -> Response {
 /// `POST /v1/queue/ack`.
 pub async fn ack(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, body: Body) -> Res {
     let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
-    let mut f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
-    let mut r = message_ref(&app, &caller, &uri, &mut f, false)?;
-    r.state_etag = f.string("state_etag")?;
-    f.finish()?;
+    let f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
+    let (mut r, state_etag) =
+        message_ref(&app, &caller, &uri, f, false, |f| f.string("state_etag"))?;
+    r.state_etag = state_etag;
     let cid = app.queues.ack(&r).await?;
     Ok(with_correlation(
         respond::json(
@@ -555,13 +601,15 @@ pub async fn ack(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, bod
 /// `POST /v1/queue/nack`.
 pub async fn nack(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, body: Body) -> Res {
     let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
-    let mut f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
-    let r = message_ref(&app, &caller, &uri, &mut f, true)?;
-    let _state_etag = f.string("state_etag")?;
-    let delay = f.int("delay_seconds")?;
-    let intent = f.string("intent")?;
-    let last_error = f.value("last_error");
-    f.finish()?;
+    let f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
+    let (r, (delay, intent, last_error)) = message_ref(&app, &caller, &uri, f, true, |f| {
+        let _state_etag = f.string("state_etag")?;
+        Ok((
+            f.int("delay_seconds")?,
+            f.string("intent")?,
+            f.value("last_error"),
+        ))
+    })?;
     let intent = match intent.trim().to_ascii_lowercase().as_str() {
         "" | "failure" => NackIntent::Failure,
         "defer" => NackIntent::Defer,
@@ -595,10 +643,8 @@ pub async fn nack(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, bo
 /// `POST /v1/queue/extend`.
 pub async fn extend(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, body: Body) -> Res {
     let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
-    let mut f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
-    let r = message_ref(&app, &caller, &uri, &mut f, true)?;
-    let extend_by = f.int("extend_by_seconds")?;
-    f.finish()?;
+    let f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
+    let (r, extend_by) = message_ref(&app, &caller, &uri, f, true, |f| f.int("extend_by_seconds"))?;
     let out = app.queues.extend(&r, extend_by).await?;
     let cid = out.correlation_id.clone();
     Ok(with_correlation(
@@ -617,20 +663,25 @@ pub async fn extend(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, 
 }
 
 /// Namespace and queue of stats/watch/dlq requests (body, else query).
-fn addressed_queue(
+/// `rest` reads the endpoint's own fields; the body is decoded whole
+/// before anything is validated (PROTOCOL.md §1.2).
+fn addressed_queue<T>(
     app: &AppState,
     caller: &Caller,
     access: Access,
     uri: &Uri,
-    f: &mut Fields,
-) -> Result<(String, String, String), ApiError> {
+    mut f: Fields,
+    rest: impl FnOnce(&mut Fields) -> Result<T, ApiError>,
+) -> Result<(String, String, String, T), ApiError> {
     let namespace = f.string("namespace")?;
     let queue = f.string("queue")?;
+    let extra = rest(&mut f)?;
+    f.finish()?;
     let q = Query::parse(uri.query());
     let ns = app.namespace_for(or_query(&namespace, &q, "namespace"), caller, access)?;
     let requested = or_query(&queue, &q, "queue").trim().to_string();
     let name = queue_name(&requested, ErrorCode::InvalidQueue)?;
-    Ok((ns, name, requested))
+    Ok((ns, name, requested, extra))
 }
 
 /// `POST /v1/queue/stats`.
@@ -642,9 +693,9 @@ pub async fn stats(
     body: Body,
 ) -> Res {
     let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
-    let mut f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
-    let (ns, queue, requested) = addressed_queue(&app, &caller, Access::Read, &uri, &mut f)?;
-    f.finish()?;
+    let f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
+    let (ns, queue, requested, ()) =
+        addressed_queue(&app, &caller, Access::Read, &uri, f, |_| Ok(()))?;
     let snap = app.queues.snapshot(&ns, &queue).await?;
     let now = now_unix();
     let (head_id, head_enq, head_vis) = snap.head.clone().unwrap_or_default();
@@ -681,9 +732,9 @@ pub async fn watch(
     body: Body,
 ) -> Res {
     let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
-    let mut f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
-    let (ns, queue, requested) = addressed_queue(&app, &caller, Access::Read, &uri, &mut f)?;
-    f.finish()?;
+    let f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
+    let (ns, queue, requested, ()) =
+        addressed_queue(&app, &caller, Access::Read, &uri, f, |_| Ok(()))?;
     let shard = app.queues.shard(&ns, &queue).await?;
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::spawn(async move {
@@ -756,11 +807,11 @@ pub async fn dlq_list(
     body: Body,
 ) -> Res {
     let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
-    let mut f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
-    let (ns, queue, _) = addressed_queue(&app, &caller, Access::Read, &uri, &mut f)?;
-    let start_after = f.string("start_after")?;
-    let limit = f.int("limit")?;
-    f.finish()?;
+    let f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
+    let (ns, queue, _, (start_after, limit)) =
+        addressed_queue(&app, &caller, Access::Read, &uri, f, |f| {
+            Ok((f.string("start_after")?, f.int("limit")?))
+        })?;
     let limit = if limit <= 0 { 100 } else { limit.min(1000) } as usize;
     let recs = app
         .queues
@@ -800,10 +851,10 @@ pub async fn dlq_get(
     body: Body,
 ) -> Res {
     let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
-    let mut f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
-    let (ns, queue, _) = addressed_queue(&app, &caller, Access::Read, &uri, &mut f)?;
-    let id = f.string("message_id")?;
-    f.finish()?;
+    let f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
+    let (ns, queue, _, id) = addressed_queue(&app, &caller, Access::Read, &uri, f, |f| {
+        f.string("message_id")
+    })?;
     if id.is_empty() {
         return Err(ApiError::new(
             ErrorCode::MissingFields,
@@ -830,11 +881,10 @@ pub async fn dlq_redrive(
     body: Body,
 ) -> Res {
     let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
-    let mut f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
-    let (ns, queue, _) = addressed_queue(&app, &caller, Access::Write, &uri, &mut f)?;
-    let all = f.boolean("all")?;
-    let ids = f.value("message_ids");
-    f.finish()?;
+    let f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
+    let (ns, queue, _, (all, ids)) = addressed_queue(&app, &caller, Access::Write, &uri, f, |f| {
+        Ok((f.boolean("all")?, f.value("message_ids")))
+    })?;
     let mut ids: Vec<String> = match ids {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => a
