@@ -1382,3 +1382,71 @@ async fn garbage_requests_never_cause_5xx() {
     let m = s.acquire("after-garbage", "o", 30, -1).await;
     assert_eq!(m.fencing_token, 1);
 }
+
+/// Strict decoding comes before any field validation (PROTOCOL.md §1.2):
+/// a body with an unknown field, a wrong type or trailing data is `400
+/// invalid_body` on every queue endpoint with a JSON body, even when the
+/// fields it does carry would also fail validation (missing, invalid).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queue_bodies_are_decoded_before_their_fields_are_validated() {
+    let s = TestServer::mem().await;
+    // Bodies whose known fields fail validation on their own.
+    let invalid_fields: Vec<(&str, Value)> = vec![
+        ("/v1/queue/ack", json!({"queue": "jobs"})),
+        ("/v1/queue/nack", json!({"queue": "jobs"})),
+        ("/v1/queue/extend", json!({"queue": "jobs"})),
+        (
+            "/v1/queue/ack",
+            json!({"queue": "x/y", "message_id": "m", "lease_id": "l"}),
+        ),
+        ("/v1/queue/stats", json!({"queue": "A/B"})),
+        ("/v1/queue/watch", json!({"queue": ""})),
+        ("/v1/queue/dequeue", json!({"queue": ""})),
+        ("/v1/queue/subscribe", json!({"queue": "jobs"})),
+        ("/v1/queue/dlq/list", json!({"queue": "A/B"})),
+        ("/v1/queue/dlq/get", json!({"queue": "jobs"})),
+        ("/v1/queue/dlq/redrive", json!({"queue": "jobs"})),
+        (
+            "/v1/queue/dlq/redrive",
+            json!({"namespace": "Bad Namespace!"}),
+        ),
+    ];
+    for (path, base) in &invalid_fields {
+        // An unknown field.
+        let mut body = base.clone();
+        body["surprise"] = json!(1);
+        let v = assert_error(
+            post(&s, path, &[], &body.to_string()).await,
+            400,
+            "invalid_body",
+        )
+        .await;
+        assert!(
+            v["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("unknown field")),
+            "{path}: {v}"
+        );
+        // A wrong type in a field the endpoint reads after the shared ones.
+        let mut body = base.clone();
+        let late_field = match *path {
+            "/v1/queue/nack" => "delay_seconds",
+            "/v1/queue/extend" => "extend_by_seconds",
+            "/v1/queue/ack" => "state_etag",
+            "/v1/queue/dlq/list" => "limit",
+            "/v1/queue/dlq/get" => "message_id",
+            "/v1/queue/dlq/redrive" => "all",
+            _ => "owner",
+        };
+        body[late_field] = json!(["wrong type"]);
+        assert_error(
+            post(&s, path, &[], &body.to_string()).await,
+            400,
+            "invalid_body",
+        )
+        .await;
+        // Trailing data.
+        let body = format!("{base} {{}}");
+        assert_error(post(&s, path, &[], &body).await, 400, "invalid_body").await;
+    }
+}

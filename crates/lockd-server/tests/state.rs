@@ -345,6 +345,10 @@ async fn cas_headers(b: Backend) {
         .unwrap();
     let v = assert_error(resp, 409, "etag_mismatch").await;
     assert_eq!(v["current_etag"].as_str(), Some(e1.as_str()));
+    assert_eq!(
+        v["current_version"], 1,
+        "etag_mismatch carries the version too"
+    );
     // Nothing was staged by the failures.
     assert_eq!(read_doc(s.get_leased(&l).await).await.unwrap().etag, e1);
 
@@ -389,6 +393,7 @@ async fn cas_headers(b: Backend) {
         Some(s1.as_str()),
         "compared against the staged etag"
     );
+    assert_eq!(v["current_version"], 2, "with the staged version");
     // Unquoted staged etag with surrounding spaces, staged version: ok.
     let resp = s
         .update_req(&l, r#"{"c":3}"#)
@@ -486,6 +491,10 @@ async fn remove_semantics(b: Backend) {
         .unwrap();
     let v = assert_error(resp, 409, "etag_mismatch").await;
     assert_eq!(v["current_etag"].as_str(), Some(e1.as_str()));
+    assert_eq!(
+        v["current_version"], 1,
+        "remove's etag_mismatch carries the version"
+    );
     // X-If-Version is parsed but not enforced (Go behaviour, §5.8).
     let resp = s
         .leased("/v1/remove", &l)

@@ -316,7 +316,7 @@ fn check_etag(rec: &MetaRecord, txn: &str, want: Option<&str>) -> CoreResult<()>
             ErrorCode::EtagMismatch,
             "state etag mismatch",
         )
-        .with_current(0, current)),
+        .with_current(rec.current_version(txn), current)),
         _ => Ok(()),
     }
 }
