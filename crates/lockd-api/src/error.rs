@@ -151,6 +151,10 @@ codes! {
     QueueMessageLeaseMismatch = ("queue_message_lease_mismatch", 409),
     /// Keepalive on a queue state key.
     QueueStateKeepaliveUnsupported = ("queue_state_keepalive_unsupported", 403),
+    /// A declared `Content-Length` exceeds the endpoint's limit; refused
+    /// before the body is read (ours; the original reads up to the limit
+    /// and answers `400 invalid_body`).
+    RequestTooLarge = ("request_too_large", 413),
     /// The server is draining.
     ShutdownDraining = ("shutdown_draining", 503),
     /// Metadata says state is staged but it is gone.

@@ -98,6 +98,8 @@ pub struct ServerConfig {
     /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP),
     /// `host:port` or `:port`; `None` (the default) collects none.
     pub metrics_listen: Option<String>,
+    /// Connection limits and timeouts of the HTTP listener.
+    pub http: crate::http::ConnLimits,
 }
 
 impl Default for ServerConfig {
@@ -127,6 +129,7 @@ impl Default for ServerConfig {
             queue_poll_interval: Duration::from_secs(3),
             queue_poll_jitter: Duration::from_millis(500),
             metrics_listen: None,
+            http: crate::http::ConnLimits::default(),
         }
     }
 }
@@ -154,6 +157,7 @@ impl ServerConfig {
         if self.queue_poll_interval.is_zero() {
             return Err("--queue-poll-interval must be positive".into());
         }
+        self.http.validate()?;
         Ok(())
     }
 

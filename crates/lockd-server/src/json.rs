@@ -18,8 +18,19 @@ use serde::de::IgnoredAny;
 /// assert!(compact(b"").is_err());
 /// let deep = format!("{}{}", "[".repeat(10_001), "]".repeat(10_001));
 /// assert!(compact(deep.as_bytes()).is_err());
+/// // JSON text is UTF-8 (RFC 8259 §8.1): other bytes are refused.
+/// assert!(compact(b"{\"s\":\"\xff\xfe\"}").unwrap_err().contains("UTF-8"));
 /// ```
 pub fn compact(raw: &[u8]) -> Result<Vec<u8>, String> {
+    // The decoder below skips over string contents without checking them,
+    // so a document with invalid UTF-8 inside a string would be stored and
+    // served to readers that then fail on it.
+    if let Err(e) = std::str::from_utf8(raw) {
+        return Err(format!(
+            "json: invalid input: invalid UTF-8 at byte {}",
+            e.valid_up_to()
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(raw);
     serde::Deserialize::deserialize(&mut de)
         .map(|_: IgnoredAny| ())

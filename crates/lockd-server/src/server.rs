@@ -18,6 +18,7 @@ use crate::core::queue::{QueueConfig, Queues};
 use crate::core::{Engine, EngineConfig};
 use crate::ha::{Election, Ha, HaMode};
 use crate::http::linger::LingerListener;
+use crate::http::serve::serve;
 use crate::http::{router, AppState};
 use crate::storage;
 
@@ -352,6 +353,11 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
         json_max: cfg.json_max,
         subscribe_flow_control: cfg.subscribe_flow_control,
         metrics: http_metrics.clone(),
+        body_policy: crate::http::BodyPolicy {
+            json_max: cfg.json_max,
+            enqueue_max: cfg.queue_max_payload,
+            body_timeout: cfg.http.body_timeout,
+        },
     }));
     let (stop, mut stopped) = watch::channel(false);
     let (metrics_addr, metrics_task) = match (&cfg.metrics_listen, http_metrics) {
@@ -378,10 +384,13 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
     };
     let stop_rx = stopped.clone();
     let tls_on = tls_config.is_some();
-    let mut stop_serving = stopped.clone();
-    let graceful = async move {
-        let _ = stop_serving.wait_for(|s| *s).await;
-    };
+    let limits = cfg.http.resolve();
+    tracing::debug!(
+        sys = "api.http.server",
+        max_connections = limits.max_connections,
+        reserve = limits.reserve,
+        "connection limits"
+    );
 
     let backlog_of = queues.clone();
     tokio::spawn(control.clone().run_sampler(
@@ -428,11 +437,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
                 .map_err(|e| format!("cannot restrict unix socket {}: {e}", path.display()))?;
         }
         let listener = LingerListener(listener);
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(graceful)
-                .await
-        });
+        let task = tokio::spawn(serve(listener, app, limits, stop_rx));
         (BoundAddr::Unix(path), task)
     } else {
         let mut last_err = String::new();
@@ -452,22 +457,13 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
             Some(tls) => {
                 let listener = crate::tls::TlsListener::new(listener, tls, stop_rx.clone())
                     .map_err(|e| e.to_string())?;
-                let svc = app.into_make_service_with_connect_info::<crate::http::Peer>();
-                tokio::spawn(async move {
-                    axum::serve(listener, svc)
-                        .with_graceful_shutdown(graceful)
-                        .await
-                })
+                tokio::spawn(serve(listener, app, limits, stop_rx))
             }
             None => {
                 let listener = LingerListener(listener.tap_io(|tcp| {
                     let _ = tcp.set_nodelay(true);
                 }));
-                tokio::spawn(async move {
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(graceful)
-                        .await
-                })
+                tokio::spawn(serve(listener, app, limits, stop_rx))
             }
         };
         (BoundAddr::Tcp(local), task)

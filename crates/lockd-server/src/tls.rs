@@ -15,8 +15,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -120,9 +118,13 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-impl Connected<IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        Peer(stream.io().peer.clone())
+impl crate::http::serve::Accepted for TlsConn {
+    fn peer(&self) -> Peer {
+        Peer(self.peer.clone())
+    }
+
+    fn h2(&self) -> bool {
+        self.stream.get_ref().1.alpn_protocol() == Some(b"h2")
     }
 }
 

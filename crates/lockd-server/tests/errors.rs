@@ -170,7 +170,7 @@ async fn invalid_body_on_lease_endpoints() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn body_larger_than_json_max_is_invalid_body() {
+async fn body_larger_than_json_max_is_refused() {
     let mut s = TestServer::with_config(Backend::Mem, |c| c.json_max = 1024).await;
 
     // Acquire: exactly 1024 bytes accepted, 1025 refused.
@@ -185,34 +185,46 @@ async fn body_larger_than_json_max_is_invalid_body() {
     s.release(&l).await;
     let over = pad(1025);
     assert_eq!(over.len(), 1025);
-    let v = assert_error(s.acquire_bytes(over.clone()).await, 400, "invalid_body").await;
-    assert!(v["detail"].as_str().unwrap().contains("too large"), "{v}");
-    assert_error(
-        s.acquire_bytes(format!("{}{}", " ".repeat(2000), "{}"))
-            .await,
-        400,
-        "invalid_body",
+    // A declared length past the limit is refused before the body is read.
+    let v = assert_error(
+        s.acquire_bytes(over.clone()).await,
+        413,
+        "request_too_large",
     )
     .await;
-    // A body far beyond the limit is refused without buffering it: the server
-    // answers after 1 KiB and closes, so the client may see its write fail
-    // instead of reading the 400. Either way the server stays fine.
-    let res = s
+    assert!(
+        v["detail"].as_str().unwrap().contains("exceeds the limit"),
+        "{v}"
+    );
+    // Without a declared length (chunked), the limit is found while
+    // reading: 400 invalid_body, as the original answers.
+    let authority = s.authority();
+    for body in [over.clone(), format!("{}{}", " ".repeat(2000), "{}")] {
+        let req = format!(
+            "POST /v1/acquire HTTP/1.1\r\nHost: lockd\r\nContent-Type: application/json\r\n\
+             Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        );
+        let a = authority.clone();
+        let reply = tokio::task::spawn_blocking(move || raw_reply(&a, req.as_bytes()))
+            .await
+            .unwrap();
+        assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+        assert!(reply.contains("\"invalid_body\""), "{reply}");
+        assert!(reply.contains("too large"), "{reply}");
+    }
+    // A body far beyond the limit: refused at once, and the client reads
+    // the answer (the server closes by lingering, not by a reset).
+    let resp = s
         .http
         .post(s.url("/v1/acquire"))
         .body(vec![b' '; 4 << 20])
         .send()
-        .await;
-    match res {
-        Ok(resp) => {
-            assert_error(resp, 400, "invalid_body").await;
-        }
-        Err(e) => assert!(e.is_request() || e.is_body(), "unexpected failure: {e}"),
-    }
-    // The server closed that connection mid-upload; the client's pool may
-    // still hand it out once, so carry on with a fresh client.
-    s.http = reqwest::Client::builder().no_proxy().build().unwrap();
+        .await
+        .expect("the refusal is read, not a broken connection");
+    assert_error(resp, 413, "request_too_large").await;
     assert_eq!(s.health().await, StatusCode::OK);
+    s.http = reqwest::Client::builder().no_proxy().build().unwrap();
 
     let l = s.acquire("big", "o", 30, -1).await;
     let token = l.fencing_token.to_string();
@@ -225,7 +237,7 @@ async fn body_larger_than_json_max_is_invalid_body() {
             &padded(ka_body(&l)),
         )
         .await;
-        assert_error(resp, 400, "invalid_body").await;
+        assert_error(resp, 413, "request_too_large").await;
     }
 
     // Update documents: limit applies to the raw body.
@@ -233,11 +245,11 @@ async fn body_larger_than_json_max_is_invalid_body() {
     assert_eq!(doc(1024).len(), 1024);
     let (_, v) = expect_json(s.update(&l, &doc(1024)).await, StatusCode::OK).await;
     assert_eq!(v["bytes"], 1024);
-    assert_error(s.update(&l, &doc(1025)).await, 400, "invalid_body").await;
+    assert_error(s.update(&l, &doc(1025)).await, 413, "request_too_large").await;
     assert_error(
         s.update(&l, &format!("{}{}", " ".repeat(1024), "{}")).await,
-        400,
-        "invalid_body",
+        413,
+        "request_too_large",
     )
     .await;
     // The last good document is still staged.
@@ -1185,6 +1197,19 @@ impl Rng {
             .map(|b| format!("%{b:02X}"))
             .collect()
     }
+}
+
+/// Sends raw bytes on a fresh TCP connection, half-closes, and returns
+/// everything the server wrote back.
+fn raw_reply(authority: &str, req: &[u8]) -> String {
+    let mut sock = std::net::TcpStream::connect(authority).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = sock.write_all(req);
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    let mut buf = Vec::new();
+    let _ = sock.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// Sends raw bytes on a fresh TCP connection; returns the response status if

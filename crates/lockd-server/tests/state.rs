@@ -987,3 +987,27 @@ async fn deeply_nested_documents() {
     assert_error(resp, 400, "invalid_body").await;
     assert_eq!(s.health().await, StatusCode::OK);
 }
+
+/// JSON text is UTF-8: a document with other bytes in a string is refused
+/// (`400 invalid_body`), so strict readers never meet a committed document
+/// they cannot parse. The original stores it; we differ on purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn documents_with_invalid_utf8_are_refused() {
+    let s = TestServer::mem().await;
+    let l = s.acquire("utf8", "o", 30, -1).await;
+    expect_json(s.update(&l, r#"{"s":"ok ✓"}"#).await, StatusCode::OK).await;
+    for bad in [
+        &b"{\"s\":\"\xff\xfe\"}"[..],
+        &b"{\"s\":\"\xc3\"}"[..],
+        &b"{\"\xed\xa0\x80\":1}"[..],
+    ] {
+        let resp = s.update_req(&l, bad.to_vec()).send().await.unwrap();
+        let v = assert_error(resp, 400, "invalid_body").await;
+        assert!(v["detail"].as_str().unwrap().contains("UTF-8"), "{v}");
+    }
+    // The last good document is what is staged and then committed.
+    s.release(&l).await;
+    let doc = s.public_doc("default", "utf8").await.unwrap();
+    assert_eq!(doc.body, r#"{"s":"ok ✓"}"#);
+    let _: Value = serde_json::from_str(&doc.body).unwrap();
+}

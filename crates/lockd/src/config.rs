@@ -125,6 +125,11 @@ pub const TEMPLATE: &str = r#"# lockd server configuration (keys are the flag na
 # queue-max-payload: 100MB
 # queue-original-attempts: false
 # queue-subscribe-flow-control: false # at most page_size unacked deliveries per subscribe stream
+# http-header-timeout: 10s      # first byte of a request to its complete head
+# http-idle-timeout: 2m         # a connection without a request is closed
+# http-body-timeout: 30s        # longest pause in a request body
+# max-connections: 0            # 0: open-files limit less 256
+# connection-reserve: 32        # of those, kept for health checks, acks, releases
 # drain-grace: 10s
 # shutdown-timeout: 10s
 # log-level: info

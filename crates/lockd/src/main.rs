@@ -241,6 +241,32 @@ struct Args {
     )]
     queue_subscribe_flow_control: bool,
 
+    /// From the first byte of a request to its complete head; a client
+    /// that takes longer (a slowloris drip) is disconnected.
+    #[arg(long, env = "LOCKD_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    http_header_timeout: Duration,
+
+    /// How long a connection may wait without a request (a new one, or
+    /// keep-alive between requests) before it is closed.
+    #[arg(long, env = "LOCKD_HTTP_IDLE_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    http_idle_timeout: Duration,
+
+    /// Longest pause in a request body; the request then fails and the
+    /// connection closes.
+    #[arg(long, env = "LOCKD_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    http_body_timeout: Duration,
+
+    /// Most connections open at once (0: the open-files limit, raised to
+    /// its hard maximum, less 256). Connections past it are closed at once.
+    #[arg(long, env = "LOCKD_MAX_CONNECTIONS", default_value_t = 0)]
+    max_connections: usize,
+
+    /// Of --max-connections, how many serve only health checks and
+    /// requests that finish work (ack, nack, extend, keepalive, release),
+    /// so those get through when the server is full.
+    #[arg(long, env = "LOCKD_CONNECTION_RESERVE", default_value_t = 32)]
+    connection_reserve: usize,
+
     /// Drain window on SIGTERM/SIGINT: new acquires and consumers are
     /// refused while held leases finish (at most 80 % of
     /// --shutdown-timeout; 0 disables draining).
@@ -675,6 +701,13 @@ async fn serve(args: Args) -> ExitCode {
         queue_max_payload: args.queue_max_payload,
         queue_expiry_counts: !args.queue_original_attempts,
         subscribe_flow_control: args.queue_subscribe_flow_control,
+        http: lockd_server::http::ConnLimits {
+            header_timeout: args.http_header_timeout,
+            idle_timeout: args.http_idle_timeout,
+            body_timeout: args.http_body_timeout,
+            max_connections: args.max_connections,
+            reserve: args.connection_reserve,
+        },
         qrf: args.qrf.config(),
         lsf_sample_interval: args.qrf.lsf_sample_interval,
         lsf_log_interval: args.qrf.lsf_log_interval,

@@ -10,6 +10,7 @@ pub(crate) mod linger;
 mod multipart;
 mod queue;
 mod respond;
+pub(crate) mod serve;
 mod state;
 
 use std::sync::Arc;
@@ -24,8 +25,10 @@ use lockd_api::{headers, names, ErrorCode};
 
 use crate::core::queue::Queues;
 use crate::core::Engine;
+pub use drain::BodyPolicy;
 pub use error::ApiError;
 use lockd_tls::{Access, Denied, Identity};
+pub use serve::ConnLimits;
 
 /// What every handler needs.
 pub struct AppState {
@@ -46,6 +49,8 @@ pub struct AppState {
     pub ha: Arc<crate::ha::Ha>,
     /// Request counts and latencies (`None`: metrics off).
     pub metrics: Option<Arc<crate::obs::metrics::HttpMetrics>>,
+    /// Body limits and timeouts enforced before handlers run.
+    pub body_policy: BodyPolicy,
 }
 
 type Shared = Arc<AppState>;
@@ -116,6 +121,7 @@ pub fn router(state: Shared) -> Router {
     let control = state.control.clone();
     let ha = state.ha.clone();
     let metrics = state.metrics.clone();
+    let body_policy = Arc::new(state.body_policy);
     Router::new()
         .route("/healthz", any(health))
         .route("/readyz", any(health))
@@ -154,7 +160,10 @@ pub fn router(state: Shared) -> Router {
         .layer(axum::middleware::from_fn_with_state(metrics, correlation))
         // Outermost: whatever answers (a handler, a guard, a refusal), the
         // rest of its request body is read before the answer goes out.
-        .layer(axum::middleware::from_fn(drain::finish_request_body))
+        .layer(axum::middleware::from_fn_with_state(
+            body_policy,
+            drain::finish_request_body,
+        ))
         .with_state(state)
 }
 

@@ -4,19 +4,21 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
 use futures_util::StreamExt;
 
-use super::{once_stream, ByteStream, Cond, ETag, Op, Store, StoreError, StoreResult};
+use super::{ByteStream, Cond, ETag, Op, Store, StoreError, StoreResult};
 
 /// In-memory backend.
 #[derive(Default)]
 pub struct MemStore {
     objects: RwLock<BTreeMap<String, (Bytes, ETag)>>,
-    blobs: RwLock<std::collections::HashMap<String, Bytes>>,
+    /// Blobs as the chunks they arrived in: no copy on the way in, and a
+    /// refused or aborted upload holds at most what arrived.
+    blobs: RwLock<std::collections::HashMap<String, Arc<[Bytes]>>>,
     next_etag: AtomicU64,
 }
 
@@ -100,23 +102,32 @@ impl Store for MemStore {
     }
 
     async fn put_blob(&self, key: &str, mut body: ByteStream) -> StoreResult<u64> {
-        let mut buf = bytes::BytesMut::new();
+        let mut chunks = Vec::new();
+        let mut len = 0u64;
         while let Some(chunk) = body.next().await {
-            buf.extend_from_slice(&chunk.map_err(|e| StoreError::Source(e.to_string()))?);
+            let chunk = chunk.map_err(|e| StoreError::Source(e.to_string()))?;
+            if !chunk.is_empty() {
+                len = len.saturating_add(chunk.len() as u64);
+                chunks.push(chunk);
+            }
         }
-        let len = buf.len() as u64;
         self.blobs
             .write()
             .map_err(|_| poisoned())?
-            .insert(key.to_string(), buf.freeze());
+            .insert(key.to_string(), chunks.into());
         Ok(len)
     }
 
     async fn get_blob(&self, key: &str) -> StoreResult<Option<(u64, ByteStream)>> {
         let blobs = self.blobs.read().map_err(|_| poisoned())?;
-        Ok(blobs
-            .get(key)
-            .map(|b| (b.len() as u64, once_stream(b.clone()))))
+        Ok(blobs.get(key).map(|chunks| {
+            let len = chunks.iter().map(|c| c.len() as u64).sum();
+            let chunks = chunks.clone();
+            let stream: ByteStream = Box::pin(futures_util::stream::iter(
+                (0..chunks.len()).map(move |i| Ok(chunks[i].clone())),
+            ));
+            (len, stream)
+        }))
     }
 
     async fn delete_blob(&self, key: &str) -> StoreResult<()> {

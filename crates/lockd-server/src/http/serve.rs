@@ -1,0 +1,482 @@
+//! The connection layer: accepts connections, bounds how many are open and
+//! how long each may take, and serves the router on each with hyper.
+//!
+//! What a hostile or broken client can no longer do:
+//!
+//! * **Hold a connection without a request.** A new connection, or a
+//!   keep-alive connection between requests, is closed once it has sent no
+//!   complete request head for [`ConnLimits::idle_timeout`].
+//! * **Drip a request head.** From the first byte of a request, its head
+//!   must be complete within [`ConnLimits::header_timeout`] (slowloris).
+//! * **Stall a body.** A request body that makes no progress for
+//!   [`ConnLimits::body_timeout`] fails the request (see `drain.rs`).
+//! * **Exhaust file descriptors.** At most [`ConnLimits::max_connections`]
+//!   connections are open at once. The last [`ConnLimits::reserve`] of
+//!   them serve only the requests that let work finish or tell an operator
+//!   how the server is (`/healthz`, `/readyz`, ack, nack, extend,
+//!   keepalive, release); others get `429 throttled` on them. Connections
+//!   past the cap are closed at once.
+//!
+//! Plain TCP and Unix sockets speak HTTP/1.1 only, as the original does
+//! (no h2c); TLS connections speak HTTP/2 when the client negotiates it by
+//! ALPN. A client that half-closes after its request still gets the
+//! answer. Every connection closes by lingering (see `linger.rs`).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::Router;
+use bytes::Bytes;
+use http::Request;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{watch, Notify};
+use tokio::time::Sleep;
+use tower_service::Service;
+
+use super::Peer;
+
+/// Connection limits and timeouts (flags `--http-*`, `--max-connections`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// From the first byte of a request to its complete head.
+    pub header_timeout: Duration,
+    /// Longest wait for a request head on an otherwise idle connection
+    /// (a new one, or keep-alive between requests).
+    pub idle_timeout: Duration,
+    /// Longest pause in a request body.
+    pub body_timeout: Duration,
+    /// Most connections open at once; 0 = derived from the descriptor
+    /// limit at start-up (see [`ConnLimits::resolve`]).
+    pub max_connections: usize,
+    /// Of `max_connections`, how many are kept for health checks and for
+    /// requests that finish work (ack, nack, extend, keepalive, release).
+    pub reserve: usize,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 0,
+            reserve: 32,
+        }
+    }
+}
+
+/// Descriptors kept for everything but connections (store files, the
+/// metrics listener, the log) when the cap is derived.
+const SPARE_FDS: usize = 256;
+
+impl ConnLimits {
+    /// Fills in a derived `max_connections` (0) from the open-files limit,
+    /// which is first raised to its hard maximum as Go programs do, and
+    /// keeps the reserve below the cap.
+    pub fn resolve(mut self) -> Self {
+        if self.max_connections == 0 {
+            let fds = raise_nofile_limit();
+            self.max_connections = fds.saturating_sub(SPARE_FDS).max(64);
+        }
+        self.reserve = self.reserve.min(self.max_connections / 2);
+        self
+    }
+
+    /// Checks the values for consistency.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("--http-header-timeout", self.header_timeout),
+            ("--http-idle-timeout", self.idle_timeout),
+            ("--http-body-timeout", self.body_timeout),
+        ] {
+            if v.is_zero() {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Raises the soft open-files limit to the hard one; returns the soft
+/// limit in force afterwards.
+fn raise_nofile_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+}
+
+/// Which part of the connection budget a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnSlot {
+    /// An ordinary connection.
+    Normal,
+    /// One of the reserve: only the requests of [`priority_path`].
+    Reserve,
+}
+
+/// Requests a reserve connection serves: health checks, and requests that
+/// finish work and so free resources.
+pub fn priority_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/healthz"
+            | "/readyz"
+            | "/v1/queue/ack"
+            | "/v1/queue/nack"
+            | "/v1/queue/extend"
+            | "/v1/keepalive"
+            | "/v1/release"
+    )
+}
+
+/// What the server needs to know about an accepted connection.
+pub trait Accepted: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The verified client identity (mTLS), if any.
+    fn peer(&self) -> Peer {
+        Peer(None)
+    }
+    /// Whether the client negotiated HTTP/2 (ALPN).
+    fn h2(&self) -> bool {
+        false
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Accepted for super::linger::Linger<T> {}
+
+/// How long a request may still run after its client closed (or
+/// half-closed) its side of the connection.
+pub const HALF_CLOSE_GRACE: Duration = Duration::from_millis(250);
+
+/// Request accounting of one connection, shared by its stream wrapper and
+/// its requests.
+#[derive(Default)]
+struct ConnState {
+    /// Requests whose response has not finished.
+    active: AtomicUsize,
+    /// Requests started so far.
+    started: AtomicU64,
+}
+
+/// The connection's stream: enforces the header timeout from the first
+/// byte of a request head, and holds back the client's end of stream for
+/// [`HALF_CLOSE_GRACE`] while a request is running, so a half-closed client
+/// gets the answer of a quick request. (The HTTP server takes an end of
+/// stream in the middle of a request for a client that left, and drops the
+/// request: that is what frees the place of a departed waiter.)
+struct Guarded<T> {
+    io: T,
+    state: Arc<ConnState>,
+    header_timeout: Duration,
+    /// The running header timer and the request count when it started.
+    timer: Option<(Pin<Box<Sleep>>, u64)>,
+    /// Holding back an end of stream until this fires.
+    eof_hold: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let started = this.state.started.load(Ordering::Acquire);
+        // A request head arrived since the timer started: it is done.
+        if this.timer.as_ref().is_some_and(|(_, at)| *at != started) {
+            this.timer = None;
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
+                // End of stream: the client closed (or half-closed) its
+                // side. A closed socket looks the same as a half-closed
+                // one, so a running request gets a short grace to answer.
+                if this.state.active.load(Ordering::Acquire) == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                let hold = this
+                    .eof_hold
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(HALF_CLOSE_GRACE)));
+                if hold.as_mut().poll(cx).is_ready() {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                }
+            }
+            Poll::Ready(Ok(())) => {
+                let idle = this.state.active.load(Ordering::Acquire) == 0;
+                if buf.filled().len() > before && idle && this.timer.is_none() {
+                    // The first bytes of a request head: the clock starts.
+                    this.timer = Some((Box::pin(tokio::time::sleep(this.header_timeout)), started));
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                if let Some((timer, _)) = this.timer.as_mut() {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "request head not complete within the header timeout",
+                        )));
+                    }
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// A response body that marks its request finished when it ends or is
+/// dropped.
+struct Finishing {
+    inner: Body,
+    state: Option<Arc<ConnState>>,
+}
+
+impl Finishing {
+    fn finish(&mut self) {
+        if let Some(s) = self.state.take() {
+            s.active.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl HttpBody for Finishing {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.finish();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Open connections, and a wake-up when one closes.
+#[derive(Default)]
+struct Census {
+    open: AtomicUsize,
+    closed: Notify,
+}
+
+struct Counted(Arc<Census>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.closed.notify_waiters();
+    }
+}
+
+/// A source of accepted connections.
+pub trait Acceptor: Send + 'static {
+    /// The connection type.
+    type Io: Accepted;
+    /// Waits for the next connection (errors are handled inside).
+    fn accept(&mut self) -> impl Future<Output = Self::Io> + Send;
+}
+
+impl<L> Acceptor for L
+where
+    L: axum::serve::Listener,
+    L::Io: Accepted,
+{
+    type Io = L::Io;
+    async fn accept(&mut self) -> Self::Io {
+        axum::serve::Listener::accept(self).await.0
+    }
+}
+
+/// Serves `app` on connections from `listener` until `stop` turns true,
+/// then lets open connections finish their requests and returns once all
+/// are closed.
+pub async fn serve<A: Acceptor>(
+    mut listener: A,
+    app: Router,
+    limits: ConnLimits,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let census = Arc::new(Census::default());
+    let mut refused_logged: Option<tokio::time::Instant> = None;
+    loop {
+        let io = tokio::select! {
+            io = listener.accept() => io,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let open = census.open.fetch_add(1, Ordering::AcqRel) + 1;
+        let guard = Counted(census.clone());
+        if open > limits.max_connections {
+            // Past the cap: closed at once (the descriptor is freed now).
+            drop(io);
+            drop(guard);
+            let now = tokio::time::Instant::now();
+            if refused_logged.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60)) {
+                refused_logged = Some(now);
+                tracing::warn!(
+                    sys = "api.http.server",
+                    max_connections = limits.max_connections,
+                    "connection limit reached; refusing new connections"
+                );
+            }
+            continue;
+        }
+        let slot = if open > limits.max_connections.saturating_sub(limits.reserve) {
+            ConnSlot::Reserve
+        } else {
+            ConnSlot::Normal
+        };
+        let app = app.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            serve_connection(io, app, limits, slot, stop).await;
+        });
+    }
+    // Stopped: wait for the open connections to finish.
+    loop {
+        let closed = census.closed.notified();
+        if census.open.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
+        closed.await;
+    }
+}
+
+async fn serve_connection<I: Accepted>(
+    io: I,
+    app: Router,
+    limits: ConnLimits,
+    slot: ConnSlot,
+    mut stop: watch::Receiver<bool>,
+) {
+    let peer = io.peer();
+    let h2 = io.h2();
+    let state = Arc::new(ConnState::default());
+    let svc_state = state.clone();
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let state = svc_state.clone();
+        state.active.fetch_add(1, Ordering::AcqRel);
+        state.started.fetch_add(1, Ordering::AcqRel);
+        req.extensions_mut().insert(ConnectInfo(peer.clone()));
+        req.extensions_mut().insert(slot);
+        let mut app = app.clone();
+        let fut = app.call(req.map(Body::new));
+        async move {
+            let resp = match fut.await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            Ok::<_, std::convert::Infallible>(resp.map(|inner| {
+                Body::new(Finishing {
+                    inner,
+                    state: Some(state),
+                })
+            }))
+        }
+    });
+    let io = TokioIo::new(Guarded {
+        io,
+        state,
+        header_timeout: limits.header_timeout,
+        timer: None,
+        eof_hold: None,
+    });
+    if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+        }
+        let _ = conn.await;
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            // hyper's head timer runs from the moment it waits for a
+            // request: on an idle connection that is the idle timeout;
+            // once bytes come, `Guarded` applies the header timeout.
+            .header_read_timeout(limits.idle_timeout)
+            .serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+        }
+        let _ = conn.await;
+    }
+}
