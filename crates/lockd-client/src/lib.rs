@@ -242,8 +242,10 @@ mod error;
 pub mod inprocess;
 mod lease;
 mod queue;
+mod sse;
 mod tls;
 mod transport;
+mod watch;
 
 pub use afu::UpdateContext;
 pub use client::{Client, ClientBuilder, RetryPolicy};
@@ -260,3 +262,4 @@ pub use lockd_tls::ClientBundle;
 pub use queue::{DequeueOptions, EnqueueOptions, QueueMessage};
 pub use tls::{default_config_dir, discover_client_bundle};
 pub use transport::Endpoint;
+pub use watch::QueueWatch;

@@ -1,5 +1,5 @@
-//! Queues: [`Client::enqueue`], [`Client::dequeue`], [`Client::subscribe`]
-//! and the [`QueueMessage`] a consumer works with.
+//! Queues: [`Client::enqueue`], [`Client::dequeue`], [`Client::subscribe`],
+//! [`Client::queue_stats`] and the [`QueueMessage`] a consumer works with.
 //!
 //! A message is leased to its consumer until its visibility timeout; finish
 //! it with [`QueueMessage::ack`], give it back with [`QueueMessage::nack`] /
@@ -15,7 +15,9 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::Method;
 use http_body_util::BodyExt;
-use lockd_api::{AckResponse, DeliveryMeta, EnqueueResponse, ExtendResponse, NackResponse};
+use lockd_api::{
+    AckResponse, DeliveryMeta, EnqueueResponse, ExtendResponse, NackResponse, QueueStatsResponse,
+};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
@@ -594,6 +596,40 @@ impl Client {
                 return Ok(());
             }
         }
+    }
+
+    /// What the server knows about `queue` in the client's default
+    /// namespace: whether a message is ready (`available`), the head
+    /// message's id and age, and consumer counts. See
+    /// [`Client::queue_stats_in`] for another namespace.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lockd_client::Client) -> lockd_client::Result<()> {
+    /// let stats = client.queue_stats("jobs").await?;
+    /// if stats.available {
+    ///     println!("head {} is {} s old", stats.head_message_id, stats.head_age_seconds);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn queue_stats(&self, queue: &str) -> Result<QueueStatsResponse> {
+        self.queue_stats_in("", queue).await
+    }
+
+    /// [`Client::queue_stats`] of a queue in `namespace` ("" = the
+    /// client's default, else the server's).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lockd_client::Client) -> lockd_client::Result<()> {
+    /// let stats = client.queue_stats_in("team-b", "jobs").await?;
+    /// println!("{} consumers waiting", stats.waiting_consumers);
+    /// # Ok(()) }
+    /// ```
+    pub async fn queue_stats_in(&self, namespace: &str, queue: &str) -> Result<QueueStatsResponse> {
+        let body = json!({ "namespace": self.namespace_or(namespace), "queue": queue });
+        let (stats, _, _) = self
+            .post_json("/v1/queue/stats", &body, Vec::new(), CallOpts::default())
+            .await?;
+        Ok(stats)
     }
 
     /// [`Client::dequeue`] with the message's workflow state leased too
