@@ -1,5 +1,6 @@
-//! Queues: [`Client::enqueue`], [`Client::dequeue`], [`Client::subscribe`],
-//! [`Client::queue_stats`] and the [`QueueMessage`] a consumer works with.
+//! Queues: [`Client::enqueue`], [`Client::dequeue`],
+//! [`Client::dequeue_batch`], [`Client::subscribe`], [`Client::queue_stats`]
+//! and the [`QueueMessage`] a consumer works with.
 //!
 //! A message is leased to its consumer until its visibility timeout; finish
 //! it with [`QueueMessage::ack`], give it back with [`QueueMessage::nack`] /
@@ -15,6 +16,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::Method;
 use http_body_util::BodyExt;
+use lockd_api::delivery::{Delivery, DeliveryReader};
 use lockd_api::{
     AckResponse, DeliveryMeta, EnqueueResponse, ExtendResponse, NackResponse, QueueStatsResponse,
 };
@@ -24,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use crate::client::{CallOpts, Client};
 use crate::error::{Error, Result};
 use crate::lease::Payload;
-use crate::transport::{read_all, Call, CallBody};
+use crate::transport::{read_all, Answer, Call, CallBody};
 
 type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
@@ -58,7 +60,9 @@ pub struct DequeueOptions {
     pub block: Option<Duration>,
     /// Lease of each delivery (0 = server default).
     pub visibility: Duration,
-    /// Subscribe: unacknowledged deliveries per stream (1..=64).
+    /// Subscribe: how many messages the server may lease at once for the
+    /// stream (1..=64). [`Client::dequeue`] always asks for one; use
+    /// [`Client::dequeue_batch`] for several.
     pub page_size: u32,
     /// Also lease the message's workflow state.
     pub stateful: bool,
@@ -438,17 +442,37 @@ impl Client {
         })
     }
 
-    /// Leases one message; `Ok(None)` when none came within `block`.
-    pub async fn dequeue(&self, queue: &str, opts: DequeueOptions) -> Result<Option<QueueMessage>> {
+    /// A delivery parsed from a response, as a message to work with.
+    pub(crate) fn delivered(&self, d: Delivery, endpoint: usize) -> QueueMessage {
+        QueueMessage {
+            client: self.clone(),
+            meta: d.message,
+            endpoint,
+            payload: Some(crate_once(d.payload)),
+            reader: None,
+            done: false,
+            close_delay: Duration::ZERO,
+        }
+    }
+
+    /// Sends a dequeue asking for `page_size` messages; `None` when none
+    /// came within `block` (`409 waiting`). Throttled requests are sent
+    /// again after the server's `Retry-After`.
+    async fn dequeue_request(
+        &self,
+        queue: &str,
+        opts: &DequeueOptions,
+        page_size: u32,
+    ) -> Result<Option<Answer>> {
         let path = if opts.stateful {
             "/v1/queue/dequeueWithState"
         } else {
             "/v1/queue/dequeue"
         };
-        let raw: Bytes = serde_json::to_vec(&self.consumer_body(queue, &opts, 1))
+        let raw: Bytes = serde_json::to_vec(&self.consumer_body(queue, opts, page_size))
             .map_err(|e| Error::InvalidArgument(e.to_string()))?
             .into();
-        let answer = loop {
+        loop {
             let res = self
                 .send(Call {
                     method: Method::POST,
@@ -464,7 +488,7 @@ impl Client {
                 })
                 .await;
             match res {
-                Ok(a) => break a,
+                Ok(a) => return Ok(Some(a)),
                 Err(e) if e.is_waiting() => return Ok(None),
                 // Throttled: wait as the server asks, then ask again.
                 Err(e) if e.is_throttled() => {
@@ -472,6 +496,29 @@ impl Client {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Leases one message; `Ok(None)` when none came within `block`.
+    ///
+    /// The payload is streamed from the response as you read it (see
+    /// [`QueueMessage::payload_stream`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lockd_client::Client) -> lockd_client::Result<()> {
+    /// use std::time::Duration;
+    /// let mut opts = lockd_client::DequeueOptions::new("worker-1");
+    /// opts.block = Some(Duration::from_secs(10));
+    /// if let Some(mut msg) = client.dequeue("jobs", opts).await? {
+    ///     let body = msg.payload_bytes().await?;
+    ///     println!("{} bytes", body.len());
+    ///     msg.ack().await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn dequeue(&self, queue: &str, opts: DequeueOptions) -> Result<Option<QueueMessage>> {
+        let Some(answer) = self.dequeue_request(queue, &opts, 1).await? else {
+            return Ok(None);
         };
         let boundary = multipart_boundary(answer.response.headers())?;
         let stream = answer.response.into_body().into_data_stream();
@@ -492,6 +539,81 @@ impl Client {
             done: false,
             close_delay: Duration::ZERO,
         }))
+    }
+
+    /// Leases up to `max` messages (1..=64) in one request (the protocol's
+    /// `page_size`); an empty `Vec` when none came within `block`. Each
+    /// message is leased on its own: ack, nack or extend each of them.
+    ///
+    /// The server waits (as `block` says) for the first message and adds
+    /// the ones that are ready at once, so a batch holds between 1 and
+    /// `max` messages. Payloads are read into memory; use
+    /// [`Client::dequeue`] to stream a large one. A stateful dequeue
+    /// (`stateful: true`) always leases one message, as the protocol says.
+    /// Should the response break off after some complete messages, those
+    /// are returned (the break is logged); the ones cut off come back once
+    /// their visibility timeout passes.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lockd_client::Client) -> lockd_client::Result<()> {
+    /// use std::time::Duration;
+    /// let mut opts = lockd_client::DequeueOptions::new("worker-1");
+    /// opts.block = Some(Duration::from_secs(5));
+    /// for mut msg in client.dequeue_batch("jobs", opts, 16).await? {
+    ///     let body = msg.payload_bytes().await?;
+    ///     println!("{}: {} bytes", msg.id(), body.len());
+    ///     msg.ack().await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn dequeue_batch(
+        &self,
+        queue: &str,
+        opts: DequeueOptions,
+        max: u32,
+    ) -> Result<Vec<QueueMessage>> {
+        let Some(answer) = self.dequeue_request(queue, &opts, max.clamp(1, 64)).await? else {
+            return Ok(Vec::new());
+        };
+        let endpoint = answer.endpoint;
+        let boundary = multipart_boundary(answer.response.headers())?;
+        let mut reader = DeliveryReader::new(&boundary);
+        let mut body = answer.response.into_body();
+        let mut out = Vec::new();
+        let failure = loop {
+            match reader.next_delivery() {
+                Ok(Some(d)) => {
+                    out.push(self.delivered(d, endpoint));
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => break Some(Error::Decode(e)),
+            }
+            if reader.is_done() {
+                break None;
+            }
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        reader.feed(&data);
+                    }
+                }
+                Some(Err(e)) => break Some(Error::Transport(e.to_string())),
+                None => {
+                    break Some(Error::Decode(
+                        "delivery ended before its close delimiter".into(),
+                    ))
+                }
+            }
+        };
+        match failure {
+            None => Ok(out),
+            Some(e) if out.is_empty() => Err(e),
+            Some(e) => {
+                tracing::warn!(target: "lockd_client", error = %e, delivered = out.len(), "dequeue batch broke off; returning the complete messages");
+                Ok(out)
+            }
+        }
     }
 
     /// Keeps one streaming request open and calls `handler` for each

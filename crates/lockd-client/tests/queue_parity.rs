@@ -1,23 +1,28 @@
-//! The Go SDK's queue extras: `queue_stats` and `watch_queue` (server-sent
-//! events), against a real in-process server, plus a stub where a server
-//! cannot be made to misbehave on cue.
+//! The Go SDK's queue extras: `queue_stats`, `watch_queue` (server-sent
+//! events) and `dequeue_batch` (`page_size`), against a real in-process
+//! server, plus stubs where a server cannot be made to misbehave on cue.
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use lockd_client::{Client, DequeueOptions, Error, QueueWatch};
-use serde_json::Value;
-use support::{now_unix, within};
+use serde_json::{json, Value};
+use support::{deliveries, now_unix, within, Stub, StubResp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-fn no_wait(owner: &str) -> DequeueOptions {
+fn wait(owner: &str, block: Duration) -> DequeueOptions {
     let mut o = DequeueOptions::new(owner);
-    o.block = Some(Duration::ZERO);
+    o.block = Some(block);
     o
+}
+
+fn no_wait(owner: &str) -> DequeueOptions {
+    wait(owner, Duration::ZERO)
 }
 
 async fn next_event(w: &mut QueueWatch, what: &str) -> lockd_client::api::QueueWatchEvent {
@@ -245,4 +250,102 @@ async fn watch_parses_a_split_stream_and_dropping_it_hangs_up() {
     let bad = within(Duration::from_secs(10), "bad event", w.next()).await;
     assert!(matches!(bad, Some(Err(Error::Decode(_)))), "{bad:?}");
     assert!(w.next().await.is_none());
+}
+
+// ------------------------------------------------------------------ batch
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dequeue_batch_leases_several_messages_each_settled_alone() {
+    let server = lockd_client::inprocess::start().await.unwrap();
+    let c = server.client();
+    let mut sent = BTreeSet::new();
+    for i in 0..5 {
+        let r = c
+            .enqueue("batch", format!("b{i}"), Default::default())
+            .await
+            .unwrap();
+        sent.insert(r.message_id);
+    }
+
+    let batch = within(
+        Duration::from_secs(10),
+        "batch of 3",
+        c.dequeue_batch("batch", wait("w", Duration::from_secs(5)), 3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(batch.len(), 3, "page_size 3 with 5 ready: {batch:?}");
+    let leases: BTreeSet<String> = batch.iter().map(|m| m.meta().lease_id.clone()).collect();
+    assert_eq!(leases.len(), 3, "each message has its own lease");
+    let mut got = BTreeSet::new();
+    let mut nacked = String::new();
+    for (i, mut msg) in batch.into_iter().enumerate() {
+        let body = msg.payload_bytes().await.unwrap();
+        assert!(body.starts_with(b"b"), "{body:?}");
+        assert_eq!(msg.attempts(), 1);
+        got.insert(msg.id().to_string());
+        if i == 1 {
+            nacked = msg.id().to_string();
+            msg.nack(Duration::ZERO, Some(json!("again")))
+                .await
+                .unwrap();
+        } else {
+            msg.ack().await.unwrap();
+        }
+    }
+
+    // The rest, and the nacked one again.
+    let batch = c
+        .dequeue_batch("batch", wait("w", Duration::from_secs(5)), 10)
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 3, "{batch:?}");
+    for msg in batch {
+        if msg.id() == nacked {
+            assert_eq!(msg.attempts(), 2);
+            assert_eq!(msg.meta().failure_attempts, 1);
+        }
+        got.insert(msg.id().to_string());
+        msg.ack().await.unwrap();
+    }
+    assert_eq!(got, sent, "every message once (the nacked one twice)");
+
+    let none = c.dequeue_batch("batch", no_wait("w"), 10).await.unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    assert!(!c.queue_stats("batch").await.unwrap().available);
+    server.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dequeue_batch_sends_page_size_and_reads_every_part() {
+    let stub = Stub::start(|req, _| match req.path() {
+        "/v1/queue/dequeue" => deliveries(&[
+            ("m1", "c1", b"one"),
+            ("m2", "c2", b""),
+            ("m3", "c3", b"three"),
+        ]),
+        _ => StubResp::json(404, json!({"error": "not_found"})),
+    })
+    .await;
+    let c = Client::new(stub.url()).unwrap();
+    let mut got = Vec::new();
+    for mut msg in c.dequeue_batch("q", no_wait("w"), 7).await.unwrap() {
+        let body = msg.payload_bytes().await.unwrap();
+        got.push((msg.id().to_string(), msg.correlation_id().to_string(), body));
+        c.queue_forget(msg);
+    }
+    assert_eq!(
+        got,
+        vec![
+            ("m1".into(), "c1".into(), bytes::Bytes::from("one")),
+            ("m2".into(), "c2".into(), bytes::Bytes::new()),
+            ("m3".into(), "c3".into(), bytes::Bytes::from("three")),
+        ]
+    );
+    let req = &stub.on("/v1/queue/dequeue")[0];
+    assert_eq!(req.json()["page_size"], 7);
+    assert_eq!(req.json()["wait_seconds"], -1);
+    // Over the protocol's limit: 64 is asked for.
+    let _ = c.dequeue_batch("q", no_wait("w"), 1000).await.unwrap();
+    assert_eq!(stub.on("/v1/queue/dequeue")[1].json()["page_size"], 64);
 }
