@@ -236,6 +236,7 @@
 
 mod afu;
 mod client;
+mod consumer;
 pub mod correlation;
 mod error;
 #[cfg(feature = "inprocess")]
@@ -249,6 +250,7 @@ mod watch;
 
 pub use afu::UpdateContext;
 pub use client::{Client, ClientBuilder, RetryPolicy};
+pub use consumer::{Consumer, ConsumerBuilder, ConsumerError, HandlerError};
 pub use error::{ApiError, Error, Result};
 pub use lease::{
     AcquireRequest, Block, Cas, Document, DocumentStream, LeaseSession, Payload, Updated,
