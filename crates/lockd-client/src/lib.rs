@@ -10,8 +10,14 @@
 //!   tokens, typed JSON state (`load`/`save`), CAS, keepalive, release;
 //! * [`Client::acquire_for_update`]: acquire, run a handler with the state,
 //!   keep the lease alive, commit or roll back;
-//! * queues: [`Client::enqueue`], [`Client::dequeue`], [`Client::subscribe`],
-//!   [`QueueMessage`] (ack, nack, defer, extend, workflow state);
+//! * queues: [`Client::enqueue`], [`Client::dequeue`],
+//!   [`Client::dequeue_batch`], [`Client::subscribe`], [`QueueMessage`]
+//!   (ack, nack, defer, extend, workflow state);
+//! * [`Client::consumer`] → [`Consumer`]: a pool of subscribers that acks
+//!   or nacks by the handler's outcome, reconnects with backoff and stops
+//!   gracefully;
+//! * [`Client::queue_stats`] and [`Client::watch_queue`] (a [`QueueWatch`]
+//!   stream of head changes) to look at a queue without consuming it;
 //! * [`correlation`]: ids that follow work through every request;
 //! * [`Error`]: one error type, with the server's error code and hints.
 //!
@@ -131,6 +137,21 @@
 //! ([`QueueMessage::state`]) never releases on drop: the message's ack or
 //! nack owns that lease.
 //!
+//! # Consuming queues
+//!
+//! [`Client::dequeue`] leases one message and streams its payload;
+//! [`Client::dequeue_batch`] leases up to 64 in one request;
+//! [`Client::subscribe`] keeps a stream open and calls a handler per
+//! delivery. [`Client::consumer`] runs a pool of subscribers for you, like
+//! the Go SDK's `StartConsumer`: the handler's `Ok` acks the message, an
+//! `Err` or a panic nacks it with the error text as `last_error`, streams
+//! that fail are reopened after an exponential backoff with jitter, and
+//! [`Consumer::shutdown`] stops taking deliveries and waits (bounded) for
+//! the handlers that are running. Problems are reported to
+//! [`ConsumerBuilder::on_error`] as [`ConsumerError`]s.
+//! [`Client::queue_stats`] and [`Client::watch_queue`] look at a queue's
+//! head without consuming anything.
+//!
 //! # Acquire-for-update
 //!
 //! [`Client::acquire_for_update`] acquires the key, reads its state, runs
@@ -159,7 +180,8 @@
 //! [`Block::NoWait`] are returned at once. Other calls are not retried (they
 //! do fail over, see below); [`Error::is_retryable`] and
 //! [`Error::retry_after`] help with loops of your own. [`Client::subscribe`]
-//! reconnects by itself when a stream ends or is throttled.
+//! reconnects by itself when a stream ends or is throttled; a
+//! [`Consumer`] also after errors, with backoff.
 //!
 //! # Failover
 //!
@@ -236,17 +258,21 @@
 
 mod afu;
 mod client;
+mod consumer;
 pub mod correlation;
 mod error;
 #[cfg(feature = "inprocess")]
 pub mod inprocess;
 mod lease;
 mod queue;
+mod sse;
 mod tls;
 mod transport;
+mod watch;
 
 pub use afu::UpdateContext;
 pub use client::{Client, ClientBuilder, RetryPolicy};
+pub use consumer::{Consumer, ConsumerBuilder, ConsumerError, HandlerError};
 pub use error::{ApiError, Error, Result};
 pub use lease::{
     AcquireRequest, Block, Cas, Document, DocumentStream, LeaseSession, Payload, Updated,
@@ -260,3 +286,4 @@ pub use lockd_tls::ClientBundle;
 pub use queue::{DequeueOptions, EnqueueOptions, QueueMessage};
 pub use tls::{default_config_dir, discover_client_bundle};
 pub use transport::Endpoint;
+pub use watch::QueueWatch;

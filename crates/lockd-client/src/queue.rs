@@ -1,4 +1,5 @@
-//! Queues: [`Client::enqueue`], [`Client::dequeue`], [`Client::subscribe`]
+//! Queues: [`Client::enqueue`], [`Client::dequeue`],
+//! [`Client::dequeue_batch`], [`Client::subscribe`], [`Client::queue_stats`]
 //! and the [`QueueMessage`] a consumer works with.
 //!
 //! A message is leased to its consumer until its visibility timeout; finish
@@ -15,14 +16,17 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::Method;
 use http_body_util::BodyExt;
-use lockd_api::{AckResponse, DeliveryMeta, EnqueueResponse, ExtendResponse, NackResponse};
+use lockd_api::delivery::{Delivery, DeliveryReader};
+use lockd_api::{
+    AckResponse, DeliveryMeta, EnqueueResponse, ExtendResponse, NackResponse, QueueStatsResponse,
+};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::client::{CallOpts, Client};
 use crate::error::{Error, Result};
 use crate::lease::Payload;
-use crate::transport::{read_all, Call, CallBody};
+use crate::transport::{read_all, Answer, Call, CallBody};
 
 type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
@@ -56,7 +60,9 @@ pub struct DequeueOptions {
     pub block: Option<Duration>,
     /// Lease of each delivery (0 = server default).
     pub visibility: Duration,
-    /// Subscribe: unacknowledged deliveries per stream (1..=64).
+    /// Subscribe: how many messages the server may lease at once for the
+    /// stream (1..=64). [`Client::dequeue`] always asks for one; use
+    /// [`Client::dequeue_batch`] for several.
     pub page_size: u32,
     /// Also lease the message's workflow state.
     pub stateful: bool,
@@ -89,6 +95,10 @@ pub struct QueueMessage {
     reader: Option<tokio_util::io::StreamReader<ByteStream, Bytes>>,
     done: bool,
     close_delay: Duration,
+    /// Set by a [`crate::Consumer`]: instead of nacking on drop, the
+    /// message is handed back (with `done` telling whether the handler
+    /// settled it) so the consumer acks or nacks by the handler's outcome.
+    pub(crate) return_to: Option<tokio::sync::oneshot::Sender<QueueMessage>>,
 }
 
 impl std::fmt::Debug for QueueMessage {
@@ -145,9 +155,19 @@ impl QueueMessage {
         ))
     }
 
-    /// Delay of the nack sent when the message is dropped un-acked.
+    /// Delay of the nack sent when the message is dropped un-acked (and,
+    /// in a [`crate::Consumer`], of the nack after a failed handler).
     pub fn set_close_delay(&mut self, d: Duration) {
         self.close_delay = d;
+    }
+
+    pub(crate) fn close_delay(&self) -> Duration {
+        self.close_delay
+    }
+
+    /// Whether it was acked, nacked, deferred or forgotten.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.done
     }
 
     /// Takes the payload as a stream (once).
@@ -284,6 +304,23 @@ impl AsyncRead for QueueMessage {
 
 impl Drop for QueueMessage {
     fn drop(&mut self) {
+        if let Some(tx) = self.return_to.take() {
+            let back = QueueMessage {
+                client: self.client.clone(),
+                meta: std::mem::take(&mut self.meta),
+                endpoint: self.endpoint,
+                payload: None,
+                reader: None,
+                done: self.done,
+                close_delay: self.close_delay,
+                return_to: None,
+            };
+            self.done = true;
+            // No one to take it back (the consumer is gone): dropping it
+            // here nacks it as usual.
+            let _ = tx.send(back);
+            return;
+        }
         if self.done {
             return;
         }
@@ -436,17 +473,38 @@ impl Client {
         })
     }
 
-    /// Leases one message; `Ok(None)` when none came within `block`.
-    pub async fn dequeue(&self, queue: &str, opts: DequeueOptions) -> Result<Option<QueueMessage>> {
+    /// A delivery parsed from a response, as a message to work with.
+    pub(crate) fn delivered(&self, d: Delivery, endpoint: usize) -> QueueMessage {
+        QueueMessage {
+            client: self.clone(),
+            meta: d.message,
+            endpoint,
+            payload: Some(crate_once(d.payload)),
+            reader: None,
+            done: false,
+            close_delay: Duration::ZERO,
+            return_to: None,
+        }
+    }
+
+    /// Sends a dequeue asking for `page_size` messages; `None` when none
+    /// came within `block` (`409 waiting`). Throttled requests are sent
+    /// again after the server's `Retry-After`.
+    async fn dequeue_request(
+        &self,
+        queue: &str,
+        opts: &DequeueOptions,
+        page_size: u32,
+    ) -> Result<Option<Answer>> {
         let path = if opts.stateful {
             "/v1/queue/dequeueWithState"
         } else {
             "/v1/queue/dequeue"
         };
-        let raw: Bytes = serde_json::to_vec(&self.consumer_body(queue, &opts, 1))
+        let raw: Bytes = serde_json::to_vec(&self.consumer_body(queue, opts, page_size))
             .map_err(|e| Error::InvalidArgument(e.to_string()))?
             .into();
-        let answer = loop {
+        loop {
             let res = self
                 .send(Call {
                     method: Method::POST,
@@ -462,7 +520,7 @@ impl Client {
                 })
                 .await;
             match res {
-                Ok(a) => break a,
+                Ok(a) => return Ok(Some(a)),
                 Err(e) if e.is_waiting() => return Ok(None),
                 // Throttled: wait as the server asks, then ask again.
                 Err(e) if e.is_throttled() => {
@@ -470,6 +528,29 @@ impl Client {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Leases one message; `Ok(None)` when none came within `block`.
+    ///
+    /// The payload is streamed from the response as you read it (see
+    /// [`QueueMessage::payload_stream`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lockd_client::Client) -> lockd_client::Result<()> {
+    /// use std::time::Duration;
+    /// let mut opts = lockd_client::DequeueOptions::new("worker-1");
+    /// opts.block = Some(Duration::from_secs(10));
+    /// if let Some(mut msg) = client.dequeue("jobs", opts).await? {
+    ///     let body = msg.payload_bytes().await?;
+    ///     println!("{} bytes", body.len());
+    ///     msg.ack().await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn dequeue(&self, queue: &str, opts: DequeueOptions) -> Result<Option<QueueMessage>> {
+        let Some(answer) = self.dequeue_request(queue, &opts, 1).await? else {
+            return Ok(None);
         };
         let boundary = multipart_boundary(answer.response.headers())?;
         let stream = answer.response.into_body().into_data_stream();
@@ -489,13 +570,91 @@ impl Client {
             reader: None,
             done: false,
             close_delay: Duration::ZERO,
+            return_to: None,
         }))
+    }
+
+    /// Leases up to `max` messages (1..=64) in one request (the protocol's
+    /// `page_size`); an empty `Vec` when none came within `block`. Each
+    /// message is leased on its own: ack, nack or extend each of them.
+    ///
+    /// The server waits (as `block` says) for the first message and adds
+    /// the ones that are ready at once, so a batch holds between 1 and
+    /// `max` messages. Payloads are read into memory; use
+    /// [`Client::dequeue`] to stream a large one. A stateful dequeue
+    /// (`stateful: true`) always leases one message, as the protocol says.
+    /// Should the response break off after some complete messages, those
+    /// are returned (the break is logged); the ones cut off come back once
+    /// their visibility timeout passes.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lockd_client::Client) -> lockd_client::Result<()> {
+    /// use std::time::Duration;
+    /// let mut opts = lockd_client::DequeueOptions::new("worker-1");
+    /// opts.block = Some(Duration::from_secs(5));
+    /// for mut msg in client.dequeue_batch("jobs", opts, 16).await? {
+    ///     let body = msg.payload_bytes().await?;
+    ///     println!("{}: {} bytes", msg.id(), body.len());
+    ///     msg.ack().await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn dequeue_batch(
+        &self,
+        queue: &str,
+        opts: DequeueOptions,
+        max: u32,
+    ) -> Result<Vec<QueueMessage>> {
+        let Some(answer) = self.dequeue_request(queue, &opts, max.clamp(1, 64)).await? else {
+            return Ok(Vec::new());
+        };
+        let endpoint = answer.endpoint;
+        let boundary = multipart_boundary(answer.response.headers())?;
+        let mut reader = DeliveryReader::new(&boundary);
+        let mut body = answer.response.into_body();
+        let mut out = Vec::new();
+        let failure = loop {
+            match reader.next_delivery() {
+                Ok(Some(d)) => {
+                    out.push(self.delivered(d, endpoint));
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => break Some(Error::Decode(e)),
+            }
+            if reader.is_done() {
+                break None;
+            }
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        reader.feed(&data);
+                    }
+                }
+                Some(Err(e)) => break Some(Error::Transport(e.to_string())),
+                None => {
+                    break Some(Error::Decode(
+                        "delivery ended before its close delimiter".into(),
+                    ))
+                }
+            }
+        };
+        match failure {
+            None => Ok(out),
+            Some(e) if out.is_empty() => Err(e),
+            Some(e) => {
+                tracing::warn!(target: "lockd_client", error = %e, delivered = out.len(), "dequeue batch broke off; returning the complete messages");
+                Ok(out)
+            }
+        }
     }
 
     /// Keeps one streaming request open and calls `handler` for each
     /// delivery (payload already read), reconnecting when the server ends
     /// the stream. Returns when the handler fails, or, with
-    /// `block: Some(ZERO)`, once the queue is empty.
+    /// `block: Some(ZERO)`, once the queue is empty. For a pool of
+    /// subscribers that acks and nacks for you, reconnects with backoff and
+    /// stops gracefully, see [`Client::consumer`].
     ///
     /// ```no_run
     /// # async fn demo(client: lockd_client::Client) -> lockd_client::Result<()> {
@@ -515,85 +674,45 @@ impl Client {
         F: FnMut(QueueMessage) -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
-        let path = if opts.stateful {
-            "/v1/queue/subscribeWithState"
-        } else {
-            "/v1/queue/subscribe"
-        };
-        let page = opts.page_size.clamp(1, 64);
-        loop {
-            let raw = serde_json::to_vec(&self.consumer_body(queue, &opts, page))
-                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-            let answer = match self
-                .send(Call {
-                    method: Method::POST,
-                    path: path.into(),
-                    headers: vec![
-                        ("content-type", "application/json".into()),
-                        ("accept", "multipart/related".into()),
-                    ],
-                    body: CallBody::Bytes(raw.into()),
-                    prefer: None,
-                    unbounded: true,
-                    correlation: None,
-                })
-                .await
-            {
-                Ok(a) => a,
-                Err(e) if e.is_waiting() && opts.block == Some(Duration::ZERO) => return Ok(()),
-                Err(e)
-                    if e.is_waiting() || e.is_throttled() || e.code() == Some("cas_mismatch") =>
-                {
-                    tokio::time::sleep(
-                        e.retry_after()
-                            .unwrap_or(Duration::from_millis(1))
-                            .min(Duration::from_secs(5)),
-                    )
-                    .await;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let endpoint = answer.endpoint;
-            let boundary = multipart_boundary(answer.response.headers())?;
-            // Deliveries are cut by their payload's Content-Length, so each
-            // one reaches the handler as soon as its last byte is in (the
-            // next delimiter only comes with the next delivery).
-            let mut reader = lockd_api::delivery::DeliveryReader::new(&boundary);
-            let mut body = answer.response.into_body();
-            loop {
-                while let Some(d) = reader.next_delivery().map_err(Error::Decode)? {
-                    let msg = QueueMessage {
-                        client: self.clone(),
-                        meta: d.message,
-                        endpoint,
-                        payload: Some(crate_once(d.payload)),
-                        reader: None,
-                        done: false,
-                        close_delay: Duration::ZERO,
-                    };
-                    handler(msg).await?;
-                }
-                if reader.is_done() {
-                    break;
-                }
-                match body.frame().await {
-                    Some(Ok(frame)) => {
-                        if let Ok(data) = frame.into_data() {
-                            reader.feed(&data);
-                        }
-                    }
-                    Some(Err(e)) => {
-                        tracing::debug!(target: "lockd_client", error = %e, "subscribe stream broke; reconnecting");
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            if opts.block == Some(Duration::ZERO) {
-                return Ok(());
-            }
+        let mut sub = Subscription::new(self, queue, opts, true);
+        while let Some(msg) = sub.next().await? {
+            handler(msg).await?;
         }
+        Ok(())
+    }
+
+    /// What the server knows about `queue` in the client's default
+    /// namespace: whether a message is ready (`available`), the head
+    /// message's id and age, and consumer counts. See
+    /// [`Client::queue_stats_in`] for another namespace.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lockd_client::Client) -> lockd_client::Result<()> {
+    /// let stats = client.queue_stats("jobs").await?;
+    /// if stats.available {
+    ///     println!("head {} is {} s old", stats.head_message_id, stats.head_age_seconds);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn queue_stats(&self, queue: &str) -> Result<QueueStatsResponse> {
+        self.queue_stats_in("", queue).await
+    }
+
+    /// [`Client::queue_stats`] of a queue in `namespace` ("" = the
+    /// client's default, else the server's).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lockd_client::Client) -> lockd_client::Result<()> {
+    /// let stats = client.queue_stats_in("team-b", "jobs").await?;
+    /// println!("{} consumers waiting", stats.waiting_consumers);
+    /// # Ok(()) }
+    /// ```
+    pub async fn queue_stats_in(&self, namespace: &str, queue: &str) -> Result<QueueStatsResponse> {
+        let body = json!({ "namespace": self.namespace_or(namespace), "queue": queue });
+        let (stats, _, _) = self
+            .post_json("/v1/queue/stats", &body, Vec::new(), CallOpts::default())
+            .await?;
+        Ok(stats)
     }
 
     /// [`Client::dequeue`] with the message's workflow state leased too
@@ -671,10 +790,196 @@ impl Client {
             // Raw helpers never nack on drop: the caller owns the outcome.
             done: true,
             close_delay: Duration::ZERO,
+            return_to: None,
         }
     }
 }
 
 fn crate_once(b: Bytes) -> ByteStream {
     Box::pin(futures_util::stream::once(async move { Ok(b) }))
+}
+
+/// A subscribe stream that reconnects: [`Client::subscribe`] and each
+/// subscriber of a [`crate::Consumer`] take deliveries from it one by one.
+///
+/// [`Subscription::next`] may be cancelled between deliveries (a consumer
+/// stopping does): deliveries the server wrote but that were not taken yet
+/// stay leased until [`Subscription::give_back`] returns them or their
+/// visibility timeout passes.
+pub(crate) struct Subscription {
+    client: Client,
+    queue: String,
+    opts: DequeueOptions,
+    /// Open the next stream as soon as one ends (subscribe). Otherwise an
+    /// ended stream is reported as an error, so the caller backs off.
+    reconnect_on_end: bool,
+    open: Option<OpenStream>,
+    finished: bool,
+}
+
+struct OpenStream {
+    endpoint: usize,
+    reader: DeliveryReader,
+    body: hyper::body::Incoming,
+}
+
+impl Subscription {
+    pub(crate) fn new(
+        client: &Client,
+        queue: &str,
+        opts: DequeueOptions,
+        reconnect_on_end: bool,
+    ) -> Self {
+        Self {
+            client: client.clone(),
+            queue: queue.to_string(),
+            opts,
+            reconnect_on_end,
+            open: None,
+            finished: false,
+        }
+    }
+
+    fn no_wait(&self) -> bool {
+        self.opts.block == Some(Duration::ZERO)
+    }
+
+    /// The next delivery; `None` once a `block: Some(ZERO)` subscription
+    /// found the queue empty.
+    pub(crate) async fn next(&mut self) -> Result<Option<QueueMessage>> {
+        loop {
+            if let Some(open) = self.open.as_mut() {
+                match open.reader.next_delivery() {
+                    Ok(Some(d)) => return Ok(Some(self.client.delivered(d, open.endpoint))),
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.open = None;
+                        return Err(Error::Decode(e));
+                    }
+                }
+                // Deliveries are cut by their payload's Content-Length, so
+                // each one is handed out as soon as its last byte is in
+                // (the next delimiter only comes with the next delivery).
+                let broke = if open.reader.is_done() {
+                    None
+                } else {
+                    match open.body.frame().await {
+                        Some(Ok(frame)) => {
+                            if let Ok(data) = frame.into_data() {
+                                open.reader.feed(&data);
+                            }
+                            continue;
+                        }
+                        Some(Err(e)) => Some(e.to_string()),
+                        None => None,
+                    }
+                };
+                self.open = None;
+                if self.no_wait() {
+                    self.finished = true;
+                    return Ok(None);
+                }
+                if !self.reconnect_on_end {
+                    return Err(Error::Transport(match broke {
+                        Some(e) => format!("subscribe stream broke: {e}"),
+                        None => "subscribe stream ended by the server".into(),
+                    }));
+                }
+                if let Some(e) = broke {
+                    tracing::debug!(target: "lockd_client", error = %e, "subscribe stream broke; reconnecting");
+                }
+                continue;
+            }
+            if self.finished {
+                return Ok(None);
+            }
+            let path = if self.opts.stateful {
+                "/v1/queue/subscribeWithState"
+            } else {
+                "/v1/queue/subscribe"
+            };
+            let page = self.opts.page_size.clamp(1, 64);
+            let raw = serde_json::to_vec(&self.client.consumer_body(&self.queue, &self.opts, page))
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            let res = self
+                .client
+                .send(Call {
+                    method: Method::POST,
+                    path: path.into(),
+                    headers: vec![
+                        ("content-type", "application/json".into()),
+                        ("accept", "multipart/related".into()),
+                    ],
+                    body: CallBody::Bytes(raw.into()),
+                    prefer: None,
+                    unbounded: true,
+                    correlation: None,
+                })
+                .await;
+            match res {
+                Ok(answer) => {
+                    let boundary = multipart_boundary(answer.response.headers())?;
+                    self.open = Some(OpenStream {
+                        endpoint: answer.endpoint,
+                        reader: DeliveryReader::new(&boundary),
+                        body: answer.response.into_body(),
+                    });
+                }
+                Err(e) if e.is_waiting() && self.no_wait() => {
+                    self.finished = true;
+                    return Ok(None);
+                }
+                Err(e)
+                    if e.is_waiting() || e.is_throttled() || e.code() == Some("cas_mismatch") =>
+                {
+                    tokio::time::sleep(
+                        e.retry_after()
+                            .unwrap_or(Duration::from_millis(1))
+                            .min(Duration::from_secs(5)),
+                    )
+                    .await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Returns the deliveries already received but not taken (without
+    /// counting an attempt), then closes the stream. Bytes still on their
+    /// way are not waited for: what they carry comes back after its
+    /// visibility timeout.
+    pub(crate) async fn give_back(mut self) {
+        let Some(mut open) = self.open.take() else {
+            return;
+        };
+        let mut left = Vec::new();
+        loop {
+            match open.reader.next_delivery() {
+                Ok(Some(d)) => {
+                    left.push(d);
+                    continue;
+                }
+                Ok(None) if !open.reader.is_done() => {}
+                _ => break,
+            }
+            // Only what has already arrived.
+            match futures_util::FutureExt::now_or_never(open.body.frame()) {
+                Some(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        open.reader.feed(&data);
+                    }
+                }
+                _ => break,
+            }
+        }
+        let endpoint = open.endpoint;
+        drop(open);
+        for d in left {
+            let msg = self.client.delivered(d, endpoint);
+            let id = msg.id().to_string();
+            if let Err(e) = msg.defer(Duration::ZERO).await {
+                tracing::debug!(target: "lockd_client", message_id = %id, error = %e, "giving back a buffered delivery failed");
+            }
+        }
+    }
 }

@@ -340,6 +340,30 @@ pub enum QueueCommand {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Print what the server knows about a queue: whether a message is
+    /// ready, the head message's id and age, consumer counts. Export lines
+    /// (LOCKD_QUEUE_STATS_*) for eval, or one JSON object with --output
+    /// json.
+    ///
+    /// Example: lockd client queue stats --queue jobs --output json
+    Stats {
+        /// Queue.
+        #[arg(short = 'q', long)]
+        queue: String,
+    },
+    /// Print one JSON line each time the queue's head changes (the first
+    /// line is its current state), until interrupted, the server ends the
+    /// stream, or --count lines. Does not consume messages.
+    ///
+    /// Example: lockd client queue watch --queue jobs --count 1
+    Watch {
+        /// Queue.
+        #[arg(short = 'q', long)]
+        queue: String,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Acknowledge the delivery from the environment.
     ///
     /// Example: lockd client queue ack
@@ -577,6 +601,85 @@ async fn queue_command(client: &Client, conn: &Conn, cmd: QueueCommand) -> Resul
                 Err(Error::Cancelled(_)) | Ok(()) => Ok(()),
                 Err(e) => Err(e),
             }
+        }
+        QueueCommand::Stats { queue } => {
+            let st = client.queue_stats(&queue).await?;
+            if conn.output == "json" {
+                println!("{}", serde_json::to_string(&st).unwrap_or_default());
+                return Ok(());
+            }
+            // Head fields only when there is a head (empty values are
+            // not printed).
+            let head = |v: String| if st.available { v } else { String::new() };
+            emit(
+                conn,
+                vec![
+                    ("LOCKD_QUEUE_STATS_NAMESPACE", st.namespace.clone()),
+                    ("LOCKD_QUEUE_STATS_QUEUE", st.queue.clone()),
+                    ("LOCKD_QUEUE_STATS_AVAILABLE", st.available.to_string()),
+                    (
+                        "LOCKD_QUEUE_STATS_HEAD_MESSAGE_ID",
+                        head(st.head_message_id.clone()),
+                    ),
+                    (
+                        "LOCKD_QUEUE_STATS_HEAD_ENQUEUED_UNIX",
+                        head(st.head_enqueued_at_unix.to_string()),
+                    ),
+                    (
+                        "LOCKD_QUEUE_STATS_HEAD_NOT_VISIBLE_UNTIL_UNIX",
+                        head(st.head_not_visible_until_unix.to_string()),
+                    ),
+                    (
+                        "LOCKD_QUEUE_STATS_HEAD_AGE_SECONDS",
+                        head(st.head_age_seconds.to_string()),
+                    ),
+                    (
+                        "LOCKD_QUEUE_STATS_WAITING_CONSUMERS",
+                        st.waiting_consumers.to_string(),
+                    ),
+                    (
+                        "LOCKD_QUEUE_STATS_PENDING_CANDIDATES",
+                        st.pending_candidates.to_string(),
+                    ),
+                    (
+                        "LOCKD_QUEUE_STATS_TOTAL_CONSUMERS",
+                        st.total_consumers.to_string(),
+                    ),
+                    (
+                        "LOCKD_QUEUE_STATS_HAS_ACTIVE_WATCHER",
+                        st.has_active_watcher.to_string(),
+                    ),
+                    (
+                        "LOCKD_QUEUE_STATS_CORRELATION_ID",
+                        st.correlation_id.clone(),
+                    ),
+                ],
+            );
+            Ok(())
+        }
+        QueueCommand::Watch { queue, count } => {
+            let limit = count.unwrap_or(u64::MAX);
+            if limit == 0 {
+                return Ok(());
+            }
+            let mut watch = client.watch_queue(&queue).await?;
+            let mut seen = 0u64;
+            while let Some(event) = futures_util::StreamExt::next(&mut watch).await {
+                let line = serde_json::to_string(&event?).unwrap_or_default();
+                let mut stdout = std::io::stdout().lock();
+                // A reader that went away (`| head -1`) ends the watch.
+                if writeln!(stdout, "{line}")
+                    .and_then(|_| stdout.flush())
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                seen += 1;
+                if seen >= limit {
+                    break;
+                }
+            }
+            Ok(())
         }
         QueueCommand::Ack { d } => client.queue_ack(&raw_delivery(&d)).await,
         QueueCommand::Nack {

@@ -144,6 +144,62 @@ fn subscribe_acks_by_exit_status_and_ends_when_empty() {
     assert!(err.contains("no messages available"), "all acked: {err}");
 }
 
+#[test]
+fn queue_stats_and_watch() {
+    let srv = LockdCmd::with_store("mem://").start();
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        r#"
+        set -e
+        echo "empty:$($L client queue stats --queue jobs --output json)"
+        timeout 30 $L client queue watch --queue jobs --count 2 > {dir}/events &
+        watcher=$!
+        # Enqueue only once the watch reported the empty queue.
+        i=0
+        while [ ! -s {dir}/events ]; do
+            i=$((i + 1)); [ $i -lt 300 ] || exit 9
+            sleep 0.1
+        done
+        $L client queue enqueue --queue jobs --data hi > {dir}/sent
+        wait $watcher
+        echo "json:$($L client queue stats --queue jobs --output json)"
+        eval "$($L client queue stats --queue jobs)"
+        echo "text:$LOCKD_QUEUE_STATS_AVAILABLE:$LOCKD_QUEUE_STATS_HEAD_MESSAGE_ID:$LOCKD_QUEUE_STATS_QUEUE"
+    "#,
+        dir = dir.path().display()
+    );
+    let (code, out, err) = sh(&srv.base(), &script);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let sent: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("sent")).unwrap()).unwrap();
+    let id = sent["message_id"].as_str().unwrap();
+    let field = |prefix: &str| -> serde_json::Value {
+        let line = out
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} line in {out}"));
+        serde_json::from_str(line).unwrap()
+    };
+    let empty = field("empty:");
+    assert_eq!(empty["queue"], "jobs");
+    assert_eq!(empty["available"], false);
+    let full = field("json:");
+    assert_eq!(full["available"], true);
+    assert_eq!(full["head_message_id"], id);
+    assert!(out.contains(&format!("text:true:{id}:jobs")), "{out}");
+
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("events"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line per event"))
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0]["available"], false);
+    assert_eq!(events[1]["available"], true);
+    assert_eq!(events[1]["head_message_id"], id);
+    assert_eq!(events[1]["queue"], "jobs");
+}
+
 /// file < LOCKD_* environment < flag, seen through --default-ttl.
 #[tokio::test]
 async fn config_file_env_and_flag_precedence() {
