@@ -69,6 +69,10 @@ codes! {
     CasMismatch = ("cas_mismatch", 409),
     /// `X-If-State-ETag` differs from the current etag.
     EtagMismatch = ("etag_mismatch", 409),
+    /// A request the HTTP parser could not read (bad request line, bad
+    /// header, bad `Content-Length`); ours, the original's server answers
+    /// these without a body.
+    BadRequest = ("bad_request", 400),
     /// `X-Expected-Bytes` differs from the body length.
     ExpectedBytesMismatch = ("expected_bytes_mismatch", 409),
     /// `X-Expected-SHA256` differs from the body hash.
@@ -165,6 +169,10 @@ codes! {
     StateNotPublished = ("state_not_published", 503),
     /// Perimeter defence engaged.
     Throttled = ("throttled", 429),
+    /// The request target is too long for the HTTP parser (ours).
+    UriTooLong = ("uri_too_long", 414),
+    /// The request head is too large for the HTTP parser (ours).
+    RequestHeaderTooLarge = ("request_header_too_large", 431),
     /// Txn id does not match the lease's, or another txn staged changes.
     TxnMismatch = ("txn_mismatch", 409),
     /// Transaction decision pending.

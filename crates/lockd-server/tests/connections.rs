@@ -309,3 +309,70 @@ async fn a_slowloris_does_not_starve_real_clients() {
     );
     assert!(cycles > 0);
 }
+
+/// Requests the HTTP parser refuses still get the JSON error envelope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parser_refusals_carry_the_json_envelope() {
+    let s = TestServer::mem().await;
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    let huge_header = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(500_000)
+    );
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "bad content-length",
+            b"POST /v1/acquire HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "NUL in a header",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "unknown HTTP version",
+            b"GET /healthz HTTP/3.7\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "request target too long",
+            long_target.into_bytes(),
+            414,
+            "uri_too_long",
+        ),
+        (
+            "head too large",
+            huge_header.into_bytes(),
+            431,
+            "request_header_too_large",
+        ),
+    ];
+    for (what, req, status, code) in cases {
+        let mut c = TcpStream::connect(s.authority()).await.unwrap();
+        let _ = c.write_all(&req).await;
+        let got = read_until_closed(&mut c, Duration::from_secs(10)).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{what}: {text:?}"
+        );
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: {e}: {text:?}"));
+        assert_eq!(v["error"], code, "{what}");
+        assert!(
+            v["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{what}"
+        );
+    }
+    // Our own 4xx answers are untouched.
+    let mut c = TcpStream::connect(s.authority()).await.unwrap();
+    let (st, body) = call(&mut c, "POST", "/v1/acquire", "{").await;
+    assert_eq!(st, 400);
+    assert!(body.contains("invalid_body"), "{body}");
+    assert_eq!(s.health().await, StatusCode::OK);
+}

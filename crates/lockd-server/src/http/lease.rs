@@ -10,7 +10,9 @@ use http::{HeaderMap, StatusCode, Uri};
 use lockd_api::{headers, names, AcquireResponse, ErrorCode, KeepAliveResponse, ReleaseResponse};
 
 use super::decode::{header, int_header, is_xid, read_body, Fields, Query};
-use super::{required_key, respond, ApiError, AppState, Caller, CorrelationId};
+use super::{
+    client_left, required_key, respond, ApiError, AppState, Caller, ClientGone, CorrelationId,
+};
 use crate::core::{AcquireInput, KeepAliveInput, ReleaseInput};
 use lockd_tls::Access;
 
@@ -19,6 +21,7 @@ type Res = Result<Response, ApiError>;
 pub async fn acquire(
     State(app): State<Arc<AppState>>,
     Extension(cid): Extension<CorrelationId>,
+    gone: ClientGone,
     caller: Caller,
     uri: Uri,
     h: HeaderMap,
@@ -74,17 +77,25 @@ pub async fn acquire(
             format!("txn_id {txn_id:?} is not a valid xid"),
         ));
     };
-    let got = app
-        .engine
-        .acquire(AcquireInput {
-            namespace: ns.clone(),
-            key,
-            owner,
-            ttl_seconds,
-            block_seconds,
-            if_not_exists,
-            txn_id: txn,
-        })
+    // A blocked acquire whose client left gives up its place at once.
+    let got = gone
+        .race(
+            async {
+                app.engine
+                    .acquire(AcquireInput {
+                        namespace: ns.clone(),
+                        key,
+                        owner,
+                        ttl_seconds,
+                        block_seconds,
+                        if_not_exists,
+                        txn_id: txn,
+                    })
+                    .await
+                    .map_err(ApiError::from)
+            },
+            client_left,
+        )
         .await?;
     let body = AcquireResponse {
         namespace: ns,

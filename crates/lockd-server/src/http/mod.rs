@@ -28,6 +28,7 @@ use crate::core::Engine;
 pub use drain::BodyPolicy;
 pub use error::ApiError;
 use lockd_tls::{Access, Denied, Identity};
+use serve::ClientGone;
 pub use serve::ConnLimits;
 
 /// What every handler needs.
@@ -311,6 +312,15 @@ impl AppState {
         caller.authorize(&ns, access)?;
         Ok(ns)
     }
+}
+
+/// The answer to a request whose client left while it waited, as the
+/// original answers a cancelled request (nobody reads it).
+fn client_left<T>() -> Result<T, ApiError> {
+    Err(ApiError(
+        crate::core::CoreError::new(ErrorCode::Waiting, "client closed the connection")
+            .with_retry_after(1),
+    ))
 }
 
 /// Normalises a required key: `missing_key` when empty, `invalid_key` when

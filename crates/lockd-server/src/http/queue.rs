@@ -20,7 +20,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::decode::{header, is_xid, read_body, Fields, Query};
-use super::{multipart, respond, ApiError, AppState, Caller, CorrelationId};
+use super::{
+    client_left, multipart, respond, ApiError, AppState, Caller, ClientGone, CorrelationId,
+};
 use crate::core::now_unix;
 use crate::core::queue::{
     DequeueInput, EnqueueInput, Leased, MessageRef, NackIntent, QueueShard, Wait,
@@ -255,12 +257,19 @@ fn delivery_response(boundary: &str, correlation: &str, body: Body) -> Response 
 async fn dequeue_impl(
     app: Arc<AppState>,
     caller: Caller,
+    gone: ClientGone,
     uri: Uri,
     body: Body,
     stateful: bool,
 ) -> Res {
     let c = consumer(&app, &caller, &uri, body, stateful).await?;
-    let leased = app.queues.dequeue(&c.input).await?;
+    // A long poll whose client left must not take a message.
+    let leased = gone
+        .race(
+            async { app.queues.dequeue(&c.input).await.map_err(ApiError::from) },
+            client_left,
+        )
+        .await?;
     let boundary = multipart::boundary();
     let cid = leased
         .first()
@@ -278,40 +287,44 @@ async fn dequeue_impl(
 pub async fn dequeue(
     State(app): State<Arc<AppState>>,
     caller: Caller,
+    gone: ClientGone,
     uri: Uri,
     body: Body,
 ) -> Res {
-    dequeue_impl(app, caller, uri, body, false).await
+    dequeue_impl(app, caller, gone, uri, body, false).await
 }
 
 /// `POST /v1/queue/dequeueWithState`.
 pub async fn dequeue_with_state(
     State(app): State<Arc<AppState>>,
     caller: Caller,
+    gone: ClientGone,
     uri: Uri,
     body: Body,
 ) -> Res {
-    dequeue_impl(app, caller, uri, body, true).await
+    dequeue_impl(app, caller, gone, uri, body, true).await
 }
 
 /// `POST /v1/queue/subscribe`.
 pub async fn subscribe(
     State(app): State<Arc<AppState>>,
     caller: Caller,
+    gone: ClientGone,
     uri: Uri,
     body: Body,
 ) -> Res {
-    subscribe_impl(app, caller, uri, body, false).await
+    subscribe_impl(app, caller, gone, uri, body, false).await
 }
 
 /// `POST /v1/queue/subscribeWithState`.
 pub async fn subscribe_with_state(
     State(app): State<Arc<AppState>>,
     caller: Caller,
+    gone: ClientGone,
     uri: Uri,
     body: Body,
 ) -> Res {
-    subscribe_impl(app, caller, uri, body, true).await
+    subscribe_impl(app, caller, gone, uri, body, true).await
 }
 
 /// Subscribe: the first delivery is awaited like a dequeue (errors before
@@ -327,6 +340,7 @@ pub async fn subscribe_with_state(
 async fn subscribe_impl(
     app: Arc<AppState>,
     caller: Caller,
+    gone: ClientGone,
     uri: Uri,
     body: Body,
     stateful: bool,
@@ -335,9 +349,16 @@ async fn subscribe_impl(
     let flow_cap = app.subscribe_flow_control.then_some(c.input.page_size);
     let input = c.input;
     let shard = app.queues.shard(&input.namespace, &input.queue).await?;
-    let first = app
-        .queues
-        .dequeue_on(&shard, &input, input.wait, false)
+    let first = gone
+        .race(
+            async {
+                app.queues
+                    .dequeue_on(&shard, &input, input.wait, false)
+                    .await
+                    .map_err(ApiError::from)
+            },
+            client_left,
+        )
         .await?;
     let boundary = multipart::boundary();
     let cid = first

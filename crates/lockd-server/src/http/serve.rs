@@ -38,6 +38,7 @@ use http::Request;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use lockd_api::ErrorCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify};
 use tokio::time::Sleep;
@@ -176,12 +177,83 @@ pub const HALF_CLOSE_GRACE: Duration = Duration::from_millis(250);
 
 /// Request accounting of one connection, shared by its stream wrapper and
 /// its requests.
-#[derive(Default)]
 struct ConnState {
     /// Requests whose response has not finished.
     active: AtomicUsize,
+    /// Requests whose response head is not ready yet.
+    unanswered: AtomicUsize,
     /// Requests started so far.
     started: AtomicU64,
+    /// The client closed (or half-closed) its side.
+    eof: watch::Sender<bool>,
+}
+
+impl Default for ConnState {
+    fn default() -> Self {
+        ConnState {
+            active: AtomicUsize::new(0),
+            unanswered: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            eof: watch::Sender::new(false),
+        }
+    }
+}
+
+/// A request's view of its client leaving: resolves once the client has
+/// closed its side of the connection. Handlers that wait (blocked
+/// acquires, long polls) race their wait against it, so a client that
+/// left loses its place at once, as the original cancels the request's
+/// context; quick requests are answered even to a half-closed client.
+#[derive(Clone, Default)]
+pub struct ClientGone(Option<watch::Receiver<bool>>);
+
+impl ClientGone {
+    /// Resolves when the client has closed its side (never, if it stays
+    /// or the request came from elsewhere).
+    pub async fn wait(self) {
+        match self.0 {
+            // An error: the connection's task is gone, and so is the client.
+            Some(mut rx) => {
+                let _ = rx.wait_for(|gone| *gone).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+
+    /// Runs `work` unless the client leaves first; then `left` is the
+    /// result (the original answers a cancelled request `409 waiting`).
+    pub async fn race<T>(self, work: impl Future<Output = T>, left: impl FnOnce() -> T) -> T {
+        tokio::select! {
+            biased;
+            r = work => r,
+            _ = self.wait() => left(),
+        }
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientGone {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<ClientGone>()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+/// Counts a request as unanswered until its response head is ready (or
+/// the request is dropped).
+struct Unanswered(Arc<ConnState>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        self.0.unanswered.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The connection's stream: enforces the header timeout from the first
@@ -198,6 +270,82 @@ struct Guarded<T> {
     timer: Option<(Pin<Box<Sleep>>, u64)>,
     /// Holding back an end of stream until this fires.
     eof_hold: Option<Pin<Box<Sleep>>>,
+    /// An answer of ours still to be written in place of one of hyper's.
+    pending: Option<(Vec<u8>, usize)>,
+}
+
+/// hyper answers a request it cannot parse by itself, with an empty body
+/// (`400`, `414`, `431`). Such an answer is written while the bytes of a
+/// request head have been read but no request reached the router; it is
+/// replaced by the same status with the JSON
+/// error envelope, so clients always get `{"error","detail"}`.
+fn envelope_for(written: &[u8]) -> Option<Vec<u8>> {
+    let head_end = written.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&written[..head_end]).ok()?;
+    let status: u16 = head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    if !head.to_ascii_lowercase().contains("content-length: 0") {
+        return None;
+    }
+    let (code, detail) = match status {
+        400 => (ErrorCode::BadRequest, "malformed HTTP request"),
+        414 => (ErrorCode::UriTooLong, "request target too long"),
+        431 => (ErrorCode::RequestHeaderTooLarge, "request head too large"),
+        _ => return None,
+    };
+    let body = serde_json::to_vec(&lockd_api::ErrorBody {
+        error: code.as_str().to_string(),
+        detail: detail.to_string(),
+        ..Default::default()
+    })
+    .ok()?;
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len() + 1
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out.push(b'\n');
+    Some(out)
+}
+
+impl<T: AsyncWrite + Unpin> Guarded<T> {
+    /// Writes what is left of a replaced answer; ready when nothing is.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((buf, at)) = self.pending.as_mut() {
+            if *at >= buf.len() {
+                self.pending = None;
+                break;
+            }
+            let n = std::task::ready!(Pin::new(&mut self.io).poll_write(cx, &buf[*at..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *at += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Takes over a write of hyper's own error answer (see
+    /// [`envelope_for`]); returns the length it stands in for.
+    fn replace_bare_answer(&mut self, written: &[u8]) -> Option<usize> {
+        // Bytes of a request head were read (its timer runs) and no
+        // request is in the router: whatever is written now is hyper's.
+        let undispatched = self.state.active.load(Ordering::Acquire) == 0
+            && self
+                .timer
+                .as_ref()
+                .is_some_and(|(_, at)| *at == self.state.started.load(Ordering::Acquire));
+        if !undispatched || !written.starts_with(b"HTTP/1.1 4") {
+            return None;
+        }
+        let ours = envelope_for(written)?;
+        self.pending = Some((ours, 0));
+        Some(written.len())
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
@@ -216,9 +364,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
                 // End of stream: the client closed (or half-closed) its
-                // side. A closed socket looks the same as a half-closed
-                // one, so a running request gets a short grace to answer.
-                if this.state.active.load(Ordering::Acquire) == 0 {
+                // side. Waiting handlers hear of it at once. A closed
+                // socket looks the same as a half-closed one, so a request
+                // still working on its answer gets a short grace; a
+                // streaming answer (its head sent) ends now.
+                this.state.eof.send_replace(true);
+                if this.state.unanswered.load(Ordering::Acquire) == 0 {
                     return Poll::Ready(Ok(()));
                 }
                 let hold = this
@@ -260,20 +411,37 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let this = &mut *self;
+        std::task::ready!(this.poll_pending(cx))?;
+        if let Some(n) = this.replace_bare_answer(buf) {
+            return Poll::Ready(Ok(n));
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let this = &mut *self;
+        std::task::ready!(this.poll_pending(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let this = &mut *self;
+        std::task::ready!(this.poll_pending(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        std::task::ready!(this.poll_pending(cx))?;
+        if bufs.first().is_some_and(|b| b.starts_with(b"HTTP/1.1 ")) {
+            let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            if let Some(n) = this.replace_bare_answer(&joined) {
+                return Poll::Ready(Ok(n));
+            }
+        }
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
@@ -429,9 +597,13 @@ async fn serve_connection<I: Accepted>(
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let state = svc_state.clone();
         state.active.fetch_add(1, Ordering::AcqRel);
+        state.unanswered.fetch_add(1, Ordering::AcqRel);
+        let unanswered = Unanswered(state.clone());
         state.started.fetch_add(1, Ordering::AcqRel);
         req.extensions_mut().insert(ConnectInfo(peer.clone()));
         req.extensions_mut().insert(slot);
+        req.extensions_mut()
+            .insert(ClientGone(Some(state.eof.subscribe())));
         let mut app = app.clone();
         let fut = app.call(req.map(Body::new));
         async move {
@@ -439,6 +611,7 @@ async fn serve_connection<I: Accepted>(
                 Ok(r) => r,
                 Err(never) => match never {},
             };
+            drop(unanswered);
             Ok::<_, std::convert::Infallible>(resp.map(|inner| {
                 Body::new(Finishing {
                     inner,
@@ -453,6 +626,7 @@ async fn serve_connection<I: Accepted>(
         header_timeout: limits.header_timeout,
         timer: None,
         eof_hold: None,
+        pending: None,
     });
     if h2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
