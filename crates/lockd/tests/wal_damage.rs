@@ -135,8 +135,8 @@ async fn mid_log_damage_stops_start_up_and_the_flag_keeps_tokens_growing() {
 }
 
 /// The first record of the log zeroed (a lost sector): the same refusal,
-/// and after the flag even a key whose every record was lost gets a token
-/// above the ones it had.
+/// and after `LOCKD_DISK_RECOVER_TRUNCATE_WAL=true` even a key whose every
+/// record was lost gets a token above the ones it had.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_first_record_stops_start_up_and_tokens_never_repeat() {
     let root = tempfile::tempdir().unwrap();
@@ -150,7 +150,10 @@ async fn damaged_first_record_stops_start_up_and_tokens_never_repeat() {
         "{stderr}"
     );
 
-    let srv = lockd(&dir).args([FLAG]).start();
+    // The flag's environment variable does the same.
+    let srv = lockd(&dir)
+        .env("LOCKD_DISK_RECOVER_TRUNCATE_WAL", "true")
+        .start();
     let api = srv.api();
     // Every record was after the damage: the store is empty again.
     assert_eq!(api.get_public("fence").await.status, 204);

@@ -341,21 +341,16 @@ impl DiskStore {
         let (wal, recovered) = Wal::open(&wal_path, WAL_CAPACITY, epoch)
             .map_err(|e| format!("cannot open write-ahead log {}: {e}", wal_path.display()))?;
         let (records, changes) = (recovered.records, recovered.changes.len());
-        let raise = match &recovered.damage {
+        let damaged = recovered
+            .damage
+            .as_ref()
+            .map(|d| DamagedLog::new(&wal_path, d));
+        let raise = match damaged {
             None => None,
             Some(d) if !opts.recover_truncate_wal => {
-                return Err(OpenError::DamagedLog(Box::new(DamagedLog::new(
-                    &wal_path, d,
-                ))))
+                return Err(OpenError::DamagedLog(Box::new(d)))
             }
-            Some(d) => Some(accept_loss(
-                &db,
-                &wal_path,
-                &DamagedLog::new(&wal_path, d),
-                &recovered,
-                floor,
-                opts,
-            )?),
+            Some(d) => Some(accept_loss(&db, &wal_path, &d, &recovered, floor, opts)?),
         };
         if opts.recover_truncate_wal && raise.is_none() {
             tracing::warn!(
@@ -1155,6 +1150,13 @@ mod tests {
         let store = Arc::new(DiskStore::open_with(image.path(), &recovering()).unwrap());
         let floor = store.fencing_floor();
         assert!(floor >= highest, "floor {floor}, issued {issued:?}");
+        // The metrics decorator (--metrics-listen) passes it on.
+        let metered = crate::obs::store::MeteredStore::new(
+            store.clone(),
+            Arc::new(crate::obs::metrics::StoreMetrics::new()),
+        );
+        assert_eq!(metered.fencing_floor(), floor);
+        drop(metered);
         let engine = Engine::new(store.clone(), EngineConfig::default());
         let mut after = Vec::new();
         for key in ["a", "b", "fresh"] {

@@ -241,7 +241,9 @@ impl Wal {
     /// room for `capacity` bytes, and reads back the records of `epoch`.
     /// The returned log is positioned to append records of `epoch + 1`;
     /// the caller must make the recovered changes and the new epoch
-    /// durable in the database before appending.
+    /// durable in the database before appending. Damage before the tail
+    /// is reported in [`Recovered::damage`], not as an error: the caller
+    /// decides whether to go on without what follows it.
     pub fn open(path: &Path, capacity: u64, epoch: u64) -> io::Result<(Self, Recovered)> {
         let mut file = OpenOptions::new()
             .read(true)
