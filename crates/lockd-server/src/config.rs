@@ -48,6 +48,11 @@ pub struct ServerConfig {
     pub listen_proto: ListenProto,
     /// Backend URL (`mem://`, `disk:///path`).
     pub store: String,
+    /// `disk://` only: start even though the write-ahead log is damaged
+    /// before its tail, dropping every record from the damage on
+    /// (`--disk-recover-truncate-wal`). Without it such a store refuses to
+    /// start. Fencing tokens stay above anything ever handed out.
+    pub disk_recover_truncate_wal: bool,
     /// Namespace used when a request names none.
     pub default_namespace: String,
     /// Default lease TTL.
@@ -108,6 +113,7 @@ impl Default for ServerConfig {
             listen: ":9341".into(),
             listen_proto: ListenProto::Tcp,
             store: "mem://".into(),
+            disk_recover_truncate_wal: false,
             default_namespace: "default".into(),
             default_ttl: Duration::from_secs(30),
             max_ttl: Duration::from_secs(30 * 60),

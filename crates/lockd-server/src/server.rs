@@ -269,7 +269,13 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
         }
         _ => None,
     };
-    let mut store = storage::open(&cfg.store)?;
+    let mut store = storage::open_with(
+        &cfg.store,
+        &storage::OpenOptions {
+            recover_truncate_wal: cfg.disk_recover_truncate_wal,
+            fencing_token_of: Some(crate::core::fencing_token_of),
+        },
+    )?;
     if cfg.object_store() {
         // Refuse to run on a store that would silently break the
         // guarantees (e.g. one that ignores conditional writes).

@@ -184,6 +184,14 @@ struct Args {
     #[arg(long, env = "LOCKD_STORE")]
     store: Option<String>,
 
+    /// `disk://` only, after start-up stopped on a damaged write-ahead
+    /// log: start anyway, dropping every log record from the damage on
+    /// (acknowledged writes are lost; what is dropped is logged at ERROR
+    /// and the damaged log is kept beside it). Fencing tokens continue
+    /// above anything ever handed out. Pass it once, not permanently.
+    #[arg(long, env = "LOCKD_DISK_RECOVER_TRUNCATE_WAL", default_value_t = false)]
+    disk_recover_truncate_wal: bool,
+
     /// Namespace used when a request names none.
     #[arg(
         short = 'n',
@@ -689,6 +697,7 @@ async fn serve(args: Args) -> ExitCode {
         listen: args.listen,
         listen_proto: args.listen_proto,
         store,
+        disk_recover_truncate_wal: args.disk_recover_truncate_wal,
         default_namespace: args.default_namespace,
         default_ttl: args.default_ttl,
         max_ttl: args.max_ttl,

@@ -200,7 +200,7 @@ impl Engine {
         let mut rec = st.rec.clone().unwrap_or_default();
         // Leftovers of a lease that ended without commit are rolled back.
         let after = rollback(&mut rec, id);
-        rec.fencing_token += 1;
+        rec.fencing_token = self.next_fencing_token(rec.fencing_token);
         let lease = Lease {
             id: xid::new().to_string(),
             owner: input.owner.clone(),

@@ -67,6 +67,33 @@ pub struct Engine {
     slots: DashMap<String, Arc<Slot>>,
     cfg: EngineConfig,
     next_waiter: AtomicU64,
+    /// Every fencing token handed out is above this ([`Store::fencing_floor`],
+    /// raised after a store lost acknowledged writes).
+    fencing_floor: i64,
+}
+
+/// The highest fencing token a stored object records, if it is one of the
+/// engine's: a key's metadata record (`m/…`: its counter) or a queue
+/// message (`q/<ns>/<queue>/msg|dlq/<id>`: its delivery counter). What a
+/// store calls to raise its fencing floor after losing writes
+/// ([`crate::storage::OpenOptions::fencing_token_of`]).
+pub fn fencing_token_of(key: &str, value: &[u8]) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Tokens {
+        #[serde(default)]
+        fencing_token: i64,
+        #[serde(default)]
+        fencing_counter: i64,
+    }
+    let message = key.strip_prefix("q/").is_some_and(|rest| {
+        let parts: Vec<&str> = rest.splitn(4, '/').collect();
+        matches!(parts.as_slice(), [_, _, "msg" | "dlq", _])
+    });
+    if !key.starts_with("m/") && !message {
+        return None;
+    }
+    let t: Tokens = serde_json::from_slice(value).ok()?;
+    Some(t.fencing_token.max(t.fencing_counter))
 }
 
 /// Current Unix time in whole seconds.
@@ -89,12 +116,20 @@ fn millis_until(at_unix: i64) -> u64 {
 impl Engine {
     /// An engine over `store`.
     pub fn new(store: Arc<dyn Store>, cfg: EngineConfig) -> Arc<Self> {
+        let fencing_floor = store.fencing_floor().max(0);
         Arc::new(Self {
             store,
             slots: DashMap::new(),
             cfg,
             next_waiter: AtomicU64::new(1),
+            fencing_floor,
         })
+    }
+
+    /// The token to hand out after `counter` (a key's or a message's last
+    /// one): the next one, and above the store's fencing floor.
+    pub(crate) fn next_fencing_token(&self, counter: i64) -> i64 {
+        counter.max(self.fencing_floor).saturating_add(1)
     }
 
     /// The backing store.

@@ -69,6 +69,10 @@ impl Store for MeteredStore {
         self.inner.atomic_batches()
     }
 
+    fn fencing_floor(&self) -> i64 {
+        self.inner.fencing_floor()
+    }
+
     async fn barrier(&self) -> StoreResult<()> {
         let t = Instant::now();
         let res = self.inner.barrier().await;

@@ -27,9 +27,28 @@ use futures_util::Stream;
 /// A stream of bytes: blob contents going into or out of a store.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
-pub use disk::DiskStore;
+pub use disk::{DamagedLog, DiskStore, OpenError};
 pub use mem::MemStore;
 pub use s3::S3Store;
+
+/// Reads the fencing token an object carries, if any: given a key and its
+/// value, the highest token it records. The engine knows its objects'
+/// formats; stores only call this (see [`OpenOptions::fencing_token_of`]).
+pub type FencingTokenOf = fn(&str, &[u8]) -> Option<i64>;
+
+/// How [`open_with`] opens a store. Only `disk://` looks at these.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// Start even when the write-ahead log is damaged before its tail,
+    /// dropping every record from the damage on (acknowledged writes are
+    /// lost; the store logs at ERROR what). Without it such a store
+    /// refuses to open ([`OpenError::DamagedLog`]).
+    pub recover_truncate_wal: bool,
+    /// Which objects carry fencing tokens, so that a lossy recovery can
+    /// raise [`Store::fencing_floor`] above every token ever handed out.
+    /// Needed (only) when a damaged log is recovered.
+    pub fencing_token_of: Option<FencingTokenOf>,
+}
 
 /// Opaque version of a stored object.
 pub type ETag = String;
@@ -98,6 +117,15 @@ pub trait Store: Send + Sync + 'static {
     /// Human-readable description for logs (`mem://`, `disk:///path`).
     fn describe(&self) -> String;
 
+    /// Every fencing token handed out from now on must be above this. A
+    /// store raises it when it had to drop acknowledged writes (a damaged
+    /// `disk://` log recovered with [`OpenOptions::recover_truncate_wal`]),
+    /// so tokens never go backwards; it never goes down. Fixed while the
+    /// store is open: read it once at start-up.
+    fn fencing_floor(&self) -> i64 {
+        0
+    }
+
     /// Whether [`Store::apply`] applies a batch all-or-nothing (mem, disk).
     /// Object stores apply it in order and stop at the first failed
     /// precondition, leaving the operations before it applied.
@@ -134,6 +162,11 @@ pub fn once_stream(b: Bytes) -> ByteStream {
 /// `s3://host[:port]/bucket[/prefix][?insecure=1]` or
 /// `aws://bucket[/prefix][?region=R]` (see [`s3`]).
 pub fn open(url: &str) -> Result<Arc<dyn Store>, String> {
+    open_with(url, &OpenOptions::default())
+}
+
+/// [`open`] with options (the recovery of a damaged `disk://` log).
+pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Arc<dyn Store>, String> {
     let url = url.trim();
     if url.is_empty() || url == "mem://" || url == "memory://" || url == "mem" {
         return Ok(Arc::new(MemStore::new()));
@@ -142,7 +175,9 @@ pub fn open(url: &str) -> Result<Arc<dyn Store>, String> {
         if path.is_empty() {
             return Err("disk:// needs a path, e.g. disk:///var/lib/lockd".into());
         }
-        return DiskStore::open(std::path::Path::new(path)).map(|s| Arc::new(s) as Arc<dyn Store>);
+        return DiskStore::open_with(std::path::Path::new(path), opts)
+            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map_err(|e| e.to_string());
     }
     if url.starts_with("s3://") || url.starts_with("aws://") {
         return S3Store::open(url).map(|s| Arc::new(s) as Arc<dyn Store>);

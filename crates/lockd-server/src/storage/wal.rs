@@ -1,13 +1,13 @@
 //! The write-ahead log of a `disk://` store (`PATH/lockd.wal`).
 //!
-//! A group commit is made durable by appending one record to this log and
-//! calling `fdatasync` on it; the same changes go into redb without an
-//! fsync of their own. Every so often the store checkpoints: one durable
-//! redb commit makes everything applied so far durable there, records the
-//! next log *epoch* in the database, and the log starts again at offset 0.
-//! One sequential write and one flush per group is much cheaper than
-//! redb's durable commit, which writes every B-tree page the group
-//! touched.
+//! A group commit is made durable by appending its records to this log
+//! with one write and one `fdatasync`; the same changes go into redb
+//! without an fsync of their own. Every so often the store checkpoints: one
+//! durable redb commit makes everything applied so far durable there,
+//! records the next log *epoch* in the database, and the log starts again
+//! at offset 0. One sequential write and one flush per group is much
+//! cheaper than redb's durable commit, which writes every B-tree page the
+//! group touched.
 //!
 //! The file is preallocated (written with zeros and synced once), so an
 //! append never changes its size and `fdatasync` has no metadata to write.
@@ -15,28 +15,76 @@
 //! Record layout, little-endian:
 //!
 //! ```text
-//! magic "LKW1" | payload length u32 | epoch u64 | sequence u64 | crc32 u32 | payload
+//! magic "LKW2" | payload length u32 | epoch u64 | sequence u64 | first u64 | crc32 u32 | payload
 //! ```
 //!
-//! The CRC covers epoch, sequence and payload. Recovery reads records from
-//! offset 0 while the magic, length and CRC are valid, the epoch is the
-//! database's current one and the sequence numbers run 0, 1, 2, … The first
-//! record that fails any of these ends the log: it is a torn write, or a
-//! leftover of an earlier epoch.
+//! `first` is the sequence number of the first record of the same write
+//! (the group the record was made durable with). The CRC covers epoch,
+//! sequence, first and payload. Logs written before `first` existed use
+//! magic "LKW1" and no `first` field; they are still read (see below).
 //!
 //! A payload is the etag sequence after the group, then its changes:
 //! `1 | key length u32 | key | etag u64 | value length u32 | value` for a
 //! put and `2 | key length u32 | key` for a delete.
+//!
+//! # Recovery: a torn tail or damage
+//!
+//! Recovery reads records from offset 0 while the magic, length and CRC are
+//! valid, the epoch is the database's current one and the sequence numbers
+//! run 0, 1, 2, … The first position where that fails (record `s`) ends
+//! the log. What ends it decides what recovery does:
+//!
+//! * **The end of what was written, or a torn tail.** Zeros of the
+//!   preallocated file, a leftover of an earlier epoch, or a record the
+//!   crash cut short. Nothing there was acknowledged: a write is answered
+//!   only after its `fdatasync` returned. Recovery keeps records `0..s`
+//!   without a word.
+//! * **Damage.** Recovery then looks at every later position of the file
+//!   for an intact record of the current epoch (magic, header, CRC) with a
+//!   sequence number above `s` whose `first` is above `s` too, i.e. that
+//!   was written by a *later* write than record `s`. Writes are issued one
+//!   after the other, each only once the previous one's `fdatasync`
+//!   returned, so such a record proves that the write holding record `s`
+//!   had completed and been acknowledged: record `s` was damaged after it
+//!   was durable (a flipped bit, a lost sector, a bug), and everything from
+//!   it on that was acknowledged would be lost by trimming. Opening the
+//!   store then fails ([`Recovered::damage`]) unless the operator accepts
+//!   the loss.
+//!
+//! Intact records after `s` whose `first` is at most `s` belong to the
+//! same write as `s`: a write the crash interrupted, whose pages may reach
+//! the disk in any order after a power loss. They are dropped with it.
+//!
+//! Limits of the rule:
+//!
+//! * Damage inside the *last* write, or damage that also destroys every
+//!   record written after it, looks exactly like a torn tail and is trimmed
+//!   quietly. No framing can tell these apart; redb's own checksums and
+//!   the disk's are the only other line of defence.
+//! * A byte string inside a stored value that happens to form an intact
+//!   record of the current epoch (magic, header and a matching CRC-32)
+//!   could be taken for a later write after a torn tail and stop start-up;
+//!   it can never make recovery drop data silently.
+//! * "LKW1" records carry no `first`; each is taken as a write of its own.
+//!   A torn multi-record write of such a log after a power loss can
+//!   therefore be reported as damage (safe, but it needs the recovery
+//!   flag). Logs written by this version do not have that limit.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-const MAGIC: &[u8; 4] = b"LKW1";
-const HEADER: usize = 4 + 4 + 8 + 8 + 4;
+const MAGIC: &[u8; 4] = b"LKW2";
+const HEADER: usize = 4 + 4 + 8 + 8 + 8 + 4;
+/// The format before `first`: `magic | length | epoch | sequence | crc`.
+const MAGIC_V1: &[u8; 4] = b"LKW1";
+const HEADER_V1: usize = 4 + 4 + 8 + 8 + 4;
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
+/// The smallest encoded put: tag, key length, etag, value length. A lost
+/// stretch of `n` bytes of log held at most `n / MIN_PUT_BYTES` puts.
+pub(super) const MIN_PUT_BYTES: u64 = 1 + 4 + 8 + 4;
 
 /// One change recovered from the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +108,66 @@ pub(super) struct Recovered {
     pub etag_seq: u64,
     /// Records read.
     pub records: u64,
+    /// Offset where the intact records end.
+    pub end: u64,
+    /// Length of the file.
+    pub file_len: u64,
+    /// Set when the log ends in damage rather than a torn tail: the
+    /// records from [`Damage::offset`] on were acknowledged but cannot be
+    /// read back ([`Recovered::changes`] holds those before it).
+    pub damage: Option<Damage>,
+}
+
+/// Damage before the tail of the log (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Damage {
+    /// Offset of the damaged record.
+    pub offset: u64,
+    /// The epoch being read.
+    pub epoch: u64,
+    /// The sequence number due there.
+    pub seq: u64,
+    /// What is wrong with it.
+    pub problem: Problem,
+    /// Intact records of the epoch found after it.
+    pub later_records: u64,
+    /// The highest sequence number among them.
+    pub last_seq: u64,
+    /// Bytes from the damaged record to the end of the last intact one.
+    pub lost_bytes: u64,
+}
+
+/// What is wrong with the record where the log stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Problem {
+    /// No record magic there.
+    NotARecord,
+    /// Its length runs past the end of the file.
+    PastEnd,
+    /// Its checksum does not match.
+    Checksum,
+    /// It belongs to another epoch.
+    Epoch(u64),
+    /// It has another sequence number.
+    Sequence(u64),
+    /// Its header is inconsistent (`first` after its own sequence).
+    Header,
+    /// Its checksum matches but its payload cannot be decoded.
+    Payload,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::NotARecord => write!(f, "is not a record (no record header there)"),
+            Problem::PastEnd => write!(f, "has a length that runs past the end of the file"),
+            Problem::Checksum => write!(f, "fails its checksum"),
+            Problem::Epoch(e) => write!(f, "carries epoch {e}"),
+            Problem::Sequence(s) => write!(f, "carries sequence number {s}"),
+            Problem::Header => write!(f, "has an inconsistent header"),
+            Problem::Payload => write!(f, "has a payload that cannot be decoded"),
+        }
+    }
 }
 
 /// The payload of one record, built while a group is applied.
@@ -133,7 +241,9 @@ impl Wal {
     /// room for `capacity` bytes, and reads back the records of `epoch`.
     /// The returned log is positioned to append records of `epoch + 1`;
     /// the caller must make the recovered changes and the new epoch
-    /// durable in the database before appending.
+    /// durable in the database before appending. Damage before the tail
+    /// is reported in [`Recovered::damage`], not as an error: the caller
+    /// decides whether to go on without what follows it.
     pub fn open(path: &Path, capacity: u64, epoch: u64) -> io::Result<(Self, Recovered)> {
         let mut file = OpenOptions::new()
             .read(true)
@@ -187,7 +297,8 @@ impl Wal {
     /// Appends records with one write and waits until they are on disk.
     pub fn append_all(&mut self, payloads: &[&RecordBuf]) -> io::Result<()> {
         self.scratch.clear();
-        let mut seq = self.seq;
+        let first = self.seq;
+        let mut seq = first;
         for payload in payloads {
             let body = &payload.buf;
             self.scratch.extend_from_slice(MAGIC);
@@ -195,7 +306,8 @@ impl Wal {
                 .extend_from_slice(&(body.len() as u32).to_le_bytes());
             self.scratch.extend_from_slice(&self.epoch.to_le_bytes());
             self.scratch.extend_from_slice(&seq.to_le_bytes());
-            let crc = checksum(self.epoch, seq, body);
+            self.scratch.extend_from_slice(&first.to_le_bytes());
+            let crc = checksum(self.epoch, seq, Some(first), body);
             self.scratch.extend_from_slice(&crc.to_le_bytes());
             self.scratch.extend_from_slice(body);
             seq += 1;
@@ -220,10 +332,14 @@ impl Wal {
     }
 }
 
-fn checksum(epoch: u64, seq: u64, body: &[u8]) -> u32 {
+/// CRC-32 of a record; `first` is `None` for "LKW1" records.
+fn checksum(epoch: u64, seq: u64, first: Option<u64>, body: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&epoch.to_le_bytes());
     h.update(&seq.to_le_bytes());
+    if let Some(first) = first {
+        h.update(&first.to_le_bytes());
+    }
     h.update(body);
     h.finalize()
 }
@@ -253,37 +369,126 @@ fn u64_at(data: &[u8], at: usize) -> Option<u64> {
         .map(u64::from_le_bytes)
 }
 
-/// Reads the valid records of `epoch` from the start of `data`.
+/// An intact record (magic, complete, checksum and header valid).
+struct Frame<'a> {
+    epoch: u64,
+    seq: u64,
+    /// Sequence number of the first record of the same write.
+    first: u64,
+    body: &'a [u8],
+    /// Header and payload length.
+    len: usize,
+}
+
+/// Reads the record at `at`, or says what is wrong there.
+fn frame_at(data: &[u8], at: usize) -> Result<Frame<'_>, Problem> {
+    let (header, v1) = match data.get(at..at + 4) {
+        Some(m) if m == MAGIC => (HEADER, false),
+        Some(m) if m == MAGIC_V1 => (HEADER_V1, true),
+        _ => return Err(Problem::NotARecord),
+    };
+    let field = |off: usize| u64_at(data, at + off).ok_or(Problem::PastEnd);
+    let len = u32_at(data, at + 4).ok_or(Problem::PastEnd)? as usize;
+    let epoch = field(8)?;
+    let seq = field(16)?;
+    let (first, crc) = if v1 {
+        (None, u32_at(data, at + 24).ok_or(Problem::PastEnd)?)
+    } else {
+        (
+            Some(field(24)?),
+            u32_at(data, at + 32).ok_or(Problem::PastEnd)?,
+        )
+    };
+    let start = at + header;
+    let body = data.get(start..start + len).ok_or(Problem::PastEnd)?;
+    if checksum(epoch, seq, first, body) != crc {
+        return Err(Problem::Checksum);
+    }
+    // An "LKW1" record is taken as a write of its own.
+    let first = first.unwrap_or(seq);
+    if first > seq {
+        return Err(Problem::Header);
+    }
+    Ok(Frame {
+        epoch,
+        seq,
+        first,
+        body,
+        len: header + len,
+    })
+}
+
+/// Reads the valid records of `epoch` from the start of `data`, and tells
+/// damage from a torn tail where they end (see the module docs).
 fn scan(data: &[u8], epoch: u64) -> Recovered {
-    let mut out = Recovered::default();
+    let mut out = Recovered {
+        file_len: data.len() as u64,
+        ..Recovered::default()
+    };
     let mut at = 0usize;
-    loop {
-        if data.get(at..at + 4) != Some(MAGIC.as_slice()) {
-            break;
-        }
-        let (Some(len), Some(rec_epoch), Some(seq), Some(crc)) = (
-            u32_at(data, at + 4),
-            u64_at(data, at + 8),
-            u64_at(data, at + 16),
-            u32_at(data, at + 24),
-        ) else {
-            break;
+    let problem = loop {
+        let frame = match frame_at(data, at) {
+            Ok(f) => f,
+            Err(p) => break p,
         };
-        let Some(body) = data.get(at + HEADER..at + HEADER + len as usize) else {
-            break;
-        };
-        if rec_epoch != epoch || seq != out.records || checksum(rec_epoch, seq, body) != crc {
-            break;
+        if frame.epoch != epoch {
+            break Problem::Epoch(frame.epoch);
         }
-        let Some((etag_seq, changes)) = decode(body) else {
-            break;
+        if frame.seq != out.records {
+            break Problem::Sequence(frame.seq);
+        }
+        let Some((etag_seq, changes)) = decode(frame.body) else {
+            break Problem::Payload;
         };
         out.etag_seq = out.etag_seq.max(etag_seq);
         out.changes.extend(changes);
         out.records += 1;
-        at += HEADER + len as usize;
-    }
+        at += frame.len;
+    };
+    out.end = at as u64;
+    out.damage = later_writes(data, at, epoch, out.records).map(|(later, last_seq, end)| Damage {
+        offset: at as u64,
+        epoch,
+        seq: out.records,
+        problem,
+        later_records: later,
+        last_seq,
+        lost_bytes: (end - at) as u64,
+    });
     out
+}
+
+/// Looks past the end of the log at `from` (where record `seq` was due)
+/// for intact records of `epoch` from a later write than record `seq`'s.
+/// Returns how many intact records of the epoch follow, the highest
+/// sequence number among them and the offset where the last one ends, if
+/// any comes from a later write.
+fn later_writes(data: &[u8], from: usize, epoch: u64, seq: u64) -> Option<(u64, u64, usize)> {
+    let mut later = 0u64;
+    let mut last_seq = seq;
+    let mut end = from;
+    let mut proof = false;
+    let mut next = from;
+    // Both magics start with "LKW".
+    for at in memchr::memmem::find_iter(&data[from..], b"LKW").map(|i| from + i) {
+        if at < next {
+            continue;
+        }
+        let Ok(frame) = frame_at(data, at) else {
+            continue;
+        };
+        // Whatever looks like a record inside an intact one is part of
+        // its payload.
+        next = at + frame.len;
+        if frame.epoch != epoch || frame.seq <= seq {
+            continue;
+        }
+        later += 1;
+        last_seq = last_seq.max(frame.seq);
+        end = next;
+        proof |= frame.first > seq;
+    }
+    proof.then_some((later, last_seq, end))
 }
 
 fn decode(body: &[u8]) -> Option<(u64, Vec<Change>)> {
@@ -315,8 +520,79 @@ fn decode(body: &[u8]) -> Option<(u64, Vec<Change>)> {
     Some((seq, changes))
 }
 
+/// Test helpers: where the records of a log file are, and ways to damage
+/// them as a failing disk (flip, zero) or a crash (tear, cut) would.
+#[cfg(test)]
+pub(super) mod testing {
+    use std::os::unix::fs::FileExt;
+    use std::path::Path;
+
+    /// An intact record of the log.
+    #[derive(Debug, Clone, Copy)]
+    pub struct At {
+        pub offset: u64,
+        pub len: u64,
+        pub seq: u64,
+        pub first: u64,
+    }
+
+    /// The intact records of `epoch` from the start of the file.
+    pub fn records(path: &Path, epoch: u64) -> Vec<At> {
+        let data = std::fs::read(path).unwrap();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Ok(f) = super::frame_at(&data, at) {
+            if f.epoch != epoch || f.seq != out.len() as u64 {
+                break;
+            }
+            out.push(At {
+                offset: at as u64,
+                len: f.len as u64,
+                seq: f.seq,
+                first: f.first,
+            });
+            at += f.len;
+        }
+        out
+    }
+
+    fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(bytes, offset).unwrap();
+    }
+
+    /// Flips the bits of one byte in the middle of the record's payload.
+    pub fn flip(path: &Path, at: &At) {
+        let off = at.offset + super::HEADER as u64 + (at.len - super::HEADER as u64) / 2;
+        let f = std::fs::File::open(path).unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, off).unwrap();
+        write_at(path, off, &[!b[0]]);
+    }
+
+    /// Zeros the whole record (a lost sector).
+    pub fn zero(path: &Path, at: &At) {
+        write_at(path, at.offset, &vec![0; at.len as usize]);
+    }
+
+    /// Zeros the second half of the record: a write cut short, in the
+    /// preallocated file.
+    pub fn tear(path: &Path, at: &At) {
+        let half = at.len / 2;
+        write_at(path, at.offset + half, &vec![0; (at.len - half) as usize]);
+    }
+
+    /// Cuts the file in the middle of the record: a short write at the
+    /// end of a file that was not preallocated.
+    pub fn cut(path: &Path, at: &At) {
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.set_len(at.offset + at.len / 2).unwrap();
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::{cut, flip, records, tear, zero};
     use super::*;
 
     fn record(puts: &[(&str, u64, &str)], deletes: &[&str], seq: u64) -> RecordBuf {
@@ -406,6 +682,177 @@ mod tests {
         let (_, rec) = Wal::open(&path, 1 << 16, 8).unwrap();
         assert_eq!(rec.records, 1);
         assert_eq!(rec.changes.len(), 1);
+    }
+
+    /// A log of epoch 1 with `n` writes of one record each; its path.
+    fn log_of(dir: &Path, n: u64) -> std::path::PathBuf {
+        let path = dir.join("lockd.wal");
+        let (mut wal, _) = Wal::open(&path, 1 << 16, 0).unwrap();
+        for i in 0..n {
+            let v = format!("value-{i}");
+            wal.append_all(&[&record(&[("k", i + 1, &v)], &[], i + 1)])
+                .unwrap();
+        }
+        path
+    }
+
+    #[test]
+    fn a_torn_tail_is_trimmed_and_every_complete_record_kept() {
+        for how in [tear, cut, zero] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = log_of(dir.path(), 5);
+            let recs = records(&path, 1);
+            assert_eq!(recs.len(), 5);
+            how(&path, &recs[4]);
+            let (_, rec) = Wal::open(&path, 1 << 16, 1).unwrap();
+            assert_eq!(rec.records, 4);
+            assert_eq!(rec.etag_seq, 4);
+            assert_eq!(rec.end, recs[4].offset);
+            assert_eq!(rec.damage, None);
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_in_a_middle_record_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = log_of(dir.path(), 5);
+        let recs = records(&path, 1);
+        flip(&path, &recs[2]);
+        let (_, rec) = Wal::open(&path, 1 << 16, 1).unwrap();
+        // Only what precedes the damage is handed back.
+        assert_eq!(rec.records, 2);
+        assert_eq!(rec.changes.len(), 2);
+        assert_eq!(
+            rec.damage,
+            Some(Damage {
+                offset: recs[2].offset,
+                epoch: 1,
+                seq: 2,
+                problem: Problem::Checksum,
+                later_records: 2,
+                last_seq: 4,
+                lost_bytes: recs[4].offset + recs[4].len - recs[2].offset,
+            })
+        );
+    }
+
+    #[test]
+    fn a_zeroed_or_damaged_first_record_is_damage() {
+        for (how, problem) in [
+            (zero as fn(&Path, &testing::At), Problem::NotARecord),
+            (flip, Problem::Checksum),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = log_of(dir.path(), 3);
+            let recs = records(&path, 1);
+            how(&path, &recs[0]);
+            let (_, rec) = Wal::open(&path, 1 << 16, 1).unwrap();
+            assert_eq!(rec.records, 0);
+            let damage = rec.damage.expect("damage");
+            assert_eq!((damage.offset, damage.seq), (0, 0));
+            assert_eq!(damage.problem, problem);
+            assert_eq!((damage.later_records, damage.last_seq), (2, 2));
+        }
+    }
+
+    /// The records of one write may reach the disk in any order when the
+    /// power fails before its `fdatasync` returns: a hole in the middle of
+    /// the last write, with intact records of that write after it, is a
+    /// torn tail. The same hole followed by a later write is damage.
+    #[test]
+    fn a_hole_in_the_last_write_is_a_torn_tail_not_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lockd.wal");
+        let (mut wal, _) = Wal::open(&path, 1 << 16, 0).unwrap();
+        wal.append_all(&[&record(&[("a", 1, "x")], &[], 1)])
+            .unwrap();
+        let group: Vec<RecordBuf> = (2..5)
+            .map(|i| record(&[("g", i, "group")], &[], i))
+            .collect();
+        wal.append_all(&group.iter().collect::<Vec<_>>()).unwrap();
+        let recs = records(&path, 1);
+        assert_eq!(
+            recs.iter().map(|r| (r.seq, r.first)).collect::<Vec<_>>(),
+            [(0, 0), (1, 1), (2, 1), (3, 1)]
+        );
+        // A crash image taken now: the group is the last write.
+        let image = dir.path().join("image.wal");
+        std::fs::copy(&path, &image).unwrap();
+        tear(&image, &recs[2]);
+        let (_, rec) = Wal::open(&image, 1 << 16, 1).unwrap();
+        assert_eq!((rec.records, rec.damage), (2, None));
+
+        // Once a later write followed, the same hole is damage.
+        wal.append_all(&[&record(&[("b", 9, "later")], &[], 9)])
+            .unwrap();
+        tear(&path, &recs[2]);
+        let (_, rec) = Wal::open(&path, 1 << 16, 1).unwrap();
+        assert_eq!(rec.records, 2);
+        let damage = rec.damage.expect("damage");
+        assert_eq!(
+            (damage.seq, damage.later_records, damage.last_seq),
+            (2, 2, 4)
+        );
+    }
+
+    /// Records of earlier epochs after the end are no evidence of damage,
+    /// nor is a record-shaped value inside one of them.
+    #[test]
+    fn leftovers_of_earlier_epochs_are_not_damage() {
+        // A well-formed record of epoch 4, as a stored value may carry it.
+        let mut fake = Wal {
+            file: tempfile::tempfile().unwrap(),
+            capacity: 1 << 16,
+            offset: 0,
+            epoch: 4,
+            seq: 7,
+            scratch: Vec::new(),
+        };
+        fake.append_all(&[&record(&[("x", 1, "fake")], &[], 1)])
+            .unwrap();
+        let mut fake_bytes = Vec::new();
+        fake.file.read_to_end(&mut fake_bytes).unwrap();
+        fake_bytes.truncate(fake.offset as usize);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = log_of(dir.path(), 6);
+        {
+            let (mut wal, _) = Wal::open(&path, 1 << 16, 0).unwrap();
+            wal.offset = records(&path, 1).last().map(|r| r.offset + r.len).unwrap();
+            wal.seq = 6;
+            let mut carrier = RecordBuf::new();
+            carrier.put("v", 10, &fake_bytes);
+            carrier.set_etag_seq(10);
+            wal.append_all(&[&carrier]).unwrap();
+        }
+        assert_eq!(records(&path, 1).len(), 7);
+        // Epoch 4 starts over at offset 0.
+        let (mut wal, _) = Wal::open(&path, 1 << 16, 3).unwrap();
+        assert_eq!(wal.epoch(), 4);
+        wal.append_all(&[&record(&[("n", 11, "new")], &[], 11)])
+            .unwrap();
+        let (_, rec) = Wal::open(&path, 1 << 16, 4).unwrap();
+        assert_eq!((rec.records, rec.damage), (1, None));
+    }
+
+    /// Logs written before `first` existed ("LKW1") are still replayed.
+    #[test]
+    fn version_one_records_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lockd.wal");
+        let mut data = Vec::new();
+        for seq in 0..2u64 {
+            let body = record(&[("old", seq + 1, "v1")], &[], seq + 1);
+            data.extend_from_slice(MAGIC_V1);
+            data.extend_from_slice(&(body.buf.len() as u32).to_le_bytes());
+            data.extend_from_slice(&3u64.to_le_bytes());
+            data.extend_from_slice(&seq.to_le_bytes());
+            data.extend_from_slice(&checksum(3, seq, None, &body.buf).to_le_bytes());
+            data.extend_from_slice(&body.buf);
+        }
+        std::fs::write(&path, &data).unwrap();
+        let (_, rec) = Wal::open(&path, 1 << 16, 3).unwrap();
+        assert_eq!((rec.records, rec.etag_seq, rec.damage), (2, 2, None));
     }
 
     #[test]

@@ -811,7 +811,7 @@ impl Queues {
                 None
             };
             rec.attempts += 1;
-            rec.fencing_counter += 1;
+            rec.fencing_counter = self.engine.next_fencing_token(rec.fencing_counter);
             rec.not_visible_until_unix = now + v;
             rec.visibility_timeout_seconds = v;
             rec.meta_etag = uuid::Uuid::now_v7().to_string();
