@@ -94,6 +94,11 @@ pub struct ServerConfig {
     /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP),
     /// `host:port` or `:port`; `None` (the default) collects none.
     pub metrics_listen: Option<String>,
+    /// The clock every deadline is read from: the system clock. Tests that
+    /// run a server in-process give a [`crate::core::ManualClock`]'s clock
+    /// and advance it instead of sleeping; there is no flag for it.
+    #[doc(hidden)]
+    pub clock: crate::core::Clock,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +127,7 @@ impl Default for ServerConfig {
             queue_poll_interval: Duration::from_secs(3),
             queue_poll_jitter: Duration::from_millis(500),
             metrics_listen: None,
+            clock: crate::core::Clock::system(),
         }
     }
 }

@@ -21,7 +21,6 @@ use tokio::sync::mpsc;
 
 use super::decode::{header, is_xid, read_body, Fields, Query};
 use super::{multipart, respond, ApiError, AppState, Caller, CorrelationId};
-use crate::core::now_unix;
 use crate::core::queue::{
     DequeueInput, EnqueueInput, Leased, MessageRef, NackIntent, QueueShard, Wait,
 };
@@ -445,7 +444,7 @@ async fn stream_deliveries(
             let notified = shard.notified();
             tokio::select! {
                 _ = notified => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shard.time_passed() => {}
                 _ = tx.closed() => return,
             }
         }
@@ -646,7 +645,7 @@ pub async fn stats(
     let (ns, queue, requested) = addressed_queue(&app, &caller, Access::Read, &uri, &mut f)?;
     f.finish()?;
     let snap = app.queues.snapshot(&ns, &queue).await?;
-    let now = now_unix();
+    let now = app.queues.clock().now_unix();
     let (head_id, head_enq, head_vis) = snap.head.clone().unwrap_or_default();
     Ok(respond::json(
         StatusCode::OK,
@@ -709,7 +708,7 @@ pub async fn watch(
                     queue: requested.clone(),
                     available: state.0,
                     head_message_id: state.1.clone(),
-                    changed_at_unix: now_unix(),
+                    changed_at_unix: app.queues.clock().now_unix(),
                     correlation_id: cid.0.clone(),
                 };
                 let data = serde_json::to_string(&event).unwrap_or_default();
@@ -722,7 +721,7 @@ pub async fn watch(
             tokio::select! {
                 _ = notified => {}
                 // Messages also become visible by the clock.
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shard.time_passed() => {}
                 _ = heartbeat.tick() => {
                     if tx.send(Ok(Bytes::from_static(b": keepalive\n\n"))).await.is_err() {
                         return;
