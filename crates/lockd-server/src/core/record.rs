@@ -173,7 +173,14 @@ mod tests {
 
     #[test]
     fn both_expiry_fields_are_written() {
-        let lease = Lease::new("l".into(), "o".into(), 1_700_000_001_990, 1, "t".into(), false);
+        let lease = Lease::new(
+            "l".into(),
+            "o".into(),
+            1_700_000_001_990,
+            1,
+            "t".into(),
+            false,
+        );
         let v = serde_json::to_value(&lease).unwrap();
         assert_eq!(v["expires_at_unix"], 1_700_000_001);
         assert_eq!(v["expires_at_ms"], 1_700_000_001_990_i64);

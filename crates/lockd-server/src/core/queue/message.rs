@@ -221,8 +221,7 @@ mod tests {
         assert_eq!(rec.expires_ms(), Some(1_700_000_100_000));
         let d = rec.delivery.as_ref().unwrap();
         assert_eq!(d.expires_ms(), 1_700_000_030_000);
-        let no_ttl: MessageRecord =
-            serde_json::from_str(&OLD.replace("1700000100", "0")).unwrap();
+        let no_ttl: MessageRecord = serde_json::from_str(&OLD.replace("1700000100", "0")).unwrap();
         assert_eq!(no_ttl.expires_ms(), None);
     }
 

@@ -303,12 +303,21 @@ impl QueueShard {
             .is_some_and(|t| t <= self.clock.now_ms())
     }
 
-    /// Resolves when, by the clock, a message may have become visible or a
-    /// delivery lease lapsed (or after a second of real time at most): the
-    /// wake-up of loops that look at the queue again as time passes.
+    /// Resolves when, by the clock, the next message becomes visible or the
+    /// next delivery lease lapses (or after a second of real time at
+    /// most): the wake-up of loops that look at the queue again as time
+    /// passes. Messages visible already do not count.
     pub async fn time_passed(&self) {
+        let next = {
+            let now = self.clock.now_ms();
+            let idx = self.lock();
+            idx.order
+                .range((now.saturating_add(1), String::new())..)
+                .next()
+                .map(|(t, _)| *t)
+        };
         tokio::select! {
-            _ = self.clock.sleep_until_opt(self.next_visible()) => {}
+            _ = self.clock.sleep_until_opt(next) => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
@@ -329,11 +338,9 @@ impl QueueShard {
     /// nacked or expired).
     pub fn outstanding(&self, id: &str, lease_id: &str) -> bool {
         let idx = self.lock();
-        idx.entries
-            .get(id)
-            .is_some_and(|e| {
-                e.lease_id.as_deref() == Some(lease_id) && e.visible_at > self.clock.now_ms()
-            })
+        idx.entries.get(id).is_some_and(|e| {
+            e.lease_id.as_deref() == Some(lease_id) && e.visible_at > self.clock.now_ms()
+        })
     }
 
     /// A future that resolves on the next change of the queue; enabled at
