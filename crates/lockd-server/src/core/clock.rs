@@ -13,6 +13,11 @@
 //! time it was created (or was given) until [`ManualClock::advance`] moves
 //! it, and everything waiting for a deadline through [`Clock::sleep_until`]
 //! is woken by the move, so tests advance time instead of sleeping.
+//!
+//! Only deadlines that are part of the stored state live on this clock.
+//! How long a request may be held (`block_seconds`, `wait_seconds`), polls
+//! of shared stores, back-pressure pacing and the drain window are real
+//! time (tokio's timer): they bound a connection, not a lease.
 
 use std::fmt;
 use std::pin::pin;
