@@ -233,8 +233,8 @@ impl Engine {
         Ok(out)
     }
 
-    /// Clears an expired lease and rolls back its staged changes. Returns
-    /// whether a lease was cleared.
+    /// Clears a lease expired at `now` (Unix ms) and rolls back its staged
+    /// changes. Returns whether a lease was cleared.
     pub(super) async fn clear_if_expired(
         &self,
         id: &str,
