@@ -1226,7 +1226,9 @@ impl Queues {
         }
         .clamp(1, MAX_REQUEST_SECONDS);
         let now = self.clock().now_ms();
-        let until = add_secs(now, e);
+        // As at delivery, the delivery lease ends with the state lease
+        // (extended a moment later), never earlier than `now + e`.
+        let mut until = add_secs(now, e);
         let mut state_expires = 0;
         if let Some(d) = rec.delivery.as_mut() {
             if let Some(st) = d.state.as_mut() {
@@ -1256,6 +1258,7 @@ impl Queues {
                         .await?;
                     state_expires = unix_secs(state_expires_ms);
                     st.expires_at_unix = state_expires;
+                    until = until.max(state_expires_ms);
                 }
             }
             d.set_expires_ms(until);
