@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use lockd_client::{AcquireRequest, Block, Cas, Client, Endpoint, Error, Payload, RetryPolicy};
 use serde::{Deserialize, Serialize};
-use support::{now_unix, tcp_server, unique, within};
+use support::{inprocess_on_manual_clock, now_unix, tcp_server, unique, within};
 
 #[derive(Serialize, Deserialize, Default, Debug, PartialEq, Clone)]
 struct Stock {
@@ -426,14 +426,14 @@ async fn rollback_discards_and_keepalive_extends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_lost_after_ttl_lapse() {
-    let server = lockd_client::inprocess::start().await.unwrap();
+    let (server, clock) = inprocess_on_manual_clock().await;
     let c = server.client();
     let lease = c
         .acquire(AcquireRequest::new("short", "o").ttl(Duration::from_secs(1)))
         .await
         .unwrap();
     lease.save(&stock(1)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    clock.advance(Duration::from_secs(1));
     let err = lease.keepalive(Duration::from_secs(5)).await.unwrap_err();
     assert!(err.is_lease_lost(), "{err:?}");
     assert_eq!(err.status(), Some(403));
@@ -452,7 +452,7 @@ async fn lease_lost_after_ttl_lapse() {
         .acquire(AcquireRequest::new("short2", "a").ttl(Duration::from_secs(1)))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    clock.advance(Duration::from_secs(1));
     let new = c
         .acquire(AcquireRequest::new("short2", "b").block(Block::NoWait))
         .await
@@ -684,18 +684,26 @@ async fn keys_are_case_insensitive_and_echoed_as_given() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_acquire_gets_an_expired_lease() {
-    let server = lockd_client::inprocess::start().await.unwrap();
+    let (server, clock) = inprocess_on_manual_clock().await;
     let c = server.client();
     let old = c
         .acquire(AcquireRequest::new("exp", "a").ttl(Duration::from_secs(1)))
         .await
         .unwrap();
+    let waiter = {
+        let c = c.clone();
+        tokio::spawn(async move { c.acquire(AcquireRequest::new("exp", "b")).await })
+    };
+    // Whether the acquire is queued yet or not, it gets the key once the
+    // lease has expired on the server's clock.
+    clock.advance(Duration::from_secs(1));
     let next = within(
         Duration::from_secs(10),
         "Block::Forever on an expiring lease",
-        c.acquire(AcquireRequest::new("exp", "b")),
+        waiter,
     )
     .await
+    .unwrap()
     .unwrap();
     assert_eq!(next.owner(), "b");
     assert!(next.fencing_token() > old.fencing_token());

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use lockd_client::{Client, DequeueOptions, EnqueueOptions, Error, Payload};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use support::{deliveries, now_unix, within, Stub, StubResp};
+use support::{deliveries, inprocess_on_manual_clock, now_unix, within, Stub, StubResp};
 use tokio::io::AsyncReadExt;
 
 fn wait(owner: &str, block: Duration) -> DequeueOptions {
@@ -251,7 +251,7 @@ async fn streamed_payloads_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nack_defer_and_extend() {
-    let server = lockd_client::inprocess::start().await.unwrap();
+    let (server, clock) = inprocess_on_manual_clock().await;
     let c = server.client();
     let sent = c.enqueue("jobs", "j", Default::default()).await.unwrap();
 
@@ -265,10 +265,12 @@ async fn nack_defer_and_extend() {
     assert_eq!(msg.attempts(), 2);
     assert_eq!(msg.meta().failure_attempts, 1);
 
-    // defer with a delay: hidden for a while, no failure counted (2 s:
-    // the server counts whole seconds).
+    // defer with a delay: hidden for that long, no failure counted.
     msg.defer(Duration::from_secs(2)).await.unwrap();
     assert!(c.dequeue("jobs", no_wait("w")).await.unwrap().is_none());
+    clock.advance(Duration::from_millis(1_999));
+    assert!(c.dequeue("jobs", no_wait("w")).await.unwrap().is_none());
+    clock.advance(Duration::from_millis(1));
     let mut msg = next(&c, "jobs").await;
     assert_eq!(msg.meta().failure_attempts, 1, "defer is not a failure");
 
@@ -277,7 +279,7 @@ async fn nack_defer_and_extend() {
     msg.extend(Duration::from_secs(120)).await.unwrap();
     assert_ne!(msg.meta().meta_etag, etag);
     let exp = msg.meta().lease_expires_at_unix;
-    assert!(exp >= now_unix() + 110, "{exp}");
+    assert_eq!(exp, clock.now_unix() + 120);
     msg.extend(Duration::from_secs(60)).await.unwrap();
     msg.ack().await.unwrap();
     assert!(c.dequeue("jobs", no_wait("w")).await.unwrap().is_none());
@@ -287,6 +289,7 @@ async fn nack_defer_and_extend() {
     let msg = next(&c, "jobs").await;
     msg.nack(Duration::from_secs(2), None).await.unwrap();
     assert!(c.dequeue("jobs", no_wait("w")).await.unwrap().is_none());
+    clock.advance(Duration::from_secs(2));
     let msg = next(&c, "jobs").await;
     assert_eq!(msg.attempts(), 2);
     msg.ack().await.unwrap();
@@ -323,7 +326,7 @@ async fn max_attempts_dead_letters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_message_is_nacked_and_redelivered() {
-    let server = lockd_client::inprocess::start().await.unwrap();
+    let (server, clock) = inprocess_on_manual_clock().await;
     let c = server.client();
     let sent = c.enqueue("drop", "d", Default::default()).await.unwrap();
     {
@@ -351,13 +354,13 @@ async fn dropped_message_is_nacked_and_redelivered() {
         "the drop nacks as a failure"
     );
 
-    // With a close delay the message stays hidden for that long (2 s: the
-    // server counts whole seconds).
+    // With a close delay the message stays hidden for that long.
     let mut msg = msg;
     msg.set_close_delay(Duration::from_secs(2));
     drop(msg);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(c.dequeue("drop", no_wait("w")).await.unwrap().is_none());
+    clock.advance(Duration::from_secs(2));
     let msg = next(&c, "drop").await;
     assert_eq!(msg.attempts(), 3);
     msg.ack().await.unwrap();

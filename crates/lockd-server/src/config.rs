@@ -105,6 +105,11 @@ pub struct ServerConfig {
     pub metrics_listen: Option<String>,
     /// Connection limits and timeouts of the HTTP listener.
     pub http: crate::http::ConnLimits,
+    /// The clock every deadline is read from: the system clock. Tests that
+    /// run a server in-process give a [`crate::core::ManualClock`]'s clock
+    /// and advance it instead of sleeping; there is no flag for it.
+    #[doc(hidden)]
+    pub clock: crate::core::Clock,
 }
 
 impl Default for ServerConfig {
@@ -136,6 +141,7 @@ impl Default for ServerConfig {
             queue_poll_jitter: Duration::from_millis(500),
             metrics_listen: None,
             http: crate::http::ConnLimits::default(),
+            clock: crate::core::Clock::system(),
         }
     }
 }

@@ -11,12 +11,13 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::core::Clock;
 use crate::storage::{Cond, ETag, Op, Store, StoreError};
 
 /// The store key of the failover lease.
@@ -69,13 +70,6 @@ struct LeaseRecord {
     expires_at_unix_ms: i64,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// This node's HA role, read by the request guard.
 pub struct Ha {
     node_id: String,
@@ -83,6 +77,7 @@ pub struct Ha {
     /// Until when (Unix ms) the current holder's lease runs, for the
     /// `retry_after_seconds` hint of passive answers.
     holder_until_ms: AtomicI64,
+    clock: Clock,
 }
 
 impl Ha {
@@ -92,6 +87,7 @@ impl Ha {
             node_id: uuid::Uuid::now_v7().to_string(),
             active: AtomicBool::new(true),
             holder_until_ms: AtomicI64::new(0),
+            clock: Clock::system(),
         })
     }
 
@@ -107,7 +103,10 @@ impl Ha {
 
     /// Seconds until the active node's lease lapses (at least 1).
     pub fn retry_after_seconds(&self) -> i64 {
-        let left = self.holder_until_ms.load(Ordering::Relaxed) - now_ms();
+        let left = self
+            .holder_until_ms
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.clock.now_ms());
         (left / 1000 + 1).max(1)
     }
 
@@ -139,12 +138,14 @@ pub struct Election {
 }
 
 impl Election {
-    /// A passive node about to take part in elections on `store`.
-    pub fn new(store: Arc<dyn Store>, ttl: Duration) -> (Self, Arc<Ha>) {
+    /// A passive node about to take part in elections on `store`; lease
+    /// times are read from `clock`.
+    pub fn new(store: Arc<dyn Store>, ttl: Duration, clock: Clock) -> (Self, Arc<Ha>) {
         let ha = Arc::new(Ha {
             node_id: uuid::Uuid::now_v7().to_string(),
             active: AtomicBool::new(false),
             holder_until_ms: AtomicI64::new(0),
+            clock,
         });
         (
             Self {
@@ -161,8 +162,8 @@ impl Election {
     /// One round: take the lease if it is free, ours or lapsed; otherwise
     /// stay passive.
     pub async fn round(&mut self) {
-        let now = now_ms();
-        let ttl_ms = self.ttl.as_millis() as i64;
+        let now = self.ha.clock.now_ms();
+        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
         let current = match self.store.get(HA_LEASE_KEY).await {
             Ok(c) => c,
             Err(e) => {
@@ -193,7 +194,7 @@ impl Election {
         };
         let rec = LeaseRecord {
             node_id: self.ha.node_id.clone(),
-            expires_at_unix_ms: now + ttl_ms,
+            expires_at_unix_ms: now.saturating_add(ttl_ms),
         };
         let raw = match serde_json::to_vec(&rec) {
             Ok(r) => Bytes::from(r),
@@ -210,10 +211,10 @@ impl Election {
         {
             Ok(etags) => {
                 self.etag = etags.into_iter().next();
-                self.ours_until_ms = now + ttl_ms;
+                self.ours_until_ms = now.saturating_add(ttl_ms);
                 self.ha
                     .holder_until_ms
-                    .store(now + ttl_ms, Ordering::Relaxed);
+                    .store(self.ours_until_ms, Ordering::Relaxed);
                 self.ha.set_active(true);
             }
             Err(StoreError::CondFailed(_)) => {

@@ -31,4 +31,5 @@ pub mod storage;
 mod tls;
 
 pub use config::{ListenProto, ServerConfig};
+pub use core::{Clock, ManualClock};
 pub use server::{start, BoundAddr, RunningServer};

@@ -323,13 +323,15 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
             shared,
             poll_interval: cfg.queue_poll_interval,
             poll_jitter: cfg.queue_poll_jitter,
+            clock: cfg.clock.clone(),
         },
     );
     let (ha, election) = match ha_mode {
         // A local store is owned by one process (disk:// is locked, mem://
         // is private): there is nobody to elect against.
         HaMode::Failover | HaMode::Auto if cfg.object_store() => {
-            let (mut election, ha) = Election::new(store.clone(), cfg.ha_lease_ttl);
+            let (mut election, ha) =
+                Election::new(store.clone(), cfg.ha_lease_ttl, cfg.clock.clone());
             // Decide the role before serving the first request.
             election.round().await;
             (ha, Some(election))
@@ -410,14 +412,15 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
     if !cfg.sweeper_interval.is_zero() {
         let sweeper = engine.clone();
         let every = cfg.sweeper_interval;
+        let clock = cfg.clock.clone();
         let span = tracing::error_span!("sweeper", sys = "server.lifecycle.sweeper");
         sweeper_task = Some(tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let mut tick = tokio::time::interval(every);
-                tick.tick().await;
+                // Every interval on the engine's clock (a manual clock's
+                // advance runs it).
                 loop {
                     tokio::select! {
-                        _ = tick.tick() => {
+                        _ = clock.sleep(every) => {
                             let n = sweeper.sweep_expired().await;
                             if n > 0 {
                                 tracing::debug!(cleared = n, "swept expired leases");

@@ -271,7 +271,7 @@ async fn field_names_are_case_insensitive_and_nulls_are_zero() {
     assert_eq!(v["key"], "Upper");
     assert_eq!(v["owner"], "me");
     assert_eq!(v["namespace"], "ns1");
-    assert!(v["expires_at_unix"].as_i64().unwrap() >= now_unix() + 44);
+    assert!(v["expires_at_unix"].as_i64().unwrap() >= s.now_unix() + 44);
     let l = Lease::from_response(&v, &Default::default());
 
     // Duplicate keys: the last one wins (any spelling).
@@ -288,7 +288,7 @@ async fn field_names_are_case_insensitive_and_nulls_are_zero() {
     let (_, v) = expect_json(resp, StatusCode::OK).await;
     assert_eq!(v["namespace"], "default");
     assert!(
-        v["expires_at_unix"].as_i64().unwrap() >= now_unix() + 29,
+        v["expires_at_unix"].as_i64().unwrap() >= s.now_unix() + 29,
         "null ttl = default"
     );
 
@@ -300,7 +300,7 @@ async fn field_names_are_case_insensitive_and_nulls_are_zero() {
     let token = l.fencing_token.to_string();
     let resp = post(&s, "/v1/keepalive", &[("X-Fencing-Token", &token)], &body).await;
     let (_, v) = expect_json(resp, StatusCode::OK).await;
-    assert!(v["expires_at_unix"].as_i64().unwrap() >= now_unix() + 49);
+    assert!(v["expires_at_unix"].as_i64().unwrap() >= s.now_unix() + 49);
     let body = format!(
         r#"{{"Namespace":"ns1","Key":"upper","Lease_Id":"{}","Txn_Id":"{}","Rollback":false}}"#,
         l.lease_id, l.txn_id
@@ -893,7 +893,7 @@ async fn lease_expired_then_lease_required() {
         leases.push(s.acquire(&format!("e{i}"), "o", 1, -1).await);
     }
     let latest = leases.iter().map(|l| l.expires_at_unix).max().unwrap();
-    wait_until_expired(latest).await;
+    s.expire(latest);
     for (path, l) in paths.iter().zip(&leases) {
         let resp = if *path == "/v1/keepalive" {
             s.keepalive(l, 30).await

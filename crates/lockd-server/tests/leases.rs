@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acquire_success_fields_and_headers() {
     let s = TestServer::mem().await;
-    let before = now_unix();
+    let before = s.now_unix();
     let resp = s
         .http
         .post(s.url("/v1/acquire"))
@@ -23,7 +23,7 @@ async fn acquire_success_fields_and_headers() {
         .await
         .unwrap();
     let (h, v) = expect_json(resp, StatusCode::OK).await;
-    let after = now_unix();
+    let after = s.now_unix();
 
     // §5.3 response fields.
     let obj = v.as_object().unwrap();
@@ -322,18 +322,18 @@ async fn ttl_is_resolved_and_clamped() {
         ("t5", 5, 5),
         ("tbig", 100_000, 20),
     ] {
-        let before = now_unix();
+        let before = s.now_unix();
         let l = s.acquire(key, "o", ttl, -1).await;
-        let after = now_unix();
+        let after = s.now_unix();
         assert!(
             l.expires_at_unix >= before + want && l.expires_at_unix <= after + want,
             "ttl {ttl} should resolve to {want}s, got expiry {} at {before}",
             l.expires_at_unix
         );
         // Keepalive resolves the same way.
-        let before = now_unix();
+        let before = s.now_unix();
         let (_, v) = expect_json(s.keepalive(&l, ttl).await, StatusCode::OK).await;
-        let after = now_unix();
+        let after = s.now_unix();
         let exp = v["expires_at_unix"].as_i64().unwrap();
         assert!(
             exp >= before + want && exp <= after + want,
@@ -347,9 +347,9 @@ async fn keepalive_extends_and_shortens() {
     let s = TestServer::mem().await;
     let l = s.acquire("ka", "o", 5, -1).await;
 
-    let before = now_unix();
+    let before = s.now_unix();
     let (h, v) = expect_json(s.keepalive(&l, 60).await, StatusCode::OK).await;
-    let after = now_unix();
+    let after = s.now_unix();
     assert_eq!(
         v.as_object().unwrap().len(),
         1,
@@ -373,7 +373,7 @@ async fn keepalive_extends_and_shortens() {
         "keepalive with a shorter ttl shortens ({short} < {exp})"
     );
     assert_eq!(s.describe("default", "ka").await["expires_at_unix"], short);
-    wait_until_expired(short).await;
+    s.expire(short);
     assert_error(s.keepalive(&l, 30).await, 403, "lease_expired").await;
     // The key is free again and the token advances.
     let l2 = s.acquire("ka", "p", 30, -1).await;
@@ -400,7 +400,7 @@ async fn keepalive_accepts_liblockdc_body_fencing_token() {
         .await
         .unwrap();
     let (_, v) = expect_json(resp, StatusCode::OK).await;
-    assert!(v["expires_at_unix"].as_i64().unwrap() >= now_unix() + 44);
+    assert!(v["expires_at_unix"].as_i64().unwrap() >= s.now_unix() + 44);
 
     // Header and body disagree: refused, lease untouched.
     let resp = s
@@ -561,7 +561,7 @@ async fn release_is_idempotent() {
     // Expired lease: released (and its staged changes discarded).
     let e = s.acquire("rel-exp", "o", 1, -1).await;
     s.update_ok(&e, r#"{"lost":true}"#).await;
-    wait_until_expired(e.expires_at_unix).await;
+    s.expire(e.expires_at_unix);
     expect_released(s.release_with(&e, false).await).await;
     assert_eq!(
         s.public_doc("default", "rel-exp").await,
@@ -595,18 +595,29 @@ async fn no_wait_acquire_reports_waiting_with_retry_after() {
     assert_eq!(v["current_version"], 1);
     assert_eq!(v["current_etag"].as_str(), Some(etag.as_str()));
 
-    // Short remaining lifetime: still at least 1.
+    // Short remaining lifetime: rounded up, so never 0 and never early.
     let (_, _) = expect_json(s.keepalive(&b, 1).await, StatusCode::OK).await;
+    let retry = || async {
+        let resp = s
+            .acquire_raw(json!({"key":"nw","owner":"c","block_seconds":-1}))
+            .await;
+        assert_error(resp, 409, "waiting").await["retry_after_seconds"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!(retry().await, 1);
+    s.advance(Duration::from_millis(999));
+    assert_eq!(retry().await, 1, "1 ms left is still a second to wait");
+    // keepalive to 3 s: 3 whole seconds, then 3 again 1 ms later (2.999).
+    let (_, _) = expect_json(s.keepalive(&b, 3).await, StatusCode::OK).await;
+    assert_eq!(retry().await, 3);
+    s.advance(Duration::from_millis(1));
+    assert_eq!(retry().await, 3);
+    s.advance(Duration::from_millis(2_999));
     let resp = s
         .acquire_raw(json!({"key":"nw","owner":"c","block_seconds":-1}))
         .await;
-    if resp.status() == StatusCode::CONFLICT {
-        let v = assert_error(resp, 409, "waiting").await;
-        assert!(v["retry_after_seconds"].as_i64().unwrap() >= 1);
-    } else {
-        // The 1-second lease may already have expired (§1.9).
-        expect_json(resp, StatusCode::OK).await;
-    }
+    expect_json(resp, StatusCode::OK).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -628,7 +639,7 @@ async fn blocked_acquire_is_woken_by_release() {
             resp.json::<Value>().await.unwrap(),
         )
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("the acquire is queued", || s.waiting_acquirers() == 1).await;
     assert!(
         !waiter.is_finished(),
         "the waiter must block while the key is held"
@@ -653,17 +664,34 @@ async fn blocked_acquire_is_woken_by_release() {
 async fn blocked_acquire_is_woken_by_expiry() {
     let s = TestServer::mem().await;
     let a = s.acquire("exp-wake", "a", 2, -1).await;
-    let start = Instant::now();
-    let b = s.acquire("exp-wake", "b", 30, 10).await;
-    let waited = start.elapsed();
-    assert!(
-        waited < Duration::from_secs(4),
-        "expiry of a 2 s lease must wake the waiter long before its 10 s block, took {waited:?}"
-    );
-    assert!(
-        now_unix() >= a.expires_at_unix,
-        "granted only after the old lease expired"
-    );
+    let waiter = {
+        let (http, url) = (s.http.clone(), s.url("/v1/acquire"));
+        tokio::spawn(async move {
+            let resp = http
+                .post(url)
+                .json(&json!({"key":"exp-wake","owner":"b","ttl_seconds":30,"block_seconds":60}))
+                .send()
+                .await
+                .unwrap();
+            let (status, h) = (resp.status(), resp.headers().clone());
+            let v: Value = resp.json().await.unwrap();
+            assert_eq!(status, StatusCode::OK, "{v}");
+            Lease::from_response(&v, &h)
+        })
+    };
+    wait_for("the acquire is queued", || s.waiting_acquirers() == 1).await;
+    // 1 ms before the expiry the waiter is woken by the clock, looks, and
+    // keeps waiting.
+    s.advance(Duration::from_millis(1_999));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished(), "granted before the lease expired");
+    assert_eq!(s.waiting_acquirers(), 1);
+    // The expiry (on the server's clock, not the block bound) grants it.
+    s.advance(Duration::from_millis(1));
+    let b = tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("the expiry wakes the waiter")
+        .unwrap();
     assert_eq!(b.fencing_token, a.fencing_token + 1);
     // The expired holder's lease is gone.
     assert_error(s.keepalive(&a, 30).await, 403, "lease_required").await;
@@ -740,7 +768,7 @@ async fn waiters_get_the_lease_in_fifo_order() {
             tx.send((i, Lease::from_response(&v, &h))).unwrap();
         }));
         // Make sure waiter i is queued before waiter i+1 arrives.
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        wait_for("the waiter is queued", || s.waiting_acquirers() == i + 1).await;
     }
     drop(tx);
     assert!(
@@ -797,7 +825,7 @@ async fn fencing_tokens_strictly_increase() {
     // Across expiry.
     let l = s.acquire("fence", "short", 1, -1).await;
     assert_eq!(l.fencing_token, last + 1);
-    wait_until_expired(l.expires_at_unix).await;
+    s.expire(l.expires_at_unix);
     let m = s.acquire("fence", "after-expiry", 30, -1).await;
     assert_eq!(m.fencing_token, l.fencing_token + 1);
     // The stale holder is fenced out.
@@ -923,7 +951,10 @@ async fn disconnected_waiter_does_not_hold_up_the_queue() {
         .await;
     assert!(res.is_err(), "the impatient client should time out");
     drop(impatient);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("the departed waiter leaves the queue", || {
+        s.waiting_acquirers() == 0
+    })
+    .await;
 
     // A real waiter queues behind where the ghost was.
     let http = s.http.clone();
@@ -941,7 +972,7 @@ async fn disconnected_waiter_does_not_hold_up_the_queue() {
             resp.json::<Value>().await.unwrap(),
         )
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("the acquire is queued", || s.waiting_acquirers() == 1).await;
     let released = Instant::now();
     s.release(&holder).await;
     let (done, status, v) = tokio::time::timeout(Duration::from_secs(20), waiter)
@@ -982,7 +1013,7 @@ async fn describe_reports_expired_lease_until_cleared() {
     // Without a sweeper describe shows the stored (expired) lease (§1.9, §5.9).
     let s = TestServer::with_config(Backend::Mem, |c| c.sweeper_interval = Duration::ZERO).await;
     let l = s.acquire("stale", "o", 1, -1).await;
-    wait_until_expired(l.expires_at_unix).await;
+    s.expire(l.expires_at_unix);
     let d = s.describe("default", "stale").await;
     assert_eq!(d["lease_id"].as_str(), Some(l.lease_id.as_str()));
     assert_eq!(d["owner"], "o");
@@ -995,15 +1026,20 @@ async fn describe_reports_expired_lease_until_cleared() {
         "{d}"
     );
 
-    // With a sweeper the expired lease disappears on its own.
+    // With a sweeper the expired lease disappears on its own, when the
+    // sweep interval has passed on the server's clock.
     let s = TestServer::with_config(Backend::Mem, |c| {
-        c.sweeper_interval = Duration::from_millis(200)
+        c.sweeper_interval = Duration::from_secs(60)
     })
     .await;
     let l = s.acquire("swept", "o", 1, -1).await;
     s.update_ok(&l, r#"{"gone":1}"#).await;
-    wait_until_expired(l.expires_at_unix).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    s.expire(l.expires_at_unix);
+    // Expired but not yet swept: describe still shows it.
+    let d = s.describe("default", "swept").await;
+    assert_eq!(d["lease_id"].as_str(), Some(l.lease_id.as_str()));
+    s.advance(Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let d = s.describe("default", "swept").await;
         if d.get("lease_id").is_none() {
@@ -1057,19 +1093,16 @@ async fn blocked_acquire_notices_a_lease_shortened_by_keepalive() {
             resp.json::<Value>().await.unwrap(),
         )
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("the acquire is queued", || s.waiting_acquirers() == 1).await;
     let (_, v) = expect_json(s.keepalive(&a, 1).await, StatusCode::OK).await;
     let shortened_to = v["expires_at_unix"].as_i64().unwrap();
-    let t0 = Instant::now();
-    let (done, status, v) = tokio::time::timeout(Duration::from_secs(20), waiter)
+    // The waiter must now watch the new, earlier expiry: one second on the
+    // server's clock grants it, long before the old 60 s expiry.
+    s.advance(Duration::from_secs(1));
+    let (_, status, v) = tokio::time::timeout(Duration::from_secs(30), waiter)
         .await
-        .unwrap()
+        .expect("the shortened lease's expiry wakes the waiter")
         .unwrap();
     assert_eq!(status, StatusCode::OK, "{v}");
-    assert!(now_unix() >= shortened_to);
-    assert!(
-        done.duration_since(t0) < Duration::from_secs(6),
-        "the lease expired ~1 s after the keepalive, but the waiter was granted only after {:?}",
-        done.duration_since(t0)
-    );
+    assert!(s.now_unix() >= shortened_to);
 }

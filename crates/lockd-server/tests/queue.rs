@@ -57,9 +57,9 @@ async fn enqueue_response_fields() {
         Some(&meta_bytes(&meta)),
         Some((br#"{"op":"ship"}"#, "application/json")),
     );
-    let before = now_unix();
+    let before = s.now_unix();
     let resp = enqueue_send(&s, "/v1/queue/enqueue", &ct, body, Some("job-42")).await;
-    let after = now_unix();
+    let after = s.now_unix();
     let (_, v) = expect_json(resp, StatusCode::OK).await;
     let allowed = [
         "namespace",
@@ -89,7 +89,7 @@ async fn enqueue_response_fields() {
 
     // Effective values: max_attempts ≤ 0 → 5, negative delay → 0, a stored
     // visibility, and a generated correlation id without the header.
-    let before = now_unix();
+    let before = s.now_unix();
     let v = enqueue(
         &s,
         &json!({"queue": "orders", "max_attempts": -3, "delay_seconds": -10,
@@ -97,7 +97,7 @@ async fn enqueue_response_fields() {
         b"x",
     )
     .await;
-    let after = now_unix();
+    let after = s.now_unix();
     assert_eq!(v["max_attempts"], 5);
     let nvu = v["not_visible_until_unix"].as_i64().unwrap();
     assert!(nvu >= before && nvu <= after, "negative delay is 0: {nvu}");
@@ -479,7 +479,7 @@ async fn dequeue_delivery_fields() {
     )
     .await;
 
-    let before = now_unix();
+    let before = s.now_unix();
     let resp = s
         .http
         .post(s.url("/v1/queue/dequeue"))
@@ -489,7 +489,7 @@ async fn dequeue_delivery_fields() {
         .await
         .unwrap();
     let (h, ds) = read_deliveries(resp).await;
-    let after = now_unix();
+    let after = s.now_unix();
     assert_eq!(ds.len(), 1);
     let d = &ds[0];
     assert_eq!(
@@ -551,11 +551,11 @@ async fn dequeue_delivery_fields() {
     ack(&s, &d3).await;
     // The default visibility (0 → 30 s) on the next delivery.
     enqueue_simple(&s, "fields", b"two").await;
-    let before = now_unix();
+    let before = s.now_unix();
     let d2 = dequeue_one(&s, &dq("fields", -1, 0)).await;
     assert_eq!(d2.msg["visibility_timeout_seconds"], 30);
     let exp = d2.int("lease_expires_at_unix");
-    assert!(exp >= before + 30 && exp <= now_unix() + 30);
+    assert!(exp >= before + 30 && exp <= s.now_unix() + 30);
     assert!(is_uuid_v7(d2.str("correlation_id")));
     ack(&s, d).await;
     ack(&s, &d2).await;
@@ -619,7 +619,7 @@ async fn long_poll_returns_when_a_message_arrives() {
     let s = TestServer::mem().await;
     let start = Instant::now();
     let task = spawn_dequeue(&s, dq("lp", 10, 30));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_waiters(&s, "lp", 1).await;
     let id = enqueue_simple(&s, "lp", b"wake").await;
     let resp = task.await.unwrap();
     let (_, ds) = read_deliveries(resp).await;
@@ -735,7 +735,8 @@ async fn messages_come_out_in_enqueue_order() {
     let early = enqueue_simple(&s, "fifo2", b"early").await;
     let d = dequeue_one(&s, &dq("fifo2", -1, 30)).await;
     assert_eq!(d.id(), early);
-    let d2 = dequeue_one(&s, &dq("fifo2", 3, 30)).await;
+    s.advance(secs(1));
+    let d2 = dequeue_one(&s, &dq("fifo2", -1, 30)).await;
     assert_eq!(d2.id(), late["message_id"].as_str().unwrap());
 }
 
@@ -937,7 +938,7 @@ async fn visibility_expiry_redelivers_and_fences_the_stale_consumer() {
     let id = enqueue_simple(&s, "vis", b"again").await;
     let d1 = dequeue_one(&s, &dq("vis", -1, 1)).await;
     assert_eq!(d1.msg["visibility_timeout_seconds"], 1);
-    wait_until_expired(d1.int("lease_expires_at_unix")).await;
+    s.expire(d1.int("lease_expires_at_unix"));
     // Expired but not yet redelivered: the lease id matches but has expired
     // (§3.2 lease_expired).
     assert_error(ack_raw(&s, &ack_body(&d1.msg)).await, 403, "lease_expired").await;
@@ -986,9 +987,19 @@ async fn waiting_consumer_gets_a_message_when_its_lease_expires() {
     let id = enqueue_simple(&s, "handover", b"h").await;
     let d1 = dequeue_one(&s, &dq("handover", -1, 1)).await;
     // B waits while A's delivery runs out; it is woken by the clock.
-    let start = Instant::now();
-    let d2 = dequeue_one(&s, &with(&dq("handover", 4, 30), json!({"owner": "b"}))).await;
-    assert!(start.elapsed() < Duration::from_millis(2500));
+    let b = spawn_dequeue(&s, with(&dq("handover", 30, 30), json!({"owner": "b"})));
+    wait_for_waiters(&s, "handover", 1).await;
+    // 1 ms before A's lease ends B is woken, looks, and waits on.
+    s.advance(Duration::from_millis(999));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!b.is_finished(), "redelivered before the visibility ended");
+    s.advance(Duration::from_millis(1));
+    let resp = tokio::time::timeout(secs(30), b)
+        .await
+        .expect("the lease expiry wakes the consumer")
+        .unwrap();
+    let (_, ds) = read_deliveries(resp).await;
+    let d2 = ds.into_iter().next().expect("one delivery");
     assert_eq!(d2.id(), id);
     assert_eq!(d2.msg["attempts"], 2);
     assert_error(
@@ -1179,16 +1190,14 @@ async fn nack_delay_is_honoured() {
     enqueue_simple(&s, "later", b"x").await;
     let d = dequeue_one(&s, &dq("later", -1, 30)).await;
     nack(&s, &d, json!({"delay_seconds": 2, "intent": "defer"})).await;
-    let t0 = Instant::now();
     expect_empty(&s, "default", "later").await;
     let st = stats(&s, &json!({"queue": "later"})).await;
     assert_eq!(st["available"], false, "{st}");
-    let d2 = dequeue_one(&s, &dq("later", 5, 30)).await;
-    assert!(
-        t0.elapsed() >= Duration::from_millis(900),
-        "delivered {:?} after a 2 s nack delay",
-        t0.elapsed()
-    );
+    // Never earlier than asked: not at 1.999 s, at 2 s.
+    s.advance(Duration::from_millis(1_999));
+    expect_empty(&s, "default", "later").await;
+    s.advance(Duration::from_millis(1));
+    let d2 = dequeue_one(&s, &dq("later", -1, 30)).await;
     assert_eq!(d2.id(), d.id());
     // Delay 0: deliverable at once.
     nack(&s, &d2, json!({"delay_seconds": 0})).await;
@@ -1317,7 +1326,7 @@ async fn dead_letter_flow(s: &TestServer) {
     nack(s, &d1, json!({"last_error": {"msg": "first"}})).await;
     let d2 = dequeue_one(s, &dq("dl", -1, 30)).await;
     assert_eq!(d2.int0("failure_attempts"), 1);
-    let before = now_unix();
+    let before = s.now_unix();
     nack(s, &d2, json!({"last_error": {"msg": "second"}})).await;
 
     // Gone from the live queue.
@@ -1338,7 +1347,7 @@ async fn dead_letter_flow(s: &TestServer) {
         assert_eq!(prev, &json!({"msg": "second"}), "the last failure is kept");
     }
     let at = m["dead_lettered_at_unix"].as_i64().unwrap();
-    assert!(at >= before && at <= now_unix(), "{m}");
+    assert!(at >= before && at <= s.now_unix(), "{m}");
     assert_eq!(m["failure_attempts"], 2);
     assert_eq!(m["max_attempts"], 2);
     assert_eq!(m["attributes"], json!({"kind": "fragile"}));
@@ -1528,11 +1537,11 @@ async fn unanswered_deliveries_reach_the_dead_letter_queue() {
         .unwrap()
         .to_string();
     let d1 = dequeue_one(&s, &dq("ghost", -1, 1)).await;
-    wait_until_expired(d1.int("lease_expires_at_unix")).await;
-    let d2 = dequeue_one(&s, &dq("ghost", 3, 1)).await;
+    s.expire(d1.int("lease_expires_at_unix"));
+    let d2 = dequeue_one(&s, &dq("ghost", -1, 1)).await;
     assert_eq!(d2.msg["attempts"], 2);
     assert_eq!(d2.int0("failure_attempts"), 1, "the expiry counted");
-    wait_until_expired(d2.int("lease_expires_at_unix")).await;
+    s.expire(d2.int("lease_expires_at_unix"));
     // The next scan dead-letters it instead of delivering it.
     expect_empty(&s, "default", "ghost").await;
     let list = dlq_list(&s, &json!({"queue": "ghost"})).await;
@@ -1549,8 +1558,8 @@ async fn original_rule_redelivers_unanswered_messages_forever() {
     enqueue(&s, &json!({"queue": "ghost", "max_attempts": 2}), b"g").await;
     let mut d = dequeue_one(&s, &dq("ghost", -1, 1)).await;
     for attempt in 2..=3 {
-        wait_until_expired(d.int("lease_expires_at_unix")).await;
-        d = dequeue_one(&s, &dq("ghost", 3, 1)).await;
+        s.expire(d.int("lease_expires_at_unix"));
+        d = dequeue_one(&s, &dq("ghost", -1, 1)).await;
         assert_eq!(d.msg["attempts"], attempt);
         assert_eq!(d.int0("failure_attempts"), 0, "expiry does not count");
     }
@@ -1564,12 +1573,10 @@ async fn original_rule_redelivers_unanswered_messages_forever() {
 async fn extend_keeps_the_message_invisible() {
     let s = TestServer::mem().await;
     enqueue_simple(&s, "ext", b"e").await;
-    early_in_second().await;
     let d = dequeue_one(&s, &dq("ext", -1, 1)).await;
-    let orig_exp = d.int("lease_expires_at_unix");
-    let before = now_unix();
+    let before = s.now_unix();
     let v = extend(&s, &d, 5).await;
-    let after = now_unix();
+    let after = s.now_unix();
     let exp = v["lease_expires_at_unix"].as_i64().unwrap();
     assert!(exp >= before + 5 && exp <= after + 5, "now+5: {v}");
     assert_eq!(v["visibility_timeout_seconds"], 5);
@@ -1605,8 +1612,11 @@ async fn extend_keeps_the_message_invisible() {
     )
     .await;
 
-    // Past the original expiry the message is still invisible.
-    wait_until_expired(orig_exp + 1).await;
+    // Past the original expiry the message is still invisible, and 1 ms
+    // before the extended one too.
+    s.advance(secs(1));
+    expect_empty(&s, "default", "ext").await;
+    s.advance(Duration::from_millis(3_999));
     expect_empty(&s, "default", "ext").await;
     // Extending again with the fresh etag works, then ack.
     let mut m = d.msg.clone();
@@ -1624,11 +1634,11 @@ async fn extend_by_zero_keeps_the_visibility() {
     let d = dequeue_one(&s, &dq("ext0", -1, 20)).await;
     let mut m = d.msg.clone();
     for by in [0, -5] {
-        let before = now_unix();
+        let before = s.now_unix();
         let (_, v) = expect_json(extend_raw(&s, &extend_body(&m, by)).await, StatusCode::OK).await;
         let exp = v["lease_expires_at_unix"].as_i64().unwrap();
         assert!(
-            exp >= before + 20 && exp <= now_unix() + 20,
+            exp >= before + 20 && exp <= s.now_unix() + 20,
             "extend_by {by} keeps visibility 20: {v}"
         );
         assert_eq!(v["visibility_timeout_seconds"], 20);
@@ -1637,10 +1647,10 @@ async fn extend_by_zero_keeps_the_visibility() {
     // Still leased (not expired at once): invisible.
     expect_empty(&s, "default", "ext0").await;
     // Extensions are not clamped to the max TTL (§6.9).
-    let before = now_unix();
+    let before = s.now_unix();
     let (_, v) = expect_json(extend_raw(&s, &extend_body(&m, 7200)).await, StatusCode::OK).await;
     let exp = v["lease_expires_at_unix"].as_i64().unwrap();
-    assert!(exp >= before + 7200 && exp <= now_unix() + 7200, "{v}");
+    assert!(exp >= before + 7200 && exp <= s.now_unix() + 7200, "{v}");
     assert_eq!(v["visibility_timeout_seconds"], 7200);
     m["meta_etag"] = v["meta_etag"].clone();
     let (_, v) = expect_json(ack_raw(&s, &ack_body(&m)).await, StatusCode::OK).await;
@@ -1659,11 +1669,8 @@ async fn expired_message_is_deleted_not_delivered() {
         b"t",
     )
     .await;
-    let start = Instant::now();
-    // The message becomes visible after ~2 s but has expired by then.
-    let v = assert_error(dequeue_raw(&s, &dq("ttl", 3, 30)).await, 409, "waiting").await;
-    assert_eq!(v["retry_after_seconds"], 3);
-    assert!(start.elapsed() >= Duration::from_millis(2500));
+    // The message becomes visible after 2 s but has expired by then.
+    s.advance(secs(2));
     expect_empty(&s, "default", "ttl").await;
     let st = stats(&s, &json!({"queue": "ttl"})).await;
     assert_eq!(st["available"], false, "{st}");
@@ -1705,15 +1712,15 @@ async fn stats_fields_and_errors() {
         assert!(v.get(k).is_none(), "{k} omitted when not available: {v}");
     }
 
-    let before = now_unix();
+    let before = s.now_unix();
     let id = enqueue_simple(&s, "st", b"x").await;
     enqueue_simple(&s, "st", b"y").await;
     let v = stats(&s, &json!({"queue": "st"})).await;
     assert_eq!(v["available"], true);
     assert_eq!(v["head_message_id"], id.as_str());
     let enq = v["head_enqueued_at_unix"].as_i64().unwrap();
-    assert!(enq >= before && enq <= now_unix());
-    assert!(v["head_not_visible_until_unix"].as_i64().unwrap() <= now_unix());
+    assert!(enq >= before && enq <= s.now_unix());
+    assert!(v["head_not_visible_until_unix"].as_i64().unwrap() <= s.now_unix());
     assert!(v["pending_candidates"].as_i64().unwrap() >= 1, "{v}");
 
     // Query fallback with an empty body.
@@ -1868,6 +1875,7 @@ async fn watch_streams_queue_state_changes() {
     ack(&s, &d).await;
     // A delayed message becoming visible by the clock is reported too.
     let late = enqueue(&s, &json!({"queue": "watched", "delay_seconds": 1}), b"l").await;
+    s.advance(secs(1));
     let (id, _, data) = sse.next(secs(4)).await;
     assert_eq!(id, "4");
     assert_eq!(data["available"], true);

@@ -84,9 +84,9 @@ async fn stateful_flow(s: &TestServer) {
     let id = enq["message_id"].as_str().unwrap().to_string();
 
     // 1. First delivery: both leases; no workflow state yet.
-    let before = now_unix();
+    let before = s.now_unix();
     let d1 = dequeue_ws(s, &dq("wf", -1, 30)).await;
-    let after = now_unix();
+    let after = s.now_unix();
     assert_eq!(d1.id(), id);
     assert_eq!(d1.payload, br#"{"job":1}"#);
     assert_eq!(d1.msg["attempts"], 1);
@@ -111,9 +111,9 @@ async fn stateful_flow(s: &TestServer) {
     );
 
     // 3. The next delivery reads the saved progress with its new lease.
-    let before = now_unix();
+    let before = s.now_unix();
     let d2 = dequeue_ws(s, &dq("wf", 5, 30)).await;
-    let after = now_unix();
+    let after = s.now_unix();
     assert_eq!(d2.id(), id);
     assert_eq!(d2.msg["attempts"], 2);
     check_state_fields(&d2, 30, before, after);
@@ -268,13 +268,12 @@ async fn ack_and_nack_check_the_state_fields() {
 async fn extend_with_state_extends_both_leases() {
     let s = TestServer::mem().await;
     enqueue_simple(&s, "wfx", b"x").await;
-    early_in_second().await;
     let d = dequeue_ws(&s, &dq("wfx", -1, 1)).await;
     let orig = d.int("lease_expires_at_unix");
     assert_eq!(d.int("state_lease_expires_at_unix"), orig);
-    let before = now_unix();
+    let before = s.now_unix();
     let v = extend(&s, &d, 5).await;
-    let after = now_unix();
+    let after = s.now_unix();
     let exp = v["lease_expires_at_unix"].as_i64().unwrap();
     assert!(exp >= before + 5 && exp <= after + 5, "{v}");
     let sexp = v["state_lease_expires_at_unix"]
@@ -283,8 +282,9 @@ async fn extend_with_state_extends_both_leases() {
     assert!(sexp >= before + 5 && sexp <= after + 5, "{v}");
     assert_eq!(v["visibility_timeout_seconds"], 5);
 
-    // Past the original expiry both leases still live.
-    wait_until_expired(orig + 1).await;
+    // Past the original expiry both leases still live, 1 ms before the
+    // extended one too.
+    s.advance(Duration::from_millis(4_999));
     let l = state_lease(&d);
     assert_eq!(read_doc(s.get_leased(&l).await).await, None);
     s.update_ok(&l, r#"{"extended":true}"#).await;
@@ -300,7 +300,7 @@ async fn extend_with_state_extends_both_leases() {
             .map(|d| d.body),
         Some(r#"{"extended":true}"#.to_string())
     );
-    let d2 = dequeue_ws(&s, &dq("wfx", 5, 30)).await;
+    let d2 = dequeue_ws(&s, &dq("wfx", -1, 30)).await;
     assert_eq!(d2.int0("failure_attempts"), 1, "a failure nack (default)");
     ack(&s, &d2).await;
 }
@@ -309,12 +309,14 @@ async fn extend_with_state_extends_both_leases() {
 async fn expired_stateful_delivery_rolls_back_staged_state() {
     let s = TestServer::mem().await;
     enqueue_simple(&s, "wfr", b"x").await;
-    early_in_second().await;
     let d1 = dequeue_ws(&s, &dq("wfr", -1, 1)).await;
     s.update_ok(&state_lease(&d1), r#"{"lost":true}"#).await;
-    // The consumer never answers; the next delivery sees no state.
-    wait_until_expired(d1.int("lease_expires_at_unix")).await;
-    let d2 = dequeue_ws(&s, &dq("wfr", 5, 30)).await;
+    // The consumer never answers; the next delivery (exactly when the
+    // visibility ends) sees no state.
+    s.advance(Duration::from_millis(999));
+    expect_empty(&s, "default", "wfr").await;
+    s.advance(Duration::from_millis(1));
+    let d2 = dequeue_ws(&s, &dq("wfr", -1, 30)).await;
     assert_eq!(d2.id(), d1.id());
     assert_eq!(d2.msg["attempts"], 2);
     assert_eq!(read_doc(s.get_leased(&state_lease(&d2)).await).await, None);
@@ -335,7 +337,7 @@ async fn subscribe_with_state_streams_stateful_deliveries() {
         .await
         .expect("stream stalled")
     {
-        let now = now_unix();
+        let now = s.now_unix();
         check_state_fields(&d, 30, now - 2, now);
         let l = state_lease(&d);
         assert_eq!(read_doc(s.get_leased(&l).await).await, None);

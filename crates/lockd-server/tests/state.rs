@@ -270,7 +270,7 @@ async fn lease_expiry_discards_staged_changes(b: Backend) {
     s.update_ok(&n, r#"{"v":2}"#).await;
     s.remove(&l).await;
     s.update_ok(&l, r#"{"v":"staged"}"#).await;
-    wait_until_expired(l.expires_at_unix.max(n.expires_at_unix)).await;
+    s.expire(l.expires_at_unix.max(n.expires_at_unix));
 
     // Public readers never saw the staged data, and still do not.
     let doc = s.public_doc("default", "exp").await.unwrap();
@@ -806,7 +806,7 @@ async fn describe_shapes(b: Backend) {
         json!({"namespace":"default","key":"Never/Seen","version":0,"metadata":{}})
     );
 
-    let before = now_unix();
+    let before = s.now_unix();
     let l = s.acquire("desc", "the-owner", 30, -1).await;
     let d = s.describe("default", "desc").await;
     let obj = d.as_object().unwrap();
@@ -911,6 +911,7 @@ async fn restart_on(dir: tempfile::TempDir) -> TestServer {
         let cfg = lockd_server::ServerConfig {
             listen: "127.0.0.1:0".into(),
             store: store.clone(),
+            clock: lockd_server::ManualClock::new().clock(),
             ..Default::default()
         };
         match lockd_server::start(cfg).await {

@@ -731,6 +731,7 @@ async fn serve(args: Args) -> ExitCode {
             .metrics_listen
             .filter(|m| !m.trim().is_empty())
             .map(|m| m.trim().to_string()),
+        clock: lockd_server::Clock::system(),
     };
     let store_desc = cfg.store.clone();
     let socket_path = (cfg.listen_proto == ListenProto::Unix).then(|| cfg.listen.clone());

@@ -27,16 +27,6 @@ fn lockd(dir: &std::path::Path) -> LockdCmd {
     LockdCmd::with_store(&disk_url(dir)).args(["--queue-original-attempts", "--log-level", "warn"])
 }
 
-/// Sleeps until just after the next whole second, so that a delivery made
-/// now gets (almost) its full visibility on the servers' whole-second clock.
-async fn align_to_second() {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_millis() as u64;
-    tokio::time::sleep(Duration::from_millis(1000 - ms + 20)).await;
-}
-
 /// (a) 200 enqueued messages survive SIGKILL: after a restart on the same
 /// directory every one is delivered (first attempt) with its payload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -104,8 +94,8 @@ async fn in_flight_message_is_redelivered_after_its_visibility_across_sigkill() 
     assert_eq!(acked.len(), 1);
     assert_eq!(q.ack(&acked[0].msg).await.unwrap(), AckOutcome::Acked);
     let acked_id = acked[0].id().to_string();
-    // The second is in flight when the server dies.
-    align_to_second().await;
+    // The second is in flight when the server dies (for its full
+    // visibility: the server keeps deadlines in milliseconds).
     let inflight = q.dequeue_all("c2", -1, 1, V).await.expect("dequeue");
     assert_eq!(inflight.len(), 1);
     let inflight = inflight[0].clone();
@@ -167,7 +157,7 @@ async fn in_flight_message_is_redelivered_after_its_visibility_across_sigkill() 
     assert_eq!(q.ack(&d.msg).await.unwrap(), AckOutcome::Acked);
     q.assert_empty("after the redelivery").await;
     // Nothing comes back once every lease has run out.
-    tokio::time::sleep(Duration::from_millis(V as u64 * 1000 + 1100)).await;
+    tokio::time::sleep(Duration::from_millis(V as u64 * 1000 + 100)).await;
     q.assert_empty("after every lease expired").await;
 }
 
@@ -272,7 +262,7 @@ async fn no_loss_across_a_crash_mid_run() {
 
     // Whatever is left (enqueues whose answer the kill swallowed, acks that
     // went unanswered but did not land) comes back once leases expire.
-    tokio::time::sleep(Duration::from_millis(V as u64 * 1000 + 1100)).await;
+    tokio::time::sleep(Duration::from_millis(V as u64 * 1000 + 100)).await;
     let q = Q::new(&base, QUEUE);
     loop {
         let ds = q.dequeue_all("sweeper", -1, 64, 30).await.expect("drain");

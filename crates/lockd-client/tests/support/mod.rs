@@ -373,3 +373,22 @@ pub async fn start_binary() -> Option<Binary> {
     }
     Some(b)
 }
+
+// ------------------------------------------------------- server on a manual clock
+
+/// An in-process server (private Unix socket, `mem://`) whose clock stands
+/// still until the returned handle advances it: tests move time instead of
+/// sleeping until leases expire or delays end.
+pub async fn inprocess_on_manual_clock() -> (
+    lockd_client::inprocess::InProcess,
+    lockd_server::ManualClock,
+) {
+    let clock = lockd_server::ManualClock::new();
+    let server = lockd_client::inprocess::start_with(lockd_server::ServerConfig {
+        clock: clock.clock(),
+        ..Default::default()
+    })
+    .await
+    .expect("start in-process server");
+    (server, clock)
+}

@@ -8,9 +8,10 @@ use lockd_api::ErrorCode;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::clock::{add_secs, secs_until, unix_secs};
 use super::record::{Lease, MetaRecord};
 use super::slot::{delete_doc, persist, Slot, SlotState};
-use super::{millis_until, now_unix, CoreError, CoreResult, Engine};
+use super::{CoreError, CoreResult, Engine};
 
 /// Validated input of an acquire.
 #[derive(Debug, Clone)]
@@ -34,7 +35,9 @@ pub struct Acquired {
     pub lease_id: String,
     pub txn_id: String,
     pub owner: String,
+    /// `floor(expires_at_ms / 1000)`, as the wire carries it.
     pub expires_at_unix: i64,
+    pub expires_at_ms: i64,
     pub version: i64,
     pub state_etag: String,
     pub fencing_token: i64,
@@ -124,7 +127,7 @@ impl Engine {
                 ));
             }
             first = false;
-            let now = now_unix();
+            let now = self.cfg.clock.now_ms();
             match self.clear_if_expired(&id, &mut st, now).await {
                 // Another node changed the key first: read it again.
                 Err(e) if e.store_conflict && self.shared() => continue,
@@ -146,7 +149,10 @@ impl Engine {
                 }
                 return Ok(granted);
             }
-            let retry_after = held.as_ref().map(|l| l.expires_at_unix - now).unwrap_or(1);
+            let retry_after = held
+                .as_ref()
+                .map(|l| secs_until(now, l.expires_ms()))
+                .unwrap_or(1);
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(waiting(st.rec.as_ref(), retry_after));
             }
@@ -159,11 +165,10 @@ impl Engine {
                     me
                 }
             };
-            // Only the head of the queue watches the holder's expiry; the
-            // others wait for their turn.
+            // Only the head of the queue watches the holder's expiry (on
+            // the engine's clock); the others wait for their turn.
             let expiry = match (&held, slot.is_head(me)) {
-                (Some(l), true) => Instant::now()
-                    .checked_add(Duration::from_millis(millis_until(l.expires_at_unix) + 1)),
+                (Some(l), true) => Some(l.expires_ms()),
                 _ => None,
             };
             if held.is_none() {
@@ -174,18 +179,17 @@ impl Engine {
             drop(st);
             // On a shared store another node may release the key: look
             // again after a poll interval even if nothing here wakes us.
-            let wake = [deadline, expiry, self.next_poll()]
-                .into_iter()
-                .flatten()
-                .min();
-            match wake {
-                Some(at) => {
-                    tokio::select! {
-                        _ = notify.notified() => {}
-                        _ = tokio::time::sleep_until(at) => {}
-                    }
+            let wake = [deadline, self.next_poll()].into_iter().flatten().min();
+            let timer = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
-                None => notify.notified().await,
+            };
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = timer => {}
+                _ = self.cfg.clock.sleep_until_opt(expiry) => {}
             }
         }
     }
@@ -201,24 +205,26 @@ impl Engine {
         // Leftovers of a lease that ended without commit are rolled back.
         let after = rollback(&mut rec, id);
         rec.fencing_token = self.next_fencing_token(rec.fencing_token);
-        let lease = Lease {
-            id: xid::new().to_string(),
-            owner: input.owner.clone(),
-            expires_at_unix: now + input.ttl_seconds,
-            fencing_token: rec.fencing_token,
-            txn_id: input
+        let lease = Lease::new(
+            xid::new().to_string(),
+            input.owner.clone(),
+            add_secs(now, input.ttl_seconds),
+            rec.fencing_token,
+            input
                 .txn_id
                 .clone()
                 .unwrap_or_else(|| xid::new().to_string()),
-            txn_explicit: input.txn_id.is_some(),
-        };
+            input.txn_id.is_some(),
+        );
         rec.lease = Some(lease.clone());
-        rec.updated_at_unix = now;
+        rec.updated_at_unix = unix_secs(now);
+        let expires_at_ms = lease.expires_ms();
         let out = Acquired {
             lease_id: lease.id,
             txn_id: lease.txn_id,
             owner: lease.owner,
             expires_at_unix: lease.expires_at_unix,
+            expires_at_ms,
             version: rec.version,
             state_etag: rec.state_etag.clone(),
             fencing_token: lease.fencing_token,
@@ -227,8 +233,8 @@ impl Engine {
         Ok(out)
     }
 
-    /// Clears an expired lease and rolls back its staged changes. Returns
-    /// whether a lease was cleared.
+    /// Clears a lease expired at `now` (Unix ms) and rolls back its staged
+    /// changes. Returns whether a lease was cleared.
     pub(super) async fn clear_if_expired(
         &self,
         id: &str,
@@ -243,7 +249,7 @@ impl Engine {
         }
         let mut rec = rec.clone();
         rec.lease = None;
-        rec.updated_at_unix = now;
+        rec.updated_at_unix = unix_secs(now);
         let after = rollback(&mut rec, id);
         persist(self.store.as_ref(), id, st, rec, Vec::new(), after).await?;
         Ok(true)
@@ -263,7 +269,7 @@ impl Engine {
         token: i64,
         txn: Option<&str>,
     ) -> CoreResult<()> {
-        let now = now_unix();
+        let now = self.cfg.clock.now_ms();
         let (version, etag, lease) = match st.rec.as_ref() {
             Some(r) => (r.version, r.state_etag.clone(), r.lease.clone()),
             None => (0, String::new(), None),
@@ -301,6 +307,13 @@ impl Engine {
         Ok(())
     }
 
+    /// When the lease on a key expires (Unix ms), if it is held.
+    pub async fn lease_expiry_ms(&self, namespace: &str, key: &str) -> Option<i64> {
+        let id = super::record::slot_id(namespace, key);
+        let rec = self.peek(&id).await.ok().flatten()?;
+        rec.lease.map(|l| l.expires_ms())
+    }
+
     /// Locks a key and checks the caller's lease; on failure the key's
     /// waiters are woken (an expired lease may just have been cleared).
     pub(super) async fn lock_leased<'s>(
@@ -320,7 +333,8 @@ impl Engine {
         Ok(st)
     }
 
-    /// Extends a lease to `now + ttl` (a shorter TTL shortens it).
+    /// Extends a lease to `now + ttl` (a shorter TTL shortens it). Returns
+    /// the new expiry in Unix milliseconds.
     pub async fn keepalive(&self, input: KeepAliveInput) -> CoreResult<i64> {
         self.cas_retry(|| self.keepalive_once(&input)).await
     }
@@ -337,13 +351,13 @@ impl Engine {
                 Some(&input.txn_id),
             )
             .await?;
-        let now = now_unix();
+        let now = self.cfg.clock.now_ms();
         let mut rec = st.rec.clone().unwrap_or_default();
-        let expires = now + input.ttl_seconds;
+        let expires = add_secs(now, input.ttl_seconds);
         if let Some(l) = rec.lease.as_mut() {
-            l.expires_at_unix = expires;
+            l.set_expires_ms(expires);
         }
-        rec.updated_at_unix = now;
+        rec.updated_at_unix = unix_secs(now);
         persist(
             self.store.as_ref(),
             &id,
@@ -371,7 +385,7 @@ impl Engine {
         let id = super::record::slot_id(&input.namespace, &input.key);
         let slot = self.slot(&id);
         let mut st = self.lock_slot(&slot, &id).await?;
-        let now = now_unix();
+        let now = self.cfg.clock.now_ms();
         if self.clear_if_expired(&id, &mut st, now).await? {
             drop(st);
             slot.wake_head();
@@ -402,7 +416,7 @@ impl Engine {
         }
         let mut rec = rec.clone();
         rec.lease = None;
-        rec.updated_at_unix = now;
+        rec.updated_at_unix = unix_secs(now);
         let after = if input.rollback {
             rollback(&mut rec, &id)
         } else {

@@ -2,6 +2,7 @@
 //! state. It never sees HTTP types; handlers call it with validated,
 //! normalised inputs and map its [`CoreError`] to responses.
 
+pub mod clock;
 mod error;
 mod lease;
 pub mod queue;
@@ -11,10 +12,11 @@ mod state;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use dashmap::DashMap;
 
+pub use clock::{Clock, ManualClock};
 pub use error::{CoreError, CoreResult};
 pub use lease::{AcquireInput, Acquired, KeepAliveInput, ReleaseInput};
 pub use state::{Document, LeaseRef, MetadataInput, RemoveInput, Removed, UpdateInput, Updated};
@@ -42,6 +44,9 @@ pub struct EngineConfig {
     pub poll_interval: Duration,
     /// Random extra delay added to each poll, so nodes do not poll in step.
     pub poll_jitter: Duration,
+    /// Where every deadline is read from (the system clock; tests give a
+    /// [`ManualClock`]'s).
+    pub clock: Clock,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +58,7 @@ impl Default for EngineConfig {
             shared: false,
             poll_interval: Duration::from_secs(3),
             poll_jitter: Duration::from_millis(500),
+            clock: Clock::system(),
         }
     }
 }
@@ -96,23 +102,6 @@ pub fn fencing_token_of(key: &str, value: &[u8]) -> Option<i64> {
     Some(t.fencing_token.max(t.fencing_counter))
 }
 
-/// Current Unix time in whole seconds.
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Milliseconds from now until the Unix second `at` begins (0 if past).
-fn millis_until(at_unix: i64) -> u64 {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    (at_unix.saturating_mul(1000) - now_ms).max(0) as u64
-}
-
 impl Engine {
     /// An engine over `store`.
     pub fn new(store: Arc<dyn Store>, cfg: EngineConfig) -> Arc<Self> {
@@ -139,8 +128,8 @@ impl Engine {
 
     /// Resolves a requested TTL (§1.9): ≤ 0 → default, > max → max.
     pub fn resolve_ttl(&self, requested: i64) -> i64 {
-        let default = self.cfg.default_ttl.as_secs() as i64;
-        let max = self.cfg.max_ttl.as_secs() as i64;
+        let default = i64::try_from(self.cfg.default_ttl.as_secs()).unwrap_or(i64::MAX);
+        let max = i64::try_from(self.cfg.max_ttl.as_secs()).unwrap_or(i64::MAX);
         if requested <= 0 {
             default
         } else if requested > max {
@@ -180,6 +169,11 @@ impl Engine {
         id: &str,
     ) -> CoreResult<tokio::sync::MutexGuard<'s, slot::SlotState>> {
         slot.lock(self.store.as_ref(), id, self.cfg.shared).await
+    }
+
+    /// The clock every deadline is read from.
+    pub fn clock(&self) -> &Clock {
+        &self.cfg.clock
     }
 
     /// Whether other nodes share the store.
@@ -249,7 +243,8 @@ impl Engine {
             let Ok(mut st) = self.lock_slot(&slot, &id).await else {
                 continue;
             };
-            if let Ok(true) = self.clear_if_expired(&id, &mut st, now_unix()).await {
+            let now = self.cfg.clock.now_ms();
+            if let Ok(true) = self.clear_if_expired(&id, &mut st, now).await {
                 cleared += 1;
                 drop(st);
                 slot.wake_head();
@@ -270,7 +265,7 @@ impl Engine {
     /// Keys with a live lease among those in memory (a locked key counts:
     /// it is being worked on).
     pub fn live_leases(&self) -> usize {
-        let now = now_unix();
+        let now = self.cfg.clock.now_ms();
         self.slots
             .iter()
             .filter(|e| e.value().holds_lease(now))

@@ -10,12 +10,22 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::clock::unix_secs;
+
 /// A live (or expired but not yet cleared) lease on a key.
+///
+/// The expiry is kept in milliseconds (`expires_at_ms`) and, for readers
+/// of the wire and of older records, in whole seconds rounded down
+/// (`expires_at_unix`). Records written before milliseconds were kept have
+/// only the seconds; they expire at the start of that second, as they did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     pub id: String,
     pub owner: String,
+    /// `floor(expires_at_ms / 1000)`; set with [`Lease::set_expires_ms`].
     pub expires_at_unix: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at_ms: Option<i64>,
     pub fencing_token: i64,
     pub txn_id: String,
     #[serde(default)]
@@ -23,9 +33,41 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// A lease is expired when `now >= expires_at` in whole seconds (§1.9).
-    pub fn expired(&self, now_unix: i64) -> bool {
-        now_unix >= self.expires_at_unix
+    /// A lease expiring at `expires_ms` (Unix milliseconds).
+    pub fn new(
+        id: String,
+        owner: String,
+        expires_ms: i64,
+        fencing_token: i64,
+        txn_id: String,
+        txn_explicit: bool,
+    ) -> Self {
+        Self {
+            id,
+            owner,
+            expires_at_unix: unix_secs(expires_ms),
+            expires_at_ms: Some(expires_ms),
+            fencing_token,
+            txn_id,
+            txn_explicit,
+        }
+    }
+
+    /// When the lease expires, in Unix milliseconds.
+    pub fn expires_ms(&self) -> i64 {
+        self.expires_at_ms
+            .unwrap_or_else(|| self.expires_at_unix.saturating_mul(1000))
+    }
+
+    /// Moves the expiry (both fields).
+    pub fn set_expires_ms(&mut self, ms: i64) {
+        self.expires_at_ms = Some(ms);
+        self.expires_at_unix = unix_secs(ms);
+    }
+
+    /// A lease is expired when `now >= expiry`, in milliseconds.
+    pub fn expired(&self, now_ms: i64) -> bool {
+        now_ms >= self.expires_ms()
     }
 }
 
@@ -111,4 +153,40 @@ pub fn doc_key(slot_id: &str, etag: &str) -> String {
 /// contain no `/`, so this is unambiguous).
 pub fn slot_id(namespace: &str, key: &str) -> String {
     format!("{namespace}/{key}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_written_with_seconds_only_still_loads() {
+        let old = r#"{"version":1,"published_version":1,"state_etag":"e","fencing_token":3,
+            "lease":{"id":"l","owner":"o","expires_at_unix":1700000001,"fencing_token":3,
+            "txn_id":"t"},"updated_at_unix":1700000000}"#;
+        let rec: MetaRecord = serde_json::from_str(old).unwrap();
+        let lease = rec.lease.unwrap();
+        assert_eq!(lease.expires_ms(), 1_700_000_001_000);
+        assert!(!lease.expired(1_700_000_000_999));
+        assert!(lease.expired(1_700_000_001_000));
+    }
+
+    #[test]
+    fn both_expiry_fields_are_written() {
+        let lease = Lease::new(
+            "l".into(),
+            "o".into(),
+            1_700_000_001_990,
+            1,
+            "t".into(),
+            false,
+        );
+        let v = serde_json::to_value(&lease).unwrap();
+        assert_eq!(v["expires_at_unix"], 1_700_000_001);
+        assert_eq!(v["expires_at_ms"], 1_700_000_001_990_i64);
+        let back: Lease = serde_json::from_value(v).unwrap();
+        assert_eq!(back, lease);
+        assert!(!back.expired(1_700_000_001_989));
+        assert!(back.expired(1_700_000_001_990));
+    }
 }

@@ -125,7 +125,8 @@ impl Slot {
             })
     }
 
-    /// Whether the key has a live lease (or is being changed right now).
+    /// Whether the key has a live lease at `now` (Unix ms), or is being
+    /// changed right now.
     pub fn holds_lease(&self, now: i64) -> bool {
         match self.state.try_lock() {
             Ok(st) => st

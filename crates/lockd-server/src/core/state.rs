@@ -7,7 +7,7 @@ use lockd_api::ErrorCode;
 
 use super::record::{doc_key, slot_id, MetaRecord, Staged};
 use super::slot::{delete_doc, persist};
-use super::{now_unix, CoreError, CoreResult, Engine};
+use super::{CoreError, CoreResult, Engine};
 use crate::storage::{Cond, Op};
 
 /// The lease a request presents.
@@ -176,7 +176,7 @@ impl Engine {
         let old = std::mem::replace(&mut staged.state_etag, etag.clone());
         staged.remove = false;
         let new_version = staged.version;
-        rec.updated_at_unix = now_unix();
+        rec.updated_at_unix = self.cfg.clock.now_unix();
         let bytes = input.body.len() as i64;
         let before = vec![Op::Put {
             key: doc_key(&id, &etag),
@@ -231,7 +231,7 @@ impl Engine {
         staged.remove = true;
         let old = std::mem::take(&mut staged.state_etag);
         let new_version = staged.version;
-        rec.updated_at_unix = now_unix();
+        rec.updated_at_unix = self.cfg.clock.now_unix();
         let after = delete_doc(&id, &old).into_iter().collect();
         persist(self.store.as_ref(), &id, &mut st, rec, Vec::new(), after).await?;
         Ok(Removed {
@@ -266,7 +266,7 @@ impl Engine {
         }
         staged.query_hidden = Some(input.query_hidden);
         let new_version = staged.version;
-        rec.updated_at_unix = now_unix();
+        rec.updated_at_unix = self.cfg.clock.now_unix();
         persist(
             self.store.as_ref(),
             &id,

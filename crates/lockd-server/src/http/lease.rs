@@ -191,7 +191,7 @@ pub async fn keepalive(
     let mut resp = respond::json(
         StatusCode::OK,
         &KeepAliveResponse {
-            expires_at_unix: expires,
+            expires_at_unix: crate::core::clock::unix_secs(expires),
         },
     );
     respond::set_int(&mut resp, headers::FENCING_TOKEN, fencing_token);

@@ -23,7 +23,6 @@ use super::decode::{header, is_xid, read_body, Fields, Query};
 use super::{
     client_left, multipart, respond, ApiError, AppState, Caller, ClientGone, CorrelationId,
 };
-use crate::core::now_unix;
 use crate::core::queue::{
     DequeueInput, EnqueueInput, Leased, MessageRef, NackIntent, QueueShard, Wait,
 };
@@ -496,7 +495,7 @@ impl Subscription {
             let notified = self.shard.notified();
             tokio::select! {
                 _ = notified => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = self.shard.time_passed() => {}
                 _ = self.tx.closed() => return AfterWrite::Gone,
             }
         }
@@ -718,7 +717,7 @@ pub async fn stats(
     let (ns, queue, requested, ()) =
         addressed_queue(&app, &caller, Access::Read, &uri, f, |_| Ok(()))?;
     let snap = app.queues.snapshot(&ns, &queue).await?;
-    let now = now_unix();
+    let now = app.queues.clock().now_unix();
     let (head_id, head_enq, head_vis) = snap.head.clone().unwrap_or_default();
     Ok(respond::json(
         StatusCode::OK,
@@ -781,7 +780,7 @@ pub async fn watch(
                     queue: requested.clone(),
                     available: state.0,
                     head_message_id: state.1.clone(),
-                    changed_at_unix: now_unix(),
+                    changed_at_unix: app.queues.clock().now_unix(),
                     correlation_id: cid.0.clone(),
                 };
                 let data = serde_json::to_string(&event).unwrap_or_default();
@@ -794,7 +793,7 @@ pub async fn watch(
             tokio::select! {
                 _ = notified => {}
                 // Messages also become visible by the clock.
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shard.time_passed() => {}
                 _ = heartbeat.tick() => {
                     if tx.send(Ok(Bytes::from_static(b": keepalive\n\n"))).await.is_err() {
                         return;

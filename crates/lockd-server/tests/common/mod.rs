@@ -1,11 +1,15 @@
 //! Shared helpers for the lockd-server HTTP integration tests: start a real
 //! server in-process (mem:// or disk://), talk to it over HTTP with reqwest,
 //! and check responses against PROTOCOL.md.
+//!
+//! Servers started here run on a [`ManualClock`] that stands still: tests
+//! move time with [`TestServer::advance`] and [`TestServer::expire`]
+//! instead of sleeping, and compare times with [`TestServer::now_unix`].
 #![allow(dead_code)]
 
 use std::time::Duration;
 
-use lockd_server::{RunningServer, ServerConfig};
+use lockd_server::{ManualClock, RunningServer, ServerConfig};
 use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
@@ -21,6 +25,8 @@ pub enum Backend {
 pub struct TestServer {
     pub base: String,
     pub http: reqwest::Client,
+    /// The server's clock, when it runs on a manual one.
+    clock: Option<ManualClock>,
     server: Option<RunningServer>,
     dir: Option<tempfile::TempDir>,
 }
@@ -60,17 +66,15 @@ impl TestServer {
         Self::from_config(cfg, dir).await
     }
 
-    /// Starts a server from a complete configuration; `dir` is kept alive
-    /// as long as the server.
-    pub async fn from_config(cfg: ServerConfig, dir: Option<tempfile::TempDir>) -> Self {
-        let server = lockd_server::start(cfg).await.expect("server starts");
-        let base = server.base_url();
-        Self {
-            base,
-            http: client(),
-            server: Some(server),
-            dir,
+    /// Starts a server from a complete configuration (on a new manual
+    /// clock unless it brings one); `dir` is kept alive as long as the
+    /// server.
+    pub async fn from_config(mut cfg: ServerConfig, dir: Option<tempfile::TempDir>) -> Self {
+        if cfg.clock.manual().is_none() {
+            cfg.clock = ManualClock::new().clock();
         }
+        let server = lockd_server::start(cfg).await.expect("server starts");
+        Self::from_running(server, dir)
     }
 
     /// Wraps an already started server.
@@ -78,8 +82,44 @@ impl TestServer {
         Self {
             base: server.base_url(),
             http: client(),
+            clock: server.engine().clock().manual(),
             server: Some(server),
             dir,
+        }
+    }
+
+    /// The server's manual clock.
+    pub fn clock(&self) -> &ManualClock {
+        self.clock
+            .as_ref()
+            .expect("this test server runs on the system clock")
+    }
+
+    /// Moves the server's clock forward by `d`.
+    pub fn advance(&self, d: Duration) {
+        self.clock().advance(d);
+    }
+
+    /// Moves the server's clock just past a deadline the wire reported as
+    /// `expires_at_unix` (whole seconds, rounded down): the lease or
+    /// delivery is then certainly expired, the delayed message visible.
+    pub fn expire(&self, expires_at_unix: i64) {
+        self.clock().advance_to((expires_at_unix + 1) * 1000);
+    }
+
+    /// Blocked acquirers queued on any key.
+    pub fn waiting_acquirers(&self) -> usize {
+        self.server
+            .as_ref()
+            .map(|s| s.engine().waiting_acquirers())
+            .unwrap_or(0)
+    }
+
+    /// The server's time in whole Unix seconds.
+    pub fn now_unix(&self) -> i64 {
+        match &self.clock {
+            Some(c) => c.now_unix(),
+            None => now_unix(),
         }
     }
 
@@ -507,12 +547,26 @@ pub fn header_i64(h: &HeaderMap, name: &str) -> Option<i64> {
     })
 }
 
-/// Current Unix time in seconds.
+/// Current Unix time in seconds, by the system clock (servers started by
+/// [`TestServer`] have their own: [`TestServer::now_unix`]).
 pub fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
+}
+
+/// Polls `cond` every 10 ms until it holds. Panics after 30 s: a guard
+/// against a hung test, not a timing check.
+pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// xid shape: 20 characters of lowercase base32hex (§1.8).
@@ -544,14 +598,4 @@ pub fn is_uuid_v7(s: &str) -> bool {
 /// A fresh valid xid.
 pub fn new_xid() -> String {
     xid::new().to_string()
-}
-
-/// Sleeps until the lease with this expiry is certainly expired by the
-/// protocol's whole-second rule (`now >= expires_at_unix`), plus a margin.
-pub async fn wait_until_expired(expires_at_unix: i64) {
-    let target =
-        std::time::UNIX_EPOCH + Duration::from_millis((expires_at_unix * 1000 + 150) as u64);
-    if let Ok(d) = target.duration_since(std::time::SystemTime::now()) {
-        tokio::time::sleep(d).await;
-    }
 }

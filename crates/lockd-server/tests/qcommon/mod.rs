@@ -712,19 +712,3 @@ impl Subscription {
         self.delivered
     }
 }
-
-// ---------------------------------------------------------------------------
-// Time
-
-/// Sleeps, if needed, so that the current second has at least ~0.7 s left:
-/// a lease of 1 s taken right after this lives for most of a second
-/// (§1.9: `expires_at = floor(now) + ttl`).
-pub async fn early_in_second() {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_millis() as u64;
-    if ms > 300 {
-        tokio::time::sleep(Duration::from_millis(1000 - ms + 20)).await;
-    }
-}

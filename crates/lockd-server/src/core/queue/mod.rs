@@ -27,9 +27,10 @@ use self::message::{
     dlq_key, inline_payload_key, msg_key, payload_key, queue_prefix, state_key, Delivery,
     MessageRecord, StateLease,
 };
+use super::clock::{add_secs, unix_secs, Clock, MAX_REQUEST_SECONDS};
 use super::{
-    millis_until, now_unix, AcquireInput, CoreError, CoreResult, Engine, KeepAliveInput, LeaseRef,
-    ReleaseInput, RemoveInput,
+    AcquireInput, CoreError, CoreResult, Engine, KeepAliveInput, LeaseRef, ReleaseInput,
+    RemoveInput,
 };
 use crate::storage::{ByteStream, Cond, ETag, Op, Store};
 
@@ -168,10 +169,13 @@ pub struct QueueSnapshot {
     pub waiting_consumers: usize,
     pub ready: usize,
     pub total_consumers: usize,
+    /// The visible head: id, enqueue time and visibility time, in whole
+    /// Unix seconds.
     pub head: Option<(String, i64, i64)>,
 }
 
 struct Entry {
+    /// Unix ms.
     visible_at: i64,
     enqueued_at: i64,
     lease_id: Option<String>,
@@ -215,7 +219,7 @@ impl Drop for ClaimGuard<'_> {
 #[derive(Default)]
 struct Index {
     entries: HashMap<String, Entry>,
-    /// `(visible_at, id)` of every unclaimed entry.
+    /// `(visible_at, id)` of every unclaimed entry (Unix ms).
     order: BTreeSet<(i64, String)>,
 }
 
@@ -229,15 +233,14 @@ impl Index {
         self.entries.insert(
             id.to_string(),
             Entry {
-                visible_at: rec.not_visible_until_unix,
+                visible_at: rec.visible_at_ms(),
                 enqueued_at: rec.enqueued_at_unix,
                 lease_id: rec.delivery.as_ref().map(|d| d.lease_id.clone()),
                 claimed: false,
                 slot,
             },
         );
-        self.order
-            .insert((rec.not_visible_until_unix, id.to_string()));
+        self.order.insert((rec.visible_at_ms(), id.to_string()));
     }
 
     /// Records the new state of an entry after a write (or its removal).
@@ -248,7 +251,7 @@ impl Index {
         self.order.remove(&(e.visible_at, id.to_string()));
         match rec {
             Some(rec) => {
-                e.visible_at = rec.not_visible_until_unix;
+                e.visible_at = rec.visible_at_ms();
                 e.lease_id = rec.delivery.as_ref().map(|d| d.lease_id.clone());
                 e.claimed = false;
                 self.order.insert((e.visible_at, id.to_string()));
@@ -264,6 +267,7 @@ impl Index {
 pub struct QueueShard {
     namespace: String,
     name: String,
+    clock: Clock,
     loaded: OnceCell<()>,
     index: SyncMutex<Index>,
     /// A message became ready: wakes one consumer (which passes the wake
@@ -287,14 +291,35 @@ impl QueueShard {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Earliest time a message becomes visible, if any.
+    /// Earliest time (Unix ms) a message becomes visible or a delivery
+    /// lease expires, if any.
     fn next_visible(&self) -> Option<i64> {
         self.lock().order.first().map(|(t, _)| *t)
     }
 
     /// Whether a message is visible now.
     pub fn has_ready(&self) -> bool {
-        self.next_visible().is_some_and(|t| t <= now_unix())
+        self.next_visible()
+            .is_some_and(|t| t <= self.clock.now_ms())
+    }
+
+    /// Resolves when, by the clock, the next message becomes visible or the
+    /// next delivery lease lapses (or after a second of real time at
+    /// most): the wake-up of loops that look at the queue again as time
+    /// passes. Messages visible already do not count.
+    pub async fn time_passed(&self) {
+        let next = {
+            let now = self.clock.now_ms();
+            let idx = self.lock();
+            idx.order
+                .range((now.saturating_add(1), String::new())..)
+                .next()
+                .map(|(t, _)| *t)
+        };
+        tokio::select! {
+            _ = self.clock.sleep_until_opt(next) => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 
     /// A message became ready: one consumer and every watcher wake.
@@ -313,9 +338,9 @@ impl QueueShard {
     /// nacked or expired).
     pub fn outstanding(&self, id: &str, lease_id: &str) -> bool {
         let idx = self.lock();
-        idx.entries
-            .get(id)
-            .is_some_and(|e| e.lease_id.as_deref() == Some(lease_id) && e.visible_at > now_unix())
+        idx.entries.get(id).is_some_and(|e| {
+            e.lease_id.as_deref() == Some(lease_id) && e.visible_at > self.clock.now_ms()
+        })
     }
 
     /// A future that resolves on the next change of the queue; enabled at
@@ -369,8 +394,7 @@ fn mismatch() -> CoreError {
     )
 }
 
-fn rfc3339_now() -> String {
-    let secs = now_unix();
+fn rfc3339(secs: i64) -> String {
     // Civil-from-days (Howard Hinnant), enough for a UTC timestamp.
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
@@ -427,6 +451,11 @@ impl Queues {
         &self.cfg
     }
 
+    /// The clock every deadline is read from (the engine's).
+    pub fn clock(&self) -> &Clock {
+        self.engine.clock()
+    }
+
     /// The shard of a queue, loaded from storage on first use.
     pub async fn shard(&self, ns: &str, queue: &str) -> CoreResult<Arc<QueueShard>> {
         let id = format!("{ns}/{queue}");
@@ -439,6 +468,7 @@ impl Queues {
                     Arc::new(QueueShard {
                         namespace: ns.to_string(),
                         name: queue.to_string(),
+                        clock: self.engine.clock().clone(),
                         loaded: OnceCell::new(),
                         index: SyncMutex::new(Index::default()),
                         ready: Notify::new(),
@@ -546,12 +576,12 @@ impl Queues {
                 }
             }
         };
-        let now = now_unix();
-        let rec = MessageRecord {
+        let now = self.clock().now_ms();
+        let mut rec = MessageRecord {
             id: id.clone(),
             namespace: input.namespace.clone(),
             queue: input.queue.clone(),
-            enqueued_at_unix: now,
+            enqueued_at_unix: unix_secs(now),
             payload_bytes: payload_bytes as i64,
             payload_content_type: if input.payload_content_type.is_empty() {
                 "application/octet-stream".into()
@@ -566,16 +596,10 @@ impl Queues {
             } else {
                 input.max_attempts
             },
-            not_visible_until_unix: now + input.delay_seconds.max(0),
             visibility_timeout_seconds: if input.visibility_timeout_seconds > 0 {
                 input.visibility_timeout_seconds
             } else {
                 30
-            },
-            expires_at_unix: if input.ttl_seconds > 0 {
-                now + input.ttl_seconds
-            } else {
-                0
             },
             last_error: None,
             correlation_id: input.correlation_id,
@@ -585,7 +609,14 @@ impl Queues {
             state_etag: String::new(),
             dead_lettered_at_unix: 0,
             payload_inline: inline.is_some(),
+            // Set below, both fields at once.
+            not_visible_until_unix: 0,
+            not_visible_until_ms: None,
+            expires_at_unix: 0,
+            expires_at_ms: None,
         };
+        rec.set_visible_at_ms(add_secs(now, clamp_delay(input.delay_seconds)));
+        rec.set_expires_ms(message_expiry(now, input.ttl_seconds));
         let raw = encode(&rec)?;
         let mut ops = Vec::with_capacity(2);
         if let Some(body) = inline {
@@ -676,12 +707,12 @@ impl Queues {
             if wait == Wait::NoWait || deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(waiting());
             }
-            let next = shard
-                .next_visible()
-                .map(|t| Instant::now() + Duration::from_millis(millis_until(t) + 1));
+            // The next message to become visible (or delivery lease to
+            // lapse), by the engine's clock.
+            let next = shard.next_visible();
             // On a shared store other nodes enqueue too: look again after
             // a poll interval.
-            let wake = [deadline, next, self.engine.next_poll()]
+            let wake = [deadline, self.engine.next_poll()]
                 .into_iter()
                 .flatten()
                 .min();
@@ -702,6 +733,7 @@ impl Queues {
             tokio::select! {
                 _ = notified => {}
                 _ = sleep => {}
+                _ = self.clock().sleep_until_opt(next) => {}
                 _ = drained => {}
             }
         }
@@ -715,7 +747,7 @@ impl Queues {
         input: &DequeueInput,
     ) -> CoreResult<Option<Leased>> {
         loop {
-            let now = now_unix();
+            let now = self.clock().now_ms();
             let (id, slot) = {
                 let mut idx = shard.lock();
                 let Some((t, id)) = idx.order.first().cloned() else {
@@ -742,12 +774,12 @@ impl Queues {
                 shard.lock().settle(&id, None);
                 continue;
             };
-            if rec.not_visible_until_unix > now {
+            if rec.visible_at_ms() > now {
                 // Extended or nacked with a delay while we were queued.
                 shard.lock().settle(&id, Some(&rec));
                 continue;
             }
-            if rec.expires_at_unix > 0 && now >= rec.expires_at_unix {
+            if rec.expires_ms().is_some_and(|t| now >= t) {
                 match self.remove_message(&rec, &mut slot).await {
                     Err(e) if e.store_conflict => {
                         // Another node changed it first; look again.
@@ -786,19 +818,33 @@ impl Queues {
                 .txn_id
                 .clone()
                 .unwrap_or_else(|| xid::new().to_string());
+            // A stateful delivery's lease ends with its state lease, taken
+            // a moment later, so the state is free again when the message
+            // is: never earlier than `now + v`.
+            let mut until = add_secs(now, v);
             let state = if input.stateful {
                 match self.lease_state(&rec, &input.owner, v, &txn).await {
-                    Ok(s) => Some(s),
+                    Ok((s, state_until)) => {
+                        until = until.max(state_until);
+                        Some(s)
+                    }
                     Err(e) if e.code == ErrorCode::Waiting => {
-                        // The previous delivery's state lease is still live
-                        // (clocks meet within a second); look again then.
-                        // The stored record is unchanged.
+                        // The state lease is still live (a delivery made by
+                        // an older version, or a holder through the lease
+                        // API); look again when it expires. The stored
+                        // record is unchanged.
+                        let again = self
+                            .engine
+                            .lease_expiry_ms(&rec.namespace, &state_key(&rec.queue, &rec.id))
+                            .await
+                            .unwrap_or(now + 1000)
+                            .max(now + 1);
                         let mut idx = shard.lock();
                         if let Some(e) = idx.entries.get_mut(&id) {
-                            e.visible_at = now + 1;
+                            e.visible_at = again;
                             e.claimed = false;
                         }
-                        idx.order.insert((now + 1, id.clone()));
+                        idx.order.insert((again, id.clone()));
                         return Ok(None);
                     }
                     Err(e) => {
@@ -812,20 +858,20 @@ impl Queues {
             };
             rec.attempts += 1;
             rec.fencing_counter = self.engine.next_fencing_token(rec.fencing_counter);
-            rec.not_visible_until_unix = now + v;
+            rec.set_visible_at_ms(until);
             rec.visibility_timeout_seconds = v;
             rec.meta_etag = uuid::Uuid::now_v7().to_string();
             if input.stateful && rec.state_etag.is_empty() {
                 rec.state_etag = uuid::Uuid::now_v7().to_string();
             }
-            rec.delivery = Some(Delivery {
-                lease_id: xid::new().to_string(),
-                owner: input.owner.clone(),
-                expires_at_unix: now + v,
-                fencing_token: rec.fencing_counter,
-                txn_id: txn,
+            rec.delivery = Some(Delivery::new(
+                xid::new().to_string(),
+                input.owner.clone(),
+                until,
+                rec.fencing_counter,
+                txn,
                 state,
-            });
+            ));
             if let Err(e) = self.write(&rec, &mut slot).await {
                 let r = slot.rec.clone();
                 shard.lock().settle(&id, r.as_ref());
@@ -877,7 +923,7 @@ impl Queues {
         owner: &str,
         ttl: i64,
         txn: &str,
-    ) -> CoreResult<StateLease> {
+    ) -> CoreResult<(StateLease, i64)> {
         let got = self
             .engine
             .acquire(AcquireInput {
@@ -890,12 +936,15 @@ impl Queues {
                 txn_id: Some(txn.to_string()),
             })
             .await?;
-        Ok(StateLease {
-            lease_id: got.lease_id,
-            fencing_token: got.fencing_token,
-            txn_id: got.txn_id,
-            expires_at_unix: got.expires_at_unix,
-        })
+        Ok((
+            StateLease {
+                lease_id: got.lease_id,
+                fencing_token: got.fencing_token,
+                txn_id: got.txn_id,
+                expires_at_unix: got.expires_at_unix,
+            },
+            got.expires_at_ms,
+        ))
     }
 
     /// Reloads a slot whose last write was abandoned mid-way.
@@ -969,13 +1018,14 @@ impl Queues {
     /// Moves a message to the dead-letter area (record moved, payload kept).
     async fn dead_letter(&self, rec: &mut MessageRecord, slot: &mut Slot) -> CoreResult<()> {
         let previous = rec.last_error.take();
+        let now = self.clock().now_unix();
         rec.last_error = Some(json!({
             "reason": "max_attempts_exceeded",
-            "time_rfc3339": rfc3339_now(),
+            "time_rfc3339": rfc3339(now),
             "previous": previous,
         }));
         rec.delivery = None;
-        rec.dead_lettered_at_unix = now_unix();
+        rec.dead_lettered_at_unix = now;
         slot.stale = true;
         self.store
             .apply(vec![
@@ -1053,7 +1103,7 @@ impl Queues {
         {
             return Err(mismatch());
         }
-        if now_unix() >= d.expires_at_unix {
+        if self.clock().now_ms() >= d.expires_ms() {
             return Err(CoreError::new(
                 ErrorCode::LeaseExpired,
                 "message lease expired",
@@ -1123,7 +1173,8 @@ impl Queues {
             }
             NackIntent::Defer => rec.last_error = None,
         }
-        rec.not_visible_until_unix = now_unix() + delay_seconds.max(0);
+        let visible = add_secs(self.clock().now_ms(), clamp_delay(delay_seconds));
+        rec.set_visible_at_ms(visible);
         rec.meta_etag = uuid::Uuid::now_v7().to_string();
         if rec.failure_attempts >= rec.max_attempts {
             self.dead_letter(&mut rec, &mut slot).await?;
@@ -1172,8 +1223,12 @@ impl Queues {
             extend_by
         } else {
             rec.visibility_timeout_seconds
-        };
-        let now = now_unix();
+        }
+        .clamp(1, MAX_REQUEST_SECONDS);
+        let now = self.clock().now_ms();
+        // As at delivery, the delivery lease ends with the state lease
+        // (extended a moment later), never earlier than `now + e`.
+        let mut until = add_secs(now, e);
         let mut state_expires = 0;
         if let Some(d) = rec.delivery.as_mut() {
             if let Some(st) = d.state.as_mut() {
@@ -1190,7 +1245,7 @@ impl Queues {
                     if self.engine.describe(&rec.namespace, &key).await?.is_none() {
                         return Err(CoreError::new(ErrorCode::StateNotFound, "state not found"));
                     }
-                    state_expires = self
+                    let state_expires_ms = self
                         .engine
                         .keepalive(KeepAliveInput {
                             namespace: rec.namespace.clone(),
@@ -1201,18 +1256,20 @@ impl Queues {
                             ttl_seconds: e,
                         })
                         .await?;
+                    state_expires = unix_secs(state_expires_ms);
                     st.expires_at_unix = state_expires;
+                    until = until.max(state_expires_ms);
                 }
             }
-            d.expires_at_unix = now + e;
+            d.set_expires_ms(until);
         }
-        rec.not_visible_until_unix = now + e;
+        rec.set_visible_at_ms(until);
         rec.visibility_timeout_seconds = e;
         rec.meta_etag = uuid::Uuid::now_v7().to_string();
         self.write(&rec, &mut slot).await?;
         shard.lock().settle(&rec.id, Some(&rec));
         Ok(Extended {
-            lease_expires_at_unix: now + e,
+            lease_expires_at_unix: unix_secs(until),
             visibility_timeout_seconds: e,
             meta_etag: rec.meta_etag,
             state_lease_expires_at_unix: state_expires,
@@ -1279,7 +1336,7 @@ impl Queues {
             return;
         }
         rec.attempts = (rec.attempts - 1).max(0);
-        rec.not_visible_until_unix = now_unix();
+        rec.set_visible_at_ms(self.clock().now_ms());
         rec.meta_etag = uuid::Uuid::now_v7().to_string();
         if self.write(&rec, &mut slot).await.is_ok() {
             shard.lock().settle(id, Some(&rec));
@@ -1311,7 +1368,7 @@ impl Queues {
 
     /// Deliveries whose lease is live, over every queue in memory.
     pub fn live_deliveries(&self) -> usize {
-        let now = now_unix();
+        let now = self.clock().now_ms();
         self.shards
             .iter()
             .map(|s| {
@@ -1327,7 +1384,7 @@ impl Queues {
     /// Per-queue figures of every queue in memory, for metrics: one
     /// short lock of each queue's index (call it at scrape time only).
     pub fn gauges(&self) -> Vec<QueueGauge> {
-        let now = now_unix();
+        let now = self.clock().now_ms();
         self.shards
             .iter()
             .map(|s| {
@@ -1365,12 +1422,12 @@ impl Queues {
 
     /// Diagnostics of a queue already at hand.
     pub fn snapshot_of(&self, shard: &QueueShard) -> QueueSnapshot {
-        let now = now_unix();
+        let now = self.clock().now_ms();
         let idx = shard.lock();
         let ready = idx.order.range(..(now + 1, String::new())).count();
         let head = idx.order.first().filter(|(t, _)| *t <= now).map(|(t, id)| {
             let enq = idx.entries.get(id).map(|e| e.enqueued_at).unwrap_or(0);
-            (id.clone(), enq, *t)
+            (id.clone(), enq, unix_secs(*t))
         });
         QueueSnapshot {
             waiting_consumers: shard.waiting.load(Ordering::Relaxed),
@@ -1439,7 +1496,7 @@ impl Queues {
             rec.failure_attempts = 0;
             rec.dead_lettered_at_unix = 0;
             rec.delivery = None;
-            rec.not_visible_until_unix = now_unix();
+            rec.set_visible_at_ms(self.clock().now_ms());
             rec.meta_etag = uuid::Uuid::now_v7().to_string();
             let etags = self
                 .store
@@ -1527,6 +1584,18 @@ async fn sync_shard(store: Arc<dyn Store>, shard: Arc<QueueShard>) -> CoreResult
         shard.wake();
     }
     Ok(())
+}
+
+/// An enqueue or nack delay as the server applies it: negative → 0, longer
+/// than [`MAX_REQUEST_SECONDS`] → that.
+fn clamp_delay(delay_seconds: i64) -> i64 {
+    delay_seconds.clamp(0, MAX_REQUEST_SECONDS)
+}
+
+/// A message's expiry from its `ttl_seconds`: none for ≤ 0, and none for a
+/// TTL beyond [`MAX_REQUEST_SECONDS`] (never earlier than asked).
+fn message_expiry(now_ms: i64, ttl_seconds: i64) -> Option<i64> {
+    (ttl_seconds > 0 && ttl_seconds <= MAX_REQUEST_SECONDS).then(|| add_secs(now_ms, ttl_seconds))
 }
 
 fn encode(rec: &MessageRecord) -> CoreResult<Bytes> {
