@@ -410,3 +410,159 @@ async fn records_written_with_whole_seconds_still_load() {
     assert_eq!(b.payload, b"b");
     ack(&s, &b).await;
 }
+
+/// Edge values and a seeded spread over the whole i64 range.
+fn i64_samples() -> Vec<i64> {
+    let mut v = vec![
+        i64::MIN,
+        i64::MIN + 1,
+        -YEAR - 1,
+        -1_000_000,
+        -2,
+        -1,
+        0,
+        1,
+        2,
+        1799,
+        1800,
+        1801,
+        YEAR - 1,
+        YEAR,
+        YEAR + 1,
+        i64::MAX / 1000,
+        i64::MAX / 1000 + 1,
+        i64::MAX / 2,
+        i64::MAX - 1,
+        i64::MAX,
+    ];
+    // xorshift64*: reproducible, covers every magnitude and sign.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for _ in 0..40 {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        // Spread over the magnitudes too, not only near ±2^63.
+        v.push((r as i64) >> (r % 63));
+    }
+    v
+}
+
+/// Status and JSON body of a response.
+async fn answer(resp: reqwest::Response) -> (u16, Value) {
+    let st = resp.status().as_u16();
+    let v = resp.json().await.unwrap_or(Value::Null);
+    (st, v)
+}
+
+/// Every duration (and count) field of every endpoint, over the whole
+/// i64 range: each request is either served with a deadline within its
+/// documented bound, never in the past, or refused with a 4xx naming a
+/// field; never a 5xx, never a wrapped-around deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_duration_field_is_bounded_over_the_whole_i64_range() {
+    let s = late_server().await;
+    let now = s.now_unix();
+    let lease_max = now + 1800;
+    let year_max = now + YEAR;
+    let in_range = |what: &str, v: i64, got: &Value, lo: i64, hi: i64| {
+        let t = got
+            .as_i64()
+            .unwrap_or_else(|| panic!("{what} {v}: no deadline in the answer"));
+        assert!(
+            (lo..=hi).contains(&t),
+            "{what} {v}: deadline {t} outside [{lo}, {hi}]"
+        );
+    };
+    let served_or_refused = |what: &str, v: i64, st: u16, body: &Value| {
+        assert!(
+            st == 200 || ((400..500).contains(&st) && body["detail"].is_string()),
+            "{what} {v}: {st} {body}"
+        );
+        st == 200
+    };
+    for (i, v) in i64_samples().into_iter().enumerate() {
+        // acquire: ttl_seconds (clamped to --max-ttl), block_seconds on a
+        // free key (served at once whatever the wait).
+        let (st, b) = answer(
+            s.acquire_raw(
+                json!({"key": format!("p{i}"), "owner": "o", "ttl_seconds": v, "block_seconds": v}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(st, 200, "acquire ttl/block {v}: {b}");
+        in_range(
+            "acquire ttl_seconds",
+            v,
+            &b["expires_at_unix"],
+            now,
+            lease_max,
+        );
+        let l = Lease::from_response(&b, &reqwest::header::HeaderMap::new());
+        let (st, b) = answer(s.keepalive(&l, v).await).await;
+        assert_eq!(st, 200, "keepalive ttl_seconds {v}: {b}");
+        in_range(
+            "keepalive ttl_seconds",
+            v,
+            &b["expires_at_unix"],
+            now,
+            lease_max,
+        );
+
+        // enqueue: delay, visibility, ttl, max_attempts.
+        let q = format!("pq{i}");
+        let meta = json!({"queue": q, "delay_seconds": v, "visibility_timeout_seconds": v,
+                          "ttl_seconds": v, "max_attempts": v});
+        let (st, b) = answer(enqueue_raw(&s, &meta, b"x").await).await;
+        if served_or_refused("enqueue", v, st, &b) {
+            in_range(
+                "enqueue delay_seconds",
+                v,
+                &b["not_visible_until_unix"],
+                now,
+                year_max,
+            );
+        }
+        // A message ready now, leased with extreme visibility / wait / page.
+        let (st, b) = answer(enqueue_raw(&s, &json!({"queue": q}), b"y").await).await;
+        assert_eq!(st, 200, "{b}");
+        let body = with(&dq(&q, v, v), json!({"page_size": v}));
+        let resp = dequeue_raw(&s, &body).await;
+        let st = resp.status().as_u16();
+        assert!(st == 200 || st == 409, "dequeue {v}: {st}");
+        if st != 200 {
+            // A delayed first message and wait -1: nothing ready.
+            continue;
+        }
+        let (_, ds) = read_deliveries(resp).await;
+        let d = ds.into_iter().next().expect("a delivery");
+        in_range(
+            "dequeue visibility_timeout_seconds",
+            v,
+            &json!(d.int("lease_expires_at_unix")),
+            now,
+            lease_max,
+        );
+        let (st, b) = answer(extend_raw(&s, &extend_body(&d.msg, v)).await).await;
+        assert_eq!(st, 200, "extend {v}: {b}");
+        in_range(
+            "extend extend_by_seconds",
+            v,
+            &b["lease_expires_at_unix"],
+            now,
+            year_max,
+        );
+        let mut m = d.msg.clone();
+        m["meta_etag"] = b["meta_etag"].clone();
+        let (st, b) =
+            answer(nack_raw(&s, &with(&nack_body(&m), json!({"delay_seconds": v}))).await).await;
+        assert_eq!(st, 200, "nack delay_seconds {v}: {b}");
+        // dlq list: limit.
+        let (st, b) =
+            answer(post_json(&s, "/v1/queue/dlq/list", &json!({"queue": q, "limit": v})).await)
+                .await;
+        assert_eq!(st, 200, "dlq list limit {v}: {b}");
+    }
+    assert_eq!(s.health().await, StatusCode::OK);
+}
