@@ -1216,15 +1216,8 @@ fn raw_reply(authority: &str, req: &[u8]) -> String {
 /// the server wrote one (it may also just close the connection on protocol
 /// garbage).
 fn raw_request(authority: &str, req: &[u8]) -> Option<u16> {
-    let mut sock = std::net::TcpStream::connect(authority).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let _ = sock.write_all(req);
-    let _ = sock.shutdown(std::net::Shutdown::Write);
-    let mut buf = Vec::new();
-    let _ = sock.read_to_end(&mut buf);
-    let head = String::from_utf8_lossy(&buf);
-    let line = head.lines().next()?;
+    let reply = raw_reply(authority, req);
+    let line = reply.lines().next()?;
     let code = line.split_whitespace().nth(1)?;
     code.parse().ok()
 }
