@@ -266,8 +266,11 @@ struct Guarded<T> {
     io: T,
     state: Arc<ConnState>,
     header_timeout: Duration,
-    /// The running header timer and the request count when it started.
-    timer: Option<(Pin<Box<Sleep>>, u64)>,
+    /// When the first byte of a request head came, and the request count
+    /// then; a timer is only armed if the head is not complete at once.
+    head_started: Option<(tokio::time::Instant, u64)>,
+    /// The header timer, once armed.
+    timer: Option<Pin<Box<Sleep>>>,
     /// Holding back an end of stream until this fires.
     eof_hold: Option<Pin<Box<Sleep>>>,
     /// An answer of ours still to be written in place of one of hyper's.
@@ -332,11 +335,11 @@ impl<T: AsyncWrite + Unpin> Guarded<T> {
     /// Takes over a write of hyper's own error answer (see
     /// [`envelope_for`]); returns the length it stands in for.
     fn replace_bare_answer(&mut self, written: &[u8]) -> Option<usize> {
-        // Bytes of a request head were read (its timer runs) and no
-        // request is in the router: whatever is written now is hyper's.
+        // Bytes of a request head were read and no request is in the
+        // router: whatever is written now is hyper's.
         let undispatched = self.state.active.load(Ordering::Acquire) == 0
             && self
-                .timer
+                .head_started
                 .as_ref()
                 .is_some_and(|(_, at)| *at == self.state.started.load(Ordering::Acquire));
         if !undispatched || !written.starts_with(b"HTTP/1.1 4") {
@@ -356,8 +359,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let started = this.state.started.load(Ordering::Acquire);
-        // A request head arrived since the timer started: it is done.
-        if this.timer.as_ref().is_some_and(|(_, at)| *at != started) {
+        // A request head arrived since its first byte: it is done.
+        if this
+            .head_started
+            .as_ref()
+            .is_some_and(|(_, at)| *at != started)
+        {
+            this.head_started = None;
             this.timer = None;
         }
         let before = buf.filled().len();
@@ -383,14 +391,19 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
             }
             Poll::Ready(Ok(())) => {
                 let idle = this.state.active.load(Ordering::Acquire) == 0;
-                if buf.filled().len() > before && idle && this.timer.is_none() {
+                if buf.filled().len() > before && idle && this.head_started.is_none() {
                     // The first bytes of a request head: the clock starts.
-                    this.timer = Some((Box::pin(tokio::time::sleep(this.header_timeout)), started));
+                    // (Most heads arrive whole and never need the timer.)
+                    this.head_started = Some((tokio::time::Instant::now(), started));
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                if let Some((timer, _)) = this.timer.as_mut() {
+                if let Some((at, _)) = this.head_started {
+                    let deadline = at + this.header_timeout;
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                     if timer.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
@@ -624,6 +637,7 @@ async fn serve_connection<I: Accepted>(
         io,
         state,
         header_timeout: limits.header_timeout,
+        head_started: None,
         timer: None,
         eof_hold: None,
         pending: None,
