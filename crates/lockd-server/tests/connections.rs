@@ -244,16 +244,77 @@ async fn the_connection_cap_keeps_a_reserve_for_health_and_acks() {
     )
     .await;
     assert_eq!(st, 200, "{body}");
-    // Past the whole cap, connections are closed at once.
+    // The cap is reached: a new connection closes the oldest idle one and
+    // is served in its place.
     let _eighth = TcpStream::connect(s.authority()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut ninth = TcpStream::connect(s.authority()).await.unwrap();
-    read_until_closed(&mut ninth, Duration::from_secs(10)).await;
-    // Freeing connections lets new ones in.
+    let (st, _) = call(&mut ninth, "GET", "/healthz", "").await;
+    assert_eq!(st, 200, "a new client gets in at the cap");
+    read_until_closed(&mut normal[0], Duration::from_secs(10)).await;
     drop(normal);
     drop(r);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(s.health().await, StatusCode::OK);
+}
+
+/// More idle connections than the cap (an fd-exhaustion attempt): health
+/// checks and real work still get through, since idle connections give
+/// way; with every connection busy, a new one is closed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_connections_cannot_lock_clients_out() {
+    let s = server(limits(|l| {
+        l.max_connections = 16;
+        l.reserve = 4;
+    }))
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        if let Ok(c) = TcpStream::connect(s.authority()).await {
+            idle.push(c);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..5 {
+        assert_eq!(s.health().await, StatusCode::OK);
+    }
+    let l = s.acquire("crowded", "o", 30, -1).await;
+    s.release(&l).await;
+    drop(idle);
+
+    // Every connection busy (blocked acquires): a new one is closed.
+    let s = server(limits(|l| {
+        l.max_connections = 4;
+        l.reserve = 0;
+    }))
+    .await;
+    let held = s.acquire("busy", "holder", 60, -1).await;
+    let mut blocked = Vec::new();
+    for i in 0..4 {
+        let mut c = TcpStream::connect(s.authority()).await.unwrap();
+        let body =
+            format!(r#"{{"key":"busy","owner":"w{i}","ttl_seconds":30,"block_seconds":30}}"#);
+        let req = format!(
+            "POST /v1/acquire HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        c.write_all(req.as_bytes()).await.unwrap();
+        blocked.push(c);
+    }
+    // The test's own client is one of the four until it idles: wait for
+    // the four blocked acquirers to be queued.
+    let start = Instant::now();
+    while s.waiting_acquirers() < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "acquirers never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut extra = TcpStream::connect(s.authority()).await.unwrap();
+    read_until_closed(&mut extra, Duration::from_secs(10)).await;
+    drop(blocked);
+    let _ = held;
 }
 
 /// A slowloris of 1,000 connections dripping request heads: health checks

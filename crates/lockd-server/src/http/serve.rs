@@ -14,8 +14,11 @@
 //!   connections are open at once. The last [`ConnLimits::reserve`] of
 //!   them serve only the requests that let work finish or tell an operator
 //!   how the server is (`/healthz`, `/readyz`, ack, nack, extend,
-//!   keepalive, release); others get `429 throttled` on them. Connections
-//!   past the cap are closed at once.
+//!   keepalive, release); others get `429 throttled` on them. When all are
+//!   taken, a new connection closes the oldest idle one (no request in
+//!   flight) and takes its place, so a flood of idle connections cannot
+//!   lock real clients out; only when every connection is busy is a new
+//!   one closed at once.
 //!
 //! Plain TCP and Unix sockets speak HTTP/1.1 only, as the original does
 //! (no h2c); TLS connections speak HTTP/2 when the client negotiates it by
@@ -186,6 +189,12 @@ struct ConnState {
     started: AtomicU64,
     /// The client closed (or half-closed) its side.
     eof: watch::Sender<bool>,
+    /// Asks the connection to close (it is idle and its place is needed).
+    evict: Notify,
+    /// Eviction was asked for already.
+    evicting: std::sync::atomic::AtomicBool,
+    /// The place the connection holds (set once at accept).
+    slot: std::sync::OnceLock<ConnSlot>,
 }
 
 impl Default for ConnState {
@@ -195,6 +204,9 @@ impl Default for ConnState {
             unanswered: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             eof: watch::Sender::new(false),
+            evict: Notify::new(),
+            evicting: std::sync::atomic::AtomicBool::new(false),
+            slot: std::sync::OnceLock::new(),
         }
     }
 }
@@ -506,19 +518,49 @@ impl HttpBody for Finishing {
     }
 }
 
-/// Open connections, and a wake-up when one closes.
+/// Open connections, oldest first, and a wake-up when one closes.
 #[derive(Default)]
 struct Census {
     open: AtomicUsize,
     closed: Notify,
+    next_id: AtomicU64,
+    /// Every open connection by its (increasing) id.
+    conns: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<ConnState>>>,
 }
 
-struct Counted(Arc<Census>);
+impl Census {
+    /// Asks the oldest idle connection (none of its requests in flight, not
+    /// asked before) to close, and returns the place it frees; `None` if
+    /// every connection is busy.
+    fn evict_oldest_idle(&self) -> Option<ConnSlot> {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        for state in conns.values() {
+            if state.active.load(Ordering::Acquire) == 0
+                && !state.evicting.swap(true, Ordering::AcqRel)
+            {
+                state.evict.notify_one();
+                return Some(state.slot.get().copied().unwrap_or(ConnSlot::Reserve));
+            }
+        }
+        None
+    }
+}
+
+/// A connection's place in the census, given up when it closes.
+struct Counted {
+    census: Arc<Census>,
+    id: u64,
+}
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-        self.0.closed.notify_waiters();
+        self.census
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+        self.census.open.fetch_sub(1, Ordering::AcqRel);
+        self.census.closed.notify_waiters();
     }
 }
 
@@ -557,33 +599,52 @@ pub async fn serve<A: Acceptor>(
             io = listener.accept() => io,
             _ = stop.wait_for(|s| *s) => break,
         };
-        let open = census.open.fetch_add(1, Ordering::AcqRel) + 1;
-        let guard = Counted(census.clone());
-        if open > limits.max_connections {
-            // Past the cap: closed at once (the descriptor is freed now).
-            drop(io);
-            drop(guard);
-            let now = tokio::time::Instant::now();
-            if refused_logged.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60)) {
-                refused_logged = Some(now);
-                tracing::warn!(
-                    sys = "api.http.server",
-                    max_connections = limits.max_connections,
-                    "connection limit reached; refusing new connections"
-                );
+        let open = census.open.load(Ordering::Acquire) + 1;
+        let slot = if open > limits.max_connections {
+            // Full: the oldest idle connection makes room and this one
+            // takes its place; if every one is busy, the new one is closed
+            // at once (its descriptor freed).
+            match census.evict_oldest_idle() {
+                Some(freed) => freed,
+                None => {
+                    drop(io);
+                    let now = tokio::time::Instant::now();
+                    if refused_logged
+                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+                    {
+                        refused_logged = Some(now);
+                        tracing::warn!(
+                            sys = "api.http.server",
+                            max_connections = limits.max_connections,
+                            "connection limit reached with every connection busy; refusing new connections"
+                        );
+                    }
+                    continue;
+                }
             }
-            continue;
-        }
-        let slot = if open > limits.max_connections.saturating_sub(limits.reserve) {
+        } else if open > limits.max_connections.saturating_sub(limits.reserve) {
             ConnSlot::Reserve
         } else {
             ConnSlot::Normal
+        };
+        census.open.fetch_add(1, Ordering::AcqRel);
+        let id = census.next_id.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(ConnState::default());
+        let _ = state.slot.set(slot);
+        census
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, state.clone());
+        let guard = Counted {
+            census: census.clone(),
+            id,
         };
         let app = app.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            serve_connection(io, app, limits, slot, stop).await;
+            serve_connection(io, state, app, limits, slot, stop).await;
         });
     }
     // Stopped: wait for the open connections to finish.
@@ -598,6 +659,7 @@ pub async fn serve<A: Acceptor>(
 
 async fn serve_connection<I: Accepted>(
     io: I,
+    state: Arc<ConnState>,
     app: Router,
     limits: ConnLimits,
     slot: ConnSlot,
@@ -605,7 +667,7 @@ async fn serve_connection<I: Accepted>(
 ) {
     let peer = io.peer();
     let h2 = io.h2();
-    let state = Arc::new(ConnState::default());
+    let evict_state = state.clone();
     let svc_state = state.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let state = svc_state.clone();
@@ -650,6 +712,7 @@ async fn serve_connection<I: Accepted>(
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+            _ = evict_state.evict.notified() => conn.as_mut().graceful_shutdown(),
         }
         let _ = conn.await;
     } else {
@@ -664,6 +727,10 @@ async fn serve_connection<I: Accepted>(
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+            // Idle, and its place is needed: a graceful shutdown of an idle
+            // HTTP/1 connection closes it now (a request that just began
+            // is still answered).
+            _ = evict_state.evict.notified() => conn.as_mut().graceful_shutdown(),
         }
         let _ = conn.await;
     }
