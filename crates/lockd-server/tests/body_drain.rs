@@ -296,6 +296,31 @@ async fn send_split(
     read_reply(c, &mut Vec::new()).await
 }
 
+/// Sends a body with a declared length, the last 5 bytes in a second write
+/// 50 ms later; then reads the response.
+async fn send_declared(
+    c: &mut Box<dyn Conn>,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Reply {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: lockd\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    let (first, last) = body.split_at(body.len() - 5);
+    c.write_all(head.as_bytes()).await.expect("write head");
+    c.write_all(first).await.expect("write body");
+    c.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.write_all(last)
+        .await
+        .expect("the last bytes are accepted, not refused");
+    c.flush().await.expect("flush the rest");
+    read_reply(c, &mut Vec::new()).await
+}
+
 /// The next request on the same connection is served.
 async fn still_usable(c: &mut Box<dyn Conn>, what: &str) {
     c.write_all(b"GET /healthz HTTP/1.1\r\nHost: lockd\r\n\r\n")
@@ -387,6 +412,20 @@ async fn all_cases(kind: &str) {
     );
     huge.must_close = true;
     run(&t, huge).await;
+    // A declared length past the limit: 413 before the body is read; the
+    // server closes, lingering, so the client still writes and reads.
+    let mut c = t.connect().await;
+    let big = multipart(meta, &vec![b'p'; 2 * 1024 * 1024]);
+    let r = send_declared(
+        &mut c,
+        "/v1/queue/enqueue",
+        "multipart/related; boundary=XX",
+        &big,
+    )
+    .await;
+    assert_eq!(r.status, 413, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.error_code(), "request_too_large");
+    assert!(r.closes(), "a refused declared body closes the connection");
     run(
         &t,
         Case {
