@@ -394,25 +394,15 @@ fn mismatch() -> CoreError {
     )
 }
 
+/// A Unix time as RFC 3339 in UTC (`2035-01-02T03:04:05Z`).
 fn rfc3339(secs: i64) -> String {
-    // Civil-from-days (Howard Hinnant), enough for a UTC timestamp.
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
 }
 
 impl Queues {
@@ -1602,4 +1592,14 @@ fn encode(rec: &MessageRecord) -> CoreResult<Bytes> {
     serde_json::to_vec(rec)
         .map(Bytes::from)
         .map_err(|e| CoreError::new(ErrorCode::InternalError, format!("encode message: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_rfc3339_in_utc() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::rfc3339(-1), "1969-12-31T23:59:59Z");
+    }
 }
