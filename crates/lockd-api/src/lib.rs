@@ -17,6 +17,7 @@
 //! ```
 
 pub mod delivery;
+pub mod endpoints;
 pub mod error;
 pub mod headers;
 pub mod names;

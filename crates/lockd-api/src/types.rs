@@ -1,8 +1,10 @@
 //! Request and response bodies of the lease and state endpoints.
 //!
-//! Requests derive `Deserialize` for convenience in clients and tests; the
-//! server decodes them with its own strict, case-insensitive decoder
-//! (PROTOCOL.md §1.2).
+//! Request bodies are what clients send and what the server decodes. Every
+//! field of a request defaults to its zero value when absent, as in the
+//! original's Go structs; the server decodes them with its strict decoder
+//! (field names matched case-insensitively, unknown fields and trailing
+//! data refused: PROTOCOL.md §1.2), while ordinary serde use stays lenient.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +16,7 @@ fn is_false(v: &bool) -> bool {
 
 /// `POST /v1/acquire` body.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AcquireRequest {
     /// Namespace; the server default when empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -25,10 +28,8 @@ pub struct AcquireRequest {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub ttl_seconds: i64,
     /// Who holds the lease (required).
-    #[serde(default)]
     pub owner: String,
     /// 0 waits forever, -1 not at all, N > 0 up to N seconds.
-    #[serde(default)]
     pub block_seconds: i64,
     /// Fail with `already_exists` if the key was ever acquired.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -69,8 +70,10 @@ pub struct AcquireResponse {
     pub correlation_id: String,
 }
 
-/// `POST /v1/keepalive` body.
+/// `POST /v1/keepalive` body. The fencing token travels in
+/// `X-Fencing-Token`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct KeepAliveRequest {
     /// Namespace.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -82,9 +85,13 @@ pub struct KeepAliveRequest {
     /// New TTL from now; ≤ 0 means the server default.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub ttl_seconds: i64,
-    /// Transaction id of the lease.
+    /// Transaction id of the lease (`X-Txn-Id` wins when both are sent).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub txn_id: String,
+    /// The fencing token again (liblockdc sends it); when present it must
+    /// equal `X-Fencing-Token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing_token: Option<i64>,
 }
 
 /// `POST /v1/keepalive` 200 body.
@@ -94,8 +101,10 @@ pub struct KeepAliveResponse {
     pub expires_at_unix: i64,
 }
 
-/// `POST /v1/release` body.
+/// `POST /v1/release` body. The fencing token travels in
+/// `X-Fencing-Token`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ReleaseRequest {
     /// Namespace.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -124,6 +133,15 @@ pub struct MetadataAttributes {
     /// Hidden from `/v1/query`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub query_hidden: bool,
+}
+
+/// `POST /v1/metadata` body; `X-Lockd-Meta-Query-Hidden` wins over it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MetadataRequest {
+    /// Hide the key from `/v1/query`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_hidden: Option<bool>,
 }
 
 /// `POST /v1/update` 200 body.

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::BodyExt;
 use lockd_api::ErrorCode;
-use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::de::value::StringDeserializer;
+use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
 use super::error::ApiError;
@@ -26,13 +27,95 @@ pub async fn read_body(body: Body, limit: u64, too_large: ErrorCode) -> Result<B
     }
 }
 
-/// A JSON object decoded strictly: field names matched case-insensitively,
-/// last duplicate wins, every field must be claimed by the handler.
-pub struct Fields {
-    map: HashMap<String, Value>,
-    code: ErrorCode,
+/// What a body's unknown fields do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unknown {
+    /// Refused with `json: unknown field "<name>"` (every JSON body but
+    /// enqueue's `meta` part).
+    Refuse,
+    /// Ignored (enqueue's `meta` part, as in the original).
+    Ignore,
 }
 
+/// How a request body is decoded into its `lockd-api` type.
+#[derive(Clone, Copy, Debug)]
+pub struct Decode {
+    /// An empty (or whitespace) body means `{}`; otherwise it is `EOF`.
+    pub allow_empty: bool,
+    /// What unknown fields do.
+    pub unknown: Unknown,
+    /// The error code of every decoding failure.
+    pub code: ErrorCode,
+}
+
+impl Decode {
+    /// A required JSON object, strictly decoded, failing with
+    /// `invalid_body`.
+    pub const BODY: Decode = Decode {
+        allow_empty: false,
+        unknown: Unknown::Refuse,
+        code: ErrorCode::InvalidBody,
+    };
+
+    /// [`Decode::BODY`], but an empty body is `{}`.
+    pub const OPTIONAL_BODY: Decode = Decode {
+        allow_empty: true,
+        ..Decode::BODY
+    };
+}
+
+/// Reads a body of at most `limit` bytes and decodes it into `T`: the one
+/// way handlers turn a JSON body into a request type (see [`decode`]).
+pub async fn read_json<T: DeserializeOwned>(
+    body: Body,
+    limit: u64,
+    how: Decode,
+) -> Result<T, ApiError> {
+    let raw = read_body(body, limit, how.code).await?;
+    decode(&raw, how)
+}
+
+/// Decodes one JSON object (or `null`) into a request type with the
+/// original's rules (PROTOCOL.md §1.2): field names match
+/// case-insensitively, the last duplicate wins, `null` leaves a field at
+/// its zero value, a wrong type names the field, unknown fields are
+/// refused (unless `how.unknown` says otherwise) and so is anything after
+/// the object. The whole body is decoded before a handler validates any
+/// field.
+pub fn decode<T: DeserializeOwned>(body: &[u8], how: Decode) -> Result<T, ApiError> {
+    let fail = |detail: String| ApiError::new(how.code, detail);
+    let entries = if body.iter().all(u8::is_ascii_whitespace) {
+        if !how.allow_empty {
+            return Err(fail("EOF".into()));
+        }
+        Vec::new()
+    } else {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let entries: Entries =
+            serde::Deserialize::deserialize(&mut de).map_err(|e| fail(format!("json: {e}")))?;
+        de.end()
+            .map_err(|_| fail("unexpected trailing JSON value".into()))?;
+        entries.0
+    };
+    // Go leaves a field alone on `null`, and a later spelling of a name
+    // overwrites an earlier one whatever its case.
+    let mut fields: Vec<(String, String, Value)> = Vec::with_capacity(entries.len());
+    for (name, value) in entries {
+        if value.is_null() {
+            continue;
+        }
+        let folded = name.to_lowercase();
+        fields.retain(|(f, _, _)| *f != folded);
+        fields.push((folded, name, value));
+    }
+    T::deserialize(Object {
+        fields,
+        unknown: how.unknown,
+    })
+    .map_err(|e| fail(e.0))
+}
+
+/// A JSON object's members in order (`null` is an empty object).
 struct Entries(Vec<(String, Value)>);
 
 impl<'de> serde::Deserialize<'de> for Entries {
@@ -58,101 +141,224 @@ impl<'de> serde::Deserialize<'de> for Entries {
     }
 }
 
-impl Fields {
-    /// Parses `body` as one JSON object (or `null`). An empty body is `{}`
-    /// when `allow_empty`, else an `EOF` error. Errors use `code`.
-    pub fn parse(body: &[u8], allow_empty: bool, code: ErrorCode) -> Result<Fields, ApiError> {
-        let fail = |detail: String| ApiError::new(code, detail);
-        if body.iter().all(u8::is_ascii_whitespace) {
-            if allow_empty {
-                return Ok(Fields {
-                    map: HashMap::new(),
-                    code,
-                });
+/// A decoding failure's detail, Go-style (`json: …`).
+#[derive(Debug)]
+struct DecodeError(String);
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl serde::de::Error for DecodeError {
+    fn custom<M: std::fmt::Display>(msg: M) -> Self {
+        DecodeError(format!("json: {msg}"))
+    }
+}
+
+/// The body's members: folded name, name as sent, value.
+struct Object {
+    fields: Vec<(String, String, Value)>,
+    unknown: Unknown,
+}
+
+impl<'de> Deserializer<'de> for Object {
+    type Error = DecodeError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        visitor.visit_map(Members {
+            fields: self.fields.into_iter(),
+            current: None,
+            unknown: self.unknown,
+        })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+struct Members {
+    fields: std::vec::IntoIter<(String, String, Value)>,
+    current: Option<(String, Value)>,
+    unknown: Unknown,
+}
+
+impl<'de> MapAccess<'de> for Members {
+    type Error = DecodeError;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DecodeError> {
+        let Some((folded, name, value)) = self.fields.next() else {
+            return Ok(None);
+        };
+        self.current = Some((name, value));
+        seed.deserialize(StringDeserializer::<DecodeError>::new(folded))
+            .map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, DecodeError> {
+        let (name, value) = self
+            .current
+            .take()
+            .ok_or_else(|| DecodeError("json: value without a field".into()))?;
+        seed.deserialize(Member {
+            name,
+            value,
+            unknown: self.unknown,
+        })
+    }
+}
+
+/// One member's value. It knows which Go type the request type asks
+/// for (from the method serde calls), so a mismatch reads like Go's; and
+/// a member the type does not claim arrives as `ignored_any`.
+struct Member {
+    name: String,
+    value: Value,
+    unknown: Unknown,
+}
+
+impl Member {
+    fn mismatch(&self, go_type: &str) -> DecodeError {
+        DecodeError(format!(
+            "json: cannot unmarshal value into field {:?} of type {go_type}",
+            self.name
+        ))
+    }
+}
+
+macro_rules! typed {
+    ($($method:ident => $go:literal,)*) => {
+        $(
+            fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+                let err = self.mismatch($go);
+                self.value.$method(visitor).map_err(|_| err)
             }
-            return Err(fail("EOF".into()));
-        }
-        let mut de = serde_json::Deserializer::from_slice(body);
-        let entries: Entries =
-            serde::Deserialize::deserialize(&mut de).map_err(|e| fail(format!("json: {e}")))?;
-        de.end()
-            .map_err(|_| fail("unexpected trailing JSON value".into()))?;
-        let mut map = HashMap::with_capacity(entries.0.len());
-        for (k, v) in entries.0 {
-            map.insert(k.to_lowercase(), v);
-        }
-        Ok(Fields { map, code })
+        )*
+    };
+}
+
+impl<'de> Deserializer<'de> for Member {
+    type Error = DecodeError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        let err = self.mismatch("value");
+        self.value.deserialize_any(visitor).map_err(|_| err)
     }
 
-    /// No fields at all (an absent body that is allowed to be absent).
-    pub fn empty(code: ErrorCode) -> Fields {
-        Fields {
-            map: HashMap::new(),
-            code,
-        }
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        // Nulls never get here: they were dropped as Go drops them.
+        visitor.visit_some(self)
     }
 
-    /// Any JSON value, `None` when absent or null.
-    pub fn value(&mut self, name: &str) -> Option<Value> {
-        self.map.remove(name).filter(|v| !v.is_null())
-    }
-
-    fn type_error(&self, name: &str, want: &str) -> ApiError {
-        ApiError::new(
-            self.code,
-            format!("json: cannot unmarshal value into field {name:?} of type {want}"),
-        )
-    }
-
-    /// A string field ("" when absent or null).
-    pub fn string(&mut self, name: &str) -> Result<String, ApiError> {
-        match self.map.remove(name) {
-            None | Some(Value::Null) => Ok(String::new()),
-            Some(Value::String(s)) => Ok(s),
-            Some(_) => Err(self.type_error(name, "string")),
+    fn deserialize_ignored_any<V: Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        match self.unknown {
+            Unknown::Refuse => Err(DecodeError(format!("json: unknown field {:?}", self.name))),
+            Unknown::Ignore => visitor.visit_unit(),
         }
     }
 
-    /// An integer field (0 when absent or null; no fractions, no strings).
-    pub fn int(&mut self, name: &str) -> Result<i64, ApiError> {
-        Ok(self.opt_int(name)?.unwrap_or(0))
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        visitor.visit_newtype_struct(self)
     }
 
-    /// An integer field, `None` when absent or null.
-    pub fn opt_int(&mut self, name: &str) -> Result<Option<i64>, ApiError> {
-        match self.map.remove(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => match n.as_i64() {
-                Some(i) => Ok(Some(i)),
-                None => Err(self.type_error(name, "int64")),
-            },
-            Some(_) => Err(self.type_error(name, "int64")),
-        }
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        let err = self.mismatch("object");
+        self.value
+            .deserialize_struct(name, fields, visitor)
+            .map_err(|_| err)
     }
 
-    /// A boolean field, `None` when absent or null.
-    pub fn opt_bool(&mut self, name: &str) -> Result<Option<bool>, ApiError> {
-        match self.map.remove(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(b)),
-            Some(_) => Err(self.type_error(name, "bool")),
-        }
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        let err = self.mismatch("string");
+        self.value
+            .deserialize_enum(name, variants, visitor)
+            .map_err(|_| err)
     }
 
-    /// A boolean field (false when absent or null).
-    pub fn boolean(&mut self, name: &str) -> Result<bool, ApiError> {
-        Ok(self.opt_bool(name)?.unwrap_or(false))
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        let err = self.mismatch("value");
+        self.value
+            .deserialize_unit_struct(name, visitor)
+            .map_err(|_| err)
     }
 
-    /// Refuses any field the handler did not claim.
-    pub fn finish(self) -> Result<(), ApiError> {
-        match self.map.keys().min() {
-            Some(k) => Err(ApiError::new(
-                self.code,
-                format!("json: unknown field {k:?}"),
-            )),
-            None => Ok(()),
-        }
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        let err = self.mismatch("array");
+        self.value.deserialize_tuple(len, visitor).map_err(|_| err)
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        let err = self.mismatch("array");
+        self.value
+            .deserialize_tuple_struct(name, len, visitor)
+            .map_err(|_| err)
+    }
+
+    typed! {
+        deserialize_bool => "bool",
+        deserialize_i8 => "int8",
+        deserialize_i16 => "int16",
+        deserialize_i32 => "int32",
+        deserialize_i64 => "int64",
+        deserialize_i128 => "int64",
+        deserialize_u8 => "uint8",
+        deserialize_u16 => "uint16",
+        deserialize_u32 => "uint32",
+        deserialize_u64 => "uint64",
+        deserialize_u128 => "uint64",
+        deserialize_f32 => "float32",
+        deserialize_f64 => "float64",
+        deserialize_char => "string",
+        deserialize_str => "string",
+        deserialize_string => "string",
+        deserialize_bytes => "[]byte",
+        deserialize_byte_buf => "[]byte",
+        deserialize_unit => "value",
+        deserialize_seq => "array",
+        deserialize_map => "object",
+        deserialize_identifier => "string",
     }
 }
 

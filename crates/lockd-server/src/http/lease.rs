@@ -7,9 +7,12 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::Extension;
 use http::{HeaderMap, StatusCode, Uri};
-use lockd_api::{headers, names, AcquireResponse, ErrorCode, KeepAliveResponse, ReleaseResponse};
+use lockd_api::{
+    headers, names, AcquireRequest, AcquireResponse, ErrorCode, KeepAliveRequest,
+    KeepAliveResponse, ReleaseRequest, ReleaseResponse,
+};
 
-use super::decode::{header, int_header, is_xid, read_body, Fields, Query};
+use super::decode::{header, int_header, is_xid, read_json, Decode, Query};
 use super::{
     client_left, required_key, respond, ApiError, AppState, Caller, ClientGone, CorrelationId,
 };
@@ -27,17 +30,17 @@ pub async fn acquire(
     h: HeaderMap,
     body: Body,
 ) -> Res {
-    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
-    let mut f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
-    let namespace = f.string("namespace")?;
-    let mut key = f.string("key")?;
-    let ttl = f.int("ttl_seconds")?;
+    let AcquireRequest {
+        namespace,
+        mut key,
+        ttl_seconds: ttl,
+        owner,
+        block_seconds,
+        if_not_exists,
+        mut txn_id,
+    } = read_json(body, app.json_max, Decode::BODY).await?;
     // Under mTLS the owner carries the caller's certificate identity.
-    let owner = caller.lease_owner(f.string("owner")?);
-    let block_seconds = f.int("block_seconds")?;
-    let if_not_exists = f.boolean("if_not_exists")?;
-    let mut txn_id = f.string("txn_id")?;
-    f.finish()?;
+    let owner = caller.lease_owner(owner);
     if key.is_empty() {
         key = Query::parse(uri.query()).get("key").to_string();
     }
@@ -136,17 +139,16 @@ pub async fn keepalive(
         ErrorCode::MissingFencingToken,
         ErrorCode::InvalidFencingToken,
     )?;
-    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
-    let mut f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
-    let namespace = f.string("namespace")?;
-    let key = f.string("key")?;
-    let lease_id = f.string("lease_id")?;
-    let ttl = f.int("ttl_seconds")?;
-    let body_txn = f.string("txn_id")?;
+    let KeepAliveRequest {
+        namespace,
+        key,
+        lease_id,
+        ttl_seconds: ttl,
+        txn_id: body_txn,
+        fencing_token: body_token,
+    } = read_json(body, app.json_max, Decode::BODY).await?;
     // liblockdc sends its token in the body too; accept it, and insist that
     // it agrees with the header when both are present.
-    let body_token = f.opt_int("fencing_token")?;
-    f.finish()?;
     if body_token.is_some_and(|b| b != fencing_token) {
         return Err(ApiError::new(
             ErrorCode::FencingMismatch,
@@ -211,14 +213,13 @@ pub async fn release(
         ErrorCode::MissingFencingToken,
         ErrorCode::InvalidFencingToken,
     )?;
-    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
-    let mut f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
-    let namespace = f.string("namespace")?;
-    let key = f.string("key")?;
-    let lease_id = f.string("lease_id")?;
-    let txn_id = f.string("txn_id")?;
-    let rollback = f.boolean("rollback")?;
-    f.finish()?;
+    let ReleaseRequest {
+        namespace,
+        key,
+        lease_id,
+        txn_id,
+        rollback,
+    } = read_json(body, app.json_max, Decode::BODY).await?;
     let q = Query::parse(uri.query());
     let ns = app.namespace_for(
         if namespace.is_empty() {

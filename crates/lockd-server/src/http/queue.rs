@@ -13,13 +13,14 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use lockd_api::{
-    headers, names, AckResponse, DeadLetterList, EnqueueResponse, ErrorCode, ExtendResponse,
-    NackResponse, QueueStatsResponse, QueueWatchEvent, RedriveResponse,
+    headers, names, AckRequest, AckResponse, DeadLetterGetRequest, DeadLetterList,
+    DeadLetterListRequest, DequeueRequest, EnqueueRequest, EnqueueResponse, ErrorCode,
+    ExtendRequest, ExtendResponse, NackRequest, NackResponse, QueueRequest, QueueStatsResponse,
+    QueueWatchEvent, RedriveRequest, RedriveResponse,
 };
-use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::decode::{header, is_xid, read_body, Fields, Query};
+use super::decode::{decode, header, is_xid, read_json, Decode, Query, Unknown};
 use super::{
     client_left, multipart, respond, ApiError, AppState, Caller, ClientGone, CorrelationId,
 };
@@ -79,7 +80,7 @@ pub async fn enqueue(
         )
     })?;
     let mut parts = multer::Multipart::new(body.into_data_stream(), boundary);
-    let mut meta: Option<Fields> = None;
+    let mut meta: Option<EnqueueRequest> = None;
     let mut payload: Option<ByteStream> = None;
     loop {
         let field = parts
@@ -89,7 +90,13 @@ pub async fn enqueue(
         let Some(field) = field else { break };
         if field.name() == Some("meta") && meta.is_none() {
             let raw = read_limited(field, META_MAX).await?;
-            meta = Some(Fields::parse(&raw, true, ErrorCode::InvalidBody)?);
+            meta = Some(decode(
+                &raw,
+                Decode {
+                    unknown: Unknown::Ignore,
+                    ..Decode::OPTIONAL_BODY
+                },
+            )?);
             continue;
         }
         // The payload part (or the first unnamed part): stream it and stop.
@@ -97,21 +104,22 @@ pub async fn enqueue(
         payload = Some(Box::pin(stream));
         break;
     }
-    let mut f = meta.unwrap_or_else(|| Fields::empty(ErrorCode::InvalidBody));
-    let namespace = f.string("namespace")?;
-    let queue = f.string("queue")?;
-    let delay_seconds = f.int("delay_seconds")?;
-    let visibility_timeout_seconds = f.int("visibility_timeout_seconds")?;
-    let ttl_seconds = f.int("ttl_seconds")?;
-    let max_attempts = f.int("max_attempts")?;
-    let attributes = f.value("attributes");
+    let EnqueueRequest {
+        namespace,
+        queue,
+        delay_seconds,
+        visibility_timeout_seconds,
+        ttl_seconds,
+        max_attempts,
+        attributes,
+        payload_content_type,
+    } = meta.unwrap_or_default();
     if attributes.as_ref().is_some_and(|a| !a.is_object()) {
         return Err(ApiError::new(
             ErrorCode::InvalidBody,
             "attributes must be a JSON object",
         ));
     }
-    let payload_content_type = f.string("payload_content_type")?;
     let ns = app.namespace_for(&namespace, &caller, Access::Write)?;
     let q = Query::parse(uri.query());
     let queue = queue_name(or_query(&queue, &q, "queue"), ErrorCode::InvalidQueue)?;
@@ -191,17 +199,16 @@ async fn consumer(
     body: Body,
     stateful: bool,
 ) -> Result<Consumer, ApiError> {
-    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
-    let mut f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
-    let namespace = f.string("namespace")?;
-    let queue = f.string("queue")?;
-    let owner = f.string("owner")?;
-    let txn_id = f.string("txn_id")?;
-    let visibility = f.int("visibility_timeout_seconds")?;
-    let wait = f.int("wait_seconds")?;
-    let page_size = f.int("page_size")?;
-    let _start_after = f.string("start_after")?;
-    f.finish()?;
+    let DequeueRequest {
+        namespace,
+        queue,
+        owner,
+        txn_id,
+        visibility_timeout_seconds: visibility,
+        wait_seconds: wait,
+        page_size,
+        start_after: _,
+    } = read_json(body, app.json_max, Decode::OPTIONAL_BODY).await?;
     let q = Query::parse(uri.query());
     let ns = app.namespace_for(or_query(&namespace, &q, "namespace"), caller, Access::Read)?;
     let requested = or_query(&queue, &q, "queue").trim().to_string();
@@ -534,34 +541,52 @@ async fn send_delivery(
     true
 }
 
-/// The fields of ack/nack/extend shared by all three. `rest` reads the
-/// endpoint's own fields; the whole body is decoded (unknown fields, wrong
-/// types) before any field is validated (PROTOCOL.md §1.2).
-fn message_ref<T>(
+/// The delivery an ack, nack or extend settles, as its body names it.
+struct Settle {
+    namespace: String,
+    queue: String,
+    message_id: String,
+    lease_id: String,
+    txn_id: String,
+    fencing_token: i64,
+    meta_etag: String,
+    state_lease_id: String,
+    state_fencing_token: i64,
+}
+
+/// Moves the fields every settling request shares out of `$req` (an
+/// [`AckRequest`], [`NackRequest`] or [`ExtendRequest`]).
+macro_rules! settle {
+    ($req:expr) => {
+        Settle {
+            namespace: $req.namespace,
+            queue: $req.queue,
+            message_id: $req.message_id,
+            lease_id: $req.lease_id,
+            txn_id: $req.txn_id,
+            fencing_token: $req.fencing_token,
+            meta_etag: $req.meta_etag,
+            state_lease_id: $req.state_lease_id,
+            state_fencing_token: $req.state_fencing_token,
+        }
+    };
+}
+
+/// Validates the delivery an ack/nack/extend names. The body was decoded
+/// whole before (unknown fields, wrong types: PROTOCOL.md §1.2).
+fn message_ref(
     app: &AppState,
     caller: &Caller,
     uri: &Uri,
-    mut f: Fields,
+    s: Settle,
     need_meta_etag: bool,
-    rest: impl FnOnce(&mut Fields) -> Result<T, ApiError>,
-) -> Result<(MessageRef, T), ApiError> {
-    let namespace = f.string("namespace")?;
-    let queue = f.string("queue")?;
-    let message_id = f.string("message_id")?;
-    let lease_id = f.string("lease_id")?;
-    let txn_id = f.string("txn_id")?;
-    let fencing_token = f.int("fencing_token")?;
-    let meta_etag = f.string("meta_etag")?;
-    let state_lease_id = f.string("state_lease_id")?;
-    let state_fencing_token = f.int("state_fencing_token")?;
-    let extra = rest(&mut f)?;
-    f.finish()?;
+) -> Result<MessageRef, ApiError> {
     let q = Query::parse(uri.query());
-    let ns = app.namespace_for(or_query(&namespace, &q, "namespace"), caller, Access::Read)?;
-    if queue.trim().is_empty()
-        || message_id.is_empty()
-        || lease_id.is_empty()
-        || (need_meta_etag && meta_etag.is_empty())
+    let ns = app.namespace_for(or_query(&s.namespace, &q, "namespace"), caller, Access::Read)?;
+    if s.queue.trim().is_empty()
+        || s.message_id.is_empty()
+        || s.lease_id.is_empty()
+        || (need_meta_etag && s.meta_etag.is_empty())
     {
         let need = if need_meta_etag {
             "queue, message_id, lease_id and meta_etag are required"
@@ -570,27 +595,24 @@ fn message_ref<T>(
         };
         return Err(ApiError::new(ErrorCode::MissingFields, need));
     }
-    let invalid = if state_lease_id.is_empty() {
+    let invalid = if s.state_lease_id.is_empty() {
         ErrorCode::InvalidQueueKey
     } else {
         ErrorCode::InvalidQueueStateKey
     };
-    let queue = queue_name(&queue, invalid)?;
-    Ok((
-        MessageRef {
-            namespace: ns,
-            queue,
-            message_id,
-            lease_id,
-            fencing_token,
-            txn_id,
-            meta_etag,
-            state_lease_id,
-            state_fencing_token,
-            state_etag: String::new(),
-        },
-        extra,
-    ))
+    let queue = queue_name(&s.queue, invalid)?;
+    Ok(MessageRef {
+        namespace: ns,
+        queue,
+        message_id: s.message_id,
+        lease_id: s.lease_id,
+        fencing_token: s.fencing_token,
+        txn_id: s.txn_id,
+        meta_etag: s.meta_etag,
+        state_lease_id: s.state_lease_id,
+        state_fencing_token: s.state_fencing_token,
+        state_etag: String::new(),
+    })
 }
 
 fn with_correlation(mut resp: Response, cid: &str) -> Response {
@@ -600,10 +622,9 @@ fn with_correlation(mut resp: Response, cid: &str) -> Response {
 
 /// `POST /v1/queue/ack`.
 pub async fn ack(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, body: Body) -> Res {
-    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
-    let f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
-    let (mut r, state_etag) =
-        message_ref(&app, &caller, &uri, f, false, |f| f.string("state_etag"))?;
+    let req: AckRequest = read_json(body, app.json_max, Decode::BODY).await?;
+    let state_etag = req.state_etag.clone();
+    let mut r = message_ref(&app, &caller, &uri, settle!(req), false)?;
     r.state_etag = state_etag;
     let cid = app.queues.ack(&r).await?;
     Ok(with_correlation(
@@ -620,16 +641,9 @@ pub async fn ack(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, bod
 
 /// `POST /v1/queue/nack`.
 pub async fn nack(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, body: Body) -> Res {
-    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
-    let f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
-    let (r, (delay, intent, last_error)) = message_ref(&app, &caller, &uri, f, true, |f| {
-        let _state_etag = f.string("state_etag")?;
-        Ok((
-            f.int("delay_seconds")?,
-            f.string("intent")?,
-            f.value("last_error"),
-        ))
-    })?;
+    let req: NackRequest = read_json(body, app.json_max, Decode::BODY).await?;
+    let (delay, intent, last_error) = (req.delay_seconds, req.intent.clone(), req.last_error.clone());
+    let r = message_ref(&app, &caller, &uri, settle!(req), true)?;
     let intent = match intent.trim().to_ascii_lowercase().as_str() {
         "" | "failure" => NackIntent::Failure,
         "defer" => NackIntent::Defer,
@@ -662,9 +676,9 @@ pub async fn nack(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, bo
 
 /// `POST /v1/queue/extend`.
 pub async fn extend(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, body: Body) -> Res {
-    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
-    let f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
-    let (r, extend_by) = message_ref(&app, &caller, &uri, f, true, |f| f.int("extend_by_seconds"))?;
+    let req: ExtendRequest = read_json(body, app.json_max, Decode::BODY).await?;
+    let extend_by = req.extend_by_seconds;
+    let r = message_ref(&app, &caller, &uri, settle!(req), true)?;
     let out = app.queues.extend(&r, extend_by).await?;
     let cid = out.correlation_id.clone();
     Ok(with_correlation(
@@ -682,26 +696,22 @@ pub async fn extend(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, 
     ))
 }
 
-/// Namespace and queue of stats/watch/dlq requests (body, else query).
-/// `rest` reads the endpoint's own fields; the body is decoded whole
-/// before anything is validated (PROTOCOL.md §1.2).
-fn addressed_queue<T>(
+/// Namespace and queue of stats/watch/dlq requests (body, else query),
+/// validated after the whole body was decoded (PROTOCOL.md §1.2): the
+/// namespace, the queue name and the queue name as requested.
+fn addressed_queue(
     app: &AppState,
     caller: &Caller,
     access: Access,
     uri: &Uri,
-    mut f: Fields,
-    rest: impl FnOnce(&mut Fields) -> Result<T, ApiError>,
-) -> Result<(String, String, String, T), ApiError> {
-    let namespace = f.string("namespace")?;
-    let queue = f.string("queue")?;
-    let extra = rest(&mut f)?;
-    f.finish()?;
+    namespace: &str,
+    queue: &str,
+) -> Result<(String, String, String), ApiError> {
     let q = Query::parse(uri.query());
-    let ns = app.namespace_for(or_query(&namespace, &q, "namespace"), caller, access)?;
-    let requested = or_query(&queue, &q, "queue").trim().to_string();
+    let ns = app.namespace_for(or_query(namespace, &q, "namespace"), caller, access)?;
+    let requested = or_query(queue, &q, "queue").trim().to_string();
     let name = queue_name(&requested, ErrorCode::InvalidQueue)?;
-    Ok((ns, name, requested, extra))
+    Ok((ns, name, requested))
 }
 
 /// `POST /v1/queue/stats`.
@@ -712,10 +722,9 @@ pub async fn stats(
     uri: Uri,
     body: Body,
 ) -> Res {
-    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
-    let f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
-    let (ns, queue, requested, ()) =
-        addressed_queue(&app, &caller, Access::Read, &uri, f, |_| Ok(()))?;
+    let req: QueueRequest = read_json(body, app.json_max, Decode::OPTIONAL_BODY).await?;
+    let (ns, queue, requested) =
+        addressed_queue(&app, &caller, Access::Read, &uri, &req.namespace, &req.queue)?;
     let snap = app.queues.snapshot(&ns, &queue).await?;
     let now = app.queues.clock().now_unix();
     let (head_id, head_enq, head_vis) = snap.head.clone().unwrap_or_default();
@@ -751,10 +760,9 @@ pub async fn watch(
     uri: Uri,
     body: Body,
 ) -> Res {
-    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
-    let f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
-    let (ns, queue, requested, ()) =
-        addressed_queue(&app, &caller, Access::Read, &uri, f, |_| Ok(()))?;
+    let req: QueueRequest = read_json(body, app.json_max, Decode::OPTIONAL_BODY).await?;
+    let (ns, queue, requested) =
+        addressed_queue(&app, &caller, Access::Read, &uri, &req.namespace, &req.queue)?;
     let shard = app.queues.shard(&ns, &queue).await?;
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::spawn(async move {
@@ -826,12 +834,13 @@ pub async fn dlq_list(
     uri: Uri,
     body: Body,
 ) -> Res {
-    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
-    let f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
-    let (ns, queue, _, (start_after, limit)) =
-        addressed_queue(&app, &caller, Access::Read, &uri, f, |f| {
-            Ok((f.string("start_after")?, f.int("limit")?))
-        })?;
+    let DeadLetterListRequest {
+        namespace,
+        queue,
+        start_after,
+        limit,
+    } = read_json(body, app.json_max, Decode::OPTIONAL_BODY).await?;
+    let (ns, queue, _) = addressed_queue(&app, &caller, Access::Read, &uri, &namespace, &queue)?;
     let limit = if limit <= 0 { 100 } else { limit.min(1000) } as usize;
     let recs = app
         .queues
@@ -870,11 +879,12 @@ pub async fn dlq_get(
     uri: Uri,
     body: Body,
 ) -> Res {
-    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
-    let f = Fields::parse(&raw, true, ErrorCode::InvalidBody)?;
-    let (ns, queue, _, id) = addressed_queue(&app, &caller, Access::Read, &uri, f, |f| {
-        f.string("message_id")
-    })?;
+    let DeadLetterGetRequest {
+        namespace,
+        queue,
+        message_id: id,
+    } = read_json(body, app.json_max, Decode::OPTIONAL_BODY).await?;
+    let (ns, queue, _) = addressed_queue(&app, &caller, Access::Read, &uri, &namespace, &queue)?;
     if id.is_empty() {
         return Err(ApiError::new(
             ErrorCode::MissingFields,
@@ -900,30 +910,13 @@ pub async fn dlq_redrive(
     uri: Uri,
     body: Body,
 ) -> Res {
-    let raw = read_body(body, app.json_max, ErrorCode::InvalidBody).await?;
-    let f = Fields::parse(&raw, false, ErrorCode::InvalidBody)?;
-    let (ns, queue, _, (all, ids)) = addressed_queue(&app, &caller, Access::Write, &uri, f, |f| {
-        Ok((f.boolean("all")?, f.value("message_ids")))
-    })?;
-    let mut ids: Vec<String> = match ids {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(a)) => a
-            .into_iter()
-            .map(|v| match v {
-                Value::String(s) => Ok(s),
-                _ => Err(ApiError::new(
-                    ErrorCode::InvalidBody,
-                    "message_ids must be strings",
-                )),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidBody,
-                "message_ids must be an array",
-            ))
-        }
-    };
+    let RedriveRequest {
+        namespace,
+        queue,
+        all,
+        message_ids: mut ids,
+    } = read_json(body, app.json_max, Decode::BODY).await?;
+    let (ns, queue, _) = addressed_queue(&app, &caller, Access::Write, &uri, &namespace, &queue)?;
     if all {
         let mut after: Option<String> = None;
         loop {

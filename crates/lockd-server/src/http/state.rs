@@ -8,13 +8,14 @@ use axum::extract::State;
 use axum::response::Response;
 use http::{header::CONTENT_TYPE, HeaderMap, HeaderValue, StatusCode, Uri};
 use lockd_api::{
-    headers, DescribeResponse, ErrorCode, MetadataAttributes, MetadataResponse, RemoveResponse,
+    headers, DescribeResponse, ErrorCode, MetadataAttributes, MetadataRequest, MetadataResponse,
+    RemoveResponse,
     UpdateResponse,
 };
 use sha2::{Digest, Sha256};
 
 use super::decode::{
-    header, int_header, opt_int_header, parse_go_bool, read_body, truthy, Fields, Query,
+    header, int_header, opt_int_header, parse_go_bool, read_body, read_json, truthy, Decode, Query,
 };
 use super::{required_key, respond, ApiError, AppState, Caller};
 use crate::core::{Document, LeaseRef, MetadataInput, RemoveInput, UpdateInput};
@@ -274,10 +275,17 @@ pub async fn metadata(
     let (namespace, key) = addressed(&app, &q, &caller, Access::Write)?;
     let lease = lease_headers(&h)?;
     let if_version = opt_int_header(&h, headers::IF_VERSION, ErrorCode::InvalidVersion)?;
-    let raw = read_body(body, METADATA_MAX, ErrorCode::InvalidMetadata).await?;
-    let mut f = Fields::parse(&raw, true, ErrorCode::InvalidMetadata)?;
-    let body_hidden = f.opt_bool("query_hidden")?;
-    f.finish()?;
+    let MetadataRequest {
+        query_hidden: body_hidden,
+    } = read_json(
+        body,
+        METADATA_MAX,
+        Decode {
+            code: ErrorCode::InvalidMetadata,
+            ..Decode::OPTIONAL_BODY
+        },
+    )
+    .await?;
     let header_hidden = match header(&h, headers::META_QUERY_HIDDEN) {
         None => None,
         Some(v) => Some(parse_go_bool(v).ok_or_else(|| {

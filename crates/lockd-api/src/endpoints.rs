@@ -1,0 +1,236 @@
+//! The endpoint table: every HTTP route of the protocol, once.
+//!
+//! Each [`Endpoint`] names its path, the methods it answers, the kind of
+//! work it is (for back-pressure and drain), the namespace permission a
+//! caller's certificate must grant, and the operation name that logs,
+//! traces and metrics use. The server builds its router, its
+//! back-pressure classification, its authorization and its metric labels
+//! from this table, and the SDK takes its paths from it, so adding an
+//! endpoint is one entry here plus its handler.
+//!
+//! ```
+//! use lockd_api::endpoints::{self, Kind, Permission};
+//! let ep = endpoints::find("/v1/queue/ack").unwrap();
+//! assert_eq!(ep.path, endpoints::QUEUE_ACK.path);
+//! assert_eq!(ep.kind, Kind::Ack);
+//! assert_eq!(ep.permission, Permission::Read);
+//! assert_eq!(ep.operation(), "queue.ack");
+//! assert!(endpoints::find("/v1/nope").is_none());
+//! ```
+
+/// What a request does, for back-pressure and drain decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `enqueue`: adds work.
+    Producer,
+    /// `dequeue*`, `subscribe*`: takes work.
+    Consumer,
+    /// `ack`, `nack`, `extend`: finishes work.
+    Ack,
+    /// `acquire`: starts lock work.
+    Acquire,
+    /// `keepalive`, `release`, `get`, `update`, `remove`, `metadata`: work
+    /// on a lease already held.
+    Lock,
+    /// Everything else (health, describe, stats, watch, dead letters):
+    /// never throttled.
+    Other,
+}
+
+/// The namespace permission a caller's certificate must grant under mTLS
+/// (PROTOCOL.md §1.10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Permission {
+    /// No namespace is touched (health checks).
+    None,
+    /// Any claim on the namespace (lease operations).
+    Any,
+    /// Read permission (`r` or `rw`).
+    Read,
+    /// Write permission (`w` or `rw`).
+    Write,
+}
+
+/// The HTTP methods an endpoint answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Methods {
+    /// Every method reaches the handler, as in the original server
+    /// (PROTOCOL.md §1: none of its core handlers checks the method).
+    Any,
+    /// Only these methods (upper case); others are refused with
+    /// `405 method_not_allowed`, with an `Allow` header listing them when
+    /// `allow_header` is set.
+    Only {
+        /// The methods served.
+        allowed: &'static [&'static str],
+        /// Whether a 405 names them in `Allow`.
+        allow_header: bool,
+    },
+}
+
+impl Methods {
+    /// Whether `method` (upper case, as on the wire) is served.
+    pub fn allows(&self, method: &str) -> bool {
+        match self {
+            Methods::Any => true,
+            Methods::Only { allowed, .. } => allowed.contains(&method),
+        }
+    }
+}
+
+/// One route of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Position in [`ALL`]: the index of the endpoint's metric series.
+    pub slot: usize,
+    /// The request path, matched exactly.
+    pub path: &'static str,
+    /// The methods answered.
+    pub methods: Methods,
+    /// The kind of work, for back-pressure and drain.
+    pub kind: Kind,
+    /// The namespace permission required under mTLS. `get` lowers it to
+    /// [`Permission::Read`] for public reads.
+    pub permission: Permission,
+    /// The `sys` of the request's log lines: `api.http.router.<operation>`
+    /// (the original server's operation names).
+    pub sys: &'static str,
+    /// Served by a passive (standby) node; everything else answers
+    /// `503 node_passive` there.
+    pub on_passive: bool,
+}
+
+impl Endpoint {
+    /// The operation name: `sys` without its `api.http.router.` prefix
+    /// (`acquire`, `queue.dequeue`, `healthz`, …).
+    pub fn operation(&self) -> &'static str {
+        self.sys.strip_prefix(SYS_PREFIX).unwrap_or(self.sys)
+    }
+}
+
+/// The prefix of every request's `sys`; alone it is the `sys` of requests
+/// to unknown paths.
+pub const SYS_PREFIX: &str = "api.http.router.";
+
+/// The `sys` of requests to paths that are not in the table.
+pub const SYS_UNKNOWN: &str = "api.http.router";
+
+macro_rules! table {
+    ($( $(#[$doc:meta])* $name:ident = $slot:literal : $path:literal, $kind:ident, $perm:ident, $sys:literal $(, $flag:ident)? ; )*) => {
+        $(
+            $(#[$doc])*
+            pub const $name: Endpoint = Endpoint {
+                slot: $slot,
+                path: $path,
+                methods: Methods::Any,
+                kind: Kind::$kind,
+                permission: Permission::$perm,
+                sys: concat!("api.http.router.", $sys),
+                on_passive: table!(@passive $($flag)?),
+            };
+        )*
+
+        /// Every endpoint, in slot order.
+        pub const ALL: &[Endpoint] = &[ $( $name, )* ];
+
+        /// The endpoint serving `path` (an exact match, like the router).
+        pub fn find(path: &str) -> Option<&'static Endpoint> {
+            match path {
+                $( $path => Some(&ALL[$slot]), )*
+                _ => None,
+            }
+        }
+    };
+    (@passive passive) => { true };
+    (@passive) => { false };
+}
+
+table! {
+    /// `GET /healthz`: liveness.
+    HEALTHZ = 0: "/healthz", Other, None, "healthz", passive;
+    /// `GET /readyz`: readiness.
+    READYZ = 1: "/readyz", Other, None, "readyz", passive;
+    /// `POST /v1/acquire`.
+    ACQUIRE = 2: "/v1/acquire", Acquire, Any, "acquire";
+    /// `POST /v1/keepalive`.
+    KEEPALIVE = 3: "/v1/keepalive", Lock, Any, "keepalive";
+    /// `POST /v1/release`.
+    RELEASE = 4: "/v1/release", Lock, Any, "release";
+    /// `POST /v1/get` (public reads need only read permission).
+    GET = 5: "/v1/get", Lock, Any, "get";
+    /// `POST /v1/update`.
+    UPDATE = 6: "/v1/update", Lock, Write, "update";
+    /// `POST /v1/remove`.
+    REMOVE = 7: "/v1/remove", Lock, Write, "remove";
+    /// `GET /v1/describe`.
+    DESCRIBE = 8: "/v1/describe", Other, Read, "describe";
+    /// `POST /v1/metadata`.
+    METADATA = 9: "/v1/metadata", Lock, Write, "update.metadata";
+    /// `POST /v1/queue/enqueue`.
+    QUEUE_ENQUEUE = 10: "/v1/queue/enqueue", Producer, Write, "queue.enqueue";
+    /// `POST /v1/queue/dequeue`.
+    QUEUE_DEQUEUE = 11: "/v1/queue/dequeue", Consumer, Read, "queue.dequeue";
+    /// `POST /v1/queue/dequeueWithState`.
+    QUEUE_DEQUEUE_WITH_STATE = 12: "/v1/queue/dequeueWithState", Consumer, Read, "queue.dequeue.with.state";
+    /// `POST /v1/queue/subscribe`.
+    QUEUE_SUBSCRIBE = 13: "/v1/queue/subscribe", Consumer, Read, "queue.subscribe";
+    /// `POST /v1/queue/subscribeWithState`.
+    QUEUE_SUBSCRIBE_WITH_STATE = 14: "/v1/queue/subscribeWithState", Consumer, Read, "queue.subscribe.with.state";
+    /// `POST /v1/queue/ack`.
+    QUEUE_ACK = 15: "/v1/queue/ack", Ack, Read, "queue.ack";
+    /// `POST /v1/queue/nack`.
+    QUEUE_NACK = 16: "/v1/queue/nack", Ack, Read, "queue.nack";
+    /// `POST /v1/queue/extend`.
+    QUEUE_EXTEND = 17: "/v1/queue/extend", Ack, Read, "queue.extend";
+    /// `POST /v1/queue/stats` (ours).
+    QUEUE_STATS = 18: "/v1/queue/stats", Other, Read, "queue.stats";
+    /// `POST /v1/queue/watch`: server-sent events.
+    QUEUE_WATCH = 19: "/v1/queue/watch", Other, Read, "queue.watch";
+    /// `POST /v1/queue/dlq/list` (ours).
+    QUEUE_DLQ_LIST = 20: "/v1/queue/dlq/list", Other, Read, "queue.dlq.list";
+    /// `POST /v1/queue/dlq/get` (ours).
+    QUEUE_DLQ_GET = 21: "/v1/queue/dlq/get", Other, Read, "queue.dlq.get";
+    /// `POST /v1/queue/dlq/redrive` (ours).
+    QUEUE_DLQ_REDRIVE = 22: "/v1/queue/dlq/redrive", Other, Write, "queue.dlq.redrive";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_paths_and_lookup_agree() {
+        let mut paths = std::collections::HashSet::new();
+        for (i, ep) in ALL.iter().enumerate() {
+            assert_eq!(ep.slot, i, "{}", ep.path);
+            assert!(paths.insert(ep.path), "duplicate path {}", ep.path);
+            assert_eq!(find(ep.path), Some(ep));
+            assert!(ep.sys.starts_with(SYS_PREFIX), "{}", ep.sys);
+            assert!(!ep.operation().is_empty());
+        }
+        assert_eq!(find("/v1/acquire/"), None);
+        assert_eq!(find("/V1/acquire"), None);
+        assert_eq!(ACQUIRE.operation(), "acquire");
+        assert_eq!(METADATA.operation(), "update.metadata");
+    }
+
+    #[test]
+    fn only_health_checks_skip_authorization_and_passive_refusal() {
+        for ep in ALL {
+            let health = ep.path == "/healthz" || ep.path == "/readyz";
+            assert_eq!(ep.permission == Permission::None, health, "{}", ep.path);
+            assert_eq!(ep.on_passive, health, "{}", ep.path);
+        }
+    }
+
+    #[test]
+    fn methods_only_lists_what_it_serves() {
+        let m = Methods::Only {
+            allowed: &["GET", "POST"],
+            allow_header: true,
+        };
+        assert!(m.allows("GET") && m.allows("POST"));
+        assert!(!m.allows("PUT") && !m.allows("get"));
+        assert!(Methods::Any.allows("PATCH"));
+    }
+}
