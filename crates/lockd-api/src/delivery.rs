@@ -15,7 +15,11 @@ use bytes::{Buf, Bytes, BytesMut};
 /// calling the stream broken (payloads with `Content-Length` are exempt).
 const MAX_SCAN: usize = 1 << 20;
 
-/// The `boundary` parameter of a `multipart/*` content type, unquoted.
+/// The `boundary` parameter of a `multipart/*` content type (any subtype:
+/// clients send `multipart/related` and `multipart/form-data`), unquoted;
+/// `None` when absent, empty or longer than 200 bytes. The one parser of
+/// it in the workspace: the server reads enqueue bodies with it, the SDK
+/// deliveries.
 pub fn boundary_of(content_type: &str) -> Option<String> {
     let (kind, params) = content_type.split_once(';')?;
     if !kind.trim().to_ascii_lowercase().starts_with("multipart/") {
@@ -27,7 +31,7 @@ pub fn boundary_of(content_type: &str) -> Option<String> {
             return None;
         }
         let v = v.trim().trim_matches('"');
-        (!v.is_empty()).then(|| v.to_string())
+        (!v.is_empty() && v.len() <= 200).then(|| v.to_string())
     })
 }
 

@@ -73,6 +73,9 @@ codes! {
     /// header, bad `Content-Length`); ours, the original's server answers
     /// these without a body.
     BadRequest = ("bad_request", 400),
+    /// The endpoint does not serve this HTTP method (endpoints that check
+    /// methods only; PROTOCOL-EXTENSIONS.md §1.2).
+    MethodNotAllowed = ("method_not_allowed", 405),
     /// `X-Expected-Bytes` differs from the body length.
     ExpectedBytesMismatch = ("expected_bytes_mismatch", 409),
     /// `X-Expected-SHA256` differs from the body hash.

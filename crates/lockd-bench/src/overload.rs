@@ -103,7 +103,7 @@ use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode, Uri};
 use lockd_api::delivery::{boundary_of, Delivery, DeliveryReader};
 use lockd_api::headers;
-use lockd_server::control::layer::Control;
+use lockd_server::control::Control;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::task::JoinSet;

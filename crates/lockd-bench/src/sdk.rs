@@ -262,7 +262,7 @@ fn finish(
 fn code(e: &lockd_client::Error) -> String {
     use lockd_client::Error as E;
     match e {
-        E::Api(a) if !a.code.is_empty() => a.code.clone(),
+        E::Api(a) if !a.code.is_empty() => a.code.to_string(),
         E::Api(a) => format!("http_{}", a.status),
         E::Transport(_) => "transport".into(),
         E::Tls(_) => "tls".into(),

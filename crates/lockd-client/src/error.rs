@@ -9,13 +9,113 @@
 
 use std::time::Duration;
 
+pub use lockd_api::ErrorCode;
+
+/// A protocol error code as a server sent it: one of the codes this SDK
+/// knows ([`ErrorCode`]), or another (a newer server's, or a proxy's).
+///
+/// It compares with the code's wire text and with an [`ErrorCode`]:
+///
+/// ```
+/// use lockd_client::{Code, ErrorCode};
+/// let c = Code::from("lease_expired");
+/// assert_eq!(c, ErrorCode::LeaseExpired);
+/// assert_eq!(c, "lease_expired");
+/// assert_eq!(c.known(), Some(ErrorCode::LeaseExpired));
+/// let other = Code::from("brand_new_code");
+/// assert_eq!(other.known(), None);
+/// assert_eq!(other.as_str(), "brand_new_code");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Code {
+    /// A code of the protocol.
+    Known(ErrorCode),
+    /// A code this SDK does not know, as sent (empty when the answer had
+    /// no JSON error body).
+    Unknown(String),
+}
+
+impl Code {
+    /// The code as it appears on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Code::Known(c) => c.as_str(),
+            Code::Unknown(s) => s,
+        }
+    }
+
+    /// The protocol code, if it is one this SDK knows.
+    pub fn known(&self) -> Option<ErrorCode> {
+        match self {
+            Code::Known(c) => Some(*c),
+            Code::Unknown(_) => None,
+        }
+    }
+
+    /// Whether the answer carried no code at all.
+    pub fn is_empty(&self) -> bool {
+        self.as_str().is_empty()
+    }
+}
+
+impl Default for Code {
+    fn default() -> Self {
+        Code::Unknown(String::new())
+    }
+}
+
+impl From<&str> for Code {
+    fn from(s: &str) -> Self {
+        ErrorCode::parse(s).map_or_else(|| Code::Unknown(s.to_string()), Code::Known)
+    }
+}
+
+impl From<String> for Code {
+    fn from(s: String) -> Self {
+        match ErrorCode::parse(&s) {
+            Some(c) => Code::Known(c),
+            None => Code::Unknown(s),
+        }
+    }
+}
+
+impl From<ErrorCode> for Code {
+    fn from(c: ErrorCode) -> Self {
+        Code::Known(c)
+    }
+}
+
+impl PartialEq<ErrorCode> for Code {
+    fn eq(&self, other: &ErrorCode) -> bool {
+        self.known() == Some(*other)
+    }
+}
+
+impl PartialEq<str> for Code {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Code {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An error response from a lockd server.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApiError {
     /// HTTP status.
     pub status: u16,
     /// Protocol error code (`lease_required`, `version_conflict`, …).
-    pub code: String,
+    pub code: Code,
     /// Human-readable detail from the server.
     pub detail: String,
     /// `Retry-After` (or `retry_after_seconds`) when the server sent one.
@@ -88,15 +188,22 @@ impl Error {
         }
     }
 
-    /// The protocol error code, if the server answered.
+    /// The protocol error code's wire text, if the server answered.
     ///
     /// ```
-    /// # use lockd_client::{Error, ApiError};
+    /// # use lockd_client::{Error, ApiError, ErrorCode};
     /// let e = Error::Api(Box::new(ApiError { status: 409, code: "waiting".into(), ..Default::default() }));
     /// assert_eq!(e.code(), Some("waiting"));
+    /// assert_eq!(e.error_code(), Some(ErrorCode::Waiting));
     /// ```
     pub fn code(&self) -> Option<&str> {
         self.api().map(|e| e.code.as_str())
+    }
+
+    /// The protocol error code, if the server answered with one this SDK
+    /// knows.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        self.api().and_then(|e| e.code.known())
     }
 
     /// HTTP status, if the server answered.
@@ -106,14 +213,14 @@ impl Error {
 
     /// `if_not_exists` acquire of a key that was acquired before.
     pub fn is_already_exists(&self) -> bool {
-        self.code() == Some("already_exists")
+        self.error_code() == Some(ErrorCode::AlreadyExists)
     }
 
     /// The lease is gone: expired, released, or held by someone else.
     pub fn is_lease_lost(&self) -> bool {
         matches!(
-            self.code(),
-            Some("lease_required" | "lease_expired" | "fencing_mismatch")
+            self.error_code(),
+            Some(ErrorCode::LeaseRequired | ErrorCode::LeaseExpired | ErrorCode::FencingMismatch)
         )
     }
 
@@ -121,14 +228,14 @@ impl Error {
     /// `cas_mismatch`); see [`ApiError::current_version`] / `current_etag`.
     pub fn is_cas_conflict(&self) -> bool {
         matches!(
-            self.code(),
-            Some("version_conflict" | "etag_mismatch" | "cas_mismatch")
+            self.error_code(),
+            Some(ErrorCode::VersionConflict | ErrorCode::EtagMismatch | ErrorCode::CasMismatch)
         )
     }
 
     /// The key is held (acquire) or no message came (queue).
     pub fn is_waiting(&self) -> bool {
-        self.code() == Some("waiting")
+        self.error_code() == Some(ErrorCode::Waiting)
     }
 
     /// The server throttled the request (429).
@@ -148,7 +255,7 @@ impl Error {
             Error::Api(e) => {
                 e.status == 429
                     || e.status >= 500
-                    || (e.status == 409 && e.code != "already_exists")
+                    || (e.status == 409 && e.code != ErrorCode::AlreadyExists)
             }
             Error::Transport(_) | Error::Timeout => true,
             _ => false,

@@ -17,16 +17,16 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::Method;
 use http_body_util::{BodyExt, BodyStream, StreamBody};
+use lockd_api::endpoints as ep;
 use lockd_api::{
-    headers, AcquireResponse, DescribeResponse, KeepAliveResponse, ReleaseResponse, RemoveResponse,
-    UpdateResponse,
+    headers, AcquireResponse, DescribeResponse, KeepAliveRequest, KeepAliveResponse,
+    ReleaseRequest, ReleaseResponse, RemoveResponse, UpdateResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::json;
 
 use crate::client::{with_query, CallOpts, Client};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::transport::{read_all, Call, CallBody};
 
 /// How long an acquire waits for a held key.
@@ -232,11 +232,13 @@ impl Drop for SessionState {
             return;
         };
         let client = self.client.clone();
-        let body = json!({
-            "namespace": self.namespace, "key": self.key,
-            "lease_id": self.lease_id, "txn_id": self.txn_id,
-            "rollback": self.rollback_on_drop.load(Ordering::SeqCst),
-        });
+        let body = ReleaseRequest {
+            namespace: self.namespace.clone(),
+            key: self.key.clone(),
+            lease_id: self.lease_id.clone(),
+            txn_id: self.txn_id.clone(),
+            rollback: self.rollback_on_drop.load(Ordering::SeqCst),
+        };
         let token = self.fencing.load(Ordering::SeqCst);
         let opts = CallOpts {
             prefer: Some(self.endpoint),
@@ -249,7 +251,7 @@ impl Drop for SessionState {
             let res = tokio::time::timeout(
                 timeout,
                 client.post_json::<_, ReleaseResponse>(
-                    "/v1/release",
+                    ep::RELEASE.path,
                     &body,
                     vec![(headers::FENCING_TOKEN, token.to_string())],
                     opts,
@@ -317,18 +319,18 @@ impl Client {
                         .unwrap_or(1)
                 }
             };
-            let body = json!({
-                "namespace": self.namespace_or(&req.namespace),
-                "key": req.key,
-                "ttl_seconds": req.ttl.as_secs().max(1),
-                "owner": req.owner,
-                "block_seconds": block_seconds,
-                "if_not_exists": req.if_not_exists,
-                "txn_id": req.txn_id.clone().unwrap_or_default(),
-            });
+            let body = lockd_api::AcquireRequest {
+                namespace: self.namespace_or(&req.namespace).into(),
+                key: req.key.clone(),
+                ttl_seconds: i64::try_from(req.ttl.as_secs().max(1)).unwrap_or(i64::MAX),
+                owner: req.owner.clone(),
+                block_seconds,
+                if_not_exists: req.if_not_exists,
+                txn_id: req.txn_id.clone().unwrap_or_default(),
+            };
             let res = self
                 .post_json::<_, AcquireResponse>(
-                    "/v1/acquire",
+                    ep::ACQUIRE.path,
                     &body,
                     Vec::new(),
                     CallOpts {
@@ -343,7 +345,9 @@ impl Client {
                 Err(e) => e,
             };
             let expected = match &err {
-                Error::Api(a) if a.status == 403 || a.code == "already_exists" => return Err(err),
+                Error::Api(a) if a.status == 403 || a.code == ErrorCode::AlreadyExists => {
+                    return Err(err)
+                }
                 // A certificate problem does not go away by waiting.
                 Error::Tls(_) => return Err(err),
                 Error::Api(a) => a.status == 409 || a.status == 429 || a.status >= 500,
@@ -447,7 +451,7 @@ impl Client {
     /// Describes a key (lease and committed version); no lease needed.
     pub async fn describe(&self, namespace: &str, key: &str) -> Result<DescribeResponse> {
         let path = with_query(
-            "/v1/describe",
+            ep::DESCRIBE.path,
             &[("key", key), ("namespace", self.namespace_or(namespace))],
         );
         let answer = self
@@ -468,7 +472,7 @@ impl Client {
     /// Reads the committed document of a key (`None` when there is none).
     pub async fn get_public(&self, namespace: &str, key: &str) -> Result<Option<Document>> {
         let path = with_query(
-            "/v1/get",
+            ep::GET.path,
             &[
                 ("key", key),
                 ("namespace", self.namespace_or(namespace)),
@@ -671,7 +675,7 @@ impl LeaseSession {
         let answer = self
             .s
             .client
-            .send(self.call(Method::POST, self.path("/v1/get"), h, CallBody::Empty))
+            .send(self.call(Method::POST, self.path(ep::GET.path), h, CallBody::Empty))
             .await?;
         let doc = read_document(answer.response).await?;
         if let Some(d) = &doc {
@@ -687,7 +691,7 @@ impl LeaseSession {
     pub async fn get_stream(&self) -> Result<Option<DocumentStream>> {
         let mut h = self.lease_headers();
         h.retain(|(n, _)| *n != headers::TXN_ID);
-        let mut call = self.call(Method::POST, self.path("/v1/get"), h, CallBody::Empty);
+        let mut call = self.call(Method::POST, self.path(ep::GET.path), h, CallBody::Empty);
         call.unbounded = true;
         let answer = self.s.client.send(call).await?;
         if answer.response.status() == http::StatusCode::NO_CONTENT {
@@ -734,7 +738,7 @@ impl LeaseSession {
         h.push(("content-type", "application/json".into()));
         let call = self.call(
             Method::POST,
-            self.path("/v1/update"),
+            self.path(ep::UPDATE.path),
             h,
             body.into().into_call_body(),
         );
@@ -760,7 +764,7 @@ impl LeaseSession {
         let answer = self
             .s
             .client
-            .send(self.call(Method::POST, self.path("/v1/remove"), h, CallBody::Empty))
+            .send(self.call(Method::POST, self.path(ep::REMOVE.path), h, CallBody::Empty))
             .await?;
         let (_, raw) = read_all(answer.response).await?;
         let r: RemoveResponse =
@@ -776,13 +780,16 @@ impl LeaseSession {
 
     /// Extends the lease to now + `ttl`. Returns the new expiry.
     pub async fn keepalive(&self, ttl: Duration) -> Result<i64> {
-        let body = json!({
-            "namespace": self.s.namespace, "key": self.s.key,
-            "lease_id": self.s.lease_id, "ttl_seconds": ttl.as_secs().max(1),
-            "txn_id": self.s.txn_id,
-        });
+        let body = KeepAliveRequest {
+            namespace: self.s.namespace.clone(),
+            key: self.s.key.clone(),
+            lease_id: self.s.lease_id.clone(),
+            ttl_seconds: i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX),
+            txn_id: self.s.txn_id.clone(),
+            fencing_token: None,
+        };
         let fut = self.s.client.post_json::<_, KeepAliveResponse>(
-            "/v1/keepalive",
+            ep::KEEPALIVE.path,
             &body,
             vec![(headers::FENCING_TOKEN, self.fencing_token().to_string())],
             self.opts(false),
@@ -799,16 +806,18 @@ impl LeaseSession {
             return Ok(());
         }
         let was_done = self.s.done.swap(true, Ordering::SeqCst);
-        let body = json!({
-            "namespace": self.s.namespace, "key": self.s.key,
-            "lease_id": self.s.lease_id, "txn_id": self.s.txn_id,
-            "rollback": rollback,
-        });
+        let body = ReleaseRequest {
+            namespace: self.s.namespace.clone(),
+            key: self.s.key.clone(),
+            lease_id: self.s.lease_id.clone(),
+            txn_id: self.s.txn_id.clone(),
+            rollback,
+        };
         let res = self
             .s
             .client
             .post_json::<_, ReleaseResponse>(
-                "/v1/release",
+                ep::RELEASE.path,
                 &body,
                 vec![(headers::FENCING_TOKEN, self.fencing_token().to_string())],
                 self.opts(false),
@@ -818,7 +827,7 @@ impl LeaseSession {
             Ok((r, _, _)) if r.released => Ok(()),
             Ok(_) => Err(Error::Decode("server answered released: false".into())),
             // Already gone: the lease is released either way.
-            Err(e) if e.code() == Some("lease_required") => Ok(()),
+            Err(e) if e.error_code() == Some(ErrorCode::LeaseRequired) => Ok(()),
             Err(e) => {
                 self.s.released.store(false, Ordering::SeqCst);
                 self.s.done.store(was_done, Ordering::SeqCst);

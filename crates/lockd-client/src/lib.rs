@@ -273,7 +273,7 @@ mod watch;
 pub use afu::UpdateContext;
 pub use client::{Client, ClientBuilder, RetryPolicy};
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerError, HandlerError};
-pub use error::{ApiError, Error, Result};
+pub use error::{ApiError, Code, Error, ErrorCode, Result};
 pub use lease::{
     AcquireRequest, Block, Cas, Document, DocumentStream, LeaseSession, Payload, Updated,
 };

@@ -17,14 +17,16 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::Method;
 use http_body_util::BodyExt;
 use lockd_api::delivery::{Delivery, DeliveryReader};
+use lockd_api::endpoints as ep;
 use lockd_api::{
-    AckResponse, DeliveryMeta, EnqueueResponse, ExtendResponse, NackResponse, QueueStatsResponse,
+    AckRequest, AckResponse, DeliveryMeta, DequeueRequest, EnqueueRequest, EnqueueResponse,
+    ExtendRequest, ExtendResponse, NackRequest, NackResponse, QueueRequest, QueueStatsResponse,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::client::{CallOpts, Client};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::lease::Payload;
 use crate::transport::{read_all, Answer, Call, CallBody};
 
@@ -206,15 +208,29 @@ impl QueueMessage {
         Ok(n)
     }
 
-    fn ref_body(&self) -> serde_json::Map<String, Value> {
+    /// A nack of this delivery with `intent`, visible again after `delay`.
+    fn nack_request(
+        &self,
+        delay: Duration,
+        intent: &str,
+        last_error: Option<Value>,
+    ) -> NackRequest {
         let m = &self.meta;
-        let v = json!({
-            "namespace": m.namespace, "queue": m.queue, "message_id": m.message_id,
-            "lease_id": m.lease_id, "txn_id": m.txn_id, "fencing_token": m.fencing_token,
-            "meta_etag": m.meta_etag,
-            "state_lease_id": m.state_lease_id, "state_fencing_token": m.state_fencing_token,
-        });
-        v.as_object().cloned().unwrap_or_default()
+        NackRequest {
+            namespace: m.namespace.clone(),
+            queue: m.queue.clone(),
+            message_id: m.message_id.clone(),
+            lease_id: m.lease_id.clone(),
+            txn_id: m.txn_id.clone(),
+            fencing_token: m.fencing_token,
+            meta_etag: m.meta_etag.clone(),
+            state_etag: String::new(),
+            state_lease_id: m.state_lease_id.clone(),
+            state_fencing_token: m.state_fencing_token,
+            delay_seconds: secs_up(delay),
+            intent: intent.into(),
+            last_error,
+        }
     }
 
     fn opts(&self) -> CallOpts {
@@ -228,10 +244,21 @@ impl QueueMessage {
     /// Acknowledges the message: it is deleted (and a stateful delivery's
     /// workflow state with it).
     pub async fn ack(mut self) -> Result<()> {
-        let mut body = self.ref_body();
-        body.insert("state_etag".into(), json!(self.meta.state_etag));
+        let m = &self.meta;
+        let body = AckRequest {
+            namespace: m.namespace.clone(),
+            queue: m.queue.clone(),
+            message_id: m.message_id.clone(),
+            lease_id: m.lease_id.clone(),
+            txn_id: m.txn_id.clone(),
+            fencing_token: m.fencing_token,
+            meta_etag: m.meta_etag.clone(),
+            state_etag: m.state_etag.clone(),
+            state_lease_id: m.state_lease_id.clone(),
+            state_fencing_token: m.state_fencing_token,
+        };
         self.client
-            .post_json::<_, AckResponse>("/v1/queue/ack", &body, Vec::new(), self.opts())
+            .post_json::<_, AckResponse>(ep::QUEUE_ACK.path, &body, Vec::new(), self.opts())
             .await?;
         self.done = true;
         Ok(())
@@ -240,14 +267,9 @@ impl QueueMessage {
     /// Gives the message back as a failed attempt, visible again after
     /// `delay`; `last_error` is kept on the message.
     pub async fn nack(mut self, delay: Duration, last_error: Option<Value>) -> Result<()> {
-        let mut body = self.ref_body();
-        body.insert("delay_seconds".into(), json!(secs_up(delay)));
-        body.insert("intent".into(), json!("failure"));
-        if let Some(e) = last_error {
-            body.insert("last_error".into(), e);
-        }
+        let body = self.nack_request(delay, "failure", last_error);
         self.client
-            .post_json::<_, NackResponse>("/v1/queue/nack", &body, Vec::new(), self.opts())
+            .post_json::<_, NackResponse>(ep::QUEUE_NACK.path, &body, Vec::new(), self.opts())
             .await?;
         self.done = true;
         Ok(())
@@ -255,11 +277,9 @@ impl QueueMessage {
 
     /// Gives the message back without counting an attempt.
     pub async fn defer(mut self, delay: Duration) -> Result<()> {
-        let mut body = self.ref_body();
-        body.insert("delay_seconds".into(), json!(secs_up(delay)));
-        body.insert("intent".into(), json!("defer"));
+        let body = self.nack_request(delay, "defer", None);
         self.client
-            .post_json::<_, NackResponse>("/v1/queue/nack", &body, Vec::new(), self.opts())
+            .post_json::<_, NackResponse>(ep::QUEUE_NACK.path, &body, Vec::new(), self.opts())
             .await?;
         self.done = true;
         Ok(())
@@ -267,11 +287,22 @@ impl QueueMessage {
 
     /// Extends the delivery (and its state lease) to now + `by`.
     pub async fn extend(&mut self, by: Duration) -> Result<()> {
-        let mut body = self.ref_body();
-        body.insert("extend_by_seconds".into(), json!(secs_up(by).max(1)));
+        let m = &self.meta;
+        let body = ExtendRequest {
+            namespace: m.namespace.clone(),
+            queue: m.queue.clone(),
+            message_id: m.message_id.clone(),
+            lease_id: m.lease_id.clone(),
+            txn_id: m.txn_id.clone(),
+            fencing_token: m.fencing_token,
+            meta_etag: m.meta_etag.clone(),
+            state_lease_id: m.state_lease_id.clone(),
+            state_fencing_token: m.state_fencing_token,
+            extend_by_seconds: secs_up(by).max(1),
+        };
         let (r, _, _) = self
             .client
-            .post_json::<_, ExtendResponse>("/v1/queue/extend", &body, Vec::new(), self.opts())
+            .post_json::<_, ExtendResponse>(ep::QUEUE_EXTEND.path, &body, Vec::new(), self.opts())
             .await?;
         self.meta.meta_etag = r.meta_etag;
         self.meta.lease_expires_at_unix = r.lease_expires_at_unix;
@@ -328,14 +359,12 @@ impl Drop for QueueMessage {
             return;
         };
         let client = self.client.clone();
-        let mut body = self.ref_body();
-        body.insert("delay_seconds".into(), json!(secs_up(self.close_delay)));
-        body.insert("intent".into(), json!("failure"));
+        let body = self.nack_request(self.close_delay, "failure", None);
         let opts = self.opts();
         let id = self.meta.message_id.clone();
         rt.spawn(async move {
             if let Err(e) = client
-                .post_json::<_, NackResponse>("/v1/queue/nack", &body, Vec::new(), opts)
+                .post_json::<_, NackResponse>(ep::QUEUE_NACK.path, &body, Vec::new(), opts)
                 .await
             {
                 tracing::warn!(target: "lockd_client", message_id = %id, error = %e, "nack of a dropped message failed");
@@ -397,18 +426,19 @@ impl Client {
         opts: EnqueueOptions,
     ) -> Result<EnqueueResponse> {
         let boundary = uuid::Uuid::new_v4().simple().to_string();
-        let mut meta = json!({
-            "namespace": self.namespace_or(&opts.namespace),
-            "queue": queue,
-            "delay_seconds": secs_up(opts.delay),
-            "visibility_timeout_seconds": secs_up(opts.visibility),
-            "ttl_seconds": secs_up(opts.ttl),
-            "max_attempts": opts.max_attempts,
-            "payload_content_type": opts.content_type.clone().unwrap_or_else(|| "application/octet-stream".into()),
-        });
-        if let (Some(a), Some(m)) = (opts.attributes.clone(), meta.as_object_mut()) {
-            m.insert("attributes".into(), a);
-        }
+        let meta = EnqueueRequest {
+            namespace: self.namespace_or(&opts.namespace).into(),
+            queue: queue.into(),
+            delay_seconds: secs_up(opts.delay),
+            visibility_timeout_seconds: secs_up(opts.visibility),
+            ttl_seconds: secs_up(opts.ttl),
+            max_attempts: opts.max_attempts,
+            attributes: opts.attributes.clone(),
+            payload_content_type: opts
+                .content_type
+                .clone()
+                .unwrap_or_else(|| "application/octet-stream".into()),
+        };
         let mut head = format!(
             "--{boundary}\r\nContent-Disposition: form-data; name=\"meta\"\r\nContent-Type: application/json\r\n\r\n"
         )
@@ -441,7 +471,7 @@ impl Client {
         let answer = self
             .send(Call {
                 method: Method::POST,
-                path: "/v1/queue/enqueue".into(),
+                path: ep::QUEUE_ENQUEUE.path.into(),
                 headers: vec![(
                     "content-type",
                     format!("multipart/related; boundary={boundary}"),
@@ -457,20 +487,21 @@ impl Client {
         serde_json::from_slice(&raw).map_err(|e| Error::Decode(e.to_string()))
     }
 
-    fn consumer_body(&self, queue: &str, o: &DequeueOptions, page_size: u32) -> Value {
+    fn consumer_body(&self, queue: &str, o: &DequeueOptions, page_size: u32) -> DequeueRequest {
         let wait = match o.block {
             None => 0,
             Some(d) if d.is_zero() => -1,
             Some(d) => secs_up(d).max(1),
         };
-        json!({
-            "namespace": self.namespace_or(&o.namespace),
-            "queue": queue,
-            "owner": o.owner,
-            "visibility_timeout_seconds": secs_up(o.visibility),
-            "wait_seconds": wait,
-            "page_size": page_size,
-        })
+        DequeueRequest {
+            namespace: self.namespace_or(&o.namespace).into(),
+            queue: queue.into(),
+            owner: o.owner.clone(),
+            visibility_timeout_seconds: secs_up(o.visibility),
+            wait_seconds: wait,
+            page_size: i64::from(page_size),
+            ..Default::default()
+        }
     }
 
     /// A delivery parsed from a response, as a message to work with.
@@ -497,9 +528,9 @@ impl Client {
         page_size: u32,
     ) -> Result<Option<Answer>> {
         let path = if opts.stateful {
-            "/v1/queue/dequeueWithState"
+            ep::QUEUE_DEQUEUE_WITH_STATE.path
         } else {
-            "/v1/queue/dequeue"
+            ep::QUEUE_DEQUEUE.path
         };
         let raw: Bytes = serde_json::to_vec(&self.consumer_body(queue, opts, page_size))
             .map_err(|e| Error::InvalidArgument(e.to_string()))?
@@ -708,9 +739,12 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn queue_stats_in(&self, namespace: &str, queue: &str) -> Result<QueueStatsResponse> {
-        let body = json!({ "namespace": self.namespace_or(namespace), "queue": queue });
+        let body = QueueRequest {
+            namespace: self.namespace_or(namespace).into(),
+            queue: queue.into(),
+        };
         let (stats, _, _) = self
-            .post_json("/v1/queue/stats", &body, Vec::new(), CallOpts::default())
+            .post_json(ep::QUEUE_STATS.path, &body, Vec::new(), CallOpts::default())
             .await?;
         Ok(stats)
     }
@@ -894,9 +928,9 @@ impl Subscription {
                 return Ok(None);
             }
             let path = if self.opts.stateful {
-                "/v1/queue/subscribeWithState"
+                ep::QUEUE_SUBSCRIBE_WITH_STATE.path
             } else {
-                "/v1/queue/subscribe"
+                ep::QUEUE_SUBSCRIBE.path
             };
             let page = self.opts.page_size.clamp(1, 64);
             let raw = serde_json::to_vec(&self.client.consumer_body(&self.queue, &self.opts, page))
@@ -930,7 +964,9 @@ impl Subscription {
                     return Ok(None);
                 }
                 Err(e)
-                    if e.is_waiting() || e.is_throttled() || e.code() == Some("cas_mismatch") =>
+                    if e.is_waiting()
+                        || e.is_throttled()
+                        || e.error_code() == Some(ErrorCode::CasMismatch) =>
                 {
                     tokio::time::sleep(
                         e.retry_after()

@@ -373,7 +373,7 @@ impl Transport {
                     // A passive HA node, or a 503 without a reason: try the
                     // next endpoint. Any other answer is final.
                     let passive = parts.status == StatusCode::SERVICE_UNAVAILABLE
-                        && (raw.is_empty() || err.code == "node_passive");
+                        && (raw.is_empty() || err.code == lockd_api::ErrorCode::NodePassive);
                     if passive && replayable && step + 1 < n {
                         last = Error::Api(Box::new(err));
                         continue;
@@ -430,7 +430,7 @@ pub(crate) fn api_error(status: StatusCode, h: &HeaderMap, raw: &[u8]) -> ApiErr
         .map(Duration::from_secs);
     ApiError {
         status: status.as_u16(),
-        code: body.error,
+        code: body.error.into(),
         detail: body.detail,
         retry_after,
         qrf_state: header(headers::QRF_STATE),

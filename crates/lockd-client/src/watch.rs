@@ -10,7 +10,6 @@ use futures_util::Stream;
 use http::Method;
 use hyper::body::Body as _;
 use lockd_api::QueueWatchEvent;
-use serde_json::json;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
@@ -172,12 +171,15 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn watch_queue_in(&self, namespace: &str, queue: &str) -> Result<QueueWatch> {
-        let body = json!({ "namespace": self.namespace_or(namespace), "queue": queue });
+        let body = lockd_api::QueueRequest {
+            namespace: self.namespace_or(namespace).into(),
+            queue: queue.into(),
+        };
         let raw = serde_json::to_vec(&body).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let answer = self
             .send(Call {
                 method: Method::POST,
-                path: "/v1/queue/watch".into(),
+                path: lockd_api::endpoints::QUEUE_WATCH.path.into(),
                 headers: vec![
                     ("content-type", "application/json".into()),
                     ("accept", "text/event-stream".into()),

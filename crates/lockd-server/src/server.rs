@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{ListenProto, ServerConfig};
-use crate::control::layer::Control;
+use crate::control::Control;
 use crate::core::queue::{QueueConfig, Queues};
 use crate::core::{Engine, EngineConfig};
 use crate::ha::{Election, Ha, HaMode};

@@ -28,8 +28,8 @@ mod qcommon;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lockd_server::control::layer::Control;
 use lockd_server::control::qrf::{QrfConfig, State};
+use lockd_server::control::Control;
 use lockd_server::control::Sample;
 use lockd_server::ServerConfig;
 use reqwest::header::HeaderMap;

@@ -7,51 +7,26 @@
 //!   request, to admit, pace or refuse it (429);
 //! * [`drain`]: drain-aware shutdown (`Shutdown-Imminent`, refusing new
 //!   work, waiting for held leases);
-//! * [`layer`]: the middleware that applies both to every request.
+//! * [`Control`]: what the request guard (`crate::http::guard`) and the
+//!   sampler share.
+//!
+//! This module is policy only: the HTTP middleware that applies it lives
+//! at the edge, in `crate::http`.
 
 pub mod drain;
-pub mod layer;
 pub mod lsf;
 pub mod qrf;
 
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
-/// What a request does, for back-pressure and drain decisions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    /// `enqueue`: adds work.
-    Producer,
-    /// `dequeue*`, `subscribe*`: takes work.
-    Consumer,
-    /// `ack`, `nack`, `extend`: finishes work.
-    Ack,
-    /// `acquire`: starts lock work.
-    Acquire,
-    /// `keepalive`, `release`, `get`, `update`, `remove`, `metadata`: work
-    /// on a lease already held.
-    Lock,
-    /// Everything else (health, describe, stats, watch, dead letters):
-    /// never throttled.
-    Other,
-}
+use drain::Drain;
+use lsf::Sampler;
+use qrf::{Controller, QrfConfig};
 
-impl Kind {
-    /// The kind of a request path.
-    pub fn of_path(path: &str) -> Kind {
-        match path {
-            "/v1/queue/enqueue" => Kind::Producer,
-            "/v1/queue/dequeue"
-            | "/v1/queue/dequeueWithState"
-            | "/v1/queue/subscribe"
-            | "/v1/queue/subscribeWithState" => Kind::Consumer,
-            "/v1/queue/ack" | "/v1/queue/nack" | "/v1/queue/extend" => Kind::Ack,
-            "/v1/acquire" => Kind::Acquire,
-            "/v1/keepalive" | "/v1/release" | "/v1/get" | "/v1/update" | "/v1/remove"
-            | "/v1/metadata" => Kind::Lock,
-            _ => Kind::Other,
-        }
-    }
-}
+/// What a request does, for back-pressure and drain decisions: the
+/// `kind` of its entry in the endpoint table.
+pub use lockd_api::endpoints::Kind;
 
 /// Requests in flight, per kind (the LSF samples these).
 #[derive(Debug, Default)]
@@ -138,4 +113,90 @@ pub struct Sample {
     /// Messages held by the queues of this server (ready, delayed or in
     /// flight): what grows when producers outrun consumers.
     pub queue_backlog: i64,
+}
+
+/// Everything the middleware and the sampler share.
+pub struct Control {
+    /// The QRF controller.
+    pub qrf: Controller,
+    /// In-flight requests per kind.
+    pub inflight: Inflight,
+    /// The drain switch (shared with the queue, whose waiting consumers
+    /// must stop when it flips).
+    pub drain: Arc<Drain>,
+    /// The latest LSF sample and how many were taken (metrics).
+    last_sample: std::sync::Mutex<Option<Sample>>,
+    samples: std::sync::atomic::AtomicU64,
+}
+
+impl Control {
+    /// Controls with this QRF configuration, not draining.
+    pub fn new(qrf: QrfConfig) -> Arc<Control> {
+        Arc::new(Control {
+            qrf: Controller::new(qrf),
+            inflight: Inflight::default(),
+            drain: Arc::new(Drain::new()),
+            last_sample: std::sync::Mutex::new(None),
+            samples: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// The latest LSF sample (`None` before the first, or with QRF off)
+    /// and the number of samples taken.
+    pub fn last_sample(&self) -> (Option<Sample>, u64) {
+        let s = self
+            .last_sample
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (s, self.samples.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Runs the LSF sampler feeding the controller until `stop` fires;
+    /// logs a sample every `log_every` (zero: never).
+    pub async fn run_sampler(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        log_every: std::time::Duration,
+        backlog: Arc<dyn Fn() -> i64 + Send + Sync>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        if self.qrf.config().disabled || every.is_zero() {
+            return;
+        }
+        let mut sampler = Sampler::new();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut last_log = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let mut s = sampler.sample(&self.inflight);
+            s.queue_backlog = backlog();
+            self.qrf.observe(&s);
+            *self.last_sample.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.clone());
+            self.samples
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if !log_every.is_zero() && last_log.elapsed() >= log_every {
+                last_log = tokio::time::Instant::now();
+                tracing::info!(
+                    sys = "control.lsf.observer",
+                    qrf = self.qrf.state().as_str(),
+                    memory_percent = format!("{:.1}", s.memory_percent),
+                    load1 = s.load1,
+                    load1_multiplier = format!("{:.2}", s.load1_multiplier),
+                    cpu_percent = format!("{:.1}", s.cpu_percent),
+                    rss_mb = s.rss_bytes / (1024 * 1024),
+                    producers = s.producers,
+                    consumers = s.consumers,
+                    acks = s.acks,
+                    locks = s.locks,
+                    queue_backlog = s.queue_backlog,
+                    "lsf sample"
+                );
+            }
+        }
+    }
 }

@@ -262,10 +262,7 @@ impl<'de> Deserializer<'de> for Member {
         visitor.visit_some(self)
     }
 
-    fn deserialize_ignored_any<V: Visitor<'de>>(
-        self,
-        visitor: V,
-    ) -> Result<V::Value, DecodeError> {
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
         match self.unknown {
             Unknown::Refuse => Err(DecodeError(format!("json: unknown field {:?}", self.name))),
             Unknown::Ignore => visitor.visit_unit(),

@@ -17,7 +17,6 @@ use super::{
     client_left, required_key, respond, ApiError, AppState, Caller, ClientGone, CorrelationId,
 };
 use crate::core::{AcquireInput, KeepAliveInput, ReleaseInput};
-use lockd_tls::Access;
 
 type Res = Result<Response, ApiError>;
 
@@ -47,7 +46,7 @@ pub async fn acquire(
     if txn_id.is_empty() {
         txn_id = header(&h, headers::TXN_ID).unwrap_or("").to_string();
     }
-    let ns = app.namespace_for(&namespace, &caller, Access::Any)?;
+    let ns = app.namespace_for(&namespace, &caller)?;
     // The key as echoed: trimmed, one leading '/' and a '<namespace>/'
     // prefix stripped; generated when empty.
     let mut shown = names::trim_key(&key).to_string();
@@ -166,7 +165,6 @@ pub async fn keepalive(
             &namespace
         },
         &caller,
-        Access::Any,
     )?;
     let key = required_key(if key.is_empty() { q.get("key") } else { &key })?;
     if lease_id.is_empty() {
@@ -228,7 +226,6 @@ pub async fn release(
             &namespace
         },
         &caller,
-        Access::Any,
     )?;
     let key = required_key(if key.is_empty() { q.get("key") } else { &key })?;
     if lease_id.is_empty() {

@@ -5,6 +5,7 @@
 mod decode;
 mod drain;
 mod error;
+pub(crate) mod guard;
 mod lease;
 pub(crate) mod linger;
 mod multipart;
@@ -18,15 +19,17 @@ use std::sync::Arc;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::any;
+use axum::routing::{any, MethodRouter};
 use axum::Router;
 use http::{header, HeaderValue, StatusCode};
+use lockd_api::endpoints::{self as ep, Endpoint, Permission};
 use lockd_api::{headers, names, ErrorCode};
 
 use crate::core::queue::Queues;
 use crate::core::Engine;
 pub use drain::BodyPolicy;
 pub use error::ApiError;
+use guard::Route;
 use lockd_tls::{Access, Denied, Identity};
 use serve::ClientGone;
 pub use serve::ConnLimits;
@@ -38,7 +41,7 @@ pub struct AppState {
     /// The queue subsystem.
     pub queues: Arc<Queues>,
     /// Back-pressure and drain.
-    pub control: Arc<crate::control::layer::Control>,
+    pub control: Arc<crate::control::Control>,
     /// Namespace for requests that name none.
     pub default_namespace: String,
     /// Body limit for JSON requests and documents.
@@ -61,10 +64,14 @@ type Shared = Arc<AppState>;
 #[derive(Clone, Debug, Default)]
 pub struct Peer(pub Option<Arc<Identity>>);
 
-/// The caller of a request: its certificate identity under mTLS, nobody
-/// (and no authorization) without.
-#[derive(Clone, Debug, Default)]
-pub struct Caller(Option<Arc<Identity>>);
+/// The caller of a request: its certificate identity under mTLS (nobody,
+/// and no authorization, without), and the namespace permission its
+/// endpoint requires (from the endpoint table).
+#[derive(Clone, Debug)]
+pub struct Caller {
+    id: Option<Arc<Identity>>,
+    permission: Permission,
+}
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
     type Rejection = std::convert::Infallible;
@@ -73,20 +80,39 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
         parts: &mut http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        Ok(Caller(
-            parts
+        Ok(Caller {
+            id: parts
                 .extensions
                 .get::<axum::extract::ConnectInfo<Peer>>()
                 .and_then(|c| c.0 .0.clone()),
-        ))
+            permission: parts
+                .extensions
+                .get::<Route>()
+                .and_then(|r| r.0)
+                .map_or(Permission::Any, |e| e.permission),
+        })
     }
 }
 
 impl Caller {
-    /// Checks the caller's namespace claims (PROTOCOL.md §1.10).
-    fn authorize(&self, namespace: &str, access: Access) -> Result<(), ApiError> {
-        let Some(id) = &self.0 else {
+    /// The same caller doing only what `permission` allows (a public
+    /// read on `/v1/get` needs read permission, not a lease claim).
+    fn with_permission(mut self, permission: Permission) -> Caller {
+        self.permission = permission;
+        self
+    }
+
+    /// Checks the caller's namespace claims against its endpoint's
+    /// permission (PROTOCOL.md §1.10).
+    fn authorize(&self, namespace: &str) -> Result<(), ApiError> {
+        let Some(id) = &self.id else {
             return Ok(());
+        };
+        let access = match self.permission {
+            Permission::None => return Ok(()),
+            Permission::Any => Access::Any,
+            Permission::Read => Access::Read,
+            Permission::Write => Access::Write,
         };
         id.authorize(namespace, access).map_err(|d| match d {
             Denied::Forbidden(m) => ApiError::new(ErrorCode::NamespaceForbidden, m),
@@ -97,7 +123,7 @@ impl Caller {
     /// A lease owner as stored under mTLS: `<owner>/<subject>#<serial>`
     /// (even for an empty owner).
     fn lease_owner(&self, owner: String) -> String {
-        match &self.0 {
+        match &self.id {
             Some(id) => format!("{owner}{}", id.owner_suffix()),
             None => owner,
         }
@@ -106,7 +132,7 @@ impl Caller {
     /// A queue consumer's owner under mTLS: suffixed like a lease owner,
     /// but an empty owner stays empty (and is refused as missing).
     fn queue_owner(&self, owner: String) -> String {
-        match &self.0 {
+        match &self.id {
             Some(id) if !owner.is_empty() => format!("{owner}{}", id.owner_suffix()),
             _ => owner,
         }
@@ -117,48 +143,60 @@ impl Caller {
 #[derive(Clone, Debug)]
 pub struct CorrelationId(pub String);
 
+/// Every endpoint of the table with its handler. Adding an endpoint is
+/// one entry in `lockd_api::endpoints` and one line here.
+fn handlers() -> Vec<(Endpoint, MethodRouter<Shared>)> {
+    vec![
+        (ep::HEALTHZ, any(health)),
+        (ep::READYZ, any(health)),
+        (ep::ACQUIRE, any(lease::acquire)),
+        (ep::KEEPALIVE, any(lease::keepalive)),
+        (ep::RELEASE, any(lease::release)),
+        (ep::GET, any(state::get)),
+        (ep::UPDATE, any(state::update)),
+        (ep::REMOVE, any(state::remove)),
+        (ep::DESCRIBE, any(state::describe)),
+        (ep::METADATA, any(state::metadata)),
+        (ep::QUEUE_ENQUEUE, any(queue::enqueue)),
+        (ep::QUEUE_DEQUEUE, any(queue::dequeue)),
+        (ep::QUEUE_DEQUEUE_WITH_STATE, any(queue::dequeue_with_state)),
+        (ep::QUEUE_SUBSCRIBE, any(queue::subscribe)),
+        (
+            ep::QUEUE_SUBSCRIBE_WITH_STATE,
+            any(queue::subscribe_with_state),
+        ),
+        (ep::QUEUE_ACK, any(queue::ack)),
+        (ep::QUEUE_NACK, any(queue::nack)),
+        (ep::QUEUE_EXTEND, any(queue::extend)),
+        (ep::QUEUE_STATS, any(queue::stats)),
+        (ep::QUEUE_WATCH, any(queue::watch)),
+        (ep::QUEUE_DLQ_LIST, any(queue::dlq_list)),
+        (ep::QUEUE_DLQ_GET, any(queue::dlq_get)),
+        (ep::QUEUE_DLQ_REDRIVE, any(queue::dlq_redrive)),
+    ]
+}
+
 /// Builds the router for all endpoints.
 pub fn router(state: Shared) -> Router {
     let control = state.control.clone();
     let ha = state.ha.clone();
     let metrics = state.metrics.clone();
     let body_policy = Arc::new(state.body_policy);
-    Router::new()
-        .route("/healthz", any(health))
-        .route("/readyz", any(health))
-        .route("/v1/acquire", any(lease::acquire))
-        .route("/v1/keepalive", any(lease::keepalive))
-        .route("/v1/release", any(lease::release))
-        .route("/v1/get", any(state::get))
-        .route("/v1/update", any(state::update))
-        .route("/v1/remove", any(state::remove))
-        .route("/v1/describe", any(state::describe))
-        .route("/v1/metadata", any(state::metadata))
-        .route("/v1/queue/enqueue", any(queue::enqueue))
-        .route("/v1/queue/dequeue", any(queue::dequeue))
-        .route("/v1/queue/dequeueWithState", any(queue::dequeue_with_state))
-        .route("/v1/queue/subscribe", any(queue::subscribe))
-        .route(
-            "/v1/queue/subscribeWithState",
-            any(queue::subscribe_with_state),
-        )
-        .route("/v1/queue/ack", any(queue::ack))
-        .route("/v1/queue/nack", any(queue::nack))
-        .route("/v1/queue/extend", any(queue::extend))
-        .route("/v1/queue/stats", any(queue::stats))
-        .route("/v1/queue/watch", any(queue::watch))
-        .route("/v1/queue/dlq/list", any(queue::dlq_list))
-        .route("/v1/queue/dlq/get", any(queue::dlq_get))
-        .route("/v1/queue/dlq/redrive", any(queue::dlq_redrive))
+    let mut router = Router::new();
+    for (endpoint, handler) in handlers() {
+        router = router.route(endpoint.path, handler);
+    }
+    router
         .fallback(not_found)
         // Bodies are bounded by --json-max in the handlers, not axum's default.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
             control,
-            crate::control::layer::guard,
+            guard::pressure,
         ))
-        .layer(axum::middleware::from_fn_with_state(ha, passive_guard))
+        .layer(axum::middleware::from_fn_with_state(ha, guard::passive))
         .layer(axum::middleware::from_fn_with_state(metrics, correlation))
+        .layer(axum::middleware::from_fn(guard::tag))
         // Outermost: whatever answers (a handler, a guard, a refusal), the
         // rest of its request body is read before the answer goes out.
         .layer(axum::middleware::from_fn_with_state(
@@ -166,25 +204,6 @@ pub fn router(state: Shared) -> Router {
             drain::finish_request_body,
         ))
         .with_state(state)
-}
-
-/// A passive node (failover) answers everything but the health checks
-/// with `503 node_passive`, so clients move to the next endpoint.
-async fn passive_guard(
-    axum::extract::State(ha): axum::extract::State<Arc<crate::ha::Ha>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    if ha.is_active() || matches!(req.uri().path(), "/healthz" | "/readyz") {
-        return next.run(req).await;
-    }
-    axum::response::IntoResponse::into_response(ApiError(
-        crate::core::CoreError::new(
-            ErrorCode::NodePassive,
-            "server is passive for this backend; retry another node",
-        )
-        .with_retry_after(ha.retry_after_seconds()),
-    ))
 }
 
 async fn health() -> Response {
@@ -226,7 +245,8 @@ async fn correlation(
 ) -> Response {
     use tracing::Instrument;
     let started = std::time::Instant::now();
-    let endpoint = crate::obs::endpoint_index(req.uri().path());
+    let route = Route::of(&req);
+    let endpoint = crate::obs::endpoint_slot(route);
     let id = req
         .headers()
         .get(headers::CORRELATION_ID)
@@ -238,7 +258,7 @@ async fn correlation(
     #[cfg(not(feature = "otlp"))]
     let span = tracing::error_span!(
         "request",
-        sys = crate::obs::endpoint_sys(endpoint),
+        sys = crate::obs::endpoint_sys(route),
         correlation_id = id.as_str(),
     );
     // With OTLP export compiled in, the span also carries what the
@@ -248,13 +268,14 @@ async fn correlation(
     #[cfg(feature = "otlp")]
     let span = tracing::error_span!(
         "request",
-        lockd.sys = crate::obs::endpoint_sys(endpoint),
+        lockd.sys = crate::obs::endpoint_sys(route),
         lockd.correlation_id = id.as_str(),
-        otel.name = crate::obs::endpoint_operation(endpoint)
+        otel.name = route
+            .map(Endpoint::operation)
             .unwrap_or(crate::obs::otlp::span_name_method(req.method())),
         otel.kind = "server",
         http.request.method = crate::obs::otlp::method(req.method()),
-        http.route = crate::obs::endpoint_route(endpoint),
+        http.route = route.map(|e| e.path),
         http.response.status_code = tracing::field::Empty,
         "error.type" = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
@@ -282,7 +303,7 @@ async fn correlation(
     // Outside the span (which is closed by now): the context is given
     // explicitly.
     tracing::debug!(
-        sys = crate::obs::endpoint_sys(endpoint),
+        sys = crate::obs::endpoint_sys(route),
         correlation_id = id.as_str(),
         method = method.as_str(),
         endpoint = crate::obs::endpoint_label(endpoint),
@@ -300,16 +321,11 @@ impl AppState {
             .map_err(|e| ApiError::new(ErrorCode::InvalidNamespace, e.0))
     }
 
-    /// Normalises a namespace, then checks that `caller` may touch it
-    /// with `access`.
-    fn namespace_for(
-        &self,
-        raw: &str,
-        caller: &Caller,
-        access: Access,
-    ) -> Result<String, ApiError> {
+    /// Normalises a namespace, then checks that `caller` may touch it as
+    /// its endpoint requires.
+    fn namespace_for(&self, raw: &str, caller: &Caller) -> Result<String, ApiError> {
         let ns = self.namespace(raw)?;
-        caller.authorize(&ns, access)?;
+        caller.authorize(&ns)?;
         Ok(ns)
     }
 }
@@ -330,5 +346,17 @@ fn required_key(raw: &str) -> Result<String, ApiError> {
         Ok(Some(k)) => Ok(k),
         Ok(None) => Err(ApiError::new(ErrorCode::MissingKey, "key required")),
         Err(e) => Err(ApiError::new(ErrorCode::InvalidKey, e.0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_endpoint_of_the_table_has_one_handler() {
+        let routed: Vec<usize> = handlers().iter().map(|(e, _)| e.slot).collect();
+        let table: Vec<usize> = ep::ALL.iter().map(|e| e.slot).collect();
+        assert_eq!(routed, table);
     }
 }

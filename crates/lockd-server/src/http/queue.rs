@@ -28,7 +28,6 @@ use crate::core::queue::{
     DequeueInput, EnqueueInput, Leased, MessageRef, NackIntent, QueueShard, Wait,
 };
 use crate::storage::ByteStream;
-use lockd_tls::Access;
 
 type Res = Result<Response, ApiError>;
 
@@ -73,7 +72,7 @@ pub async fn enqueue(
             "content type must be multipart/*",
         ));
     }
-    let boundary = boundary_of(ct).ok_or_else(|| {
+    let boundary = lockd_api::delivery::boundary_of(ct).ok_or_else(|| {
         ApiError::new(
             ErrorCode::MultipartError,
             "multipart content type without a boundary",
@@ -120,7 +119,7 @@ pub async fn enqueue(
             "attributes must be a JSON object",
         ));
     }
-    let ns = app.namespace_for(&namespace, &caller, Access::Write)?;
+    let ns = app.namespace_for(&namespace, &caller)?;
     let q = Query::parse(uri.query());
     let queue = queue_name(or_query(&queue, &q, "queue"), ErrorCode::InvalidQueue)?;
     let payload = payload.unwrap_or_else(|| crate::storage::once_stream(Bytes::new()));
@@ -156,19 +155,6 @@ pub async fn enqueue(
             correlation_id: rec.correlation_id,
         },
     ))
-}
-
-/// The `boundary` parameter of a `multipart/*` content type (any subtype;
-/// clients send `multipart/related`), unquoted.
-fn boundary_of(content_type: &str) -> Option<String> {
-    content_type.split(';').skip(1).find_map(|param| {
-        let (k, v) = param.split_once('=')?;
-        if !k.trim().eq_ignore_ascii_case("boundary") {
-            return None;
-        }
-        let v = v.trim().trim_matches('"');
-        (!v.is_empty() && v.len() <= 200).then(|| v.to_string())
-    })
 }
 
 async fn read_limited(mut field: multer::Field<'static>, limit: u64) -> Result<Vec<u8>, ApiError> {
@@ -210,7 +196,7 @@ async fn consumer(
         start_after: _,
     } = read_json(body, app.json_max, Decode::OPTIONAL_BODY).await?;
     let q = Query::parse(uri.query());
-    let ns = app.namespace_for(or_query(&namespace, &q, "namespace"), caller, Access::Read)?;
+    let ns = app.namespace_for(or_query(&namespace, &q, "namespace"), caller)?;
     let requested = or_query(&queue, &q, "queue").trim().to_string();
     let queue = queue_name(&requested, ErrorCode::InvalidQueue)?;
     let owner = caller.queue_owner(or_query(&owner, &q, "owner").trim().to_string());
@@ -582,7 +568,7 @@ fn message_ref(
     need_meta_etag: bool,
 ) -> Result<MessageRef, ApiError> {
     let q = Query::parse(uri.query());
-    let ns = app.namespace_for(or_query(&s.namespace, &q, "namespace"), caller, Access::Read)?;
+    let ns = app.namespace_for(or_query(&s.namespace, &q, "namespace"), caller)?;
     if s.queue.trim().is_empty()
         || s.message_id.is_empty()
         || s.lease_id.is_empty()
@@ -642,7 +628,11 @@ pub async fn ack(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, bod
 /// `POST /v1/queue/nack`.
 pub async fn nack(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, body: Body) -> Res {
     let req: NackRequest = read_json(body, app.json_max, Decode::BODY).await?;
-    let (delay, intent, last_error) = (req.delay_seconds, req.intent.clone(), req.last_error.clone());
+    let (delay, intent, last_error) = (
+        req.delay_seconds,
+        req.intent.clone(),
+        req.last_error.clone(),
+    );
     let r = message_ref(&app, &caller, &uri, settle!(req), true)?;
     let intent = match intent.trim().to_ascii_lowercase().as_str() {
         "" | "failure" => NackIntent::Failure,
@@ -702,13 +692,12 @@ pub async fn extend(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, 
 fn addressed_queue(
     app: &AppState,
     caller: &Caller,
-    access: Access,
     uri: &Uri,
     namespace: &str,
     queue: &str,
 ) -> Result<(String, String, String), ApiError> {
     let q = Query::parse(uri.query());
-    let ns = app.namespace_for(or_query(namespace, &q, "namespace"), caller, access)?;
+    let ns = app.namespace_for(or_query(namespace, &q, "namespace"), caller)?;
     let requested = or_query(queue, &q, "queue").trim().to_string();
     let name = queue_name(&requested, ErrorCode::InvalidQueue)?;
     Ok((ns, name, requested))
@@ -723,8 +712,7 @@ pub async fn stats(
     body: Body,
 ) -> Res {
     let req: QueueRequest = read_json(body, app.json_max, Decode::OPTIONAL_BODY).await?;
-    let (ns, queue, requested) =
-        addressed_queue(&app, &caller, Access::Read, &uri, &req.namespace, &req.queue)?;
+    let (ns, queue, requested) = addressed_queue(&app, &caller, &uri, &req.namespace, &req.queue)?;
     let snap = app.queues.snapshot(&ns, &queue).await?;
     let now = app.queues.clock().now_unix();
     let (head_id, head_enq, head_vis) = snap.head.clone().unwrap_or_default();
@@ -761,8 +749,7 @@ pub async fn watch(
     body: Body,
 ) -> Res {
     let req: QueueRequest = read_json(body, app.json_max, Decode::OPTIONAL_BODY).await?;
-    let (ns, queue, requested) =
-        addressed_queue(&app, &caller, Access::Read, &uri, &req.namespace, &req.queue)?;
+    let (ns, queue, requested) = addressed_queue(&app, &caller, &uri, &req.namespace, &req.queue)?;
     let shard = app.queues.shard(&ns, &queue).await?;
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::spawn(async move {
@@ -840,7 +827,7 @@ pub async fn dlq_list(
         start_after,
         limit,
     } = read_json(body, app.json_max, Decode::OPTIONAL_BODY).await?;
-    let (ns, queue, _) = addressed_queue(&app, &caller, Access::Read, &uri, &namespace, &queue)?;
+    let (ns, queue, _) = addressed_queue(&app, &caller, &uri, &namespace, &queue)?;
     let limit = if limit <= 0 { 100 } else { limit.min(1000) } as usize;
     let recs = app
         .queues
@@ -884,7 +871,7 @@ pub async fn dlq_get(
         queue,
         message_id: id,
     } = read_json(body, app.json_max, Decode::OPTIONAL_BODY).await?;
-    let (ns, queue, _) = addressed_queue(&app, &caller, Access::Read, &uri, &namespace, &queue)?;
+    let (ns, queue, _) = addressed_queue(&app, &caller, &uri, &namespace, &queue)?;
     if id.is_empty() {
         return Err(ApiError::new(
             ErrorCode::MissingFields,
@@ -916,7 +903,7 @@ pub async fn dlq_redrive(
         all,
         message_ids: mut ids,
     } = read_json(body, app.json_max, Decode::BODY).await?;
-    let (ns, queue, _) = addressed_queue(&app, &caller, Access::Write, &uri, &namespace, &queue)?;
+    let (ns, queue, _) = addressed_queue(&app, &caller, &uri, &namespace, &queue)?;
     if all {
         let mut after: Option<String> = None;
         loop {

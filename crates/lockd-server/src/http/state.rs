@@ -7,10 +7,10 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
 use http::{header::CONTENT_TYPE, HeaderMap, HeaderValue, StatusCode, Uri};
+use lockd_api::endpoints::Permission;
 use lockd_api::{
     headers, DescribeResponse, ErrorCode, MetadataAttributes, MetadataRequest, MetadataResponse,
-    RemoveResponse,
-    UpdateResponse,
+    RemoveResponse, UpdateResponse,
 };
 use sha2::{Digest, Sha256};
 
@@ -19,7 +19,6 @@ use super::decode::{
 };
 use super::{required_key, respond, ApiError, AppState, Caller};
 use crate::core::{Document, LeaseRef, MetadataInput, RemoveInput, UpdateInput};
-use lockd_tls::Access;
 
 type Res = Result<Response, ApiError>;
 
@@ -28,17 +27,12 @@ const METADATA_MAX: u64 = 4096;
 
 /// Namespace and key of a query-addressed endpoint, checked in the
 /// protocol's order: `missing_key`, `invalid_namespace`, `invalid_key`.
-fn addressed(
-    app: &AppState,
-    q: &Query,
-    caller: &Caller,
-    access: Access,
-) -> Result<(String, String), ApiError> {
+fn addressed(app: &AppState, q: &Query, caller: &Caller) -> Result<(String, String), ApiError> {
     let raw_key = q.get("key");
     if raw_key.trim().is_empty() {
         return Err(ApiError::new(ErrorCode::MissingKey, "key query required"));
     }
-    let ns = app.namespace_for(q.get("namespace"), caller, access)?;
+    let ns = app.namespace_for(q.get("namespace"), caller)?;
     let key = required_key(raw_key)?;
     Ok((ns, key))
 }
@@ -104,9 +98,14 @@ pub async fn get(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, h: 
             ErrorCode::InvalidFencingToken,
         )?)
     };
-    // Public reads need read permission; a lease holder needs any claim.
-    let access = if public { Access::Read } else { Access::Any };
-    let ns = app.namespace_for(q.get("namespace"), &caller, access)?;
+    // Public reads need read permission; a lease holder needs any claim
+    // (the endpoint's own permission).
+    let caller = if public {
+        caller.with_permission(Permission::Read)
+    } else {
+        caller
+    };
+    let ns = app.namespace_for(q.get("namespace"), &caller)?;
     let key = required_key(q.get("key"))?;
     match (token, lease_id) {
         (None, _) => Ok(document(app.engine.get_public(&ns, &key).await?, None)),
@@ -129,7 +128,7 @@ pub async fn update(
     body: Body,
 ) -> Res {
     let q = Query::parse(uri.query());
-    let (namespace, key) = addressed(&app, &q, &caller, Access::Write)?;
+    let (namespace, key) = addressed(&app, &q, &caller)?;
     let lease = lease_headers(&h)?;
     let if_version = opt_int_header(&h, headers::IF_VERSION, ErrorCode::InvalidVersion)?;
     let expected_bytes = match header(&h, headers::EXPECTED_BYTES) {
@@ -217,7 +216,7 @@ pub async fn remove(
     h: HeaderMap,
 ) -> Res {
     let q = Query::parse(uri.query());
-    let (namespace, key) = addressed(&app, &q, &caller, Access::Write)?;
+    let (namespace, key) = addressed(&app, &q, &caller)?;
     let lease = lease_headers(&h)?;
     // Parsed but not enforced on remove, as in the original.
     opt_int_header(&h, headers::IF_VERSION, ErrorCode::InvalidVersion)?;
@@ -243,7 +242,7 @@ pub async fn remove(
 
 pub async fn describe(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri) -> Res {
     let q = Query::parse(uri.query());
-    let (namespace, key) = addressed(&app, &q, &caller, Access::Read)?;
+    let (namespace, key) = addressed(&app, &q, &caller)?;
     let rec = app.engine.describe(&namespace, &key).await?;
     let mut out = DescribeResponse {
         namespace,
@@ -272,7 +271,7 @@ pub async fn metadata(
     body: Body,
 ) -> Res {
     let q = Query::parse(uri.query());
-    let (namespace, key) = addressed(&app, &q, &caller, Access::Write)?;
+    let (namespace, key) = addressed(&app, &q, &caller)?;
     let lease = lease_headers(&h)?;
     let if_version = opt_int_header(&h, headers::IF_VERSION, ErrorCode::InvalidVersion)?;
     let MetadataRequest {

@@ -18,8 +18,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::metrics::{Exposition, HttpMetrics, StoreMetrics, DISK_COMMITS};
-use crate::control::layer::Control;
 use crate::control::qrf::State;
+use crate::control::Control;
 use crate::core::queue::{QueueGauge, Queues};
 use crate::core::Engine;
 use crate::ha::Ha;
