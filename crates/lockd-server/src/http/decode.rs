@@ -441,3 +441,111 @@ pub fn is_xid(s: &str) -> bool {
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'v').contains(&b))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockd_api::{AcquireRequest, EnqueueRequest, KeepAliveRequest, RedriveRequest};
+
+    fn detail<T: DeserializeOwned + std::fmt::Debug>(body: &str, how: Decode) -> String {
+        match decode::<T>(body.as_bytes(), how) {
+            Ok(v) => panic!("{body} decoded as {v:?}"),
+            Err(e) => {
+                assert_eq!(e.0.code, how.code, "{body}");
+                e.0.detail
+            }
+        }
+    }
+
+    #[test]
+    fn names_fold_case_last_spelling_wins_and_null_is_zero() {
+        let r: AcquireRequest = decode(
+            br#"{"KEY":"a","Owner":"w","key":"b","ttl_seconds":null,"TxN_Id":"x"}"#,
+            Decode::BODY,
+        )
+        .unwrap();
+        assert_eq!(r.key, "b");
+        assert_eq!(r.owner, "w");
+        assert_eq!(r.ttl_seconds, 0);
+        assert_eq!(r.txn_id, "x");
+        // A null after a value leaves the value, as Go does.
+        let r: AcquireRequest = decode(br#"{"key":"a","key":null}"#, Decode::BODY).unwrap();
+        assert_eq!(r.key, "a");
+        let r: AcquireRequest = decode(b"null", Decode::BODY).unwrap();
+        assert_eq!(r, AcquireRequest::default());
+    }
+
+    #[test]
+    fn empty_bodies_follow_the_endpoint() {
+        assert_eq!(detail::<AcquireRequest>(" \n", Decode::BODY), "EOF");
+        let r: RedriveRequest = decode(b"", Decode::OPTIONAL_BODY).unwrap();
+        assert_eq!(r, RedriveRequest::default());
+    }
+
+    #[test]
+    fn wrong_types_name_the_field_and_its_go_type() {
+        for (body, field, go) in [
+            (r#"{"ttl_seconds":"30"}"#, "ttl_seconds", "int64"),
+            (r#"{"ttl_seconds":30.5}"#, "ttl_seconds", "int64"),
+            (r#"{"ttl_seconds":1e3}"#, "ttl_seconds", "int64"),
+            (
+                r#"{"ttl_seconds":9223372036854775808}"#,
+                "ttl_seconds",
+                "int64",
+            ),
+            (r#"{"Key":5}"#, "Key", "string"),
+            (r#"{"if_not_exists":"yes"}"#, "if_not_exists", "bool"),
+        ] {
+            assert_eq!(
+                detail::<AcquireRequest>(body, Decode::BODY),
+                format!("json: cannot unmarshal value into field {field:?} of type {go}"),
+            );
+        }
+        // Options and arrays are typed too.
+        assert!(
+            detail::<KeepAliveRequest>(r#"{"fencing_token":"1"}"#, Decode::BODY)
+                .contains(r#""fencing_token" of type int64"#)
+        );
+        assert!(
+            detail::<RedriveRequest>(r#"{"message_ids":[1]}"#, Decode::BODY)
+                .contains(r#""message_ids" of type array"#)
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_trailing_data_are_refused() {
+        assert_eq!(
+            detail::<AcquireRequest>(r#"{"key":"a","Surprise":1}"#, Decode::BODY),
+            r#"json: unknown field "Surprise""#
+        );
+        assert_eq!(
+            detail::<AcquireRequest>(r#"{"key":"a"} {}"#, Decode::BODY),
+            "unexpected trailing JSON value"
+        );
+        for body in ["[1]", "\"s\"", "42", "{", "{'key':'a'}"] {
+            assert!(detail::<AcquireRequest>(body, Decode::BODY).starts_with("json: "));
+        }
+        let code = Decode {
+            code: ErrorCode::InvalidMetadata,
+            ..Decode::BODY
+        };
+        detail::<AcquireRequest>("{", code);
+    }
+
+    #[test]
+    fn enqueue_meta_ignores_unknown_fields_but_not_wrong_types() {
+        let lenient = Decode {
+            unknown: Unknown::Ignore,
+            ..Decode::OPTIONAL_BODY
+        };
+        let m: EnqueueRequest = decode(
+            br#"{"queue":"q","later_field":{"a":[1]},"attributes":{"k":1}}"#,
+            lenient,
+        )
+        .unwrap();
+        assert_eq!(m.queue, "q");
+        assert_eq!(m.attributes, Some(serde_json::json!({"k":1})));
+        assert!(detail::<EnqueueRequest>(r#"{"max_attempts":"5"}"#, lenient)
+            .contains(r#""max_attempts" of type int64"#));
+    }
+}
