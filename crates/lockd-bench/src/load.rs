@@ -142,7 +142,7 @@ impl Shared {
         exchange(&self.http, req, self.timeout)
             .await
             .map_err(|e| format!("{what} {key}: {e}"))?
-            .ok_body(&format!("{what} {key}"))
+            .ok_body(|| format!("{what} {key}"))
     }
 
     /// One unit of work; a lease cycle fills `op_ns` with its per-request

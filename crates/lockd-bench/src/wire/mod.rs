@@ -163,12 +163,13 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// The body of a 2xx answer, else `{what}: HTTP {status}: {snippet}`.
-    pub fn ok_body(self, what: &str) -> Result<Bytes, String> {
+    /// The body of a 2xx answer, else `{what}: HTTP {status}: {snippet}`
+    /// (`what` is only formatted for a failure, off the hot path).
+    pub fn ok_body(self, what: impl FnOnce() -> String) -> Result<Bytes, String> {
         if self.status.is_success() {
             Ok(self.body)
         } else {
-            Err(self.failure(what))
+            Err(self.failure(&what()))
         }
     }
 

@@ -374,16 +374,15 @@ pub async fn ack(
     timeout: Duration,
 ) -> Result<Acked, String> {
     let req = post(uri, &JSON, ack_body(queue, m))?;
-    let what = format!("ack {}", m.message_id);
     let a = exchange(http, req, timeout)
         .await
-        .map_err(|e| format!("{what}: {e}"))?;
+        .map_err(|e| format!("ack {}: {e}", m.message_id))?;
     Ok(if a.status.is_success() {
         Acked::Ok
     } else if a.status == StatusCode::TOO_MANY_REQUESTS {
         Acked::Throttled
     } else {
-        Acked::Refused(a.failure(&what))
+        Acked::Refused(a.failure(&format!("ack {}", m.message_id)))
     })
 }
 
@@ -395,7 +394,7 @@ async fn stats_raw(http: &HttpClient, base: &str, queue: &str) -> Result<Bytes, 
     let a = exchange(http, req, PREFLIGHT_TIMEOUT)
         .await
         .map_err(|e| format!("{url}: {e}"))?;
-    a.ok_body(&url)
+    a.ok_body(|| url)
 }
 
 /// `POST {base}/v1/queue/stats` for `queue`, decoded.
