@@ -1,7 +1,6 @@
 //! `lockd-bench queue`: the baseline, then one queue run per store (or
 //! node count) and consumer mode, and the report of them all.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -16,7 +15,7 @@ use crate::report::{
 };
 use crate::s3;
 use crate::server::InProcess;
-use crate::stats::{ser_ms, Latency};
+use crate::stats::Latency;
 use crate::wire;
 
 /// The original Go lockd's published queue figures, quoted from the issue
@@ -76,39 +75,15 @@ struct QueueRun {
     target: String,
     queue: String,
     page_size: u32,
-    messages_per_s: f64,
     requests_per_s: f64,
     ratio_of_baseline_ceiling: Option<f64>,
     ratios: Option<RatiosVs>,
-    acked: u64,
-    end_to_end_ms: Option<Latency>,
     ops_latency_ms: OpsLatency,
-    enqueued: u64,
-    enqueues_per_s: f64,
     errors: Errors,
-    empty_polls: u64,
-    queue_busy: u64,
     messages_per_response: Option<f64>,
-    streams_opened: u64,
-    streams_ended_by_server: u64,
-    redeliveries: u64,
-    foreign: u64,
     backlog: Backlog,
-    warmup_acked: u64,
-    total_enqueued: u64,
-    total_acked: u64,
-    undrained: u64,
-    #[serde(rename = "drain_s", serialize_with = "ser_secs")]
-    drain: Duration,
-    error_kinds: BTreeMap<String, u64>,
-    acked_by_node: Vec<u64>,
-    enqueued_by_node: Vec<u64>,
-    slow_dequeues: u64,
-    #[serde(rename = "dequeue_max_all_ms", serialize_with = "ser_ms")]
-    dequeue_max_all: u64,
-    slow_dequeues_sent_s: Option<[f64; 2]>,
-    /// Everything measured (the text report reads the rest here).
-    #[serde(skip)]
+    /// Everything measured: counts, rates and latencies.
+    #[serde(flatten)]
     result: QueueResult,
 }
 
@@ -131,19 +106,14 @@ impl QueueRun {
             target,
             queue,
             page_size,
-            messages_per_s: r.rate,
             requests_per_s: r.rate * REQUESTS_PER_UNIT,
             ratio_of_baseline_ceiling: None,
             ratios: None,
-            acked: r.acked,
-            end_to_end_ms: r.e2e,
             ops_latency_ms: OpsLatency {
                 enqueue: r.enqueue,
                 dequeue: r.dequeue,
                 ack: r.ack,
             },
-            enqueued: r.enqueued,
-            enqueues_per_s: r.enqueue_rate,
             errors: Errors {
                 enqueue: r.enqueue_errors,
                 consume: r.consume_errors,
@@ -151,31 +121,12 @@ impl QueueRun {
                 total: r.errors(),
                 outside_window: r.outside_errors,
             },
-            empty_polls: r.empty_polls,
-            queue_busy: r.busy,
             messages_per_response: r.per_response(),
-            streams_opened: r.streams,
-            streams_ended_by_server: r.stream_ends,
-            redeliveries: r.redeliveries,
-            foreign: r.foreign,
             backlog: Backlog {
                 mean: r.backlog_mean,
                 max: r.backlog_max,
                 cap: backlog_cap,
             },
-            warmup_acked: r.warmup_acked,
-            total_enqueued: r.total_enqueued,
-            total_acked: r.total_acked,
-            undrained: r.undrained,
-            drain: r.drain,
-            error_kinds: r.error_kinds.clone(),
-            acked_by_node: r.acked_by_node.clone(),
-            enqueued_by_node: r.enqueued_by_node.clone(),
-            slow_dequeues: r.slow_dequeues,
-            dequeue_max_all: r.dequeue_max_all,
-            slow_dequeues_sent_s: r
-                .slow_started
-                .map(|(a, b)| [a as f64 / 1e9, b as f64 / 1e9]),
             result: r,
         }
     }

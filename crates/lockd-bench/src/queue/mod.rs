@@ -47,6 +47,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 
 use crate::stats::Latency;
@@ -119,51 +120,71 @@ pub struct QueueSpec {
 }
 
 /// What one queue run measured.
-#[derive(Debug, Clone, Default)]
+/// As JSON (the part of a `queue` run's report it carries): the counts
+/// under their report names; the groups (`errors`, `ops_latency_ms`,
+/// `backlog`) are assembled by the report.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct QueueResult {
     /// Messages acked inside the window.
     pub acked: u64,
     /// `acked` per second of window.
+    #[serde(rename = "messages_per_s")]
     pub rate: f64,
     /// Enqueue-to-ack latency of those messages.
+    #[serde(rename = "end_to_end_ms")]
     pub e2e: Option<Latency>,
     /// Enqueue request latency (started and finished inside the window).
+    #[serde(skip)]
     pub enqueue: Option<Latency>,
     /// Dequeue request latency (dequeue mode; until the whole body is read).
+    #[serde(skip)]
     pub dequeue: Option<Latency>,
     /// Ack request latency.
+    #[serde(skip)]
     pub ack: Option<Latency>,
     /// Successful enqueues inside the window.
     pub enqueued: u64,
     /// `enqueued` per second of window.
+    #[serde(rename = "enqueues_per_s")]
     pub enqueue_rate: f64,
     /// Failed enqueues inside the window.
+    #[serde(skip)]
     pub enqueue_errors: u64,
     /// Failed dequeue/subscribe requests or broken streams inside the window.
+    #[serde(skip)]
     pub consume_errors: u64,
     /// Failed acks inside the window.
+    #[serde(skip)]
     pub ack_errors: u64,
     /// Errors during warm-up or drain (not in `errors()`).
+    #[serde(skip)]
     pub outside_errors: u64,
     /// `409 waiting` answers (no message within `wait_seconds`).
     pub empty_polls: u64,
     /// `503 queue_busy` answers (whole run; not counted as errors).
+    #[serde(rename = "queue_busy")]
     pub busy: u64,
     /// Subscribe streams opened (whole run).
+    #[serde(rename = "streams_opened")]
     pub streams: u64,
     /// Subscribe streams the server ended (whole run).
+    #[serde(rename = "streams_ended_by_server")]
     pub stream_ends: u64,
     /// Deliveries with `attempts > 1` (whole run).
     pub redeliveries: u64,
     /// Deliveries without this run's tag (acked, not counted).
     pub foreign: u64,
     /// Dequeue responses with messages inside the window.
+    #[serde(skip)]
     pub responses: u64,
     /// Messages in those responses.
+    #[serde(skip)]
     pub delivered_in_responses: u64,
     /// Mean of `enqueued − acked` sampled every 10 ms in the window.
+    #[serde(skip)]
     pub backlog_mean: f64,
     /// Largest sample.
+    #[serde(skip)]
     pub backlog_max: u64,
     /// Acks completed during warm-up.
     pub warmup_acked: u64,
@@ -174,8 +195,10 @@ pub struct QueueResult {
     /// Messages enqueued but not acked when the drain ended.
     pub undrained: u64,
     /// How long the drain took.
+    #[serde(rename = "drain_s", serialize_with = "crate::report::ser_secs")]
     pub drain: Duration,
     /// Length of the measurement window, seconds.
+    #[serde(skip)]
     pub window_s: f64,
     /// Errors of the whole run (warm-up and drain included) by kind.
     pub error_kinds: BTreeMap<String, u64>,
@@ -188,10 +211,18 @@ pub struct QueueResult {
     /// that straddle its edges, so long waits hide there).
     pub slow_dequeues: u64,
     /// Longest dequeue answered with messages over the whole run, ns.
+    #[serde(rename = "dequeue_max_all_ms", serialize_with = "crate::stats::ser_ms")]
     pub dequeue_max_all: u64,
     /// When the first and the last slow dequeue was sent, ns after the run
     /// (warm-up) began.
+    #[serde(rename = "slow_dequeues_sent_s", serialize_with = "ser_secs_pair")]
     pub slow_started: Option<(u64, u64)>,
+}
+
+/// `(first, last)` nanoseconds as `[first, last]` seconds.
+fn ser_secs_pair<S: serde::Serializer>(v: &Option<(u64, u64)>, s: S) -> Result<S::Ok, S::Error> {
+    v.map(|(a, b)| [a as f64 / 1e9, b as f64 / 1e9])
+        .serialize(s)
 }
 
 impl QueueResult {
