@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{StatusCode, Uri};
 use lockd_api::delivery::{boundary_of, Delivery, DeliveryReader};
-use lockd_api::{EnqueueResponse, QueueMessage, QueueStatsResponse};
+use lockd_api::{EnqueueRequest, EnqueueResponse, QueueMessage, QueueStatsResponse};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -69,7 +69,7 @@ pub struct EnqueueBody {
 impl EnqueueBody {
     /// A template for `queue` with `payload_bytes` payloads.
     pub fn new(queue: &str, payload_bytes: usize) -> Self {
-        let meta = json!({ "queue": queue }).to_string();
+        let meta = enqueue_meta(queue);
         let head = format!(
             concat!(
                 "--",
@@ -111,6 +111,16 @@ impl EnqueueBody {
         b.extend_from_slice(self.tail);
         Bytes::from(b)
     }
+}
+
+/// The `meta` part of an enqueue: `{"queue":…}` (an [`EnqueueRequest`]
+/// with every option at its default).
+fn enqueue_meta(queue: &str) -> String {
+    let req = EnqueueRequest {
+        queue: queue.to_string(),
+        ..Default::default()
+    };
+    serde_json::to_string(&req).unwrap_or_else(|_| json!({ "queue": queue }).to_string())
 }
 
 /// The dequeue and subscribe body
