@@ -8,15 +8,26 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
+use super::check::check_deliveries;
 use super::check::DeliveryCheck;
-use super::figures::{
-    derive, timeline, Row, ACK_FLOOR_SHARE, HEALTHZ_MAX_LIMIT, HEALTHZ_P99_LIMIT,
+use super::drive::{COL_ACCEPTED, COL_ACKS};
+use super::figures::{starved_seconds, timeline, Row};
+use super::monitor::{
+    inflight_in, probes_in, rss_in, secs_rel, state_shares, transitions, Phase, ProbeSummary,
+    RssSummary,
 };
-use super::monitor::{secs_rel, transitions, ProbeSummary, RssSummary};
 use super::{OverloadArgs, QrfSettings, Run, CALIBRATION_BACKLOG};
 use crate::report::{cpus, ser_secs};
 use crate::stats::{ser_ms, Latency};
 
+/// Verdict: `/healthz` p99 during the overload at most this.
+const HEALTHZ_P99_LIMIT: Duration = Duration::from_millis(100);
+/// Verdict: `/healthz` max during the overload at most this.
+const HEALTHZ_MAX_LIMIT: Duration = Duration::from_secs(1);
+/// Verdict: every whole second of the overload acks at least this share of R.
+const ACK_FLOOR_SHARE: f64 = 0.10;
+/// Verdict: RSS growth over the last quarter at most max(this, 5 % of peak).
+const RSS_GROWTH_FLOOR: u64 = 16 * 1024 * 1024;
 /// QRF transitions in the JSON at most.
 const TRANSITIONS_JSON: usize = 1000;
 
@@ -214,8 +225,95 @@ pub(super) struct OverloadReport {
 impl OverloadReport {
     /// The report of `run`.
     pub(super) fn new(args: &OverloadArgs, run: Run, threads: usize, run_id: &str) -> Self {
-        let d = derive(&run);
-        let window_secs = d.window_s.ceil() as usize;
+        let o = &run.outcome;
+        let window_s = run
+            .over
+            .to
+            .duration_since(run.over.from)
+            .as_secs_f64()
+            .max(1e-9);
+        let p = &o.producers;
+        let whole = (window_s.floor() as usize).max(1).min(o.buckets.len());
+        let acks_per_second: Vec<u64> = o.buckets[..whole].iter().map(|r| r[COL_ACKS]).collect();
+        let mut cum = 0i64;
+        let mut backlog_max = 0u64;
+        for r in &o.buckets[..whole] {
+            cum += r[COL_ACCEPTED] as i64 - r[COL_ACKS] as i64;
+            backlog_max = backlog_max.max(cum.max(0) as u64);
+        }
+        let backlog_end = o.confirmed_at_end.saturating_sub(o.acked_at_end);
+        let backlog_max = backlog_max.max(backlog_end);
+
+        let before = Phase {
+            from: run.idle.from,
+            to: run.cal.from,
+        };
+        let rss_over = rss_in(&run.monitor, run.over);
+        let rss_growth = rss_over.and_then(|peak| {
+            let q3 = run.over.from + run.over.to.duration_since(run.over.from).mul_f64(0.75);
+            let last_q = rss_in(
+                &run.monitor,
+                Phase {
+                    from: q3,
+                    to: run.over.to,
+                },
+            )?;
+            let growth = last_q.last as i64 - last_q.first as i64;
+            let allowed = RSS_GROWTH_FLOOR.max(peak.max / 20);
+            Some((growth, allowed))
+        });
+        let healthz_over = probes_in(&run.monitor, run.over);
+        let v_healthz = match healthz_over.latency {
+            Some(l)
+                if healthz_over.failed == 0
+                    && l.p99 <= HEALTHZ_P99_LIMIT.as_nanos() as u64
+                    && l.max <= HEALTHZ_MAX_LIMIT.as_nanos() as u64 =>
+            {
+                "PASS"
+            }
+            _ => "FAIL",
+        };
+        let v_memory = match rss_growth {
+            None => "n/a",
+            Some((g, allowed)) if g <= allowed as i64 => "PASS",
+            Some(_) => "FAIL",
+        };
+        let seconds_without_acks = acks_per_second.iter().filter(|&&a| a == 0).count();
+        let ack_floor = (run.calibration.rate * ACK_FLOOR_SHARE).ceil() as u64;
+        let seconds_below_floor = starved_seconds(&o.buckets[..whole], ack_floor);
+        let v_acks = if seconds_below_floor == 0 && !acks_per_second.is_empty() {
+            "PASS"
+        } else {
+            "FAIL"
+        };
+        let check = check_deliveries(p, &o.consumers);
+        let v_lost = check.verdict();
+        let ack_rate = o.consumers.acked_window as f64 / window_s;
+        let attempted_rate = p.attempted as f64 / window_s;
+        let accepted_rate = p.accepted as f64 / window_s;
+        let throttled_share = if p.attempted > 0 {
+            p.throttled as f64 / p.attempted as f64
+        } else {
+            0.0
+        };
+        let intended = run.target_rate * window_s;
+        let ack_ratio = if run.calibration.rate > 0.0 {
+            ack_rate / run.calibration.rate
+        } else {
+            0.0
+        };
+        let healthz_idle = probes_in(&run.monitor, run.idle);
+        let healthz_cal = probes_in(&run.monitor, run.cal);
+        let healthz_drain = probes_in(&run.monitor, run.drain);
+        let rss_before = rss_in(&run.monitor, before);
+        let rss_cal = rss_in(&run.monitor, run.cal);
+        let rss_drain = rss_in(&run.monitor, run.drain);
+        let states_cal = state_shares(&run.monitor, run.cal);
+        let states_over = state_shares(&run.monitor, run.over);
+        let inflight_cal = inflight_in(&run.monitor, run.cal);
+        let inflight_over = inflight_in(&run.monitor, run.over);
+        let states_drain = state_shares(&run.monitor, run.drain);
+        let window_secs = window_s.ceil() as usize;
         let rows = timeline(&run, window_secs);
         let all_transitions = transitions(&run.monitor);
         let o = run.outcome;
@@ -247,8 +345,8 @@ impl OverloadReport {
             cpus: cpus(),
             shares_process_with_server: run.in_process,
             idle: Idle {
-                healthz: d.healthz_idle,
-                rss_bytes: d.rss_before,
+                healthz: healthz_idle,
+                rss_bytes: rss_before,
             },
             calibration: Calibration {
                 messages_per_s: cal.rate,
@@ -262,22 +360,22 @@ impl OverloadReport {
                 },
                 errors: cal.errors(),
                 undrained: cal.undrained,
-                healthz: d.healthz_cal,
-                rss_bytes: d.rss_cal,
-                qrf_states: Shares(d.states_cal),
-                queue_inflight: Inflight::of(d.inflight_cal),
+                healthz: healthz_cal,
+                rss_bytes: rss_cal,
+                qrf_states: Shares(states_cal),
+                queue_inflight: Inflight::of(inflight_cal),
             },
             overload: Overload {
                 target_enqueues_per_s: run.target_rate,
-                intended: d.intended,
+                intended,
                 attempted: p.attempted,
-                attempted_per_s: d.attempted_rate,
+                attempted_per_s: attempted_rate,
                 skipped_busy: p.skipped_busy,
                 withheld_retry_after: p.withheld,
                 accepted: p.accepted,
-                accepted_per_s: d.accepted_rate,
+                accepted_per_s: accepted_rate,
                 throttled: p.throttled,
-                throttled_share: d.throttled_share,
+                throttled_share,
                 errors: p.errors,
                 enqueue_latency_ms: EnqueueLatency {
                     accepted: Latency::of(&mut acc),
@@ -285,15 +383,15 @@ impl OverloadReport {
                 },
                 throttled_by_qrf_state: p.states,
                 retry_after_s: p.retry_after,
-                qrf_states: Shares(d.states_over),
+                qrf_states: Shares(states_over),
                 acks: c.acked_window,
-                acks_per_s: d.ack_rate,
-                ack_ratio_to_calibration: d.ack_ratio,
-                acks_per_second: d.acks_per_second,
-                seconds_without_acks: d.seconds_without_acks,
-                seconds_below_ack_floor: d.seconds_below_floor,
-                ack_floor_per_s: d.ack_floor,
-                queue_inflight: Inflight::of(d.inflight_over),
+                acks_per_s: ack_rate,
+                ack_ratio_to_calibration: ack_ratio,
+                acks_per_second,
+                seconds_without_acks,
+                seconds_below_ack_floor: seconds_below_floor,
+                ack_floor_per_s: ack_floor,
+                queue_inflight: Inflight::of(inflight_over),
                 ops_latency_ms: ConsumerLatency {
                     dequeue: Latency::of(&mut deql),
                     ack: Latency::of(&mut ackl),
@@ -303,20 +401,20 @@ impl OverloadReport {
                 ack_errors: c.ack_errors,
                 ack_throttled: c.ack_throttled,
                 dequeue_throttled: c.dequeue_throttled,
-                healthz: d.healthz_over,
-                rss_bytes: d.rss_over,
-                rss_growth_last_quarter_bytes: d.rss_growth.map(|g| g.0),
-                backlog_end: d.backlog_end,
-                backlog_max: d.backlog_max,
+                healthz: healthz_over,
+                rss_bytes: rss_over,
+                rss_growth_last_quarter_bytes: rss_growth.map(|g| g.0),
+                backlog_end,
+                backlog_max,
             },
             drain: Drain {
                 took: o.drain,
                 completed: o.drained,
                 acked: c.acked_drain,
                 ready_after: o.ready_after,
-                healthz: d.healthz_drain,
-                rss_bytes: d.rss_drain,
-                qrf_states: Shares(d.states_drain),
+                healthz: healthz_drain,
+                rss_bytes: rss_drain,
+                qrf_states: Shares(states_drain),
                 ready_error: o.ready_error,
             },
             qrf_transitions: all_transitions
@@ -329,21 +427,21 @@ impl OverloadReport {
                 .collect(),
             transitions_total: all_transitions.len(),
             delivery_check: Checked {
-                check: d.check,
+                check,
                 redeliveries: c.redeliveries,
                 foreign: c.foreign,
             },
             verdict: Verdict {
-                healthz_low: d.v_healthz,
-                memory_bounded: d.v_memory,
-                acks_flow: d.v_acks,
-                nothing_lost: d.v_lost,
+                healthz_low: v_healthz,
+                memory_bounded: v_memory,
+                acks_flow: v_acks,
+                nothing_lost: v_lost,
                 criteria: Criteria {
                     healthz_p99_ms: HEALTHZ_P99_LIMIT.as_nanos() as u64,
                     healthz_max_ms: HEALTHZ_MAX_LIMIT.as_nanos() as u64,
-                    rss_growth_last_quarter_max_bytes: d.rss_growth.map(|g| g.1),
+                    rss_growth_last_quarter_max_bytes: rss_growth.map(|g| g.1),
                     ack_floor_share_of_calibration: ACK_FLOOR_SHARE,
-                    ack_floor_per_s: d.ack_floor,
+                    ack_floor_per_s: ack_floor,
                 },
             },
             timeline: rows,
