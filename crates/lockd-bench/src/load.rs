@@ -4,7 +4,6 @@
 //! measurement window closes. The requests themselves are
 //! [`crate::wire`]'s.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,12 +12,10 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::Uri;
 
 use crate::cli::CommonArgs;
+use crate::report::ErrorLog;
 use crate::stats::{ClientStats, OP_ACQUIRE, OP_RELEASE, OP_UPDATE};
 use crate::wire::lease::{self as wl, LeaseUris};
 use crate::wire::{self, error_kind_at, exchange, HttpClient, JSON};
-
-/// How many error messages are printed per run before staying quiet.
-const PRINTED_ERRORS: usize = 5;
 
 /// Pause after a failed unit of work so an unreachable server does not turn
 /// the loop into a busy spin.
@@ -65,12 +62,11 @@ enum Workload {
 
 /// Everything the client tasks share.
 struct Shared {
-    label: String,
     http: HttpClient,
     doc: Bytes,
     workload: Workload,
     timeout: Duration,
-    printed: AtomicUsize,
+    errors: ErrorLog,
 }
 
 /// Parameters of one measured run.
@@ -119,13 +115,8 @@ pub enum Target {
 
 impl Shared {
     fn report_error(&self, measured: bool, msg: &str) {
-        let n = self.printed.fetch_add(1, Ordering::Relaxed);
-        if n < PRINTED_ERRORS {
-            let phase = if measured { "" } else { " (warm-up)" };
-            eprintln!("  [{}] error{phase}: {msg}", self.label);
-        } else if n == PRINTED_ERRORS {
-            eprintln!("  [{}] further errors are counted, not printed", self.label);
-        }
+        self.errors
+            .print(if measured { "" } else { " (warm-up)" }, msg);
     }
 
     /// Sends one POST and fails on a non-2xx answer. `what` and `key` only
@@ -253,12 +244,11 @@ pub async fn run(spec: &RunSpec, target: &Target) -> Result<Vec<ClientStats>, St
     let http = wire::http_client();
     preflight(&http, target, &spec.doc).await?;
     let shared = Arc::new(Shared {
-        label: spec.label.clone(),
         http,
         doc: spec.doc.clone(),
         workload: build_workload(target, spec.clients)?,
         timeout: spec.timeout,
-        printed: AtomicUsize::new(0),
+        errors: ErrorLog::new(&spec.label),
     });
     let start = Instant::now();
     let measure_start = start + spec.warmup;

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Serialize, Serializer};
@@ -27,6 +28,37 @@ impl Report {
         } else {
             println!("{s}");
             let _ = std::io::stdout().flush();
+        }
+    }
+}
+
+/// How many error messages a run prints before staying quiet.
+pub const PRINTED_ERRORS: usize = 5;
+
+/// The first few error messages of a run, printed to stderr as they
+/// happen; later ones are only counted (by the workload).
+#[derive(Debug)]
+pub struct ErrorLog {
+    label: String,
+    printed: AtomicUsize,
+}
+
+impl ErrorLog {
+    /// A log whose lines start with `[label]`.
+    pub fn new(label: &str) -> ErrorLog {
+        ErrorLog {
+            label: label.to_string(),
+            printed: AtomicUsize::new(0),
+        }
+    }
+
+    /// Prints `msg` (with `phase`, e.g. ` (warm-up)`) unless enough were.
+    pub fn print(&self, phase: &str, msg: &str) {
+        let n = self.printed.fetch_add(1, Ordering::Relaxed);
+        if n < PRINTED_ERRORS {
+            eprintln!("  [{}] error{phase}: {msg}", self.label);
+        } else if n == PRINTED_ERRORS {
+            eprintln!("  [{}] further errors are counted, not printed", self.label);
         }
     }
 }

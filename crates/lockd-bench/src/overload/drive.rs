@@ -5,7 +5,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,8 +14,9 @@ use lockd_api::delivery::Delivery;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::{BUSY_BACKOFF, ERROR_BACKOFF, PRINTED_ERRORS, WAIT_SECONDS};
+use super::{BUSY_BACKOFF, ERROR_BACKOFF, WAIT_SECONDS};
 use crate::queue::{self, SEQ_STAMP_BYTES};
+use crate::report::ErrorLog;
 use crate::wire::queue::{self as wq, Acked, EnqueueBody, Enqueued, Polled, QueueUris};
 use crate::wire::{self, HttpClient};
 
@@ -77,7 +78,7 @@ pub(super) struct Shared {
     /// Successful acks of this run's messages.
     pub(super) acked: AtomicU64,
     pub(super) buckets: Buckets,
-    pub(super) printed: AtomicUsize,
+    pub(super) errors: ErrorLog,
 }
 
 impl Shared {
@@ -86,13 +87,8 @@ impl Shared {
     }
 
     fn report_error(&self, at: Instant, msg: &str) {
-        let n = self.printed.fetch_add(1, Ordering::Relaxed);
-        let phase = if at > self.end { " (drain)" } else { "" };
-        if n < PRINTED_ERRORS {
-            eprintln!("  [overload] error{phase}: {msg}");
-        } else if n == PRINTED_ERRORS {
-            eprintln!("  [overload] further errors are counted, not printed");
-        }
+        self.errors
+            .print(if at > self.end { " (drain)" } else { "" }, msg);
     }
 }
 
@@ -512,7 +508,7 @@ pub(super) async fn run_overload(spec: &OverloadSpec) -> Result<OverloadOutcome,
         confirmed: AtomicU64::new(0),
         acked: AtomicU64::new(0),
         buckets: Buckets::new(epoch, secs),
-        printed: AtomicUsize::new(0),
+        errors: ErrorLog::new("overload"),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

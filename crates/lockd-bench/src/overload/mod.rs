@@ -129,8 +129,6 @@ const PRODUCERS_MAX: u64 = 1024;
 const ERROR_BACKOFF: Duration = Duration::from_millis(1);
 /// Pause after `503 queue_busy`.
 const BUSY_BACKOFF: Duration = Duration::from_millis(50);
-/// Printed error messages per phase.
-const PRINTED_ERRORS: usize = 5;
 
 /// The one store of an in-process overload run.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hyper::Uri;
 use serde::Serialize;
 
-use super::PRINTED_ERRORS;
+use crate::report::PRINTED_ERRORS;
 use crate::server::QrfProbe;
 use crate::stats::Latency;
 use crate::wire;

@@ -43,13 +43,14 @@ pub use cmd::cmd;
 use std::collections::hash_map::RandomState;
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 
+use crate::report::ErrorLog;
 use crate::stats::Latency;
 use crate::wire;
 use crate::wire::queue::{self as wq, EnqueueBody, QueueUris};
@@ -305,7 +306,6 @@ pub async fn run(spec: &QueueSpec) -> Result<QueueResult, String> {
     let measure_start = epoch + spec.warmup;
     let measure_end = measure_start + spec.duration;
     let sh = Arc::new(Shared {
-        label: spec.label.clone(),
         http,
         timeout: spec.timeout,
         consume_timeout: spec.timeout + Duration::from_secs(spec.wait_seconds.max(0) as u64),
@@ -322,7 +322,7 @@ pub async fn run(spec: &QueueSpec) -> Result<QueueResult, String> {
         backlog: Semaphore::new(spec.backlog.max(1)),
         enqueued: AtomicU64::new(0),
         acked: AtomicU64::new(0),
-        printed: AtomicUsize::new(0),
+        errors: ErrorLog::new(&spec.label),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

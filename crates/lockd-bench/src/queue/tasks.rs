@@ -2,7 +2,7 @@
 //! their ack tasks and the backlog sampler.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,14 +12,12 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use super::{read_stamp, SLOW_DEQUEUE};
+use crate::report::ErrorLog;
 use crate::wire::error_kind_at;
 use crate::wire::queue::{
     self as wq, read_stream, Acked, EnqueueBody, Enqueued, Opened, Polled, QueueUris, StreamEnd,
 };
 use crate::wire::HttpClient;
-
-/// How many error messages are printed per run before staying quiet.
-const PRINTED_ERRORS: usize = 5;
 
 /// Pause after a failed request so a broken server is not hammered.
 const ERROR_BACKOFF: Duration = Duration::from_millis(1);
@@ -30,7 +28,6 @@ const BUSY_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Everything the tasks of a run share.
 pub(super) struct Shared {
-    pub(super) label: String,
     pub(super) http: HttpClient,
     pub(super) timeout: Duration,
     /// Request timeout of dequeue/subscribe (`wait_seconds` longer).
@@ -49,7 +46,7 @@ pub(super) struct Shared {
     pub(super) enqueued: AtomicU64,
     /// Successful acks of this run's messages.
     pub(super) acked: AtomicU64,
-    pub(super) printed: AtomicUsize,
+    pub(super) errors: ErrorLog,
 }
 
 /// What a failed request was.
@@ -195,19 +192,14 @@ impl TaskStats {
 
 impl Shared {
     fn report_error(&self, at: Instant, msg: &str) {
-        let n = self.printed.fetch_add(1, Ordering::Relaxed);
-        if n < PRINTED_ERRORS {
-            let phase = if at < self.measure_start {
-                " (warm-up)"
-            } else if at > self.measure_end {
-                " (drain)"
-            } else {
-                ""
-            };
-            eprintln!("  [{}] error{phase}: {msg}", self.label);
-        } else if n == PRINTED_ERRORS {
-            eprintln!("  [{}] further errors are counted, not printed", self.label);
-        }
+        let phase = if at < self.measure_start {
+            " (warm-up)"
+        } else if at > self.measure_end {
+            " (drain)"
+        } else {
+            ""
+        };
+        self.errors.print(phase, msg);
     }
 
     /// One dequeue on `node`.
