@@ -8,17 +8,14 @@
 //! `--nodes 1,2` runs the workload once per count with that many in-process
 //! servers sharing the prefix in `--ha concurrent` mode; clients are spread
 //! round-robin over the nodes. The disk store is measured in the same
-//! invocation as the reference.
+//! invocation as the reference. Starting the nodes and deleting the
+//! objects is [`crate::server`]'s job.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use lockd_server::storage::{Cond, Op, Store};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
-use crate::{parse_duration, StoreChoice};
+use crate::cli::{parse_duration, StoreChoice};
 
 /// Most node counts in one `--nodes` list entry.
 pub const MAX_NODES: u32 = 16;
@@ -196,66 +193,6 @@ pub fn fresh_prefix(label: &str) -> String {
         crate::new_run_id(),
         crate::queue::run_tag() as u32
     )
-}
-
-/// What [`purge`] removed.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Purged {
-    /// Objects deleted.
-    pub deleted: usize,
-    /// Deletions that failed.
-    pub failed: usize,
-}
-
-/// Deletes every object under the store `url` (and the streamed payload
-/// blob of every queue message record found there). Run after the nodes
-/// have stopped.
-pub async fn purge(url: &str) -> Result<Purged, String> {
-    let store = lockd_server::storage::open(url)?;
-    let mut keys = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store
-            .list("", after.as_deref(), 1000)
-            .await
-            .map_err(|e| format!("listing {url}: {e}"))?;
-        let Some(last) = page.last().cloned() else {
-            break;
-        };
-        keys.extend(page);
-        after = Some(last);
-    }
-    let limit = Arc::new(Semaphore::new(16));
-    let mut set = JoinSet::new();
-    for key in keys {
-        let store: Arc<dyn Store> = store.clone();
-        let limit = limit.clone();
-        set.spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            // Payloads above the inline limit are blobs next to the record.
-            for kind in ["/msg/", "/dlq/"] {
-                if let Some((queue, id)) = key.rsplit_once(kind) {
-                    let _ = store.delete_blob(&format!("{queue}/payload/{id}")).await;
-                }
-            }
-            store
-                .apply(vec![Op::Delete {
-                    key,
-                    cond: Cond::Any,
-                }])
-                .await
-                .is_ok()
-        });
-    }
-    let mut out = Purged::default();
-    while let Some(r) = set.join_next().await {
-        if matches!(r, Ok(true)) {
-            out.deleted += 1;
-        } else {
-            out.failed += 1;
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

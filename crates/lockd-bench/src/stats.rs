@@ -1,9 +1,11 @@
-//! Latency samples and their summaries.
+//! Latency samples and their summaries: the one place percentiles are
+//! computed (nearest rank), for every workload.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde::Serialize as DeriveSerialize;
 
 /// Index of the acquire request in per-op samples.
 pub const OP_ACQUIRE: usize = 0;
@@ -27,7 +29,7 @@ pub struct ClientStats {
     pub warmup_units: u64,
     /// Failed units during warm-up.
     pub warmup_errors: u64,
-    /// Failed units of the whole run by [`crate::load::error_kind`].
+    /// Failed units of the whole run by [`crate::wire::error_kind`].
     pub error_kinds: BTreeMap<String, u64>,
 }
 
@@ -48,6 +50,8 @@ impl ClientStats {
 pub struct Latency {
     /// Median.
     pub p50: u64,
+    /// 95th percentile (reported by the SDK workloads only).
+    pub p95: u64,
     /// 99th percentile.
     pub p99: u64,
     /// Largest sample.
@@ -70,21 +74,47 @@ impl Latency {
         let sum: u128 = samples.iter().map(|&v| v as u128).sum();
         Some(Latency {
             p50: rank(50.0),
+            p95: rank(95.0),
             p99: rank(99.0),
             max: samples[samples.len() - 1],
             mean: (sum / samples.len() as u128) as u64,
         })
     }
+}
 
-    /// `{"p50":…, "p99":…, "max":…, "mean":…}` in milliseconds.
-    pub fn to_json_ms(self) -> Value {
-        json!({
-            "p50": ms(self.p50),
-            "p99": ms(self.p99),
-            "max": ms(self.max),
-            "mean": ms(self.mean),
-        })
+/// `{"max":…, "mean":…, "p50":…, "p99":…}` in milliseconds.
+impl Serialize for Latency {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(4))?;
+        m.serialize_entry("max", &ms(self.max))?;
+        m.serialize_entry("mean", &ms(self.mean))?;
+        m.serialize_entry("p50", &ms(self.p50))?;
+        m.serialize_entry("p99", &ms(self.p99))?;
+        m.end()
     }
+}
+
+/// A [`Latency`] serialised with its p95 as well:
+/// `{"max","mean","p50","p95","p99"}` in milliseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WithP95(pub Latency);
+
+impl Serialize for WithP95 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let l = &self.0;
+        let mut m = s.serialize_map(Some(5))?;
+        m.serialize_entry("max", &ms(l.max))?;
+        m.serialize_entry("mean", &ms(l.mean))?;
+        m.serialize_entry("p50", &ms(l.p50))?;
+        m.serialize_entry("p95", &ms(l.p95))?;
+        m.serialize_entry("p99", &ms(l.p99))?;
+        m.end()
+    }
+}
+
+/// Serialises nanoseconds as milliseconds (for `serialize_with`).
+pub fn ser_ms<S: Serializer>(ns: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(ms(*ns))
 }
 
 /// Nanoseconds to milliseconds, rounded to microseconds.
@@ -92,16 +122,20 @@ pub fn ms(ns: u64) -> f64 {
     (ns as f64 / 1e3).round() / 1e3
 }
 
-/// Summary of one measured run.
-#[derive(Debug, Clone, Default)]
+/// Summary of one measured run. As JSON:
+/// `{units, latency_ms, ops_latency_ms: {acquire: …}, errors, warmup_units, warmup_errors}`.
+#[derive(Debug, Clone, Default, DeriveSerialize)]
 pub struct Summary {
     /// Successful units inside the window.
     pub units: u64,
     /// Units per second over the window.
+    #[serde(skip)]
     pub rate: f64,
     /// Unit latency.
+    #[serde(rename = "latency_ms")]
     pub latency: Latency,
     /// Per-request latency of lease cycles (empty for the baseline).
+    #[serde(rename = "ops_latency_ms", serialize_with = "ser_ops")]
     pub ops: Vec<(&'static str, Latency)>,
     /// Failed units inside the window.
     pub errors: u64,
@@ -110,7 +144,12 @@ pub struct Summary {
     /// Failed units during warm-up.
     pub warmup_errors: u64,
     /// Failed units of the whole run (warm-up included) by kind.
+    #[serde(skip)]
     pub error_kinds: BTreeMap<String, u64>,
+}
+
+fn ser_ops<S: Serializer>(ops: &[(&'static str, Latency)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(ops.iter().map(|(name, l)| (*name, l)))
 }
 
 impl Summary {
@@ -151,7 +190,11 @@ mod tests {
     fn nearest_rank_percentiles() {
         let mut v: Vec<u64> = (1..=100).rev().collect();
         let l = Latency::of(&mut v).unwrap_or_default();
-        assert_eq!((l.p50, l.p99, l.max, l.mean), (50, 99, 100, 50));
+        assert_eq!((l.p50, l.p95, l.p99, l.max, l.mean), (50, 95, 99, 100, 50));
+        assert_eq!(
+            serde_json::to_string(&l).expect("json"),
+            r#"{"max":0.0,"mean":0.0,"p50":0.0,"p99":0.0}"#
+        );
         assert!(Latency::of(&mut []).is_none());
         let mut one = vec![7];
         let l = Latency::of(&mut one).unwrap_or_default();
