@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::within;
 use lockd_client::{AcquireRequest, Block, Cas, Client, Error, RetryPolicy};
+use lockd_testkit::within;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 

@@ -5,9 +5,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::support::{acquire_body, deliveries, now_unix, Stub, StubReq, StubResp};
 use lockd_client::correlation::{self, scope};
 use lockd_client::{AcquireRequest, Block, Cas, Client, DequeueOptions};
+use lockd_testkit::now_unix;
+use lockd_testkit::stub::{acquire_body, deliveries, Stub, StubReq, StubResp};
 use serde_json::json;
 
 /// A stub that implements the lease calls of one session.
@@ -217,7 +218,7 @@ async fn message_calls_carry_the_message_id() {
     })
     .await;
     assert!(
-        crate::support::eventually(Duration::from_secs(5), || stub.on("/v1/queue/nack").len()
+        lockd_testkit::wait_until(Duration::from_secs(5), || stub.on("/v1/queue/nack").len()
             == 2)
         .await
     );

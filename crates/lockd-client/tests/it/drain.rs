@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use crate::support::{acquire_body, eventually, now_unix, Stub, StubResp};
 use lockd_client::{AcquireRequest, Client};
+use lockd_testkit::stub::{acquire_body, Stub, StubResp};
+use lockd_testkit::{now_unix, wait_until};
 use serde_json::json;
 
 /// A server that grants leases and announces a shutdown on keepalive.
@@ -30,7 +31,7 @@ async fn shutdown_imminent_releases_the_session() {
     let lease = c.acquire(AcquireRequest::new("k", "w")).await.unwrap();
     lease.keepalive(Duration::from_secs(30)).await.unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || !stub
+        wait_until(Duration::from_secs(5), || !stub
             .on("/v1/release")
             .is_empty())
         .await,
@@ -43,7 +44,7 @@ async fn shutdown_imminent_releases_the_session() {
     assert_eq!(body["txn_id"], lease.txn_id());
     assert_eq!(body["rollback"], false, "a drain release commits");
     assert_eq!(rel.header("x-fencing-token"), Some("1"));
-    assert!(eventually(Duration::from_secs(2), || lease.is_released()).await);
+    assert!(wait_until(Duration::from_secs(2), || lease.is_released()).await);
     // Releasing again sends nothing.
     lease.release().await.unwrap();
     assert_eq!(stub.on("/v1/release").len(), 1);
@@ -57,7 +58,7 @@ async fn other_true_spellings_count() {
         let lease = c.acquire(AcquireRequest::new("k", "w")).await.unwrap();
         lease.keepalive(Duration::from_secs(30)).await.unwrap();
         assert!(
-            eventually(Duration::from_secs(5), || !stub
+            wait_until(Duration::from_secs(5), || !stub
                 .on("/v1/release")
                 .is_empty())
             .await,
@@ -112,7 +113,7 @@ async fn only_the_draining_endpoints_sessions_are_released() {
 
     on_a.keepalive(Duration::from_secs(30)).await.unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || !a.on("/v1/release").is_empty()).await,
+        wait_until(Duration::from_secs(5), || !a.on("/v1/release").is_empty()).await,
         "a's session released"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;

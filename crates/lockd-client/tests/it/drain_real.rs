@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::unique;
 use lockd_client::{AcquireRequest, Block, Client, LeaseSession};
 use lockd_server::RunningServer;
+use lockd_testkit::unique;
 use serde_json::{json, Value};
 
 async fn server() -> RunningServer {

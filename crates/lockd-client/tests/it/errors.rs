@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use crate::support::{acquire_body, within, Stub, StubResp};
 use lockd_client::{AcquireRequest, Block, Client, DequeueOptions, Error, RetryPolicy};
+use lockd_testkit::stub::{acquire_body, Stub, StubResp};
+use lockd_testkit::within;
 use serde_json::json;
 
 fn fast_retries(url: String, failure_retries: i32) -> Client {

@@ -5,8 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{closed_port, start_binary, tcp_server, within, Stub, StubResp};
 use lockd_client::{AcquireRequest, Block, Client, DequeueOptions, Error, RetryPolicy};
+use lockd_testkit::binary::{built_lockd, LockdCmd};
+use lockd_testkit::server::tcp_server;
+use lockd_testkit::stub::{Stub, StubResp};
+use lockd_testkit::{free_port, within};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -24,7 +27,7 @@ fn no_wait(owner: &str) -> DequeueOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_endpoint_is_skipped() {
     let server = tcp_server().await;
-    let dead = format!("http://127.0.0.1:{}", closed_port());
+    let dead = format!("http://127.0.0.1:{}", free_port());
     let c = Client::with_endpoints([dead.as_str(), server.base_url().as_str()]).unwrap();
     assert_eq!(c.endpoints().len(), 2);
 
@@ -170,7 +173,7 @@ async fn a_hanging_endpoint_times_out_and_is_skipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalive_timeout_applies() {
     let stub = Stub::start(|req, _| match req.path() {
-        "/v1/acquire" => StubResp::json(200, crate::support::acquire_body("k", "w", None)),
+        "/v1/acquire" => StubResp::json(200, lockd_testkit::stub::acquire_body("k", "w", None)),
         "/v1/keepalive" => {
             StubResp::json(200, json!({"expires_at_unix": 1})).delayed(Duration::from_secs(30))
         }
@@ -196,8 +199,8 @@ async fn keepalive_timeout_applies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_endpoints_down_fails_in_bounded_time() {
-    let dead1 = format!("http://127.0.0.1:{}", closed_port());
-    let dead2 = format!("http://127.0.0.1:{}", closed_port());
+    let dead1 = format!("http://127.0.0.1:{}", free_port());
+    let dead2 = format!("http://127.0.0.1:{}", free_port());
     let c = Client::with_endpoints([dead1.as_str(), dead2.as_str()]).unwrap();
     let limit = Duration::from_secs(10);
 
@@ -277,13 +280,14 @@ async fn all_endpoints_down_fails_in_bounded_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_built_lockd_binary() {
-    let Some(bin) = start_binary().await else {
+    let Some(bin) = built_lockd() else {
         eprintln!(
             "note: skipping the_built_lockd_binary: target/debug/lockd not built (cargo build -p lockd)"
         );
         return;
     };
-    let c = Client::new(&bin.url).unwrap();
+    let bin = LockdCmd::with_store(bin, "mem://").start();
+    let c = Client::new(bin.base()).unwrap();
     let lease = c
         .acquire(AcquireRequest::new("bin", "w").ttl(Duration::from_secs(10)))
         .await
@@ -330,8 +334,8 @@ async fn the_built_lockd_binary() {
     assert!(c.dequeue("bq", no_wait("w")).await.unwrap().is_none());
 
     // Failover onto the binary.
-    let dead = format!("http://127.0.0.1:{}", closed_port());
-    let c = Client::with_endpoints([dead, bin.url.clone()]).unwrap();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let c = Client::with_endpoints([dead, bin.base()]).unwrap();
     assert_eq!(
         c.load_public::<Doc>("", "bin").await.unwrap(),
         Some(Doc { v: 8 })

@@ -4,10 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{inprocess_on_manual_clock, now_unix, tcp_server, unique, within};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use lockd_client::{AcquireRequest, Block, Cas, Client, Endpoint, Error, Payload, RetryPolicy};
+use lockd_testkit::server::{inprocess_on_manual_clock, tcp_server};
+use lockd_testkit::{now_unix, unique, within};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Default, Debug, PartialEq, Clone)]

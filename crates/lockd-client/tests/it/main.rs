@@ -1,8 +1,6 @@
 //! The integration tests of `lockd-client`, linked as one test binary: one module
 //! per area, so the suite builds and links one executable instead of one per file.
 
-mod support;
-
 mod afu;
 mod correlation;
 mod drain;

@@ -13,6 +13,7 @@ use lockd_client::{
     discover_client_bundle, AcquireRequest, Block, Cas, Client, ClientBundle, DequeueOptions,
     Endpoint, Error,
 };
+use lockd_testkit::within;
 use lockd_tls::mint::{Ca, Leaf, LeafSpec, Validity};
 use lockd_tls::{Permission, ServerBundle};
 use serde_json::json;
@@ -73,14 +74,6 @@ fn no_wait(owner: &str) -> DequeueOptions {
     let mut o = DequeueOptions::new(owner);
     o.block = Some(Duration::ZERO);
     o
-}
-
-/// Runs `fut`, failing the test if it takes longer than `limit`.
-async fn within<F: std::future::Future>(limit: Duration, what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: did not finish within {limit:?}"),
-    }
 }
 
 /// A TCP relay to `target` that counts the connections it accepted.

@@ -4,10 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{deliveries, inprocess_on_manual_clock, now_unix, within, Stub, StubResp};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use lockd_client::{Client, DequeueOptions, EnqueueOptions, Error, Payload};
+use lockd_testkit::server::inprocess_on_manual_clock;
+use lockd_testkit::stub::{deliveries, Stub, StubResp};
+use lockd_testkit::{now_unix, within};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::io::AsyncReadExt;

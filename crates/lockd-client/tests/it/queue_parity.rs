@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{deliveries, eventually, now_unix, within, Stub, StubResp};
 use futures_util::StreamExt;
 use lockd_client::{Client, ConsumerError, DequeueOptions, Error, QueueWatch};
+use lockd_testkit::stub::{deliveries, Stub, StubResp};
+use lockd_testkit::{now_unix, wait_until, within};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -502,7 +503,7 @@ async fn consumer_runs_handlers_concurrently_and_settles_by_outcome() {
         })
         .start()
         .unwrap();
-    let settled = eventually(Duration::from_secs(20), || {
+    let settled = wait_until(Duration::from_secs(20), || {
         stub.on("/v1/queue/ack").len() + stub.on("/v1/queue/nack").len() >= 4
             && stub.on("/v1/queue/subscribe").len() > 4
     })
@@ -572,7 +573,7 @@ async fn consumer_builder_refuses_bad_settings() {
         .start()
         .unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || errors.lock().unwrap().len()
+        wait_until(Duration::from_secs(10), || errors.lock().unwrap().len()
             >= 3)
         .await,
         "{:?}",
@@ -630,7 +631,7 @@ impl Drop for Proxy {
 /// consumer reports the break, reconnects and goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_reconnects_after_its_streams_are_cut() {
-    let server = crate::support::tcp_server().await;
+    let server = lockd_testkit::server::tcp_server().await;
     let lockd_server::BoundAddr::Tcp(addr) = server.addr().clone() else {
         panic!("tcp server");
     };
@@ -663,7 +664,7 @@ async fn consumer_reconnects_after_its_streams_are_cut() {
 
     proxy.sever();
     assert!(
-        eventually(Duration::from_secs(20), || {
+        wait_until(Duration::from_secs(20), || {
             errors
                 .lock()
                 .unwrap()

@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{acquire_body, within, Stub, StubResp};
 use lockd_client::{AcquireRequest, Block, Client};
+use lockd_testkit::stub::{acquire_body, Stub, StubResp};
+use lockd_testkit::within;
 use serde_json::json;
 
 fn throttled() -> StubResp {

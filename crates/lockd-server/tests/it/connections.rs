@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::*;
 use lockd_server::http::ConnLimits;
+use lockd_testkit::server::*;
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::common::*;
+use lockd_testkit::server::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

@@ -7,10 +7,11 @@
 
 use std::time::Duration;
 
-use crate::common::*;
-use crate::qcommon::*;
 use lockd_server::storage::{Cond, Op};
 use lockd_server::{ManualClock, ServerConfig};
+use lockd_testkit::queue::*;
+use lockd_testkit::server::*;
+use lockd_testkit::wait_for;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use crate::common::*;
+use lockd_testkit::server::*;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 

@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::*;
+use lockd_testkit::server::*;
+use lockd_testkit::wait_for;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

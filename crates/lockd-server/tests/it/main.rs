@@ -1,11 +1,6 @@
 //! The integration tests of `lockd-server`, linked as one test binary: one module
 //! per area, so the suite builds and links one executable instead of one per file.
 
-mod common;
-mod qcommon;
-#[path = "../../../lockd/tests/it/qsupport/mod.rs"]
-mod qsupport;
-
 mod body_drain;
 mod connections;
 mod contention;

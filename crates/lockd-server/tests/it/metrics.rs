@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::common::*;
-use crate::qcommon::*;
 use lockd_server::ServerConfig;
+use lockd_testkit::queue::*;
+use lockd_testkit::server::*;
 use reqwest::StatusCode;
 use serde_json::json;
 

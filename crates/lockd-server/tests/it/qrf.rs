@@ -35,10 +35,11 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{assert_error, expect_json, header_str, TestServer};
-use crate::qcommon::{
+use lockd_testkit::queue::{
     ack_body, ack_raw, dq, enqueue_multipart, meta_bytes, post_json, read_deliveries,
 };
+use lockd_testkit::server::{assert_error, expect_json, header_str, TestServer};
+use lockd_testkit::wait_within;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -153,15 +154,6 @@ fn assert_no_qrf_headers(h: &HeaderMap, what: &str) {
         "{what}: X-Lockd-QRF-State only on 429"
     );
     assert!(h.get("retry-after").is_none(), "{what}: Retry-After on 2xx");
-}
-
-/// Polls `cond` every 10 ms for up to `limit`.
-async fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// An enqueue sent over raw TCP with only part of its body: it stays in
@@ -305,7 +297,7 @@ async fn inflight_producers_pace_then_refuse_then_recover() {
     .await;
     // Work started before the pressure: a message to take and ack during
     // the burst, and a held lease.
-    let job = crate::qcommon::enqueue_simple(&s, "jobs", b"job-1").await;
+    let job = lockd_testkit::queue::enqueue_simple(&s, "jobs", b"job-1").await;
     let lease = s.acquire("qrf-held", "holder", 30, -1).await;
     assert_eq!(ctl.qrf.state(), State::Disengaged);
     let (st, h, _, _) = timed_enqueue(&s, "burst").await;
@@ -317,14 +309,14 @@ async fn inflight_producers_pace_then_refuse_then_recover() {
     for _ in 0..2 {
         slow.push(SlowEnqueue::open(&s, "burst", 256 * 1024).await);
     }
-    wait_for(Duration::from_secs(5), "2 producers in flight", || {
+    wait_within(Duration::from_secs(5), "2 producers in flight", || {
         ctl.inflight
             .producers
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 2
     })
     .await;
-    wait_for(Duration::from_secs(5), "soft_arm", || {
+    wait_within(Duration::from_secs(5), "soft_arm", || {
         ctl.qrf.state() == State::SoftArm
     })
     .await;
@@ -341,14 +333,14 @@ async fn inflight_producers_pace_then_refuse_then_recover() {
     for _ in 0..2 {
         slow.push(SlowEnqueue::open(&s, "burst", 256 * 1024).await);
     }
-    wait_for(Duration::from_secs(5), "4 producers in flight", || {
+    wait_within(Duration::from_secs(5), "4 producers in flight", || {
         ctl.inflight
             .producers
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 4
     })
     .await;
-    wait_for(Duration::from_secs(5), "engaged", || {
+    wait_within(Duration::from_secs(5), "engaged", || {
         ctl.qrf.state() == State::Engaged
     })
     .await;
@@ -439,10 +431,10 @@ async fn real_burst_is_throttled_while_acks_pass() {
         Duration::from_millis(20),
     )
     .await;
-    let job = crate::qcommon::enqueue_simple(&s, "jobs", b"job-1").await;
+    let job = lockd_testkit::queue::enqueue_simple(&s, "jobs", b"job-1").await;
     // With a soft limit of 1 the enqueue above may itself have armed the
     // controller for a few samples: start the burst from calm.
-    wait_for(Duration::from_secs(5), "calm before the burst", || {
+    wait_within(Duration::from_secs(5), "calm before the burst", || {
         ctl.qrf.state() == State::Disengaged
     })
     .await;
@@ -489,7 +481,7 @@ async fn real_burst_is_throttled_while_acks_pass() {
             refusals
         }));
     }
-    wait_for(Duration::from_secs(20), "a throttled enqueue", || {
+    wait_within(Duration::from_secs(20), "a throttled enqueue", || {
         throttled.load(Ordering::SeqCst) > 0
     })
     .await;
@@ -629,7 +621,7 @@ async fn every_posture_over_http() {
     .await;
     let lease = s.acquire("walk-held", "holder", 30, -1).await;
     for i in 0..3 {
-        crate::qcommon::enqueue_simple(&s, "walk-jobs", format!("job-{i}").as_bytes()).await;
+        lockd_testkit::queue::enqueue_simple(&s, "walk-jobs", format!("job-{i}").as_bytes()).await;
     }
     let take_and_ack = |s: &TestServer| {
         let s_http = s.http.clone();

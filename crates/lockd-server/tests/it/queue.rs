@@ -6,8 +6,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use crate::common::*;
-use crate::qcommon::*;
+use lockd_testkit::queue::*;
+use lockd_testkit::server::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

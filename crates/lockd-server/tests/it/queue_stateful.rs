@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use crate::common::*;
-use crate::qcommon::*;
+use lockd_testkit::queue::*;
+use lockd_testkit::server::*;
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::{json, Value};

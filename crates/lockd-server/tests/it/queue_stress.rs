@@ -16,11 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::qsupport::{
-    consumer, pattern, payload_seq, producer, seq_payload, wait_until, AckOutcome, ConsumerCfg,
-    Delivery, Failure, Ledger, Mode, Rng, Q,
-};
 use lockd_server::{ManualClock, ServerConfig};
+use lockd_testkit::stress::{
+    consumer, pattern, payload_seq, producer, seq_payload, AckOutcome, ConsumerCfg, Delivery,
+    Failure, Ledger, Mode, Rng, Q,
+};
+use lockd_testkit::wait_until;
 
 /// Visibility of the stress consumers' deliveries: a crashed consumer's
 /// messages come back after 2 s.
@@ -165,7 +166,7 @@ async fn large_payload_round_trips_on_disk() {
     let q = Q::new(&srv.base_url(), "big");
     let want = pattern(LEN);
 
-    let body = crate::qsupport::enqueue_body("big", &want);
+    let body = lockd_testkit::stress::enqueue_body("big", &want);
     let enq = q
         .enqueue_raw(body, Duration::from_secs(60))
         .await
@@ -201,7 +202,7 @@ async fn large_payload_round_trips_on_disk() {
     assert!(rd.next_head().await.expect("close").is_none());
 
     let ack = q.ack(&msg).await.expect("ack");
-    assert_eq!(ack, crate::qsupport::AckOutcome::Acked);
+    assert_eq!(ack, lockd_testkit::stress::AckOutcome::Acked);
     q.assert_empty("after the ack").await;
     srv.shutdown().await.expect("shutdown");
 }
@@ -261,7 +262,7 @@ async fn abandoned_dequeues(store: String) {
                 let timeout = if impatient {
                     Duration::from_millis(rng.range(2, 40))
                 } else {
-                    crate::qsupport::CALL_TIMEOUT
+                    lockd_testkit::stress::CALL_TIMEOUT
                 };
                 let mut got = Vec::new();
                 match q.dequeue_with_timeout(&owner, -1, 64, 1, timeout).await {

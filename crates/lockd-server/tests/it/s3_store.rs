@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use lockd_server::storage::{s3, ByteStream, Cond, Op, Store, StoreError};
+use lockd_server::storage::{ByteStream, Cond, Op, Store, StoreError};
+use lockd_testkit::s3::s3_store;
 use sha2::{Digest, Sha256};
 
 fn put(key: &str, value: &str, cond: Cond) -> Op {
@@ -31,7 +32,7 @@ fn del(key: &str, cond: Cond) -> Op {
 /// exactly one wins each round, and what is stored is the winner's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_if_match_updates_have_exactly_one_winner() {
-    let Some(store) = s3::test_store("racing_if_match_updates_have_exactly_one_winner") else {
+    let Some(store) = s3_store("racing_if_match_updates_have_exactly_one_winner") else {
         return;
     };
     let store = Arc::new(store);
@@ -85,7 +86,7 @@ async fn racing_if_match_updates_have_exactly_one_winner() {
 /// Read-modify-write increments through CAS retry loops lose no update.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cas_increments_lose_no_update() {
-    let Some(store) = s3::test_store("cas_increments_lose_no_update") else {
+    let Some(store) = s3_store("cas_increments_lose_no_update") else {
         return;
     };
     let store = Arc::new(store);
@@ -122,7 +123,7 @@ async fn cas_increments_lose_no_update() {
 
 #[tokio::test]
 async fn conditional_deletes() {
-    let Some(store) = s3::test_store("conditional_deletes") else {
+    let Some(store) = s3_store("conditional_deletes") else {
         return;
     };
     // Keys whose request paths need escaping go through the signed DELETE.
@@ -188,7 +189,7 @@ async fn conditional_deletes() {
 
 #[tokio::test]
 async fn list_pages_with_start_after_in_key_order() {
-    let Some(store) = s3::test_store("list_pages_with_start_after_in_key_order") else {
+    let Some(store) = s3_store("list_pages_with_start_after_in_key_order") else {
         return;
     };
     let mut keys: Vec<String> = (0..23).map(|i| format!("p/k{i:03}")).collect();
@@ -278,7 +279,7 @@ async fn digest(mut s: ByteStream) -> (u64, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_mib_blob_round_trips() {
-    let Some(store) = s3::test_store("ten_mib_blob_round_trips") else {
+    let Some(store) = s3_store("ten_mib_blob_round_trips") else {
         return;
     };
     const SIZE: usize = 10 * 1024 * 1024;
@@ -318,7 +319,7 @@ async fn ten_mib_blob_round_trips() {
 /// Sequential conditional PUTs from one client; prints the rate.
 #[tokio::test]
 async fn conditional_put_rate() {
-    let Some(store) = s3::test_store("conditional_put_rate") else {
+    let Some(store) = s3_store("conditional_put_rate") else {
         return;
     };
     let mut etag = store
@@ -346,7 +347,7 @@ async fn conditional_put_rate() {
 /// local S3 server and leaves nothing behind.
 #[tokio::test]
 async fn verify_store_passes_and_cleans_up() {
-    let Some(store) = s3::test_store("verify_store_passes_and_cleans_up") else {
+    let Some(store) = s3_store("verify_store_passes_and_cleans_up") else {
         return;
     };
     let report = lockd_server::storage::verify::verify(&store).await;

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::*;
+use lockd_testkit::server::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};

@@ -1,14 +1,16 @@
 //! End-to-end tests of the `lockd` binary: flags, environment, listeners,
 //! start-up checks and signals (PROTOCOL.md §1.1, §1.4, §5, §12).
 
-use crate::support::{disk_url, now_unix, LockdCmd};
+use crate::BIN;
+use lockd_testkit::binary::{disk_url, LockdCmd};
+use lockd_testkit::now_unix;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A full acquire / update / get / release / get cycle against `mem://`.
 #[tokio::test]
 async fn mem_store_serves_a_full_lease_and_state_cycle() {
-    let srv = LockdCmd::with_store("mem://").start();
+    let srv = LockdCmd::with_store(BIN, "mem://").start();
     let api = srv.api();
 
     let h = api.healthz().await.expect(200);
@@ -29,7 +31,7 @@ async fn mem_store_serves_a_full_lease_and_state_cycle() {
     assert_eq!(v["version"], 0);
     assert_eq!(v["fencing_token"], 1);
     assert!(v.get("state_etag").is_none(), "no document yet: {v}");
-    let lease = crate::support::lease_of("orders", &r);
+    let lease = lockd_testkit::binary::lease_of("orders", &r);
     assert_eq!(lease.lease_id.len(), 20, "xid lease id: {}", lease.lease_id);
     assert!(!lease.txn_id.is_empty());
 
@@ -67,20 +69,20 @@ async fn mem_store_serves_a_full_lease_and_state_cycle() {
     assert!(d.get("lease_id").is_none(), "released: {d}");
 
     let again = api.acquire("orders", "worker-2", 30).await;
-    assert_eq!(again.token, 2);
+    assert_eq!(again.fencing_token, 2);
     assert_eq!(again.version, 1);
     assert_eq!(again.body["state_etag"], etag.as_str());
 
     // mem:// is ephemeral: a restarted server knows nothing.
     srv.kill();
-    let srv = LockdCmd::with_store("mem://").start();
+    let srv = LockdCmd::with_store(BIN, "mem://").start();
     srv.api().get_public("orders").await.expect(204);
 }
 
 #[test]
 fn refuses_to_start_without_disable_mtls() {
-    let port = crate::support::free_port().to_string();
-    let out = LockdCmd::new()
+    let port = lockd_testkit::free_port().to_string();
+    let out = LockdCmd::new(BIN)
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -96,7 +98,7 @@ fn refuses_to_start_without_disable_mtls() {
     );
 
     // An explicit `false` in the environment is no better.
-    let out = LockdCmd::new()
+    let out = LockdCmd::new(BIN)
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -115,7 +117,7 @@ fn refuses_to_start_without_disable_mtls() {
 async fn environment_variables_replace_flags() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("envstore");
-    let srv = LockdCmd::new()
+    let srv = LockdCmd::new(BIN)
         .listen_via_env()
         .env("LOCKD_DISABLE_MTLS", "true")
         .env("LOCKD_STORE", &disk_url(&store))
@@ -136,7 +138,7 @@ async fn environment_variables_replace_flags() {
 
     // Durable, because LOCKD_STORE named a disk store.
     srv.kill();
-    let srv = LockdCmd::new()
+    let srv = LockdCmd::new(BIN)
         .listen_via_env()
         .env("LOCKD_DISABLE_MTLS", "true")
         .env("LOCKD_STORE", &disk_url(&store))
@@ -149,7 +151,7 @@ async fn environment_variables_replace_flags() {
 /// Flags win over the environment (§12 precedence).
 #[tokio::test]
 async fn flags_take_precedence_over_environment() {
-    let srv = LockdCmd::with_store("mem://")
+    let srv = LockdCmd::with_store(BIN, "mem://")
         .env("LOCKD_STORE", "s3://nowhere/bucket")
         .env("LOCKD_DEFAULT_NAMESPACE", "fromenv")
         .args(["--default-namespace", "fromflag"])
@@ -166,7 +168,7 @@ async fn default_store_is_durable_disk_under_config_dir() {
     let home = cfg.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let data = cfg.path().join("data");
-    let cmd = LockdCmd::new()
+    let cmd = LockdCmd::new(BIN)
         .args(["--disable-mtls"])
         .env("LOCKD_CONFIG_DIR", &cfg.path().display().to_string())
         .env("HOME", &home.display().to_string());
@@ -199,7 +201,7 @@ async fn default_store_is_durable_disk_under_config_dir() {
 #[tokio::test]
 async fn relative_disk_store_is_relative_to_the_working_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = LockdCmd::with_store("disk://rel/state")
+    let srv = LockdCmd::with_store(BIN, "disk://rel/state")
         .cwd(dir.path())
         .start();
     srv.api().write("k", "[1,2,3]").await;
@@ -229,7 +231,7 @@ async fn unix_socket_listener_lifecycle() {
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     assert!(sock.exists());
 
-    let srv = LockdCmd::with_store("mem://").start_unix(&sock);
+    let srv = LockdCmd::with_store(BIN, "mem://").start_unix(&sock);
 
     let resp = unix_request(
         &sock,
@@ -275,7 +277,7 @@ async fn unix_socket_listener_lifecycle() {
 #[tokio::test]
 async fn sigterm_exits_zero_and_keeps_disk_data() {
     let dir = tempfile::tempdir().unwrap();
-    let cmd = LockdCmd::with_store(&disk_url(dir.path()));
+    let cmd = LockdCmd::with_store(BIN, &disk_url(dir.path()));
     let srv = cmd.start();
     let api = srv.api();
     api.write("t", r#"{"t":1}"#).await;
@@ -309,7 +311,7 @@ fn assert_rejected(cmd: LockdCmd, mentions: &[&str]) {
 /// the value.
 #[test]
 fn invalid_flag_values_exit_non_zero_with_a_clear_message() {
-    let base = || LockdCmd::with_store("mem://").args(["--listen", "127.0.0.1:0"]);
+    let base = || LockdCmd::with_store(BIN, "mem://").args(["--listen", "127.0.0.1:0"]);
     assert_rejected(
         base().args(["--default-ttl", "soon"]),
         &["--default-ttl", "soon"],
@@ -333,7 +335,7 @@ fn invalid_flag_values_exit_non_zero_with_a_clear_message() {
         &["--max-ttl", "--default-ttl"],
     );
     assert_rejected(
-        LockdCmd::new().args([
+        LockdCmd::new(BIN).args([
             "--listen",
             "127.0.0.1:0",
             "--disable-mtls",
@@ -348,7 +350,7 @@ fn invalid_flag_values_exit_non_zero_with_a_clear_message() {
 /// at now + 90 (§1.9, §12).
 #[tokio::test]
 async fn human_duration_sets_the_default_ttl() {
-    let srv = LockdCmd::with_store("mem://")
+    let srv = LockdCmd::with_store(BIN, "mem://")
         .args(["--default-ttl", "1m30s"])
         .start();
     let api = srv.api();
@@ -381,7 +383,7 @@ async fn human_duration_sets_the_default_ttl() {
 /// `400 invalid_body`, a 1000-byte one accepted, 1010 bytes refused.
 #[tokio::test]
 async fn human_size_sets_the_json_limit() {
-    let srv = LockdCmd::with_store("mem://")
+    let srv = LockdCmd::with_store(BIN, "mem://")
         .args(["--json-max", "1KB"])
         .start();
     let api = srv.api();
@@ -415,15 +417,15 @@ async fn human_size_sets_the_json_limit() {
 /// address is refused; `--listen :PORT` listens on every interface (§12).
 #[tokio::test]
 async fn listen_proto_families_and_wildcard_address() {
-    let srv = LockdCmd::with_store("mem://")
+    let srv = LockdCmd::with_store(BIN, "mem://")
         .args(["--listen-proto", "tcp4"])
         .start();
     srv.api().healthz().await.expect(200);
     drop(srv);
 
-    let port = crate::support::free_port();
+    let port = lockd_testkit::free_port();
     assert_rejected(
-        LockdCmd::with_store("mem://").args([
+        LockdCmd::with_store(BIN, "mem://").args([
             "--listen-proto",
             "tcp6",
             "--listen",
@@ -433,16 +435,16 @@ async fn listen_proto_families_and_wildcard_address() {
     );
 
     // `:PORT` = all interfaces; reachable through the loopback address.
-    let port = crate::support::free_port();
-    let srv = LockdCmd::with_store("mem://").start_listen(&format!(":{port}"), port);
+    let port = lockd_testkit::free_port();
+    let srv = LockdCmd::with_store(BIN, "mem://").start_listen(&format!(":{port}"), port);
     let l = srv.api().acquire("wild", "o", 5).await;
-    assert_eq!(l.token, 1);
+    assert_eq!(l.fencing_token, 1);
 }
 
 /// `--log-level none` silences the start-up line.
 #[tokio::test]
 async fn log_level_none_is_silent() {
-    let srv = LockdCmd::with_store("mem://")
+    let srv = LockdCmd::with_store(BIN, "mem://")
         .args(["--log-level", "none"])
         .start();
     srv.api().acquire("quiet", "o", 5).await;
@@ -454,7 +456,7 @@ async fn log_level_none_is_silent() {
 /// `block_seconds < -1` (§5.3, §12).
 #[tokio::test]
 async fn max_ttl_and_acquire_block_flags() {
-    let srv = LockdCmd::with_store("mem://")
+    let srv = LockdCmd::with_store(BIN, "mem://")
         .args([
             "--default-ttl",
             "5s",
@@ -490,10 +492,10 @@ async fn max_ttl_and_acquire_block_flags() {
 /// describe, which does not check expiry itself); `0` disables it (§1.9).
 #[tokio::test]
 async fn sweeper_interval_flag() {
-    let swept = LockdCmd::with_store("mem://")
+    let swept = LockdCmd::with_store(BIN, "mem://")
         .args(["--sweeper-interval", "500ms"])
         .start();
-    let unswept = LockdCmd::with_store("mem://")
+    let unswept = LockdCmd::with_store(BIN, "mem://")
         .args(["--sweeper-interval", "0"])
         .start();
     let (a, b) = (swept.api(), unswept.api());
@@ -529,10 +531,10 @@ async fn sweeper_interval_flag() {
 async fn sigterm_exits_even_while_an_acquire_is_blocked() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("lockd.sock");
-    let srv = LockdCmd::with_store("mem://")
+    let srv = LockdCmd::with_store(BIN, "mem://")
         .args(["--shutdown-timeout", "1s"])
         .start_unix(&sock);
-    let tcp = LockdCmd::with_store("mem://")
+    let tcp = LockdCmd::with_store(BIN, "mem://")
         .args(["--shutdown-timeout", "1s"])
         .start();
     let api = tcp.api();
@@ -569,8 +571,8 @@ async fn sigterm_exits_even_while_an_acquire_is_blocked() {
 async fn unix_listener_does_not_steal_a_live_socket() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("lockd.sock");
-    let first = LockdCmd::with_store("mem://").start_unix(&sock);
-    let out = LockdCmd::with_store("mem://")
+    let first = LockdCmd::with_store(BIN, "mem://").start_unix(&sock);
+    let out = LockdCmd::with_store(BIN, "mem://")
         .args(["--listen-proto", "unix", "--listen", sock.to_str().unwrap()])
         .run_to_exit();
     assert!(!out.status.success(), "second server must not start");
@@ -593,7 +595,7 @@ async fn unix_listener_does_not_delete_a_regular_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("precious.txt");
     std::fs::write(&path, b"keep me").unwrap();
-    let out = LockdCmd::with_store("mem://")
+    let out = LockdCmd::with_store(BIN, "mem://")
         .args(["--listen-proto", "unix", "--listen", path.to_str().unwrap()])
         .run_to_exit();
     assert!(!out.status.success());

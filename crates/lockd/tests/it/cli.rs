@@ -1,9 +1,10 @@
 //! `lockd client` end to end: the README's shell walk-through with eval,
 //! and the exit codes scripts rely on.
 
+use crate::BIN;
 use std::process::Command;
 
-use crate::support::LockdCmd;
+use lockd_testkit::binary::LockdCmd;
 
 /// Runs `script` under `sh` with `$L` = the lockd binary and the server
 /// in `LOCKD_CLIENT_SERVER`; returns (exit code, stdout, stderr).
@@ -29,7 +30,7 @@ fn sh(server: &str, script: &str) -> (i32, String, String) {
 
 #[test]
 fn eval_acquire_update_release_then_public_get() {
-    let srv = LockdCmd::with_store("mem://").start();
+    let srv = LockdCmd::with_store(BIN, "mem://").start();
     let script = r#"
         set -e
         eval "$($L client acquire --key orders --ttl 1m)"
@@ -60,7 +61,7 @@ fn eval_acquire_update_release_then_public_get() {
 
 #[test]
 fn exit_codes_for_held_keys_stale_leases_and_unreachable_servers() {
-    let srv = LockdCmd::with_store("mem://").start();
+    let srv = LockdCmd::with_store(BIN, "mem://").start();
     let (code, out, _) = sh(
         &srv.base(),
         "$L client acquire --key k > /dev/null; $L client acquire --key k --block nowait",
@@ -81,7 +82,7 @@ fn exit_codes_for_held_keys_stale_leases_and_unreachable_servers() {
 
 #[test]
 fn queue_enqueue_eval_dequeue_ack_and_nack() {
-    let srv = LockdCmd::with_store("mem://").start();
+    let srv = LockdCmd::with_store(BIN, "mem://").start();
     let dir = tempfile::tempdir().unwrap();
     let script = format!(
         r#"
@@ -116,7 +117,7 @@ fn queue_enqueue_eval_dequeue_ack_and_nack() {
 
 #[test]
 fn subscribe_acks_by_exit_status_and_ends_when_empty() {
-    let srv = LockdCmd::with_store("mem://").start();
+    let srv = LockdCmd::with_store(BIN, "mem://").start();
     let dir = tempfile::tempdir().unwrap();
     let script = format!(
         r#"
@@ -144,7 +145,7 @@ fn subscribe_acks_by_exit_status_and_ends_when_empty() {
 
 #[test]
 fn queue_stats_and_watch() {
-    let srv = LockdCmd::with_store("mem://").start();
+    let srv = LockdCmd::with_store(BIN, "mem://").start();
     let dir = tempfile::tempdir().unwrap();
     let script = format!(
         r#"
@@ -205,27 +206,27 @@ async fn config_file_env_and_flag_precedence() {
     let file = dir.path().join("lockd.yaml");
     std::fs::write(&file, "# test\ndefault-ttl: 2m\nmax-ttl: 1h\n").unwrap();
     let cfg = file.to_str().unwrap();
-    let ttl_of = |srv: &crate::support::Lockd| {
+    let ttl_of = |srv: &lockd_testkit::binary::Lockd| {
         let api = srv.api();
         async move {
             let r = api
                 .acquire_raw(serde_json::json!({"key": "t", "owner": "o", "block_seconds": -1}))
                 .await;
-            r.json()["expires_at_unix"].as_i64().unwrap() - crate::support::now_unix()
+            r.json()["expires_at_unix"].as_i64().unwrap() - lockd_testkit::now_unix()
         }
     };
-    let only_file = LockdCmd::with_store("mem://")
+    let only_file = LockdCmd::with_store(BIN, "mem://")
         .args(["--config", cfg])
         .start();
     let t = ttl_of(&only_file).await;
     assert!((118..=121).contains(&t), "file: {t}");
-    let env = LockdCmd::with_store("mem://")
+    let env = LockdCmd::with_store(BIN, "mem://")
         .args(["--config", cfg])
         .env("LOCKD_DEFAULT_TTL", "3m")
         .start();
     let t = ttl_of(&env).await;
     assert!((178..=181).contains(&t), "env over file: {t}");
-    let flag = LockdCmd::with_store("mem://")
+    let flag = LockdCmd::with_store(BIN, "mem://")
         .args(["--config", cfg, "--default-ttl", "4m"])
         .env("LOCKD_DEFAULT_TTL", "3m")
         .start();

@@ -1,13 +1,12 @@
 //! `lockd client` against the built binary serving mutual TLS: an explicit
 //! `--bundle`, and the client bundle discovered in `LOCKD_CONFIG_DIR`.
 
+use crate::BIN;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use lockd_tls::mint::{Ca, LeafSpec, Validity};
-
-const BIN: &str = env!("CARGO_BIN_EXE_lockd");
 
 fn year() -> Validity {
     Validity::from_now(Duration::from_secs(365 * 86400))

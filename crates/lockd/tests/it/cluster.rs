@@ -4,16 +4,17 @@
 //! endpoints, and a node restart on the same prefix.
 //!
 //! The S3 server is the local SeaweedFS of `.ci/s3`: `LOCKD_TEST_S3` names
-//! it, and when that is unset [`crate::clustersupport::ensure_s3`] starts it
+//! it, and when that is unset [`lockd_testkit::cluster::ensure_s3`] starts it
 //! (`LOCKD_TEST_S3_AUTO=0` skips these tests instead).
 //! Every test works under its own random prefix.
 
+use crate::BIN;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::clustersupport::{tail, SharedStore};
-use crate::support::{lease_of, Api, Lockd};
+use lockd_testkit::binary::{lease_of, Api, Lockd};
+use lockd_testkit::cluster::{tail, SharedStore};
 use serde_json::{json, Value};
 
 /// Nodes of the tests poll the store for other nodes' changes this often,
@@ -82,7 +83,7 @@ async fn lease_cycle(
             .ok_or_else(|| format!("get {key}: {}", got.text()))?,
         s => return Err(format!("get {key}: {s} {}", got.text())),
     };
-    let doc = json!({"n": read + 1, "by": owner, "token": lease.token}).to_string();
+    let doc = json!({"n": read + 1, "by": owner, "token": lease.fencing_token}).to_string();
     let up = api
         .try_update(&lease, &doc)
         .await
@@ -102,7 +103,7 @@ async fn lease_cycle(
         client,
         node,
         key: key.to_string(),
-        token: lease.token,
+        token: lease.fencing_token,
         read,
         acquired,
         releasing,
@@ -126,10 +127,10 @@ async fn concurrent_nodes_serialize_leases_per_key() {
         return;
     };
     let cmd = store
-        .node("concurrent")
+        .node(BIN, "concurrent")
         .args(POLL)
         .args(["--log-level", "warn"]);
-    let nodes = crate::clustersupport::start_nodes(&cmd, NODES);
+    let nodes = lockd_testkit::cluster::start_nodes(&cmd, NODES);
     let apis: Vec<Api> = nodes.iter().map(|n| n.api()).collect();
     let keys: Vec<String> = (0..KEYS).map(|k| format!("counter-{k}")).collect();
 
@@ -251,13 +252,13 @@ fn queue_messages() -> u64 {
 /// Dequeues (pages of up to 8, visibility 60 s) and acks until `stop`,
 /// recording in `ledger`; counts its acks in `acks`.
 async fn node_consumer(
-    q: crate::qsupport::Q,
+    q: lockd_testkit::stress::Q,
     owner: String,
-    ledger: Arc<crate::qsupport::Ledger>,
+    ledger: Arc<lockd_testkit::stress::Ledger>,
     acks: Arc<std::sync::atomic::AtomicU64>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
-    use crate::qsupport::{AckOutcome, Failure};
+    use lockd_testkit::stress::{AckOutcome, Failure};
     use std::sync::atomic::Ordering;
     while !*stop.borrow() {
         let got = q
@@ -291,7 +292,7 @@ async fn node_consumer(
 /// took part; the queue ends empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn queue_across_nodes_delivers_each_message_once() {
-    use crate::qsupport::{producer, Ledger, Q};
+    use lockd_testkit::stress::{producer, Ledger, Q};
     use std::sync::atomic::{AtomicU64, Ordering};
 
     let total = queue_messages();
@@ -300,8 +301,8 @@ async fn queue_across_nodes_delivers_each_message_once() {
     let Some(store) = SharedStore::new("queue") else {
         return;
     };
-    let cmd = store.node("concurrent").args(["--log-level", "warn"]);
-    let nodes = crate::clustersupport::start_nodes(&cmd, 2);
+    let cmd = store.node(BIN, "concurrent").args(["--log-level", "warn"]);
+    let nodes = lockd_testkit::cluster::start_nodes(&cmd, 2);
     let queue = "shared";
     let ledger = Arc::new(Ledger::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -332,7 +333,7 @@ async fn queue_across_nodes_delivers_each_message_once() {
         p.await.expect("producer panicked").expect("producer");
     }
     let produced = t0.elapsed();
-    let done = crate::qsupport::wait_until(Duration::from_secs(120), || {
+    let done = lockd_testkit::wait_until(Duration::from_secs(120), || {
         ledger.acked.load(Ordering::SeqCst) as u64 >= total
     })
     .await;
@@ -379,17 +380,18 @@ async fn queue_across_nodes_delivers_each_message_once() {
 /// 1` dequeue on node 1 after 2,000 enqueues on node 0 took 3.4 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dequeue_latency_does_not_grow_with_other_nodes_enqueues() {
-    use crate::qsupport::{producer, Ledger, Q};
+    use lockd_testkit::stress::{producer, Ledger, Q};
     use std::sync::atomic::AtomicU64;
 
     const MESSAGES: u64 = 2_000;
     let Some(store) = SharedStore::new("sync-latency") else {
         return;
     };
-    let cmd = store
-        .node("concurrent")
-        .args(["--queue-poll-interval", "1s", "--log-level", "warn"]);
-    let nodes = crate::clustersupport::start_nodes(&cmd, 2);
+    let cmd =
+        store
+            .node(BIN, "concurrent")
+            .args(["--queue-poll-interval", "1s", "--log-level", "warn"]);
+    let nodes = lockd_testkit::cluster::start_nodes(&cmd, 2);
     let q0 = Q::new(&nodes[0].base(), "q");
     let q1 = Q::new(&nodes[1].base(), "q");
     // Node 1 knows the queue (empty) before node 0 fills it.
@@ -424,7 +426,8 @@ async fn dequeue_latency_does_not_grow_with_other_nodes_enqueues() {
 /// before, and acks all 20 exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn queue_redelivers_a_killed_nodes_messages_after_visibility() {
-    use crate::qsupport::{unix_now, AckOutcome, Q};
+    use lockd_testkit::now_unix;
+    use lockd_testkit::stress::{AckOutcome, Q};
 
     const TOTAL: usize = 20;
     const TAKEN: usize = 10;
@@ -433,10 +436,10 @@ async fn queue_redelivers_a_killed_nodes_messages_after_visibility() {
         return;
     };
     let cmd = store
-        .node("concurrent")
+        .node(BIN, "concurrent")
         .args(POLL)
         .args(["--log-level", "warn"]);
-    let mut nodes = crate::clustersupport::start_nodes(&cmd, 2);
+    let mut nodes = lockd_testkit::cluster::start_nodes(&cmd, 2);
     let queue = "kill";
     let q0 = Q::new(&nodes[0].base(), queue);
     let q1 = Q::new(&nodes[1].base(), queue);
@@ -469,7 +472,7 @@ async fn queue_redelivers_a_killed_nodes_messages_after_visibility() {
     }
     assert_eq!(taken.len(), TAKEN, "node 1 delivered too few");
     nodes.pop().expect("node 1").kill();
-    let killed_at = unix_now();
+    let killed_at = now_unix();
 
     // Node 0 delivers everything, the killed node's messages after their
     // visibility ends.
@@ -483,7 +486,7 @@ async fn queue_redelivers_a_killed_nodes_messages_after_visibility() {
             .expect("dequeue on node 0");
         for d in got {
             let id = d.id().to_string();
-            let now = unix_now();
+            let now = now_unix();
             assert_eq!(
                 Some(&String::from_utf8_lossy(&d.payload).into_owned()),
                 payload_of.get(&id),
@@ -564,16 +567,16 @@ async fn failover_passive_takes_over_and_sdk_continues() {
         return;
     };
     let cmd = store
-        .node("failover")
+        .node(BIN, "failover")
         .args(["--ha-lease-ttl", "5s"])
         .args(POLL)
         .args(["--log-level", "info"]);
-    let mut nodes = crate::clustersupport::start_nodes(&cmd, 2);
-    let http = crate::clustersupport::probe_client();
+    let mut nodes = lockd_testkit::cluster::start_nodes(&cmd, 2);
+    let http = lockd_testkit::cluster::probe_client();
     let mut roles = Vec::new();
     for n in &nodes {
         roles.push(
-            crate::clustersupport::is_active(&http, &n.base())
+            lockd_testkit::cluster::is_active(&http, &n.base())
                 .await
                 .expect("node answers"),
         );
@@ -590,7 +593,7 @@ async fn failover_passive_takes_over_and_sdk_continues() {
     let (a_base, p_base) = (active.base(), passive.base());
 
     // The passive node refuses work but is healthy.
-    let (status, body) = crate::clustersupport::post_json(
+    let (status, body) = lockd_testkit::cluster::post_json(
         &http,
         &p_base,
         "/v1/acquire",
@@ -606,7 +609,7 @@ async fn failover_passive_takes_over_and_sdk_continues() {
     assert!((1..=6).contains(&hint), "retry_after_seconds {hint}");
     for path in ["/healthz", "/readyz"] {
         assert_eq!(
-            crate::clustersupport::get_status(&http, &p_base, path).await,
+            lockd_testkit::cluster::get_status(&http, &p_base, path).await,
             Some(200),
             "passive {path}"
         );
@@ -652,7 +655,7 @@ async fn failover_passive_takes_over_and_sdk_continues() {
             Ok::<Duration, lockd_client::Error>(at)
         })
     };
-    let took = crate::clustersupport::wait_active(&http, &p_base, Duration::from_secs(20))
+    let took = lockd_testkit::cluster::wait_active(&http, &p_base, Duration::from_secs(20))
         .await
         .unwrap_or_else(|| {
             panic!(
@@ -703,7 +706,7 @@ async fn failover_passive_takes_over_and_sdk_continues() {
     let third = cmd.start();
     let t_base = third.base();
     assert_eq!(
-        crate::clustersupport::is_active(&http, &t_base).await,
+        lockd_testkit::cluster::is_active(&http, &t_base).await,
         Some(false),
         "a node joining an active cluster is passive"
     );
@@ -711,7 +714,7 @@ async fn failover_passive_takes_over_and_sdk_continues() {
     let exited = passive.terminate();
     let stopped = term.elapsed();
     assert!(exited.status.success(), "SIGTERM exit: {}", exited.stderr);
-    let took = crate::clustersupport::wait_active(&http, &t_base, Duration::from_secs(20))
+    let took = lockd_testkit::cluster::wait_active(&http, &t_base, Duration::from_secs(20))
         .await
         .unwrap_or_else(|| {
             panic!(
@@ -740,7 +743,7 @@ async fn failover_passive_takes_over_and_sdk_continues() {
 /// one, and delivers all 100 messages (the 5 again after their visibility).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restarted_node_finds_state_and_messages() {
-    use crate::qsupport::{AckOutcome, Q};
+    use lockd_testkit::stress::{AckOutcome, Q};
 
     const KEYS: usize = 20;
     const MESSAGES: usize = 100;
@@ -749,14 +752,14 @@ async fn restarted_node_finds_state_and_messages() {
         return;
     };
     let cmd = store
-        .node("failover")
+        .node(BIN, "failover")
         .args(["--ha-lease-ttl", "5s"])
         .args(POLL)
         .args(["--log-level", "warn"]);
     let node = cmd.start();
-    let http = crate::clustersupport::probe_client();
+    let http = lockd_testkit::cluster::probe_client();
     assert_eq!(
-        crate::clustersupport::is_active(&http, &node.base()).await,
+        lockd_testkit::cluster::is_active(&http, &node.base()).await,
         Some(true),
         "a lone node is active"
     );
@@ -790,7 +793,7 @@ async fn restarted_node_finds_state_and_messages() {
 
     let restarted = Instant::now();
     let node = cmd.start();
-    let took = crate::clustersupport::wait_active(&http, &node.base(), Duration::from_secs(20))
+    let took = lockd_testkit::cluster::wait_active(&http, &node.base(), Duration::from_secs(20))
         .await
         .unwrap_or_else(|| {
             panic!(
@@ -836,7 +839,10 @@ async fn restarted_node_finds_state_and_messages() {
         .await;
     assert_eq!(l.status, 200, "acquire doc-0: {}", l.text());
     let l = lease_of("doc-0", &l);
-    assert!(l.token > held.token, "fencing token after the restart");
+    assert!(
+        l.fencing_token > held.fencing_token,
+        "fencing token after the restart"
+    );
     assert_eq!(
         api.get_leased(&l).await.expect(200).json(),
         json!({"k": 0, "v": "committed"})

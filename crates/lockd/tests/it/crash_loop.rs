@@ -22,16 +22,17 @@
 //! for restarts, and asserts nothing about timing: every check is one
 //! that a correct server passes however slow the machine is.
 
+use crate::BIN;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::qsupport::{
-    consumer, payload_seq, seq_payload, wait_until, AckOutcome, ConsumerCfg, Failure, Ledger, Mode,
-    Rng, Q,
+use lockd_testkit::binary::{disk_url, Api, LockdCmd};
+use lockd_testkit::stress::{
+    consumer, payload_seq, seq_payload, AckOutcome, ConsumerCfg, Failure, Ledger, Mode, Rng, Q,
 };
-use crate::support::{disk_url, Api, LockdCmd};
+use lockd_testkit::wait_until;
 use serde_json::json;
 
 const KEYS: [&str; 3] = ["alpha", "beta", "gamma"];
@@ -118,7 +119,7 @@ async fn lease_worker(
                 .push(format!("acquire {key}: {} {}", r.status, r.text()));
             return;
         }
-        let lease = crate::support::lease_of(key, &r);
+        let lease = lockd_testkit::binary::lease_of(key, &r);
         let live_until = (lease.expires_at_unix - 1) * 1000;
         let idx = {
             let mut s = lock(&shared);
@@ -126,7 +127,7 @@ async fn lease_worker(
                 key,
                 worker,
                 round,
-                token: lease.token,
+                token: lease.fencing_token,
                 sent_ms,
                 recv_ms,
                 held_until_ms: live_until,
@@ -134,7 +135,7 @@ async fn lease_worker(
             });
             s.grants.len() - 1
         };
-        let doc = json!({"token": lease.token, "owner": format!("w{worker}")}).to_string();
+        let doc = json!({"token": lease.fencing_token, "owner": format!("w{worker}")}).to_string();
         let Ok(up) = api.try_update(&lease, &doc).await else {
             return;
         };
@@ -143,7 +144,7 @@ async fn lease_worker(
             if now_ms() < live_until {
                 lock(&shared).violations.push(format!(
                     "update {key} token {}: {} {}",
-                    lease.token,
+                    lease.fencing_token,
                     up.status,
                     up.text()
                 ));
@@ -165,7 +166,7 @@ async fn lease_worker(
         if rel.status != 200 {
             lock(&shared).violations.push(format!(
                 "release {key} token {}: {} {}",
-                lease.token,
+                lease.fencing_token,
                 rel.status,
                 rel.text()
             ));
@@ -416,7 +417,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let mut rng = Rng::new(seed);
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let cmd = LockdCmd::with_store(&disk_url(dir.path())).args([
+    let cmd = LockdCmd::with_store(BIN, &disk_url(dir.path())).args([
         "--queue-original-attempts",
         // Back-pressure depends on the host's load: not what is tested.
         "--qrf-disabled",

@@ -9,18 +9,20 @@
 //! of in-flight messages go on; the process exits as soon as nothing is
 //! held, or when `--drain-grace` runs out.
 
+use crate::BIN;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::qsupport::{enqueue_body, BOUNDARY, Q};
-use crate::support::{disk_url, Api, Lease, Lockd, LockdCmd};
+use lockd_testkit::binary::{disk_url, Api, Lease, Lockd, LockdCmd};
+use lockd_testkit::queue::{parse_head, HeadItem};
+use lockd_testkit::stress::{enqueue_body, Q};
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 
 const QUEUE: &str = "drain-q";
 
 fn lockd(dir: &std::path::Path, grace: &str, timeout: &str) -> LockdCmd {
-    LockdCmd::with_store(&disk_url(dir)).args([
+    LockdCmd::with_store(BIN, &disk_url(dir)).args([
         "--drain-grace",
         grace,
         "--shutdown-timeout",
@@ -115,7 +117,7 @@ fn assert_draining(a: &Answer, what: &str) -> i64 {
 
 fn keepalive_req(lease: &Lease, ttl: i64) -> (Vec<(&'static str, String)>, Value) {
     (
-        vec![("X-Fencing-Token", lease.token.to_string())],
+        vec![("X-Fencing-Token", lease.fencing_token.to_string())],
         json!({"key": lease.key, "lease_id": lease.lease_id, "txn_id": lease.txn_id, "ttl_seconds": ttl}),
     )
 }
@@ -192,13 +194,11 @@ async fn drain_refuses_new_work_and_lets_held_work_finish() {
     assert_eq!(h.status, 200);
     assert_eq!(h.header("shutdown-imminent").as_deref(), Some("true"));
     // Producers are not refused by the drain.
+    let (content_type, body) = enqueue_body(QUEUE, b"enqueued-during-drain");
     let r = http
         .post(format!("{base}/v1/queue/enqueue"))
-        .header(
-            "Content-Type",
-            format!("multipart/related; boundary={BOUNDARY}"),
-        )
-        .body(enqueue_body(QUEUE, b"enqueued-during-drain"))
+        .header("Content-Type", content_type)
+        .body(body)
         .send()
         .await
         .unwrap();
@@ -275,7 +275,7 @@ async fn nothing_held_exits_promptly() {
     let got = q.dequeue_all("w", -1, 1, 30).await.unwrap();
     assert_eq!(
         q.ack(&got[0].msg).await.unwrap(),
-        crate::qsupport::AckOutcome::Acked
+        lockd_testkit::stress::AckOutcome::Acked
     );
     let t = Instant::now();
     let exited = srv
@@ -340,12 +340,13 @@ fn find(hay: &[u8], pat: &[u8]) -> Option<usize> {
 
 /// The `message` object of the first delivery in a subscribe body.
 fn first_meta(buf: &[u8], boundary: &str) -> Value {
-    let start = find(buf, b"name=\"meta\"").expect("meta part");
-    let body = start + find(&buf[start..], b"\r\n\r\n").expect("meta headers") + 4;
-    let end =
-        body + find(&buf[body..], format!("\r\n--{boundary}").as_bytes()).expect("end of meta");
-    let meta: Value = serde_json::from_slice(&buf[body..end]).expect("meta JSON");
-    meta["message"].clone()
+    match parse_head(buf, boundary, true) {
+        Some((HeadItem::Head(head), _)) => head.msg,
+        _ => panic!(
+            "no complete first message in {:?}",
+            String::from_utf8_lossy(buf)
+        ),
+    }
 }
 
 async fn open_subscribe(http: &reqwest::Client, base: &str) -> (reqwest::Response, String) {
@@ -389,7 +390,7 @@ async fn open_subscribe_stream_ends_cleanly_on_drain() {
     let msg = first_meta(&buf, &boundary);
     assert_eq!(
         q.ack(&msg).await.unwrap(),
-        crate::qsupport::AckOutcome::Acked
+        lockd_testkit::stress::AckOutcome::Acked
     );
     // The stream now waits for the next message.
     tokio::time::sleep(Duration::from_millis(200)).await;

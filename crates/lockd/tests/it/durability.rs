@@ -1,24 +1,26 @@
 //! Durability of `disk://` stores across hard kills (SIGKILL) of the real
 //! `lockd` binary (PROTOCOL.md §4.1–§4.5, §12).
 
+use crate::BIN;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::{disk_url, now_unix, Api, LockdCmd};
+use lockd_testkit::binary::{disk_url, Api, LockdCmd};
+use lockd_testkit::now_unix;
 use serde_json::json;
 
 /// A committed document, its etag and its version survive SIGKILL.
 #[tokio::test]
 async fn committed_state_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let cmd = LockdCmd::with_store(&disk_url(dir.path()));
+    let cmd = LockdCmd::with_store(BIN, &disk_url(dir.path()));
     let srv = cmd.start();
     let api = srv.api();
 
     let lease = api.acquire("doc", "w", 30).await;
-    assert_eq!(lease.token, 1);
+    assert_eq!(lease.fencing_token, 1);
     let up = api.update(&lease, r#"{"n": 1}"#).await.expect(200).json();
     let etag = up["new_state_etag"].as_str().unwrap().to_string();
     api.release(&lease).await.expect(200);
@@ -40,7 +42,7 @@ async fn committed_state_survives_sigkill() {
 
     // The record carries on where it left off.
     let next = api.acquire("doc", "w", 30).await;
-    assert_eq!(next.token, 2);
+    assert_eq!(next.fencing_token, 2);
     assert_eq!(next.version, 1);
     assert_eq!(next.body["state_etag"], etag.as_str());
 }
@@ -52,13 +54,13 @@ async fn committed_state_survives_sigkill() {
 async fn staged_update_is_not_committed_by_a_crash_and_the_lease_survives() {
     const TTL: i64 = 4;
     let dir = tempfile::tempdir().unwrap();
-    let cmd = LockdCmd::with_store(&disk_url(dir.path()));
+    let cmd = LockdCmd::with_store(BIN, &disk_url(dir.path()));
     let srv = cmd.start();
     let api = srv.api();
 
     let committed_etag = api.write("k", r#"{"v":"committed"}"#).await;
     let lease = api.acquire("k", "holder", TTL).await;
-    assert_eq!(lease.token, 2);
+    assert_eq!(lease.fencing_token, 2);
     let staged = api.update(&lease, r#"{"v":"staged"}"#).await.expect(200);
     let staged_etag = staged.json()["new_state_etag"]
         .as_str()
@@ -117,8 +119,8 @@ async fn staged_update_is_not_committed_by_a_crash_and_the_lease_survives() {
         "granted before the old lease expired"
     );
     assert!(started.elapsed() < Duration::from_secs(TTL as u64 + 3));
-    let next = crate::support::lease_of("k", &r);
-    assert_eq!(next.token, 3);
+    let next = lockd_testkit::binary::lease_of("k", &r);
+    assert_eq!(next.fencing_token, 3);
     assert_eq!(next.version, 1, "the staged version must not materialise");
     assert_eq!(next.body["state_etag"], committed_etag.as_str());
 
@@ -135,14 +137,14 @@ async fn staged_update_is_not_committed_by_a_crash_and_the_lease_survives() {
 #[tokio::test]
 async fn fencing_tokens_are_monotonic_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let cmd = LockdCmd::with_store(&disk_url(dir.path()));
+    let cmd = LockdCmd::with_store(BIN, &disk_url(dir.path()));
     let mut tokens = Vec::new();
     for round in 0..2 {
         let srv = cmd.start();
         let api = srv.api();
         for i in 0..20 {
             let l = api.acquire("fence", &format!("o{round}-{i}"), 30).await;
-            tokens.push(l.token);
+            tokens.push(l.fencing_token);
             api.release(&l).await.expect(200);
         }
         srv.kill();
@@ -155,12 +157,12 @@ async fn fencing_tokens_are_monotonic_across_restarts() {
 #[tokio::test]
 async fn second_process_on_the_same_store_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let cmd = LockdCmd::with_store(&disk_url(dir.path()));
+    let cmd = LockdCmd::with_store(BIN, &disk_url(dir.path()));
     let mut first = cmd.start();
     let api = first.api();
     let etag = api.write("shared", r#"{"owner":"first"}"#).await;
 
-    let port = crate::support::free_port();
+    let port = lockd_testkit::free_port();
     let out = cmd
         .clone()
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -212,7 +214,7 @@ async fn writer(api: Api, key: String, stop: Arc<AtomicBool>, acked: Arc<AtomicU
             break;
         };
         assert_eq!(r.status, 200, "acquire {key}: {}", r.text());
-        let lease = crate::support::lease_of(&key, &r);
+        let lease = lockd_testkit::binary::lease_of(&key, &r);
         assert_eq!(
             lease.version as u64,
             n - 1,
@@ -232,7 +234,7 @@ async fn writer(api: Api, key: String, stop: Arc<AtomicBool>, acked: Arc<AtomicU
     last
 }
 
-fn counter(g: &crate::support::Resp) -> u64 {
+fn counter(g: &lockd_testkit::binary::Resp) -> u64 {
     match g.status {
         204 => 0,
         200 => g.json()["n"].as_u64().expect("n"),
@@ -245,7 +247,7 @@ fn counter(g: &crate::support::Resp) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_concurrent_writes_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let cmd = LockdCmd::with_store(&disk_url(dir.path()));
+    let cmd = LockdCmd::with_store(BIN, &disk_url(dir.path()));
     let srv = cmd.start();
     let api = srv.api();
     let stop = Arc::new(AtomicBool::new(false));
@@ -281,7 +283,7 @@ async fn acknowledged_concurrent_writes_survive_sigkill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_acknowledged_before_a_mid_flight_sigkill_survive() {
     let dir = tempfile::tempdir().unwrap();
-    let cmd = LockdCmd::with_store(&disk_url(dir.path()));
+    let cmd = LockdCmd::with_store(BIN, &disk_url(dir.path()));
     let srv = cmd.start();
     let api = srv.api();
     let stop = Arc::new(AtomicBool::new(false));

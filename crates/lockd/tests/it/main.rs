@@ -1,11 +1,8 @@
 //! The integration tests of `lockd`, linked as one test binary: one module
 //! per area, so the suite builds and links one executable instead of one per file.
 
-mod clustersupport;
-mod qsupport;
-mod support;
-#[path = "support/wal.rs"]
-mod wal;
+/// The binary under test.
+const BIN: &str = env!("CARGO_BIN_EXE_lockd");
 
 mod auth;
 mod binary;

@@ -3,12 +3,12 @@
 //! client` get in with the client bundle; after `lockd auth revoke client`
 //! and a restart, the same client is turned away.
 
+use crate::BIN;
+use lockd_testkit::free_port;
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_lockd");
 
 fn lockd(dir: &Path, args: &[&str]) -> Output {
     let mut cmd = Command::new(BIN);
@@ -32,14 +32,6 @@ fn ok(out: Output) -> String {
     );
     assert!(out.status.success(), "{text}");
     text
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Server(Child);

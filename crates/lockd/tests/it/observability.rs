@@ -2,7 +2,9 @@
 //! `app`, a dotted `sys` and the request's correlation id;
 //! `--metrics-listen` serves Prometheus text.
 
-use crate::support::{free_port, LockdCmd};
+use crate::BIN;
+use lockd_testkit::binary::LockdCmd;
+use lockd_testkit::free_port;
 use serde_json::{json, Value};
 
 fn client() -> reqwest::Client {
@@ -24,7 +26,7 @@ fn dotted(sys: &str) -> bool {
 
 #[tokio::test]
 async fn json_log_lines_carry_app_sys_and_the_correlation_id() {
-    let srv = LockdCmd::with_store("mem://")
+    let srv = LockdCmd::with_store(BIN, "mem://")
         .args([
             "--log-format",
             "json",
@@ -128,7 +130,7 @@ async fn json_log_lines_carry_app_sys_and_the_correlation_id() {
 
 #[tokio::test]
 async fn text_log_lines_name_their_subsystem() {
-    let srv = LockdCmd::with_store("mem://")
+    let srv = LockdCmd::with_store(BIN, "mem://")
         .env("LOCKD_LOG_LEVEL", "debug")
         .start();
     let resp = client()
@@ -164,7 +166,7 @@ async fn text_log_lines_name_their_subsystem() {
 
 #[tokio::test]
 async fn log_format_comes_from_the_environment_and_is_checked() {
-    let srv = LockdCmd::with_store("mem://")
+    let srv = LockdCmd::with_store(BIN, "mem://")
         .env("LOCKD_LOG_FORMAT", "json")
         .start();
     let text = srv.wait_stderr("lockd serving");
@@ -176,7 +178,7 @@ async fn log_format_comes_from_the_environment_and_is_checked() {
     assert_eq!(v["sys"], "server.lifecycle.core");
     drop(srv);
 
-    let out = LockdCmd::with_store("mem://")
+    let out = LockdCmd::with_store(BIN, "mem://")
         .args(["--log-format", "xml"])
         .run_to_exit();
     assert!(!out.status.success());
@@ -186,7 +188,7 @@ async fn log_format_comes_from_the_environment_and_is_checked() {
 #[tokio::test]
 async fn metrics_listen_serves_prometheus_text() {
     let port = free_port();
-    let srv = LockdCmd::with_store("mem://")
+    let srv = LockdCmd::with_store(BIN, "mem://")
         .env("LOCKD_METRICS_LISTEN", &format!("127.0.0.1:{port}"))
         .start();
     let http = client();

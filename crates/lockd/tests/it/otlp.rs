@@ -6,11 +6,13 @@
 //! nothing for clients; a bad endpoint stops the start-up.
 #![cfg(feature = "otlp")]
 
+use crate::BIN;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{free_port, Api, LockdCmd};
+use lockd_testkit::binary::{Api, LockdCmd};
+use lockd_testkit::free_port;
 use prost::Message as _;
 use serde_json::{json, Value};
 
@@ -296,7 +298,7 @@ fn span_of<'a>(spans: &'a [Got], cid: &str) -> &'a Got {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_spans_reach_the_collector_with_correlation_id_and_parent() {
     let rx = Receiver::start().await;
-    let srv = LockdCmd::with_store("mem://")
+    let srv = LockdCmd::with_store(BIN, "mem://")
         .args([
             "--otlp-endpoint",
             &rx.endpoint(),
@@ -531,7 +533,7 @@ async fn cycles(api: &Api, secs: u64) -> Duration {
 async fn an_unreachable_collector_changes_nothing_for_clients() {
     // Free a moment ago: connections are refused.
     let dead = free_port();
-    let srv = LockdCmd::with_store("mem://")
+    let srv = LockdCmd::with_store(BIN, "mem://")
         .env("LOCKD_OTLP_ENDPOINT", &format!("http://127.0.0.1:{dead}"))
         .env("OTEL_BSP_SCHEDULE_DELAY", "50")
         .args(["--drain-grace", "0s"])
@@ -578,7 +580,7 @@ async fn a_collector_that_never_answers_slows_neither_requests_nor_shutdown() {
     // export hangs until its 10 s timeout.
     let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = hole.local_addr().unwrap().port();
-    let srv = LockdCmd::with_store("mem://")
+    let srv = LockdCmd::with_store(BIN, "mem://")
         .args([
             "--otlp-endpoint",
             &format!("http://127.0.0.1:{port}/"),
@@ -623,7 +625,7 @@ fn a_bad_endpoint_stops_the_start_up() {
         ("env", "https://127.0.0.1:4318", "https is not supported"),
         ("env", "grpc://127.0.0.1:4317", "not supported"),
     ] {
-        let cmd = LockdCmd::with_store("mem://");
+        let cmd = LockdCmd::with_store(BIN, "mem://");
         let cmd = if how == "flag" {
             cmd.args(["--otlp-endpoint", endpoint])
         } else {

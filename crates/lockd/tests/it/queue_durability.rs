@@ -7,21 +7,26 @@
 //! toward `max_attempts`, so deliveries that end by lease expiry (crashed
 //! consumers, a killed server) never dead-letter a message in these runs.
 
+use crate::BIN;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::qsupport::{
-    consumer, pattern, payload_seq, producer, seq_payload, unix_now, wait_until, AckOutcome,
-    ConsumerCfg, Ledger, Mode, Q,
+use lockd_testkit::binary::{disk_url, LockdCmd};
+use lockd_testkit::stress::{
+    consumer, pattern, payload_seq, producer, seq_payload, AckOutcome, ConsumerCfg, Ledger, Mode, Q,
 };
-use crate::support::{disk_url, LockdCmd};
+use lockd_testkit::{now_unix, wait_until};
 
 const QUEUE: &str = "durable";
 
 fn lockd(dir: &std::path::Path) -> LockdCmd {
-    LockdCmd::with_store(&disk_url(dir)).args(["--queue-original-attempts", "--log-level", "warn"])
+    LockdCmd::with_store(BIN, &disk_url(dir)).args([
+        "--queue-original-attempts",
+        "--log-level",
+        "warn",
+    ])
 }
 
 /// (a) 200 enqueued messages survive SIGKILL: after a restart on the same
@@ -107,7 +112,7 @@ async fn in_flight_message_is_redelivered_after_its_visibility_across_sigkill() 
     let restart_took = killed_at.elapsed();
     // Right after the restart only the third message is deliverable.
     let first = q.dequeue_all("c3", -1, 64, 30).await.expect("dequeue");
-    let checked_at = unix_now();
+    let checked_at = now_unix();
     let mut rest = Vec::new();
     for d in &first {
         assert_ne!(d.id(), acked_id, "an acked message came back");
@@ -134,7 +139,7 @@ async fn in_flight_message_is_redelivered_after_its_visibility_across_sigkill() 
 
     // It comes back once its visibility has expired.
     let again = q.dequeue_all("c4", 10, 64, 30).await.expect("dequeue");
-    let now = unix_now();
+    let now = now_unix();
     assert_eq!(again.len(), 1, "{again:?}");
     let d = &again[0];
     assert_eq!(d.id(), in_id);
@@ -182,7 +187,7 @@ async fn no_loss_across_a_crash_mid_run() {
     let ledger = Arc::new(Ledger::default());
     let next = Arc::new(AtomicU64::new(0));
 
-    let run = |base: String, stop: crate::qsupport::Stop, epoch: usize| {
+    let run = |base: String, stop: lockd_testkit::stress::Stop, epoch: usize| {
         let producers: Vec<_> = (0..8)
             .map(|_| {
                 tokio::spawn(producer(
@@ -350,7 +355,7 @@ async fn large_payload_is_streamed_not_buffered() {
     let want = pattern(LEN);
     let enq = q
         .enqueue_raw(
-            crate::qsupport::enqueue_body("big", &want),
+            lockd_testkit::stress::enqueue_body("big", &want),
             Duration::from_secs(120),
         )
         .await

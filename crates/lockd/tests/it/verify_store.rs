@@ -1,8 +1,7 @@
 //! `lockd verify store` against real stores.
 
+use crate::BIN;
 use std::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_lockd");
 
 fn verify(store: &str, envs: &[(&str, &str)]) -> (bool, String) {
     let mut cmd = Command::new(BIN);
@@ -42,12 +41,11 @@ fn s3_store_passes_and_missing_credentials_are_named() {
     let (ok, out) = verify("s3://127.0.0.1:9/bucket?insecure=1", &[]);
     assert!(!ok);
     assert!(out.contains("LOCKD_S3_ACCESS_KEY_ID"), "{out}");
-    let Some(local) = lockd_server::storage::s3::local_test_s3() else {
+    let Some(local) = lockd_testkit::s3::local_s3() else {
         eprintln!("SKIPPED: no local S3 server");
         return;
     };
-    let host = local.endpoint.trim_start_matches("http://");
-    let url = format!("s3://{host}/{}/verify-cli?insecure=1", local.bucket);
+    let url = local.store_url("verify-cli");
     let (id, secret) = (local.access_key_id.clone(), local.secret_access_key.clone());
     let (ok, out) = verify(
         &url,

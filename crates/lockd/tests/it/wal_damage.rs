@@ -4,33 +4,36 @@
 //! recovery flag accepts the loss without ever handing out a fencing token
 //! again.
 
+use crate::BIN;
 use std::path::{Path, PathBuf};
 
-use crate::support::{disk_url, Api, LockdCmd};
+use lockd_testkit::binary::{disk_url, Api, LockdCmd};
 use serde_json::json;
 
 const CYCLES: i64 = 8;
 const FLAG: &str = "--disk-recover-truncate-wal";
 
 fn lockd(dir: &Path) -> LockdCmd {
-    LockdCmd::with_store(&disk_url(dir))
+    LockdCmd::with_store(BIN, &disk_url(dir))
 }
 
 /// Acquire, update (`{"n": token}`) and release `key`; returns the token.
 async fn cycle(api: &Api, key: &str) -> i64 {
     let l = api.acquire(key, "w", 30).await;
-    api.update(&l, &json!({ "n": l.token }).to_string())
+    api.update(&l, &json!({ "n": l.fencing_token }).to_string())
         .await
         .expect(200);
     api.release(&l).await.expect(200);
-    l.token
+    l.fencing_token
 }
 
 /// A store whose log (not yet checkpointed) holds `CYCLES` lease cycles on
 /// "fence" after one on "other", and the records of its current epoch.
 /// Retries on a fresh directory when a checkpoint (every 2 s) emptied the
 /// log before the kill.
-async fn store_with_a_full_log(root: &Path) -> (PathBuf, Vec<i64>, Vec<crate::wal::Record>) {
+async fn store_with_a_full_log(
+    root: &Path,
+) -> (PathBuf, Vec<i64>, Vec<lockd_testkit::wal::Record>) {
     for attempt in 0..5 {
         let dir = root.join(format!("store{attempt}"));
         let srv = lockd(&dir).start();
@@ -40,7 +43,7 @@ async fn store_with_a_full_log(root: &Path) -> (PathBuf, Vec<i64>, Vec<crate::wa
             tokens.push(cycle(&api, "fence").await);
         }
         srv.kill();
-        let recs = crate::wal::records(&dir.join("lockd.wal"));
+        let recs = lockd_testkit::wal::records(&dir.join("lockd.wal"));
         let last = format!("\"fencing_token\":{CYCLES}");
         if recs.len() >= 9 && recs.last().is_some_and(|r| r.contains(&last)) {
             return (dir, tokens, recs);
@@ -55,7 +58,7 @@ async fn store_with_a_full_log(root: &Path) -> (PathBuf, Vec<i64>, Vec<crate::wa
 
 /// Starts lockd on `dir` expecting it to refuse: returns its stderr.
 fn refused(dir: &Path) -> String {
-    let port = crate::support::free_port();
+    let port = lockd_testkit::free_port();
     let out = lockd(dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .run_to_exit();
@@ -85,7 +88,7 @@ async fn mid_log_damage_stops_start_up_and_the_flag_keeps_tokens_growing() {
         "not after a release"
     );
     let target = &recs[idx];
-    crate::wal::flip_payload_byte(&wal_path, target);
+    lockd_testkit::wal::flip_payload_byte(&wal_path, target);
 
     let stderr = refused(&dir);
     eprintln!("lockd refused to start:\n{stderr}");
@@ -138,7 +141,7 @@ async fn damaged_first_record_stops_start_up_and_tokens_never_repeat() {
     let root = tempfile::tempdir().unwrap();
     let (dir, tokens, recs) = store_with_a_full_log(root.path()).await;
     let wal_path = dir.join("lockd.wal");
-    crate::wal::zero_record(&wal_path, &recs[0]);
+    lockd_testkit::wal::zero_record(&wal_path, &recs[0]);
 
     let stderr = refused(&dir);
     assert!(
@@ -165,7 +168,7 @@ async fn torn_tail_is_trimmed_quietly() {
     let root = tempfile::tempdir().unwrap();
     let (dir, _tokens, recs) = store_with_a_full_log(root.path()).await;
     let last = recs.last().unwrap();
-    crate::wal::tear(&dir.join("lockd.wal"), last);
+    lockd_testkit::wal::tear(&dir.join("lockd.wal"), last);
 
     let srv = lockd(&dir).start();
     let stderr = srv.stderr();

@@ -1,36 +1,24 @@
-//! Helpers of the multi-node tests (`cluster.rs`): the local S3-compatible
-//! server (started on demand with `.ci/s3 start` when `LOCKD_TEST_S3` is
-//! unset), a fresh random prefix per test, and `lockd` command lines for
-//! nodes sharing that prefix.
-#![allow(dead_code)]
+//! Helpers of the multi-node tests: the local S3-compatible server (see
+//! [`crate::s3`]), a fresh random prefix per test, and `lockd` command
+//! lines for nodes sharing that prefix.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use super::support::{Lockd, LockdCmd};
+use crate::binary::{Lockd, LockdCmd};
+use crate::s3::{local_s3, workspace_root, LocalS3};
+use crate::unique;
 
-/// Where the test S3 server is and how to sign in.
-pub type S3Env = lockd_server::storage::s3::LocalS3;
-
-/// The workspace root (where `.ci/` lives).
-pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The test S3 server: the one `LOCKD_TEST_S3` names (CI), else the one
-/// `<workspace>/.ci/s3 start` runs, started on first use (the script is
-/// idempotent and serialises concurrent callers with a lock file, so every
-/// test process may ask). Shares [`lockd_server::storage::s3::local_test_s3`]
-/// with the storage tests. `None` only when `LOCKD_TEST_S3_AUTO=0` turned the
-/// automatic start off (the caller skips); a failed start panics.
-pub fn ensure_s3() -> Option<&'static S3Env> {
-    static ENV: OnceLock<Option<S3Env>> = OnceLock::new();
+/// The test S3 server ([`local_s3`]). `None` only when
+/// `LOCKD_TEST_S3_AUTO=0` turned the automatic start off (the caller
+/// skips); a failed start panics.
+pub fn ensure_s3() -> Option<&'static LocalS3> {
+    static ENV: OnceLock<Option<LocalS3>> = OnceLock::new();
     ENV.get_or_init(|| {
         let unset = std::env::var("LOCKD_TEST_S3").map_or(true, |v| v.trim().is_empty());
         let started = Instant::now();
-        let found = lockd_server::storage::s3::local_test_s3();
+        let found = local_s3();
         match &found {
             Some(env) => eprintln!("ensure_s3: {} after {:?}", env.endpoint, started.elapsed()),
             None if unset && std::env::var("LOCKD_TEST_S3_AUTO").as_deref() == Ok("0") => {}
@@ -44,24 +32,10 @@ pub fn ensure_s3() -> Option<&'static S3Env> {
     .as_ref()
 }
 
-/// A name unlikely to be used before: test name, time, pid, counter.
-pub fn unique(test: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    format!(
-        "{test}-{nanos:x}-{:x}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 /// One store prefix in the test bucket that several nodes share.
 #[derive(Debug, Clone)]
 pub struct SharedStore {
-    pub s3: S3Env,
+    pub s3: LocalS3,
     pub prefix: String,
     pub url: String,
 }
@@ -74,24 +48,15 @@ impl SharedStore {
             eprintln!("SKIPPED {test}: LOCKD_TEST_S3 unset and LOCKD_TEST_S3_AUTO=0");
             return None;
         };
-        let (scheme, host) = s3
-            .endpoint
-            .split_once("://")
-            .unwrap_or(("http", s3.endpoint.as_str()));
-        let insecure = if scheme == "http" { "?insecure=1" } else { "" };
         let prefix = format!("cluster/{}", unique(test));
-        let url = format!(
-            "s3://{}/{}/{prefix}{insecure}",
-            host.trim_end_matches('/'),
-            s3.bucket
-        );
+        let url = s3.store_url(&prefix);
         Some(Self { s3, prefix, url })
     }
 
-    /// `lockd --store <url> --disable-mtls --ha <ha>` with the S3
+    /// `<bin> --store <url> --disable-mtls --ha <ha>` with the S3
     /// credentials in its environment.
-    pub fn node(&self, ha: &str) -> LockdCmd {
-        LockdCmd::with_store(&self.url)
+    pub fn node(&self, bin: impl AsRef<Path>, ha: &str) -> LockdCmd {
+        LockdCmd::with_store(bin, &self.url)
             .args(["--ha", ha])
             .env("LOCKD_S3_ACCESS_KEY_ID", &self.s3.access_key_id)
             .env("LOCKD_S3_SECRET_ACCESS_KEY", &self.s3.secret_access_key)

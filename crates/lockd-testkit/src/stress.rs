@@ -1,38 +1,25 @@
-//! Queue helpers shared by the queue stress tests (`lockd-server`,
-//! in-process server) and the queue durability tests (`lockd`, the real
-//! binary): the enqueue body exactly as the Go SDK sends it (PROTOCOL.md
-//! §6.2), an incremental parser of delivery responses and subscribe streams
-//! (§6.3) that can stream a payload without buffering it, and a
-//! producer/consumer harness that records every enqueue, delivery and ack in
-//! a [`Ledger`] so a test can check "no loss, no double ack" afterwards.
-//!
-//! Only `reqwest`, `serde_json` and `tokio` are used, so both crates can
-//! include this file (`lockd-server` does so with `#[path]`).
-#![allow(dead_code)]
+//! The queue stress harness of the stress tests (`lockd-server`, in-process
+//! server) and the durability and cluster tests (`lockd`, the real binary):
+//! a queue client over plain HTTP ([`Q`], reading deliveries with
+//! [`DeliveryReader`]) and producers and consumers that record every
+//! enqueue, delivery and ack in a [`Ledger`] so a test can check "no loss,
+//! no double ack" afterwards.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-/// Boundary of our enqueue bodies (≤ 70 characters, like the Go SDK's).
-pub const BOUNDARY: &str = "3f1c9a7be2d44c0f8a6b5e1d2c3b4a59687f0e1d2c3b4a5968";
+use crate::now_unix;
+pub use crate::queue::{enqueue_body, Delivery, DeliveryReader};
 
 /// Timeout of every non-streaming request (generous: the server may be
 /// busy fsyncing on a 2-core machine).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Current Unix time in whole seconds.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64
-}
 
 /// An HTTP client with keep-alive and no global timeout (subscribe streams
 /// must not time out); plain calls set their own timeout.
@@ -43,32 +30,6 @@ pub fn http_client() -> reqwest::Client {
         .pool_max_idle_per_host(64)
         .build()
         .expect("reqwest client")
-}
-
-/// The head (meta part and payload part headers) and tail of an enqueue
-/// body, exactly as the Go SDK writes them; the payload goes in between.
-pub fn enqueue_frame(queue: &str) -> (Vec<u8>, Vec<u8>) {
-    let head = format!(
-        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"meta\"\r\n\
-         Content-Type: application/json\r\n\r\n\
-         {{\"queue\":\"{queue}\",\"namespace\":\"default\"}}\n\
-         \r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"payload\"\r\n\
-         Content-Type: application/octet-stream\r\n\r\n"
-    );
-    (
-        head.into_bytes(),
-        format!("\r\n--{BOUNDARY}--\r\n").into_bytes(),
-    )
-}
-
-/// A complete enqueue body carrying `payload`.
-pub fn enqueue_body(queue: &str, payload: &[u8]) -> Vec<u8> {
-    let (head, tail) = enqueue_frame(queue);
-    let mut b = Vec::with_capacity(head.len() + payload.len() + tail.len());
-    b.extend_from_slice(&head);
-    b.extend_from_slice(payload);
-    b.extend_from_slice(&tail);
-    b
 }
 
 /// `len` deterministic pseudo-random bytes (splitmix64 words).
@@ -152,237 +113,6 @@ pub enum AckOutcome {
     Stale(u16, String),
 }
 
-/// One delivery, its payload fully read.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    /// The `message` object of the meta part.
-    pub msg: Value,
-    pub payload: Vec<u8>,
-}
-
-impl Delivery {
-    pub fn id(&self) -> &str {
-        self.msg["message_id"].as_str().unwrap_or_default()
-    }
-    pub fn attempts(&self) -> i64 {
-        self.msg["attempts"].as_i64().unwrap_or(-1)
-    }
-}
-
-/// Incremental reader of a `multipart/related` delivery response (dequeue
-/// or subscribe, §6.3). It checks the layout as it goes: every message is
-/// a `meta` part and then a `payload` part with `Content-Length` equal to
-/// the meta's `payload_bytes`.
-pub struct DeliveryReader {
-    resp: reqwest::Response,
-    /// `--<boundary>`.
-    delim: Vec<u8>,
-    buf: Vec<u8>,
-    pos: usize,
-    first: bool,
-    done: bool,
-}
-
-impl DeliveryReader {
-    /// Wraps a 200 delivery response.
-    pub fn new(resp: reqwest::Response) -> Result<Self, String> {
-        let ct = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        if !ct.to_ascii_lowercase().starts_with("multipart/related") {
-            return Err(format!("delivery content type {ct:?}"));
-        }
-        let boundary = ct
-            .split(';')
-            .skip(1)
-            .find_map(|p| {
-                let (k, v) = p.split_once('=')?;
-                k.trim()
-                    .eq_ignore_ascii_case("boundary")
-                    .then(|| v.trim().trim_matches('"').to_string())
-            })
-            .ok_or_else(|| format!("no boundary in {ct:?}"))?;
-        Ok(Self {
-            resp,
-            delim: format!("--{boundary}").into_bytes(),
-            buf: Vec::new(),
-            pos: 0,
-            first: true,
-            done: false,
-        })
-    }
-
-    /// Reads one more chunk into the buffer; false at the end of the body.
-    async fn more(&mut self) -> Result<bool, String> {
-        if self.pos > 0 && self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        } else if self.pos > (1 << 20) {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        match self.resp.chunk().await {
-            Ok(Some(c)) => {
-                self.buf.extend_from_slice(&c);
-                Ok(true)
-            }
-            Ok(None) => Ok(false),
-            Err(e) => Err(format!("reading the delivery body: {e:?}")),
-        }
-    }
-
-    async fn need(&mut self, n: usize) -> Result<(), String> {
-        while self.buf.len() - self.pos < n {
-            if !self.more().await? {
-                return Err("delivery body ended in the middle of a part".into());
-            }
-        }
-        Ok(())
-    }
-
-    async fn expect(&mut self, lit: &[u8]) -> Result<(), String> {
-        self.need(lit.len()).await?;
-        let got = &self.buf[self.pos..self.pos + lit.len()];
-        if got != lit {
-            return Err(format!(
-                "expected {:?}, found {:?}",
-                String::from_utf8_lossy(lit),
-                String::from_utf8_lossy(got)
-            ));
-        }
-        self.pos += lit.len();
-        Ok(())
-    }
-
-    /// Offset (from `pos`) of `pat`, reading more as needed.
-    async fn find(&mut self, pat: &[u8]) -> Result<usize, String> {
-        let mut from = 0;
-        loop {
-            let hay = &self.buf[self.pos..];
-            if let Some(i) = hay[from..].windows(pat.len()).position(|w| w == pat) {
-                return Ok(from + i);
-            }
-            from = hay.len().saturating_sub(pat.len() - 1);
-            if !self.more().await? {
-                return Err(format!(
-                    "delivery body ended while looking for {:?}",
-                    String::from_utf8_lossy(pat)
-                ));
-            }
-        }
-    }
-
-    /// Part headers up to the empty line, names lower-cased.
-    async fn headers(&mut self) -> Result<HashMap<String, String>, String> {
-        let end = self.find(b"\r\n\r\n").await?;
-        let text = String::from_utf8_lossy(&self.buf[self.pos..self.pos + end]).into_owned();
-        self.pos += end + 4;
-        let mut h = HashMap::new();
-        for line in text.split("\r\n") {
-            let (k, v) = line
-                .split_once(':')
-                .ok_or_else(|| format!("bad part header line {line:?}"))?;
-            h.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-        Ok(h)
-    }
-
-    /// The next message's meta (`message` object) and payload length, the
-    /// payload still unread; `None` at the close delimiter or, for a
-    /// subscribe stream, at a clean end.
-    pub async fn next_head(&mut self) -> Result<Option<(Value, u64)>, String> {
-        if self.done {
-            return Ok(None);
-        }
-        if !self.first {
-            self.expect(b"\r\n").await?;
-        }
-        let delim = self.delim.clone();
-        self.expect(&delim).await?;
-        self.need(2).await?;
-        if &self.buf[self.pos..self.pos + 2] == b"--" {
-            self.done = true;
-            return Ok(None);
-        }
-        self.expect(b"\r\n").await?;
-        let mh = self.headers().await?;
-        let disp = mh.get("content-disposition").cloned().unwrap_or_default();
-        if !disp.contains("name=\"meta\"") {
-            return Err(format!("first part of a message is not meta: {mh:?}"));
-        }
-        let mut end_pat = b"\r\n".to_vec();
-        end_pat.extend_from_slice(&delim);
-        let end = self.find(&end_pat).await?;
-        let meta: Value = serde_json::from_slice(&self.buf[self.pos..self.pos + end])
-            .map_err(|e| format!("meta part is not JSON: {e}"))?;
-        self.pos += end + end_pat.len();
-        self.expect(b"\r\n").await?;
-        let ph = self.headers().await?;
-        let disp = ph.get("content-disposition").cloned().unwrap_or_default();
-        if !disp.contains("name=\"payload\"") {
-            return Err(format!("part after meta is not payload: {ph:?}"));
-        }
-        let len: u64 = ph
-            .get("content-length")
-            .ok_or_else(|| format!("payload part without Content-Length: {ph:?}"))?
-            .parse()
-            .map_err(|e| format!("bad Content-Length: {e}"))?;
-        let msg = meta["message"].clone();
-        if msg["payload_bytes"].as_u64() != Some(len) {
-            return Err(format!(
-                "payload_bytes {} != Content-Length {len}",
-                msg["payload_bytes"]
-            ));
-        }
-        self.first = false;
-        Ok(Some((msg, len)))
-    }
-
-    /// Streams the `len` payload bytes of the current message to `sink`
-    /// without collecting them.
-    pub async fn read_payload(
-        &mut self,
-        len: u64,
-        mut sink: impl FnMut(&[u8]),
-    ) -> Result<(), String> {
-        let mut left = len as usize;
-        let have = (self.buf.len() - self.pos).min(left);
-        sink(&self.buf[self.pos..self.pos + have]);
-        self.pos += have;
-        left -= have;
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        }
-        while left > 0 {
-            let c = match self.resp.chunk().await {
-                Ok(Some(c)) => c,
-                Ok(None) => return Err(format!("body ended with {left} payload bytes missing")),
-                Err(e) => return Err(format!("reading the payload: {e:?}")),
-            };
-            let take = c.len().min(left);
-            sink(&c[..take]);
-            left -= take;
-            self.buf.extend_from_slice(&c[take..]);
-        }
-        Ok(())
-    }
-
-    /// The next message with its payload.
-    pub async fn next(&mut self) -> Result<Option<Delivery>, String> {
-        let Some((msg, len)) = self.next_head().await? else {
-            return Ok(None);
-        };
-        let mut payload = Vec::with_capacity(len as usize);
-        self.read_payload(len, |b| payload.extend_from_slice(b))
-            .await?;
-        Ok(Some(Delivery { msg, payload }))
-    }
-}
-
 /// A queue on one server.
 #[derive(Clone)]
 pub struct Q {
@@ -425,17 +155,18 @@ impl Q {
         Ok((status, v))
     }
 
-    /// Enqueues an already built body (see [`enqueue_body`]); the 200
-    /// answer.
-    pub async fn enqueue_raw(&self, body: Vec<u8>, timeout: Duration) -> Result<Value, Failure> {
+    /// Enqueues an already built body (see [`enqueue_body`]): its
+    /// (Content-Type, body); the 200 answer.
+    pub async fn enqueue_raw(
+        &self,
+        (content_type, body): (String, Vec<u8>),
+        timeout: Duration,
+    ) -> Result<Value, Failure> {
         let r = self
             .http
             .post(self.url("/v1/queue/enqueue"))
             .timeout(timeout)
-            .header(
-                "Content-Type",
-                format!("multipart/related; boundary={BOUNDARY}"),
-            )
+            .header("Content-Type", content_type)
             .body(body)
             .send()
             .await
@@ -720,7 +451,7 @@ impl Ledger {
             attempts: d.attempts(),
             fencing_token: d.msg["fencing_token"].as_i64().unwrap_or(-1),
             lease_expires_at_unix: d.msg["lease_expires_at_unix"].as_i64().unwrap_or(-1),
-            received_at_unix: unix_now(),
+            received_at_unix: now_unix(),
         });
     }
 
@@ -737,7 +468,7 @@ impl Ledger {
             attempts: msg["attempts"].as_i64().unwrap_or(-1),
             fencing_token: msg["fencing_token"].as_i64().unwrap_or(-1),
             lease_expires_at_unix: msg["lease_expires_at_unix"].as_i64().unwrap_or(-1),
-            received_at_unix: unix_now(),
+            received_at_unix: now_unix(),
         });
     }
 
@@ -959,7 +690,7 @@ pub async fn consumer(
                 _ = stopped(&mut stop) => return Ok(()),
             };
             read.map_err(|e| format!("{owner}: payload: {e}"))?;
-            let d = Delivery { msg, payload };
+            let d = rd.delivery(payload);
             ledger.delivered(&d);
             match q.ack(&d.msg).await {
                 Ok(AckOutcome::Acked) => ledger.acked_ok(d.id()),
@@ -974,16 +705,4 @@ pub async fn consumer(
         }
         drop(rd);
     }
-}
-
-/// Waits until `done()` or `limit`; false on timeout.
-pub async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while !done() {
-        if Instant::now() >= end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    true
 }

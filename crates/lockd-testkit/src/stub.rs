@@ -1,66 +1,16 @@
-//! Shared helpers of the SDK's integration tests: in-process TCP servers,
-//! a tiny hand-written HTTP/1.1 stub server that records what it receives,
-//! and the `lockd` binary when it was built.
-#![allow(dead_code)]
+//! A tiny hand-written HTTP/1.1 server for the SDK's tests: it records what
+//! it receives and answers with canned responses, so a test can check the
+//! bytes the SDK sends and feed it answers a real server would not give.
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-/// Seconds since the epoch.
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// A unique name per call, so tests on a shared server never collide.
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", lockd_client::correlation::new_id())
-}
-
-/// A real lockd server on `127.0.0.1:<random>` with `mem://` storage.
-pub async fn tcp_server() -> lockd_server::RunningServer {
-    lockd_server::start(lockd_server::ServerConfig {
-        listen: "127.0.0.1:0".into(),
-        store: "mem://".into(),
-        ..Default::default()
-    })
-    .await
-    .expect("start in-process server")
-}
-
-/// A `127.0.0.1` port nothing listens on (bound, then closed).
-pub fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-/// Runs `fut`, failing the test if it takes longer than `limit`.
-pub async fn within<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: did not finish within {limit:?}"),
-    }
-}
-
-/// Polls `cond` every 20 ms until it holds or `limit` passes.
-pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
-}
+use crate::now_unix;
 
 // ---------------------------------------------------------------- stub server
 
@@ -311,84 +261,4 @@ pub fn deliveries(msgs: &[(&str, &str, &[u8])]) -> StubResp {
     let first = msgs.first().map(|m| m.1).unwrap_or("");
     StubResp::raw(200, &format!("multipart/related; boundary={b}"), body)
         .header("X-Correlation-Id", first)
-}
-
-// ----------------------------------------------------------- the lockd binary
-
-/// A spawned `lockd` process, killed on drop.
-pub struct Binary {
-    pub child: std::process::Child,
-    pub url: String,
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `<workspace>/target/debug/lockd` (or under `$CARGO_TARGET_DIR`), if built.
-pub fn lockd_binary() -> Option<std::path::PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join("..")
-                .join("target")
-        });
-    let bin = target.join("debug").join("lockd");
-    bin.is_file().then_some(bin)
-}
-
-/// Starts the built binary on a free port and waits until it accepts
-/// connections; `None` when the binary was not built.
-pub async fn start_binary() -> Option<Binary> {
-    let bin = lockd_binary()?;
-    let port = closed_port();
-    let child = std::process::Command::new(bin)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--store",
-            "mem://",
-            "--disable-mtls",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn lockd");
-    let b = Binary {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "lockd binary did not start listening on {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Some(b)
-}
-
-// ------------------------------------------------------- server on a manual clock
-
-/// An in-process server (private Unix socket, `mem://`) whose clock stands
-/// still until the returned handle advances it: tests move time instead of
-/// sleeping until leases expire or delays end.
-pub async fn inprocess_on_manual_clock() -> (
-    lockd_client::inprocess::InProcess,
-    lockd_server::ManualClock,
-) {
-    let clock = lockd_server::ManualClock::new();
-    let server = lockd_client::inprocess::start_with(lockd_server::ServerConfig {
-        clock: clock.clock(),
-        ..Default::default()
-    })
-    .await
-    .expect("start in-process server");
-    (server, clock)
 }

@@ -1,11 +1,9 @@
-//! Queue helpers for the lockd-server HTTP integration tests (PROTOCOL.md
-//! §6): an enqueue request built byte for byte like the Go SDK's, a parser
-//! of the delivery format that checks its byte layout (§6.3), ack/nack/
-//! extend bodies built from a delivery, and a streaming subscribe reader
-//! that yields deliveries as they arrive.
-//!
-//! Test files use it with `mod common; mod qcommon;`.
-#![allow(dead_code)]
+//! Queue helpers (PROTOCOL.md §6): the enqueue request built byte for byte
+//! like the Go SDK's, the one parser of the delivery format, which checks
+//! its byte layout (§6.3) and works on complete bodies, on subscribe
+//! streams ([`Subscription`]) and incrementally with payloads streamed
+//! unbuffered ([`DeliveryReader`]), and ack/nack/extend bodies and calls
+//! against a [`TestServer`].
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -14,7 +12,7 @@ use reqwest::header::HeaderMap;
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Map, Value};
 
-use crate::common::{expect_json, header_str, TestServer};
+use crate::server::{assert_error, expect_json, header_str, TestServer};
 
 // ---------------------------------------------------------------------------
 // Enqueue (§6.2)
@@ -87,6 +85,13 @@ pub async fn enqueue_send(
     rb.send().await.expect("enqueue request")
 }
 
+/// The enqueue body of `payload` (`application/octet-stream`) on `queue`
+/// in the default namespace; returns (Content-Type, body).
+pub fn enqueue_body(queue: &str, payload: &[u8]) -> (String, Vec<u8>) {
+    let meta = meta_bytes(&json!({"queue": queue, "namespace": "default"}));
+    enqueue_multipart(Some(&meta), Some((payload, "application/octet-stream")))
+}
+
 /// Enqueues `payload` (content type from `meta.payload_content_type`, else
 /// `application/octet-stream`) and returns the raw response.
 pub async fn enqueue_raw(s: &TestServer, meta: &Value, payload: &[u8]) -> Response {
@@ -117,22 +122,34 @@ pub async fn enqueue_simple(s: &TestServer, queue: &str, payload: &[u8]) -> Stri
 /// payload, with the part headers that came with them.
 #[derive(Debug, Clone)]
 pub struct Delivery {
+    /// The `message` object of the meta part.
     pub msg: Value,
+    /// The payload part's bytes.
     pub payload: Vec<u8>,
+    /// `Content-Disposition` of the meta part.
     pub meta_disposition: String,
+    /// `Content-Disposition` of the payload part.
     pub payload_disposition: String,
+    /// `Content-Type` of the payload part.
     pub payload_content_type: String,
 }
 
 impl Delivery {
+    /// `message_id`.
     pub fn id(&self) -> &str {
         self.msg["message_id"].as_str().unwrap()
     }
+    /// `attempts` (-1 when missing).
+    pub fn attempts(&self) -> i64 {
+        self.msg["attempts"].as_i64().unwrap_or(-1)
+    }
+    /// A string field of the message.
     pub fn str(&self, field: &str) -> &str {
         self.msg[field]
             .as_str()
             .unwrap_or_else(|| panic!("{field} missing or not a string in {}", self.msg))
     }
+    /// An integer field of the message.
     pub fn int(&self, field: &str) -> i64 {
         self.msg[field]
             .as_i64()
@@ -214,17 +231,57 @@ fn check_header_names(h: &HashMap<String, String>, want: &[&str]) {
     assert_eq!(got, want, "part headers");
 }
 
-/// What the next bytes of a delivery body hold.
-pub enum Item {
-    Delivery(Delivery),
+/// One message of a delivery body up to its payload: the meta part and the
+/// payload part's headers.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// The `message` object of the meta part.
+    pub msg: Value,
+    /// `Content-Disposition` of the meta part.
+    pub meta_disposition: String,
+    /// `Content-Disposition` of the payload part.
+    pub payload_disposition: String,
+    /// `Content-Type` of the payload part.
+    pub payload_content_type: String,
+    /// The payload part's `Content-Length` (equal to `payload_bytes`).
+    pub payload_len: usize,
+}
+
+impl Head {
+    /// The delivery of this head with its payload.
+    pub fn with_payload(self, payload: Vec<u8>) -> Delivery {
+        Delivery {
+            msg: self.msg,
+            payload,
+            meta_disposition: self.meta_disposition,
+            payload_disposition: self.payload_disposition,
+            payload_content_type: self.payload_content_type,
+        }
+    }
+}
+
+/// What the next bytes of a delivery body hold, up to a payload.
+pub enum HeadItem {
+    /// A message; its payload follows.
+    Head(Head),
+    /// The close delimiter.
     Close,
 }
 
-/// Parses the next item of a delivery body from `buf`. `first` says whether
-/// this is the first part of the body (no CRLF before the delimiter).
-/// Returns `None` when more bytes are needed, else the item and the number
-/// of bytes it took. Panics when the layout is wrong.
-pub fn parse_item(buf: &[u8], boundary: &str, first: bool) -> Option<(Item, usize)> {
+/// What the next bytes of a delivery body hold.
+pub enum Item {
+    /// A whole message.
+    Delivery(Delivery),
+    /// The close delimiter.
+    Close,
+}
+
+/// Parses the next item of a delivery body from `buf` up to the start of
+/// its payload. `first` says whether this is the first part of the body
+/// (no CRLF before the delimiter). Returns `None` when more bytes are
+/// needed, else the item and the number of bytes it took. Panics when the
+/// layout is wrong.
+pub fn parse_head(buf: &[u8], boundary: &str, first: bool) -> Option<(HeadItem, usize)> {
     let open = if first {
         format!("--{boundary}\r\n")
     } else {
@@ -233,7 +290,7 @@ pub fn parse_item(buf: &[u8], boundary: &str, first: bool) -> Option<(Item, usiz
     if !first {
         let close = format!("\r\n--{boundary}--\r\n");
         match starts(buf, close.as_bytes()) {
-            Some(true) => return Some((Item::Close, close.len())),
+            Some(true) => return Some((HeadItem::Close, close.len())),
             // Still a prefix of the close delimiter: need more bytes.
             None => return None,
             Some(false) => {}
@@ -275,7 +332,7 @@ pub fn parse_item(buf: &[u8], boundary: &str, first: bool) -> Option<(Item, usiz
     }
     let msg = meta["message"].clone();
     assert!(msg.is_object(), "meta.message is an object: {meta}");
-    // payload part
+    // payload part headers
     let phstart = jend + mid.len();
     let phend = find(buf, b"\r\n\r\n", phstart)?;
     let ph = part_headers(&buf[phstart..phend]);
@@ -291,22 +348,34 @@ pub fn parse_item(buf: &[u8], boundary: &str, first: bool) -> Option<(Item, usiz
         Some(len as i64),
         "payload_bytes equals the payload part's Content-Length"
     );
-    let pstart = phend + 4;
-    if buf.len() < pstart + len {
-        return None;
-    }
     let want_ct = msg["payload_content_type"]
         .as_str()
         .unwrap_or("application/octet-stream");
     assert_eq!(ph["content-type"], want_ct, "payload part Content-Type");
-    let d = Delivery {
+    let head = Head {
         msg,
-        payload: buf[pstart..pstart + len].to_vec(),
         meta_disposition: mh["content-disposition"].clone(),
         payload_disposition: ph["content-disposition"].clone(),
         payload_content_type: ph["content-type"].clone(),
+        payload_len: len,
     };
-    Some((Item::Delivery(d), pstart + len))
+    Some((HeadItem::Head(head), phend + 4))
+}
+
+/// Parses the next item of a delivery body from `buf`, payload included
+/// (see [`parse_head`]). Returns `None` when more bytes are needed.
+pub fn parse_item(buf: &[u8], boundary: &str, first: bool) -> Option<(Item, usize)> {
+    match parse_head(buf, boundary, first)? {
+        (HeadItem::Close, used) => Some((Item::Close, used)),
+        (HeadItem::Head(head), pstart) => {
+            let end = pstart + head.payload_len;
+            if buf.len() < end {
+                return None;
+            }
+            let payload = buf[pstart..end].to_vec();
+            Some((Item::Delivery(head.with_payload(payload)), end))
+        }
+    }
 }
 
 /// Parses a complete delivery body (dequeue, dlq/get): every message, then
@@ -435,7 +504,7 @@ pub async fn dequeue_one(s: &TestServer, body: &Value) -> Delivery {
 /// Expects `409 waiting` from a dequeue with `wait_seconds: -1`.
 pub async fn expect_empty(s: &TestServer, ns: &str, queue: &str) {
     let body = json!({"namespace": ns, "queue": queue, "owner": "probe", "wait_seconds": -1});
-    let v = crate::common::assert_error(dequeue_raw(s, &body).await, 409, "waiting").await;
+    let v = assert_error(dequeue_raw(s, &body).await, 409, "waiting").await;
     assert!(v.get("retry_after_seconds").is_none());
 }
 
@@ -710,5 +779,143 @@ impl Subscription {
     /// Deliveries read so far.
     pub fn delivered(&self) -> usize {
         self.delivered
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Incremental reading (dequeue or subscribe over the network)
+
+/// Incremental reader of a delivery response (dequeue or subscribe, §6.3)
+/// for tests that must not buffer whole payloads or must stop in the middle
+/// of a message: [`DeliveryReader::next_head`] parses the next message up
+/// to its payload with [`parse_head`] (which checks the layout and panics
+/// on a wrong one), [`DeliveryReader::read_payload`] streams the payload.
+/// A body that ends early is an `Err`: the server may have died.
+pub struct DeliveryReader {
+    resp: Response,
+    boundary: String,
+    buf: Vec<u8>,
+    pos: usize,
+    first: bool,
+    done: bool,
+    /// The message whose payload is being read.
+    head: Option<Head>,
+}
+
+impl DeliveryReader {
+    /// Wraps a 200 delivery response; `Err` when it is not `multipart/related`.
+    pub fn new(resp: Response) -> Result<Self, String> {
+        let ct = header_str(resp.headers(), "content-type").unwrap_or_default();
+        if !ct.to_ascii_lowercase().starts_with("multipart/related") {
+            return Err(format!("delivery content type {ct:?}"));
+        }
+        Ok(Self {
+            resp,
+            boundary: delivery_boundary(&ct),
+            buf: Vec::new(),
+            pos: 0,
+            first: true,
+            done: false,
+            head: None,
+        })
+    }
+
+    /// Reads one more chunk into the buffer; false at the end of the body.
+    async fn more(&mut self) -> Result<bool, String> {
+        if self.pos > 0 && self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.pos > (1 << 20) {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        match self.resp.chunk().await {
+            Ok(Some(c)) => {
+                self.buf.extend_from_slice(&c);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(format!("reading the delivery body: {e:?}")),
+        }
+    }
+
+    /// The next message's meta (`message` object) and payload length, the
+    /// payload still unread; `None` at the close delimiter.
+    pub async fn next_head(&mut self) -> Result<Option<(Value, u64)>, String> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            if let Some((item, used)) =
+                parse_head(&self.buf[self.pos..], &self.boundary, self.first)
+            {
+                self.pos += used;
+                self.first = false;
+                return Ok(match item {
+                    HeadItem::Close => {
+                        self.done = true;
+                        None
+                    }
+                    HeadItem::Head(head) => {
+                        let out = (head.msg.clone(), head.payload_len as u64);
+                        self.head = Some(head);
+                        Some(out)
+                    }
+                });
+            }
+            if !self.more().await? {
+                return Err("delivery body ended in the middle of a part".into());
+            }
+        }
+    }
+
+    /// Streams the `len` payload bytes of the current message to `sink`
+    /// without collecting them.
+    pub async fn read_payload(
+        &mut self,
+        len: u64,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Result<(), String> {
+        let mut left = len as usize;
+        let have = (self.buf.len() - self.pos).min(left);
+        sink(&self.buf[self.pos..self.pos + have]);
+        self.pos += have;
+        left -= have;
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        while left > 0 {
+            let c = match self.resp.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) => return Err(format!("body ended with {left} payload bytes missing")),
+                Err(e) => return Err(format!("reading the payload: {e:?}")),
+            };
+            let take = c.len().min(left);
+            sink(&c[..take]);
+            left -= take;
+            self.buf.extend_from_slice(&c[take..]);
+        }
+        Ok(())
+    }
+
+    /// The delivery of the message [`next_head`](Self::next_head) returned
+    /// last, once its payload has been read.
+    pub fn delivery(&mut self, payload: Vec<u8>) -> Delivery {
+        self.head
+            .take()
+            .expect("next_head returned a message first")
+            .with_payload(payload)
+    }
+
+    /// The next message with its payload.
+    pub async fn next(&mut self) -> Result<Option<Delivery>, String> {
+        let Some((_, len)) = self.next_head().await? else {
+            return Ok(None);
+        };
+        let mut payload = Vec::with_capacity(len as usize);
+        self.read_payload(len, |b| payload.extend_from_slice(b))
+            .await?;
+        Ok(Some(self.delivery(payload)))
     }
 }

@@ -1,18 +1,19 @@
-//! Shared helpers for the lockd-server HTTP integration tests: start a real
-//! server in-process (mem:// or disk://), talk to it over HTTP with reqwest,
-//! and check responses against PROTOCOL.md.
+//! A real lockd server started in-process for one test (mem:// or disk://),
+//! talked to over HTTP with reqwest, and checks of its responses against
+//! PROTOCOL.md.
 //!
 //! Servers started here run on a [`ManualClock`] that stands still: tests
 //! move time with [`TestServer::advance`] and [`TestServer::expire`]
 //! instead of sleeping, and compare times with [`TestServer::now_unix`].
-#![allow(dead_code)]
-
 use std::time::Duration;
 
 use lockd_server::{ManualClock, RunningServer, ServerConfig};
 use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
+
+pub use crate::lease::Lease;
+use crate::now_unix;
 
 /// Which backend a test server uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,68 +359,6 @@ pub fn with_query(path: &str, pairs: &[(&str, &str)]) -> String {
     format!("{path}?{}", s.finish())
 }
 
-/// What an acquire returned.
-#[derive(Debug, Clone)]
-pub struct Lease {
-    pub namespace: String,
-    pub key: String,
-    pub lease_id: String,
-    pub txn_id: String,
-    pub owner: String,
-    pub fencing_token: i64,
-    pub version: i64,
-    pub state_etag: Option<String>,
-    pub expires_at_unix: i64,
-    pub body: Value,
-    pub headers: HeaderMap,
-}
-
-impl Lease {
-    /// Builds a lease from an acquire response body and headers.
-    pub fn from_response(v: &Value, headers: &HeaderMap) -> Lease {
-        Lease {
-            namespace: v["namespace"].as_str().unwrap().to_string(),
-            key: v["key"].as_str().unwrap().to_string(),
-            lease_id: v["lease_id"].as_str().unwrap().to_string(),
-            txn_id: v["txn_id"].as_str().unwrap().to_string(),
-            owner: v["owner"].as_str().unwrap_or_default().to_string(),
-            fencing_token: v["fencing_token"].as_i64().unwrap(),
-            version: v["version"].as_i64().unwrap(),
-            state_etag: v
-                .get("state_etag")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            expires_at_unix: v["expires_at_unix"].as_i64().unwrap(),
-            body: v.clone(),
-            headers: headers.clone(),
-        }
-    }
-
-    /// The same lease with another fencing token.
-    pub fn with_token(&self, token: i64) -> Lease {
-        Lease {
-            fencing_token: token,
-            ..self.clone()
-        }
-    }
-
-    /// The same lease with another lease id.
-    pub fn with_lease_id(&self, id: &str) -> Lease {
-        Lease {
-            lease_id: id.to_string(),
-            ..self.clone()
-        }
-    }
-
-    /// The same lease with another txn id.
-    pub fn with_txn(&self, txn: &str) -> Lease {
-        Lease {
-            txn_id: txn.to_string(),
-            ..self.clone()
-        }
-    }
-}
-
 /// A document read from `/v1/get`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Doc {
@@ -547,28 +486,6 @@ pub fn header_i64(h: &HeaderMap, name: &str) -> Option<i64> {
     })
 }
 
-/// Current Unix time in seconds, by the system clock (servers started by
-/// [`TestServer`] have their own: [`TestServer::now_unix`]).
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// Polls `cond` every 10 ms until it holds. Panics after 30 s: a guard
-/// against a hung test, not a timing check.
-pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let give_up = std::time::Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < give_up,
-            "never happened: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// xid shape: 20 characters of lowercase base32hex (§1.8).
 pub fn is_xid(s: &str) -> bool {
     s.len() == 20
@@ -598,4 +515,35 @@ pub fn is_uuid_v7(s: &str) -> bool {
 /// A fresh valid xid.
 pub fn new_xid() -> String {
     xid::new().to_string()
+}
+
+// ------------------------------------------------ servers for the SDK tests
+
+/// A real lockd server on `127.0.0.1:<random>` with `mem://` storage and
+/// the system clock.
+pub async fn tcp_server() -> RunningServer {
+    lockd_server::start(ServerConfig {
+        listen: "127.0.0.1:0".into(),
+        store: "mem://".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("start in-process server")
+}
+
+/// An in-process server (private Unix socket, `mem://`) whose clock stands
+/// still until the returned handle advances it: tests move time instead of
+/// sleeping until leases expire or delays end.
+pub async fn inprocess_on_manual_clock() -> (
+    lockd_client::inprocess::InProcess,
+    lockd_server::ManualClock,
+) {
+    let clock = lockd_server::ManualClock::new();
+    let server = lockd_client::inprocess::start_with(lockd_server::ServerConfig {
+        clock: clock.clock(),
+        ..Default::default()
+    })
+    .await
+    .expect("start in-process server");
+    (server, clock)
 }

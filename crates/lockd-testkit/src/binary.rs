@@ -1,34 +1,33 @@
-//! Shared helpers of the `lockd` binary tests: start the real binary as a
-//! child process (killed when the guard drops), wait for `/healthz`, and a
-//! small reqwest client for the lease and state endpoints.
-#![allow(dead_code)]
+//! The real `lockd` binary as a child process (killed when the guard
+//! drops), started once `/healthz` answers, and a small reqwest client for
+//! the lease and state endpoints.
+//!
+//! The caller names the executable: `env!("CARGO_BIN_EXE_lockd")` in the
+//! `lockd` crate's own tests, [`built_lockd`] elsewhere.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// The binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_lockd");
+use crate::free_port;
+pub use crate::lease::Lease;
 
 /// How long a server may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
-}
-
-/// Current Unix time in whole seconds.
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64
+/// `<target>/debug/lockd` (the target directory from `$CARGO_TARGET_DIR`,
+/// else the workspace's `target/`), if it was built: for tests outside the
+/// `lockd` crate, where `CARGO_BIN_EXE_lockd` does not exist.
+pub fn built_lockd() -> Option<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let bin = target.join("debug").join("lockd");
+    bin.is_file().then_some(bin)
 }
 
 /// `disk://` URL of an absolute directory.
@@ -45,8 +44,9 @@ pub struct Exited {
 }
 
 /// A command line for `lockd` with a clean `LOCKD_*` environment.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LockdCmd {
+    bin: PathBuf,
     args: Vec<String>,
     envs: Vec<(String, String)>,
     cwd: Option<PathBuf>,
@@ -54,13 +54,20 @@ pub struct LockdCmd {
 }
 
 impl LockdCmd {
-    pub fn new() -> Self {
-        Self::default()
+    /// The executable `bin` with no arguments yet.
+    pub fn new(bin: impl AsRef<Path>) -> Self {
+        Self {
+            bin: bin.as_ref().to_path_buf(),
+            args: Vec::new(),
+            envs: Vec::new(),
+            cwd: None,
+            listen_via_env: false,
+        }
     }
 
-    /// `--store <url> --disable-mtls`, the usual test server.
-    pub fn with_store(url: &str) -> Self {
-        Self::new().args(["--store", url, "--disable-mtls"])
+    /// `bin --store <url> --disable-mtls`, the usual test server.
+    pub fn with_store(bin: impl AsRef<Path>, url: &str) -> Self {
+        Self::new(bin).args(["--store", url, "--disable-mtls"])
     }
 
     pub fn args<I, S>(mut self, args: I) -> Self
@@ -89,7 +96,7 @@ impl LockdCmd {
     }
 
     fn command(&self, extra_args: &[String], extra_envs: &[(String, String)]) -> Command {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(&self.bin);
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("LOCKD_") {
                 cmd.env_remove(k);
@@ -439,18 +446,6 @@ impl Resp {
     }
 }
 
-/// A granted lease, as the client keeps it.
-#[derive(Debug, Clone)]
-pub struct Lease {
-    pub key: String,
-    pub lease_id: String,
-    pub txn_id: String,
-    pub token: i64,
-    pub expires_at_unix: i64,
-    pub version: i64,
-    pub body: Value,
-}
-
 /// A tiny lockd client over reqwest.
 #[derive(Clone)]
 pub struct Api {
@@ -517,7 +512,7 @@ impl Api {
                 .post(format!("{}/v1/update?key={}", self.base, lease.key))
                 .header("X-Lease-ID", &lease.lease_id)
                 .header("X-Txn-ID", &lease.txn_id)
-                .header("X-Fencing-Token", lease.token.to_string())
+                .header("X-Fencing-Token", lease.fencing_token.to_string())
                 .header("Content-Type", "application/json")
                 .body(doc.to_string()),
         )
@@ -532,7 +527,7 @@ impl Api {
         self.send(
             self.http
                 .post(format!("{}/v1/release", self.base))
-                .header("X-Fencing-Token", lease.token.to_string())
+                .header("X-Fencing-Token", lease.fencing_token.to_string())
                 .json(&json!({
                     "key": lease.key,
                     "lease_id": lease.lease_id,
@@ -562,7 +557,7 @@ impl Api {
             self.http
                 .post(format!("{}/v1/get?key={}", self.base, lease.key))
                 .header("X-Lease-ID", &lease.lease_id)
-                .header("X-Fencing-Token", lease.token.to_string()),
+                .header("X-Fencing-Token", lease.fencing_token.to_string()),
         )
         .await
         .expect("POST /v1/get leased")
@@ -589,22 +584,17 @@ impl Api {
     }
 }
 
-/// The lease in a 200 acquire response.
+/// The lease in a 200 acquire response of `key`, checking the
+/// `X-Fencing-Token` header mirrors the body.
 pub fn lease_of(key: &str, r: &Resp) -> Lease {
-    let v = r.json();
-    let token = v["fencing_token"].as_i64().expect("fencing_token");
+    let lease = Lease {
+        key: key.to_string(),
+        ..Lease::from_response(&r.json(), &r.headers)
+    };
     assert_eq!(
         r.header("x-fencing-token").as_deref(),
-        Some(token.to_string().as_str()),
+        Some(lease.fencing_token.to_string().as_str()),
         "X-Fencing-Token header"
     );
-    Lease {
-        key: key.to_string(),
-        lease_id: v["lease_id"].as_str().expect("lease_id").to_string(),
-        txn_id: v["txn_id"].as_str().expect("txn_id").to_string(),
-        token,
-        expires_at_unix: v["expires_at_unix"].as_i64().expect("expires_at_unix"),
-        version: v["version"].as_i64().expect("version"),
-        body: v,
-    }
+    lease
 }
