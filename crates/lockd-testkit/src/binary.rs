@@ -39,7 +39,9 @@ pub fn disk_url(dir: &Path) -> String {
 /// How a finished process ended.
 #[derive(Debug)]
 pub struct Exited {
+    /// Exit status.
     pub status: ExitStatus,
+    /// Everything written to stderr.
     pub stderr: String,
 }
 
@@ -70,6 +72,7 @@ impl LockdCmd {
         Self::new(bin).args(["--store", url, "--disable-mtls"])
     }
 
+    /// Appends arguments.
     pub fn args<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -79,11 +82,13 @@ impl LockdCmd {
         self
     }
 
+    /// Sets an environment variable.
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.envs.push((k.into(), v.into()));
         self
     }
 
+    /// Runs in `dir`.
     pub fn cwd(mut self, dir: &Path) -> Self {
         self.cwd = Some(dir.to_path_buf());
         self
@@ -317,10 +322,12 @@ impl Lockd {
         }
     }
 
+    /// A client for this server.
     pub fn api(&self) -> Api {
         Api::new(&self.base())
     }
 
+    /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -400,12 +407,16 @@ impl Drop for Lockd {
 /// A response, fully read.
 #[derive(Debug)]
 pub struct Resp {
+    /// HTTP status.
     pub status: u16,
+    /// Response headers.
     pub headers: reqwest::header::HeaderMap,
+    /// Response body.
     pub body: Vec<u8>,
 }
 
 impl Resp {
+    /// The body as JSON (panics when it is not).
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
@@ -416,10 +427,12 @@ impl Resp {
         })
     }
 
+    /// The body as (lossy) text.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// A header as a string.
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers
             .get(name)
@@ -434,6 +447,7 @@ impl Resp {
             .to_string()
     }
 
+    /// Asserts the status; returns the response.
     #[track_caller]
     pub fn expect(self, status: u16) -> Self {
         assert_eq!(
@@ -454,6 +468,7 @@ pub struct Api {
 }
 
 impl Api {
+    /// A client of the server at `base` (`http://host:port`).
     pub fn new(base: &str) -> Self {
         let http = reqwest::Client::builder()
             .no_proxy()
@@ -478,6 +493,7 @@ impl Api {
         })
     }
 
+    /// `GET /healthz`.
     pub async fn healthz(&self) -> Resp {
         self.send(self.http.get(format!("{}/healthz", self.base)))
             .await
@@ -494,6 +510,7 @@ impl Api {
         .await
     }
 
+    /// `POST /v1/acquire` with a raw JSON body, expecting an answer.
     pub async fn acquire_raw(&self, body: Value) -> Resp {
         self.try_acquire(&body).await.expect("POST /v1/acquire")
     }
@@ -506,6 +523,7 @@ impl Api {
         lease_of(key, &r)
     }
 
+    /// `POST /v1/update?key=K` with the lease headers and `doc`.
     pub async fn try_update(&self, lease: &Lease, doc: &str) -> Result<Resp, reqwest::Error> {
         self.send(
             self.http
@@ -519,10 +537,12 @@ impl Api {
         .await
     }
 
+    /// Like [`Api::try_update`], expecting an answer.
     pub async fn update(&self, lease: &Lease, doc: &str) -> Resp {
         self.try_update(lease, doc).await.expect("POST /v1/update")
     }
 
+    /// `POST /v1/release` of `lease` (commit).
     pub async fn try_release(&self, lease: &Lease) -> Result<Resp, reqwest::Error> {
         self.send(
             self.http
@@ -537,6 +557,7 @@ impl Api {
         .await
     }
 
+    /// Like [`Api::try_release`], expecting an answer.
     pub async fn release(&self, lease: &Lease) -> Resp {
         self.try_release(lease).await.expect("POST /v1/release")
     }

@@ -35,8 +35,11 @@ pub fn ensure_s3() -> Option<&'static LocalS3> {
 /// One store prefix in the test bucket that several nodes share.
 #[derive(Debug, Clone)]
 pub struct SharedStore {
+    /// The S3 server.
     pub s3: LocalS3,
+    /// `cluster/<test>-…` inside the bucket.
     pub prefix: String,
+    /// The `s3://` store URL of the prefix.
     pub url: String,
 }
 

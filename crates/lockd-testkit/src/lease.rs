@@ -7,16 +7,27 @@ use serde_json::Value;
 /// and the response headers.
 #[derive(Debug, Clone)]
 pub struct Lease {
+    /// `namespace`.
     pub namespace: String,
+    /// `key`.
     pub key: String,
+    /// `lease_id`.
     pub lease_id: String,
+    /// `txn_id`.
     pub txn_id: String,
+    /// `owner` (empty when absent).
     pub owner: String,
+    /// `fencing_token`.
     pub fencing_token: i64,
+    /// `version` of the state when acquired.
     pub version: i64,
+    /// `state_etag`, when the key has state.
     pub state_etag: Option<String>,
+    /// `expires_at_unix`.
     pub expires_at_unix: i64,
+    /// The whole 200 body.
     pub body: Value,
+    /// The response headers.
     pub headers: HeaderMap,
 }
 

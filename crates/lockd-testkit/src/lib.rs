@@ -19,6 +19,8 @@
 //!
 //! Helpers panic on failure: they only run inside tests.
 
+#![warn(missing_docs)]
+
 pub mod binary;
 pub mod cluster;
 pub mod lease;

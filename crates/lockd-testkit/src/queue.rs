@@ -485,6 +485,7 @@ pub fn with(body: &Value, extra: Value) -> Value {
     Value::Object(b)
 }
 
+/// POST `/v1/queue/dequeue`.
 pub async fn dequeue_raw(s: &TestServer, body: &Value) -> Response {
     post_json(s, "/v1/queue/dequeue", body).await
 }
@@ -555,12 +556,15 @@ pub fn extend_body(m: &Value, by: i64) -> Value {
     Value::Object(b)
 }
 
+/// POST `/v1/queue/ack`.
 pub async fn ack_raw(s: &TestServer, body: &Value) -> Response {
     post_json(s, "/v1/queue/ack", body).await
 }
+/// POST `/v1/queue/nack`.
 pub async fn nack_raw(s: &TestServer, body: &Value) -> Response {
     post_json(s, "/v1/queue/nack", body).await
 }
+/// POST `/v1/queue/extend`.
 pub async fn extend_raw(s: &TestServer, body: &Value) -> Response {
     post_json(s, "/v1/queue/extend", body).await
 }
@@ -641,6 +645,7 @@ pub fn ids_of(list: &Value) -> Vec<String> {
 /// soon as their bytes are complete.
 pub struct Subscription {
     resp: Response,
+    /// The response headers.
     pub headers: HeaderMap,
     boundary: String,
     buf: Vec<u8>,

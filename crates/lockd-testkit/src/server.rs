@@ -18,13 +18,17 @@ use crate::now_unix;
 /// Which backend a test server uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// `mem://`.
     Mem,
+    /// `disk://` in a temporary directory.
     Disk,
 }
 
 /// A server started for one test, with an HTTP client pointed at it.
 pub struct TestServer {
+    /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// A client with a generous overall timeout.
     pub http: reqwest::Client,
     /// The server's clock, when it runs on a manual one.
     clock: Option<ManualClock>,
@@ -362,8 +366,11 @@ pub fn with_query(path: &str, pairs: &[(&str, &str)]) -> String {
 /// A document read from `/v1/get`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Doc {
+    /// `X-Key-Version`.
     pub version: i64,
+    /// `ETag` (unquoted).
     pub etag: String,
+    /// The document.
     pub body: String,
 }
 

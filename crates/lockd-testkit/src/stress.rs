@@ -56,10 +56,12 @@ fn splitmix64(x: u64) -> u64 {
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         Self(splitmix64(seed) | 1)
     }
 
+    /// The next 64 random bits (xorshift).
     pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
@@ -116,12 +118,16 @@ pub enum AckOutcome {
 /// A queue on one server.
 #[derive(Clone)]
 pub struct Q {
+    /// A client without overall timeout.
     pub http: reqwest::Client,
+    /// `http://host:port`.
     pub base: String,
+    /// The queue name.
     pub queue: String,
 }
 
 impl Q {
+    /// The queue `queue` on the server at `base`.
     pub fn new(base: &str, queue: &str) -> Self {
         Self {
             http: http_client(),
@@ -222,6 +228,7 @@ impl Q {
         self.deliveries(r).await
     }
 
+    /// `POST /v1/queue/dequeue` with a timeout of [`CALL_TIMEOUT`] plus the wait: a reader over the deliveries, or `None` on `409 waiting`.
     pub async fn dequeue(
         &self,
         owner: &str,
@@ -360,6 +367,7 @@ pub fn payload_seq(p: &[u8]) -> Option<u64> {
 /// One delivery as the ledger keeps it.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// The ledger epoch (server restarts) it happened in.
     pub epoch: usize,
     /// The payload was read in full. A consumer that crashed after the
     /// meta part may have left the server unable to write the payload; the
@@ -367,9 +375,13 @@ pub struct Seen {
     /// (attempts - 1, visible at once), so such deliveries prove nothing
     /// about later attempt counts or visibility.
     pub complete: bool,
+    /// `attempts` of the delivery.
     pub attempts: i64,
+    /// `fencing_token` of the delivery.
     pub fencing_token: i64,
+    /// `lease_expires_at_unix` of the delivery.
     pub lease_expires_at_unix: i64,
+    /// When the consumer received it.
     pub received_at_unix: i64,
 }
 
@@ -392,14 +404,18 @@ pub struct Book {
     pub seen: HashMap<String, Vec<Seen>>,
     /// Protocol violations noticed by the tasks.
     pub violations: Vec<String>,
+    /// Deliveries seen, crashed ones included.
     pub deliveries: u64,
+    /// Acks answered as stale.
     pub stale_acks: u64,
+    /// Consumer crashes simulated.
     pub crashes: u64,
 }
 
 /// The shared record of a run.
 #[derive(Default)]
 pub struct Ledger {
+    /// The record itself; see [`Ledger::book`].
     pub book: Mutex<Book>,
     /// Distinct ids acked successfully.
     pub acked: AtomicUsize,
@@ -410,6 +426,7 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// The record, even after a task panicked holding it.
     pub fn book(&self) -> std::sync::MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -612,15 +629,23 @@ pub async fn producer(
 #[derive(Debug, Clone, Copy)]
 pub enum Mode {
     /// `dequeue` with a random `page_size` in 1..=max_page.
-    Dequeue { max_page: u64 },
+    Dequeue {
+        /// The largest page size drawn.
+        max_page: u64,
+    },
     /// One `subscribe` stream with this `page_size`.
-    Subscribe { page: usize },
+    Subscribe {
+        /// The page size of the stream.
+        page: usize,
+    },
 }
 
 /// A consumer's settings.
 #[derive(Debug, Clone, Copy)]
 pub struct ConsumerCfg {
+    /// Its number (seeds its choices, names its owner).
     pub index: usize,
+    /// How it takes messages.
     pub mode: Mode,
     /// `visibility_timeout_seconds` of its deliveries.
     pub visibility: i64,

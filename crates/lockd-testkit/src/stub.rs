@@ -17,11 +17,13 @@ use crate::now_unix;
 /// A request the stub received.
 #[derive(Debug, Clone)]
 pub struct StubReq {
+    /// `GET`, `POST`, ….
     pub method: String,
     /// Path and query.
     pub target: String,
     /// Lower-case names.
     pub headers: Vec<(String, String)>,
+    /// The body (de-chunked).
     pub body: Vec<u8>,
 }
 
@@ -30,6 +32,7 @@ impl StubReq {
     pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or("")
     }
+    /// A header value by (case-insensitive) name.
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
         self.headers
@@ -37,9 +40,11 @@ impl StubReq {
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.as_str())
     }
+    /// `X-Correlation-Id`.
     pub fn correlation(&self) -> Option<&str> {
         self.header("x-correlation-id")
     }
+    /// The body as JSON (`Null` when it is not).
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
@@ -48,14 +53,18 @@ impl StubReq {
 /// A response the stub sends.
 #[derive(Debug, Clone)]
 pub struct StubResp {
+    /// Status code.
     pub status: u16,
+    /// Headers besides `Content-Length`.
     pub headers: Vec<(String, String)>,
+    /// Body.
     pub body: Vec<u8>,
     /// Wait this long before answering.
     pub delay: Duration,
 }
 
 impl StubResp {
+    /// A JSON response.
     pub fn json(status: u16, v: Value) -> StubResp {
         StubResp {
             status,
@@ -64,6 +73,7 @@ impl StubResp {
             delay: Duration::ZERO,
         }
     }
+    /// A response with any body and content type.
     pub fn raw(status: u16, content_type: &str, body: Vec<u8>) -> StubResp {
         StubResp {
             status,
@@ -72,10 +82,12 @@ impl StubResp {
             delay: Duration::ZERO,
         }
     }
+    /// Adds a header.
     pub fn header(mut self, name: &str, value: &str) -> StubResp {
         self.headers.push((name.into(), value.into()));
         self
     }
+    /// Answers after `d`.
     pub fn delayed(mut self, d: Duration) -> StubResp {
         self.delay = d;
         self
@@ -88,6 +100,7 @@ type Handler = dyn Fn(&StubReq, usize) -> StubResp + Send + Sync;
 /// by the handler, which also gets how many earlier requests had the same
 /// path. Stops when dropped.
 pub struct Stub {
+    /// Where it listens.
     pub addr: std::net::SocketAddr,
     requests: Arc<Mutex<Vec<StubReq>>>,
     task: JoinHandle<()>,
@@ -100,6 +113,7 @@ impl Drop for Stub {
 }
 
 impl Stub {
+    /// Starts the stub on `127.0.0.1:<random>`; `handler` gets each request and how many earlier ones had its path.
     pub async fn start(
         handler: impl Fn(&StubReq, usize) -> StubResp + Send + Sync + 'static,
     ) -> Stub {
@@ -120,6 +134,7 @@ impl Stub {
         }
     }
 
+    /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -26,8 +26,11 @@ pub struct Record {
     pub header: u64,
     /// Payload length.
     pub payload_len: u64,
+    /// Epoch of the log.
     pub epoch: u64,
+    /// Sequence number within the epoch.
     pub seq: u64,
+    /// The payload bytes.
     pub payload: Vec<u8>,
 }
 
