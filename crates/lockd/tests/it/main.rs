@@ -1,0 +1,20 @@
+//! The integration tests of `lockd`, linked as one test binary: one module
+//! per area, so the suite builds and links one executable instead of one per file.
+
+/// The binary under test.
+const BIN: &str = env!("CARGO_BIN_EXE_lockd");
+
+mod auth;
+mod binary;
+mod cli;
+mod cli_mtls;
+mod cluster;
+mod crash_loop;
+mod drain;
+mod durability;
+mod mtls_roundtrip;
+mod observability;
+mod otlp;
+mod queue_durability;
+mod verify_store;
+mod wal_damage;
