@@ -172,15 +172,6 @@ impl ServerConfig {
         self.http.validate()?;
         Ok(())
     }
-
-    /// Whether the store is shared object storage (several nodes may use it
-    /// at once), as opposed to a store one process owns.
-    pub fn object_store(&self) -> bool {
-        let s = self.store.trim();
-        ["s3://", "aws://", "azure://"]
-            .iter()
-            .any(|p| s.starts_with(p))
-    }
 }
 
 /// The data directory used when no `--store` is given:

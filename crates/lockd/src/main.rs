@@ -24,6 +24,7 @@ use clap::Parser;
 use lockd_server::config::{default_data_dir, parse_duration, parse_size};
 use lockd_server::control::qrf::QrfConfig;
 use lockd_server::obs::log::LogFormat;
+use lockd_server::storage::{S3Scheme, StoreUrl};
 use lockd_server::{ListenProto, ServerConfig};
 
 /// lockd: exclusive leases with fencing tokens, atomic JSON state and an
@@ -687,10 +688,14 @@ async fn serve(args: Args) -> ExitCode {
         Some(s) if !s.trim().is_empty() => s,
         _ => format!("disk://{}", default_data_dir().display()),
     };
+    // --aws-region fills in an aws:// URL's region; a URL that does not
+    // parse is left as it is for start-up to report.
     if let Some(region) = args.aws_region.as_deref().filter(|r| !r.trim().is_empty()) {
-        if store.starts_with("aws://") && !store.contains("region=") {
-            let sep = if store.contains('?') { '&' } else { '?' };
-            store = format!("{store}{sep}region={}", region.trim());
+        if let Ok(StoreUrl::S3(mut url)) = store.parse::<StoreUrl>() {
+            if url.scheme == S3Scheme::Aws && url.region.is_none() {
+                url.region = Some(region.trim().to_string());
+                store = StoreUrl::S3(url).to_string();
+            }
         }
     }
     let cfg = ServerConfig {
