@@ -21,7 +21,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::Duration;
 
 use clap::Parser;
-use lockd_server::config::{default_data_dir, parse_duration, parse_size};
+use lockd_server::config::{
+    default_data_dir, format_duration, format_size, parse_duration, parse_size,
+};
 use lockd_server::control::qrf::QrfConfig;
 use lockd_server::obs::log::LogFormat;
 use lockd_server::storage::{S3Scheme, StoreUrl};
@@ -172,11 +174,11 @@ struct Args {
 
     /// Address to listen on (`host:port`, `:port` for all interfaces), or a
     /// socket path with `--listen-proto unix`.
-    #[arg(long, env = "LOCKD_LISTEN", default_value = ":9341")]
+    #[arg(long, env = "LOCKD_LISTEN", default_value = DEFAULTS.listen.as_str())]
     listen: String,
 
     /// Listener kind: tcp, tcp4, tcp6 or unix.
-    #[arg(long, env = "LOCKD_LISTEN_PROTO", default_value = "tcp", value_parser = parse_proto)]
+    #[arg(long, env = "LOCKD_LISTEN_PROTO", default_value_t = DEFAULTS.listen_proto, value_parser = parse_proto)]
     listen_proto: ListenProto,
 
     /// Storage backend: `mem://` (ephemeral), `disk:///abs/path` or
@@ -198,28 +200,28 @@ struct Args {
         short = 'n',
         long,
         env = "LOCKD_DEFAULT_NAMESPACE",
-        default_value = "default"
+        default_value = DEFAULTS.default_namespace.as_str()
     )]
     default_namespace: String,
 
     /// Lease TTL used when a request asks for none.
-    #[arg(long, env = "LOCKD_DEFAULT_TTL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_DEFAULT_TTL", default_value = duration(DEFAULTS.default_ttl), value_parser = parse_duration)]
     default_ttl: Duration,
 
     /// Longest lease TTL; larger requests are clamped.
-    #[arg(long, env = "LOCKD_MAX_TTL", default_value = "30m", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_MAX_TTL", default_value = duration(DEFAULTS.max_ttl), value_parser = parse_duration)]
     max_ttl: Duration,
 
     /// How long an acquire with `block_seconds` below -1 waits.
-    #[arg(long, env = "LOCKD_ACQUIRE_BLOCK", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_ACQUIRE_BLOCK", default_value = duration(DEFAULTS.acquire_block), value_parser = parse_duration)]
     acquire_block: Duration,
 
     /// Largest JSON request body or state document (e.g. 100MB, 64MiB).
-    #[arg(long, env = "LOCKD_JSON_MAX", default_value = "100MB", value_parser = parse_size)]
+    #[arg(long, env = "LOCKD_JSON_MAX", default_value = size(DEFAULTS.json_max), value_parser = parse_size)]
     json_max: u64,
 
     /// How often expired leases are swept from storage (0 disables).
-    #[arg(long, env = "LOCKD_SWEEPER_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_SWEEPER_INTERVAL", default_value = duration(DEFAULTS.sweeper_interval), value_parser = parse_duration)]
     sweeper_interval: Duration,
 
     /// Most queue consumers waiting at once; more get `503 queue_busy`.
@@ -252,34 +254,34 @@ struct Args {
 
     /// From the first byte of a request to its complete head; a client
     /// that takes longer (a slowloris drip) is disconnected.
-    #[arg(long, env = "LOCKD_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_HTTP_HEADER_TIMEOUT", default_value = duration(DEFAULTS.http.header_timeout), value_parser = parse_duration)]
     http_header_timeout: Duration,
 
     /// How long a connection may wait without a request (a new one, or
     /// keep-alive between requests) before it is closed.
-    #[arg(long, env = "LOCKD_HTTP_IDLE_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_HTTP_IDLE_TIMEOUT", default_value = duration(DEFAULTS.http.idle_timeout), value_parser = parse_duration)]
     http_idle_timeout: Duration,
 
     /// Longest pause in a request body; the request then fails and the
     /// connection closes.
-    #[arg(long, env = "LOCKD_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_HTTP_BODY_TIMEOUT", default_value = duration(DEFAULTS.http.body_timeout), value_parser = parse_duration)]
     http_body_timeout: Duration,
 
     /// Most connections open at once (0: the open-files limit, raised to
     /// its hard maximum, less 256). Connections past it are closed at once.
-    #[arg(long, env = "LOCKD_MAX_CONNECTIONS", default_value_t = 0)]
+    #[arg(long, env = "LOCKD_MAX_CONNECTIONS", default_value_t = DEFAULTS.http.max_connections)]
     max_connections: usize,
 
     /// Of --max-connections, how many serve only health checks and
     /// requests that finish work (ack, nack, extend, keepalive, release),
     /// so those get through when the server is full.
-    #[arg(long, env = "LOCKD_CONNECTION_RESERVE", default_value_t = 32)]
+    #[arg(long, env = "LOCKD_CONNECTION_RESERVE", default_value_t = DEFAULTS.http.reserve)]
     connection_reserve: usize,
 
     /// Drain window on SIGTERM/SIGINT: new acquires and consumers are
     /// refused while held leases finish (at most 80 % of
     /// --shutdown-timeout; 0 disables draining).
-    #[arg(long, env = "LOCKD_DRAIN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_DRAIN_GRACE", default_value = duration(DEFAULTS.drain_grace), value_parser = parse_duration)]
     drain_grace: Duration,
 
     #[command(flatten)]
@@ -287,28 +289,28 @@ struct Args {
 
     /// How long shutdown waits for in-flight requests (blocked acquires
     /// included) before closing connections.
-    #[arg(long, env = "LOCKD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_SHUTDOWN_TIMEOUT", default_value = duration(DEFAULTS.shutdown_timeout), value_parser = parse_duration)]
     shutdown_timeout: Duration,
 
     /// How nodes sharing one object store coordinate: `failover` (one
     /// active node, the others answer 503 node_passive), `concurrent`
     /// (every node serves every key; object stores only), `single` (no
     /// coordination), `auto` (as failover).
-    #[arg(long, env = "LOCKD_HA", default_value = "failover")]
+    #[arg(long, env = "LOCKD_HA", default_value_t = DEFAULTS.ha)]
     ha: lockd_server::ha::HaMode,
 
     /// Lifetime of the failover lease; a passive node takes over at most
     /// this long after the active one stops renewing it (at least 5s).
-    #[arg(long, env = "LOCKD_HA_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_HA_LEASE_TTL", default_value = duration(DEFAULTS.ha_lease_ttl), value_parser = parse_duration)]
     ha_lease_ttl: Duration,
 
     /// On shared object storage: how often waiting acquires and dequeues
     /// look for changes made by other nodes.
-    #[arg(long, env = "LOCKD_QUEUE_POLL_INTERVAL", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_QUEUE_POLL_INTERVAL", default_value = duration(DEFAULTS.queue_poll_interval), value_parser = parse_duration)]
     queue_poll_interval: Duration,
 
     /// Random extra delay (0..this) added to each poll.
-    #[arg(long, env = "LOCKD_QUEUE_POLL_JITTER", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_QUEUE_POLL_JITTER", default_value = duration(DEFAULTS.queue_poll_jitter), value_parser = parse_duration)]
     queue_poll_jitter: Duration,
 
     /// AWS region for `aws://` stores (else AWS_REGION).
@@ -367,116 +369,116 @@ struct Args {
 #[derive(Debug, clap::Args)]
 struct QrfArgs {
     /// Turn perimeter defence (QRF and the LSF sampler) off.
-    #[arg(long, env = "LOCKD_QRF_DISABLED", default_value_t = false)]
+    #[arg(long, env = "LOCKD_QRF_DISABLED", default_value_t = DEFAULTS.qrf.disabled)]
     qrf_disabled: bool,
     /// In-flight queue operations at which pressure-adding work is paced.
-    #[arg(long, env = "LOCKD_QRF_QUEUE_SOFT_LIMIT", default_value_t = 0)]
+    #[arg(long, env = "LOCKD_QRF_QUEUE_SOFT_LIMIT", default_value_t = DEFAULTS.qrf.queue_soft_limit)]
     qrf_queue_soft_limit: i64,
     /// In-flight queue operations at which QRF engages.
-    #[arg(long, env = "LOCKD_QRF_QUEUE_HARD_LIMIT", default_value_t = 0)]
+    #[arg(long, env = "LOCKD_QRF_QUEUE_HARD_LIMIT", default_value_t = DEFAULTS.qrf.queue_hard_limit)]
     qrf_queue_hard_limit: i64,
     /// In-flight consumers at which consumers are paced.
-    #[arg(long, env = "LOCKD_QRF_QUEUE_CONSUMER_SOFT_LIMIT", default_value_t = 0)]
+    #[arg(long, env = "LOCKD_QRF_QUEUE_CONSUMER_SOFT_LIMIT", default_value_t = DEFAULTS.qrf.queue_consumer_soft_limit)]
     qrf_queue_consumer_soft_limit: i64,
     /// In-flight consumers at which QRF engages.
-    #[arg(long, env = "LOCKD_QRF_QUEUE_CONSUMER_HARD_LIMIT", default_value_t = 0)]
+    #[arg(long, env = "LOCKD_QRF_QUEUE_CONSUMER_HARD_LIMIT", default_value_t = DEFAULTS.qrf.queue_consumer_hard_limit)]
     qrf_queue_consumer_hard_limit: i64,
     /// Messages held by the queues at which producers are paced.
     #[arg(
         long,
         env = "LOCKD_QRF_QUEUE_BACKLOG_SOFT_LIMIT",
-        default_value_t = 50_000
+        default_value_t = DEFAULTS.qrf.queue_backlog_soft_limit
     )]
     qrf_queue_backlog_soft_limit: i64,
     /// Messages held by the queues at which QRF engages (producers refused).
     #[arg(
         long,
         env = "LOCKD_QRF_QUEUE_BACKLOG_HARD_LIMIT",
-        default_value_t = 100_000
+        default_value_t = DEFAULTS.qrf.queue_backlog_hard_limit
     )]
     qrf_queue_backlog_hard_limit: i64,
     /// In-flight lock operations soft limit.
-    #[arg(long, env = "LOCKD_QRF_LOCK_SOFT_LIMIT", default_value_t = 0)]
+    #[arg(long, env = "LOCKD_QRF_LOCK_SOFT_LIMIT", default_value_t = DEFAULTS.qrf.lock_soft_limit)]
     qrf_lock_soft_limit: i64,
     /// In-flight lock operations hard limit.
-    #[arg(long, env = "LOCKD_QRF_LOCK_HARD_LIMIT", default_value_t = 0)]
+    #[arg(long, env = "LOCKD_QRF_LOCK_HARD_LIMIT", default_value_t = DEFAULTS.qrf.lock_hard_limit)]
     qrf_lock_hard_limit: i64,
     /// Host memory in use (%) soft limit.
     #[arg(
         long,
         env = "LOCKD_QRF_MEMORY_SOFT_LIMIT_PERCENT",
-        default_value_t = 80.0
+        default_value_t = DEFAULTS.qrf.memory_soft_limit_percent
     )]
     qrf_memory_soft_limit_percent: f64,
     /// Host memory in use (%) hard limit.
     #[arg(
         long,
         env = "LOCKD_QRF_MEMORY_HARD_LIMIT_PERCENT",
-        default_value_t = 90.0
+        default_value_t = DEFAULTS.qrf.memory_hard_limit_percent
     )]
     qrf_memory_hard_limit_percent: f64,
     /// Subtracted from memory % when the host does not report MemAvailable.
     #[arg(
         long,
         env = "LOCKD_QRF_MEMORY_STRICT_HEADROOM_PERCENT",
-        default_value_t = 15.0
+        default_value_t = DEFAULTS.qrf.memory_strict_headroom_percent
     )]
     qrf_memory_strict_headroom_percent: f64,
     /// Process RSS soft limit (e.g. 2GB; 0 off).
-    #[arg(long, env = "LOCKD_QRF_MEMORY_SOFT_LIMIT", default_value = "0", value_parser = parse_size)]
+    #[arg(long, env = "LOCKD_QRF_MEMORY_SOFT_LIMIT", default_value = size(DEFAULTS.qrf.memory_soft_limit_bytes), value_parser = parse_size)]
     qrf_memory_soft_limit: u64,
     /// Process RSS hard limit (0 off).
-    #[arg(long, env = "LOCKD_QRF_MEMORY_HARD_LIMIT", default_value = "0", value_parser = parse_size)]
+    #[arg(long, env = "LOCKD_QRF_MEMORY_HARD_LIMIT", default_value = size(DEFAULTS.qrf.memory_hard_limit_bytes), value_parser = parse_size)]
     qrf_memory_hard_limit: u64,
     /// Swap in use (%) soft limit (0 off).
-    #[arg(long, env = "LOCKD_QRF_SWAP_SOFT_LIMIT_PERCENT", default_value_t = 0.0)]
+    #[arg(long, env = "LOCKD_QRF_SWAP_SOFT_LIMIT_PERCENT", default_value_t = DEFAULTS.qrf.swap_soft_limit_percent)]
     qrf_swap_soft_limit_percent: f64,
     /// Swap in use (%) hard limit (0 off).
-    #[arg(long, env = "LOCKD_QRF_SWAP_HARD_LIMIT_PERCENT", default_value_t = 0.0)]
+    #[arg(long, env = "LOCKD_QRF_SWAP_HARD_LIMIT_PERCENT", default_value_t = DEFAULTS.qrf.swap_hard_limit_percent)]
     qrf_swap_hard_limit_percent: f64,
     /// Host CPU (%) soft limit (0 off: a busy server is doing its job).
-    #[arg(long, env = "LOCKD_QRF_CPU_SOFT_LIMIT", default_value_t = 0.0)]
+    #[arg(long, env = "LOCKD_QRF_CPU_SOFT_LIMIT", default_value_t = DEFAULTS.qrf.cpu_soft_limit)]
     qrf_cpu_soft_limit: f64,
     /// Host CPU (%) hard limit (0 off).
-    #[arg(long, env = "LOCKD_QRF_CPU_HARD_LIMIT", default_value_t = 0.0)]
+    #[arg(long, env = "LOCKD_QRF_CPU_HARD_LIMIT", default_value_t = DEFAULTS.qrf.cpu_hard_limit)]
     qrf_cpu_hard_limit: f64,
     /// 1-minute load as a multiple of its baseline: soft limit.
     #[arg(
         long,
         env = "LOCKD_QRF_LOAD_SOFT_LIMIT_MULTIPLIER",
-        default_value_t = 4.0
+        default_value_t = DEFAULTS.qrf.load_soft_limit_multiplier
     )]
     qrf_load_soft_limit_multiplier: f64,
     /// 1-minute load as a multiple of its baseline: hard limit.
     #[arg(
         long,
         env = "LOCKD_QRF_LOAD_HARD_LIMIT_MULTIPLIER",
-        default_value_t = 8.0
+        default_value_t = DEFAULTS.qrf.load_hard_limit_multiplier
     )]
     qrf_load_hard_limit_multiplier: f64,
     /// Healthy samples before relaxing one step.
-    #[arg(long, env = "LOCKD_QRF_RECOVERY_SAMPLES", default_value_t = 5)]
+    #[arg(long, env = "LOCKD_QRF_RECOVERY_SAMPLES", default_value_t = DEFAULTS.qrf.recovery_samples)]
     qrf_recovery_samples: u32,
     /// Base pacing delay while soft-armed.
-    #[arg(long, env = "LOCKD_QRF_SOFT_DELAY", default_value = "50ms", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_QRF_SOFT_DELAY", default_value = duration(DEFAULTS.qrf.soft_delay), value_parser = parse_duration)]
     qrf_soft_delay: Duration,
     /// Base pacing delay while engaged.
-    #[arg(long, env = "LOCKD_QRF_ENGAGED_DELAY", default_value = "250ms", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_QRF_ENGAGED_DELAY", default_value = duration(DEFAULTS.qrf.engaged_delay), value_parser = parse_duration)]
     qrf_engaged_delay: Duration,
     /// Base pacing delay while recovering.
-    #[arg(long, env = "LOCKD_QRF_RECOVERY_DELAY", default_value = "200ms", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_QRF_RECOVERY_DELAY", default_value = duration(DEFAULTS.qrf.recovery_delay), value_parser = parse_duration)]
     qrf_recovery_delay: Duration,
     /// Longest pacing delay; beyond it clients get 429.
-    #[arg(long, env = "LOCKD_QRF_MAX_WAIT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_QRF_MAX_WAIT", default_value = duration(DEFAULTS.qrf.max_wait), value_parser = parse_duration)]
     qrf_max_wait: Duration,
     /// Most requests pacing at once; beyond it clients get 429.
-    #[arg(long, env = "LOCKD_QRF_MAX_PACED", default_value_t = 256)]
+    #[arg(long, env = "LOCKD_QRF_MAX_PACED", default_value_t = DEFAULTS.qrf.max_paced)]
     qrf_max_paced: usize,
     /// How often the LSF samples the host.
-    #[arg(long, env = "LOCKD_LSF_SAMPLE_INTERVAL", default_value = "200ms", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_LSF_SAMPLE_INTERVAL", default_value = duration(DEFAULTS.lsf_sample_interval), value_parser = parse_duration)]
     lsf_sample_interval: Duration,
     /// How often a sample is logged (0 never).
-    #[arg(long, env = "LOCKD_LSF_LOG_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_LSF_LOG_INTERVAL", default_value = duration(DEFAULTS.lsf_log_interval), value_parser = parse_duration)]
     lsf_log_interval: Duration,
 }
 
@@ -511,6 +513,21 @@ impl QrfArgs {
             max_paced: self.qrf_max_paced,
         }
     }
+}
+
+/// The defaults `--help` shows: [`ServerConfig::default`] is their one
+/// source, so the flags cannot drift from what an embedded server uses.
+static DEFAULTS: std::sync::LazyLock<ServerConfig> =
+    std::sync::LazyLock::new(ServerConfig::default);
+
+/// A default duration as a flag value (`30s`, `5m`).
+fn duration(d: Duration) -> String {
+    format_duration(d)
+}
+
+/// A default byte size as a flag value (`100MB`).
+fn size(n: u64) -> String {
+    format_size(n)
 }
 
 fn parse_proto(s: &str) -> Result<ListenProto, String> {
