@@ -1328,21 +1328,16 @@ fn bootstrap_config(dir: &Path) -> String {
 /// (empty) and the config file: `config` when given (`-c`), else
 /// `dir/config.yaml`. Files are created with mode 0600; an existing file is
 /// never touched, and when `ca.pem` exists the missing bundles are issued
-/// by it. Sets `LOCKD_CONFIG_DIR` to `dir` unless it is set. Reports on
-/// stderr what it created.
-///
-/// Must run before any other thread starts (it sets an environment
-/// variable).
-pub fn bootstrap(dir: &Path, config: Option<&Path>) -> Result<PathBuf, String> {
+/// by it. Reports on stderr what it created. Returns the config file and
+/// `dir` made absolute (the server's config directory unless
+/// `LOCKD_CONFIG_DIR` names another).
+pub fn bootstrap(dir: &Path, config: Option<&Path>) -> Result<(PathBuf, PathBuf), String> {
     if dir.as_os_str().is_empty() {
         return Err("bootstrap: directory required".into());
     }
     create_dir_private(dir).map_err(|e| format!("bootstrap: {e}"))?;
     let dir = std::fs::canonicalize(dir)
         .map_err(|e| format!("bootstrap: resolve {}: {e}", dir.display()))?;
-    if std::env::var_os("LOCKD_CONFIG_DIR").is_none_or(|v| v.is_empty()) {
-        std::env::set_var("LOCKD_CONFIG_DIR", &dir);
-    }
     let config_path = match config {
         Some(c) => std::path::absolute(c)
             .map_err(|e| format!("bootstrap: resolve config path {}: {e}", c.display()))?,
@@ -1424,7 +1419,7 @@ pub fn bootstrap(dir: &Path, config: Option<&Path>) -> Result<PathBuf, String> {
             dir.display()
         );
     }
-    Ok(config_path)
+    Ok((config_path, dir))
 }
 
 #[cfg(test)]

@@ -564,10 +564,14 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    // The config file fills in LOCKD_* variables that are not set, before
-    // any thread exists; flags then win over both.
+    // The config file's values become the defaults of their flags, so the
+    // environment and the command line still win over them.
     let argv: Vec<String> = std::env::args().collect();
     let is_server = argv.get(1).is_none_or(|a| a.starts_with('-'));
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    let mut file_otlp_endpoint = None;
+    // Where the default bundle and data live when --bootstrap chose it.
+    let mut config_dir = None;
     if is_server {
         // --bootstrap creates its files (and the config) before the config
         // file is looked for, so the server then reads the new config.
@@ -579,7 +583,12 @@ fn main() -> ExitCode {
         {
             if let Some(dir) = server.bootstrap {
                 match auth::bootstrap(&dir, server.config.as_deref()) {
-                    Ok(path) => bootstrapped = Some(path),
+                    Ok((path, dir)) => {
+                        if std::env::var_os("LOCKD_CONFIG_DIR").is_none_or(|v| v.is_empty()) {
+                            config_dir = Some(dir);
+                        }
+                        bootstrapped = Some(path);
+                    }
                     Err(e) => {
                         eprintln!("lockd: {e}");
                         return ExitCode::from(1);
@@ -588,13 +597,28 @@ fn main() -> ExitCode {
             }
         }
         if let Some(path) = bootstrapped.or_else(|| config::locate(&argv)) {
-            if let Err(e) = config::apply(&path) {
-                eprintln!("lockd: {e}");
-                return ExitCode::from(2);
+            match config::apply(cmd, &path) {
+                Ok((with_file, applied)) => {
+                    cmd = with_file;
+                    for key in &applied.unknown {
+                        eprintln!(
+                            "lockd: config {}: {key:?} is not a server flag; ignored",
+                            path.display()
+                        );
+                    }
+                    file_otlp_endpoint = applied.otlp_endpoint;
+                }
+                Err(e) => {
+                    eprintln!("lockd: {e}");
+                    return ExitCode::from(2);
+                }
             }
         }
     }
-    let cli = Cli::parse();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&cmd.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Some(Command::Config(ConfigCommand::Gen { stdout, out, force })) => {
             return config_gen(stdout, out, force)
@@ -608,7 +632,7 @@ fn main() -> ExitCode {
         _ => {}
     }
     match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt.block_on(run(cli)),
+        Ok(rt) => rt.block_on(run(cli, file_otlp_endpoint, config_dir)),
         Err(e) => {
             eprintln!("lockd: cannot start the runtime: {e}");
             ExitCode::from(1)
@@ -616,7 +640,14 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> ExitCode {
+/// Runs the command line's command, or the server. `file_otlp_endpoint` is
+/// a config file's `otlp-endpoint` when this build has no such flag;
+/// `config_dir` replaces `$LOCKD_CONFIG_DIR` (see [`serve`]).
+async fn run(
+    cli: Cli,
+    file_otlp_endpoint: Option<String>,
+    config_dir: Option<std::path::PathBuf>,
+) -> ExitCode {
     if let Some(Command::Client(c)) = cli.command {
         init_logging(LogFormat::Text, "warn");
         return client::run(c).await;
@@ -629,17 +660,21 @@ async fn run(cli: Cli) -> ExitCode {
     #[cfg(not(feature = "otlp"))]
     {
         init_logging(args.log_format, &args.log_level);
-        // Set directly or by a config file's `otlp-endpoint`.
-        if std::env::var_os("LOCKD_OTLP_ENDPOINT").is_some_and(|v| !v.is_empty()) {
+        // Set in the environment or by a config file's `otlp-endpoint`.
+        let otlp_asked = std::env::var_os("LOCKD_OTLP_ENDPOINT").is_some_and(|v| !v.is_empty())
+            || file_otlp_endpoint.is_some_and(|v| !v.is_empty());
+        if otlp_asked {
             tracing::warn!(
                 "LOCKD_OTLP_ENDPOINT is set, but this lockd was built without the `otlp` \
                  feature: no traces are exported"
             );
         }
-        serve(args).await
+        serve(args, config_dir).await
     }
     #[cfg(feature = "otlp")]
     {
+        // The flag exists in this build: the file set it through clap.
+        let _ = file_otlp_endpoint;
         let endpoint = args
             .otlp_endpoint
             .as_deref()
@@ -647,7 +682,7 @@ async fn run(cli: Cli) -> ExitCode {
             .filter(|e| !e.is_empty());
         let Some(endpoint) = endpoint else {
             init_logging(args.log_format, &args.log_level);
-            return serve(args).await;
+            return serve(args, config_dir).await;
         };
         let traces = match lockd_server::obs::otlp::Traces::new(endpoint) {
             Ok(t) => t,
@@ -657,7 +692,7 @@ async fn run(cli: Cli) -> ExitCode {
             }
         };
         lockd_server::obs::log::init_with_traces(args.log_format, &args.log_level, &traces);
-        let code = serve(args).await;
+        let code = serve(args, config_dir).await;
         // Sends the spans still queued; the exporter blocks, so off the
         // runtime's workers.
         let flushed = tokio::task::spawn_blocking(move || {
@@ -672,7 +707,9 @@ async fn run(cli: Cli) -> ExitCode {
 }
 
 /// Runs the server until SIGTERM/SIGINT and its graceful shutdown.
-async fn serve(args: Args) -> ExitCode {
+/// `config_dir` (from `--bootstrap`) holds the default bundle and data in
+/// place of `$LOCKD_CONFIG_DIR` or `~/.lockd`.
+async fn serve(args: Args, config_dir: Option<std::path::PathBuf>) -> ExitCode {
     let tls = if args.disable_mtls {
         tracing::warn!(
             "mTLS disabled (--disable-mtls): plain HTTP with no client authentication \
@@ -682,7 +719,10 @@ async fn serve(args: Args) -> ExitCode {
     } else if args.listen_proto == ListenProto::Unix {
         None
     } else {
-        let path = args.bundle.clone().unwrap_or_else(default_bundle_path);
+        let path = args.bundle.clone().unwrap_or_else(|| match &config_dir {
+            Some(d) => d.join("server.pem"),
+            None => default_bundle_path(),
+        });
         match lockd_tls::ServerBundle::load(&path, args.denylist_path.as_deref()) {
             Ok(b) => Some(b),
             Err(e) => {
@@ -703,7 +743,13 @@ async fn serve(args: Args) -> ExitCode {
     let mtls = tls.is_some();
     let mut store = match args.store {
         Some(s) if !s.trim().is_empty() => s,
-        _ => format!("disk://{}", default_data_dir().display()),
+        _ => {
+            let data = match &config_dir {
+                Some(d) => d.join("data"),
+                None => default_data_dir(),
+            };
+            format!("disk://{}", data.display())
+        }
     };
     // --aws-region fills in an aws:// URL's region; a URL that does not
     // parse is left as it is for start-up to report.
