@@ -29,10 +29,10 @@ use std::time::Duration;
 use lockd_server::config::parse_duration;
 use lockd_tls::bundle::with_denylist;
 use lockd_tls::identity::WILDCARD;
+use lockd_tls::inspect::{client_issues, rfc3339, server_issues, CertInfo, Issue};
 use lockd_tls::mint::{parse_claim_args, Ca, LeafSpec, Validity};
-use lockd_tls::rustls::pki_types::{CertificateDer, UnixTime};
-use lockd_tls::{normalize_serial, serial_hex, ClientBundle, Identity, Permission, ServerBundle};
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use lockd_tls::rustls::pki_types::CertificateDer;
+use lockd_tls::{normalize_serial, ClientBundle, Identity, Permission, ServerBundle};
 
 /// `lockd auth …`: manage certificate bundles.
 #[derive(Debug, clap::Subcommand)]
@@ -613,103 +613,11 @@ fn client_claims(a: &NewClientArgs) -> Result<Vec<(String, Permission)>, String>
 // ---------------------------------------------------------------------------
 // Certificates
 
-/// What `inspect` and `verify` show of a certificate.
-struct CertInfo {
-    subject: String,
-    serial: String,
-    not_before: i64,
-    not_after: i64,
-    dns: Vec<String>,
-    ips: Vec<String>,
-    uris: Vec<String>,
-    /// The extended key usage list names serverAuth.
-    server_auth: bool,
-    /// The extended key usage list names clientAuth.
-    client_auth: bool,
-    is_ca: bool,
-}
-
-fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
-    let (_, cert) =
-        X509Certificate::from_der(der).map_err(|e| format!("parse certificate: {e}"))?;
-    let mut info = CertInfo {
-        subject: lockd_tls::identity::rfc2253(cert.subject()),
-        serial: serial_hex(cert.raw_serial()),
-        not_before: cert.validity().not_before.timestamp(),
-        not_after: cert.validity().not_after.timestamp(),
-        dns: Vec::new(),
-        ips: Vec::new(),
-        uris: Vec::new(),
-        server_auth: false,
-        client_auth: false,
-        is_ca: cert.is_ca(),
-    };
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            match name {
-                GeneralName::DNSName(d) => info.dns.push(d.to_string()),
-                GeneralName::URI(u) => info.uris.push(u.to_string()),
-                GeneralName::IPAddress(b) => {
-                    if let Ok(a) = <[u8; 4]>::try_from(*b) {
-                        info.ips.push(std::net::Ipv4Addr::from(a).to_string());
-                    } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
-                        info.ips.push(std::net::Ipv6Addr::from(a).to_string());
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    if let Ok(Some(eku)) = cert.extended_key_usage() {
-        info.server_auth = eku.value.server_auth;
-        info.client_auth = eku.value.client_auth;
-    }
-    Ok(info)
-}
-
-/// Formats a Unix timestamp as RFC 3339 in UTC (`2035-01-02T03:04:05Z`).
-fn rfc3339(secs: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-}
-
-/// Verifies `chain[0]` (with `chain[1..]` as intermediates) against `cas`
-/// for `usage`, as the TLS handshake will.
-fn verify_chain(
-    chain: &[CertificateDer<'static>],
-    cas: &[CertificateDer<'static>],
-    usage: webpki::KeyUsage,
-) -> Result<(), String> {
-    let leaf = chain.first().ok_or("no leaf certificate")?;
-    let anchors = cas
-        .iter()
-        .map(|c| webpki::anchor_from_trusted_cert(c).map(|a| a.to_owned()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("CA certificate unusable as trust anchor: {e}"))?;
-    let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("{e}"))?;
-    ee.verify_for_usage(
-        lockd_tls::provider().signature_verification_algorithms.all,
-        &anchors,
-        &chain[1..],
-        UnixTime::now(),
-        usage,
-        None,
-        None,
-    )
-    .map(|_| ())
-    .map_err(|e| format!("{e}"))
 }
 
 /// The node id of a server bundle's `spiffe://lockd/server/<id>` URI.
@@ -979,7 +887,7 @@ fn inspect_any(path: &Path) -> Result<(), String> {
         let server = b
             .chain
             .first()
-            .and_then(|c| cert_info(c).ok())
+            .and_then(|c| CertInfo::from_der(c).ok())
             .is_some_and(|i| i.server_auth);
         return if server {
             inspect_server(path)
@@ -991,7 +899,7 @@ fn inspect_any(path: &Path) -> Result<(), String> {
         return inspect_client(path);
     }
     let ca = Ca::from_pem(&data).map_err(|e| format!("load bundle {}: {e}", path.display()))?;
-    let info = cert_info(&ca.cert_der)?;
+    let info = CertInfo::from_der(&ca.cert_der).map_err(|e| e.to_string())?;
     println!("CA bundle: {}", path.display());
     println!("  CA: {}", info.subject);
     println!("    Serial: {}", info.serial);
@@ -1005,13 +913,13 @@ fn inspect_server(path: &Path) -> Result<(), String> {
         ServerBundle::parse(&data).map_err(|e| format!("load bundle {}: {e}", path.display()))?;
     println!("Bundle: {}", path.display());
     if let Some(ca) = b.ca_certs.first() {
-        let ca = cert_info(ca)?;
+        let ca = CertInfo::from_der(ca).map_err(|e| e.to_string())?;
         println!("  CA: {}", ca.subject);
         println!("    Serial: {}", ca.serial);
         println!("    Expires: {}", rfc3339(ca.not_after));
     }
     if let Some(leaf) = b.chain.first() {
-        let s = cert_info(leaf)?;
+        let s = CertInfo::from_der(leaf).map_err(|e| e.to_string())?;
         println!("  Server: {}", s.subject);
         println!("    Serial: {}", s.serial);
         println!("    Expires: {}", rfc3339(s.not_after));
@@ -1045,7 +953,7 @@ fn inspect_client(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("load client bundle {}: {e}", path.display()))?;
     println!("Client bundle: {}", path.display());
     if let Some(leaf) = b.chain.first() {
-        let c = cert_info(leaf)?;
+        let c = CertInfo::from_der(leaf).map_err(|e| e.to_string())?;
         println!("  Client: {}", c.subject);
         println!("    Serial: {}", c.serial);
         println!("    Expires: {}", rfc3339(c.not_after));
@@ -1054,7 +962,7 @@ fn inspect_client(path: &Path) -> Result<(), String> {
         }
     }
     for (i, ca) in b.ca_certs.iter().enumerate() {
-        let ca = cert_info(ca)?;
+        let ca = CertInfo::from_der(ca).map_err(|e| e.to_string())?;
         println!(
             "  CA[{i}]: {} (serial {}, expires {})",
             ca.subject,
@@ -1065,52 +973,12 @@ fn inspect_client(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Validity-date problems of one certificate, labelled `what`.
-fn date_issues(what: &str, c: &CertInfo, now: i64, issues: &mut Vec<String>) {
-    if c.not_after < now {
-        issues.push(format!("{what} expired at {}", rfc3339(c.not_after)));
-    }
-    if c.not_before > now {
-        issues.push(format!("{what} not valid until {}", rfc3339(c.not_before)));
-    }
-}
-
-fn server_issues(b: &ServerBundle) -> Result<Vec<String>, String> {
-    let now = now_unix();
-    let mut issues = Vec::new();
-    match b.ca_certs.first() {
-        None => issues.push("missing CA certificate".into()),
-        Some(ca) => {
-            let ca = cert_info(ca)?;
-            if !ca.is_ca {
-                issues.push(format!("CA certificate {} missing CA flag", ca.subject));
-            }
-            date_issues("CA certificate", &ca, now, &mut issues);
-        }
-    }
-    match b.chain.first() {
-        None => issues.push("missing server certificate".into()),
-        Some(leaf) => {
-            let s = cert_info(leaf)?;
-            date_issues("server certificate", &s, now, &mut issues);
-            if !s.server_auth {
-                issues.push("server certificate missing ServerAuth extended key usage".into());
-            }
-            let first_ca = b.ca_certs.first().cloned().into_iter().collect::<Vec<_>>();
-            if let Err(e) = verify_chain(&b.chain, &first_ca, webpki::KeyUsage::server_auth()) {
-                issues.push(format!("server certificate failed verification: {e}"));
-            }
-        }
-    }
-    Ok(issues)
-}
-
 /// Why a bundle failed verification.
 enum Failure {
     /// It could not be read or parsed.
     Load(String),
     /// It parsed but has problems.
-    Issues(Vec<String>),
+    Issues(Vec<Issue>),
 }
 
 /// Reports one bundle's outcome; returns whether it passed.
@@ -1157,12 +1025,12 @@ fn verify_server(a: InputArgs) -> Result<(), String> {
         let outcome = (|| {
             let data = read(path, "server bundle").map_err(Failure::Load)?;
             let b = ServerBundle::parse(&data).map_err(|e| Failure::Load(e.to_string()))?;
-            let issues = server_issues(&b).map_err(Failure::Load)?;
+            let issues = server_issues(&b, now_unix()).map_err(|e| Failure::Load(e.to_string()))?;
             if !issues.is_empty() {
                 return Err(Failure::Issues(issues));
             }
             let serial = |c: Option<&CertificateDer<'_>>| {
-                c.and_then(|c| cert_info(c).ok())
+                c.and_then(|c| CertInfo::from_der(c).ok())
                     .map(|i| i.serial)
                     .unwrap_or_else(|| "<unknown>".into())
             };
@@ -1179,50 +1047,6 @@ fn verify_server(a: InputArgs) -> Result<(), String> {
     finish("Server", paths.len(), failures)
 }
 
-fn client_issues(c: &ClientBundle, server: &ServerBundle) -> Result<Vec<String>, String> {
-    let now = now_unix();
-    let mut issues = Vec::new();
-    let leaf = c.chain.first().ok_or("missing client certificate")?;
-    let info = cert_info(leaf)?;
-    date_issues("client certificate", &info, now, &mut issues);
-    for ca in &c.ca_certs {
-        let ca = cert_info(ca)?;
-        if !ca.is_ca {
-            issues.push(format!("embedded CA {} missing CA flag", ca.subject));
-        }
-        date_issues(
-            &format!("embedded CA {}", ca.subject),
-            &ca,
-            now,
-            &mut issues,
-        );
-    }
-    if let Err(e) = verify_chain(&c.chain, &c.ca_certs, webpki::KeyUsage::client_auth()) {
-        issues.push(format!("client certificate failed verification: {e}"));
-    }
-    if let Some(server_ca) = server.ca_certs.first() {
-        if let Err(e) = verify_chain(
-            &c.chain,
-            std::slice::from_ref(server_ca),
-            webpki::KeyUsage::client_auth(),
-        ) {
-            let serial = cert_info(server_ca)
-                .map(|i| i.serial)
-                .unwrap_or_else(|_| "<unknown>".into());
-            issues.push(format!(
-                "client certificate not signed by server CA (serial {serial}): {e}"
-            ));
-        }
-    }
-    if server.denylist.contains(&info.serial) {
-        issues.push(format!(
-            "client certificate serial {} is revoked in denylist",
-            info.serial
-        ));
-    }
-    Ok(issues)
-}
-
 fn verify_client(a: VerifyClientArgs) -> Result<(), String> {
     let server_in = match a.server_in {
         Some(p) => p,
@@ -1234,7 +1058,7 @@ fn verify_client(a: VerifyClientArgs) -> Result<(), String> {
     let server_auth = server
         .chain
         .first()
-        .and_then(|c| cert_info(c).ok())
+        .and_then(|c| CertInfo::from_der(c).ok())
         .is_some_and(|i| i.server_auth);
     if !server_auth {
         return Err(format!(
@@ -1252,20 +1076,21 @@ fn verify_client(a: VerifyClientArgs) -> Result<(), String> {
         let outcome = (|| {
             let data = read(path, "client bundle").map_err(Failure::Load)?;
             let c = ClientBundle::parse(&data).map_err(|e| Failure::Load(e.to_string()))?;
-            let issues = client_issues(&c, &server).map_err(Failure::Load)?;
+            let issues =
+                client_issues(&c, &server, now_unix()).map_err(|e| Failure::Load(e.to_string()))?;
             if !issues.is_empty() {
                 return Err(Failure::Issues(issues));
             }
             let serial = c
                 .chain
                 .first()
-                .and_then(|l| cert_info(l).ok())
+                .and_then(|l| CertInfo::from_der(l).ok())
                 .map(|i| i.serial)
                 .unwrap_or_default();
             let cas: Vec<String> = c
                 .ca_certs
                 .iter()
-                .filter_map(|ca| cert_info(ca).ok().map(|i| i.serial))
+                .filter_map(|ca| CertInfo::from_der(ca).ok().map(|i| i.serial))
                 .collect();
             let ca_summary = match cas.as_slice() {
                 [] => "no CA serials".to_string(),
@@ -1425,14 +1250,6 @@ pub fn bootstrap(dir: &Path, config: Option<&Path>) -> Result<(PathBuf, PathBuf)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn formats_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(2_082_758_399), "2035-12-31T23:59:59Z");
-        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
-    }
 
     #[test]
     fn numbers_like_go() {
