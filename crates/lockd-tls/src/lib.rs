@@ -28,7 +28,7 @@ pub mod mint;
 
 pub use bundle::{ClientBundle, ServerBundle};
 pub use config::{client_config, server_config};
-pub use identity::{Access, Denied, Identity, Permission};
+pub use identity::{Access, ClaimError, Denied, Identity, Permission};
 pub use rustls;
 
 /// Errors from loading bundles or building TLS configurations.

@@ -388,8 +388,8 @@ pub enum AuthError {
     #[error("invalid namespace claim {0:?}: expected namespace or namespace=perm")]
     BadClaim(String),
     /// The namespace claims are invalid.
-    #[error("{0}")]
-    Claims(String),
+    #[error(transparent)]
+    Claims(#[from] lockd_tls::mint::ClaimArgError),
     /// A serial that is not hexadecimal.
     #[error("invalid serial {0:?}: expected hexadecimal as `lockd auth inspect client` prints it")]
     BadSerial(String),
@@ -696,7 +696,7 @@ fn client_claims(a: &NewClientArgs) -> Result<Vec<(String, Permission)>, AuthErr
         }
     }
     let mut merged: BTreeMap<String, Permission> = BTreeMap::new();
-    for (ns, perm) in parse_claim_args(&items).map_err(AuthError::Claims)? {
+    for (ns, perm) in parse_claim_args(&items)? {
         let slot = merged.entry(ns).or_insert(Permission::None);
         *slot = (*slot).max(perm);
     }
