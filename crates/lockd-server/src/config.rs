@@ -165,30 +165,52 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// Checks the values for consistency.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.default_ttl.is_zero() {
-            return Err("--default-ttl must be positive".into());
-        }
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |flag, ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::NotPositive { flag })
+            }
+        };
+        positive("--default-ttl", !self.default_ttl.is_zero())?;
         if self.max_ttl < self.default_ttl {
-            return Err("--max-ttl must be at least --default-ttl".into());
+            return Err(ConfigError::MaxTtlBelowDefaultTtl);
         }
-        if self.acquire_block.is_zero() {
-            return Err("--acquire-block must be positive".into());
-        }
-        if self.json_max == 0 {
-            return Err("--json-max must be positive".into());
-        }
+        positive("--acquire-block", !self.acquire_block.is_zero())?;
+        positive("--json-max", self.json_max != 0)?;
         lockd_api::names::normalize_namespace(&self.default_namespace, "")
-            .map_err(|e| format!("--default-namespace: {e}"))?;
+            .map_err(|e| ConfigError::DefaultNamespace(e.to_string()))?;
         if self.ha_lease_ttl < Duration::from_secs(5) {
-            return Err("--ha-lease-ttl must be at least 5s".into());
+            return Err(ConfigError::HaLeaseTtlTooShort);
         }
-        if self.queue_poll_interval.is_zero() {
-            return Err("--queue-poll-interval must be positive".into());
-        }
-        self.http.validate()?;
+        positive("--queue-poll-interval", !self.queue_poll_interval.is_zero())?;
+        self.http.validate().map_err(ConfigError::Http)?;
         Ok(())
     }
+}
+
+/// A configuration value out of range, named by its flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A duration or size that must be above zero.
+    #[error("{flag} must be positive")]
+    NotPositive {
+        /// The flag (`--default-ttl`).
+        flag: &'static str,
+    },
+    /// `--max-ttl` below `--default-ttl`.
+    #[error("--max-ttl must be at least --default-ttl")]
+    MaxTtlBelowDefaultTtl,
+    /// `--default-namespace` is not a valid namespace.
+    #[error("--default-namespace: {0}")]
+    DefaultNamespace(String),
+    /// `--ha-lease-ttl` below 5 s.
+    #[error("--ha-lease-ttl must be at least 5s")]
+    HaLeaseTtlTooShort,
+    /// A connection limit or timeout is out of range.
+    #[error("{0}")]
+    Http(String),
 }
 
 /// The data directory used when no `--store` is given:

@@ -191,8 +191,8 @@ const SHUTDOWN_SYS: &str = "server.shutdown.controller";
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A configuration value is out of range ([`ServerConfig::validate`]).
-    #[error("{0}")]
-    Config(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// The server bundle does not make a TLS configuration.
     #[error(transparent)]
     Tls(#[from] lockd_tls::TlsError),
@@ -413,7 +413,7 @@ impl Parts {
     /// object store), decides the HA role and builds the engine, queues,
     /// controls and router.
     async fn build(cfg: &ServerConfig) -> Result<Parts, StartError> {
-        cfg.validate().map_err(StartError::Config)?;
+        cfg.validate()?;
         // Build the TLS configuration before touching storage or the network,
         // so a bad bundle fails start-up cleanly.
         let tls = match (&cfg.tls, cfg.listen_proto) {
@@ -453,7 +453,7 @@ impl Parts {
         tracing::info!(mode = %ha_mode, shared, active = ha.is_active(), "ha");
         let default_namespace =
             lockd_api::names::normalize_namespace(&cfg.default_namespace, "default")
-                .map_err(|e| StartError::Config(format!("--default-namespace: {e}")))?;
+                .map_err(|e| crate::config::ConfigError::DefaultNamespace(e.to_string()))?;
         let queues = Queues::new(
             engine.clone(),
             QueueConfig {

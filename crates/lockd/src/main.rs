@@ -83,11 +83,16 @@ enum VerifyCommand {
     },
 }
 
+/// The `--store` URL of the durable default store in `dir`.
+fn disk_store(dir: std::path::PathBuf) -> String {
+    StoreUrl::Disk { path: dir }.to_string()
+}
+
 /// `lockd verify store`.
 async fn verify_store(url: Option<String>) -> ExitCode {
     let url = match url {
         Some(s) if !s.trim().is_empty() => s,
-        _ => format!("disk://{}", default_data_dir().display()),
+        _ => disk_store(default_data_dir()),
     };
     let store = match lockd_server::storage::open(&url) {
         Ok(s) => s,
@@ -748,7 +753,7 @@ async fn serve(args: Args, config_dir: Option<std::path::PathBuf>) -> ExitCode {
                 Some(d) => d.join("data"),
                 None => default_data_dir(),
             };
-            format!("disk://{}", data.display())
+            disk_store(data)
         }
     };
     // --aws-region fills in an aws:// URL's region; a URL that does not
