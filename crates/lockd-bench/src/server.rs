@@ -220,7 +220,7 @@ struct Purged {
 /// blob of every queue message record found there). Run after the nodes
 /// have stopped.
 async fn purge(url: &str) -> Result<Purged, String> {
-    let store = lockd_server::storage::open(url)?;
+    let store = lockd_server::storage::open(url).map_err(|e| e.to_string())?;
     let mut keys = Vec::new();
     let mut after: Option<String> = None;
     loop {

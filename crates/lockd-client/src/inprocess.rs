@@ -39,7 +39,9 @@ pub async fn start_with(mut cfg: lockd_server::ServerConfig) -> Result<InProcess
     let sock = dir.path().join("lockd.sock");
     cfg.listen = sock.display().to_string();
     cfg.listen_proto = lockd_server::ListenProto::Unix;
-    let server = lockd_server::start(cfg).await.map_err(Error::Transport)?;
+    let server = lockd_server::start(cfg)
+        .await
+        .map_err(|e| Error::Transport(e.to_string()))?;
     let client = Client::new(format!("unix://{}", sock.display()))?;
     Ok(InProcess {
         server,

@@ -33,6 +33,17 @@ impl std::str::FromStr for ListenProto {
     }
 }
 
+impl std::fmt::Display for ListenProto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Tcp4 => "tcp4",
+            Self::Tcp6 => "tcp6",
+            Self::Unix => "unix",
+        })
+    }
+}
+
 /// Everything the server needs to run.
 ///
 /// ```
@@ -112,18 +123,24 @@ pub struct ServerConfig {
     pub clock: crate::core::Clock,
 }
 
+/// The defaults: the one source the server, `lockd --help` and the config
+/// template's documentation read. The engine's values (TTLs, acquire bound,
+/// poll interval and jitter) come from [`crate::core::EngineConfig`]'s
+/// defaults, the back-pressure ones from [`crate::control::qrf::QrfConfig`]'s
+/// and the connection limits from [`crate::http::ConnLimits`]'s.
 impl Default for ServerConfig {
     fn default() -> Self {
+        let engine = crate::core::EngineConfig::default();
         Self {
             listen: ":9341".into(),
             listen_proto: ListenProto::Tcp,
             store: "mem://".into(),
             disk_recover_truncate_wal: false,
             default_namespace: "default".into(),
-            default_ttl: Duration::from_secs(30),
-            max_ttl: Duration::from_secs(30 * 60),
-            acquire_block: Duration::from_secs(60),
-            json_max: 100 * 1024 * 1024,
+            default_ttl: engine.default_ttl,
+            max_ttl: engine.max_ttl,
+            acquire_block: engine.acquire_block,
+            json_max: 100_000_000,
             sweeper_interval: Duration::from_secs(5 * 60),
             queue_max_consumers: crate::core::queue::QueueConfig::default().max_consumers,
             queue_max_payload: 100_000_000,
@@ -137,50 +154,63 @@ impl Default for ServerConfig {
             tls: None,
             ha: crate::ha::HaMode::Failover,
             ha_lease_ttl: Duration::from_secs(10),
-            queue_poll_interval: Duration::from_secs(3),
-            queue_poll_jitter: Duration::from_millis(500),
+            queue_poll_interval: engine.poll_interval,
+            queue_poll_jitter: engine.poll_jitter,
             metrics_listen: None,
             http: crate::http::ConnLimits::default(),
-            clock: crate::core::Clock::system(),
+            clock: engine.clock,
         }
     }
 }
 
 impl ServerConfig {
     /// Checks the values for consistency.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.default_ttl.is_zero() {
-            return Err("--default-ttl must be positive".into());
-        }
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |flag, ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::NotPositive { flag })
+            }
+        };
+        positive("--default-ttl", !self.default_ttl.is_zero())?;
         if self.max_ttl < self.default_ttl {
-            return Err("--max-ttl must be at least --default-ttl".into());
+            return Err(ConfigError::MaxTtlBelowDefaultTtl);
         }
-        if self.acquire_block.is_zero() {
-            return Err("--acquire-block must be positive".into());
-        }
-        if self.json_max == 0 {
-            return Err("--json-max must be positive".into());
-        }
+        positive("--acquire-block", !self.acquire_block.is_zero())?;
+        positive("--json-max", self.json_max != 0)?;
         lockd_api::names::normalize_namespace(&self.default_namespace, "")
-            .map_err(|e| format!("--default-namespace: {e}"))?;
+            .map_err(|e| ConfigError::DefaultNamespace(e.to_string()))?;
         if self.ha_lease_ttl < Duration::from_secs(5) {
-            return Err("--ha-lease-ttl must be at least 5s".into());
+            return Err(ConfigError::HaLeaseTtlTooShort);
         }
-        if self.queue_poll_interval.is_zero() {
-            return Err("--queue-poll-interval must be positive".into());
-        }
-        self.http.validate()?;
+        positive("--queue-poll-interval", !self.queue_poll_interval.is_zero())?;
+        self.http.validate().map_err(ConfigError::Http)?;
         Ok(())
     }
+}
 
-    /// Whether the store is shared object storage (several nodes may use it
-    /// at once), as opposed to a store one process owns.
-    pub fn object_store(&self) -> bool {
-        let s = self.store.trim();
-        ["s3://", "aws://", "azure://"]
-            .iter()
-            .any(|p| s.starts_with(p))
-    }
+/// A configuration value out of range, named by its flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A duration or size that must be above zero.
+    #[error("{flag} must be positive")]
+    NotPositive {
+        /// The flag (`--default-ttl`).
+        flag: &'static str,
+    },
+    /// `--max-ttl` below `--default-ttl`.
+    #[error("--max-ttl must be at least --default-ttl")]
+    MaxTtlBelowDefaultTtl,
+    /// `--default-namespace` is not a valid namespace.
+    #[error("--default-namespace: {0}")]
+    DefaultNamespace(String),
+    /// `--ha-lease-ttl` below 5 s.
+    #[error("--ha-lease-ttl must be at least 5s")]
+    HaLeaseTtlTooShort,
+    /// A connection limit or timeout is out of range.
+    #[error("{0}")]
+    Http(String),
 }
 
 /// The data directory used when no `--store` is given:
@@ -242,6 +272,76 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         rest = &rest[unit_end..];
     }
     Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+
+/// Formats a duration the way [`parse_duration`] reads it back, with the
+/// largest units that are exact: `30s`, `5m`, `1h30m`, `250ms`, `0s`.
+///
+/// ```
+/// use lockd_server::config::{format_duration, parse_duration};
+/// use std::time::Duration;
+/// assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
+/// assert_eq!(format_duration(Duration::from_millis(1500)), "1s500ms");
+/// assert_eq!(format_duration(Duration::ZERO), "0s");
+/// let d = Duration::from_micros(90_000_123);
+/// assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
+/// ```
+pub fn format_duration(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".into();
+    }
+    let mut ns = d.as_nanos();
+    let mut out = String::new();
+    for (unit, size) in [
+        ("h", 3_600_000_000_000u128),
+        ("m", 60_000_000_000),
+        ("s", 1_000_000_000),
+        ("ms", 1_000_000),
+        ("us", 1_000),
+        ("ns", 1),
+    ] {
+        if ns >= size {
+            out.push_str(&format!("{}{unit}", ns / size));
+            ns %= size;
+        }
+    }
+    out
+}
+
+/// Formats a byte size the way [`parse_size`] reads it back: in SI units
+/// when exact (`100MB`), else in binary ones (`64MiB`), else in bytes.
+///
+/// ```
+/// use lockd_server::config::format_size;
+/// assert_eq!(format_size(100_000_000), "100MB");
+/// assert_eq!(format_size(64 * 1024 * 1024), "64MiB");
+/// assert_eq!(format_size(1023), "1023");
+/// ```
+pub fn format_size(n: u64) -> String {
+    if n == 0 {
+        return "0".into();
+    }
+    for (unit, size) in [
+        ("TB", 1_000_000_000_000u64),
+        ("GB", 1_000_000_000),
+        ("MB", 1_000_000),
+        ("kB", 1_000),
+    ] {
+        if n % size == 0 {
+            return format!("{}{unit}", n / size);
+        }
+    }
+    for (unit, size) in [
+        ("TiB", 1u64 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ] {
+        if n % size == 0 {
+            return format!("{}{unit}", n / size);
+        }
+    }
+    n.to_string()
 }
 
 /// Parses a byte size: `1024`, `100MB` (SI, powers of 1000), `64MiB`

@@ -8,7 +8,7 @@
 //! * [`start`]: runs all of it on a TCP or Unix listener.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), String> {
+//! # async fn demo() -> Result<(), lockd_server::StartError> {
 //! let server = lockd_server::start(lockd_server::ServerConfig {
 //!     listen: "127.0.0.1:0".into(),
 //!     store: "mem://".into(),
@@ -32,4 +32,5 @@ mod tls;
 
 pub use config::{ListenProto, ServerConfig};
 pub use core::{Clock, ManualClock};
-pub use server::{start, BoundAddr, RunningServer};
+pub use server::{start, BoundAddr, ListenError, RunningServer, StartError};
+pub use storage::StoreUrl;

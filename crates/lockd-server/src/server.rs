@@ -187,39 +187,132 @@ impl RunningServer {
 /// `sys` of the drain and shutdown log lines.
 const SHUTDOWN_SYS: &str = "server.shutdown.controller";
 
+/// Why the server did not start. The texts are what `lockd` prints.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A configuration value is out of range ([`ServerConfig::validate`]).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The server bundle does not make a TLS configuration.
+    #[error(transparent)]
+    Tls(#[from] lockd_tls::TlsError),
+    /// The store did not open.
+    #[error(transparent)]
+    Store(#[from] storage::StoreOpenError),
+    /// The object store lacks what lockd needs (e.g. conditional writes).
+    #[error(
+        "store {store} does not support what lockd needs:\n  {}\n(`lockd verify store` runs the same checks)",
+        failures.join("\n  ")
+    )]
+    StoreUnfit {
+        /// The store, as it describes itself.
+        store: String,
+        /// The checks that failed.
+        failures: Vec<String>,
+    },
+    /// `--metrics-listen` could not be served.
+    #[error("{0}")]
+    Metrics(String),
+    /// The listener could not be bound.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+}
+
+/// Why `--listen` could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// The socket path is taken by something that is not a socket.
+    #[error("{} exists and is not a socket; refusing to replace it", .0.display())]
+    NotASocket(PathBuf),
+    /// Another server listens on the socket path.
+    #[error(
+        "{} is in use by a running server; stop it or choose another --listen path",
+        .0.display()
+    )]
+    SocketInUse(PathBuf),
+    /// A stale socket file could not be removed.
+    #[error("cannot remove stale socket {}: {source}", path.display())]
+    RemoveStale {
+        /// The socket path.
+        path: PathBuf,
+        /// The reason.
+        source: std::io::Error,
+    },
+    /// The Unix socket could not be bound.
+    #[error("cannot listen on unix socket {}: {source}", path.display())]
+    BindUnix {
+        /// The socket path.
+        path: PathBuf,
+        /// The reason.
+        source: std::io::Error,
+    },
+    /// The Unix socket's permissions could not be restricted.
+    #[error("cannot restrict unix socket {}: {source}", path.display())]
+    RestrictUnix {
+        /// The socket path.
+        path: PathBuf,
+        /// The reason.
+        source: std::io::Error,
+    },
+    /// `--listen` is not `host:port` or `:port`.
+    #[error("--listen {0:?} must be host:port or :port")]
+    NotHostPort(String),
+    /// The port is not a number.
+    #[error("--listen {0:?}: bad port")]
+    BadPort(String),
+    /// The host name did not resolve.
+    #[error("--listen {listen:?}: {source}")]
+    Resolve {
+        /// `--listen`.
+        listen: String,
+        /// The reason.
+        source: std::io::Error,
+    },
+    /// No address of the family `--listen-proto` asks for.
+    #[error("--listen {0:?}: no address of the requested family")]
+    NoAddress(String),
+    /// No candidate address could be bound (the last one's reason).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The reason.
+        source: std::io::Error,
+    },
+    /// Anything else the socket refused.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
 /// Removes a socket file left behind by a server that is gone. Refuses to
 /// touch anything else: a socket someone still listens on, or a file that
 /// is not a socket.
-fn remove_stale_socket(path: &std::path::Path) -> Result<(), String> {
+fn remove_stale_socket(path: &std::path::Path) -> Result<(), ListenError> {
     use std::os::unix::fs::FileTypeExt;
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(_) => return Ok(()),
     };
     if !meta.file_type().is_socket() {
-        return Err(format!(
-            "{} exists and is not a socket; refusing to replace it",
-            path.display()
-        ));
+        return Err(ListenError::NotASocket(path.into()));
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(format!(
-            "{} is in use by a running server; stop it or choose another --listen path",
-            path.display()
-        ));
+        return Err(ListenError::SocketInUse(path.into()));
     }
-    std::fs::remove_file(path)
-        .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))
+    std::fs::remove_file(path).map_err(|source| ListenError::RemoveStale {
+        path: path.into(),
+        source,
+    })
 }
 
 /// Resolves `--listen` for TCP: `:9341` means every interface.
-async fn tcp_addrs(listen: &str, proto: ListenProto) -> Result<Vec<SocketAddr>, String> {
+async fn tcp_addrs(listen: &str, proto: ListenProto) -> Result<Vec<SocketAddr>, ListenError> {
     let (host, port) = listen
         .rsplit_once(':')
-        .ok_or_else(|| format!("--listen {listen:?} must be host:port or :port"))?;
+        .ok_or_else(|| ListenError::NotHostPort(listen.into()))?;
     let port: u16 = port
         .parse()
-        .map_err(|_| format!("--listen {listen:?}: bad port"))?;
+        .map_err(|_| ListenError::BadPort(listen.into()))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let candidates: Vec<SocketAddr> = if host.is_empty() {
         match proto {
@@ -233,7 +326,10 @@ async fn tcp_addrs(listen: &str, proto: ListenProto) -> Result<Vec<SocketAddr>, 
     } else {
         tokio::net::lookup_host((host, port))
             .await
-            .map_err(|e| format!("--listen {listen:?}: {e}"))?
+            .map_err(|source| ListenError::Resolve {
+                listen: listen.into(),
+                source,
+            })?
             .filter(|a| match proto {
                 ListenProto::Tcp4 => a.is_ipv4(),
                 ListenProto::Tcp6 => a.is_ipv6(),
@@ -242,156 +338,248 @@ async fn tcp_addrs(listen: &str, proto: ListenProto) -> Result<Vec<SocketAddr>, 
             .collect()
     };
     if candidates.is_empty() {
-        return Err(format!(
-            "--listen {listen:?}: no address of the requested family"
-        ));
+        return Err(ListenError::NoAddress(listen.into()));
     }
     Ok(candidates)
 }
 
 /// Opens the store, binds the listener and starts serving in the background.
 ///
+/// Start-up runs in three steps, in this order: build (everything the
+/// configuration describes: TLS, store, engine, queues, controls, router,
+/// without listening or running anything); spawn (the metrics exporter and
+/// the background tasks: LSF sampler, HA election, expiry sweeper); bind
+/// (`--listen`, then serve the router on it).
+///
 /// ```no_run
-/// # async fn demo() -> Result<(), String> {
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use lockd_server::{start, ServerConfig};
 /// let server = start(ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() }).await?;
 /// println!("serving on {}", server.base_url());
-/// server.shutdown().await.map_err(|e| e.to_string())?;
+/// server.shutdown().await?;
 /// # Ok(()) }
 /// ```
-pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
-    cfg.validate()?;
-    // Build the TLS configuration before touching storage or the network,
-    // so a bad bundle fails start-up cleanly.
-    let tls_config = match (&cfg.tls, cfg.listen_proto) {
-        (Some(b), p) if p != ListenProto::Unix => {
-            Some(lockd_tls::server_config(b).map_err(|e| e.to_string())?)
-        }
-        _ => None,
-    };
-    let mut store = storage::open_with(
-        &cfg.store,
+pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
+    let mut parts = Parts::build(&cfg).await?;
+    let (stop, stopped) = watch::channel(false);
+    let (metrics_addr, metrics_task) = serve_metrics(&cfg, &parts, &stopped).await?;
+    let limits = connection_limits(&cfg);
+    let background = spawn_background(&cfg, &mut parts, &stopped);
+    let tls = parts.tls.is_some();
+    let (addr, task) = bind_and_serve(&cfg, parts.tls, parts.app, limits, stopped).await?;
+    Ok(RunningServer {
+        addr,
+        tls,
+        engine: parts.engine,
+        queues: parts.queues,
+        control: parts.control,
+        drain_grace: cfg.drain_grace,
+        shutdown_timeout: cfg.shutdown_timeout,
+        stop,
+        task,
+        sweeper: background.sweeper,
+        ha_task: background.ha,
+        ha: parts.ha,
+        metrics_addr,
+        metrics_task,
+    })
+}
+
+/// The metrics collected when `--metrics-listen` is set.
+struct Metrics {
+    http: Arc<crate::obs::metrics::HttpMetrics>,
+    store: Arc<crate::obs::metrics::StoreMetrics>,
+}
+
+/// What start-up builds from the configuration before anything listens or
+/// runs in the background.
+struct Parts {
+    /// The TLS configuration of a TCP listener with mTLS.
+    tls: Option<Arc<lockd_tls::rustls::ServerConfig>>,
+    /// The parsed `--store`.
+    url: storage::StoreUrl,
+    metrics: Option<Metrics>,
+    engine: Arc<Engine>,
+    queues: Arc<Queues>,
+    control: Arc<Control>,
+    ha: Arc<Ha>,
+    /// This node's election, when there are other nodes to elect against.
+    election: Option<Election>,
+    app: axum::Router,
+}
+
+impl Parts {
+    /// Checks the configuration, builds TLS, opens the store (verifying an
+    /// object store), decides the HA role and builds the engine, queues,
+    /// controls and router.
+    async fn build(cfg: &ServerConfig) -> Result<Parts, StartError> {
+        cfg.validate()?;
+        // Build the TLS configuration before touching storage or the network,
+        // so a bad bundle fails start-up cleanly.
+        let tls = match (&cfg.tls, cfg.listen_proto) {
+            (Some(b), p) if p != ListenProto::Unix => Some(lockd_tls::server_config(b)?),
+            _ => None,
+        };
+        let url: storage::StoreUrl = cfg.store.parse().map_err(storage::StoreOpenError::from)?;
+        let (store, metrics) = open_store(cfg, &url).await?;
+        let ha_mode = ha_mode(cfg, &url);
+        // Other writers may touch the same objects: read fresh, retry lost
+        // compare-and-swaps (failover too, for the moment two nodes overlap).
+        let shared = url.is_shared() && ha_mode != HaMode::Single;
+        let engine = Engine::new(
+            store.clone(),
+            EngineConfig {
+                default_ttl: cfg.default_ttl,
+                max_ttl: cfg.max_ttl,
+                acquire_block: cfg.acquire_block,
+                shared,
+                poll_interval: cfg.queue_poll_interval,
+                poll_jitter: cfg.queue_poll_jitter,
+                clock: cfg.clock.clone(),
+            },
+        );
+        let (ha, election) = match ha_mode {
+            // A local store is owned by one process (disk:// is locked, mem://
+            // is private): there is nobody to elect against.
+            HaMode::Failover | HaMode::Auto if url.is_shared() => {
+                let (mut election, ha) =
+                    Election::new(store.clone(), cfg.ha_lease_ttl, cfg.clock.clone());
+                // Decide the role before serving the first request.
+                election.round().await;
+                (ha, Some(election))
+            }
+            _ => (Ha::always_active(), None),
+        };
+        tracing::info!(mode = %ha_mode, shared, active = ha.is_active(), "ha");
+        let default_namespace =
+            lockd_api::names::normalize_namespace(&cfg.default_namespace, "default")
+                .map_err(|e| crate::config::ConfigError::DefaultNamespace(e.to_string()))?;
+        let queues = Queues::new(
+            engine.clone(),
+            QueueConfig {
+                max_consumers: cfg.queue_max_consumers.max(1),
+                expiry_counts_as_failure: cfg.queue_expiry_counts,
+                max_payload: cfg.queue_max_payload,
+            },
+        );
+        let control = Control::new(cfg.qrf.clone());
+        queues.attach_drain(control.drain.clone());
+        let app = router(Arc::new(AppState {
+            engine: engine.clone(),
+            queues: queues.clone(),
+            control: control.clone(),
+            ha: ha.clone(),
+            default_namespace,
+            json_max: cfg.json_max,
+            subscribe_flow_control: cfg.subscribe_flow_control,
+            metrics: metrics.as_ref().map(|m| m.http.clone()),
+            body_policy: crate::http::BodyPolicy {
+                json_max: cfg.json_max,
+                enqueue_max: cfg.queue_max_payload,
+                body_timeout: cfg.http.body_timeout,
+            },
+        }));
+        Ok(Parts {
+            tls,
+            url,
+            metrics,
+            engine,
+            queues,
+            control,
+            ha,
+            election,
+            app,
+        })
+    }
+}
+
+/// Opens the store, refuses an object store that would break lockd's
+/// guarantees, and wraps it in the metrics decorator when metrics are on.
+async fn open_store(
+    cfg: &ServerConfig,
+    url: &storage::StoreUrl,
+) -> Result<(Arc<dyn storage::Store>, Option<Metrics>), StartError> {
+    let store = storage::open_url(
+        url,
         &storage::OpenOptions {
             recover_truncate_wal: cfg.disk_recover_truncate_wal,
             fencing_token_of: Some(crate::core::fencing_token_of),
         },
     )?;
-    if cfg.object_store() {
+    if url.is_shared() {
         // Refuse to run on a store that would silently break the
         // guarantees (e.g. one that ignores conditional writes).
         let report = storage::verify::verify(store.as_ref()).await;
         if !report.ok() {
-            return Err(format!(
-                "store {} does not support what lockd needs:\n  {}\n(`lockd verify store` runs the same checks)",
-                store.describe(),
-                report.failures().join("\n  ")
-            ));
+            return Err(StartError::StoreUnfit {
+                store: store.describe(),
+                failures: report.failures(),
+            });
         }
     }
     // With metrics on, every storage operation is timed by a decorator
     // (backends stay untouched; without metrics there is no wrapper).
-    let store_metrics = Arc::new(crate::obs::metrics::StoreMetrics::new());
-    let http_metrics = cfg
-        .metrics_listen
-        .as_ref()
-        .map(|_| Arc::new(crate::obs::metrics::HttpMetrics::new()));
-    if http_metrics.is_some() {
-        store = Arc::new(crate::obs::store::MeteredStore::new(
-            store,
-            store_metrics.clone(),
-        ));
+    if cfg.metrics_listen.is_none() {
+        return Ok((store, None));
     }
+    let metrics = Metrics {
+        http: Arc::new(crate::obs::metrics::HttpMetrics::new()),
+        store: Arc::new(crate::obs::metrics::StoreMetrics::new()),
+    };
+    let store = Arc::new(crate::obs::store::MeteredStore::new(
+        store,
+        metrics.store.clone(),
+    ));
+    Ok((store, Some(metrics)))
+}
+
+/// The HA mode in effect: `--ha concurrent` falls back to failover on a
+/// store only one process can use.
+fn ha_mode(cfg: &ServerConfig, url: &storage::StoreUrl) -> HaMode {
     // Only object stores can be shared by several processes; a disk store
     // is locked by its one process, so concurrent mode means nothing there.
-    let mut ha_mode = cfg.ha;
-    if ha_mode == HaMode::Concurrent && !cfg.object_store() {
+    if cfg.ha == HaMode::Concurrent && !url.is_shared() {
         tracing::warn!(
             store = %cfg.store,
             "--ha concurrent needs shared object storage; using failover"
         );
-        ha_mode = HaMode::Failover;
+        return HaMode::Failover;
     }
-    // Other writers may touch the same objects: read fresh, retry lost
-    // compare-and-swaps (failover too, for the moment two nodes overlap).
-    let shared = cfg.object_store() && ha_mode != HaMode::Single;
-    let engine = Engine::new(
-        store.clone(),
-        EngineConfig {
-            default_ttl: cfg.default_ttl,
-            max_ttl: cfg.max_ttl,
-            acquire_block: cfg.acquire_block,
-            shared,
-            poll_interval: cfg.queue_poll_interval,
-            poll_jitter: cfg.queue_poll_jitter,
-            clock: cfg.clock.clone(),
-        },
-    );
-    let (ha, election) = match ha_mode {
-        // A local store is owned by one process (disk:// is locked, mem://
-        // is private): there is nobody to elect against.
-        HaMode::Failover | HaMode::Auto if cfg.object_store() => {
-            let (mut election, ha) =
-                Election::new(store.clone(), cfg.ha_lease_ttl, cfg.clock.clone());
-            // Decide the role before serving the first request.
-            election.round().await;
-            (ha, Some(election))
-        }
-        _ => (Ha::always_active(), None),
+    cfg.ha
+}
+
+/// Serves `GET /metrics` on `--metrics-listen`, when it is set: the bound
+/// address and the exporter's task.
+async fn serve_metrics(
+    cfg: &ServerConfig,
+    parts: &Parts,
+    stopped: &watch::Receiver<bool>,
+) -> Result<(Option<SocketAddr>, Option<JoinHandle<()>>), StartError> {
+    let (Some(listen), Some(m)) = (&cfg.metrics_listen, &parts.metrics) else {
+        return Ok((None, None));
     };
-    tracing::info!(mode = %ha_mode, shared, active = ha.is_active(), "ha");
-    let default_namespace =
-        lockd_api::names::normalize_namespace(&cfg.default_namespace, "default")
-            .map_err(|e| format!("--default-namespace: {e}"))?;
-    let queues = Queues::new(
-        engine.clone(),
-        QueueConfig {
-            max_consumers: cfg.queue_max_consumers.max(1),
-            expiry_counts_as_failure: cfg.queue_expiry_counts,
-            max_payload: cfg.queue_max_payload,
-        },
+    let exporter = Arc::new(crate::obs::exporter::Exporter {
+        http: m.http.clone(),
+        store: m.store.clone(),
+        disk: parts.url.is_disk(),
+        engine: parts.engine.clone(),
+        queues: parts.queues.clone(),
+        control: parts.control.clone(),
+        ha: parts.ha.clone(),
+    });
+    let (addr, task) = crate::obs::exporter::serve(listen, exporter, stopped.clone())
+        .await
+        .map_err(StartError::Metrics)?;
+    tracing::info!(
+        sys = "observability.telemetry.exporter",
+        listen = %addr,
+        "metrics listening on http://{addr}/metrics"
     );
-    let control = Control::new(cfg.qrf.clone());
-    queues.attach_drain(control.drain.clone());
-    let app = router(Arc::new(AppState {
-        engine: engine.clone(),
-        queues: queues.clone(),
-        control: control.clone(),
-        ha: ha.clone(),
-        default_namespace,
-        json_max: cfg.json_max,
-        subscribe_flow_control: cfg.subscribe_flow_control,
-        metrics: http_metrics.clone(),
-        body_policy: crate::http::BodyPolicy {
-            json_max: cfg.json_max,
-            enqueue_max: cfg.queue_max_payload,
-            body_timeout: cfg.http.body_timeout,
-        },
-    }));
-    let (stop, mut stopped) = watch::channel(false);
-    let (metrics_addr, metrics_task) = match (&cfg.metrics_listen, http_metrics) {
-        (Some(listen), Some(http)) => {
-            let exporter = Arc::new(crate::obs::exporter::Exporter {
-                http,
-                store: store_metrics,
-                disk: cfg.store.trim().starts_with("disk://"),
-                engine: engine.clone(),
-                queues: queues.clone(),
-                control: control.clone(),
-                ha: ha.clone(),
-            });
-            let (addr, task) =
-                crate::obs::exporter::serve(listen, exporter, stopped.clone()).await?;
-            tracing::info!(
-                sys = "observability.telemetry.exporter",
-                listen = %addr,
-                "metrics listening on http://{addr}/metrics"
-            );
-            (Some(addr), Some(task))
-        }
-        _ => (None, None),
-    };
-    let stop_rx = stopped.clone();
-    let tls_on = tls_config.is_some();
+    Ok((Some(addr), Some(task)))
+}
+
+/// The listener's connection limits, resolved (and logged) once.
+fn connection_limits(cfg: &ServerConfig) -> crate::http::ConnLimits {
     let limits = cfg.http.resolve();
     tracing::debug!(
         sys = "api.http.server",
@@ -399,98 +587,124 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, String> {
         reserve = limits.reserve,
         "connection limits"
     );
+    limits
+}
 
-    let backlog_of = queues.clone();
-    tokio::spawn(control.clone().run_sampler(
+/// The tasks running beside the listener.
+struct Background {
+    ha: Option<JoinHandle<()>>,
+    sweeper: Option<JoinHandle<()>>,
+}
+
+/// Starts the LSF sampler, the HA election (when there is one) and the
+/// expiry sweeper; each stops when `stopped` turns true.
+fn spawn_background(
+    cfg: &ServerConfig,
+    parts: &mut Parts,
+    stopped: &watch::Receiver<bool>,
+) -> Background {
+    let backlog_of = parts.queues.clone();
+    tokio::spawn(parts.control.clone().run_sampler(
         cfg.lsf_sample_interval,
         cfg.lsf_log_interval,
         Arc::new(move || backlog_of.live_messages() as i64),
         stopped.clone(),
     ));
-    let ha_task = election.map(|e| tokio::spawn(e.run(stopped.clone())));
-    let mut sweeper_task = None;
-    if !cfg.sweeper_interval.is_zero() {
-        let sweeper = engine.clone();
-        let every = cfg.sweeper_interval;
-        let clock = cfg.clock.clone();
-        let span = tracing::error_span!("sweeper", sys = "server.lifecycle.sweeper");
-        sweeper_task = Some(tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                // Every interval on the engine's clock (a manual clock's
-                // advance runs it).
-                loop {
-                    tokio::select! {
-                        _ = clock.sleep(every) => {
-                            let n = sweeper.sweep_expired().await;
-                            if n > 0 {
-                                tracing::debug!(cleared = n, "swept expired leases");
-                            }
-                        }
-                        _ = stopped.changed() => break,
-                    }
-                }
-            },
-            span,
-        )));
-    }
+    let ha = parts
+        .election
+        .take()
+        .map(|e| tokio::spawn(e.run(stopped.clone())));
+    let sweeper = (!cfg.sweeper_interval.is_zero())
+        .then(|| spawn_sweeper(parts.engine.clone(), cfg, stopped.clone()));
+    Background { ha, sweeper }
+}
 
-    let (addr, task) = if cfg.listen_proto == ListenProto::Unix {
+/// Clears expired leases every `--sweeper-interval` on the engine's clock
+/// (a manual clock's advance runs it).
+fn spawn_sweeper(
+    engine: Arc<Engine>,
+    cfg: &ServerConfig,
+    mut stopped: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let every = cfg.sweeper_interval;
+    let clock = cfg.clock.clone();
+    let span = tracing::error_span!("sweeper", sys = "server.lifecycle.sweeper");
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            loop {
+                tokio::select! {
+                    _ = clock.sleep(every) => {
+                        let n = engine.sweep_expired().await;
+                        if n > 0 {
+                            tracing::debug!(cleared = n, "swept expired leases");
+                        }
+                    }
+                    _ = stopped.changed() => break,
+                }
+            }
+        },
+        span,
+    ))
+}
+
+/// Binds `--listen` (a Unix socket, or TCP with or without TLS) and serves
+/// the router on it until `stopped` turns true.
+async fn bind_and_serve(
+    cfg: &ServerConfig,
+    tls: Option<Arc<lockd_tls::rustls::ServerConfig>>,
+    app: axum::Router,
+    limits: crate::http::ConnLimits,
+    stopped: watch::Receiver<bool>,
+) -> Result<(BoundAddr, JoinHandle<std::io::Result<()>>), ListenError> {
+    if cfg.listen_proto == ListenProto::Unix {
         let path = PathBuf::from(&cfg.listen);
         remove_stale_socket(&path)?;
-        let listener = UnixListener::bind(&path)
-            .map_err(|e| format!("cannot listen on unix socket {}: {e}", path.display()))?;
+        let listener = UnixListener::bind(&path).map_err(|source| ListenError::BindUnix {
+            path: path.clone(),
+            source,
+        })?;
         // The socket's permissions are its only guard: owner only.
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| format!("cannot restrict unix socket {}: {e}", path.display()))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |source| ListenError::RestrictUnix {
+                    path: path.clone(),
+                    source,
+                },
+            )?;
         }
         let listener = LingerListener(listener);
-        let task = tokio::spawn(serve(listener, app, limits, stop_rx));
-        (BoundAddr::Unix(path), task)
-    } else {
-        let mut last_err = String::new();
-        let mut bound = None;
-        for a in tcp_addrs(&cfg.listen, cfg.listen_proto).await? {
-            match TcpListener::bind(a).await {
-                Ok(l) => {
-                    bound = Some(l);
-                    break;
-                }
-                Err(e) => last_err = format!("cannot listen on {a}: {e}"),
+        let task = tokio::spawn(serve(listener, app, limits, stopped));
+        return Ok((BoundAddr::Unix(path), task));
+    }
+    let mut last_err = None;
+    let mut bound = None;
+    for addr in tcp_addrs(&cfg.listen, cfg.listen_proto).await? {
+        match TcpListener::bind(addr).await {
+            Ok(l) => {
+                bound = Some(l);
+                break;
             }
+            Err(source) => last_err = Some(ListenError::Bind { addr, source }),
         }
-        let listener = bound.ok_or(last_err)?;
-        let local = listener.local_addr().map_err(|e| e.to_string())?;
-        let task = match tls_config {
-            Some(tls) => {
-                let listener = crate::tls::TlsListener::new(listener, tls, stop_rx.clone())
-                    .map_err(|e| e.to_string())?;
-                tokio::spawn(serve(listener, app, limits, stop_rx))
-            }
-            None => {
-                let listener = LingerListener(listener.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                }));
-                tokio::spawn(serve(listener, app, limits, stop_rx))
-            }
-        };
-        (BoundAddr::Tcp(local), task)
+    }
+    let listener = match (bound, last_err) {
+        (Some(l), _) => l,
+        (None, Some(e)) => return Err(e),
+        (None, None) => return Err(ListenError::NoAddress(cfg.listen.clone())),
     };
-    Ok(RunningServer {
-        addr,
-        tls: tls_on,
-        engine,
-        queues,
-        control,
-        drain_grace: cfg.drain_grace,
-        shutdown_timeout: cfg.shutdown_timeout,
-        stop,
-        task,
-        sweeper: sweeper_task,
-        ha_task,
-        ha,
-        metrics_addr,
-        metrics_task,
-    })
+    let local = listener.local_addr()?;
+    let task = match tls {
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, tls, stopped.clone())?;
+            tokio::spawn(serve(listener, app, limits, stopped))
+        }
+        None => {
+            let listener = LingerListener(listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            }));
+            tokio::spawn(serve(listener, app, limits, stopped))
+        }
+    };
+    Ok((BoundAddr::Tcp(local), task))
 }

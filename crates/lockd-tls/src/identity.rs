@@ -133,6 +133,42 @@ impl Claims {
     }
 }
 
+/// What is wrong with a namespace claim.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimProblem {
+    /// The claim is not a URI.
+    #[error("not a URI")]
+    NotAUri,
+    /// No namespace is named.
+    #[error("namespace required")]
+    NoNamespace,
+    /// The namespace has more than one path component.
+    #[error("namespace must be a single component")]
+    NotSingleComponent,
+    /// `perm=` is not r, w or rw.
+    #[error("invalid permission {0:?}")]
+    BadPermission(String),
+    /// `perm=` is given more than once.
+    #[error("perm may appear once")]
+    RepeatedPermission,
+    /// A `-n` argument's permission is not r, w or rw.
+    #[error("permission must be r, w or rw")]
+    BadArgPermission,
+    /// The namespace is not a valid namespace name.
+    #[error("{0}")]
+    BadNamespace(String),
+}
+
+/// A malformed `lockd://ns/<namespace>?perm=…` claim in a certificate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid namespace claim {uri:?}: {problem}")]
+pub struct ClaimError {
+    /// The claim URI.
+    pub uri: String,
+    /// What is wrong with it.
+    pub problem: ClaimProblem,
+}
+
 /// Parses one `lockd://ns/<namespace>?perm=…` claim.
 ///
 /// ```
@@ -142,11 +178,15 @@ impl Claims {
 /// assert_eq!(parse_claim("lockd://ns/ALL").unwrap(), ("ALL".into(), Permission::ReadWrite));
 /// assert!(parse_claim("lockd://ns/a/b").is_err());
 /// ```
-pub fn parse_claim(uri: &str) -> Result<(String, Permission), String> {
+pub fn parse_claim(uri: &str) -> Result<(String, Permission), ClaimError> {
+    let bad = |problem| ClaimError {
+        uri: uri.to_string(),
+        problem,
+    };
     let rest = uri
         .split_once("://")
         .map(|(_, r)| r)
-        .ok_or_else(|| format!("invalid namespace claim {uri:?}: not a URI"))?;
+        .ok_or_else(|| bad(ClaimProblem::NotAUri))?;
     let (host_path, query) = match rest.split_once('?') {
         Some((a, q)) => (a, Some(q)),
         None => (rest, None),
@@ -155,14 +195,10 @@ pub fn parse_claim(uri: &str) -> Result<(String, Permission), String> {
     let path = host_path.split_once('/').map(|(_, p)| p).unwrap_or("");
     let ns = path.trim_matches('/').trim();
     if ns.is_empty() {
-        return Err(format!(
-            "invalid namespace claim {uri:?}: namespace required"
-        ));
+        return Err(bad(ClaimProblem::NoNamespace));
     }
     if ns.contains('/') {
-        return Err(format!(
-            "invalid namespace claim {uri:?}: namespace must be a single component"
-        ));
+        return Err(bad(ClaimProblem::NotSingleComponent));
     }
     let perms: Vec<String> = query
         .map(|q| {
@@ -174,20 +210,16 @@ pub fn parse_claim(uri: &str) -> Result<(String, Permission), String> {
         .unwrap_or_default();
     let perm = match perms.as_slice() {
         [] => Permission::ReadWrite,
-        [one] => Permission::parse(one).ok_or_else(|| {
-            format!("invalid namespace claim {uri:?}: invalid permission {one:?}")
-        })?,
-        _ => {
-            return Err(format!(
-                "invalid namespace claim {uri:?}: perm may appear once"
-            ))
+        [one] => {
+            Permission::parse(one).ok_or_else(|| bad(ClaimProblem::BadPermission(one.clone())))?
         }
+        _ => return Err(bad(ClaimProblem::RepeatedPermission)),
     };
     if ns == WILDCARD {
         return Ok((WILDCARD.into(), perm));
     }
     let ns = lockd_api::names::normalize_namespace(ns, "")
-        .map_err(|e| format!("invalid namespace claim {uri:?}: {e}"))?;
+        .map_err(|e| bad(ClaimProblem::BadNamespace(e.to_string())))?;
     Ok((ns, perm))
 }
 
@@ -201,14 +233,14 @@ pub struct Identity {
     /// The URI SANs.
     pub uris: Vec<String>,
     spiffe: bool,
-    claims: Result<Claims, String>,
+    claims: Result<Claims, ClaimError>,
 }
 
 impl Identity {
     /// Reads the identity from a DER certificate.
-    pub fn from_der(der: &[u8]) -> Result<Self, String> {
-        let (_, cert) =
-            X509Certificate::from_der(der).map_err(|e| format!("parse certificate: {e}"))?;
+    pub fn from_der(der: &[u8]) -> Result<Self, crate::inspect::InspectError> {
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|e| crate::inspect::InspectError::Parse(e.to_string()))?;
         let mut uris = Vec::new();
         for ext in cert.extensions() {
             if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
@@ -256,8 +288,8 @@ impl Identity {
     }
 
     /// The claims, or why they are malformed.
-    pub fn claims(&self) -> Result<&Claims, &str> {
-        self.claims.as_ref().map_err(String::as_str)
+    pub fn claims(&self) -> Result<&Claims, &ClaimError> {
+        self.claims.as_ref()
     }
 
     /// What the server appends to owners under mTLS: `/<subject>#<serial>`.
@@ -273,7 +305,7 @@ impl Identity {
         let claims = self
             .claims
             .as_ref()
-            .map_err(|e| Denied::InvalidClaims(e.clone()))?;
+            .map_err(|e| Denied::InvalidClaims(e.to_string()))?;
         if !self.spiffe {
             return Err(Denied::Forbidden(
                 "certificate missing SPIFFE URI SAN".into(),

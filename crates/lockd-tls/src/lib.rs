@@ -13,18 +13,22 @@
 //!   required, chained to the bundle's CA, clientAuth usage, not revoked) and
 //!   for clients (server chained to the bundle's CA, serverAuth usage, no
 //!   host name check);
+//! - [`inspect`]: what a certificate says (subject, serial, validity,
+//!   names, usages) and what is wrong with a server or client bundle, as
+//!   `lockd auth inspect` and `lockd auth verify` report it;
 //! - [`mint`] (feature `mint`): creating CA, server and client certificates
 //!   with Ed25519 keys, as `lockd auth` and `lockd --bootstrap` do.
 
 pub mod bundle;
 pub mod config;
 pub mod identity;
+pub mod inspect;
 #[cfg(feature = "mint")]
 pub mod mint;
 
 pub use bundle::{ClientBundle, ServerBundle};
 pub use config::{client_config, server_config};
-pub use identity::{Access, Denied, Identity, Permission};
+pub use identity::{Access, ClaimError, Denied, Identity, Permission};
 pub use rustls;
 
 /// Errors from loading bundles or building TLS configurations.

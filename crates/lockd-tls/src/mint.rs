@@ -35,7 +35,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::CertificateDer;
 
 use crate::bundle::{encode, is_ca, DENYLIST_BLOCK};
-use crate::identity::{Permission, WILDCARD};
+use crate::identity::{ClaimProblem, Permission, WILDCARD};
 use crate::{hex, serial_hex, TlsError};
 
 const KRYPT_ROOT: &str = "KRYPT-SYSTEM-ROOT-KEY";
@@ -94,6 +94,25 @@ pub fn claim_uri(namespace: &str, perm: Permission) -> String {
     format!("lockd://ns/{namespace}?perm={}", perm.as_str())
 }
 
+/// A malformed `-n` claim argument.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("namespace claim {item:?}: {problem}")]
+pub struct ClaimArgError {
+    /// The offending list item (`orders=x`).
+    pub item: String,
+    /// What is wrong with it.
+    pub problem: ClaimProblem,
+}
+
+impl ClaimArgError {
+    fn new(item: &str, problem: ClaimProblem) -> Self {
+        ClaimArgError {
+            item: item.to_string(),
+            problem,
+        }
+    }
+}
+
 /// Parses `-n` style claim arguments: `ns=rw`, `ns=r`, `ns` (means rw),
 /// comma-separated lists allowed; `ALL` is the wildcard. Namespaces are
 /// normalized like request namespaces.
@@ -104,27 +123,27 @@ pub fn claim_uri(namespace: &str, perm: Permission) -> String {
 /// assert_eq!(c[1], ("orders".to_string(), Permission::Read));
 /// assert_eq!(c[2], ("stash".to_string(), Permission::ReadWrite));
 /// ```
-pub fn parse_claim_args(args: &[String]) -> Result<Vec<(String, Permission)>, String> {
+pub fn parse_claim_args(args: &[String]) -> Result<Vec<(String, Permission)>, ClaimArgError> {
     let mut out = Vec::new();
     for arg in args {
         for item in arg.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let (ns, perm) = match item.split_once('=') {
                 Some((n, p)) => (
                     n.trim(),
-                    Permission::parse(p).ok_or_else(|| {
-                        format!("namespace claim {item:?}: permission must be r, w or rw")
-                    })?,
+                    Permission::parse(p)
+                        .ok_or_else(|| ClaimArgError::new(item, ClaimProblem::BadArgPermission))?,
                 ),
                 None => (item, Permission::ReadWrite),
             };
             let ns = if ns == WILDCARD {
                 WILDCARD.to_string()
             } else {
-                lockd_api::names::normalize_namespace(ns, "")
-                    .map_err(|e| format!("namespace claim {item:?}: {e}"))?
+                lockd_api::names::normalize_namespace(ns, "").map_err(|e| {
+                    ClaimArgError::new(item, ClaimProblem::BadNamespace(e.to_string()))
+                })?
             };
             if ns.is_empty() {
-                return Err(format!("namespace claim {item:?}: namespace required"));
+                return Err(ClaimArgError::new(item, ClaimProblem::NoNamespace));
             }
             out.push((ns, perm));
         }

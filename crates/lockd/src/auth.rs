@@ -29,10 +29,10 @@ use std::time::Duration;
 use lockd_server::config::parse_duration;
 use lockd_tls::bundle::with_denylist;
 use lockd_tls::identity::WILDCARD;
+use lockd_tls::inspect::{client_issues, rfc3339, server_issues, CertInfo, Issue};
 use lockd_tls::mint::{parse_claim_args, Ca, LeafSpec, Validity};
-use lockd_tls::rustls::pki_types::{CertificateDer, UnixTime};
-use lockd_tls::{normalize_serial, serial_hex, ClientBundle, Identity, Permission, ServerBundle};
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use lockd_tls::rustls::pki_types::CertificateDer;
+use lockd_tls::{normalize_serial, ClientBundle, Identity, Permission, ServerBundle};
 
 /// `lockd auth …`: manage certificate bundles.
 #[derive(Debug, clap::Subcommand)]
@@ -323,6 +323,120 @@ pub fn run(cmd: AuthCommand) -> ExitCode {
     }
 }
 
+/// Why a `lockd auth` command or `lockd --bootstrap` failed. The texts are
+/// what `lockd` prints after `lockd: `.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Neither variable locating the config directory is set.
+    #[error("neither LOCKD_CONFIG_DIR nor HOME is set")]
+    NoConfigDir,
+    /// A file system operation failed (`read server bundle`, `write`, …).
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: String,
+        /// To which file or directory.
+        path: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// An output path without a file name.
+    #[error("{}: not a file path", .0.display())]
+    NotAFilePath(PathBuf),
+    /// The output exists and `--force` was not given.
+    #[error("{} already exists (use --force to overwrite)", .0.display())]
+    Exists(PathBuf),
+    /// `name02` … `name999` are all taken.
+    #[error("no free file name for {} under {}", path.display(), dir.display())]
+    NoFreeName {
+        /// The wanted name.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+    },
+    /// The CA bundle does not exist.
+    #[error("ca bundle {} not found; create one with `lockd auth new ca`", .0.display())]
+    CaNotFound(PathBuf),
+    /// The CA bundle does not hold a usable CA.
+    #[error("load ca {}: {source} (create one with `lockd auth new ca`)", path.display())]
+    BadCa {
+        /// The CA bundle.
+        path: PathBuf,
+        /// Why.
+        source: lockd_tls::TlsError,
+    },
+    /// A bundle does not parse as the kind expected.
+    #[error("load {what} {}: {source}", path.display())]
+    Load {
+        /// `bundle`, `client bundle` or `server bundle`.
+        what: &'static str,
+        /// The bundle.
+        path: PathBuf,
+        /// Why.
+        source: lockd_tls::TlsError,
+    },
+    /// Loading, minting or rewriting a bundle failed.
+    #[error(transparent)]
+    Tls(#[from] lockd_tls::TlsError),
+    /// A certificate does not parse.
+    #[error(transparent)]
+    Inspect(#[from] lockd_tls::inspect::InspectError),
+    /// `--valid-for 0`.
+    #[error("--valid-for must be longer than zero")]
+    ZeroValidity,
+    /// A `-n` entry with more than one `=`.
+    #[error("invalid namespace claim {0:?}: expected namespace or namespace=perm")]
+    BadClaim(String),
+    /// The namespace claims are invalid.
+    #[error(transparent)]
+    Claims(#[from] lockd_tls::mint::ClaimArgError),
+    /// A serial that is not hexadecimal.
+    #[error("invalid serial {0:?}: expected hexadecimal as `lockd auth inspect client` prints it")]
+    BadSerial(String),
+    /// `--server-in` is not a server bundle.
+    #[error("server bundle {} does not contain a server certificate with ServerAuth usage", .0.display())]
+    NotAServerBundle(PathBuf),
+    /// Some bundles given to `inspect` could not be read.
+    #[error("{0} bundle(s) could not be read")]
+    Unreadable(usize),
+    /// Some bundles failed `verify`.
+    #[error("{kind} verification failed for {failures} bundle(s)")]
+    VerifyFailed {
+        /// `server` or `client`.
+        kind: String,
+        /// How many failed.
+        failures: usize,
+    },
+    /// `--bootstrap ""`.
+    #[error("bootstrap: directory required")]
+    BootstrapWithoutDir,
+    /// A step of `--bootstrap` failed.
+    #[error("bootstrap: {0}")]
+    Bootstrap(Box<AuthError>),
+}
+
+impl AuthError {
+    fn io(action: impl Into<String>, path: &Path, source: std::io::Error) -> Self {
+        AuthError::Io {
+            action: action.into(),
+            path: path.into(),
+            source,
+        }
+    }
+
+    fn load(what: &'static str, path: &Path, source: lockd_tls::TlsError) -> Self {
+        AuthError::Load {
+            what,
+            path: path.into(),
+            source,
+        }
+    }
+
+    fn bootstrap(e: impl Into<AuthError>) -> Self {
+        AuthError::Bootstrap(Box::new(e.into()))
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Paths and files
 
@@ -330,12 +444,12 @@ pub fn run(cmd: AuthCommand) -> ExitCode {
 /// absolute), else `$HOME/.lockd`.
 /// Writes a client bundle's parts as separate files for curl, openssl and
 /// the like.
-fn export(a: ExportArgs) -> Result<(), String> {
+fn export(a: ExportArgs) -> Result<(), AuthError> {
     let input = match a.input {
         Some(p) => p,
         None => config_dir()?.join("client.pem"),
     };
-    let bundle = lockd_tls::ClientBundle::load(&input).map_err(|e| e.to_string())?;
+    let bundle = lockd_tls::ClientBundle::load(&input)?;
     let stem = input
         .file_stem()
         .and_then(|s| s.to_str())
@@ -359,8 +473,7 @@ fn export(a: ExportArgs) -> Result<(), String> {
     } else {
         Existing::Keep
     };
-    std::fs::create_dir_all(&a.out_dir)
-        .map_err(|e| format!("create {}: {e}", a.out_dir.display()))?;
+    std::fs::create_dir_all(&a.out_dir).map_err(|e| AuthError::io("create", &a.out_dir, e))?;
     let files = [
         (a.out_dir.join(format!("{stem}.crt")), certs(&bundle.chain)),
         (a.out_dir.join(format!("{stem}.key")), key),
@@ -374,18 +487,17 @@ fn export(a: ExportArgs) -> Result<(), String> {
 }
 
 /// The config directory, as the SDK and CLI find it.
-fn config_dir() -> Result<PathBuf, String> {
-    lockd_client::default_config_dir()
-        .ok_or_else(|| "neither LOCKD_CONFIG_DIR nor HOME is set".into())
+fn config_dir() -> Result<PathBuf, AuthError> {
+    lockd_client::default_config_dir().ok_or(AuthError::NoConfigDir)
 }
 
 /// Creates `dir` and any missing parents with mode 0700.
-fn create_dir_private(dir: &Path) -> Result<(), String> {
+fn create_dir_private(dir: &Path) -> Result<(), AuthError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| format!("create dir {}: {e}", dir.display()))
+        .map_err(|e| AuthError::io("create dir", dir, e))
 }
 
 /// How [`write_file`] treats an existing file.
@@ -400,7 +512,7 @@ enum Existing {
 
 /// Writes `data` to `path` with mode 0600 through a temporary file in the
 /// same directory; parents are created with mode 0700.
-fn write_file(path: &Path, data: &[u8], existing: Existing) -> Result<(), String> {
+fn write_file(path: &Path, data: &[u8], existing: Existing) -> Result<(), AuthError> {
     static SEQ: AtomicU32 = AtomicU32::new(0);
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -409,7 +521,7 @@ fn write_file(path: &Path, data: &[u8], existing: Existing) -> Result<(), String
     create_dir_private(dir)?;
     let name = path
         .file_name()
-        .ok_or_else(|| format!("{}: not a file path", path.display()))?
+        .ok_or_else(|| AuthError::NotAFilePath(path.into()))?
         .to_string_lossy();
     let tmp = dir.join(format!(
         ".{name}.{}.{}.tmp",
@@ -427,7 +539,7 @@ fn write_file(path: &Path, data: &[u8], existing: Existing) -> Result<(), String
     };
     if let Err(e) = write_tmp() {
         let _ = std::fs::remove_file(&tmp);
-        return Err(format!("write {}: {e}", path.display()));
+        return Err(AuthError::io("write", path, e));
     }
     let placed = match existing {
         Existing::Replace => std::fs::rename(&tmp, path),
@@ -435,30 +547,24 @@ fn write_file(path: &Path, data: &[u8], existing: Existing) -> Result<(), String
             Ok(()) => std::fs::remove_file(&tmp),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(format!(
-                    "{} already exists (use --force to overwrite)",
-                    path.display()
-                ));
+                return Err(AuthError::Exists(path.into()));
             }
             // File systems without hard links: check, then rename.
             Err(_) if path.exists() => {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(format!(
-                    "{} already exists (use --force to overwrite)",
-                    path.display()
-                ));
+                return Err(AuthError::Exists(path.into()));
             }
             Err(_) => std::fs::rename(&tmp, path),
         },
     };
     placed.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        format!("write {}: {e}", path.display())
+        AuthError::io("write", path, e)
     })
 }
 
 /// Writes a new bundle: refuses an existing file unless `force`.
-fn write_bundle(path: &Path, data: &[u8], force: bool) -> Result<(), String> {
+fn write_bundle(path: &Path, data: &[u8], force: bool) -> Result<(), AuthError> {
     write_file(
         path,
         data,
@@ -473,7 +579,7 @@ fn write_bundle(path: &Path, data: &[u8], force: bool) -> Result<(), String> {
 /// `path` when it does not exist, else the first free `<stem>NN<ext>` from
 /// 02 on (`server.pem` → `server02.pem`, …, `server99.pem`,
 /// `server100.pem`, up to 999), as the Go tooling numbers them.
-fn next_free_path(path: &Path) -> Result<PathBuf, String> {
+fn next_free_path(path: &Path) -> Result<PathBuf, AuthError> {
     if !path.exists() {
         return Ok(path.to_path_buf());
     }
@@ -492,34 +598,28 @@ fn next_free_path(path: &Path) -> Result<PathBuf, String> {
             return Ok(candidate);
         }
     }
-    Err(format!(
-        "no free file name for {} under {}",
-        path.display(),
-        dir.display()
-    ))
+    Err(AuthError::NoFreeName {
+        path: path.into(),
+        dir: dir.into(),
+    })
 }
 
-fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("read {what} {}: {e}", path.display()))
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, AuthError> {
+    std::fs::read(path).map_err(|e| AuthError::io(format!("read {what}"), path, e))
 }
 
 /// Loads the CA from `path`, with a hint when it is missing.
-fn load_ca(path: &Path) -> Result<(Ca, Vec<u8>), String> {
+fn load_ca(path: &Path) -> Result<(Ca, Vec<u8>), AuthError> {
     let data = match std::fs::read(path) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(format!(
-                "ca bundle {} not found; create one with `lockd auth new ca`",
-                path.display()
-            ))
+            return Err(AuthError::CaNotFound(path.into()))
         }
-        Err(e) => return Err(format!("read ca bundle {}: {e}", path.display())),
+        Err(e) => return Err(AuthError::io("read ca bundle", path, e)),
     };
-    let ca = Ca::from_pem(&data).map_err(|e| {
-        format!(
-            "load ca {}: {e} (create one with `lockd auth new ca`)",
-            path.display()
-        )
+    let ca = Ca::from_pem(&data).map_err(|source| AuthError::BadCa {
+        path: path.into(),
+        source,
     })?;
     Ok((ca, data))
 }
@@ -527,7 +627,7 @@ fn load_ca(path: &Path) -> Result<(Ca, Vec<u8>), String> {
 /// Appends the storage-encryption blocks to a CA bundle that lacks them,
 /// so every server bundle issued from it carries the same material (Go
 /// servers sharing a store need that). Bundles written by lockd have them.
-fn ensure_ca_material(path: &Path, data: &[u8], ca: &Ca) -> Result<(), String> {
+fn ensure_ca_material(path: &Path, data: &[u8], ca: &Ca) -> Result<(), AuthError> {
     if String::from_utf8_lossy(data).contains("-----BEGIN KRYPT-SYSTEM-ROOT-KEY-----") {
         return Ok(());
     }
@@ -548,9 +648,9 @@ fn ensure_ca_material(path: &Path, data: &[u8], ca: &Ca) -> Result<(), String> {
     Ok(())
 }
 
-fn validity(d: Duration) -> Result<Validity, String> {
+fn validity(d: Duration) -> Result<Validity, AuthError> {
     if d.is_zero() {
-        return Err("--valid-for must be longer than zero".into());
+        return Err(AuthError::ZeroValidity);
     }
     Ok(Validity::from_now(d))
 }
@@ -570,7 +670,7 @@ fn split_hosts(raw: &[String]) -> Vec<String> {
 /// The namespace claims of `lockd auth new client`: `--read-all`,
 /// `--write-all`, `--rw-all` and every `-n` entry, one claim per
 /// namespace (the strongest of r < w < rw wins), sorted with `ALL` first.
-fn client_claims(a: &NewClientArgs) -> Result<Vec<(String, Permission)>, String> {
+fn client_claims(a: &NewClientArgs) -> Result<Vec<(String, Permission)>, AuthError> {
     let mut items: Vec<String> = Vec::new();
     for (on, perm) in [(a.read_all, "r"), (a.write_all, "w"), (a.rw_all, "rw")] {
         if on {
@@ -580,9 +680,7 @@ fn client_claims(a: &NewClientArgs) -> Result<Vec<(String, Permission)>, String>
     for raw in &a.namespaces {
         for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             if item.matches('=').count() > 1 {
-                return Err(format!(
-                    "invalid namespace claim {item:?}: expected namespace or namespace=perm"
-                ));
+                return Err(AuthError::BadClaim(item.into()));
             }
             // `all` in any case is the wildcard.
             let (ns, rest) = match item.split_once('=') {
@@ -613,103 +711,11 @@ fn client_claims(a: &NewClientArgs) -> Result<Vec<(String, Permission)>, String>
 // ---------------------------------------------------------------------------
 // Certificates
 
-/// What `inspect` and `verify` show of a certificate.
-struct CertInfo {
-    subject: String,
-    serial: String,
-    not_before: i64,
-    not_after: i64,
-    dns: Vec<String>,
-    ips: Vec<String>,
-    uris: Vec<String>,
-    /// The extended key usage list names serverAuth.
-    server_auth: bool,
-    /// The extended key usage list names clientAuth.
-    client_auth: bool,
-    is_ca: bool,
-}
-
-fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
-    let (_, cert) =
-        X509Certificate::from_der(der).map_err(|e| format!("parse certificate: {e}"))?;
-    let mut info = CertInfo {
-        subject: lockd_tls::identity::rfc2253(cert.subject()),
-        serial: serial_hex(cert.raw_serial()),
-        not_before: cert.validity().not_before.timestamp(),
-        not_after: cert.validity().not_after.timestamp(),
-        dns: Vec::new(),
-        ips: Vec::new(),
-        uris: Vec::new(),
-        server_auth: false,
-        client_auth: false,
-        is_ca: cert.is_ca(),
-    };
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            match name {
-                GeneralName::DNSName(d) => info.dns.push(d.to_string()),
-                GeneralName::URI(u) => info.uris.push(u.to_string()),
-                GeneralName::IPAddress(b) => {
-                    if let Ok(a) = <[u8; 4]>::try_from(*b) {
-                        info.ips.push(std::net::Ipv4Addr::from(a).to_string());
-                    } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
-                        info.ips.push(std::net::Ipv6Addr::from(a).to_string());
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    if let Ok(Some(eku)) = cert.extended_key_usage() {
-        info.server_auth = eku.value.server_auth;
-        info.client_auth = eku.value.client_auth;
-    }
-    Ok(info)
-}
-
-/// Formats a Unix timestamp as RFC 3339 in UTC (`2035-01-02T03:04:05Z`).
-fn rfc3339(secs: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-}
-
-/// Verifies `chain[0]` (with `chain[1..]` as intermediates) against `cas`
-/// for `usage`, as the TLS handshake will.
-fn verify_chain(
-    chain: &[CertificateDer<'static>],
-    cas: &[CertificateDer<'static>],
-    usage: webpki::KeyUsage,
-) -> Result<(), String> {
-    let leaf = chain.first().ok_or("no leaf certificate")?;
-    let anchors = cas
-        .iter()
-        .map(|c| webpki::anchor_from_trusted_cert(c).map(|a| a.to_owned()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("CA certificate unusable as trust anchor: {e}"))?;
-    let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("{e}"))?;
-    ee.verify_for_usage(
-        lockd_tls::provider().signature_verification_algorithms.all,
-        &anchors,
-        &chain[1..],
-        UnixTime::now(),
-        usage,
-        None,
-        None,
-    )
-    .map(|_| ())
-    .map_err(|e| format!("{e}"))
 }
 
 /// The node id of a server bundle's `spiffe://lockd/server/<id>` URI.
@@ -725,18 +731,18 @@ fn server_spiffe_uri(path: &Path) -> Option<String> {
 // ---------------------------------------------------------------------------
 // lockd auth new
 
-fn new_ca(a: NewCaArgs) -> Result<(), String> {
+fn new_ca(a: NewCaArgs) -> Result<(), AuthError> {
     let out = match a.out {
         Some(p) => p,
         None => config_dir()?.join("ca.pem"),
     };
-    let ca = Ca::generate(&a.cn, validity(a.valid_for)?).map_err(|e| e.to_string())?;
+    let ca = Ca::generate(&a.cn, validity(a.valid_for)?)?;
     write_bundle(&out, ca.bundle().as_bytes(), a.force)?;
     println!("ca bundle written to {}", out.display());
     Ok(())
 }
 
-fn new_server(a: NewServerArgs) -> Result<(), String> {
+fn new_server(a: NewServerArgs) -> Result<(), AuthError> {
     let dir = config_dir()?;
     let ca_in = a.ca_in.unwrap_or_else(|| dir.join("ca.pem"));
     let (ca, ca_data) = load_ca(&ca_in)?;
@@ -753,7 +759,7 @@ fn new_server(a: NewServerArgs) -> Result<(), String> {
         }
     }
     ensure_ca_material(&ca_in, &ca_data, &ca)?;
-    let leaf = ca.issue(&spec).map_err(|e| e.to_string())?;
+    let leaf = ca.issue(&spec)?;
     let pem = ca.server_bundle(&leaf, false, &BTreeSet::new());
     write_bundle(&out, pem.as_bytes(), a.force)?;
     println!("server bundle written to {}", out.display());
@@ -762,7 +768,7 @@ fn new_server(a: NewServerArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn new_client(a: NewClientArgs) -> Result<(), String> {
+fn new_client(a: NewClientArgs) -> Result<(), AuthError> {
     let dir = config_dir()?;
     let ca_in = a.ca_in.clone().unwrap_or_else(|| dir.join("ca.pem"));
     let claims = client_claims(&a)?;
@@ -776,16 +782,14 @@ fn new_client(a: NewClientArgs) -> Result<(), String> {
         "" => "lockd-client",
         cn => cn,
     };
-    let leaf = ca
-        .issue(&LeafSpec::sdk_client(cn, &claims, validity(a.valid_for)?))
-        .map_err(|e| e.to_string())?;
+    let leaf = ca.issue(&LeafSpec::sdk_client(cn, &claims, validity(a.valid_for)?))?;
     write_bundle(&out, ca.client_bundle(&leaf).as_bytes(), a.force)?;
     println!("client certificate written to {}", out.display());
     println!("serial: {}", leaf.serial);
     Ok(())
 }
 
-fn new_tc_client(a: NewTcClientArgs) -> Result<(), String> {
+fn new_tc_client(a: NewTcClientArgs) -> Result<(), AuthError> {
     let dir = config_dir()?;
     let ca_in = a.ca_in.unwrap_or_else(|| dir.join("ca.pem"));
     let (ca, _) = load_ca(&ca_in)?;
@@ -798,9 +802,7 @@ fn new_tc_client(a: NewTcClientArgs) -> Result<(), String> {
         "" => "lockd-tc-client",
         cn => cn,
     };
-    let leaf = ca
-        .issue(&LeafSpec::tc_client(cn, validity(a.valid_for)?))
-        .map_err(|e| e.to_string())?;
+    let leaf = ca.issue(&LeafSpec::tc_client(cn, validity(a.valid_for)?))?;
     write_bundle(&out, ca.client_bundle(&leaf).as_bytes(), a.force)?;
     println!("tc client certificate written to {}", out.display());
     println!("serial: {}", leaf.serial);
@@ -811,13 +813,11 @@ fn new_tc_client(a: NewTcClientArgs) -> Result<(), String> {
 // lockd auth revoke client
 
 /// Normalizes a serial given on the command line; it must be hex.
-fn parse_serial(raw: &str) -> Result<String, String> {
+fn parse_serial(raw: &str) -> Result<String, AuthError> {
     let s = normalize_serial(raw);
     let digits = s.strip_prefix('-').unwrap_or(&s);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
-            "invalid serial {raw:?}: expected hexadecimal as `lockd auth inspect client` prints it"
-        ));
+        return Err(AuthError::BadSerial(raw.into()));
     }
     Ok(s)
 }
@@ -829,7 +829,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-fn revoke_client(a: RevokeClientArgs) -> Result<(), String> {
+fn revoke_client(a: RevokeClientArgs) -> Result<(), AuthError> {
     let serials = a
         .serials
         .iter()
@@ -840,11 +840,11 @@ fn revoke_client(a: RevokeClientArgs) -> Result<(), String> {
         None => config_dir()?.join("server.pem"),
     };
     let data = read(&server_in, "server bundle")?;
-    let bundle = ServerBundle::parse(&data)
-        .map_err(|e| format!("load bundle {}: {e}", server_in.display()))?;
+    let bundle =
+        ServerBundle::parse(&data).map_err(|e| AuthError::load("bundle", &server_in, e))?;
     let mut merged = bundle.denylist.clone();
     merged.extend(serials.iter().cloned());
-    let updated = with_denylist(&data, &merged).map_err(|e| e.to_string())?;
+    let updated = with_denylist(&data, &merged)?;
     let target = a.out.clone().unwrap_or_else(|| server_in.clone());
     if same_file(&target, &server_in) {
         write_file(&target, updated.as_bytes(), Existing::Replace)?;
@@ -885,7 +885,7 @@ fn revoke_client(a: RevokeClientArgs) -> Result<(), String> {
             if theirs == other.denylist {
                 continue;
             }
-            let text = with_denylist(&other_data, &theirs).map_err(|e| e.to_string())?;
+            let text = with_denylist(&other_data, &theirs)?;
             write_file(&path, text.as_bytes(), Existing::Replace)?;
             count += 1;
         }
@@ -901,11 +901,11 @@ fn revoke_client(a: RevokeClientArgs) -> Result<(), String> {
 
 /// Files in `dir` whose names start with one of `prefixes` and end in
 /// `.pem`, sorted by name; none when `dir` does not exist.
-fn list_bundles(dir: &Path, prefixes: &[&str]) -> Result<Vec<PathBuf>, String> {
+fn list_bundles(dir: &Path, prefixes: &[&str]) -> Result<Vec<PathBuf>, AuthError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("read config dir {}: {e}", dir.display())),
+        Err(e) => return Err(AuthError::io("read config dir", dir, e)),
     };
     let mut out: Vec<PathBuf> = entries
         .filter_map(Result::ok)
@@ -920,7 +920,7 @@ fn list_bundles(dir: &Path, prefixes: &[&str]) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
-fn targets(inputs: &[PathBuf], prefixes: &[&str]) -> Result<Vec<PathBuf>, String> {
+fn targets(inputs: &[PathBuf], prefixes: &[&str]) -> Result<Vec<PathBuf>, AuthError> {
     if !inputs.is_empty() {
         return Ok(inputs.to_vec());
     }
@@ -930,7 +930,7 @@ fn targets(inputs: &[PathBuf], prefixes: &[&str]) -> Result<Vec<PathBuf>, String
 const SERVER_PREFIXES: &[&str] = &["server"];
 const CLIENT_PREFIXES: &[&str] = &["client", "tc-client"];
 
-fn inspect(a: InspectArgs) -> Result<(), String> {
+fn inspect(a: InspectArgs) -> Result<(), AuthError> {
     let (paths, kind, none) = match &a.kind {
         Some(InspectKind::Server(i)) => (
             targets(&i.inputs, SERVER_PREFIXES)?,
@@ -965,7 +965,7 @@ fn inspect(a: InspectArgs) -> Result<(), String> {
         }
     }
     if failed > 0 {
-        return Err(format!("{failed} bundle(s) could not be read"));
+        return Err(AuthError::Unreadable(failed));
     }
     Ok(())
 }
@@ -973,13 +973,13 @@ fn inspect(a: InspectArgs) -> Result<(), String> {
 /// Shows a bundle as what it is: a server bundle when its leaf has the
 /// serverAuth usage, a client bundle when it has another leaf, a CA bundle
 /// when it has none.
-fn inspect_any(path: &Path) -> Result<(), String> {
+fn inspect_any(path: &Path) -> Result<(), AuthError> {
     let data = read(path, "bundle")?;
     if let Ok(b) = ServerBundle::parse(&data) {
         let server = b
             .chain
             .first()
-            .and_then(|c| cert_info(c).ok())
+            .and_then(|c| CertInfo::from_der(c).ok())
             .is_some_and(|i| i.server_auth);
         return if server {
             inspect_server(path)
@@ -990,8 +990,8 @@ fn inspect_any(path: &Path) -> Result<(), String> {
     if ClientBundle::parse(&data).is_ok() {
         return inspect_client(path);
     }
-    let ca = Ca::from_pem(&data).map_err(|e| format!("load bundle {}: {e}", path.display()))?;
-    let info = cert_info(&ca.cert_der)?;
+    let ca = Ca::from_pem(&data).map_err(|e| AuthError::load("bundle", path, e))?;
+    let info = CertInfo::from_der(&ca.cert_der)?;
     println!("CA bundle: {}", path.display());
     println!("  CA: {}", info.subject);
     println!("    Serial: {}", info.serial);
@@ -999,19 +999,18 @@ fn inspect_any(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn inspect_server(path: &Path) -> Result<(), String> {
+fn inspect_server(path: &Path) -> Result<(), AuthError> {
     let data = read(path, "server bundle")?;
-    let b =
-        ServerBundle::parse(&data).map_err(|e| format!("load bundle {}: {e}", path.display()))?;
+    let b = ServerBundle::parse(&data).map_err(|e| AuthError::load("bundle", path, e))?;
     println!("Bundle: {}", path.display());
     if let Some(ca) = b.ca_certs.first() {
-        let ca = cert_info(ca)?;
+        let ca = CertInfo::from_der(ca)?;
         println!("  CA: {}", ca.subject);
         println!("    Serial: {}", ca.serial);
         println!("    Expires: {}", rfc3339(ca.not_after));
     }
     if let Some(leaf) = b.chain.first() {
-        let s = cert_info(leaf)?;
+        let s = CertInfo::from_der(leaf)?;
         println!("  Server: {}", s.subject);
         println!("    Serial: {}", s.serial);
         println!("    Expires: {}", rfc3339(s.not_after));
@@ -1039,13 +1038,12 @@ fn inspect_server(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn inspect_client(path: &Path) -> Result<(), String> {
+fn inspect_client(path: &Path) -> Result<(), AuthError> {
     let data = read(path, "client bundle")?;
-    let b = ClientBundle::parse(&data)
-        .map_err(|e| format!("load client bundle {}: {e}", path.display()))?;
+    let b = ClientBundle::parse(&data).map_err(|e| AuthError::load("client bundle", path, e))?;
     println!("Client bundle: {}", path.display());
     if let Some(leaf) = b.chain.first() {
-        let c = cert_info(leaf)?;
+        let c = CertInfo::from_der(leaf)?;
         println!("  Client: {}", c.subject);
         println!("    Serial: {}", c.serial);
         println!("    Expires: {}", rfc3339(c.not_after));
@@ -1054,7 +1052,7 @@ fn inspect_client(path: &Path) -> Result<(), String> {
         }
     }
     for (i, ca) in b.ca_certs.iter().enumerate() {
-        let ca = cert_info(ca)?;
+        let ca = CertInfo::from_der(ca)?;
         println!(
             "  CA[{i}]: {} (serial {}, expires {})",
             ca.subject,
@@ -1065,52 +1063,12 @@ fn inspect_client(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Validity-date problems of one certificate, labelled `what`.
-fn date_issues(what: &str, c: &CertInfo, now: i64, issues: &mut Vec<String>) {
-    if c.not_after < now {
-        issues.push(format!("{what} expired at {}", rfc3339(c.not_after)));
-    }
-    if c.not_before > now {
-        issues.push(format!("{what} not valid until {}", rfc3339(c.not_before)));
-    }
-}
-
-fn server_issues(b: &ServerBundle) -> Result<Vec<String>, String> {
-    let now = now_unix();
-    let mut issues = Vec::new();
-    match b.ca_certs.first() {
-        None => issues.push("missing CA certificate".into()),
-        Some(ca) => {
-            let ca = cert_info(ca)?;
-            if !ca.is_ca {
-                issues.push(format!("CA certificate {} missing CA flag", ca.subject));
-            }
-            date_issues("CA certificate", &ca, now, &mut issues);
-        }
-    }
-    match b.chain.first() {
-        None => issues.push("missing server certificate".into()),
-        Some(leaf) => {
-            let s = cert_info(leaf)?;
-            date_issues("server certificate", &s, now, &mut issues);
-            if !s.server_auth {
-                issues.push("server certificate missing ServerAuth extended key usage".into());
-            }
-            let first_ca = b.ca_certs.first().cloned().into_iter().collect::<Vec<_>>();
-            if let Err(e) = verify_chain(&b.chain, &first_ca, webpki::KeyUsage::server_auth()) {
-                issues.push(format!("server certificate failed verification: {e}"));
-            }
-        }
-    }
-    Ok(issues)
-}
-
 /// Why a bundle failed verification.
 enum Failure {
     /// It could not be read or parsed.
-    Load(String),
+    Load(AuthError),
     /// It parsed but has problems.
-    Issues(Vec<String>),
+    Issues(Vec<Issue>),
 }
 
 /// Reports one bundle's outcome; returns whether it passed.
@@ -1134,19 +1092,19 @@ fn report(kind: &str, path: &Path, outcome: Result<String, Failure>) -> bool {
     }
 }
 
-fn finish(kind: &str, total: usize, failures: usize) -> Result<(), String> {
+fn finish(kind: &str, total: usize, failures: usize) -> Result<(), AuthError> {
     if failures > 0 {
         eprintln!("{kind} verification failed for {failures} bundle(s).");
-        return Err(format!(
-            "{} verification failed for {failures} bundle(s)",
-            kind.to_ascii_lowercase()
-        ));
+        return Err(AuthError::VerifyFailed {
+            kind: kind.to_ascii_lowercase(),
+            failures,
+        });
     }
     println!("{kind} verification succeeded for {total} bundle(s).");
     Ok(())
 }
 
-fn verify_server(a: InputArgs) -> Result<(), String> {
+fn verify_server(a: InputArgs) -> Result<(), AuthError> {
     let paths = targets(&a.inputs, SERVER_PREFIXES)?;
     if paths.is_empty() {
         eprintln!("No server bundles found.");
@@ -1156,13 +1114,13 @@ fn verify_server(a: InputArgs) -> Result<(), String> {
     for path in &paths {
         let outcome = (|| {
             let data = read(path, "server bundle").map_err(Failure::Load)?;
-            let b = ServerBundle::parse(&data).map_err(|e| Failure::Load(e.to_string()))?;
-            let issues = server_issues(&b).map_err(Failure::Load)?;
+            let b = ServerBundle::parse(&data).map_err(|e| Failure::Load(e.into()))?;
+            let issues = server_issues(&b, now_unix()).map_err(|e| Failure::Load(e.into()))?;
             if !issues.is_empty() {
                 return Err(Failure::Issues(issues));
             }
             let serial = |c: Option<&CertificateDer<'_>>| {
-                c.and_then(|c| cert_info(c).ok())
+                c.and_then(|c| CertInfo::from_der(c).ok())
                     .map(|i| i.serial)
                     .unwrap_or_else(|| "<unknown>".into())
             };
@@ -1179,68 +1137,21 @@ fn verify_server(a: InputArgs) -> Result<(), String> {
     finish("Server", paths.len(), failures)
 }
 
-fn client_issues(c: &ClientBundle, server: &ServerBundle) -> Result<Vec<String>, String> {
-    let now = now_unix();
-    let mut issues = Vec::new();
-    let leaf = c.chain.first().ok_or("missing client certificate")?;
-    let info = cert_info(leaf)?;
-    date_issues("client certificate", &info, now, &mut issues);
-    for ca in &c.ca_certs {
-        let ca = cert_info(ca)?;
-        if !ca.is_ca {
-            issues.push(format!("embedded CA {} missing CA flag", ca.subject));
-        }
-        date_issues(
-            &format!("embedded CA {}", ca.subject),
-            &ca,
-            now,
-            &mut issues,
-        );
-    }
-    if let Err(e) = verify_chain(&c.chain, &c.ca_certs, webpki::KeyUsage::client_auth()) {
-        issues.push(format!("client certificate failed verification: {e}"));
-    }
-    if let Some(server_ca) = server.ca_certs.first() {
-        if let Err(e) = verify_chain(
-            &c.chain,
-            std::slice::from_ref(server_ca),
-            webpki::KeyUsage::client_auth(),
-        ) {
-            let serial = cert_info(server_ca)
-                .map(|i| i.serial)
-                .unwrap_or_else(|_| "<unknown>".into());
-            issues.push(format!(
-                "client certificate not signed by server CA (serial {serial}): {e}"
-            ));
-        }
-    }
-    if server.denylist.contains(&info.serial) {
-        issues.push(format!(
-            "client certificate serial {} is revoked in denylist",
-            info.serial
-        ));
-    }
-    Ok(issues)
-}
-
-fn verify_client(a: VerifyClientArgs) -> Result<(), String> {
+fn verify_client(a: VerifyClientArgs) -> Result<(), AuthError> {
     let server_in = match a.server_in {
         Some(p) => p,
         None => config_dir()?.join("server.pem"),
     };
     let data = read(&server_in, "server bundle")?;
-    let server = ServerBundle::parse(&data)
-        .map_err(|e| format!("load server bundle {}: {e}", server_in.display()))?;
+    let server =
+        ServerBundle::parse(&data).map_err(|e| AuthError::load("server bundle", &server_in, e))?;
     let server_auth = server
         .chain
         .first()
-        .and_then(|c| cert_info(c).ok())
+        .and_then(|c| CertInfo::from_der(c).ok())
         .is_some_and(|i| i.server_auth);
     if !server_auth {
-        return Err(format!(
-            "server bundle {} does not contain a server certificate with ServerAuth usage",
-            server_in.display()
-        ));
+        return Err(AuthError::NotAServerBundle(server_in));
     }
     let paths = targets(&a.inputs.inputs, CLIENT_PREFIXES)?;
     if paths.is_empty() {
@@ -1251,21 +1162,22 @@ fn verify_client(a: VerifyClientArgs) -> Result<(), String> {
     for path in &paths {
         let outcome = (|| {
             let data = read(path, "client bundle").map_err(Failure::Load)?;
-            let c = ClientBundle::parse(&data).map_err(|e| Failure::Load(e.to_string()))?;
-            let issues = client_issues(&c, &server).map_err(Failure::Load)?;
+            let c = ClientBundle::parse(&data).map_err(|e| Failure::Load(e.into()))?;
+            let issues =
+                client_issues(&c, &server, now_unix()).map_err(|e| Failure::Load(e.into()))?;
             if !issues.is_empty() {
                 return Err(Failure::Issues(issues));
             }
             let serial = c
                 .chain
                 .first()
-                .and_then(|l| cert_info(l).ok())
+                .and_then(|l| CertInfo::from_der(l).ok())
                 .map(|i| i.serial)
                 .unwrap_or_default();
             let cas: Vec<String> = c
                 .ca_certs
                 .iter()
-                .filter_map(|ca| cert_info(ca).ok().map(|i| i.serial))
+                .filter_map(|ca| CertInfo::from_der(ca).ok().map(|i| i.serial))
                 .collect();
             let ca_summary = match cas.as_slice() {
                 [] => "no CA serials".to_string(),
@@ -1328,29 +1240,24 @@ fn bootstrap_config(dir: &Path) -> String {
 /// (empty) and the config file: `config` when given (`-c`), else
 /// `dir/config.yaml`. Files are created with mode 0600; an existing file is
 /// never touched, and when `ca.pem` exists the missing bundles are issued
-/// by it. Sets `LOCKD_CONFIG_DIR` to `dir` unless it is set. Reports on
-/// stderr what it created.
-///
-/// Must run before any other thread starts (it sets an environment
-/// variable).
-pub fn bootstrap(dir: &Path, config: Option<&Path>) -> Result<PathBuf, String> {
+/// by it. Reports on stderr what it created. Returns the config file and
+/// `dir` made absolute (the server's config directory unless
+/// `LOCKD_CONFIG_DIR` names another).
+pub fn bootstrap(dir: &Path, config: Option<&Path>) -> Result<(PathBuf, PathBuf), AuthError> {
     if dir.as_os_str().is_empty() {
-        return Err("bootstrap: directory required".into());
+        return Err(AuthError::BootstrapWithoutDir);
     }
-    create_dir_private(dir).map_err(|e| format!("bootstrap: {e}"))?;
+    create_dir_private(dir).map_err(AuthError::bootstrap)?;
     let dir = std::fs::canonicalize(dir)
-        .map_err(|e| format!("bootstrap: resolve {}: {e}", dir.display()))?;
-    if std::env::var_os("LOCKD_CONFIG_DIR").is_none_or(|v| v.is_empty()) {
-        std::env::set_var("LOCKD_CONFIG_DIR", &dir);
-    }
+        .map_err(|e| AuthError::bootstrap(AuthError::io("resolve", dir, e)))?;
     let config_path = match config {
         Some(c) => std::path::absolute(c)
-            .map_err(|e| format!("bootstrap: resolve config path {}: {e}", c.display()))?,
+            .map_err(|e| AuthError::bootstrap(AuthError::io("resolve config path", c, e)))?,
         None => dir.join("config.yaml"),
     };
     let mut created: Vec<PathBuf> = Vec::new();
-    let mut create = |path: PathBuf, data: &[u8]| -> Result<(), String> {
-        write_file(&path, data, Existing::Keep).map_err(|e| format!("bootstrap: {e}"))?;
+    let mut create = |path: PathBuf, data: &[u8]| -> Result<(), AuthError> {
+        write_file(&path, data, Existing::Keep).map_err(AuthError::bootstrap)?;
         created.push(path);
         Ok(())
     };
@@ -1360,14 +1267,14 @@ pub fn bootstrap(dir: &Path, config: Option<&Path>) -> Result<PathBuf, String> {
         // An existing file is never rewritten, so a CA bundle without
         // storage-encryption material stays as it is (a new server bundle
         // then gets fresh material).
-        load_ca(&ca_path).map_err(|e| format!("bootstrap: {e}"))?.0
+        load_ca(&ca_path).map_err(AuthError::bootstrap)?.0
     } else {
         let ca = Ca::generate("lockd-root", Validity::from_now(BOOTSTRAP_CA_VALIDITY))
-            .map_err(|e| format!("bootstrap: {e}"))?;
+            .map_err(AuthError::bootstrap)?;
         create(ca_path, ca.bundle().as_bytes())?;
         ca
     };
-    let issue = |spec: LeafSpec| ca.issue(&spec).map_err(|e| format!("bootstrap: {e}"));
+    let issue = |spec: LeafSpec| ca.issue(&spec).map_err(AuthError::bootstrap);
 
     let server_path = dir.join("server.pem");
     if !server_path.exists() {
@@ -1424,20 +1331,12 @@ pub fn bootstrap(dir: &Path, config: Option<&Path>) -> Result<PathBuf, String> {
             dir.display()
         );
     }
-    Ok(config_path)
+    Ok((config_path, dir))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn formats_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(2_082_758_399), "2035-12-31T23:59:59Z");
-        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
-    }
 
     #[test]
     fn numbers_like_go() {
@@ -1474,6 +1373,7 @@ mod tests {
         write_file(&p, b"one", Existing::Keep).unwrap();
         assert!(write_file(&p, b"two", Existing::Keep)
             .unwrap_err()
+            .to_string()
             .contains("already exists"));
         assert_eq!(std::fs::read(&p).unwrap(), b"one");
         write_file(&p, b"two", Existing::Replace).unwrap();

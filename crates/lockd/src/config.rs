@@ -1,10 +1,12 @@
 //! Config files for the server: `-c/--config FILE`, else
 //! `$LOCKD_CONFIG_DIR/config.yaml`, else `~/.lockd/config.yaml` when it
 //! exists. Keys are flag names (`listen: 127.0.0.1:9341`); precedence is
-//! file < `LOCKD_*` environment < flags, which this achieves by filling in
-//! only the `LOCKD_*` variables that are not set before the flags are
-//! parsed. The format is the flat subset of YAML the original uses:
-//! `key: value` lines, `#` comments, optional quotes.
+//! file < `LOCKD_*` environment < flags, which this achieves by making
+//! each value the default of its flag before clap parses (clap itself
+//! then prefers the environment and the command line). A key matches the
+//! flag whose `LOCKD_*` variable it names (`default-ttl`, `default_ttl`).
+//! The format is the flat subset of YAML the original uses: `key: value`
+//! lines, `#` comments, optional quotes.
 
 use std::path::{Path, PathBuf};
 
@@ -81,24 +83,50 @@ pub fn env_name(key: &str) -> String {
     format!("LOCKD_{}", key.replace('-', "_").to_ascii_uppercase())
 }
 
-/// Loads `path` and sets the `LOCKD_*` variable of every key whose
-/// variable is not set yet. Must run before any other thread starts.
-pub fn apply(path: &Path) -> Result<usize, String> {
+/// What [`apply`] did with a config file.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Keys that became flag defaults.
+    pub flags: usize,
+    /// `otlp-endpoint` from the file when this build has no such flag
+    /// (the server warns that no traces are exported).
+    pub otlp_endpoint: Option<String>,
+    /// Keys that name no server flag; they are ignored.
+    pub unknown: Vec<String>,
+}
+
+/// Loads `path` and makes each value the default of the server flag its
+/// key names, so that the environment and the command line still win.
+/// The first occurrence of a key counts.
+pub fn apply(cmd: clap::Command, path: &Path) -> Result<(clap::Command, Applied), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
     let pairs = parse(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
-    let mut n = 0;
+    let mut cmd = cmd;
+    let mut applied = Applied::default();
+    let mut seen = std::collections::HashSet::new();
     for (k, v) in pairs {
         if k == "config" {
             continue;
         }
         let var = env_name(&k);
-        if std::env::var_os(&var).is_none() {
-            std::env::set_var(var, v);
-            n += 1;
+        if !seen.insert(var.clone()) {
+            continue;
+        }
+        let id = cmd
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|e| e == var.as_str()))
+            .map(|a| a.get_id().clone());
+        match id {
+            Some(id) => {
+                cmd = cmd.mut_arg(id, |a| a.default_value(v));
+                applied.flags += 1;
+            }
+            None if var == "LOCKD_OTLP_ENDPOINT" => applied.otlp_endpoint = Some(v),
+            None => applied.unknown.push(k),
         }
     }
-    Ok(n)
+    Ok((cmd, applied))
 }
 
 /// A commented template of every server setting, for `lockd config gen`.
@@ -176,5 +204,34 @@ mod tests {
         assert_eq!(env_name("drain-grace"), "LOCKD_DRAIN_GRACE");
         // The template is valid (all commented out).
         assert!(parse(TEMPLATE).unwrap().is_empty());
+    }
+
+    #[test]
+    fn file_values_become_defaults_below_env_and_flags() {
+        #[derive(Debug, clap::Parser)]
+        struct Flags {
+            #[arg(long, env = "LOCKD_TEST_CFG_A", default_value = "a0")]
+            alpha: String,
+            #[arg(long, env = "LOCKD_TEST_CFG_B", default_value = "b0")]
+            beta: String,
+            #[arg(long, env = "LOCKD_TEST_CFG_NEVER_SET", default_value_t = false)]
+            gamma: bool,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "test-cfg-a: file\nTEST_CFG_B: file\ntest-cfg-b: second\ntest-cfg-never-set: true\nbogus: 1\n",
+        )
+        .unwrap();
+        let (cmd, applied) = apply(<Flags as clap::CommandFactory>::command(), &file).unwrap();
+        assert_eq!(applied.flags, 3);
+        assert_eq!(applied.unknown, ["bogus"]);
+        let m = cmd.try_get_matches_from(["t", "--beta", "flag"]).unwrap();
+        let f = <Flags as clap::FromArgMatches>::from_arg_matches(&m).unwrap();
+        assert_eq!(
+            (f.alpha.as_str(), f.beta.as_str(), f.gamma),
+            ("file", "flag", true)
+        );
     }
 }

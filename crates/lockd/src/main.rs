@@ -21,9 +21,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::Duration;
 
 use clap::Parser;
-use lockd_server::config::{default_data_dir, parse_duration, parse_size};
+use lockd_server::config::{
+    default_data_dir, format_duration, format_size, parse_duration, parse_size,
+};
 use lockd_server::control::qrf::QrfConfig;
 use lockd_server::obs::log::LogFormat;
+use lockd_server::storage::{S3Scheme, StoreUrl};
 use lockd_server::{ListenProto, ServerConfig};
 
 /// lockd: exclusive leases with fencing tokens, atomic JSON state and an
@@ -80,11 +83,16 @@ enum VerifyCommand {
     },
 }
 
+/// The `--store` URL of the durable default store in `dir`.
+fn disk_store(dir: std::path::PathBuf) -> String {
+    StoreUrl::Disk { path: dir }.to_string()
+}
+
 /// `lockd verify store`.
 async fn verify_store(url: Option<String>) -> ExitCode {
     let url = match url {
         Some(s) if !s.trim().is_empty() => s,
-        _ => format!("disk://{}", default_data_dir().display()),
+        _ => disk_store(default_data_dir()),
     };
     let store = match lockd_server::storage::open(&url) {
         Ok(s) => s,
@@ -171,11 +179,11 @@ struct Args {
 
     /// Address to listen on (`host:port`, `:port` for all interfaces), or a
     /// socket path with `--listen-proto unix`.
-    #[arg(long, env = "LOCKD_LISTEN", default_value = ":9341")]
+    #[arg(long, env = "LOCKD_LISTEN", default_value = DEFAULTS.listen.as_str())]
     listen: String,
 
     /// Listener kind: tcp, tcp4, tcp6 or unix.
-    #[arg(long, env = "LOCKD_LISTEN_PROTO", default_value = "tcp", value_parser = parse_proto)]
+    #[arg(long, env = "LOCKD_LISTEN_PROTO", default_value_t = DEFAULTS.listen_proto, value_parser = parse_proto)]
     listen_proto: ListenProto,
 
     /// Storage backend: `mem://` (ephemeral), `disk:///abs/path` or
@@ -197,28 +205,28 @@ struct Args {
         short = 'n',
         long,
         env = "LOCKD_DEFAULT_NAMESPACE",
-        default_value = "default"
+        default_value = DEFAULTS.default_namespace.as_str()
     )]
     default_namespace: String,
 
     /// Lease TTL used when a request asks for none.
-    #[arg(long, env = "LOCKD_DEFAULT_TTL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_DEFAULT_TTL", default_value = duration(DEFAULTS.default_ttl), value_parser = parse_duration)]
     default_ttl: Duration,
 
     /// Longest lease TTL; larger requests are clamped.
-    #[arg(long, env = "LOCKD_MAX_TTL", default_value = "30m", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_MAX_TTL", default_value = duration(DEFAULTS.max_ttl), value_parser = parse_duration)]
     max_ttl: Duration,
 
     /// How long an acquire with `block_seconds` below -1 waits.
-    #[arg(long, env = "LOCKD_ACQUIRE_BLOCK", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_ACQUIRE_BLOCK", default_value = duration(DEFAULTS.acquire_block), value_parser = parse_duration)]
     acquire_block: Duration,
 
     /// Largest JSON request body or state document (e.g. 100MB, 64MiB).
-    #[arg(long, env = "LOCKD_JSON_MAX", default_value = "100MB", value_parser = parse_size)]
+    #[arg(long, env = "LOCKD_JSON_MAX", default_value = size(DEFAULTS.json_max), value_parser = parse_size)]
     json_max: u64,
 
     /// How often expired leases are swept from storage (0 disables).
-    #[arg(long, env = "LOCKD_SWEEPER_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_SWEEPER_INTERVAL", default_value = duration(DEFAULTS.sweeper_interval), value_parser = parse_duration)]
     sweeper_interval: Duration,
 
     /// Most queue consumers waiting at once; more get `503 queue_busy`.
@@ -251,34 +259,34 @@ struct Args {
 
     /// From the first byte of a request to its complete head; a client
     /// that takes longer (a slowloris drip) is disconnected.
-    #[arg(long, env = "LOCKD_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_HTTP_HEADER_TIMEOUT", default_value = duration(DEFAULTS.http.header_timeout), value_parser = parse_duration)]
     http_header_timeout: Duration,
 
     /// How long a connection may wait without a request (a new one, or
     /// keep-alive between requests) before it is closed.
-    #[arg(long, env = "LOCKD_HTTP_IDLE_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_HTTP_IDLE_TIMEOUT", default_value = duration(DEFAULTS.http.idle_timeout), value_parser = parse_duration)]
     http_idle_timeout: Duration,
 
     /// Longest pause in a request body; the request then fails and the
     /// connection closes.
-    #[arg(long, env = "LOCKD_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_HTTP_BODY_TIMEOUT", default_value = duration(DEFAULTS.http.body_timeout), value_parser = parse_duration)]
     http_body_timeout: Duration,
 
     /// Most connections open at once (0: the open-files limit, raised to
     /// its hard maximum, less 256). Connections past it are closed at once.
-    #[arg(long, env = "LOCKD_MAX_CONNECTIONS", default_value_t = 0)]
+    #[arg(long, env = "LOCKD_MAX_CONNECTIONS", default_value_t = DEFAULTS.http.max_connections)]
     max_connections: usize,
 
     /// Of --max-connections, how many serve only health checks and
     /// requests that finish work (ack, nack, extend, keepalive, release),
     /// so those get through when the server is full.
-    #[arg(long, env = "LOCKD_CONNECTION_RESERVE", default_value_t = 32)]
+    #[arg(long, env = "LOCKD_CONNECTION_RESERVE", default_value_t = DEFAULTS.http.reserve)]
     connection_reserve: usize,
 
     /// Drain window on SIGTERM/SIGINT: new acquires and consumers are
     /// refused while held leases finish (at most 80 % of
     /// --shutdown-timeout; 0 disables draining).
-    #[arg(long, env = "LOCKD_DRAIN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_DRAIN_GRACE", default_value = duration(DEFAULTS.drain_grace), value_parser = parse_duration)]
     drain_grace: Duration,
 
     #[command(flatten)]
@@ -286,28 +294,28 @@ struct Args {
 
     /// How long shutdown waits for in-flight requests (blocked acquires
     /// included) before closing connections.
-    #[arg(long, env = "LOCKD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_SHUTDOWN_TIMEOUT", default_value = duration(DEFAULTS.shutdown_timeout), value_parser = parse_duration)]
     shutdown_timeout: Duration,
 
     /// How nodes sharing one object store coordinate: `failover` (one
     /// active node, the others answer 503 node_passive), `concurrent`
     /// (every node serves every key; object stores only), `single` (no
     /// coordination), `auto` (as failover).
-    #[arg(long, env = "LOCKD_HA", default_value = "failover")]
+    #[arg(long, env = "LOCKD_HA", default_value_t = DEFAULTS.ha)]
     ha: lockd_server::ha::HaMode,
 
     /// Lifetime of the failover lease; a passive node takes over at most
     /// this long after the active one stops renewing it (at least 5s).
-    #[arg(long, env = "LOCKD_HA_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_HA_LEASE_TTL", default_value = duration(DEFAULTS.ha_lease_ttl), value_parser = parse_duration)]
     ha_lease_ttl: Duration,
 
     /// On shared object storage: how often waiting acquires and dequeues
     /// look for changes made by other nodes.
-    #[arg(long, env = "LOCKD_QUEUE_POLL_INTERVAL", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_QUEUE_POLL_INTERVAL", default_value = duration(DEFAULTS.queue_poll_interval), value_parser = parse_duration)]
     queue_poll_interval: Duration,
 
     /// Random extra delay (0..this) added to each poll.
-    #[arg(long, env = "LOCKD_QUEUE_POLL_JITTER", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_QUEUE_POLL_JITTER", default_value = duration(DEFAULTS.queue_poll_jitter), value_parser = parse_duration)]
     queue_poll_jitter: Duration,
 
     /// AWS region for `aws://` stores (else AWS_REGION).
@@ -366,116 +374,116 @@ struct Args {
 #[derive(Debug, clap::Args)]
 struct QrfArgs {
     /// Turn perimeter defence (QRF and the LSF sampler) off.
-    #[arg(long, env = "LOCKD_QRF_DISABLED", default_value_t = false)]
+    #[arg(long, env = "LOCKD_QRF_DISABLED", default_value_t = DEFAULTS.qrf.disabled)]
     qrf_disabled: bool,
     /// In-flight queue operations at which pressure-adding work is paced.
-    #[arg(long, env = "LOCKD_QRF_QUEUE_SOFT_LIMIT", default_value_t = 0)]
+    #[arg(long, env = "LOCKD_QRF_QUEUE_SOFT_LIMIT", default_value_t = DEFAULTS.qrf.queue_soft_limit)]
     qrf_queue_soft_limit: i64,
     /// In-flight queue operations at which QRF engages.
-    #[arg(long, env = "LOCKD_QRF_QUEUE_HARD_LIMIT", default_value_t = 0)]
+    #[arg(long, env = "LOCKD_QRF_QUEUE_HARD_LIMIT", default_value_t = DEFAULTS.qrf.queue_hard_limit)]
     qrf_queue_hard_limit: i64,
     /// In-flight consumers at which consumers are paced.
-    #[arg(long, env = "LOCKD_QRF_QUEUE_CONSUMER_SOFT_LIMIT", default_value_t = 0)]
+    #[arg(long, env = "LOCKD_QRF_QUEUE_CONSUMER_SOFT_LIMIT", default_value_t = DEFAULTS.qrf.queue_consumer_soft_limit)]
     qrf_queue_consumer_soft_limit: i64,
     /// In-flight consumers at which QRF engages.
-    #[arg(long, env = "LOCKD_QRF_QUEUE_CONSUMER_HARD_LIMIT", default_value_t = 0)]
+    #[arg(long, env = "LOCKD_QRF_QUEUE_CONSUMER_HARD_LIMIT", default_value_t = DEFAULTS.qrf.queue_consumer_hard_limit)]
     qrf_queue_consumer_hard_limit: i64,
     /// Messages held by the queues at which producers are paced.
     #[arg(
         long,
         env = "LOCKD_QRF_QUEUE_BACKLOG_SOFT_LIMIT",
-        default_value_t = 50_000
+        default_value_t = DEFAULTS.qrf.queue_backlog_soft_limit
     )]
     qrf_queue_backlog_soft_limit: i64,
     /// Messages held by the queues at which QRF engages (producers refused).
     #[arg(
         long,
         env = "LOCKD_QRF_QUEUE_BACKLOG_HARD_LIMIT",
-        default_value_t = 100_000
+        default_value_t = DEFAULTS.qrf.queue_backlog_hard_limit
     )]
     qrf_queue_backlog_hard_limit: i64,
     /// In-flight lock operations soft limit.
-    #[arg(long, env = "LOCKD_QRF_LOCK_SOFT_LIMIT", default_value_t = 0)]
+    #[arg(long, env = "LOCKD_QRF_LOCK_SOFT_LIMIT", default_value_t = DEFAULTS.qrf.lock_soft_limit)]
     qrf_lock_soft_limit: i64,
     /// In-flight lock operations hard limit.
-    #[arg(long, env = "LOCKD_QRF_LOCK_HARD_LIMIT", default_value_t = 0)]
+    #[arg(long, env = "LOCKD_QRF_LOCK_HARD_LIMIT", default_value_t = DEFAULTS.qrf.lock_hard_limit)]
     qrf_lock_hard_limit: i64,
     /// Host memory in use (%) soft limit.
     #[arg(
         long,
         env = "LOCKD_QRF_MEMORY_SOFT_LIMIT_PERCENT",
-        default_value_t = 80.0
+        default_value_t = DEFAULTS.qrf.memory_soft_limit_percent
     )]
     qrf_memory_soft_limit_percent: f64,
     /// Host memory in use (%) hard limit.
     #[arg(
         long,
         env = "LOCKD_QRF_MEMORY_HARD_LIMIT_PERCENT",
-        default_value_t = 90.0
+        default_value_t = DEFAULTS.qrf.memory_hard_limit_percent
     )]
     qrf_memory_hard_limit_percent: f64,
     /// Subtracted from memory % when the host does not report MemAvailable.
     #[arg(
         long,
         env = "LOCKD_QRF_MEMORY_STRICT_HEADROOM_PERCENT",
-        default_value_t = 15.0
+        default_value_t = DEFAULTS.qrf.memory_strict_headroom_percent
     )]
     qrf_memory_strict_headroom_percent: f64,
     /// Process RSS soft limit (e.g. 2GB; 0 off).
-    #[arg(long, env = "LOCKD_QRF_MEMORY_SOFT_LIMIT", default_value = "0", value_parser = parse_size)]
+    #[arg(long, env = "LOCKD_QRF_MEMORY_SOFT_LIMIT", default_value = size(DEFAULTS.qrf.memory_soft_limit_bytes), value_parser = parse_size)]
     qrf_memory_soft_limit: u64,
     /// Process RSS hard limit (0 off).
-    #[arg(long, env = "LOCKD_QRF_MEMORY_HARD_LIMIT", default_value = "0", value_parser = parse_size)]
+    #[arg(long, env = "LOCKD_QRF_MEMORY_HARD_LIMIT", default_value = size(DEFAULTS.qrf.memory_hard_limit_bytes), value_parser = parse_size)]
     qrf_memory_hard_limit: u64,
     /// Swap in use (%) soft limit (0 off).
-    #[arg(long, env = "LOCKD_QRF_SWAP_SOFT_LIMIT_PERCENT", default_value_t = 0.0)]
+    #[arg(long, env = "LOCKD_QRF_SWAP_SOFT_LIMIT_PERCENT", default_value_t = DEFAULTS.qrf.swap_soft_limit_percent)]
     qrf_swap_soft_limit_percent: f64,
     /// Swap in use (%) hard limit (0 off).
-    #[arg(long, env = "LOCKD_QRF_SWAP_HARD_LIMIT_PERCENT", default_value_t = 0.0)]
+    #[arg(long, env = "LOCKD_QRF_SWAP_HARD_LIMIT_PERCENT", default_value_t = DEFAULTS.qrf.swap_hard_limit_percent)]
     qrf_swap_hard_limit_percent: f64,
     /// Host CPU (%) soft limit (0 off: a busy server is doing its job).
-    #[arg(long, env = "LOCKD_QRF_CPU_SOFT_LIMIT", default_value_t = 0.0)]
+    #[arg(long, env = "LOCKD_QRF_CPU_SOFT_LIMIT", default_value_t = DEFAULTS.qrf.cpu_soft_limit)]
     qrf_cpu_soft_limit: f64,
     /// Host CPU (%) hard limit (0 off).
-    #[arg(long, env = "LOCKD_QRF_CPU_HARD_LIMIT", default_value_t = 0.0)]
+    #[arg(long, env = "LOCKD_QRF_CPU_HARD_LIMIT", default_value_t = DEFAULTS.qrf.cpu_hard_limit)]
     qrf_cpu_hard_limit: f64,
     /// 1-minute load as a multiple of its baseline: soft limit.
     #[arg(
         long,
         env = "LOCKD_QRF_LOAD_SOFT_LIMIT_MULTIPLIER",
-        default_value_t = 4.0
+        default_value_t = DEFAULTS.qrf.load_soft_limit_multiplier
     )]
     qrf_load_soft_limit_multiplier: f64,
     /// 1-minute load as a multiple of its baseline: hard limit.
     #[arg(
         long,
         env = "LOCKD_QRF_LOAD_HARD_LIMIT_MULTIPLIER",
-        default_value_t = 8.0
+        default_value_t = DEFAULTS.qrf.load_hard_limit_multiplier
     )]
     qrf_load_hard_limit_multiplier: f64,
     /// Healthy samples before relaxing one step.
-    #[arg(long, env = "LOCKD_QRF_RECOVERY_SAMPLES", default_value_t = 5)]
+    #[arg(long, env = "LOCKD_QRF_RECOVERY_SAMPLES", default_value_t = DEFAULTS.qrf.recovery_samples)]
     qrf_recovery_samples: u32,
     /// Base pacing delay while soft-armed.
-    #[arg(long, env = "LOCKD_QRF_SOFT_DELAY", default_value = "50ms", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_QRF_SOFT_DELAY", default_value = duration(DEFAULTS.qrf.soft_delay), value_parser = parse_duration)]
     qrf_soft_delay: Duration,
     /// Base pacing delay while engaged.
-    #[arg(long, env = "LOCKD_QRF_ENGAGED_DELAY", default_value = "250ms", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_QRF_ENGAGED_DELAY", default_value = duration(DEFAULTS.qrf.engaged_delay), value_parser = parse_duration)]
     qrf_engaged_delay: Duration,
     /// Base pacing delay while recovering.
-    #[arg(long, env = "LOCKD_QRF_RECOVERY_DELAY", default_value = "200ms", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_QRF_RECOVERY_DELAY", default_value = duration(DEFAULTS.qrf.recovery_delay), value_parser = parse_duration)]
     qrf_recovery_delay: Duration,
     /// Longest pacing delay; beyond it clients get 429.
-    #[arg(long, env = "LOCKD_QRF_MAX_WAIT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_QRF_MAX_WAIT", default_value = duration(DEFAULTS.qrf.max_wait), value_parser = parse_duration)]
     qrf_max_wait: Duration,
     /// Most requests pacing at once; beyond it clients get 429.
-    #[arg(long, env = "LOCKD_QRF_MAX_PACED", default_value_t = 256)]
+    #[arg(long, env = "LOCKD_QRF_MAX_PACED", default_value_t = DEFAULTS.qrf.max_paced)]
     qrf_max_paced: usize,
     /// How often the LSF samples the host.
-    #[arg(long, env = "LOCKD_LSF_SAMPLE_INTERVAL", default_value = "200ms", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_LSF_SAMPLE_INTERVAL", default_value = duration(DEFAULTS.lsf_sample_interval), value_parser = parse_duration)]
     lsf_sample_interval: Duration,
     /// How often a sample is logged (0 never).
-    #[arg(long, env = "LOCKD_LSF_LOG_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "LOCKD_LSF_LOG_INTERVAL", default_value = duration(DEFAULTS.lsf_log_interval), value_parser = parse_duration)]
     lsf_log_interval: Duration,
 }
 
@@ -512,6 +520,21 @@ impl QrfArgs {
     }
 }
 
+/// The defaults `--help` shows: [`ServerConfig::default`] is their one
+/// source, so the flags cannot drift from what an embedded server uses.
+static DEFAULTS: std::sync::LazyLock<ServerConfig> =
+    std::sync::LazyLock::new(ServerConfig::default);
+
+/// A default duration as a flag value (`30s`, `5m`).
+fn duration(d: Duration) -> String {
+    format_duration(d)
+}
+
+/// A default byte size as a flag value (`100MB`).
+fn size(n: u64) -> String {
+    format_size(n)
+}
+
 fn parse_proto(s: &str) -> Result<ListenProto, String> {
     s.parse()
 }
@@ -546,10 +569,14 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    // The config file fills in LOCKD_* variables that are not set, before
-    // any thread exists; flags then win over both.
+    // The config file's values become the defaults of their flags, so the
+    // environment and the command line still win over them.
     let argv: Vec<String> = std::env::args().collect();
     let is_server = argv.get(1).is_none_or(|a| a.starts_with('-'));
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    let mut file_otlp_endpoint = None;
+    // Where the default bundle and data live when --bootstrap chose it.
+    let mut config_dir = None;
     if is_server {
         // --bootstrap creates its files (and the config) before the config
         // file is looked for, so the server then reads the new config.
@@ -561,7 +588,12 @@ fn main() -> ExitCode {
         {
             if let Some(dir) = server.bootstrap {
                 match auth::bootstrap(&dir, server.config.as_deref()) {
-                    Ok(path) => bootstrapped = Some(path),
+                    Ok((path, dir)) => {
+                        if std::env::var_os("LOCKD_CONFIG_DIR").is_none_or(|v| v.is_empty()) {
+                            config_dir = Some(dir);
+                        }
+                        bootstrapped = Some(path);
+                    }
                     Err(e) => {
                         eprintln!("lockd: {e}");
                         return ExitCode::from(1);
@@ -570,13 +602,28 @@ fn main() -> ExitCode {
             }
         }
         if let Some(path) = bootstrapped.or_else(|| config::locate(&argv)) {
-            if let Err(e) = config::apply(&path) {
-                eprintln!("lockd: {e}");
-                return ExitCode::from(2);
+            match config::apply(cmd, &path) {
+                Ok((with_file, applied)) => {
+                    cmd = with_file;
+                    for key in &applied.unknown {
+                        eprintln!(
+                            "lockd: config {}: {key:?} is not a server flag; ignored",
+                            path.display()
+                        );
+                    }
+                    file_otlp_endpoint = applied.otlp_endpoint;
+                }
+                Err(e) => {
+                    eprintln!("lockd: {e}");
+                    return ExitCode::from(2);
+                }
             }
         }
     }
-    let cli = Cli::parse();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&cmd.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Some(Command::Config(ConfigCommand::Gen { stdout, out, force })) => {
             return config_gen(stdout, out, force)
@@ -590,7 +637,7 @@ fn main() -> ExitCode {
         _ => {}
     }
     match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt.block_on(run(cli)),
+        Ok(rt) => rt.block_on(run(cli, file_otlp_endpoint, config_dir)),
         Err(e) => {
             eprintln!("lockd: cannot start the runtime: {e}");
             ExitCode::from(1)
@@ -598,7 +645,14 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> ExitCode {
+/// Runs the command line's command, or the server. `file_otlp_endpoint` is
+/// a config file's `otlp-endpoint` when this build has no such flag;
+/// `config_dir` replaces `$LOCKD_CONFIG_DIR` (see [`serve`]).
+async fn run(
+    cli: Cli,
+    file_otlp_endpoint: Option<String>,
+    config_dir: Option<std::path::PathBuf>,
+) -> ExitCode {
     if let Some(Command::Client(c)) = cli.command {
         init_logging(LogFormat::Text, "warn");
         return client::run(c).await;
@@ -611,17 +665,21 @@ async fn run(cli: Cli) -> ExitCode {
     #[cfg(not(feature = "otlp"))]
     {
         init_logging(args.log_format, &args.log_level);
-        // Set directly or by a config file's `otlp-endpoint`.
-        if std::env::var_os("LOCKD_OTLP_ENDPOINT").is_some_and(|v| !v.is_empty()) {
+        // Set in the environment or by a config file's `otlp-endpoint`.
+        let otlp_asked = std::env::var_os("LOCKD_OTLP_ENDPOINT").is_some_and(|v| !v.is_empty())
+            || file_otlp_endpoint.is_some_and(|v| !v.is_empty());
+        if otlp_asked {
             tracing::warn!(
                 "LOCKD_OTLP_ENDPOINT is set, but this lockd was built without the `otlp` \
                  feature: no traces are exported"
             );
         }
-        serve(args).await
+        serve(args, config_dir).await
     }
     #[cfg(feature = "otlp")]
     {
+        // The flag exists in this build: the file set it through clap.
+        let _ = file_otlp_endpoint;
         let endpoint = args
             .otlp_endpoint
             .as_deref()
@@ -629,7 +687,7 @@ async fn run(cli: Cli) -> ExitCode {
             .filter(|e| !e.is_empty());
         let Some(endpoint) = endpoint else {
             init_logging(args.log_format, &args.log_level);
-            return serve(args).await;
+            return serve(args, config_dir).await;
         };
         let traces = match lockd_server::obs::otlp::Traces::new(endpoint) {
             Ok(t) => t,
@@ -639,7 +697,7 @@ async fn run(cli: Cli) -> ExitCode {
             }
         };
         lockd_server::obs::log::init_with_traces(args.log_format, &args.log_level, &traces);
-        let code = serve(args).await;
+        let code = serve(args, config_dir).await;
         // Sends the spans still queued; the exporter blocks, so off the
         // runtime's workers.
         let flushed = tokio::task::spawn_blocking(move || {
@@ -654,7 +712,9 @@ async fn run(cli: Cli) -> ExitCode {
 }
 
 /// Runs the server until SIGTERM/SIGINT and its graceful shutdown.
-async fn serve(args: Args) -> ExitCode {
+/// `config_dir` (from `--bootstrap`) holds the default bundle and data in
+/// place of `$LOCKD_CONFIG_DIR` or `~/.lockd`.
+async fn serve(args: Args, config_dir: Option<std::path::PathBuf>) -> ExitCode {
     let tls = if args.disable_mtls {
         tracing::warn!(
             "mTLS disabled (--disable-mtls): plain HTTP with no client authentication \
@@ -664,7 +724,10 @@ async fn serve(args: Args) -> ExitCode {
     } else if args.listen_proto == ListenProto::Unix {
         None
     } else {
-        let path = args.bundle.clone().unwrap_or_else(default_bundle_path);
+        let path = args.bundle.clone().unwrap_or_else(|| match &config_dir {
+            Some(d) => d.join("server.pem"),
+            None => default_bundle_path(),
+        });
         match lockd_tls::ServerBundle::load(&path, args.denylist_path.as_deref()) {
             Ok(b) => Some(b),
             Err(e) => {
@@ -685,12 +748,22 @@ async fn serve(args: Args) -> ExitCode {
     let mtls = tls.is_some();
     let mut store = match args.store {
         Some(s) if !s.trim().is_empty() => s,
-        _ => format!("disk://{}", default_data_dir().display()),
+        _ => {
+            let data = match &config_dir {
+                Some(d) => d.join("data"),
+                None => default_data_dir(),
+            };
+            disk_store(data)
+        }
     };
+    // --aws-region fills in an aws:// URL's region; a URL that does not
+    // parse is left as it is for start-up to report.
     if let Some(region) = args.aws_region.as_deref().filter(|r| !r.trim().is_empty()) {
-        if store.starts_with("aws://") && !store.contains("region=") {
-            let sep = if store.contains('?') { '&' } else { '?' };
-            store = format!("{store}{sep}region={}", region.trim());
+        if let Ok(StoreUrl::S3(mut url)) = store.parse::<StoreUrl>() {
+            if url.scheme == S3Scheme::Aws && url.region.is_none() {
+                url.region = Some(region.trim().to_string());
+                store = StoreUrl::S3(url).to_string();
+            }
         }
     }
     let cfg = ServerConfig {

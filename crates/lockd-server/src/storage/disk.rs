@@ -1101,7 +1101,8 @@ mod tests {
         // Through the URL too (what the server opens).
         let err = crate::storage::open(&format!("disk://{}", image.path().display()))
             .err()
-            .expect("must not open");
+            .expect("must not open")
+            .to_string();
         assert!(err.contains("damaged"), "{err}");
 
         let copy = DiskStore::open_with(image.path(), &recovering()).unwrap();

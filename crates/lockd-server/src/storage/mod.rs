@@ -15,6 +15,7 @@
 mod disk;
 mod mem;
 pub mod s3;
+mod url;
 pub mod verify;
 mod wal;
 
@@ -30,6 +31,7 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>
 pub use disk::{DamagedLog, DiskStore, OpenError};
 pub use mem::MemStore;
 pub use s3::S3Store;
+pub use url::{S3Scheme, S3Url, StoreUrl, StoreUrlError};
 
 /// Reads the fencing token an object carries, if any: given a key and its
 /// value, the highest token it records. The engine knows its objects'
@@ -157,39 +159,65 @@ pub fn once_stream(b: Bytes) -> ByteStream {
     Box::pin(futures_util::stream::once(async move { Ok(b) }))
 }
 
+/// Why a store did not open. The texts are what `lockd` prints.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreOpenError {
+    /// The URL does not parse.
+    #[error(transparent)]
+    Url(#[from] StoreUrlError),
+    /// The `disk://` store refused to open (damaged log, in use, I/O).
+    #[error(transparent)]
+    Disk(#[from] OpenError),
+    /// `s3://` without usable credentials in the environment.
+    #[error("store {url:?}: {reason}")]
+    Credentials {
+        /// The store URL.
+        url: String,
+        /// What is missing.
+        reason: String,
+    },
+    /// `aws://` without a region anywhere.
+    #[error(
+        "store {url:?} needs a region: set --aws-region (LOCKD_AWS_REGION), \
+         AWS_REGION, or add ?region=REGION"
+    )]
+    NoRegion {
+        /// The store URL.
+        url: String,
+    },
+    /// The object-store client could not be built.
+    #[error("store {url:?}: {source}")]
+    Client {
+        /// The store URL.
+        url: String,
+        /// The client's reason.
+        source: object_store::Error,
+    },
+    /// The object layout under the prefix is not a valid path.
+    #[error("{0}")]
+    Layout(#[from] object_store::path::Error),
+}
+
 /// Opens a backend from a `--store` URL: `mem://`, `memory://`,
 /// `disk:///abs/path` / `disk://relative/path`,
 /// `s3://host[:port]/bucket[/prefix][?insecure=1]` or
-/// `aws://bucket[/prefix][?region=R]` (see [`s3`]).
-pub fn open(url: &str) -> Result<Arc<dyn Store>, String> {
+/// `aws://bucket[/prefix][?region=R]` (see [`StoreUrl`] and [`s3`]).
+pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreOpenError> {
     open_with(url, &OpenOptions::default())
 }
 
 /// [`open`] with options (the recovery of a damaged `disk://` log).
-pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Arc<dyn Store>, String> {
-    let url = url.trim();
-    if url.is_empty() || url == "mem://" || url == "memory://" || url == "mem" {
-        return Ok(Arc::new(MemStore::new()));
-    }
-    if let Some(path) = url.strip_prefix("disk://") {
-        if path.is_empty() {
-            return Err("disk:// needs a path, e.g. disk:///var/lib/lockd".into());
-        }
-        return DiskStore::open_with(std::path::Path::new(path), opts)
-            .map(|s| Arc::new(s) as Arc<dyn Store>)
-            .map_err(|e| e.to_string());
-    }
-    if url.starts_with("s3://") || url.starts_with("aws://") {
-        return S3Store::open(url).map(|s| Arc::new(s) as Arc<dyn Store>);
-    }
-    if url.starts_with("azure://") {
-        return Err(format!(
-            "store {url:?}: azure:// is not supported in this build; use s3://, aws://, disk:// or mem://"
-        ));
-    }
-    Err(format!(
-        "unsupported store {url:?}: use mem://, disk:///path, s3://host[:port]/bucket[/prefix] or aws://bucket[/prefix]"
-    ))
+pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Arc<dyn Store>, StoreOpenError> {
+    open_url(&url.parse()?, opts)
+}
+
+/// Opens the backend a parsed URL names.
+pub fn open_url(url: &StoreUrl, opts: &OpenOptions) -> Result<Arc<dyn Store>, StoreOpenError> {
+    Ok(match url {
+        StoreUrl::Mem => Arc::new(MemStore::new()),
+        StoreUrl::Disk { path } => Arc::new(DiskStore::open_with(path, opts)?),
+        StoreUrl::S3(s3) => Arc::new(S3Store::open_url(s3)?),
+    })
 }
 
 #[cfg(test)]
@@ -511,18 +539,10 @@ mod contract_tests {
     fn open_parses_store_urls() {
         assert_eq!(open("mem://").unwrap().describe(), "mem://");
         assert!(open("disk://").is_err());
-        assert!(open("ftp://bucket")
-            .err()
-            .unwrap_or_default()
-            .contains("unsupported"));
-        assert!(open("s3://bucket")
-            .err()
-            .unwrap_or_default()
-            .contains("no bucket"));
-        assert!(open("azure://acct/c")
-            .err()
-            .unwrap_or_default()
-            .contains("not supported in this build"));
+        let err = |url| open(url).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err("ftp://bucket").contains("unsupported"));
+        assert!(err("s3://bucket").contains("no bucket"));
+        assert!(err("azure://acct/c").contains("not supported in this build"));
     }
 }
 

@@ -46,7 +46,9 @@ use object_store::{
     PutPayload, RetryConfig, UpdateVersion, WriteMultipart,
 };
 
-use super::{ByteStream, Cond, ETag, Op, Store, StoreError, StoreResult};
+use super::{
+    ByteStream, Cond, ETag, Op, S3Scheme, S3Url, Store, StoreError, StoreOpenError, StoreResult,
+};
 
 /// Blobs up to this size are sent in one PUT; larger ones as a multipart
 /// upload (S3 parts must be at least 5 MiB, except the last).
@@ -141,104 +143,6 @@ impl S3Credentials {
     }
 }
 
-/// A parsed object-store URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    /// `s3` or `aws`.
-    scheme: &'static str,
-    /// `host[:port]` of an S3-compatible endpoint (`s3://` only).
-    host: Option<String>,
-    bucket: String,
-    /// Key prefix without leading or trailing `/`; may be empty.
-    prefix: String,
-    insecure: bool,
-    region: Option<String>,
-}
-
-/// Go's `strconv.ParseBool`.
-fn parse_bool(v: &str) -> Option<bool> {
-    match v {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
-        _ => None,
-    }
-}
-
-fn parse_url(url: &str) -> Result<Target, String> {
-    let (scheme, rest) = if let Some(r) = url.strip_prefix("s3://") {
-        ("s3", r)
-    } else if let Some(r) = url.strip_prefix("aws://") {
-        ("aws", r)
-    } else {
-        return Err(format!("{url:?} is not an s3:// or aws:// URL"));
-    };
-    let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let mut secure = true;
-    let mut region = None;
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        let bad = || format!("store {url:?}: invalid value {v:?} for {k:?}");
-        match k.as_ref() {
-            "insecure" => {
-                if parse_bool(&v).ok_or_else(bad)? {
-                    secure = false;
-                }
-            }
-            "tls" | "secure" => secure = parse_bool(&v).ok_or_else(bad)?,
-            "scheme" => secure = !v.eq_ignore_ascii_case("http"),
-            "region" => region = Some(v.trim().to_string()).filter(|r| !r.is_empty()),
-            // Requests always use path-style addressing with an explicit host.
-            "path-style" => {
-                parse_bool(&v).ok_or_else(bad)?;
-            }
-            other => {
-                return Err(format!(
-                    "store {url:?}: unknown option {other:?} (known: insecure, region, path-style)"
-                ))
-            }
-        }
-    }
-    let location = location.trim_end_matches('/');
-    let (host, path) = if scheme == "s3" {
-        let (host, path) = location.split_once('/').unwrap_or((location, ""));
-        if host.is_empty() {
-            return Err(format!(
-                "store {url:?} has no host (expected s3://host[:port]/bucket[/prefix])"
-            ));
-        }
-        (Some(host.to_string()), path)
-    } else {
-        (None, location)
-    };
-    let path = path.trim_matches('/');
-    let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
-    if bucket.is_empty() {
-        return Err(format!(
-            "store {url:?} has no bucket (expected {})",
-            if scheme == "s3" {
-                "s3://host[:port]/bucket[/prefix]"
-            } else {
-                "aws://bucket[/prefix]"
-            }
-        ));
-    }
-    let prefix = prefix.trim_matches('/').to_string();
-    if !prefix.is_empty()
-        && Path::parse(&prefix)
-            .map(|p| p.as_ref() != prefix)
-            .unwrap_or(true)
-    {
-        return Err(format!("store {url:?}: invalid prefix {prefix:?}"));
-    }
-    Ok(Target {
-        scheme,
-        host,
-        bucket: bucket.to_string(),
-        prefix,
-        insecure: !secure,
-        region,
-    })
-}
-
 /// Object-store backend.
 pub struct S3Store {
     /// Client for objects: requests time out after [`OBJECT_TIMEOUT`].
@@ -267,22 +171,32 @@ impl S3Store {
     /// from the environment ([`S3Credentials::from_env`]); `aws://` uses the
     /// AWS credential chain and needs a region (`?region=`, `LOCKD_AWS_REGION`,
     /// `AWS_REGION` or `AWS_DEFAULT_REGION`).
-    pub fn open(url: &str) -> Result<Self, String> {
-        let target = parse_url(url)?;
-        let creds = if target.scheme == "s3" {
-            Some(S3Credentials::from_env().map_err(|e| format!("store {url:?}: {e}"))?)
-        } else {
-            None
-        };
-        Self::build(url, target, creds)
+    pub fn open(url: &str) -> Result<Self, StoreOpenError> {
+        Self::open_url(&url.parse()?)
+    }
+
+    /// [`S3Store::open`] for a URL parsed already.
+    pub fn open_url(url: &S3Url) -> Result<Self, StoreOpenError> {
+        let creds =
+            match url.scheme {
+                S3Scheme::S3 => Some(S3Credentials::from_env().map_err(|reason| {
+                    StoreOpenError::Credentials {
+                        url: url.to_string(),
+                        reason,
+                    }
+                })?),
+                S3Scheme::Aws => None,
+            };
+        Self::build(url, creds)
     }
 
     /// Opens an `s3://` or `aws://` store with the given static credentials.
-    pub fn open_with_credentials(url: &str, creds: S3Credentials) -> Result<Self, String> {
-        Self::build(url, parse_url(url)?, Some(creds))
+    pub fn open_with_credentials(url: &str, creds: S3Credentials) -> Result<Self, StoreOpenError> {
+        Self::build(&url.parse()?, Some(creds))
     }
 
-    fn build(url: &str, t: Target, creds: Option<S3Credentials>) -> Result<Self, String> {
+    fn build(t: &S3Url, creds: Option<S3Credentials>) -> Result<Self, StoreOpenError> {
+        let url = t.to_string();
         // reqwest's rustls needs a process-wide crypto provider; use ring
         // unless the process chose one already.
         let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
@@ -294,7 +208,7 @@ impl S3Store {
                 .with_allow_http(t.insecure)
         };
         let (mut builder, region, endpoint) = match t.scheme {
-            "s3" => {
+            S3Scheme::S3 => {
                 let region = t.region.clone().unwrap_or_else(|| "us-east-1".into());
                 let endpoint = format!("{scheme}://{}", t.host.as_deref().unwrap_or_default());
                 let b = AmazonS3Builder::new()
@@ -302,19 +216,14 @@ impl S3Store {
                     .with_virtual_hosted_style_request(false);
                 (b, region, endpoint)
             }
-            _ => {
+            S3Scheme::Aws => {
                 let region = t
                     .region
                     .clone()
                     .or_else(|| env("LOCKD_AWS_REGION"))
                     .or_else(|| env("AWS_REGION"))
                     .or_else(|| env("AWS_DEFAULT_REGION"))
-                    .ok_or_else(|| {
-                        format!(
-                            "store {url:?} needs a region: set --aws-region (LOCKD_AWS_REGION), \
-                             AWS_REGION, or add ?region=REGION"
-                        )
-                    })?;
+                    .ok_or_else(|| StoreOpenError::NoRegion { url: url.clone() })?;
                 let endpoint = format!("{scheme}://s3.{region}.amazonaws.com");
                 let b = AmazonS3Builder::from_env()
                     .with_endpoint(&endpoint)
@@ -341,13 +250,19 @@ impl S3Store {
                 .with_region(&region)
                 .with_retry(retry_config())
                 .build()
-                .map_err(|e| format!("store {url:?}: {e}"))
+                .map_err(|source| StoreOpenError::Client {
+                    url: url.clone(),
+                    source,
+                })
         };
         let s3 = build(OBJECT_TIMEOUT)?;
         let blob_s3 = build(BLOB_TIMEOUT)?;
         let http = ReqwestConnector::default()
             .connect(&options(OBJECT_TIMEOUT))
-            .map_err(|e| format!("store {url:?}: {e}"))?;
+            .map_err(|source| StoreOpenError::Client {
+                url: url.clone(),
+                source,
+            })?;
         let root = if t.prefix.is_empty() {
             String::new()
         } else {
@@ -372,8 +287,8 @@ impl S3Store {
         Ok(Self {
             s3,
             blob_s3,
-            objects: Path::parse(format!("{root}obj")).map_err(|e| e.to_string())?,
-            blobs: Path::parse(format!("{root}blob")).map_err(|e| e.to_string())?,
+            objects: Path::parse(format!("{root}obj"))?,
+            blobs: Path::parse(format!("{root}blob"))?,
             bucket_url: format!("{endpoint}/{}", t.bucket),
             region,
             http,
@@ -781,26 +696,6 @@ pub(crate) fn test_store(test: &str) -> Option<S3Store> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_urls() {
-        let t = parse_url("s3://localhost:9000/bucket/a/b/?insecure=1&path-style=1").unwrap();
-        assert_eq!(t.host.as_deref(), Some("localhost:9000"));
-        assert_eq!((t.bucket.as_str(), t.prefix.as_str()), ("bucket", "a/b"));
-        assert!(t.insecure);
-        let t = parse_url("s3://minio/b").unwrap();
-        assert!(!t.insecure && t.prefix.is_empty());
-        let t = parse_url("aws://bucket/p?region=eu-west-1").unwrap();
-        assert_eq!(t.host, None);
-        assert_eq!(t.region.as_deref(), Some("eu-west-1"));
-        assert!(parse_url("s3://host").unwrap_err().contains("no bucket"));
-        assert!(parse_url("s3:///bucket").unwrap_err().contains("no host"));
-        assert!(parse_url("s3://h/b?insecure=maybe").is_err());
-        assert!(parse_url("s3://h/b?bogus=1")
-            .unwrap_err()
-            .contains("unknown option"));
-        assert!(parse_url("s3://h/b/a//c").is_err());
-    }
 
     #[test]
     fn keys_round_trip_through_paths() {

@@ -448,6 +448,7 @@ async fn a_taken_metrics_address_fails_start_up() {
     })
     .await
     .err()
-    .expect("start-up fails");
+    .expect("start-up fails")
+    .to_string();
     assert!(err.contains("--metrics-listen"), "{err}");
 }
