@@ -100,8 +100,8 @@ const MAX_GROUP: usize = 1024;
 type Reply = oneshot::Sender<StoreResult<Vec<ETag>>>;
 
 /// A value in an overlay: `None` is a deletion.
-type Slot = Option<(u64, Bytes)>;
-type Overlay = BTreeMap<String, Slot>;
+type OverlayValue = Option<(u64, Bytes)>;
+type Overlay = BTreeMap<String, OverlayValue>;
 
 /// A batch applied in memory, on its way to the log.
 struct LogItem {
@@ -276,8 +276,9 @@ fn decode(raw: &[u8]) -> StoreResult<(u64, &[u8])> {
 }
 
 /// What `get` answers for a key the overlays know.
-fn found(slot: &Slot) -> Option<(Bytes, ETag)> {
-    slot.as_ref()
+fn found(change: &OverlayValue) -> Option<(Bytes, ETag)> {
+    change
+        .as_ref()
         .map(|(etag, value)| (value.clone(), etag.to_string()))
 }
 
@@ -295,8 +296,8 @@ fn read_db(db: &Database, key: &str) -> StoreResult<Option<(Bytes, u64)>> {
 }
 
 impl Inner {
-    /// The overlays' word on `key`: `Some(slot)` if either has changed it.
-    fn overlay(&self, key: &str) -> Option<&Slot> {
+    /// The overlays' word on `key`: `Some(change)` if either has changed it.
+    fn overlay(&self, key: &str) -> Option<&OverlayValue> {
         self.active
             .get(key)
             .or_else(|| self.flushing.as_ref().and_then(|f| f.get(key)))
@@ -534,7 +535,7 @@ impl DiskStore {
                 continue;
             }
             let current = match g.overlay(key) {
-                Some(slot) => slot.as_ref().map(|(etag, _)| *etag),
+                Some(change) => change.as_ref().map(|(etag, _)| *etag),
                 None => read_db(&self.shared.db, key)?.map(|(_, etag)| etag),
             };
             let current = current.map(|e| e.to_string());
@@ -774,8 +775,8 @@ fn write_checkpoint(
     let txn = db.begin_write().map_err(backend)?;
     {
         let mut objects = txn.open_table(OBJECTS).map_err(backend)?;
-        for (key, slot) in frozen {
-            match slot {
+        for (key, change) in frozen {
+            match change {
                 Some((etag, value)) => {
                     objects
                         .insert(key.as_str(), encode(*etag, value).as_slice())
@@ -799,16 +800,16 @@ fn write_checkpoint(
 #[async_trait::async_trait]
 impl Store for DiskStore {
     async fn get(&self, key: &str) -> StoreResult<Option<(Bytes, ETag)>> {
-        if let Some(slot) = self.shared.lock().overlay(key) {
-            return Ok(found(slot));
+        if let Some(change) = self.shared.lock().overlay(key) {
+            return Ok(found(change));
         }
         let shared = self.shared.clone();
         let key = key.to_string();
         tokio::task::spawn_blocking(move || {
             // A checkpoint may have moved the key into redb meanwhile; the
             // overlays are looked at again under the same rule.
-            if let Some(slot) = shared.lock().overlay(&key) {
-                return Ok(found(slot));
+            if let Some(change) = shared.lock().overlay(&key) {
+                return Ok(found(change));
             }
             Ok(read_db(&shared.db, &key)?.map(|(v, etag)| (v, etag.to_string())))
         })
@@ -843,14 +844,14 @@ impl Store for DiskStore {
             let g = self.shared.lock();
             let frozen = g.flushing.clone();
             for overlay in frozen.as_deref().into_iter().chain([&g.active]) {
-                for (k, slot) in overlay.range::<str, _>((
+                for (k, change) in overlay.range::<str, _>((
                     std::ops::Bound::Included(from.as_str()),
                     std::ops::Bound::Unbounded,
                 )) {
                     if !k.starts_with(prefix) {
                         break;
                     }
-                    changed.insert(k.clone(), slot.is_some());
+                    changed.insert(k.clone(), change.is_some());
                 }
             }
         }

@@ -155,7 +155,7 @@ impl Queues {
     ) -> CoreResult<Option<Leased>> {
         loop {
             let now = self.clock().now_ms();
-            let (id, slot) = {
+            let (id, cached) = {
                 let mut idx = shard.lock();
                 let Some((t, id)) = idx.order.first().cloned() else {
                     return Ok(None);
@@ -168,16 +168,16 @@ impl Queues {
                     continue;
                 };
                 e.claimed = true;
-                (id, e.slot.clone())
+                (id, e.cached.clone())
             };
             let _claim = ClaimGuard {
                 shard,
                 id: id.clone(),
             };
-            let mut slot = slot.lock().await;
-            self.refresh(&mut slot, &shard.namespace, &shard.name, &id)
+            let mut cached = cached.lock().await;
+            self.refresh(&mut cached, &shard.namespace, &shard.name, &id)
                 .await?;
-            let Some(mut rec) = slot.rec.clone() else {
+            let Some(mut rec) = cached.rec.clone() else {
                 shard.lock().settle(&id, None);
                 continue;
             };
@@ -187,7 +187,7 @@ impl Queues {
                 continue;
             }
             if rec.expires_ms().is_some_and(|t| now >= t) {
-                match self.remove_message(&rec, &mut slot).await {
+                match self.remove_message(&rec, &mut cached).await {
                     Err(e) if e.store_conflict => {
                         // Another node changed it first; look again.
                         shard.lock().settle(&id, Some(&rec));
@@ -210,9 +210,9 @@ impl Queues {
                 }
             }
             if rec.failure_attempts >= rec.max_attempts {
-                match self.dead_letter(&mut rec, &mut slot).await {
+                match self.dead_letter(&mut rec, &mut cached).await {
                     Err(e) if e.store_conflict => {
-                        shard.lock().settle(&id, slot.rec.clone().as_ref());
+                        shard.lock().settle(&id, cached.rec.clone().as_ref());
                         continue;
                     }
                     r => r?,
@@ -255,7 +255,7 @@ impl Queues {
                         return Ok(None);
                     }
                     Err(e) => {
-                        let r = slot.rec.clone();
+                        let r = cached.rec.clone();
                         shard.lock().settle(&id, r.as_ref());
                         return Err(e);
                     }
@@ -279,18 +279,18 @@ impl Queues {
                 txn,
                 state,
             ));
-            if let Err(e) = self.write(&rec, &mut slot).await {
-                let r = slot.rec.clone();
+            if let Err(e) = self.write(&rec, &mut cached).await {
+                let r = cached.rec.clone();
                 shard.lock().settle(&id, r.as_ref());
                 if e.store_conflict {
-                    // Another node delivered it first (the slot is marked
+                    // Another node delivered it first (the cached record is marked
                     // stale and is read again): try the next message.
                     continue;
                 }
                 return Err(e);
             }
             shard.lock().settle(&id, Some(&rec));
-            drop(slot);
+            drop(cached);
             let (payload_len, payload) = self.open_payload(&rec).await?;
             return Ok(Some(Leased {
                 record: rec,

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use lockd_api::ErrorCode;
 use serde_json::json;
 
-use super::index::Slot;
+use super::index::CachedMessage;
 use super::message::{dlq_key, msg_key, queue_prefix, MessageRecord};
 use super::{encode, not_found, Leased, Queues};
 use crate::core::{CoreError, CoreResult};
@@ -28,7 +28,7 @@ impl Queues {
     pub(super) async fn dead_letter(
         &self,
         rec: &mut MessageRecord,
-        slot: &mut Slot,
+        cached: &mut CachedMessage,
     ) -> CoreResult<()> {
         let previous = rec.last_error.take();
         let now = self.clock().now_unix();
@@ -39,7 +39,7 @@ impl Queues {
         }));
         rec.delivery = None;
         rec.dead_lettered_at_unix = now;
-        slot.stale = true;
+        cached.stale = true;
         self.store
             .apply(vec![
                 Op::Put {
@@ -49,12 +49,12 @@ impl Queues {
                 },
                 Op::Delete {
                     key: msg_key(&rec.namespace, &rec.queue, &rec.id),
-                    cond: Cond::IfMatch(slot.etag.clone()),
+                    cond: Cond::IfMatch(cached.etag.clone()),
                 },
             ])
             .await?;
-        slot.rec = None;
-        slot.stale = false;
+        cached.rec = None;
+        cached.stale = false;
         if let Some(shard) = self.shards.get(&format!("{}/{}", rec.namespace, rec.queue)) {
             shard.dead_lettered.fetch_add(1, Ordering::Relaxed);
         }

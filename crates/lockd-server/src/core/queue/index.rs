@@ -10,16 +10,19 @@ use tokio::sync::Mutex;
 use super::message::MessageRecord;
 use crate::storage::ETag;
 
+/// One live message in the index.
 pub(super) struct Entry {
     /// Unix ms.
     pub(super) visible_at: i64,
     pub(super) enqueued_at: i64,
     pub(super) lease_id: Option<String>,
     pub(super) claimed: bool,
-    pub(super) slot: Arc<Mutex<Slot>>,
+    pub(super) cached: Arc<Mutex<CachedMessage>>,
 }
 
-pub(super) struct Slot {
+/// A message's last known record and store etag, behind the lock that
+/// serialises every write of that message.
+pub(super) struct CachedMessage {
     /// `None` once the message is gone (acked, dead-lettered, expired).
     pub(super) rec: Option<MessageRecord>,
     pub(super) etag: ETag,
@@ -28,6 +31,7 @@ pub(super) struct Slot {
     pub(super) stale: bool,
 }
 
+/// Every live message of one queue and the order they become visible in.
 #[derive(Default)]
 pub(super) struct Index {
     pub(super) entries: HashMap<String, Entry>,
@@ -37,7 +41,7 @@ pub(super) struct Index {
 
 impl Index {
     pub(super) fn insert(&mut self, id: &str, rec: &MessageRecord, etag: ETag) {
-        let slot = Arc::new(Mutex::new(Slot {
+        let cached = Arc::new(Mutex::new(CachedMessage {
             rec: Some(rec.clone()),
             etag,
             stale: false,
@@ -49,7 +53,7 @@ impl Index {
                 enqueued_at: rec.enqueued_at_unix,
                 lease_id: rec.delivery.as_ref().map(|d| d.lease_id.clone()),
                 claimed: false,
-                slot,
+                cached,
             },
         );
         self.order.insert((rec.visible_at_ms(), id.to_string()));

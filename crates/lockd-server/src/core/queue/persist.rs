@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use lockd_api::ErrorCode;
 
-use super::index::Slot;
+use super::index::CachedMessage;
 use super::message::{inline_payload_key, msg_key, payload_key, MessageRecord};
 use super::{encode, Queues};
 use crate::core::{CoreError, CoreResult};
@@ -36,16 +36,16 @@ impl Queues {
         }
     }
 
-    /// Reloads a slot whose last write was abandoned mid-way.
+    /// Reloads a cached record whose last write was abandoned mid-way.
     /// On shared stores every use reads the record afresh.
     pub(super) async fn refresh(
         &self,
-        slot: &mut Slot,
+        cached: &mut CachedMessage,
         ns: &str,
         queue: &str,
         id: &str,
     ) -> CoreResult<()> {
-        if !slot.stale && !self.engine.shared() {
+        if !cached.stale && !self.engine.shared() {
             return Ok(());
         }
         self.store.barrier().await?;
@@ -54,29 +54,33 @@ impl Queues {
                 let rec = serde_json::from_slice(&raw).map_err(|_| {
                     CoreError::new(ErrorCode::InternalError, "corrupt message record")
                 })?;
-                slot.rec = Some(rec);
-                slot.etag = etag;
+                cached.rec = Some(rec);
+                cached.etag = etag;
             }
-            None => slot.rec = None,
+            None => cached.rec = None,
         }
-        slot.stale = false;
+        cached.stale = false;
         Ok(())
     }
 
-    /// Writes a changed record over the one in `slot`.
-    pub(super) async fn write(&self, rec: &MessageRecord, slot: &mut Slot) -> CoreResult<()> {
-        slot.stale = true;
+    /// Writes a changed record over the one in `cached`.
+    pub(super) async fn write(
+        &self,
+        rec: &MessageRecord,
+        cached: &mut CachedMessage,
+    ) -> CoreResult<()> {
+        cached.stale = true;
         let etags = self
             .store
             .apply(vec![Op::Put {
                 key: msg_key(&rec.namespace, &rec.queue, &rec.id),
                 value: encode(rec)?,
-                cond: Cond::IfMatch(slot.etag.clone()),
+                cond: Cond::IfMatch(cached.etag.clone()),
             }])
             .await?;
-        slot.etag = etags.into_iter().next().unwrap_or_default();
-        slot.rec = Some(rec.clone());
-        slot.stale = false;
+        cached.etag = etags.into_iter().next().unwrap_or_default();
+        cached.rec = Some(rec.clone());
+        cached.stale = false;
         Ok(())
     }
 
@@ -84,12 +88,12 @@ impl Queues {
     pub(super) async fn remove_message(
         &self,
         rec: &MessageRecord,
-        slot: &mut Slot,
+        cached: &mut CachedMessage,
     ) -> CoreResult<()> {
-        slot.stale = true;
+        cached.stale = true;
         let mut ops = vec![Op::Delete {
             key: msg_key(&rec.namespace, &rec.queue, &rec.id),
-            cond: Cond::IfMatch(slot.etag.clone()),
+            cond: Cond::IfMatch(cached.etag.clone()),
         }];
         if rec.payload_inline {
             ops.push(Op::Delete {
@@ -98,8 +102,8 @@ impl Queues {
             });
         }
         self.store.apply(ops).await?;
-        slot.rec = None;
-        slot.stale = false;
+        cached.rec = None;
+        cached.stale = false;
         if !rec.payload_inline {
             // Garbage once the record is gone: delete it in the background
             // rather than making the caller wait for another write.

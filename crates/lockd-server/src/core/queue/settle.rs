@@ -7,7 +7,7 @@ use std::sync::Arc;
 use lockd_api::ErrorCode;
 use serde_json::Value;
 
-use super::index::Slot;
+use super::index::CachedMessage;
 use super::message::{msg_key, state_key, MessageRecord, StateLease};
 use super::{
     clamp_delay, mismatch, not_found, Extended, MessageRef, NackIntent, QueueShard, Queues,
@@ -22,15 +22,15 @@ impl Queues {
         r: &MessageRef,
     ) -> CoreResult<(
         Arc<QueueShard>,
-        tokio::sync::OwnedMutexGuard<Slot>,
+        tokio::sync::OwnedMutexGuard<CachedMessage>,
         MessageRecord,
     )> {
         let shard = self.shard(&r.namespace, &r.queue).await?;
         let known = {
             let idx = shard.lock();
-            idx.entries.get(&r.message_id).map(|e| e.slot.clone())
+            idx.entries.get(&r.message_id).map(|e| e.cached.clone())
         };
-        let slot = match known {
+        let cached = match known {
             Some(s) => s,
             // Delivered by another node sharing the store: load it.
             None if self.engine.shared() => {
@@ -49,15 +49,15 @@ impl Queues {
                 }
                 idx.entries
                     .get(&r.message_id)
-                    .map(|e| e.slot.clone())
+                    .map(|e| e.cached.clone())
                     .ok_or_else(|| not_found("message not found"))?
             }
             None => return Err(not_found("message not found")),
         };
-        let mut slot = slot.lock_owned().await;
-        self.refresh(&mut slot, &r.namespace, &r.queue, &r.message_id)
+        let mut cached = cached.lock_owned().await;
+        self.refresh(&mut cached, &r.namespace, &r.queue, &r.message_id)
             .await?;
-        let Some(rec) = slot.rec.clone() else {
+        let Some(rec) = cached.rec.clone() else {
             shard.lock().settle(&r.message_id, None);
             return Err(not_found("message already removed"));
         };
@@ -76,7 +76,7 @@ impl Queues {
                 "message lease expired",
             ));
         }
-        Ok((shard, slot, rec))
+        Ok((shard, cached, rec))
     }
 
     /// Completes a delivery: deletes the message and, for stateful
@@ -86,7 +86,7 @@ impl Queues {
     }
 
     pub(super) async fn ack_once(&self, r: &MessageRef) -> CoreResult<String> {
-        let (shard, mut slot, rec) = self.locked_delivery(r).await?;
+        let (shard, mut cached, rec) = self.locked_delivery(r).await?;
         if !r.state_etag.is_empty() && !rec.state_etag.is_empty() && r.state_etag != rec.state_etag
         {
             return Err(CoreError::new(
@@ -94,9 +94,9 @@ impl Queues {
                 "state_etag does not match",
             ));
         }
-        self.remove_message(&rec, &mut slot).await?;
+        self.remove_message(&rec, &mut cached).await?;
         shard.lock().settle(&rec.id, None);
-        drop(slot);
+        drop(cached);
         shard.touch();
         if let Some(state) = rec.delivery.as_ref().and_then(|d| d.state.clone()) {
             self.drop_state(&rec, &state).await;
@@ -125,7 +125,7 @@ impl Queues {
         intent: NackIntent,
         last_error: Option<Value>,
     ) -> CoreResult<(String, String)> {
-        let (shard, mut slot, mut rec) = self.locked_delivery(r).await?;
+        let (shard, mut cached, mut rec) = self.locked_delivery(r).await?;
         if r.meta_etag != rec.meta_etag {
             return Err(CoreError::new(
                 ErrorCode::CasMismatch,
@@ -144,13 +144,13 @@ impl Queues {
         rec.set_visible_at_ms(visible);
         rec.meta_etag = uuid::Uuid::now_v7().to_string();
         if rec.failure_attempts >= rec.max_attempts {
-            self.dead_letter(&mut rec, &mut slot).await?;
+            self.dead_letter(&mut rec, &mut cached).await?;
             shard.lock().settle(&rec.id, None);
         } else {
-            self.write(&rec, &mut slot).await?;
+            self.write(&rec, &mut cached).await?;
             shard.lock().settle(&rec.id, Some(&rec));
         }
-        drop(slot);
+        drop(cached);
         shard.wake();
         if let Some(state) = state {
             // Progress made under the state lease survives the retry.
@@ -177,7 +177,7 @@ impl Queues {
     }
 
     pub(super) async fn extend_once(&self, r: &MessageRef, extend_by: i64) -> CoreResult<Extended> {
-        let (shard, mut slot, mut rec) = self.locked_delivery(r).await?;
+        let (shard, mut cached, mut rec) = self.locked_delivery(r).await?;
         if r.meta_etag != rec.meta_etag {
             return Err(CoreError::new(
                 ErrorCode::CasMismatch,
@@ -233,7 +233,7 @@ impl Queues {
         rec.set_visible_at_ms(until);
         rec.visibility_timeout_seconds = e;
         rec.meta_etag = uuid::Uuid::now_v7().to_string();
-        self.write(&rec, &mut slot).await?;
+        self.write(&rec, &mut cached).await?;
         shard.lock().settle(&rec.id, Some(&rec));
         Ok(Extended {
             lease_expires_at_unix: unix_secs(until),
@@ -278,22 +278,22 @@ impl Queues {
     /// Puts a delivery that never reached its consumer back, as if it had
     /// not happened (subscriber gone before the message was written).
     pub async fn return_undelivered(&self, shard: &QueueShard, id: &str, lease_id: &str) {
-        let slot = {
+        let cached = {
             let idx = shard.lock();
             match idx.entries.get(id) {
-                Some(e) => e.slot.clone(),
+                Some(e) => e.cached.clone(),
                 None => return,
             }
         };
-        let mut slot = slot.lock().await;
+        let mut cached = cached.lock().await;
         if self
-            .refresh(&mut slot, &shard.namespace, &shard.name, id)
+            .refresh(&mut cached, &shard.namespace, &shard.name, id)
             .await
             .is_err()
         {
             return;
         }
-        let Some(mut rec) = slot.rec.clone() else {
+        let Some(mut rec) = cached.rec.clone() else {
             return;
         };
         let Some(d) = rec.delivery.take() else {
@@ -305,9 +305,9 @@ impl Queues {
         rec.attempts = (rec.attempts - 1).max(0);
         rec.set_visible_at_ms(self.clock().now_ms());
         rec.meta_etag = uuid::Uuid::now_v7().to_string();
-        if self.write(&rec, &mut slot).await.is_ok() {
+        if self.write(&rec, &mut cached).await.is_ok() {
             shard.lock().settle(id, Some(&rec));
-            drop(slot);
+            drop(cached);
             shard.wake();
             if let Some(st) = d.state {
                 let _ = self
