@@ -8,7 +8,9 @@ use futures_util::StreamExt;
 use lockd_api::ErrorCode;
 
 use super::message::{inline_payload_key, msg_key, payload_key, MessageRecord};
-use super::{clamp_delay, encode, message_expiry, EnqueueInput, Queues, INLINE_PAYLOAD_MAX};
+use super::{
+    clamp_delay, encode, message_expiry, EnqueueInput, QueueConfig, Queues, INLINE_PAYLOAD_MAX,
+};
 use crate::core::clock::{add_secs, unix_secs};
 use crate::core::{CoreError, CoreResult};
 use crate::storage::{ByteStream, Cond, Op};
@@ -82,7 +84,7 @@ impl Queues {
             enqueued_at_unix: unix_secs(now),
             payload_bytes: payload_bytes as i64,
             payload_content_type: if input.payload_content_type.is_empty() {
-                "application/octet-stream".into()
+                QueueConfig::DEFAULT_CONTENT_TYPE.into()
             } else {
                 input.payload_content_type
             },
@@ -90,14 +92,14 @@ impl Queues {
             attempts: 0,
             failure_attempts: 0,
             max_attempts: if input.max_attempts <= 0 {
-                5
+                QueueConfig::DEFAULT_MAX_ATTEMPTS
             } else {
                 input.max_attempts
             },
             visibility_timeout_seconds: if input.visibility_timeout_seconds > 0 {
                 input.visibility_timeout_seconds
             } else {
-                30
+                QueueConfig::DEFAULT_VISIBILITY_TIMEOUT_SECONDS
             },
             last_error: None,
             correlation_id: input.correlation_id,
