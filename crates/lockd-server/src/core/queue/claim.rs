@@ -83,7 +83,7 @@ impl Queues {
             Wait::Seconds(n) if n > 0 => Instant::now().checked_add(Duration::from_secs(n as u64)),
             _ => None,
         };
-        let mut drain = self.drain.get().map(|d| d.watch());
+        let mut drain = self.drain.get().cloned();
         loop {
             if let Some(e) = self.draining_error() {
                 return Err(e);
@@ -125,9 +125,7 @@ impl Queues {
                 .min();
             let drained = async {
                 match drain.as_mut() {
-                    Some(rx) => {
-                        let _ = rx.changed().await;
-                    }
+                    Some(rx) => rx.started().await,
                     None => std::future::pending::<()>().await,
                 }
             };

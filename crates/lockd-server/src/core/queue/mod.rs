@@ -50,6 +50,7 @@ use self::message::MessageRecord;
 pub use self::shard::QueueShard;
 use super::clock::{add_secs, Clock, MAX_REQUEST_SECONDS};
 use super::{CoreError, CoreResult, Engine};
+use crate::control::drain::DrainWatch;
 use crate::storage::{ByteStream, Store};
 
 /// What enqueue stores (from the `meta` part).
@@ -167,7 +168,7 @@ pub struct QueueSnapshot {
 pub struct Queues {
     engine: Arc<Engine>,
     /// The server's drain switch: waiting consumers stop when it flips.
-    drain: std::sync::OnceLock<Arc<crate::control::drain::Drain>>,
+    drain: std::sync::OnceLock<DrainWatch>,
     store: Arc<dyn Store>,
     shards: DashMap<String, Arc<QueueShard>>,
     cfg: QueueConfig,
@@ -201,8 +202,8 @@ impl Queues {
     /// Connects the server's drain switch: once it flips, waiting
     /// consumers are answered `shutdown_draining` instead of getting new
     /// deliveries.
-    pub fn attach_drain(&self, drain: Arc<crate::control::drain::Drain>) {
-        let _ = self.drain.set(drain);
+    pub fn attach_drain(&self, drain: impl Into<DrainWatch>) {
+        let _ = self.drain.set(drain.into());
     }
 
     fn draining_error(&self) -> Option<CoreError> {
