@@ -24,6 +24,7 @@
 //! | `settle.rs` | ack, nack, extend, undelivered returns |
 //! | `dlq.rs` | dead letters: moving there, listing, redrive |
 //! | `stats.rs` | gauges and snapshots for metrics, stats and watch |
+//! | `subscription.rs` | a subscribe stream: fetches, flow control, drain |
 
 mod claim;
 mod config;
@@ -35,6 +36,7 @@ mod persist;
 mod settle;
 mod shard;
 mod stats;
+mod subscription;
 mod sync;
 
 use std::sync::atomic::AtomicUsize;
@@ -48,6 +50,7 @@ use serde_json::Value;
 pub use self::config::{QueueConfig, INLINE_PAYLOAD_MAX};
 use self::message::MessageRecord;
 pub use self::shard::QueueShard;
+pub use self::subscription::{Subscription, SubscriptionEnd, SubscriptionEvent};
 use super::clock::{add_secs, Clock, MAX_REQUEST_SECONDS};
 use super::{CoreError, CoreResult, Engine};
 use crate::control::drain::DrainWatch;
