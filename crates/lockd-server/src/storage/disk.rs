@@ -50,9 +50,9 @@
 //! refuses every later write until the process restarts, and recovery
 //! restores exactly what the log holds.
 //!
-//! Blobs (queue payloads) up to [`INLINE_BLOB_MAX`] bytes are stored in the
-//! database itself, so they share group commits with everything else.
-//! Larger ones live beside it as files under `PATH/blobs/`, named by the
+//! Inline blobs (up to [`payload::INLINE_MAX`] bytes, the rule of
+//! [`super::payload`]) are stored in the database itself, so they share
+//! group commits with everything else. Larger ones live beside it as files under `PATH/blobs/`, named by the
 //! SHA-256 of their key: written to a temporary file, fsynced, then renamed
 //! into place, so they stream in and out without being held in memory.
 //!
@@ -73,6 +73,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::mem::cond_holds;
+use super::payload::{self, Split};
 use super::wal::{Change, Damage, RecordBuf, Recovered, Wal, MIN_PUT_BYTES};
 use super::{ByteStream, Cond, ETag, Op, OpenOptions, Store, StoreError, StoreResult};
 
@@ -89,8 +90,6 @@ const WAL_CAPACITY: u64 = 16 << 20;
 pub const CHECKPOINT_BYTES: u64 = 4 << 20;
 /// Time after which the writer checkpoints a log that is not empty.
 pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
-/// Largest blob kept inside the database; larger ones become files.
-pub const INLINE_BLOB_MAX: usize = 64 * 1024;
 /// Database key prefix of inline blobs.
 const INLINE_PREFIX: &str = "\u{0}blob/";
 
@@ -899,34 +898,28 @@ impl Store for DiskStore {
         self.fencing_floor
     }
 
-    async fn put_blob(&self, key: &str, mut body: ByteStream) -> StoreResult<u64> {
-        // Small blobs go into the database (one group-committed write);
-        // the first chunk that crosses the bound spills everything to a file.
-        let mut head = bytes::BytesMut::new();
-        let mut spill = None;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| StoreError::Source(e.to_string()))?;
-            if head.len() + chunk.len() > INLINE_BLOB_MAX {
-                spill = Some(chunk);
-                break;
-            }
-            head.extend_from_slice(&chunk);
-        }
+    async fn put_blob(&self, key: &str, body: ByteStream) -> StoreResult<u64> {
+        // Inline blobs go into the database (one group-committed write);
+        // larger ones stream to a file.
         let inline_key = format!("{INLINE_PREFIX}{key}");
-        let Some(next) = spill else {
-            let len = head.len() as u64;
-            self.apply(vec![Op::Put {
-                key: inline_key,
-                value: head.freeze(),
-                cond: Cond::Any,
-            }])
-            .await?;
-            let _ = tokio::fs::remove_file(self.blob_path(key)).await;
-            return Ok(len);
+        let large = match payload::split(body, payload::INLINE_MAX)
+            .await
+            .map_err(|e| StoreError::Source(e.to_string()))?
+        {
+            Split::Whole(value) => {
+                let len = value.len() as u64;
+                self.apply(vec![Op::Put {
+                    key: inline_key,
+                    value,
+                    cond: Cond::Any,
+                }])
+                .await?;
+                let _ = tokio::fs::remove_file(self.blob_path(key)).await;
+                return Ok(len);
+            }
+            Split::Large(large) => large,
         };
-        let rest: ByteStream =
-            Box::pin(futures_util::stream::iter([Ok(head.freeze()), Ok(next)]).chain(body));
-        let len = self.put_blob_file(key, rest).await?;
+        let len = self.put_blob_file(key, large.into_stream()).await?;
         self.apply(vec![Op::Delete {
             key: inline_key,
             cond: Cond::Any,

@@ -14,6 +14,7 @@
 
 mod disk;
 mod mem;
+pub mod payload;
 pub mod s3;
 pub mod verify;
 mod wal;

@@ -3,10 +3,6 @@
 //! default is written here once; the server's configuration, the flags'
 //! help and enqueue read it from here.
 
-/// Largest payload written as an ordinary object together with its
-/// record; larger payloads stream into blobs.
-pub const INLINE_PAYLOAD_MAX: usize = 64 * 1024;
-
 /// Tunables of the queue.
 #[derive(Debug, Clone)]
 pub struct QueueConfig {

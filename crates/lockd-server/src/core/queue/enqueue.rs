@@ -8,11 +8,10 @@ use futures_util::StreamExt;
 use lockd_api::ErrorCode;
 
 use super::message::{inline_payload_key, msg_key, payload_key, MessageRecord};
-use super::{
-    clamp_delay, encode, message_expiry, EnqueueInput, QueueConfig, Queues, INLINE_PAYLOAD_MAX,
-};
+use super::{clamp_delay, encode, message_expiry, EnqueueInput, QueueConfig, Queues};
 use crate::core::clock::{add_secs, unix_secs};
 use crate::core::{CoreError, CoreResult};
+use crate::storage::payload::{self, Split};
 use crate::storage::{ByteStream, Cond, Op};
 
 impl Queues {
@@ -46,30 +45,14 @@ impl Queues {
                 format!("payload exceeds the server's limit of {max} bytes"),
             )
         };
-        // A small payload is written with the record in one batch; a large
-        // one streams into a blob first.
-        let mut payload = payload;
-        let mut head = bytes::BytesMut::new();
-        let mut spill = None;
-        while let Some(chunk) = payload.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(_) if too_large.load(Ordering::Relaxed) => return Err(oversize()),
-                Err(e) => return Err(CoreError::new(ErrorCode::MultipartError, e.to_string())),
-            };
-            if head.len() + chunk.len() > INLINE_PAYLOAD_MAX {
-                spill = Some(chunk);
-                break;
-            }
-            head.extend_from_slice(&chunk);
-        }
-        let (payload_bytes, inline) = match spill {
-            None => (head.len() as u64, Some(head.freeze())),
-            Some(next) => {
-                let rest: ByteStream = Box::pin(
-                    futures_util::stream::iter([Ok(head.freeze()), Ok(next)]).chain(payload),
-                );
-                match self.store.put_blob(&pkey, rest).await {
+        // An inline payload is written with the record in one batch; a
+        // large one streams into a blob first (storage::payload decides).
+        let (payload_bytes, inline) = match payload::split(payload, payload::INLINE_MAX).await {
+            Err(_) if too_large.load(Ordering::Relaxed) => return Err(oversize()),
+            Err(e) => return Err(CoreError::new(ErrorCode::MultipartError, e.to_string())),
+            Ok(Split::Whole(body)) => (body.len() as u64, Some(body)),
+            Ok(Split::Large(large)) => {
+                match self.store.put_blob(&pkey, large.into_stream()).await {
                     Ok(n) => (n, None),
                     Err(_) if too_large.load(Ordering::Relaxed) => return Err(oversize()),
                     Err(e) => return Err(e.into()),

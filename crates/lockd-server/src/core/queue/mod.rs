@@ -47,7 +47,7 @@ use dashmap::DashMap;
 use lockd_api::ErrorCode;
 use serde_json::Value;
 
-pub use self::config::{QueueConfig, INLINE_PAYLOAD_MAX};
+pub use self::config::QueueConfig;
 use self::message::MessageRecord;
 pub use self::shard::QueueShard;
 pub use self::subscription::{Subscription, SubscriptionEnd, SubscriptionEvent};
