@@ -115,6 +115,9 @@ struct Inner {
     active: Overlay,
     /// Changes being written into redb by a checkpoint.
     flushing: Option<Arc<Overlay>>,
+    /// Checkpoints finished: redb's contents change only when this grows
+    /// (a key a checkpoint writes stays in `flushing` until then).
+    checkpoints: u64,
     /// The last etag handed out.
     seq: u64,
     /// The log thread's queue; `None` once the store is closing.
@@ -373,6 +376,7 @@ impl DiskStore {
             inner: Mutex::new(Inner {
                 active: Overlay::new(),
                 flushing: None,
+                checkpoints: 0,
                 seq,
                 log: Some(tx),
                 broken: None,
@@ -520,22 +524,41 @@ impl DiskStore {
             .join(hex::encode(Sha256::digest(key.as_bytes())))
     }
 
-    /// Checks and applies one batch in memory and queues its record.
-    fn apply_now(&self, ops: Vec<Op>) -> StoreResult<oneshot::Receiver<StoreResult<Vec<ETag>>>> {
+    /// Checks and applies one batch in memory and queues its record, or,
+    /// when a precondition needs the etag of a key only redb holds, hands
+    /// the batch back with the keys to read first (the read is not made
+    /// under the lock, nor on an async thread). `known` is what such a read
+    /// found; it is used only if no checkpoint finished since.
+    fn apply_now(&self, ops: Vec<Op>, known: Option<&StoredEtags>) -> StoreResult<Applied> {
         let mut g = self.shared.lock();
         if let Some(reason) = &g.broken {
             return Err(refused(reason));
         }
-        for op in &ops {
-            let (key, cond) = match op {
-                Op::Put { key, cond, .. } | Op::Delete { key, cond } => (key, cond),
-            };
-            if *cond == Cond::Any {
-                continue;
+        let known = known.filter(|k| k.checkpoints == g.checkpoints);
+        let conditions = ops.iter().filter_map(|op| match op {
+            Op::Put { key, cond, .. } | Op::Delete { key, cond } => {
+                (*cond != Cond::Any).then_some((key, cond))
             }
+        });
+        // The etag of each conditioned key: the overlays' word, else what
+        // the read found; every key neither knows is read first.
+        let stored = |key: &String| known.and_then(|k| k.etags.get(key)).copied();
+        let unknown: Vec<String> = conditions
+            .clone()
+            .filter(|(key, _)| g.overlay(key).is_none() && stored(key).is_none())
+            .map(|(key, _)| key.clone())
+            .collect();
+        if !unknown.is_empty() {
+            return Ok(Applied::ReadFirst {
+                ops,
+                keys: unknown,
+                checkpoints: g.checkpoints,
+            });
+        }
+        for (key, cond) in conditions {
             let current = match g.overlay(key) {
                 Some(change) => change.as_ref().map(|(etag, _)| *etag),
-                None => read_db(&self.shared.db, key)?.map(|(_, etag)| etag),
+                None => stored(key).flatten(),
             };
             let current = current.map(|e| e.to_string());
             if !cond_holds(cond, current.as_deref()) {
@@ -577,8 +600,45 @@ impl DiskStore {
             self.shared.set_broken("the log thread stopped".into());
             return Err(stopped());
         }
-        Ok(rx)
+        Ok(Applied::Queued(rx))
     }
+}
+
+/// What [`DiskStore::apply_now`] did with a batch.
+enum Applied {
+    /// Applied in memory and queued for the log: the answer comes on this.
+    Queued(oneshot::Receiver<StoreResult<Vec<ETag>>>),
+    /// Not applied: the etags of `keys` must be read from redb first.
+    ReadFirst {
+        ops: Vec<Op>,
+        keys: Vec<String>,
+        checkpoints: u64,
+    },
+}
+
+/// Etags read from redb (`None`: absent), valid while no checkpoint
+/// finished after `checkpoints`.
+struct StoredEtags {
+    checkpoints: u64,
+    etags: std::collections::HashMap<String, Option<u64>>,
+}
+
+/// Reads the etags of `keys` from redb on a blocking thread.
+async fn read_etags(
+    shared: Arc<Shared>,
+    keys: Vec<String>,
+    checkpoints: u64,
+) -> StoreResult<StoredEtags> {
+    tokio::task::spawn_blocking(move || {
+        let mut etags = std::collections::HashMap::with_capacity(keys.len());
+        for key in keys {
+            let etag = read_db(&shared.db, &key)?.map(|(_, etag)| etag);
+            etags.insert(key, etag);
+        }
+        Ok(StoredEtags { checkpoints, etags })
+    })
+    .await
+    .map_err(backend)?
 }
 
 /// Applies the changes recovered from the log and records `next_epoch`
@@ -747,7 +807,11 @@ fn checkpoint(
     let next = wal.epoch() + 1;
     match write_checkpoint(&shared.db, &frozen, seq, next, None) {
         Ok(()) => {
-            shared.lock().flushing = None;
+            {
+                let mut g = shared.lock();
+                g.flushing = None;
+                g.checkpoints += 1;
+            }
             wal.restart(next);
             answer(pending, None);
         }
@@ -817,7 +881,21 @@ impl Store for DiskStore {
     }
 
     async fn apply(&self, ops: Vec<Op>) -> StoreResult<Vec<ETag>> {
-        let rx = self.apply_now(ops)?;
+        let mut ops = ops;
+        let mut known = None;
+        let rx = loop {
+            match self.apply_now(ops, known.as_ref())? {
+                Applied::Queued(rx) => break rx,
+                Applied::ReadFirst {
+                    ops: back,
+                    keys,
+                    checkpoints,
+                } => {
+                    ops = back;
+                    known = Some(read_etags(self.shared.clone(), keys, checkpoints).await?);
+                }
+            }
+        };
         rx.await.map_err(|_| stopped())?
     }
 
