@@ -197,7 +197,7 @@ impl Engine {
         let extra = if jitter_ms == 0 {
             0
         } else {
-            (uuid::Uuid::new_v4().as_u128() as u64) % (jitter_ms + 1)
+            fastrand::u64(0..=jitter_ms)
         };
         tokio::time::Instant::now()
             .checked_add(self.cfg.poll_interval + Duration::from_millis(extra))
@@ -216,7 +216,7 @@ impl Engine {
                 Err(e) if e.store_conflict && self.cfg.shared && attempt < CAS_RETRIES => {
                     attempt += 1;
                     // A little randomised backoff so racing nodes part ways.
-                    let ms = 1 + (uuid::Uuid::new_v4().as_u128() as u64) % (5 * attempt as u64);
+                    let ms = fastrand::u64(1..=5 * u64::from(attempt));
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                 }
                 r => return r,
