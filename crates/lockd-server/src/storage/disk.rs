@@ -75,7 +75,9 @@ use tokio::io::AsyncWriteExt;
 use super::mem::cond_holds;
 use super::payload::{self, Split};
 use super::wal::{Change, Damage, RecordBuf, Recovered, Wal, MIN_PUT_BYTES};
-use super::{ByteStream, Cond, ETag, Op, OpenOptions, Store, StoreError, StoreResult};
+use super::{
+    ByteStream, CommitObserver, Cond, ETag, Op, OpenOptions, Store, StoreError, StoreResult,
+};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const SYSTEM: TableDefinition<&str, u64> = TableDefinition::new("system");
@@ -129,6 +131,8 @@ struct Inner {
 struct Shared {
     db: Database,
     inner: Mutex<Inner>,
+    /// Told about each group commit (metrics), once set.
+    commits: std::sync::OnceLock<Arc<dyn CommitObserver>>,
 }
 
 impl Shared {
@@ -373,6 +377,7 @@ impl DiskStore {
         let (tx, rx) = mpsc::channel::<LogItem>();
         let shared = Arc::new(Shared {
             db,
+            commits: std::sync::OnceLock::new(),
             inner: Mutex::new(Inner {
                 active: Overlay::new(),
                 flushing: None,
@@ -699,11 +704,9 @@ fn log_loop(shared: &Shared, mut wal: Wal, rx: mpsc::Receiver<LogItem>) {
             if outcome == Logged::Checkpointed {
                 last_checkpoint = std::time::Instant::now();
             }
-            crate::obs::metrics::DISK_COMMITS.record(
-                batches,
-                started.elapsed(),
-                outcome != Logged::Failed,
-            );
+            if let Some(observer) = shared.commits.get() {
+                observer.commit(batches, started.elapsed(), outcome != Logged::Failed);
+            }
         }
         let due = wal.used() >= CHECKPOINT_BYTES
             || (wal.used() > 0 && last_checkpoint.elapsed() >= CHECKPOINT_EVERY);
@@ -974,6 +977,10 @@ impl Store for DiskStore {
 
     fn fencing_floor(&self) -> i64 {
         self.fencing_floor
+    }
+
+    fn observe_commits(&self, observer: Arc<dyn CommitObserver>) {
+        let _ = self.shared.commits.set(observer);
     }
 
     async fn put_blob(&self, key: &str, body: ByteStream) -> StoreResult<u64> {
