@@ -143,6 +143,10 @@ impl Subscription {
                     // Nothing more (wait -1).
                     return SubscriptionEvent::End(SubscriptionEnd::Exhausted);
                 }
+                // The fetch saw the drain before the select did.
+                Err(e) if e.code == ErrorCode::ShutdownDraining => {
+                    return SubscriptionEvent::End(SubscriptionEnd::Drained);
+                }
                 Err(e) => return SubscriptionEvent::End(SubscriptionEnd::Failed(e)),
             }
         }
@@ -212,5 +216,140 @@ async fn wait_for_room(
             _ = notified => {}
             _ = shard.time_passed() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::control::drain::Drain;
+    use crate::core::queue::{EnqueueInput, MessageRef, QueueConfig};
+    use crate::core::{Engine, EngineConfig};
+    use crate::storage::{once_stream, MemStore};
+
+    async fn queues_with(messages: usize) -> Arc<Queues> {
+        let engine = Engine::new(Arc::new(MemStore::new()), EngineConfig::default());
+        let queues = Queues::new(engine, QueueConfig::default());
+        for i in 0..messages {
+            let input = EnqueueInput {
+                namespace: "default".into(),
+                queue: "q".into(),
+                ..Default::default()
+            };
+            let body = bytes::Bytes::from(format!("m{i}"));
+            queues.enqueue(input, once_stream(body)).await.unwrap();
+        }
+        queues
+    }
+
+    fn input(wait: Wait, page_size: usize) -> DequeueInput {
+        DequeueInput {
+            namespace: "default".into(),
+            queue: "q".into(),
+            owner: "sub".into(),
+            visibility: 30,
+            wait,
+            page_size,
+            stateful: false,
+            txn_id: None,
+        }
+    }
+
+    async fn delivery(sub: &mut Subscription) -> Leased {
+        match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+            Ok(SubscriptionEvent::Delivery(l)) => l,
+            Ok(SubscriptionEvent::End(e)) => panic!("ended: {e:?}"),
+            Err(_) => panic!("no delivery"),
+        }
+    }
+
+    async fn end(sub: &mut Subscription) -> SubscriptionEnd {
+        match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+            Ok(SubscriptionEvent::End(e)) => e,
+            Ok(SubscriptionEvent::Delivery(l)) => panic!("delivered {}", l.record.id),
+            Err(_) => panic!("did not end"),
+        }
+    }
+
+    fn message_ref(l: &Leased) -> MessageRef {
+        let d = l.record.delivery.as_ref().unwrap();
+        MessageRef {
+            namespace: "default".into(),
+            queue: "q".into(),
+            message_id: l.record.id.clone(),
+            lease_id: d.lease_id.clone(),
+            fencing_token: d.fencing_token,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn without_waiting_the_stream_ends_once_nothing_is_ready() {
+        let queues = queues_with(3).await;
+        let mut sub = queues
+            .subscribe(input(Wait::NoWait, 2), false)
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let l = delivery(&mut sub).await;
+            sub.delivered(l.delivery_ids());
+        }
+        assert!(matches!(end(&mut sub).await, SubscriptionEnd::Exhausted));
+    }
+
+    #[tokio::test]
+    async fn flow_control_waits_for_an_ack_before_leasing_more() {
+        let queues = queues_with(3).await;
+        let mut sub = queues
+            .subscribe(input(Wait::Forever, 2), true)
+            .await
+            .unwrap();
+        let first = delivery(&mut sub).await;
+        sub.delivered(first.delivery_ids());
+        let second = delivery(&mut sub).await;
+        sub.delivered(second.delivery_ids());
+        // Two unacknowledged deliveries fill the window.
+        let waiting = tokio::time::timeout(Duration::from_millis(200), sub.next()).await;
+        assert!(waiting.is_err(), "leased past the window");
+        queues.ack(&message_ref(&first)).await.unwrap();
+        let third = delivery(&mut sub).await;
+        assert_ne!(third.record.id, second.record.id);
+    }
+
+    #[tokio::test]
+    async fn a_drain_ends_the_stream() {
+        let queues = queues_with(1).await;
+        let drain = Drain::new();
+        queues.attach_drain(&drain);
+        let mut sub = queues
+            .subscribe(input(Wait::Forever, 1), false)
+            .await
+            .unwrap();
+        let l = delivery(&mut sub).await;
+        sub.delivered(l.delivery_ids());
+        // Waiting for the next message, the stream sees the drain start.
+        let next = tokio::spawn(async move { end(&mut sub).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drain.start(Duration::from_secs(10));
+        assert!(matches!(next.await.unwrap(), SubscriptionEnd::Drained));
+    }
+
+    #[tokio::test]
+    async fn deliveries_never_written_are_put_back() {
+        let queues = queues_with(3).await;
+        let mut sub = queues
+            .subscribe(input(Wait::NoWait, 3), false)
+            .await
+            .unwrap();
+        let l = delivery(&mut sub).await;
+        let ids = l.delivery_ids();
+        drop(l);
+        sub.undelivered(&ids).await;
+        sub.give_back().await;
+        // All three are ready again.
+        let again = queues.dequeue(&input(Wait::NoWait, 3)).await.unwrap();
+        assert_eq!(again.len(), 3);
     }
 }
