@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::core::queue::QueueConfig;
+
 /// How the server listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ListenProto {
@@ -142,10 +144,10 @@ impl Default for ServerConfig {
             acquire_block: engine.acquire_block,
             json_max: 100_000_000,
             sweeper_interval: Duration::from_secs(5 * 60),
-            queue_max_consumers: crate::core::queue::QueueConfig::default().max_consumers,
-            queue_max_payload: 100_000_000,
-            queue_expiry_counts: true,
-            subscribe_flow_control: false,
+            queue_max_consumers: QueueConfig::default_max_consumers(),
+            queue_max_payload: QueueConfig::DEFAULT_MAX_PAYLOAD,
+            queue_expiry_counts: QueueConfig::DEFAULT_EXPIRY_COUNTS_AS_FAILURE,
+            subscribe_flow_control: QueueConfig::DEFAULT_SUBSCRIBE_FLOW_CONTROL,
             qrf: crate::control::qrf::QrfConfig::default(),
             lsf_sample_interval: Duration::from_millis(200),
             lsf_log_interval: Duration::from_secs(15),

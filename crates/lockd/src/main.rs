@@ -25,6 +25,7 @@ use lockd_server::config::{
     default_data_dir, format_duration, format_size, parse_duration, parse_size,
 };
 use lockd_server::control::qrf::QrfConfig;
+use lockd_server::core::queue::QueueConfig;
 use lockd_server::obs::log::LogFormat;
 use lockd_server::storage::{S3Scheme, StoreUrl};
 use lockd_server::{ListenProto, ServerConfig};
@@ -235,14 +236,14 @@ struct Args {
     queue_max_consumers: Option<usize>,
 
     /// Largest queue payload accepted by enqueue (0 = unlimited).
-    #[arg(long, env = "LOCKD_QUEUE_MAX_PAYLOAD", default_value = "100MB", value_parser = parse_size)]
+    #[arg(long, env = "LOCKD_QUEUE_MAX_PAYLOAD", default_value_t = QueueConfig::DEFAULT_MAX_PAYLOAD, value_parser = parse_size)]
     queue_max_payload: u64,
 
     /// Count only failure nacks toward `max_attempts`, as the original
     /// lockd does. By default a delivery whose lease expires unanswered (a
     /// crashed or hung consumer) counts too, so poison messages reach the
     /// dead-letter area instead of looping forever.
-    #[arg(long, env = "LOCKD_QUEUE_ORIGINAL_ATTEMPTS", default_value_t = false)]
+    #[arg(long, env = "LOCKD_QUEUE_ORIGINAL_ATTEMPTS", default_value_t = !QueueConfig::DEFAULT_EXPIRY_COUNTS_AS_FAILURE)]
     queue_original_attempts: bool,
 
     /// Per-stream flow control on subscribe: a stream holds at most
@@ -253,7 +254,7 @@ struct Args {
     #[arg(
         long,
         env = "LOCKD_QUEUE_SUBSCRIBE_FLOW_CONTROL",
-        default_value_t = false
+        default_value_t = QueueConfig::DEFAULT_SUBSCRIBE_FLOW_CONTROL
     )]
     queue_subscribe_flow_control: bool,
 

@@ -9,8 +9,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::clock::{add_secs, secs_until, unix_secs};
+use super::key_entry::{delete_doc, persist, KeyEntry, KeyState};
 use super::record::{Lease, MetaRecord};
-use super::slot::{delete_doc, persist, Slot, SlotState};
 use super::{CoreError, CoreResult, Engine};
 
 /// Validated input of an acquire.
@@ -68,14 +68,14 @@ pub struct ReleaseInput {
 /// Removes a queued waiter when an acquire ends, however it ends (success,
 /// error, or the client going away and the future being dropped).
 struct WaiterGuard {
-    slot: Arc<Slot>,
+    entry: Arc<KeyEntry>,
     id: Option<u64>,
 }
 
 impl Drop for WaiterGuard {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
-            self.slot.dequeue(id);
+            self.entry.dequeue(id);
         }
     }
 }
@@ -103,8 +103,8 @@ impl Engine {
     /// Grants a lease, waiting as `block_seconds` asks (§5.3). Waiters are
     /// served in FIFO order and woken by release or expiry, never by polling.
     pub async fn acquire(&self, input: AcquireInput) -> CoreResult<Acquired> {
-        let id = super::record::slot_id(&input.namespace, &input.key);
-        let slot = self.slot(&id);
+        let id = super::record::key_id(&input.namespace, &input.key);
+        let entry = self.key_entry(&id);
         // A bound too far away to represent is no bound at all.
         let deadline = match input.block_seconds {
             0 => None,
@@ -114,12 +114,12 @@ impl Engine {
         };
         let notify = Arc::new(Notify::new());
         let mut guard = WaiterGuard {
-            slot: slot.clone(),
+            entry: entry.clone(),
             id: None,
         };
         let mut first = true;
         loop {
-            let mut st = self.lock_slot(&slot, &id).await?;
+            let mut st = self.lock_key(&entry, &id).await?;
             if first && input.if_not_exists && st.rec.is_some() {
                 return Err(CoreError::new(
                     ErrorCode::AlreadyExists,
@@ -134,7 +134,7 @@ impl Engine {
                 r => r?,
             };
             let held = st.rec.as_ref().and_then(|r| r.lease.as_ref()).cloned();
-            if held.is_none() && slot.may_take(guard.id) {
+            if held.is_none() && entry.may_take(guard.id) {
                 let granted = match self.grant(&id, &mut st, &input, now).await {
                     // Another node took the key first: look again (it is
                     // held now, so this acquire waits or fails as asked).
@@ -145,7 +145,7 @@ impl Engine {
                 // Leaving the queue wakes the next waiter, which then arms
                 // its timer on the new lease's expiry.
                 if let Some(me) = guard.id.take() {
-                    slot.dequeue(me);
+                    entry.dequeue(me);
                 }
                 return Ok(granted);
             }
@@ -160,21 +160,21 @@ impl Engine {
                 Some(me) => me,
                 None => {
                     let me = self.waiter_id();
-                    slot.enqueue(me, notify.clone());
+                    entry.enqueue(me, notify.clone());
                     guard.id = Some(me);
                     me
                 }
             };
             // Only the head of the queue watches the holder's expiry (on
             // the engine's clock); the others wait for their turn.
-            let expiry = match (&held, slot.is_head(me)) {
+            let expiry = match (&held, entry.is_head(me)) {
                 (Some(l), true) => Some(l.expires_ms()),
                 _ => None,
             };
             if held.is_none() {
                 // Free, but reserved for the head of the queue: make sure it
                 // knows.
-                slot.wake_head();
+                entry.wake_head();
             }
             drop(st);
             // On a shared store another node may release the key: look
@@ -197,7 +197,7 @@ impl Engine {
     async fn grant(
         &self,
         id: &str,
-        st: &mut SlotState,
+        st: &mut KeyState,
         input: &AcquireInput,
         now: i64,
     ) -> CoreResult<Acquired> {
@@ -238,7 +238,7 @@ impl Engine {
     pub(super) async fn clear_if_expired(
         &self,
         id: &str,
-        st: &mut SlotState,
+        st: &mut KeyState,
         now: i64,
     ) -> CoreResult<bool> {
         let Some(rec) = st.rec.as_ref() else {
@@ -264,7 +264,7 @@ impl Engine {
     pub(super) async fn check_lease(
         &self,
         id: &str,
-        st: &mut SlotState,
+        st: &mut KeyState,
         lease_id: &str,
         token: i64,
         txn: Option<&str>,
@@ -309,7 +309,7 @@ impl Engine {
 
     /// When the lease on a key expires (Unix ms), if it is held.
     pub async fn lease_expiry_ms(&self, namespace: &str, key: &str) -> Option<i64> {
-        let id = super::record::slot_id(namespace, key);
+        let id = super::record::key_id(namespace, key);
         let rec = self.peek(&id).await.ok().flatten()?;
         rec.lease.map(|l| l.expires_ms())
     }
@@ -319,15 +319,15 @@ impl Engine {
     pub(super) async fn lock_leased<'s>(
         &self,
         id: &str,
-        slot: &'s Slot,
+        entry: &'s KeyEntry,
         lease_id: &str,
         token: i64,
         txn: Option<&str>,
-    ) -> CoreResult<tokio::sync::MutexGuard<'s, SlotState>> {
-        let mut st = self.lock_slot(slot, id).await?;
+    ) -> CoreResult<tokio::sync::MutexGuard<'s, KeyState>> {
+        let mut st = self.lock_key(entry, id).await?;
         if let Err(e) = self.check_lease(id, &mut st, lease_id, token, txn).await {
             drop(st);
-            slot.wake_head();
+            entry.wake_head();
             return Err(e);
         }
         Ok(st)
@@ -340,12 +340,12 @@ impl Engine {
     }
 
     async fn keepalive_once(&self, input: &KeepAliveInput) -> CoreResult<i64> {
-        let id = super::record::slot_id(&input.namespace, &input.key);
-        let slot = self.slot(&id);
+        let id = super::record::key_id(&input.namespace, &input.key);
+        let entry = self.key_entry(&id);
         let mut st = self
             .lock_leased(
                 &id,
-                &slot,
+                &entry,
                 &input.lease_id,
                 input.fencing_token,
                 Some(&input.txn_id),
@@ -370,7 +370,7 @@ impl Engine {
         drop(st);
         // The head waiter's timer is armed on the old expiry; a shorter
         // lease must re-arm it.
-        slot.wake_head();
+        entry.wake_head();
         Ok(expires)
     }
 
@@ -382,13 +382,13 @@ impl Engine {
     }
 
     async fn release_once(&self, input: &ReleaseInput) -> CoreResult<()> {
-        let id = super::record::slot_id(&input.namespace, &input.key);
-        let slot = self.slot(&id);
-        let mut st = self.lock_slot(&slot, &id).await?;
+        let id = super::record::key_id(&input.namespace, &input.key);
+        let entry = self.key_entry(&id);
+        let mut st = self.lock_key(&entry, &id).await?;
         let now = self.cfg.clock.now_ms();
         if self.clear_if_expired(&id, &mut st, now).await? {
             drop(st);
-            slot.wake_head();
+            entry.wake_head();
             return Ok(());
         }
         let Some(rec) = st.rec.as_ref() else {
@@ -424,7 +424,7 @@ impl Engine {
         };
         persist(self.store.as_ref(), &id, &mut st, rec, Vec::new(), after).await?;
         drop(st);
-        slot.wake_head();
+        entry.wake_head();
         Ok(())
     }
 }

@@ -4,10 +4,10 @@
 
 pub mod clock;
 mod error;
+mod key_entry;
 mod lease;
 pub mod queue;
 pub mod record;
-mod slot;
 mod state;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,8 +22,8 @@ pub use lease::{AcquireInput, Acquired, KeepAliveInput, ReleaseInput};
 pub use state::{Document, LeaseRef, MetadataInput, RemoveInput, Removed, UpdateInput, Updated};
 
 use crate::storage::Store;
+use key_entry::KeyEntry;
 use record::MetaRecord;
-use slot::Slot;
 
 /// Tunables of the engine (a subset of the server flags).
 #[derive(Debug, Clone)]
@@ -70,7 +70,7 @@ const CAS_RETRIES: u32 = 16;
 /// The lease and state engine.
 pub struct Engine {
     store: Arc<dyn Store>,
-    slots: DashMap<String, Arc<Slot>>,
+    keys: DashMap<String, Arc<KeyEntry>>,
     cfg: EngineConfig,
     next_waiter: AtomicU64,
     /// Every fencing token handed out is above this ([`Store::fencing_floor`],
@@ -108,7 +108,7 @@ impl Engine {
         let fencing_floor = store.fencing_floor().max(0);
         Arc::new(Self {
             store,
-            slots: DashMap::new(),
+            keys: DashMap::new(),
             cfg,
             next_waiter: AtomicU64::new(1),
             fencing_floor,
@@ -139,16 +139,16 @@ impl Engine {
         }
     }
 
-    fn slot(&self, id: &str) -> Arc<Slot> {
-        if let Some(s) = self.slots.get(id) {
+    fn key_entry(&self, id: &str) -> Arc<KeyEntry> {
+        if let Some(s) = self.keys.get(id) {
             return s.clone();
         }
-        self.slots.entry(id.to_string()).or_default().clone()
+        self.keys.entry(id.to_string()).or_default().clone()
     }
 
-    /// Reads a record without creating a slot for keys never seen.
+    /// Reads a record without creating an entry for keys never seen.
     async fn peek(&self, id: &str) -> CoreResult<Option<MetaRecord>> {
-        let slot = match self.slots.get(id) {
+        let entry = match self.keys.get(id) {
             Some(s) => s.clone(),
             None => {
                 return match self.store.get(&record::meta_key(id)).await? {
@@ -157,18 +157,18 @@ impl Engine {
                 }
             }
         };
-        let st = self.lock_slot(&slot, id).await?;
+        let st = self.lock_key(&entry, id).await?;
         Ok(st.rec.clone())
     }
 
-    /// Locks a key's slot, reading its record afresh when other nodes
+    /// Locks a key's entry, reading its record afresh when other nodes
     /// may have changed it.
-    async fn lock_slot<'s>(
+    async fn lock_key<'s>(
         &self,
-        slot: &'s Slot,
+        entry: &'s KeyEntry,
         id: &str,
-    ) -> CoreResult<tokio::sync::MutexGuard<'s, slot::SlotState>> {
-        slot.lock(self.store.as_ref(), id, self.cfg.shared).await
+    ) -> CoreResult<tokio::sync::MutexGuard<'s, key_entry::KeyState>> {
+        entry.lock(self.store.as_ref(), id, self.cfg.shared).await
     }
 
     /// The clock every deadline is read from.
@@ -197,7 +197,7 @@ impl Engine {
         let extra = if jitter_ms == 0 {
             0
         } else {
-            (uuid::Uuid::new_v4().as_u128() as u64) % (jitter_ms + 1)
+            fastrand::u64(0..=jitter_ms)
         };
         tokio::time::Instant::now()
             .checked_add(self.cfg.poll_interval + Duration::from_millis(extra))
@@ -216,7 +216,7 @@ impl Engine {
                 Err(e) if e.store_conflict && self.cfg.shared && attempt < CAS_RETRIES => {
                     attempt += 1;
                     // A little randomised backoff so racing nodes part ways.
-                    let ms = 1 + (uuid::Uuid::new_v4().as_u128() as u64) % (5 * attempt as u64);
+                    let ms = fastrand::u64(1..=5 * u64::from(attempt));
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                 }
                 r => return r,
@@ -233,40 +233,40 @@ impl Engine {
     /// keys from memory. Expiry is also handled lazily on every request;
     /// this reclaims storage and memory of keys nobody touches again.
     pub async fn sweep_expired(&self) -> usize {
-        let ids: Vec<(String, Arc<Slot>)> = self
-            .slots
+        let ids: Vec<(String, Arc<KeyEntry>)> = self
+            .keys
             .iter()
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect();
         let mut cleared = 0;
-        for (id, slot) in ids {
-            let Ok(mut st) = self.lock_slot(&slot, &id).await else {
+        for (id, entry) in ids {
+            let Ok(mut st) = self.lock_key(&entry, &id).await else {
                 continue;
             };
             let now = self.cfg.clock.now_ms();
             if let Ok(true) = self.clear_if_expired(&id, &mut st, now).await {
                 cleared += 1;
                 drop(st);
-                slot.wake_head();
+                entry.wake_head();
             }
         }
         self.evict_idle();
         cleared
     }
 
-    /// Drops idle slots from memory so it holds only keys in use. A slot is
+    /// Drops idle keys from memory so it holds only keys in use. An entry is
     /// removed only while the map is its sole owner (checked under the map
     /// shard's write lock, so nobody can pick it up meanwhile).
     fn evict_idle(&self) {
-        self.slots
-            .retain(|_, slot| !(Arc::strong_count(slot) == 1 && slot.idle()));
+        self.keys
+            .retain(|_, entry| !(Arc::strong_count(entry) == 1 && entry.idle()));
     }
 
     /// Keys with a live lease among those in memory (a locked key counts:
     /// it is being worked on).
     pub fn live_leases(&self) -> usize {
         let now = self.cfg.clock.now_ms();
-        self.slots
+        self.keys
             .iter()
             .filter(|e| e.value().holds_lease(now))
             .count()
@@ -274,13 +274,13 @@ impl Engine {
 
     /// Number of keys held in memory (for tests and metrics).
     pub fn cached_keys(&self) -> usize {
-        self.slots.len()
+        self.keys.len()
     }
 
     /// Blocked acquirers waiting for a key, over every key in memory
     /// (metrics; walks the keys, so call it at scrape time only).
     pub fn waiting_acquirers(&self) -> usize {
-        self.slots.iter().map(|e| e.value().waiters()).sum()
+        self.keys.iter().map(|e| e.value().waiters()).sum()
     }
 }
 

@@ -140,18 +140,18 @@ impl MetaRecord {
 }
 
 /// Store key of a record.
-pub fn meta_key(slot_id: &str) -> String {
-    format!("m/{slot_id}")
+pub fn meta_key(key_id: &str) -> String {
+    format!("m/{key_id}")
 }
 
 /// Store key of a document.
-pub fn doc_key(slot_id: &str, etag: &str) -> String {
-    format!("s/{slot_id}@{etag}")
+pub fn doc_key(key_id: &str, etag: &str) -> String {
+    format!("s/{key_id}@{etag}")
 }
 
 /// Identifier of a key inside the engine: `<namespace>/<key>` (namespaces
 /// contain no `/`, so this is unambiguous).
-pub fn slot_id(namespace: &str, key: &str) -> String {
+pub fn key_id(namespace: &str, key: &str) -> String {
     format!("{namespace}/{key}")
 }
 

@@ -5,8 +5,8 @@
 use bytes::Bytes;
 use lockd_api::ErrorCode;
 
-use super::record::{doc_key, slot_id, MetaRecord, Staged};
-use super::slot::{delete_doc, persist};
+use super::key_entry::{delete_doc, persist};
+use super::record::{doc_key, key_id, MetaRecord, Staged};
 use super::{CoreError, CoreResult, Engine};
 use crate::storage::{Cond, Op};
 
@@ -79,7 +79,7 @@ fn missing_doc() -> CoreError {
 impl Engine {
     /// Committed state for public readers; `None` when there is no document.
     pub async fn get_public(&self, namespace: &str, key: &str) -> CoreResult<Option<Document>> {
-        let id = slot_id(namespace, key);
+        let id = key_id(namespace, key);
         // A commit may delete the document between reading the record and
         // the document; the record then points at a newer one, so retry.
         for _ in 0..8 {
@@ -118,10 +118,10 @@ impl Engine {
         lease_id: &str,
         fencing_token: i64,
     ) -> CoreResult<Option<Document>> {
-        let id = slot_id(namespace, key);
-        let slot = self.slot(&id);
+        let id = key_id(namespace, key);
+        let entry = self.key_entry(&id);
         let st = self
-            .lock_leased(&id, &slot, lease_id, fencing_token, None)
+            .lock_leased(&id, &entry, lease_id, fencing_token, None)
             .await?;
         let rec = st.rec.clone().unwrap_or_default();
         let txn = rec
@@ -137,7 +137,7 @@ impl Engine {
         if etag.is_empty() {
             return Ok(None);
         }
-        // Read under the slot lock: the holder's own requests are serialised
+        // Read under the entry lock: the holder's own requests are serialised
         // anyway, and no commit can remove the document meanwhile.
         match self.store.get(&doc_key(&id, &etag)).await? {
             Some((body, _)) => Ok(Some(Document {
@@ -155,11 +155,11 @@ impl Engine {
     }
 
     async fn update_once(&self, input: UpdateInput) -> CoreResult<Updated> {
-        let id = slot_id(&input.namespace, &input.key);
-        let slot = self.slot(&id);
+        let id = key_id(&input.namespace, &input.key);
+        let entry = self.key_entry(&id);
         let l = &input.lease;
         let mut st = self
-            .lock_leased(&id, &slot, &l.lease_id, l.fencing_token, Some(&l.txn_id))
+            .lock_leased(&id, &entry, &l.lease_id, l.fencing_token, Some(&l.txn_id))
             .await?;
         let mut rec = st.rec.clone().unwrap_or_default();
         check_other_txn(&rec, &l.txn_id)?;
@@ -200,11 +200,11 @@ impl Engine {
     }
 
     async fn remove_once(&self, input: RemoveInput) -> CoreResult<Removed> {
-        let id = slot_id(&input.namespace, &input.key);
-        let slot = self.slot(&id);
+        let id = key_id(&input.namespace, &input.key);
+        let entry = self.key_entry(&id);
         let l = &input.lease;
         let mut st = self
-            .lock_leased(&id, &slot, &l.lease_id, l.fencing_token, Some(&l.txn_id))
+            .lock_leased(&id, &entry, &l.lease_id, l.fencing_token, Some(&l.txn_id))
             .await?;
         let mut rec = st.rec.clone().unwrap_or_default();
         check_other_txn(&rec, &l.txn_id)?;
@@ -247,11 +247,11 @@ impl Engine {
     }
 
     async fn set_metadata_once(&self, input: MetadataInput) -> CoreResult<i64> {
-        let id = slot_id(&input.namespace, &input.key);
-        let slot = self.slot(&id);
+        let id = key_id(&input.namespace, &input.key);
+        let entry = self.key_entry(&id);
         let l = &input.lease;
         let mut st = self
-            .lock_leased(&id, &slot, &l.lease_id, l.fencing_token, Some(&l.txn_id))
+            .lock_leased(&id, &entry, &l.lease_id, l.fencing_token, Some(&l.txn_id))
             .await?;
         let mut rec = st.rec.clone().unwrap_or_default();
         check_other_txn(&rec, &l.txn_id)?;
@@ -282,7 +282,7 @@ impl Engine {
     /// The record of a key as describe reports it; `None` for keys never
     /// acquired. Expired leases are reported as stored (no expiry check).
     pub async fn describe(&self, namespace: &str, key: &str) -> CoreResult<Option<MetaRecord>> {
-        self.peek(&slot_id(namespace, key)).await
+        self.peek(&key_id(namespace, key)).await
     }
 }
 

@@ -25,7 +25,8 @@ use super::{
     client_left, multipart, respond, ApiError, AppState, Caller, ClientGone, CorrelationId,
 };
 use crate::core::queue::{
-    DequeueInput, EnqueueInput, Leased, MessageRef, NackIntent, QueueShard, Wait,
+    DequeueInput, EnqueueInput, Leased, MessageRef, NackIntent, Subscription, SubscriptionEnd,
+    SubscriptionEvent, Wait,
 };
 use crate::storage::ByteStream;
 
@@ -321,14 +322,12 @@ pub async fn subscribe_with_state(
 
 /// Subscribe: the first delivery is awaited like a dequeue (errors before
 /// it are JSON); then the response streams one meta+payload pair per
-/// delivery, leasing up to `page_size` messages per fetch, as long as the
-/// client stays. As in the original, the stream does not wait for acks: a
-/// subscriber may read many deliveries before acking any (hoarding is
-/// bounded by the visibility timeout). With `--queue-subscribe-flow-control`
-/// a stream holds at most `page_size` unacknowledged deliveries instead.
-/// With `wait_seconds: -1` the stream ends once nothing is ready. A client
-/// that goes away is noticed at once (the channel closes), and messages
-/// leased for it but not yet handed to the connection are put back.
+/// delivery as long as the client stays. What is leased when, flow control
+/// (`--queue-subscribe-flow-control`) and the end on drain or with
+/// `wait_seconds: -1` are the core's [`Subscription`]; this handler only
+/// encodes and writes. A client that goes away is noticed at once (the
+/// channel closes), and messages leased for it but not yet handed to the
+/// connection are put back.
 async fn subscribe_impl(
     app: Arc<AppState>,
     caller: Caller,
@@ -338,14 +337,12 @@ async fn subscribe_impl(
     stateful: bool,
 ) -> Res {
     let c = consumer(&app, &caller, &uri, body, stateful).await?;
-    let flow_cap = app.subscribe_flow_control.then_some(c.input.page_size);
-    let input = c.input;
-    let shard = app.queues.shard(&input.namespace, &input.queue).await?;
-    let first = gone
+    let flow_control = app.subscribe_flow_control;
+    let sub = gone
         .race(
             async {
                 app.queues
-                    .dequeue_on(&shard, &input, input.wait, false)
+                    .subscribe(c.input, flow_control)
                     .await
                     .map_err(ApiError::from)
             },
@@ -353,21 +350,14 @@ async fn subscribe_impl(
         )
         .await?;
     let boundary = multipart::boundary();
-    let cid = first
-        .first()
-        .map(|l| l.record.correlation_id.clone())
-        .unwrap_or_default();
+    let cid = sub.first_correlation_id().unwrap_or_default().to_string();
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
-    let stream = Subscription {
-        app,
-        shard,
-        input,
-        queue: c.requested_queue,
-        boundary: boundary.clone(),
-        flow_cap,
+    tokio::spawn(stream_deliveries(
+        sub,
         tx,
-    };
-    tokio::spawn(stream.run(first));
+        boundary.clone(),
+        c.requested_queue,
+    ));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
@@ -378,136 +368,43 @@ async fn subscribe_impl(
     ))
 }
 
-/// One subscribe stream after its first fetch: leases, writes, repeats.
-struct Subscription {
-    app: Arc<AppState>,
-    shard: Arc<QueueShard>,
-    input: DequeueInput,
-    /// The queue name as the client wrote it (echoed in deliveries).
-    queue: String,
-    boundary: String,
-    /// Most unacknowledged deliveries (flow control on), else no cap.
-    flow_cap: Option<usize>,
+/// Writes a subscription's deliveries into the response channel, one
+/// meta+payload pair each, and the closing delimiter when the stream ends
+/// (drain, nothing ready with `wait_seconds: -1`, an error). When the
+/// client is gone (the channel closes) it stops at once; deliveries leased
+/// for it but not written are put back. `queue` is the queue name as the
+/// client wrote it (echoed in deliveries).
+async fn stream_deliveries(
+    mut sub: Subscription,
     tx: mpsc::Sender<std::io::Result<Bytes>>,
-}
-
-/// How a subscribe stream goes on after writing what it leased.
-enum AfterWrite {
-    /// Lease up to this many more.
-    Fetch(usize),
-    /// End the response with the closing delimiter.
-    Close,
-    /// The client is gone.
-    Gone,
-}
-
-impl Subscription {
-    async fn run(self, first: Vec<Leased>) {
-        let mut outstanding: Vec<(String, String)> = Vec::new();
-        let mut drain = self.app.control.drain.watch();
-        let mut is_first = true;
-        let mut pending = first;
-        // After the first delivery the stream stays open (wait > 0 only
-        // bounds the first), unless the client asked not to wait at all.
-        let next_wait = if self.input.wait == Wait::NoWait {
-            Wait::NoWait
-        } else {
-            Wait::Forever
+    boundary: String,
+    queue: String,
+) {
+    let mut is_first = true;
+    loop {
+        let next = tokio::select! {
+            next = sub.next() => next,
+            _ = tx.closed() => return sub.give_back().await,
         };
-        loop {
-            let mut batch = std::mem::take(&mut pending).into_iter();
-            while let Some(leased) = batch.next() {
-                let (id, lease) = delivery_ids(&leased);
-                if !send_delivery(&self.tx, &self.boundary, leased, &self.queue, is_first).await {
-                    self.app
-                        .queues
-                        .return_undelivered(&self.shard, &id, &lease)
-                        .await;
-                    for rest in batch {
-                        let (id, lease) = delivery_ids(&rest);
-                        self.app
-                            .queues
-                            .return_undelivered(&self.shard, &id, &lease)
-                            .await;
-                    }
-                    return;
+        match next {
+            SubscriptionEvent::Delivery(leased) => {
+                let ids = leased.delivery_ids();
+                if !send_delivery(&tx, &boundary, leased, &queue, is_first).await {
+                    sub.undelivered(&ids).await;
+                    return sub.give_back().await;
                 }
                 is_first = false;
-                if self.flow_cap.is_some() {
-                    outstanding.push((id, lease));
-                }
+                sub.delivered(ids);
             }
-            let mut fetch = std::borrow::Cow::Borrowed(&self.input);
-            if let Some(cap) = self.flow_cap {
-                match self.wait_for_room(&mut outstanding, cap).await {
-                    // Never lease past the window.
-                    AfterWrite::Fetch(room) => fetch.to_mut().page_size = room,
-                    AfterWrite::Close => return self.close().await,
-                    AfterWrite::Gone => return,
+            SubscriptionEvent::End(end) => {
+                if let SubscriptionEnd::Failed(e) = end {
+                    tracing::warn!(error = %e, "subscribe stream ended by an error");
                 }
-            }
-            if self.app.control.drain.is_draining() {
-                // Tell the subscriber to stop: a clean end of the stream.
-                return self.close().await;
-            }
-            let next = tokio::select! {
-                _ = drain.changed() => return self.close().await,
-                r = self.app.queues.dequeue_on(&self.shard, &fetch, next_wait, true) => r,
-                _ = self.tx.closed() => return,
-            };
-            match next {
-                Ok(l) => pending = l,
-                Err(e) => {
-                    // Nothing more (wait -1) or an error: end the stream cleanly.
-                    if e.code != ErrorCode::Waiting {
-                        tracing::warn!(error = %e, "subscribe stream ended by an error");
-                    }
-                    return self.close().await;
-                }
+                let _ = tx.send(Ok(multipart::close(&boundary))).await;
+                return;
             }
         }
     }
-
-    /// Flow control (opt-in): waits until fewer than `cap` deliveries of
-    /// this stream are unacknowledged.
-    async fn wait_for_room(
-        &self,
-        outstanding: &mut Vec<(String, String)>,
-        cap: usize,
-    ) -> AfterWrite {
-        loop {
-            outstanding.retain(|(id, lease)| self.shard.outstanding(id, lease));
-            if outstanding.len() < cap {
-                return AfterWrite::Fetch(cap - outstanding.len());
-            }
-            // wait_seconds -1 ends the stream once nothing is ready, even
-            // while deliveries are still unacknowledged.
-            if self.input.wait == Wait::NoWait && !self.shard.has_ready() {
-                return AfterWrite::Close;
-            }
-            let notified = self.shard.notified();
-            tokio::select! {
-                _ = notified => {}
-                _ = self.shard.time_passed() => {}
-                _ = self.tx.closed() => return AfterWrite::Gone,
-            }
-        }
-    }
-
-    async fn close(&self) {
-        let _ = self.tx.send(Ok(multipart::close(&self.boundary))).await;
-    }
-}
-
-/// Message id and delivery lease id of a leased message.
-fn delivery_ids(leased: &Leased) -> (String, String) {
-    let lease = leased
-        .record
-        .delivery
-        .as_ref()
-        .map(|d| d.lease_id.clone())
-        .unwrap_or_default();
-    (leased.record.id.clone(), lease)
 }
 
 /// Sends one delivery into the channel. Returns false if the client left.

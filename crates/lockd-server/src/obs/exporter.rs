@@ -2,7 +2,7 @@
 //! `GET /metrics`, answering the Prometheus text format.
 //!
 //! Counters and histograms are kept by the request path
-//! ([`HttpMetrics`], [`StoreMetrics`], [`DISK_COMMITS`]); everything else
+//! ([`HttpMetrics`], [`StoreMetrics`]); everything else
 //! is a gauge read at scrape time from the server's own in-memory state
 //! (the lease table, the queue indexes, the QRF controller, the last LSF
 //! sample), so serving requests costs nothing extra for them.
@@ -17,7 +17,7 @@ use http::{header, HeaderValue, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::metrics::{Exposition, HttpMetrics, StoreMetrics, DISK_COMMITS};
+use super::metrics::{Exposition, HttpMetrics, StoreMetrics};
 use crate::control::qrf::State;
 use crate::control::Control;
 use crate::core::queue::{QueueGauge, Queues};
@@ -141,7 +141,7 @@ impl Exporter {
         );
         self.store.write(&mut e);
         if self.disk {
-            DISK_COMMITS.write(&mut e);
+            self.store.disk_commits().write(&mut e);
         }
         e.finish()
     }

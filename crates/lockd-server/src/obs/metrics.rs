@@ -360,6 +360,9 @@ const FAILURES: [&str; 3] = ["cond_failed", "backend", "source"];
 pub struct StoreMetrics {
     latency: [Histogram; STORE_OPS.len()],
     errors: [[AtomicU64; FAILURES.len()]; STORE_OPS.len()],
+    /// Group commits of the store (`disk://`), reported by the store
+    /// through the metrics wrapper.
+    commits: DiskCommits,
 }
 
 impl Default for StoreMetrics {
@@ -374,7 +377,13 @@ impl StoreMetrics {
         Self {
             latency: [const { Histogram::new() }; STORE_OPS.len()],
             errors: [const { [const { AtomicU64::new(0) }; FAILURES.len()] }; STORE_OPS.len()],
+            commits: DiskCommits::new(),
         }
+    }
+
+    /// The store's group commits (`disk://` only).
+    pub fn disk_commits(&self) -> &DiskCommits {
+        &self.commits
     }
 
     /// Records one operation.
@@ -424,22 +433,36 @@ impl StoreMetrics {
     }
 }
 
-/// Group commits of `disk://` stores in this process (the writer thread
-/// reports each commit here).
+impl crate::storage::CommitObserver for StoreMetrics {
+    fn commit(&self, batches: usize, took: Duration, ok: bool) {
+        self.commits.record(batches, took, ok);
+    }
+}
+
+/// Group commits of a `disk://` store (its log thread reports each one
+/// through [`crate::storage::Store::observe_commits`]).
 pub struct DiskCommits {
     batches: Histogram,
     duration: Histogram,
     failures: AtomicU64,
 }
 
-/// The process's disk commit statistics.
-pub static DISK_COMMITS: DiskCommits = DiskCommits {
-    batches: Histogram::new(),
-    duration: Histogram::new(),
-    failures: AtomicU64::new(0),
-};
+impl Default for DiskCommits {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl DiskCommits {
+    /// All zero.
+    pub const fn new() -> Self {
+        Self {
+            batches: Histogram::new(),
+            duration: Histogram::new(),
+            failures: AtomicU64::new(0),
+        }
+    }
+
     /// Records one group commit of `batches` caller batches that took
     /// `took` (log write and fdatasync).
     pub fn record(&self, batches: usize, took: Duration, ok: bool) {

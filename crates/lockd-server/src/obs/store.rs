@@ -1,6 +1,7 @@
 //! A [`Store`] decorator that times every operation of the store it wraps
-//! and counts failures, so backends need no instrumentation of their own.
-//! Only used when metrics are on.
+//! and counts failures, so backends need no instrumentation of their own;
+//! it also hands the wrapped store the sink for its group-commit figures
+//! (`disk://`). Only used when metrics are on.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::metrics::{StoreFailure, StoreMetrics, StoreOp};
-use crate::storage::{ByteStream, ETag, Op, Store, StoreError, StoreResult};
+use crate::storage::{ByteStream, CommitObserver, ETag, Op, Store, StoreError, StoreResult};
 
 /// Times the operations of `inner` into `metrics`.
 pub struct MeteredStore {
@@ -17,8 +18,9 @@ pub struct MeteredStore {
 }
 
 impl MeteredStore {
-    /// Wraps `inner`.
+    /// Wraps `inner`; its group commits are counted into `metrics` too.
     pub fn new(inner: Arc<dyn Store>, metrics: Arc<StoreMetrics>) -> Self {
+        inner.observe_commits(metrics.clone());
         Self { inner, metrics }
     }
 
@@ -71,6 +73,10 @@ impl Store for MeteredStore {
 
     fn fencing_floor(&self) -> i64 {
         self.inner.fencing_floor()
+    }
+
+    fn observe_commits(&self, observer: Arc<dyn CommitObserver>) {
+        self.inner.observe_commits(observer);
     }
 
     async fn barrier(&self) -> StoreResult<()> {

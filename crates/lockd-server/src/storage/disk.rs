@@ -50,9 +50,9 @@
 //! refuses every later write until the process restarts, and recovery
 //! restores exactly what the log holds.
 //!
-//! Blobs (queue payloads) up to [`INLINE_BLOB_MAX`] bytes are stored in the
-//! database itself, so they share group commits with everything else.
-//! Larger ones live beside it as files under `PATH/blobs/`, named by the
+//! Inline blobs (up to [`payload::INLINE_MAX`] bytes, the rule of
+//! [`super::payload`]) are stored in the database itself, so they share
+//! group commits with everything else. Larger ones live beside it as files under `PATH/blobs/`, named by the
 //! SHA-256 of their key: written to a temporary file, fsynced, then renamed
 //! into place, so they stream in and out without being held in memory.
 //!
@@ -73,8 +73,11 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::mem::cond_holds;
+use super::payload::{self, Split};
 use super::wal::{Change, Damage, RecordBuf, Recovered, Wal, MIN_PUT_BYTES};
-use super::{ByteStream, Cond, ETag, Op, OpenOptions, Store, StoreError, StoreResult};
+use super::{
+    ByteStream, CommitObserver, Cond, ETag, Op, OpenOptions, Store, StoreError, StoreResult,
+};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const SYSTEM: TableDefinition<&str, u64> = TableDefinition::new("system");
@@ -89,8 +92,6 @@ const WAL_CAPACITY: u64 = 16 << 20;
 pub const CHECKPOINT_BYTES: u64 = 4 << 20;
 /// Time after which the writer checkpoints a log that is not empty.
 pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
-/// Largest blob kept inside the database; larger ones become files.
-pub const INLINE_BLOB_MAX: usize = 64 * 1024;
 /// Database key prefix of inline blobs.
 const INLINE_PREFIX: &str = "\u{0}blob/";
 
@@ -100,8 +101,8 @@ const MAX_GROUP: usize = 1024;
 type Reply = oneshot::Sender<StoreResult<Vec<ETag>>>;
 
 /// A value in an overlay: `None` is a deletion.
-type Slot = Option<(u64, Bytes)>;
-type Overlay = BTreeMap<String, Slot>;
+type OverlayValue = Option<(u64, Bytes)>;
+type Overlay = BTreeMap<String, OverlayValue>;
 
 /// A batch applied in memory, on its way to the log.
 struct LogItem {
@@ -116,6 +117,9 @@ struct Inner {
     active: Overlay,
     /// Changes being written into redb by a checkpoint.
     flushing: Option<Arc<Overlay>>,
+    /// Checkpoints finished: redb's contents change only when this grows
+    /// (a key a checkpoint writes stays in `flushing` until then).
+    checkpoints: u64,
     /// The last etag handed out.
     seq: u64,
     /// The log thread's queue; `None` once the store is closing.
@@ -127,6 +131,8 @@ struct Inner {
 struct Shared {
     db: Database,
     inner: Mutex<Inner>,
+    /// Told about each group commit (metrics), once set.
+    commits: std::sync::OnceLock<Arc<dyn CommitObserver>>,
 }
 
 impl Shared {
@@ -276,8 +282,9 @@ fn decode(raw: &[u8]) -> StoreResult<(u64, &[u8])> {
 }
 
 /// What `get` answers for a key the overlays know.
-fn found(slot: &Slot) -> Option<(Bytes, ETag)> {
-    slot.as_ref()
+fn found(change: &OverlayValue) -> Option<(Bytes, ETag)> {
+    change
+        .as_ref()
         .map(|(etag, value)| (value.clone(), etag.to_string()))
 }
 
@@ -295,8 +302,8 @@ fn read_db(db: &Database, key: &str) -> StoreResult<Option<(Bytes, u64)>> {
 }
 
 impl Inner {
-    /// The overlays' word on `key`: `Some(slot)` if either has changed it.
-    fn overlay(&self, key: &str) -> Option<&Slot> {
+    /// The overlays' word on `key`: `Some(change)` if either has changed it.
+    fn overlay(&self, key: &str) -> Option<&OverlayValue> {
         self.active
             .get(key)
             .or_else(|| self.flushing.as_ref().and_then(|f| f.get(key)))
@@ -370,9 +377,11 @@ impl DiskStore {
         let (tx, rx) = mpsc::channel::<LogItem>();
         let shared = Arc::new(Shared {
             db,
+            commits: std::sync::OnceLock::new(),
             inner: Mutex::new(Inner {
                 active: Overlay::new(),
                 flushing: None,
+                checkpoints: 0,
                 seq,
                 log: Some(tx),
                 broken: None,
@@ -520,22 +529,41 @@ impl DiskStore {
             .join(hex::encode(Sha256::digest(key.as_bytes())))
     }
 
-    /// Checks and applies one batch in memory and queues its record.
-    fn apply_now(&self, ops: Vec<Op>) -> StoreResult<oneshot::Receiver<StoreResult<Vec<ETag>>>> {
+    /// Checks and applies one batch in memory and queues its record, or,
+    /// when a precondition needs the etag of a key only redb holds, hands
+    /// the batch back with the keys to read first (the read is not made
+    /// under the lock, nor on an async thread). `known` is what such a read
+    /// found; it is used only if no checkpoint finished since.
+    fn apply_now(&self, ops: Vec<Op>, known: Option<&StoredEtags>) -> StoreResult<Applied> {
         let mut g = self.shared.lock();
         if let Some(reason) = &g.broken {
             return Err(refused(reason));
         }
-        for op in &ops {
-            let (key, cond) = match op {
-                Op::Put { key, cond, .. } | Op::Delete { key, cond } => (key, cond),
-            };
-            if *cond == Cond::Any {
-                continue;
+        let known = known.filter(|k| k.checkpoints == g.checkpoints);
+        let conditions = ops.iter().filter_map(|op| match op {
+            Op::Put { key, cond, .. } | Op::Delete { key, cond } => {
+                (*cond != Cond::Any).then_some((key, cond))
             }
+        });
+        // The etag of each conditioned key: the overlays' word, else what
+        // the read found; every key neither knows is read first.
+        let stored = |key: &String| known.and_then(|k| k.etags.get(key)).copied();
+        let unknown: Vec<String> = conditions
+            .clone()
+            .filter(|(key, _)| g.overlay(key).is_none() && stored(key).is_none())
+            .map(|(key, _)| key.clone())
+            .collect();
+        if !unknown.is_empty() {
+            return Ok(Applied::ReadFirst {
+                ops,
+                keys: unknown,
+                checkpoints: g.checkpoints,
+            });
+        }
+        for (key, cond) in conditions {
             let current = match g.overlay(key) {
-                Some(slot) => slot.as_ref().map(|(etag, _)| *etag),
-                None => read_db(&self.shared.db, key)?.map(|(_, etag)| etag),
+                Some(change) => change.as_ref().map(|(etag, _)| *etag),
+                None => stored(key).flatten(),
             };
             let current = current.map(|e| e.to_string());
             if !cond_holds(cond, current.as_deref()) {
@@ -577,8 +605,45 @@ impl DiskStore {
             self.shared.set_broken("the log thread stopped".into());
             return Err(stopped());
         }
-        Ok(rx)
+        Ok(Applied::Queued(rx))
     }
+}
+
+/// What [`DiskStore::apply_now`] did with a batch.
+enum Applied {
+    /// Applied in memory and queued for the log: the answer comes on this.
+    Queued(oneshot::Receiver<StoreResult<Vec<ETag>>>),
+    /// Not applied: the etags of `keys` must be read from redb first.
+    ReadFirst {
+        ops: Vec<Op>,
+        keys: Vec<String>,
+        checkpoints: u64,
+    },
+}
+
+/// Etags read from redb (`None`: absent), valid while no checkpoint
+/// finished after `checkpoints`.
+struct StoredEtags {
+    checkpoints: u64,
+    etags: std::collections::HashMap<String, Option<u64>>,
+}
+
+/// Reads the etags of `keys` from redb on a blocking thread.
+async fn read_etags(
+    shared: Arc<Shared>,
+    keys: Vec<String>,
+    checkpoints: u64,
+) -> StoreResult<StoredEtags> {
+    tokio::task::spawn_blocking(move || {
+        let mut etags = std::collections::HashMap::with_capacity(keys.len());
+        for key in keys {
+            let etag = read_db(&shared.db, &key)?.map(|(_, etag)| etag);
+            etags.insert(key, etag);
+        }
+        Ok(StoredEtags { checkpoints, etags })
+    })
+    .await
+    .map_err(backend)?
 }
 
 /// Applies the changes recovered from the log and records `next_epoch`
@@ -639,11 +704,9 @@ fn log_loop(shared: &Shared, mut wal: Wal, rx: mpsc::Receiver<LogItem>) {
             if outcome == Logged::Checkpointed {
                 last_checkpoint = std::time::Instant::now();
             }
-            crate::obs::metrics::DISK_COMMITS.record(
-                batches,
-                started.elapsed(),
-                outcome != Logged::Failed,
-            );
+            if let Some(observer) = shared.commits.get() {
+                observer.commit(batches, started.elapsed(), outcome != Logged::Failed);
+            }
         }
         let due = wal.used() >= CHECKPOINT_BYTES
             || (wal.used() > 0 && last_checkpoint.elapsed() >= CHECKPOINT_EVERY);
@@ -747,7 +810,11 @@ fn checkpoint(
     let next = wal.epoch() + 1;
     match write_checkpoint(&shared.db, &frozen, seq, next, None) {
         Ok(()) => {
-            shared.lock().flushing = None;
+            {
+                let mut g = shared.lock();
+                g.flushing = None;
+                g.checkpoints += 1;
+            }
             wal.restart(next);
             answer(pending, None);
         }
@@ -774,8 +841,8 @@ fn write_checkpoint(
     let txn = db.begin_write().map_err(backend)?;
     {
         let mut objects = txn.open_table(OBJECTS).map_err(backend)?;
-        for (key, slot) in frozen {
-            match slot {
+        for (key, change) in frozen {
+            match change {
                 Some((etag, value)) => {
                     objects
                         .insert(key.as_str(), encode(*etag, value).as_slice())
@@ -799,16 +866,16 @@ fn write_checkpoint(
 #[async_trait::async_trait]
 impl Store for DiskStore {
     async fn get(&self, key: &str) -> StoreResult<Option<(Bytes, ETag)>> {
-        if let Some(slot) = self.shared.lock().overlay(key) {
-            return Ok(found(slot));
+        if let Some(change) = self.shared.lock().overlay(key) {
+            return Ok(found(change));
         }
         let shared = self.shared.clone();
         let key = key.to_string();
         tokio::task::spawn_blocking(move || {
             // A checkpoint may have moved the key into redb meanwhile; the
             // overlays are looked at again under the same rule.
-            if let Some(slot) = shared.lock().overlay(&key) {
-                return Ok(found(slot));
+            if let Some(change) = shared.lock().overlay(&key) {
+                return Ok(found(change));
             }
             Ok(read_db(&shared.db, &key)?.map(|(v, etag)| (v, etag.to_string())))
         })
@@ -817,7 +884,21 @@ impl Store for DiskStore {
     }
 
     async fn apply(&self, ops: Vec<Op>) -> StoreResult<Vec<ETag>> {
-        let rx = self.apply_now(ops)?;
+        let mut ops = ops;
+        let mut known = None;
+        let rx = loop {
+            match self.apply_now(ops, known.as_ref())? {
+                Applied::Queued(rx) => break rx,
+                Applied::ReadFirst {
+                    ops: back,
+                    keys,
+                    checkpoints,
+                } => {
+                    ops = back;
+                    known = Some(read_etags(self.shared.clone(), keys, checkpoints).await?);
+                }
+            }
+        };
         rx.await.map_err(|_| stopped())?
     }
 
@@ -843,14 +924,14 @@ impl Store for DiskStore {
             let g = self.shared.lock();
             let frozen = g.flushing.clone();
             for overlay in frozen.as_deref().into_iter().chain([&g.active]) {
-                for (k, slot) in overlay.range::<str, _>((
+                for (k, change) in overlay.range::<str, _>((
                     std::ops::Bound::Included(from.as_str()),
                     std::ops::Bound::Unbounded,
                 )) {
                     if !k.starts_with(prefix) {
                         break;
                     }
-                    changed.insert(k.clone(), slot.is_some());
+                    changed.insert(k.clone(), change.is_some());
                 }
             }
         }
@@ -898,34 +979,32 @@ impl Store for DiskStore {
         self.fencing_floor
     }
 
-    async fn put_blob(&self, key: &str, mut body: ByteStream) -> StoreResult<u64> {
-        // Small blobs go into the database (one group-committed write);
-        // the first chunk that crosses the bound spills everything to a file.
-        let mut head = bytes::BytesMut::new();
-        let mut spill = None;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| StoreError::Source(e.to_string()))?;
-            if head.len() + chunk.len() > INLINE_BLOB_MAX {
-                spill = Some(chunk);
-                break;
-            }
-            head.extend_from_slice(&chunk);
-        }
+    fn observe_commits(&self, observer: Arc<dyn CommitObserver>) {
+        let _ = self.shared.commits.set(observer);
+    }
+
+    async fn put_blob(&self, key: &str, body: ByteStream) -> StoreResult<u64> {
+        // Inline blobs go into the database (one group-committed write);
+        // larger ones stream to a file.
         let inline_key = format!("{INLINE_PREFIX}{key}");
-        let Some(next) = spill else {
-            let len = head.len() as u64;
-            self.apply(vec![Op::Put {
-                key: inline_key,
-                value: head.freeze(),
-                cond: Cond::Any,
-            }])
-            .await?;
-            let _ = tokio::fs::remove_file(self.blob_path(key)).await;
-            return Ok(len);
+        let large = match payload::split(body, payload::INLINE_MAX)
+            .await
+            .map_err(|e| StoreError::Source(e.to_string()))?
+        {
+            Split::Whole(value) => {
+                let len = value.len() as u64;
+                self.apply(vec![Op::Put {
+                    key: inline_key,
+                    value,
+                    cond: Cond::Any,
+                }])
+                .await?;
+                let _ = tokio::fs::remove_file(self.blob_path(key)).await;
+                return Ok(len);
+            }
+            Split::Large(large) => large,
         };
-        let rest: ByteStream =
-            Box::pin(futures_util::stream::iter([Ok(head.freeze()), Ok(next)]).chain(body));
-        let len = self.put_blob_file(key, rest).await?;
+        let len = self.put_blob_file(key, large.into_stream()).await?;
         self.apply(vec![Op::Delete {
             key: inline_key,
             cond: Cond::Any,

@@ -14,6 +14,7 @@
 
 mod disk;
 mod mem;
+pub mod payload;
 pub mod s3;
 mod url;
 pub mod verify;
@@ -152,6 +153,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes a blob; a missing blob is not an error.
     async fn delete_blob(&self, key: &str) -> StoreResult<()>;
+
+    /// Reports every group commit from now on to `observer` (stores that
+    /// group-commit: `disk://`); others ignore it. Set once, by the
+    /// metrics wrapper.
+    fn observe_commits(&self, observer: Arc<dyn CommitObserver>) {
+        let _ = observer;
+    }
+}
+
+/// Told about each group commit of a store (one log write and sync shared
+/// by many callers' batches).
+pub trait CommitObserver: Send + Sync + 'static {
+    /// One group commit of `batches` caller batches that took `took`;
+    /// `ok` is false if it failed.
+    fn commit(&self, batches: usize, took: std::time::Duration, ok: bool);
 }
 
 /// A stream of one chunk.

@@ -46,6 +46,7 @@ use object_store::{
     PutPayload, RetryConfig, UpdateVersion, WriteMultipart,
 };
 
+use super::payload::{self, Split};
 use super::{
     ByteStream, Cond, ETag, Op, S3Scheme, S3Url, Store, StoreError, StoreOpenError, StoreResult,
 };
@@ -408,18 +409,11 @@ impl S3Store {
         }
     }
 
-    /// Streams a large blob as a multipart upload; `head` is what was
-    /// already read from `body`.
-    async fn put_blob_multipart(
-        &self,
-        path: &Path,
-        head: Bytes,
-        mut body: ByteStream,
-    ) -> StoreResult<u64> {
+    /// Streams a large blob as a multipart upload.
+    async fn put_blob_multipart(&self, path: &Path, mut body: ByteStream) -> StoreResult<u64> {
         let upload = self.blob_s3.put_multipart(path).await.map_err(backend)?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, BLOB_PART_SIZE);
-        let mut len = head.len() as u64;
-        writer.put(head);
+        let mut len = 0u64;
         loop {
             let next = match body.next().await {
                 None => break,
@@ -638,19 +632,20 @@ impl Store for S3Store {
         self.describe.clone()
     }
 
-    async fn put_blob(&self, key: &str, mut body: ByteStream) -> StoreResult<u64> {
+    async fn put_blob(&self, key: &str, body: ByteStream) -> StoreResult<u64> {
         let path = self.blob_path(key)?;
-        let mut head = bytes::BytesMut::new();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| StoreError::Source(e.to_string()))?;
-            head.extend_from_slice(&chunk);
-            if head.len() > BLOB_SINGLE_PUT_MAX {
-                return self.put_blob_multipart(&path, head.freeze(), body).await;
+        let split = payload::split(body, BLOB_SINGLE_PUT_MAX)
+            .await
+            .map_err(|e| StoreError::Source(e.to_string()))?;
+        let whole = match split {
+            Split::Whole(whole) => whole,
+            Split::Large(large) => {
+                return self.put_blob_multipart(&path, large.into_stream()).await
             }
-        }
-        let len = head.len() as u64;
+        };
+        let len = whole.len() as u64;
         self.blob_s3
-            .put(&path, PutPayload::from(head.freeze()))
+            .put(&path, PutPayload::from(whole))
             .await
             .map_err(backend)?;
         Ok(len)

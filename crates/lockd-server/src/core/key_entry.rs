@@ -1,4 +1,4 @@
-//! One slot per `(namespace, key)`: the cached record, the lock that
+//! One entry per `(namespace, key)`: the cached record, the lock that
 //! serialises mutations of the key, and the FIFO queue of blocked acquirers.
 //!
 //! On single-writer backends (mem, disk) the cached record is authoritative
@@ -17,7 +17,7 @@ use crate::storage::{Cond, ETag, Op, Store};
 
 /// Cached state of a key.
 #[derive(Default)]
-pub struct SlotState {
+pub struct KeyState {
     loaded: bool,
     /// A write was started; a reload must wait for it to land first.
     written: bool,
@@ -34,20 +34,20 @@ struct Waiter {
 
 /// A key's lock, cache and waiter queue.
 #[derive(Default)]
-pub struct Slot {
-    state: Mutex<SlotState>,
+pub struct KeyEntry {
+    state: Mutex<KeyState>,
     waiters: SyncMutex<VecDeque<Waiter>>,
 }
 
-impl Slot {
-    /// Locks the slot, loading the record from the store on first use, or
+impl KeyEntry {
+    /// Locks the entry, loading the record from the store on first use, or
     /// on every use when `fresh` (other nodes write the same store).
     pub async fn lock(
         &self,
         store: &dyn Store,
         id: &str,
         fresh: bool,
-    ) -> CoreResult<MutexGuard<'_, SlotState>> {
+    ) -> CoreResult<MutexGuard<'_, KeyState>> {
         let mut st = self.state.lock().await;
         if !st.loaded || fresh {
             if st.written {
@@ -112,7 +112,7 @@ impl Slot {
         }
     }
 
-    /// Whether the slot can be dropped from memory: no lease, nothing
+    /// Whether the entry can be dropped from memory: no lease, nothing
     /// staged, nobody waiting, nobody holding its lock. Its record stays in
     /// the store and is reloaded on next use.
     pub fn idle(&self) -> bool {
@@ -160,7 +160,7 @@ impl Slot {
 pub async fn persist(
     store: &dyn Store,
     id: &str,
-    st: &mut SlotState,
+    st: &mut KeyState,
     rec: MetaRecord,
     before: Vec<Op>,
     after: Vec<Op>,
