@@ -6,7 +6,7 @@
 //!   address, store URL, `ha`, `queue_poll_interval`, `qrf`,
 //!   `lsf_sample_interval`, `tls`), [`lockd_server::start`] and
 //!   [`lockd_server::RunningServer`] (`base_url`, `shutdown`);
-//! * `lockd_server::ha::HaMode::Concurrent` for several nodes on one
+//! * `lockd_server::HaMode::Concurrent` for several nodes on one
 //!   object store;
 //! * for the overload monitor ([`QrfProbe`]): the running server's QRF
 //!   state and its in-flight queue operations
@@ -93,7 +93,7 @@ impl InProcess {
             ..Default::default()
         };
         if let Backend::S3 { .. } = backend {
-            cfg.ha = lockd_server::ha::HaMode::Concurrent;
+            cfg.ha = lockd_server::HaMode::Concurrent;
             if let Some(every) = s3.queue_poll_interval {
                 cfg.queue_poll_interval = every;
             }

@@ -9,18 +9,9 @@ pub const MAX_DEPTH: usize = 10_000;
 
 use serde::de::IgnoredAny;
 
-/// Validates `raw` as one JSON value and returns it compacted.
-///
-/// ```
-/// use lockd_server::json::compact;
-/// assert_eq!(compact(b" { \"a\" : [1, 2.50] , \"b\":\"x y\" } ").unwrap(), br#"{"a":[1,2.50],"b":"x y"}"#);
-/// assert!(compact(b"{").is_err());
-/// assert!(compact(b"").is_err());
-/// let deep = format!("{}{}", "[".repeat(10_001), "]".repeat(10_001));
-/// assert!(compact(deep.as_bytes()).is_err());
-/// // JSON text is UTF-8 (RFC 8259 §8.1): other bytes are refused.
-/// assert!(compact(b"{\"s\":\"\xff\xfe\"}").unwrap_err().contains("UTF-8"));
-/// ```
+/// Validates `raw` as one JSON value and returns it compacted (numbers
+/// keep their text, so `2.50` stays `2.50`); refuses invalid UTF-8 and
+/// nesting past 10,000 levels.
 pub fn compact(raw: &[u8]) -> Result<Vec<u8>, String> {
     // The decoder below skips over string contents without checking them,
     // so a document with invalid UTF-8 inside a string would be stored and
@@ -75,4 +66,25 @@ pub fn compact(raw: &[u8]) -> Result<Vec<u8>, String> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod compact_tests {
+    use super::compact;
+
+    #[test]
+    fn compacts_one_value_and_refuses_the_rest() {
+        assert_eq!(
+            compact(b" { \"a\" : [1, 2.50] , \"b\":\"x y\" } ").unwrap(),
+            br#"{"a":[1,2.50],"b":"x y"}"#
+        );
+        assert!(compact(b"{").is_err());
+        assert!(compact(b"").is_err());
+        let deep = format!("{}{}", "[".repeat(10_001), "]".repeat(10_001));
+        assert!(compact(deep.as_bytes()).is_err());
+        // JSON text is UTF-8 (RFC 8259 §8.1): other bytes are refused.
+        assert!(compact(b"{\"s\":\"\xff\xfe\"}")
+            .unwrap_err()
+            .contains("UTF-8"));
+    }
 }

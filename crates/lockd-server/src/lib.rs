@@ -1,11 +1,19 @@
-//! lockd as a library: exclusive leases with fencing tokens and atomic JSON
-//! state behind the lockd v1 HTTP API.
+//! lockd as a library: exclusive leases with fencing tokens, atomic JSON
+//! state and an at-least-once queue behind the lockd v1 HTTP API.
 //!
-//! * [`core`]: the transport-agnostic engine;
-//! * [`storage`]: the one storage interface and its backends;
-//! * [`http`]: the axum router with thin handlers;
-//! * [`obs`]: Prometheus metrics and structured logs;
-//! * [`start`]: runs all of it on a TCP or Unix listener.
+//! The public surface is what embedding needs:
+//!
+//! * [`ServerConfig`] (with [`config`] for parsing durations and sizes as
+//!   the CLI does), [`start`] and the [`RunningServer`] it returns;
+//! * [`StoreUrl`] and [`storage`], the one storage interface (for tools
+//!   that check or clean a store);
+//! * [`control`]: back-pressure (QRF, LSF) and drain policy, whose
+//!   configuration is part of [`ServerConfig`];
+//! * [`logging`]: the log (and OTLP) set-up the `lockd` binary uses;
+//! * [`Clock`]/[`ManualClock`] for tests that move time.
+//!
+//! The engine (`core`), the HTTP edge (`http`), observability (`obs`) and
+//! HA are internal; ARCHITECTURE.md at the repository root maps them.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), lockd_server::StartError> {
@@ -21,16 +29,29 @@
 
 pub mod config;
 pub mod control;
-pub mod core;
-pub mod ha;
-pub mod http;
-pub mod json;
-pub mod obs;
+pub(crate) mod core;
+pub(crate) mod ha;
+pub(crate) mod http;
+pub(crate) mod json;
+pub(crate) mod obs;
 mod server;
 pub mod storage;
 mod tls;
 
 pub use config::{ListenProto, ServerConfig};
+pub use core::queue::QueueConfig;
 pub use core::{Clock, ManualClock};
+pub use ha::HaMode;
+pub use http::ConnLimits;
 pub use server::{start, BoundAddr, ListenError, RunningServer, StartError};
 pub use storage::StoreUrl;
+
+/// Logging and trace export as the `lockd` binary sets them up: the
+/// line format of `--log-format`, and (feature `otlp`) the OTLP exporter.
+pub mod logging {
+    #[cfg(feature = "otlp")]
+    pub use crate::obs::log::init_with_traces;
+    pub use crate::obs::log::{init, LogFormat};
+    #[cfg(feature = "otlp")]
+    pub use crate::obs::otlp::{Traces, SHUTDOWN_TIMEOUT};
+}

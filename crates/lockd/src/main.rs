@@ -25,9 +25,9 @@ use lockd_server::config::{
     default_data_dir, format_duration, format_size, parse_duration, parse_size,
 };
 use lockd_server::control::qrf::QrfConfig;
-use lockd_server::core::queue::QueueConfig;
-use lockd_server::obs::log::LogFormat;
+use lockd_server::logging::LogFormat;
 use lockd_server::storage::{S3Scheme, StoreUrl};
+use lockd_server::QueueConfig;
 use lockd_server::{ListenProto, ServerConfig};
 
 /// lockd: exclusive leases with fencing tokens, atomic JSON state and an
@@ -303,7 +303,7 @@ struct Args {
     /// (every node serves every key; object stores only), `single` (no
     /// coordination), `auto` (as failover).
     #[arg(long, env = "LOCKD_HA", default_value_t = DEFAULTS.ha)]
-    ha: lockd_server::ha::HaMode,
+    ha: lockd_server::HaMode,
 
     /// Lifetime of the failover lease; a passive node takes over at most
     /// this long after the active one stops renewing it (at least 5s).
@@ -544,9 +544,9 @@ fn parse_log_format(s: &str) -> Result<LogFormat, String> {
     s.parse()
 }
 
-/// Logs to stderr (see `lockd_server::obs::log` for the line format).
+/// Logs to stderr (see `lockd_server::logging` for the line format).
 fn init_logging(format: LogFormat, level: &str) {
-    lockd_server::obs::log::init(format, level);
+    lockd_server::logging::init(format, level);
 }
 
 /// `$LOCKD_CONFIG_DIR/server.pem`, else `~/.lockd/server.pem`.
@@ -690,19 +690,19 @@ async fn run(
             init_logging(args.log_format, &args.log_level);
             return serve(args, config_dir).await;
         };
-        let traces = match lockd_server::obs::otlp::Traces::new(endpoint) {
+        let traces = match lockd_server::logging::Traces::new(endpoint) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("lockd: --otlp-endpoint: {e}");
                 return ExitCode::from(2);
             }
         };
-        lockd_server::obs::log::init_with_traces(args.log_format, &args.log_level, &traces);
+        lockd_server::logging::init_with_traces(args.log_format, &args.log_level, &traces);
         let code = serve(args, config_dir).await;
         // Sends the spans still queued; the exporter blocks, so off the
         // runtime's workers.
         let flushed = tokio::task::spawn_blocking(move || {
-            traces.shutdown(lockd_server::obs::otlp::SHUTDOWN_TIMEOUT)
+            traces.shutdown(lockd_server::logging::SHUTDOWN_TIMEOUT)
         })
         .await;
         if let Err(e) = flushed {
@@ -784,7 +784,7 @@ async fn serve(args: Args, config_dir: Option<std::path::PathBuf>) -> ExitCode {
         queue_max_payload: args.queue_max_payload,
         queue_expiry_counts: !args.queue_original_attempts,
         subscribe_flow_control: args.queue_subscribe_flow_control,
-        http: lockd_server::http::ConnLimits {
+        http: lockd_server::ConnLimits {
             header_timeout: args.http_header_timeout,
             idle_timeout: args.http_idle_timeout,
             body_timeout: args.http_body_timeout,

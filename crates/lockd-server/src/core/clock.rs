@@ -164,7 +164,7 @@ impl Clock {
 /// A clock for tests that stands still until moved. Clones share the time.
 ///
 /// ```
-/// use lockd_server::core::clock::ManualClock;
+/// use lockd_server::ManualClock;
 /// use std::time::Duration;
 /// let manual = ManualClock::starting_at(1_700_000_000_990);
 /// let clock = manual.clock();

@@ -18,8 +18,8 @@ use dashmap::DashMap;
 
 pub use clock::{Clock, ManualClock};
 pub use error::{CoreError, CoreResult};
-pub use lease::{AcquireInput, Acquired, KeepAliveInput, ReleaseInput};
-pub use state::{Document, LeaseRef, MetadataInput, RemoveInput, Removed, UpdateInput, Updated};
+pub use lease::{AcquireInput, KeepAliveInput, ReleaseInput};
+pub use state::{Document, LeaseRef, MetadataInput, RemoveInput, UpdateInput};
 
 use crate::storage::Store;
 use key_entry::KeyEntry;

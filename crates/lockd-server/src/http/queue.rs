@@ -215,7 +215,7 @@ async fn consumer(
         }
     };
     let wait = match wait {
-        -1 => Wait::NoWait,
+        -1 => Wait::Never,
         n if n > 0 => Wait::Seconds(n),
         _ => Wait::Forever,
     };

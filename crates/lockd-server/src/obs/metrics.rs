@@ -260,6 +260,7 @@ impl HttpMetrics {
     }
 
     /// Requests recorded for an endpoint slot and status (tests).
+    #[cfg(test)]
     pub fn count(&self, endpoint: usize, status: u16) -> u64 {
         self.cells
             .get(endpoint * STATUS_SLOTS + status_index(status))

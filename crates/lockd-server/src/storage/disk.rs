@@ -1263,7 +1263,7 @@ mod tests {
                 queue: "q".into(),
                 owner: "c".into(),
                 visibility: 30,
-                wait: Wait::NoWait,
+                wait: Wait::Never,
                 page_size: 1,
                 stateful: false,
                 txn_id: None,

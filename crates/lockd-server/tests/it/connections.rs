@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use lockd_server::http::ConnLimits;
+use lockd_server::ConnLimits;
 use lockd_testkit::server::*;
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -111,7 +111,7 @@ impl Queues {
                     _ => e,
                 }
             };
-            if wait == Wait::NoWait || deadline.is_some_and(|d| Instant::now() >= d) {
+            if wait == Wait::Never || deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(waiting());
             }
             // The next message to become visible (or delivery lease to

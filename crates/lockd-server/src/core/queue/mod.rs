@@ -74,7 +74,7 @@ pub struct EnqueueInput {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
     /// Fail at once when nothing is ready (`wait_seconds: -1`).
-    NoWait,
+    Never,
     /// Wait until a message arrives (`wait_seconds: 0`).
     Forever,
     /// Wait up to this many seconds.
@@ -218,11 +218,6 @@ impl Queues {
             )
             .with_retry_after(d.remaining().as_secs_f64().ceil() as i64)
         })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &QueueConfig {
-        &self.cfg
     }
 
     /// The clock every deadline is read from (the engine's).

@@ -81,8 +81,8 @@ impl Queues {
         let first = self.dequeue_on(&shard, &input, input.wait, false).await?;
         // After the first delivery the stream stays open (wait > 0 only
         // bounds the first), unless the client asked not to wait at all.
-        let next_wait = if input.wait == Wait::NoWait {
-            Wait::NoWait
+        let next_wait = if input.wait == Wait::Never {
+            Wait::Never
         } else {
             Wait::Forever
         };
@@ -208,7 +208,7 @@ async fn wait_for_room(
         }
         // wait_seconds -1 ends the stream once nothing is ready, even
         // while deliveries are still unacknowledged.
-        if input.wait == Wait::NoWait && !shard.has_ready() {
+        if input.wait == Wait::Never && !shard.has_ready() {
             return None;
         }
         let notified = shard.notified();
@@ -289,7 +289,7 @@ mod tests {
     async fn without_waiting_the_stream_ends_once_nothing_is_ready() {
         let queues = queues_with(3).await;
         let mut sub = queues
-            .subscribe(input(Wait::NoWait, 2), false)
+            .subscribe(input(Wait::Never, 2), false)
             .await
             .unwrap();
         for _ in 0..3 {
@@ -340,7 +340,7 @@ mod tests {
     async fn deliveries_never_written_are_put_back() {
         let queues = queues_with(3).await;
         let mut sub = queues
-            .subscribe(input(Wait::NoWait, 3), false)
+            .subscribe(input(Wait::Never, 3), false)
             .await
             .unwrap();
         let l = delivery(&mut sub).await;
@@ -349,7 +349,7 @@ mod tests {
         sub.undelivered(&ids).await;
         sub.give_back().await;
         // All three are ready again.
-        let again = queues.dequeue(&input(Wait::NoWait, 3)).await.unwrap();
+        let again = queues.dequeue(&input(Wait::Never, 3)).await.unwrap();
         assert_eq!(again.len(), 3);
     }
 }
