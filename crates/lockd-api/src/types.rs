@@ -115,8 +115,8 @@ pub struct ReleaseRequest {
     pub lease_id: String,
     /// Transaction id of the lease (required).
     pub txn_id: String,
-    /// Discard staged changes instead of committing them.
-    #[serde(default, skip_serializing_if = "is_false")]
+    /// Discard staged changes instead of committing them (always sent,
+    /// as the SDKs always have).
     pub rollback: bool,
 }
 

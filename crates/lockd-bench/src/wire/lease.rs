@@ -127,7 +127,10 @@ mod tests {
         let h = lease_headers("k", &lease).expect("headers");
         assert_eq!(h.release[0].1, "7");
         let r = release_body("k", lease.clone(), false).expect("release");
-        assert_eq!(&r[..], br#"{"key":"k","lease_id":"l","txn_id":"t"}"#);
+        assert_eq!(
+            &r[..],
+            br#"{"key":"k","lease_id":"l","txn_id":"t","rollback":false}"#
+        );
         let r = release_body("k", lease, true).expect("rollback");
         assert!(r.ends_with(br#","rollback":true}"#));
     }

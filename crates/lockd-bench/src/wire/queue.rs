@@ -473,7 +473,7 @@ mod tests {
     fn request_bodies() {
         assert_eq!(
             &dequeue_body("q", "o", 5, 1)[..],
-            br#"{"owner":"o","page_size":1,"queue":"q","wait_seconds":5}"#
+            br#"{"queue":"q","owner":"o","wait_seconds":5,"page_size":1}"#
         );
         assert_eq!(&stats_body("q")[..], br#"{"queue":"q"}"#);
         let m = QueueMessage {
@@ -485,7 +485,7 @@ mod tests {
         };
         assert_eq!(
             &ack_body("q", &m)[..],
-            br#"{"fencing_token":3,"lease_id":"l","message_id":"m","meta_etag":"e","queue":"q"}"#
+            br#"{"queue":"q","message_id":"m","lease_id":"l","fencing_token":3,"meta_etag":"e"}"#
         );
         assert_eq!(
             message_id(br#"{"queue":"q","message_id":"m1","max_attempts":5,"not_visible_until_unix":0,"visibility_timeout_seconds":30,"payload_bytes":1}"#),
