@@ -569,7 +569,7 @@ struct Shared {
 
 /// Between half and all of `d`.
 fn jitter(d: Duration) -> Duration {
-    let r = (uuid::Uuid::new_v4().as_u128() % 1001) as f64 / 1000.0;
+    let r = fastrand::f64();
     d.mul_f64(0.5 + r / 2.0)
 }
 

@@ -285,7 +285,7 @@ impl std::fmt::Debug for LeaseSession {
 }
 
 fn jitter(d: Duration) -> Duration {
-    let r = (uuid::Uuid::new_v4().as_u128() % 201) as i64 - 100;
+    let r = fastrand::i64(-100..=100);
     let ms = d.as_millis() as i64;
     let j = r.clamp(-(ms / 2), ms / 2);
     Duration::from_millis((ms + j).max(0) as u64)
