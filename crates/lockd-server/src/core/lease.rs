@@ -130,7 +130,7 @@ impl Engine {
             let now = self.cfg.clock.now_ms();
             match self.clear_if_expired(&id, &mut st, now).await {
                 // Another node changed the key first: read it again.
-                Err(e) if e.store_conflict && self.shared() => continue,
+                Err(e) if e.is_store_conflict() && self.shared() => continue,
                 r => r?,
             };
             let held = st.rec.as_ref().and_then(|r| r.lease.as_ref()).cloned();
@@ -138,7 +138,7 @@ impl Engine {
                 let granted = match self.grant(&id, &mut st, &input, now).await {
                     // Another node took the key first: look again (it is
                     // held now, so this acquire waits or fails as asked).
-                    Err(e) if e.store_conflict && self.shared() => continue,
+                    Err(e) if e.is_store_conflict() && self.shared() => continue,
                     r => r?,
                 };
                 drop(st);

@@ -213,7 +213,7 @@ impl Engine {
         let mut attempt: u32 = 0;
         loop {
             match op().await {
-                Err(e) if e.store_conflict && self.cfg.shared && attempt < CAS_RETRIES => {
+                Err(e) if e.is_store_conflict() && self.cfg.shared && attempt < CAS_RETRIES => {
                     attempt += 1;
                     // A little randomised backoff so racing nodes part ways.
                     let ms = fastrand::u64(1..=5 * u64::from(attempt));
@@ -325,7 +325,7 @@ mod tests {
         assert_eq!(again.fencing_token, 2);
         // The held key is still held.
         let err = engine.acquire(input("held")).await.unwrap_err();
-        assert_eq!(err.code, lockd_api::ErrorCode::Waiting);
+        assert_eq!(err.code(), lockd_api::ErrorCode::Waiting);
         assert_eq!(held.fencing_token, 1);
     }
 }

@@ -451,8 +451,9 @@ mod tests {
         match decode::<T>(body.as_bytes(), how) {
             Ok(v) => panic!("{body} decoded as {v:?}"),
             Err(e) => {
-                assert_eq!(e.0.code, how.code, "{body}");
-                e.0.detail
+                let r = e.0.into_refusal();
+                assert_eq!(r.code, how.code, "{body}");
+                r.detail
             }
         }
     }

@@ -186,7 +186,7 @@ impl Queues {
             }
             if rec.expires_ms().is_some_and(|t| now >= t) {
                 match self.remove_message(&rec, &mut cached).await {
-                    Err(e) if e.store_conflict => {
+                    Err(e) if e.is_store_conflict() => {
                         // Another node changed it first; look again.
                         shard.lock().settle(&id, Some(&rec));
                         continue;
@@ -209,7 +209,7 @@ impl Queues {
             }
             if rec.failure_attempts >= rec.max_attempts {
                 match self.dead_letter(&mut rec, &mut cached).await {
-                    Err(e) if e.store_conflict => {
+                    Err(e) if e.is_store_conflict() => {
                         shard.lock().settle(&id, cached.rec.clone().as_ref());
                         continue;
                     }
@@ -233,7 +233,7 @@ impl Queues {
                         until = until.max(state_until);
                         Some(s)
                     }
-                    Err(e) if e.code == ErrorCode::Waiting => {
+                    Err(e) if e.code() == ErrorCode::Waiting => {
                         // The state lease is still live (a delivery made by
                         // an older version, or a holder through the lease
                         // API); look again when it expires. The stored
@@ -280,7 +280,7 @@ impl Queues {
             if let Err(e) = self.write(&rec, &mut cached).await {
                 let r = cached.rec.clone();
                 shard.lock().settle(&id, r.as_ref());
-                if e.store_conflict {
+                if e.is_store_conflict() {
                     // Another node delivered it first (the cached record is marked
                     // stale and is read again): try the next message.
                     continue;

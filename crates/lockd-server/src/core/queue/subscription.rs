@@ -139,12 +139,12 @@ impl Subscription {
             };
             match next {
                 Ok(l) => self.pending = l.into(),
-                Err(e) if e.code == ErrorCode::Waiting => {
+                Err(e) if e.code() == ErrorCode::Waiting => {
                     // Nothing more (wait -1).
                     return SubscriptionEvent::End(SubscriptionEnd::Exhausted);
                 }
                 // The fetch saw the drain before the select did.
-                Err(e) if e.code == ErrorCode::ShutdownDraining => {
+                Err(e) if e.code() == ErrorCode::ShutdownDraining => {
                     return SubscriptionEvent::End(SubscriptionEnd::Drained);
                 }
                 Err(e) => return SubscriptionEvent::End(SubscriptionEnd::Failed(e)),
