@@ -99,14 +99,22 @@ pub fn decode<T: DeserializeOwned>(body: &[u8], how: Decode) -> Result<T, ApiErr
     };
     // Go leaves a field alone on `null`, and a later spelling of a name
     // overwrites an earlier one whatever its case.
+    // A body may carry very many members: find earlier spellings through
+    // a map, not by scanning (which would be quadratic).
     let mut fields: Vec<(String, String, Value)> = Vec::with_capacity(entries.len());
+    let mut seen: HashMap<String, usize> = HashMap::with_capacity(entries.len());
     for (name, value) in entries {
         if value.is_null() {
             continue;
         }
         let folded = name.to_lowercase();
-        fields.retain(|(f, _, _)| *f != folded);
-        fields.push((folded, name, value));
+        match seen.get(&folded) {
+            Some(&i) => fields[i] = (folded, name, value),
+            None => {
+                seen.insert(folded.clone(), fields.len());
+                fields.push((folded, name, value));
+            }
+        }
     }
     T::deserialize(Object {
         fields,
@@ -229,21 +237,19 @@ struct Member {
     unknown: Unknown,
 }
 
-impl Member {
-    fn mismatch(&self, go_type: &str) -> DecodeError {
-        DecodeError(format!(
-            "json: cannot unmarshal value into field {:?} of type {go_type}",
-            self.name
-        ))
-    }
+/// A member whose value is not of the Go type its field asks for.
+fn mismatch(name: &str, go_type: &str) -> DecodeError {
+    DecodeError(format!(
+        "json: cannot unmarshal value into field {name:?} of type {go_type}"
+    ))
 }
 
 macro_rules! typed {
     ($($method:ident => $go:literal,)*) => {
         $(
             fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
-                let err = self.mismatch($go);
-                self.value.$method(visitor).map_err(|_| err)
+                let Member { name: field, value, .. } = self;
+                value.$method(visitor).map_err(|_| mismatch(&field, $go))
             }
         )*
     };
@@ -253,8 +259,12 @@ impl<'de> Deserializer<'de> for Member {
     type Error = DecodeError;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
-        let err = self.mismatch("value");
-        self.value.deserialize_any(visitor).map_err(|_| err)
+        let Member {
+            name: field, value, ..
+        } = self;
+        value
+            .deserialize_any(visitor)
+            .map_err(|_| mismatch(&field, "value"))
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
@@ -283,10 +293,12 @@ impl<'de> Deserializer<'de> for Member {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, DecodeError> {
-        let err = self.mismatch("object");
-        self.value
+        let Member {
+            name: field, value, ..
+        } = self;
+        value
             .deserialize_struct(name, fields, visitor)
-            .map_err(|_| err)
+            .map_err(|_| mismatch(&field, "object"))
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
@@ -295,10 +307,12 @@ impl<'de> Deserializer<'de> for Member {
         variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, DecodeError> {
-        let err = self.mismatch("string");
-        self.value
+        let Member {
+            name: field, value, ..
+        } = self;
+        value
             .deserialize_enum(name, variants, visitor)
-            .map_err(|_| err)
+            .map_err(|_| mismatch(&field, "string"))
     }
 
     fn deserialize_unit_struct<V: Visitor<'de>>(
@@ -306,10 +320,12 @@ impl<'de> Deserializer<'de> for Member {
         name: &'static str,
         visitor: V,
     ) -> Result<V::Value, DecodeError> {
-        let err = self.mismatch("value");
-        self.value
+        let Member {
+            name: field, value, ..
+        } = self;
+        value
             .deserialize_unit_struct(name, visitor)
-            .map_err(|_| err)
+            .map_err(|_| mismatch(&field, "value"))
     }
 
     fn deserialize_tuple<V: Visitor<'de>>(
@@ -317,8 +333,12 @@ impl<'de> Deserializer<'de> for Member {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, DecodeError> {
-        let err = self.mismatch("array");
-        self.value.deserialize_tuple(len, visitor).map_err(|_| err)
+        let Member {
+            name: field, value, ..
+        } = self;
+        value
+            .deserialize_tuple(len, visitor)
+            .map_err(|_| mismatch(&field, "array"))
     }
 
     fn deserialize_tuple_struct<V: Visitor<'de>>(
@@ -327,10 +347,12 @@ impl<'de> Deserializer<'de> for Member {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, DecodeError> {
-        let err = self.mismatch("array");
-        self.value
+        let Member {
+            name: field, value, ..
+        } = self;
+        value
             .deserialize_tuple_struct(name, len, visitor)
-            .map_err(|_| err)
+            .map_err(|_| mismatch(&field, "array"))
     }
 
     typed! {
@@ -474,6 +496,27 @@ mod tests {
         assert_eq!(r.key, "a");
         let r: AcquireRequest = decode(b"null", Decode::BODY).unwrap();
         assert_eq!(r, AcquireRequest::default());
+    }
+
+    #[test]
+    fn many_members_decode_in_linear_time_and_later_spellings_win() {
+        // 200,000 distinct members: a quadratic de-duplication would take
+        // minutes; the unknown one is still named.
+        let mut body = String::from("{\"key\":\"a\"");
+        for i in 0..200_000 {
+            body.push_str(&format!(",\"m{i}\":1"));
+        }
+        body.push_str(",\"KEY\":\"b\"}");
+        let how = Decode {
+            unknown: Unknown::Ignore,
+            ..Decode::BODY
+        };
+        let r: AcquireRequest = decode(body.as_bytes(), how).unwrap();
+        assert_eq!(r.key, "b");
+        assert_eq!(
+            detail::<AcquireRequest>(&body, Decode::BODY),
+            r#"json: unknown field "m0""#
+        );
     }
 
     #[test]
