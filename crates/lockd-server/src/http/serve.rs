@@ -174,6 +174,11 @@ pub trait Accepted: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Accepted for super::linger::Linger<T> {}
 
+/// Largest request head (request line and headers) on HTTP/1.1: 1 MiB
+/// plus 4 KiB, what Go's `net/http` accepts by default, so every head the
+/// original takes is taken here too. A larger head gets `431`.
+pub const MAX_HEAD_BYTES: usize = (1 << 20) + 4096;
+
 /// How long a request may still run after its client closed (or
 /// half-closed) its side of the connection.
 pub const HALF_CLOSE_GRACE: Duration = Duration::from_millis(250);
@@ -722,6 +727,12 @@ async fn serve_connection<I: Accepted>(
             // request: on an idle connection that is the idle timeout;
             // once bytes come, `Guarded` applies the header timeout.
             .header_read_timeout(limits.idle_timeout)
+            // hyper's own buffer cap (about 400 KiB) is not a sharp head
+            // limit: one read may overshoot it, so the same head could be
+            // served or refused depending on how it arrived. The head
+            // limit is exact, and the buffer cap sits above it.
+            .max_header_size(MAX_HEAD_BYTES)
+            .max_buf_size(MAX_HEAD_BYTES + 64 * 1024)
             .serve_connection(io, svc);
         tokio::pin!(conn);
         tokio::select! {
