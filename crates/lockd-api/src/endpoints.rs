@@ -116,13 +116,13 @@ pub const SYS_PREFIX: &str = "api.http.router.";
 pub const SYS_UNKNOWN: &str = "api.http.router";
 
 macro_rules! table {
-    ($( $(#[$doc:meta])* $name:ident = $slot:literal : $path:literal, $kind:ident, $perm:ident, $sys:literal $(, $flag:ident)? ; )*) => {
+    ($( $(#[$doc:meta])* $name:ident = $slot:literal : $path:literal, $kind:ident, $perm:ident, $sys:literal $(, $flag:ident)? $([$($m:literal),+] allow_header: $allow:literal)? ; )*) => {
         $(
             $(#[$doc])*
             pub const $name: Endpoint = Endpoint {
                 slot: $slot,
                 path: $path,
-                methods: Methods::Any,
+                methods: table!(@methods $([$($m),+] $allow)?),
                 kind: Kind::$kind,
                 permission: Permission::$perm,
                 sys: concat!("api.http.router.", $sys),
@@ -140,6 +140,10 @@ macro_rules! table {
                 _ => None,
             }
         }
+    };
+    (@methods) => { Methods::Any };
+    (@methods [$($m:literal),+] $allow:literal) => {
+        Methods::Only { allowed: &[$($m),+], allow_header: $allow }
     };
     (@passive passive) => { true };
     (@passive) => { false };
@@ -192,6 +196,12 @@ table! {
     QUEUE_DLQ_GET = 21: "/v1/queue/dlq/get", Other, Read, "queue.dlq.get";
     /// `POST /v1/queue/dlq/redrive` (ours).
     QUEUE_DLQ_REDRIVE = 22: "/v1/queue/dlq/redrive", Other, Write, "queue.dlq.redrive";
+    /// `GET` (list), `POST` (upload), `DELETE` (delete all)
+    /// `/v1/attachments`. Uploads and deletions need write permission,
+    /// public lists read permission.
+    ATTACHMENTS = 23: "/v1/attachments", Lock, Any, "attachments" ["GET", "POST", "DELETE"] allow_header: false;
+    /// `GET` (download), `DELETE` (delete one) `/v1/attachment`.
+    ATTACHMENT = 24: "/v1/attachment", Lock, Any, "attachment" ["GET", "DELETE"] allow_header: false;
 }
 
 #[cfg(test)]
@@ -232,5 +242,8 @@ mod tests {
         assert!(m.allows("GET") && m.allows("POST"));
         assert!(!m.allows("PUT") && !m.allows("get"));
         assert!(Methods::Any.allows("PATCH"));
+        assert!(ATTACHMENTS.methods.allows("DELETE") && !ATTACHMENTS.methods.allows("PUT"));
+        assert!(ATTACHMENT.methods.allows("GET") && !ATTACHMENT.methods.allows("POST"));
+        assert_eq!(ACQUIRE.methods, Methods::Any);
     }
 }

@@ -140,6 +140,14 @@ codes! {
     MissingQueue = ("missing_queue", 400),
     /// No txn id given.
     MissingTxn = ("missing_txn", 400),
+    /// No attachment name (upload), or neither id nor name (get, delete).
+    MissingAttachment = ("missing_attachment", 400),
+    /// `max_bytes` is not an integer ≥ 0.
+    InvalidMaxBytes = ("invalid_max_bytes", 400),
+    /// An attachment payload exceeds its limit.
+    AttachmentTooLarge = ("attachment_too_large", 413),
+    /// No such attachment in the caller's view.
+    AttachmentNotFound = ("attachment_not_found", 404),
     /// Multipart body could not be parsed.
     MultipartError = ("multipart_error", 400),
     /// Client certificate lacks the permission.

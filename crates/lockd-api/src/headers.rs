@@ -28,3 +28,15 @@ pub const RETRY_AFTER: &str = "retry-after";
 pub const SHUTDOWN_IMMINENT: &str = "shutdown-imminent";
 /// QRF state on 429 responses.
 pub const QRF_STATE: &str = "x-lockd-qrf-state";
+/// Attachment id (download; upload response).
+pub const ATTACHMENT_ID: &str = "x-attachment-id";
+/// Attachment name (download).
+pub const ATTACHMENT_NAME: &str = "x-attachment-name";
+/// Attachment size in bytes (download, when > 0).
+pub const ATTACHMENT_SIZE: &str = "x-attachment-size";
+/// First upload, Unix seconds (download, when > 0).
+pub const ATTACHMENT_CREATED_AT: &str = "x-attachment-created-at";
+/// Last upload, Unix seconds (download, when > 0).
+pub const ATTACHMENT_UPDATED_AT: &str = "x-attachment-updated-at";
+/// SHA-256 of the payload, lowercase hex (download).
+pub const ATTACHMENT_SHA256: &str = "x-attachment-sha256";

@@ -16,6 +16,7 @@
 //! assert_eq!(headers::FENCING_TOKEN, "x-fencing-token");
 //! ```
 
+pub mod attachments;
 pub mod delivery;
 pub mod endpoints;
 pub mod error;
