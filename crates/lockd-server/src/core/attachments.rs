@@ -11,19 +11,22 @@
 //!
 //! **Crash safety.** A blob whose fate is not settled by the key record
 //! has an *intent* object `ai/<object>` naming its key:
-//! * an upload writes the intent before the first byte, and removes it in
-//!   the batch that stages the blob in the record;
+//! * an upload writes the intent before the first byte;
 //! * a record change that lets go of blobs (an overwrite, a deletion, a
 //!   commit, a rollback) writes their intents in the same batch (before
 //!   the record, for stores that apply batches in order), then deletes the
 //!   blobs and their intents.
 //!
-//! So after a crash at any point, every blob the record does not reference
-//! has an intent, and [`Engine::sweep_attachment_orphans`] (run at start-up
-//! and from the expiry sweeper) deletes exactly those: for each intent
-//! it looks at the key's record under the key's lock; a referenced blob
-//! keeps its payload (only the intent goes), an unreferenced one is
-//! deleted. A committed record never points at a missing blob, because the
+//! The intent of an upload stays while the upload is staged, and goes in
+//! the batch that commits it (or with the blob when it is discarded).
+//!
+//! So after a crash at any point, every blob that is not committed has an
+//! intent, and [`Engine::sweep_attachment_orphans`] (run at start-up and
+//! from the expiry sweeper) settles them: for each intent it looks at the
+//! key's record under the key's lock; a committed blob keeps its payload
+//! (only the intent goes), a staged one stays while its lease lives and is
+//! rolled back with it once the lease expired (even on a key nobody
+//! touches again), and one the record does not name is deleted. A committed record never points at a missing blob, because the
 //! blob is durable before the record that names it is written, and a blob
 //! is deleted only after a record that no longer names it is.
 
@@ -187,7 +190,10 @@ fn visible(rec: &MetaRecord, txn: &str) -> Vec<Attachment> {
 }
 
 fn too_large() -> CoreError {
-    CoreError::new(ErrorCode::AttachmentTooLarge, "attachment exceeds max_bytes")
+    CoreError::new(
+        ErrorCode::AttachmentTooLarge,
+        "attachment exceeds max_bytes",
+    )
 }
 
 fn not_found() -> CoreError {
@@ -231,16 +237,21 @@ impl Released {
     }
 }
 
-/// Applies a staged attachment overlay to the committed list; returns the
-/// blobs no longer referenced. `remove`: the key is being removed, so it
-/// ends with none.
-pub(super) fn commit_attachments(rec: &mut MetaRecord, id: &str, s: &Staged) -> Vec<String> {
+/// Applies a staged attachment overlay to the committed list. Returns the
+/// blobs no longer referenced, and the deletions of the intents of the
+/// uploads it commits (they go with the record). A staged removal of the
+/// key leaves it with none.
+pub(super) fn commit_attachments(
+    rec: &mut MetaRecord,
+    id: &str,
+    s: &Staged,
+) -> (Vec<String>, Vec<Op>) {
     let blob = |a: &Attachment| attachment_blob_key(id, &a.object);
     let mut dropped = Vec::new();
     if s.remove {
         dropped.extend(rec.attachments.drain(..).map(|a| blob(&a)));
         dropped.extend(s.uploads.iter().map(blob));
-        return dropped;
+        return (dropped, Vec::new());
     }
     if s.clear_attachments {
         dropped.extend(rec.attachments.drain(..).map(|a| blob(&a)));
@@ -254,7 +265,15 @@ pub(super) fn commit_attachments(rec: &mut MetaRecord, id: &str, s: &Staged) -> 
     });
     rec.attachments.extend(s.uploads.iter().cloned());
     rec.attachments.sort_by(|a, b| a.name.cmp(&b.name));
-    dropped
+    let settled = s
+        .uploads
+        .iter()
+        .map(|u| Op::Delete {
+            key: intent_key(&blob(u)),
+            cond: Cond::Any,
+        })
+        .collect();
+    (dropped, settled)
 }
 
 /// Counts bytes and hashes a payload on its way to the store, failing it
@@ -298,12 +317,9 @@ impl Engine {
             if prevent_overwrite {
                 // A name with a committed copy whose deletion is staged
                 // counts as taken too, as in the original.
-                let taken = existing.clone().or_else(|| {
-                    rec.attachments
-                        .iter()
-                        .find(|a| a.name == name)
-                        .cloned()
-                });
+                let taken = existing
+                    .clone()
+                    .or_else(|| rec.attachments.iter().find(|a| a.name == name).cloned());
                 if let Some(info) = taken {
                     let version = rec.current_version(&l.txn_id);
                     return Ok(Attached {
@@ -409,13 +425,11 @@ impl Engine {
             s.uploads.sort_by(|a, b| a.name.cmp(&b.name));
         }
         rec.updated_at_unix = now;
-        // The blob is staged: its intent goes with the same write.
-        let blob = attachment_blob_key(id, object);
+        // The blob's intent stays until the upload is committed or
+        // discarded: through it the sweeper finds a staged upload whose
+        // lease expired on a key nobody touches again.
         let released = Released {
-            after: vec![Op::Delete {
-                key: intent_key(&blob),
-                cond: Cond::Any,
-            }],
+            after: Vec::new(),
             blobs: dropped,
         };
         self.persist_releasing(id, &mut st, rec, Vec::new(), released)
@@ -478,13 +492,7 @@ impl Engine {
                     Viewer::Lease(l) => {
                         let entry = self.key_entry(&id);
                         let st = self
-                            .lock_leased(
-                                &id,
-                                &entry,
-                                &l.lease_id,
-                                l.fencing_token,
-                                Some(&l.txn_id),
-                            )
+                            .lock_leased(&id, &entry, &l.lease_id, l.fencing_token, Some(&l.txn_id))
                             .await?;
                         (st.rec.clone().unwrap_or_default(), l.txn_id.clone())
                     }
@@ -667,9 +675,8 @@ impl Engine {
             blob: blob.to_string(),
             at_ms: self.cfg.clock.now_ms(),
         };
-        let value = serde_json::to_vec(&intent).map_err(|e| {
-            CoreError::new(ErrorCode::InternalError, format!("encode intent: {e}"))
-        })?;
+        let value = serde_json::to_vec(&intent)
+            .map_err(|e| CoreError::new(ErrorCode::InternalError, format!("encode intent: {e}")))?;
         Ok(Op::Put {
             key: intent_key(blob),
             value: Bytes::from(value),
@@ -790,28 +797,34 @@ impl Engine {
         Ok(deleted)
     }
 
-    /// Settles one intent under its key's lock; true if the blob was
+    /// Settles one intent under its key's lock; true if a blob was
     /// deleted.
     async fn settle_intent(&self, intent: &Intent) -> CoreResult<bool> {
         let entry = self.key_entry(&intent.key_id);
-        let st = self.lock_key(&entry, &intent.key_id).await?;
-        let referenced = st.rec.as_ref().is_some_and(|r| {
-            let named = |a: &Attachment| attachment_blob_key(&intent.key_id, &a.object) == intent.blob;
-            r.attachments.iter().any(named)
-                || r.staged
+        let mut st = self.lock_key(&entry, &intent.key_id).await?;
+        let named = |a: &Attachment| attachment_blob_key(&intent.key_id, &a.object) == intent.blob;
+        let (committed, staged) = st.rec.as_ref().map_or((false, false), |r| {
+            (
+                r.attachments.iter().any(named),
+                r.staged
                     .as_ref()
-                    .is_some_and(|s| s.uploads.iter().any(named))
+                    .is_some_and(|s| s.uploads.iter().any(named)),
+            )
         });
-        if referenced {
-            self.store
-                .apply(vec![Op::Delete {
-                    key: intent_key(&intent.blob),
-                    cond: Cond::Any,
-                }])
-                .await?;
-            return Ok(false);
+        if staged {
+            // Rolled back with its lease once that expired (which deletes
+            // the blob and the intent); kept while the lease lives.
+            let now = self.cfg.clock.now_ms();
+            let cleared = self.clear_if_expired(&intent.key_id, &mut st, now).await?;
+            drop(st);
+            if cleared {
+                entry.wake_head();
+            }
+            return Ok(cleared);
         }
-        self.store.delete_blob(&intent.blob).await?;
+        if !committed {
+            self.store.delete_blob(&intent.blob).await?;
+        }
         self.store
             .apply(vec![Op::Delete {
                 key: intent_key(&intent.blob),
@@ -819,8 +832,10 @@ impl Engine {
             }])
             .await?;
         drop(st);
-        tracing::info!(key = %intent.key_id, blob = %intent.blob, "orphaned attachment payload deleted");
-        Ok(true)
+        if !committed {
+            tracing::info!(key = %intent.key_id, blob = %intent.blob, "orphaned attachment payload deleted");
+        }
+        Ok(!committed)
     }
 }
 
@@ -834,4 +849,245 @@ fn check_published(rec: &MetaRecord) -> CoreResult<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The crash points of the module docs, reproduced on a real disk
+    //! store: what a `kill -9` between two writes leaves, and what the
+    //! sweeper then does.
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::core::{AcquireInput, EngineConfig, ManualClock, ReleaseInput};
+    use crate::storage::{once_stream, DiskStore, Store};
+
+    fn engine_on(store: Arc<dyn Store>, clock: &ManualClock) -> Arc<Engine> {
+        Engine::new(
+            store,
+            EngineConfig {
+                clock: clock.clock(),
+                orphan_grace: Duration::ZERO,
+                ..EngineConfig::default()
+            },
+        )
+    }
+
+    async fn lease(e: &Engine, key: &str) -> LeaseRef {
+        let a = e
+            .acquire(AcquireInput {
+                namespace: "default".into(),
+                key: key.into(),
+                owner: "t".into(),
+                ttl_seconds: 30,
+                block_seconds: -1,
+                if_not_exists: false,
+                txn_id: None,
+            })
+            .await
+            .unwrap();
+        LeaseRef {
+            lease_id: a.lease_id,
+            fencing_token: a.fencing_token,
+            txn_id: a.txn_id,
+        }
+    }
+
+    async fn attach(e: &Engine, key: &str, l: &LeaseRef, name: &str, body: ByteStream) -> Attached {
+        e.attach(AttachInput {
+            namespace: "default".into(),
+            key: key.into(),
+            lease: l.clone(),
+            name: name.into(),
+            content_type: "text/plain".into(),
+            max_bytes: None,
+            declared_len: None,
+            prevent_overwrite: false,
+            body,
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn release(e: &Engine, key: &str, l: &LeaseRef, rollback: bool) {
+        e.release(ReleaseInput {
+            namespace: "default".into(),
+            key: key.into(),
+            lease_id: l.lease_id.clone(),
+            fencing_token: l.fencing_token,
+            txn_id: l.txn_id.clone(),
+            rollback,
+        })
+        .await
+        .unwrap();
+    }
+
+    async fn intents(store: &dyn Store) -> Vec<String> {
+        store.list(INTENT_PREFIX, None, 1000).await.unwrap()
+    }
+
+    async fn read_all(mut s: ByteStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(c) = s.next().await {
+            out.extend_from_slice(&c.unwrap());
+        }
+        out
+    }
+
+    /// A payload larger than the inline limit, so disk stores it as a file.
+    fn big(fill: u8) -> Bytes {
+        Bytes::from(vec![fill; crate::storage::payload::INLINE_MAX + 1])
+    }
+
+    #[tokio::test]
+    async fn a_blob_written_but_never_staged_is_deleted_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let blob = attachment_blob_key("default/k", "01890000-0000-7000-8000-000000000000");
+        {
+            // The upload's intent and blob are durable; the process dies
+            // before the record names the blob.
+            let store: Arc<dyn Store> = Arc::new(DiskStore::open(dir.path()).unwrap());
+            let e = engine_on(store.clone(), &clock);
+            e.write_intent("default/k", &blob).await.unwrap();
+            store.put_blob(&blob, once_stream(big(7))).await.unwrap();
+        }
+        let store: Arc<dyn Store> = Arc::new(DiskStore::open(dir.path()).unwrap());
+        let e = engine_on(store.clone(), &clock);
+        assert_eq!(e.sweep_orphans().await.unwrap(), 1);
+        assert!(store.get_blob(&blob).await.unwrap().is_none());
+        assert!(intents(store.as_ref()).await.is_empty());
+        // Nothing is left for a second sweep.
+        assert_eq!(e.sweep_orphans().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_referenced_blob_keeps_its_payload_when_its_intent_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let store: Arc<dyn Store> = Arc::new(DiskStore::open(dir.path()).unwrap());
+        let e = engine_on(store.clone(), &clock);
+        let l = lease(&e, "k").await;
+        let up = attach(&e, "k", &l, "a", once_stream(big(1))).await;
+        release(&e, "k", &l, false).await;
+        // An object store applies a batch in order: a crash after the
+        // record but before the intent's deletion leaves the intent.
+        let blob = attachment_blob_key("default/k", &up.info.object);
+        e.write_intent("default/k", &blob).await.unwrap();
+        assert_eq!(e.sweep_orphans().await.unwrap(), 0);
+        assert!(intents(store.as_ref()).await.is_empty());
+        let got = e
+            .get_attachment(
+                "default",
+                "k",
+                &Viewer::Public,
+                &Selector {
+                    name: "a".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(read_all(got.body).await, big(1).to_vec());
+    }
+
+    #[tokio::test]
+    async fn an_upload_in_flight_is_left_alone() {
+        let clock = ManualClock::new();
+        let store: Arc<dyn Store> = Arc::new(crate::storage::MemStore::new());
+        let e = engine_on(store.clone(), &clock);
+        let l = lease(&e, "k").await;
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(1);
+        let body: ByteStream = Box::pin(tokio_stream_from(rx));
+        let e2 = e.clone();
+        let l2 = l.clone();
+        let upload = tokio::spawn(async move { attach(&e2, "k", &l2, "a", body).await });
+        tx.send(Ok(Bytes::from_static(b"first "))).await.unwrap();
+        // Wait for the intent, then sweep while the body is still open.
+        while intents(store.as_ref()).await.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(e.sweep_orphans().await.unwrap(), 0);
+        assert_eq!(intents(store.as_ref()).await.len(), 1);
+        tx.send(Ok(Bytes::from_static(b"second"))).await.unwrap();
+        drop(tx);
+        let up = upload.await.unwrap();
+        assert_eq!(up.info.size, 12);
+        // Staged: the intent stays (the sweeper's way to its lease) until
+        // the commit.
+        assert_eq!(e.sweep_orphans().await.unwrap(), 0);
+        assert_eq!(intents(store.as_ref()).await.len(), 1);
+        release(&e, "k", &l, false).await;
+        assert!(intents(store.as_ref()).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_staged_upload_of_an_expired_lease_is_rolled_back_by_the_sweep_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let blob;
+        {
+            let store: Arc<dyn Store> = Arc::new(DiskStore::open(dir.path()).unwrap());
+            let e = engine_on(store.clone(), &clock);
+            let l = lease(&e, "k").await;
+            let up = attach(&e, "k", &l, "a", once_stream(big(5))).await;
+            blob = attachment_blob_key("default/k", &up.info.object);
+        }
+        // A new process: the key is not in memory, and nobody asks for it.
+        let store: Arc<dyn Store> = Arc::new(DiskStore::open(dir.path()).unwrap());
+        let e = engine_on(store.clone(), &clock);
+        assert_eq!(e.sweep_orphans().await.unwrap(), 0, "the lease still lives");
+        assert!(store.get_blob(&blob).await.unwrap().is_some());
+        clock.advance(Duration::from_secs(31));
+        assert_eq!(e.sweep_orphans().await.unwrap(), 1);
+        assert!(store.get_blob(&blob).await.unwrap().is_none());
+        assert!(intents(store.as_ref()).await.is_empty());
+        let rec = e.describe("default", "k").await.unwrap().unwrap();
+        assert!(rec.lease.is_none() && rec.staged.is_none());
+    }
+
+    fn tokio_stream_from(
+        mut rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+
+    #[tokio::test]
+    async fn expiry_rollback_and_commit_delete_what_they_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let store: Arc<dyn Store> = Arc::new(DiskStore::open(dir.path()).unwrap());
+        let e = engine_on(store.clone(), &clock);
+        let blob_of = |a: &Attached| attachment_blob_key("default/k", &a.info.object);
+
+        // Committed: v1 of "a".
+        let l = lease(&e, "k").await;
+        let v1 = attach(&e, "k", &l, "a", once_stream(big(1))).await;
+        release(&e, "k", &l, false).await;
+
+        // An overwrite left by an expired lease is deleted by the sweep.
+        let l = lease(&e, "k").await;
+        let lost = attach(&e, "k", &l, "a", once_stream(big(2))).await;
+        assert_eq!(lost.info.id, v1.info.id, "an overwrite keeps the id");
+        clock.advance(Duration::from_secs(31));
+        e.sweep_expired().await;
+        assert!(store.get_blob(&blob_of(&lost)).await.unwrap().is_none());
+        assert!(store.get_blob(&blob_of(&v1)).await.unwrap().is_some());
+
+        // A rollback deletes the staged payload; a commit the replaced one.
+        let l = lease(&e, "k").await;
+        let rolled = attach(&e, "k", &l, "a", once_stream(big(3))).await;
+        release(&e, "k", &l, true).await;
+        assert!(store.get_blob(&blob_of(&rolled)).await.unwrap().is_none());
+        let l = lease(&e, "k").await;
+        let v2 = attach(&e, "k", &l, "a", once_stream(big(4))).await;
+        release(&e, "k", &l, false).await;
+        assert!(store.get_blob(&blob_of(&v1)).await.unwrap().is_none());
+        assert!(store.get_blob(&blob_of(&v2)).await.unwrap().is_some());
+        assert!(intents(store.as_ref()).await.is_empty());
+        let rec = e.describe("default", "k").await.unwrap().unwrap();
+        assert_eq!(rec.attachments.len(), 1);
+        assert_eq!(rec.attachments[0].object, v2.info.object);
+    }
 }

@@ -8,8 +8,8 @@ use lockd_api::ErrorCode;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::clock::{add_secs, secs_until, unix_secs};
 use super::attachments::{commit_attachments, Released};
+use super::clock::{add_secs, secs_until, unix_secs};
 use super::key_entry::{delete_doc, persist, KeyEntry, KeyState};
 use super::record::{Lease, MetaRecord};
 use super::{CoreError, CoreResult, Engine};
@@ -439,7 +439,7 @@ fn commit(rec: &mut MetaRecord, id: &str) -> Released {
     let Some(staged) = rec.staged.take() else {
         return Released::default();
     };
-    let blobs = commit_attachments(rec, id, &staged);
+    let (blobs, settled) = commit_attachments(rec, id, &staged);
     let attachments_changed = staged.touches_attachments();
     let mut after = Vec::new();
     let doc_changed = staged.remove || !staged.state_etag.is_empty();
@@ -459,5 +459,6 @@ fn commit(rec: &mut MetaRecord, id: &str) -> Released {
         rec.version = staged.version;
     }
     rec.published_version = rec.version;
+    after.extend(settled);
     Released { after, blobs }
 }

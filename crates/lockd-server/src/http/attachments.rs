@@ -184,7 +184,8 @@ async fn upload(app: &AppState, caller: Caller, q: &Query, h: &HeaderMap, body: 
     .unwrap_or(OCTET_STREAM)
     .to_string();
     let token = lease.fencing_token;
-    let declared_len = header(h, http::header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse().ok());
+    let declared_len =
+        header(h, http::header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse().ok());
     let body: ByteStream = Box::pin(body.into_data_stream().map_err(std::io::Error::other));
     let done = app
         .engine

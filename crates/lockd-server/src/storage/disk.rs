@@ -552,7 +552,10 @@ fn remove_partial_blobs(blobs: &std::path::Path) {
         }
     }
     if removed > 0 {
-        tracing::info!(removed, "disk store: removed partial blob files of interrupted writes");
+        tracing::info!(
+            removed,
+            "disk store: removed partial blob files of interrupted writes"
+        );
     }
 }
 

@@ -4,6 +4,7 @@
 /// The binary under test.
 const BIN: &str = env!("CARGO_BIN_EXE_lockd");
 
+mod attachment_crash;
 mod auth;
 mod binary;
 mod cli;
