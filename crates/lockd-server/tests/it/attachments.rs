@@ -110,9 +110,12 @@ on_all_stores!(
     download_headers_and_selectors,
     delete_single,
     delete_all_counts_staged,
+    oversized_bodies_are_refused_readably,
+    concurrent_uploads_in_one_txn,
+    aborted_upload_leaves_nothing,
+    names_are_opaque,
 );
 
-#[cfg(any())] // until ServerConfig::attachment_max_bytes is on main
 on_all_stores!(server_default_limit);
 
 /// The 20 MiB streamed round trip: disk and s3 only.
@@ -936,7 +939,6 @@ async fn max_bytes_limits(b: Store) {
 
 /// The server-wide default (`attachment_max_bytes`) applies when an
 /// upload names no `max_bytes`; `max_bytes` replaces it (0 lifts it).
-#[cfg(any())] // until ServerConfig::attachment_max_bytes is on main
 async fn server_default_limit(b: Store) {
     let Some(s) = server_with(b, |c| c.attachment_max_bytes = 16).await else {
         return;
@@ -1475,12 +1477,22 @@ async fn committed_remove_deletes_all(b: Store) {
 
 async fn staged_remove_hides_attachments(b: Store) {
     let Some(s) = server(b).await else { return };
-    let (ids, v1) = commit_files(&s, "srm", &[("a", b"aa"), ("b", b"bb")]).await;
+    // A removal is staged only when there is a document (PROTOCOL.md §5.8).
+    let l = s.acquire("srm", "o", 30, -1).await;
+    s.update_ok(&l, r#"{"doc":1}"#).await;
+    let ids = vec![
+        upload_ok(&s, &l, "a", b"aa").await.id(),
+        upload_ok(&s, &l, "b", b"bb").await.id(),
+    ];
+    s.release(&l).await;
+    let v1 = 1;
     let before = list_public(&s, "default", "srm").await;
     let l = s.acquire("srm", "o", 30, -1).await;
     upload_ok(&s, &l, "staged-first", b"s").await;
-    expect_json(s.remove(&l).await, StatusCode::OK).await;
-    let staged_version = v1 + 1;
+    let (_, v) = expect_json(s.remove(&l).await, StatusCode::OK).await;
+    // The upload staged v1 + 1; a remove increments on every call (§4.5).
+    let staged_version = v1 + 2;
+    assert_eq!(v, json!({"removed": true, "new_version": staged_version}));
     // The holder sees nothing.
     expect_exact(
         leased(&s, Method::GET, &lease_path(ATTACHMENTS.path, &l, &[]), &l)
@@ -1533,6 +1545,24 @@ async fn staged_remove_hides_attachments(b: Store) {
         s.describe("default", "srm").await["version"],
         staged_version
     );
+    assert_eq!(s.public_doc("default", "srm").await, None);
+    for id in &ids {
+        assert_error(
+            get_public(&s, "default", "srm", &[(params::ID, id)]).await,
+            404,
+            "attachment_not_found",
+        )
+        .await;
+    }
+    // A remove on a key with attachments but no document stages nothing
+    // (PROTOCOL.md §5.8): the attachments stay.
+    commit_files(&s, "srm-nodoc", &[("a", b"aa")]).await;
+    let l = s.acquire("srm-nodoc", "o", 30, -1).await;
+    let (_, v) = expect_json(s.remove(&l).await, StatusCode::OK).await;
+    assert_eq!(v, json!({"removed": false, "new_version": 1}));
+    assert_eq!(names(&list_leased(&s, &l).await), ["a"]);
+    s.release(&l).await;
+    assert_eq!(names(&list_public(&s, "default", "srm-nodoc").await), ["a"]);
 }
 
 async fn overwrite_keeps_id_and_created_at(b: Store) {
@@ -1870,6 +1900,8 @@ async fn delete_single(b: Store) {
 async fn delete_all_counts_staged(b: Store) {
     let Some(s) = server(b).await else { return };
     commit_files(&s, "da", &[("a", b"aa"), ("b", b"bb")]).await;
+    let committed_a = entry(&list_public(&s, "default", "da").await, "a").clone();
+    s.advance(Duration::from_secs(3));
     let l = s.acquire("da", "o", 30, -1).await;
     upload_ok(&s, &l, "c", b"cc").await;
     upload_ok(&s, &l, "a", b"new-a").await;
@@ -1896,6 +1928,10 @@ async fn delete_all_counts_staged(b: Store) {
     // Uploads after the clear are kept.
     let d = upload_ok(&s, &l, "d", b"dd").await;
     let a = upload_ok(&s, &l, "a", b"a-after-clear").await;
+    // The committed name's id and created_at survive the clear (§2.1:
+    // an overwrite reuses the committed id).
+    assert_eq!(a.id(), committed_a["id"], "{}", a.raw);
+    assert_eq!(a.info()["created_at_unix"], committed_a["created_at_unix"]);
     assert_eq!(names(&list_leased(&s, &l).await), ["a", "d"]);
     assert_eq!(names(&list_public(&s, "default", "da").await), ["a", "b"]);
     s.release(&l).await;
@@ -1914,6 +1950,253 @@ async fn delete_all_counts_staged(b: Store) {
     // Delete-all on a key without attachments.
     let l = s.acquire("da-empty", "o", 30, -1).await;
     expect_exact(delete_all(&s, &l).await, r#"{"deleted":0,"version":1}"#).await;
+}
+
+/// An oversized body is refused with 413 in a response the client can
+/// read, whether it sends the whole body (Content-Length or chunked) or
+/// waits for `100 Continue`; nothing is staged.
+async fn oversized_bodies_are_refused_readably(b: Store) {
+    let Some(s) = server(b).await else { return };
+    let l = s.acquire("oversize", "o", 30, -1).await;
+    let big: Vec<u8> = vec![b'z'; 1 << 20];
+    let q = [(params::MAX_BYTES, "10")];
+    for (what, framing, wire, expect) in [
+        (
+            "length",
+            format!("Content-Length: {}\r\n", big.len()),
+            big.clone(),
+            false,
+        ),
+        (
+            "chunked",
+            "Transfer-Encoding: chunked\r\n".to_string(),
+            chunked(&big, 16 << 10),
+            false,
+        ),
+        (
+            "length+expect",
+            format!("Content-Length: {}\r\nExpect: 100-continue\r\n", big.len()),
+            big.clone(),
+            true,
+        ),
+        (
+            "chunked+expect",
+            "Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n".to_string(),
+            chunked(&big, 16 << 10),
+            true,
+        ),
+    ] {
+        let head = upload_head(&s, &l, "too-big", &q, &framing);
+        let c = TcpStream::connect(s.authority()).await.unwrap();
+        let mut r = BufReader::new(c);
+        r.get_mut().write_all(head.as_bytes()).await.unwrap();
+        let (head, body) = if expect {
+            // The server may refuse a declared length at once; otherwise it
+            // asks for the body.
+            let first =
+                lockd_testkit::within(Duration::from_secs(10), what, read_head(&mut r)).await;
+            if head_status(&first) == 100 {
+                // The rest may be refused part-way: a failed write is fine,
+                // the answer must still be readable.
+                let _ = r.get_mut().write_all(&wire).await;
+                read_response(&mut r).await
+            } else {
+                let n: usize = head_header(&first, "content-length")
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let mut body = vec![0; n];
+                r.read_exact(&mut body).await.unwrap();
+                (first, body)
+            }
+        } else {
+            let _ = r.get_mut().write_all(&wire).await;
+            lockd_testkit::within(Duration::from_secs(20), what, read_response(&mut r)).await
+        };
+        assert_eq!(head_status(&head), 413, "{what}: {head}");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], "attachment_too_large", "{what}: {v}");
+    }
+    assert_eq!(names(&list_leased(&s, &l).await), Vec::<String>::new());
+    // The lease is fine and the next upload works.
+    upload_ok(&s, &l, "fits", b"0123456789").await;
+    s.release(&l).await;
+    assert_eq!(
+        names(&list_public(&s, "default", "oversize").await),
+        ["fits"]
+    );
+}
+
+/// Uploads racing in one txn lose nothing, and one name stays one entry
+/// with one id.
+async fn concurrent_uploads_in_one_txn(b: Store) {
+    let Some(s) = server(b).await else { return };
+    let l = s.acquire("race", "o", 30, -1).await;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (http, url, l) = (s.http.clone(), s.url(""), l.clone());
+        tasks.push(tokio::spawn(async move {
+            let name = if i < 4 {
+                format!("distinct-{i}")
+            } else {
+                "same".to_string()
+            };
+            let data = format!("payload {i} ").repeat(1000 + i * 37).into_bytes();
+            let path = lease_path(ATTACHMENTS.path, &l, &[(params::NAME, &name)]);
+            let resp = http
+                .post(format!("{}{path}", url.trim_end_matches('/')))
+                .header("X-Lease-ID", &l.lease_id)
+                .header("X-Txn-ID", &l.txn_id)
+                .header("X-Fencing-Token", l.fencing_token.to_string())
+                .body(data.clone())
+                .send()
+                .await
+                .unwrap();
+            (name, data, expect_upload(resp).await.id())
+        }));
+    }
+    let mut sent = Vec::new();
+    for t in tasks {
+        sent.push(t.await.unwrap());
+    }
+    let same_ids: std::collections::BTreeSet<_> = sent
+        .iter()
+        .filter(|(n, _, _)| n == "same")
+        .map(|(_, _, id)| id.clone())
+        .collect();
+    assert_eq!(same_ids.len(), 1, "one name, one id: {same_ids:?}");
+    let list = list_leased(&s, &l).await;
+    assert_eq!(
+        names(&list),
+        [
+            "distinct-0",
+            "distinct-1",
+            "distinct-2",
+            "distinct-3",
+            "same"
+        ]
+    );
+    let (h, got) = payload(get_leased(&s, &l, &[(params::NAME, "same")]).await).await;
+    assert!(
+        sent.iter().any(|(n, d, _)| n == "same" && *d == got),
+        "the payload is one of the uploads"
+    );
+    assert_eq!(
+        header_str(&h, headers::ATTACHMENT_SHA256),
+        Some(hex_sha(&got))
+    );
+    assert_eq!(entry(&list, "same")["size"], got.len());
+    s.release(&l).await;
+    let public = list_public(&s, "default", "race").await;
+    assert_eq!(names(&public), names(&list));
+    for (name, data, _) in sent.iter().filter(|(n, _, _)| n != "same") {
+        let (_, got) =
+            payload(get_public(&s, "default", "race", &[(params::NAME, name)]).await).await;
+        assert_eq!(&got, data, "{name}");
+    }
+}
+
+/// A client that goes away mid-body leaves no attachment, and the lease
+/// carries on.
+async fn aborted_upload_leaves_nothing(b: Store) {
+    let Some(s) = server(b).await else { return };
+    commit_files(&s, "abort", &[("kept", b"committed")]).await;
+    let before = list_public(&s, "default", "abort").await;
+    let l = s.acquire("abort", "o", 30, -1).await;
+    for (name, framing, part) in [
+        (
+            "cut-length",
+            "Content-Length: 100000\r\n".to_string(),
+            vec![b'p'; 1000],
+        ),
+        (
+            "kept",
+            "Content-Length: 100000\r\n".to_string(),
+            vec![b'p'; 1000],
+        ),
+        (
+            "cut-chunked",
+            "Transfer-Encoding: chunked\r\n".to_string(),
+            b"400\r\n"
+                .iter()
+                .copied()
+                .chain(vec![b'p'; 1024])
+                .chain(*b"\r\n10\r\nabc")
+                .collect(),
+        ),
+    ] {
+        let head = upload_head(&s, &l, name, &[], &framing);
+        let mut c = TcpStream::connect(s.authority()).await.unwrap();
+        c.write_all(head.as_bytes()).await.unwrap();
+        c.write_all(&part).await.unwrap();
+        c.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(c);
+    }
+    // The server notices the disconnect in its own time; what the holder
+    // sees must never include a half upload.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = list_leased(&s, &l).await;
+        assert_eq!(names(&list), ["kept"], "{list}");
+        let (_, got) = payload(get_leased(&s, &l, &[(params::NAME, "kept")]).await).await;
+        assert_eq!(got, b"committed");
+        if Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let u = upload_ok(&s, &l, "cut-length", b"whole").await;
+    assert_eq!(u.info()["size"], 5);
+    s.release(&l).await;
+    let list = list_public(&s, "default", "abort").await;
+    assert_eq!(names(&list), ["cut-length", "kept"]);
+    assert_eq!(entry(&list, "kept"), entry(&before, "kept"));
+}
+
+/// Names have no character rules (§2.1): they are trimmed and otherwise
+/// kept as given, never interpreted as paths.
+async fn names_are_opaque(b: Store) {
+    let Some(s) = server(b).await else { return };
+    let l = s.acquire("names", "o", 30, -1).await;
+    let odd = [
+        "../../escape",
+        "a/b/../c",
+        "фото отпуск.jpg",
+        "%2F%00",
+        ".hidden",
+        "x".repeat(300).leak() as &str,
+    ];
+    let mut ids = Vec::new();
+    for (i, name) in odd.iter().enumerate() {
+        let data = format!("payload of {i}").into_bytes();
+        let u = upload_ok(&s, &l, name, &data).await;
+        assert_eq!(u.info()["name"], *name);
+        ids.push((name.to_string(), u.id(), data));
+    }
+    // Trimmed: " spaced " is "spaced", and the same attachment.
+    let u1 = upload_ok(&s, &l, " spaced\t", b"1").await;
+    assert_eq!(u1.info()["name"], "spaced");
+    let u2 = upload_ok(&s, &l, "spaced", b"2").await;
+    assert_eq!(u2.id(), u1.id());
+    s.release(&l).await;
+    let list = list_public(&s, "default", "names").await;
+    assert_eq!(names(&list).len(), odd.len() + 1);
+    for (name, id, data) in &ids {
+        assert_eq!(entry(&list, name)["id"], *id);
+        for sel in [
+            vec![(params::ID, id.as_str())],
+            vec![(params::NAME, name.as_str())],
+        ] {
+            let (h, got) = payload(get_public(&s, "default", "names", &sel).await).await;
+            assert_eq!(&got, data, "{name}");
+            assert_eq!(
+                h.get(headers::ATTACHMENT_NAME).map(|v| v.as_bytes()),
+                Some(name.as_bytes()),
+                "X-Attachment-Name carries the name as given: {name}"
+            );
+        }
+    }
 }
 
 async fn large_round_trip(b: Store) {
@@ -2526,6 +2809,28 @@ async fn other_methods_are_405() {
             );
             assert_error(resp, 405, "method_not_allowed").await;
         }
+    }
+    // HEAD and OPTIONS are other methods too (no body to check on HEAD).
+    for path in [ATTACHMENTS.path, ATTACHMENT.path] {
+        let resp = leased(
+            &s,
+            Method::HEAD,
+            &lease_path(path, &l, &[(params::NAME, "n")]),
+            &l,
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "HEAD {path}");
+        assert!(resp.headers().get("allow").is_none(), "HEAD {path}");
+        let resp = s
+            .http
+            .request(Method::OPTIONS, s.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.headers().get("allow").is_none(), "OPTIONS {path}");
+        assert_error(resp, 405, "method_not_allowed").await;
     }
     // Nothing was written by them.
     assert_eq!(names(&list_leased(&s, &l).await), Vec::<String>::new());
