@@ -118,6 +118,19 @@ on_all_stores!(
 
 on_all_stores!(server_default_limit);
 
+/// Restarting the server keeps committed and staged attachments: disk and
+/// s3 only.
+mod restart_keeps_attachments {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn disk() {
+        super::restart_keeps_attachments(super::Store::Disk).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn s3() {
+        super::restart_keeps_attachments(super::Store::S3).await
+    }
+}
+
 /// The 20 MiB streamed round trip: disk and s3 only.
 mod large_round_trip {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -918,6 +931,11 @@ async fn max_bytes_limits(b: Store) {
     );
     let (_, got) = payload(get_leased(&s, &l, &[(params::NAME, "ten")]).await).await;
     assert_eq!(got, ten);
+    // Trimmed like the other parameters.
+    let u =
+        expect_upload(upload(&s, &l, "ten", ten.to_vec(), &[(params::MAX_BYTES, " 10 ")]).await)
+            .await;
+    assert_eq!(u.info()["size"], 10);
     // 0 = unlimited; blank = not given (server default, 1 TiB).
     let big = vec![7u8; 100_000];
     for v in ["0", " ", ""] {
@@ -1417,6 +1435,48 @@ async fn lease_expiry_discards(b: Store) {
     s.release(&n).await;
     assert_eq!(list_public(&s, "default", "exp").await, before);
     assert_eq!(s.describe("default", "exp").await["version"], v1);
+    // The sweeper rolls an expired lease's attachments back on its own.
+    drop(s);
+    let Some(s) = server_with(b, |c| c.sweeper_interval = Duration::from_secs(60)).await else {
+        return;
+    };
+    let (_, v1) = commit_files(&s, "swept", &[("a", b"old-a")]).await;
+    let before = list_public(&s, "default", "swept").await;
+    let l = s.acquire("swept", "o", 1, -1).await;
+    upload_ok(&s, &l, "a", b"new-a").await;
+    upload_ok(&s, &l, "b", b"new-b").await;
+    s.expire(l.expires_at_unix);
+    s.advance(Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let d = s.describe("default", "swept").await;
+        if d.get("lease_id").is_none() {
+            assert_eq!(
+                d["version"], v1,
+                "sweeping discards staged attachments: {d}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sweeper never cleared the lease: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(list_public(&s, "default", "swept").await, before);
+    let n = s.acquire("swept", "next", 30, -1).await;
+    assert_eq!(
+        list_leased(&s, &n).await["attachments"],
+        before["attachments"]
+    );
+    let (_, got) = payload(get_leased(&s, &n, &[(params::NAME, "a")]).await).await;
+    assert_eq!(got, b"old-a");
+    assert_error(
+        get_leased(&s, &n, &[(params::NAME, "b")]).await,
+        404,
+        "attachment_not_found",
+    )
+    .await;
 }
 
 async fn committed_remove_deletes_all(b: Store) {
@@ -1888,6 +1948,28 @@ async fn delete_single(b: Store) {
         )
         .await;
     }
+    // Ids belong to their key: another key's id finds nothing.
+    let (other, _) = commit_files(&s, "del-other", &[("o", b"other")]).await;
+    let l = s.acquire("del", "o", 30, -1).await;
+    assert_error(
+        get_leased(&s, &l, &[(params::ID, &other[0])]).await,
+        404,
+        "attachment_not_found",
+    )
+    .await;
+    assert_error(
+        get_public(&s, "default", "del", &[(params::ID, &other[0])]).await,
+        404,
+        "attachment_not_found",
+    )
+    .await;
+    expect_exact(
+        delete_one(&s, &l, &[(params::ID, &other[0])]).await,
+        r#"{"deleted":false,"version":2}"#,
+    )
+    .await;
+    s.release(&l).await;
+    assert_eq!(names(&list_public(&s, "default", "del-other").await), ["o"]);
     // On a key without attachments: deleted false, no version when 0.
     let l = s.acquire("del-empty", "o", 30, -1).await;
     expect_exact(
@@ -2197,6 +2279,123 @@ async fn names_are_opaque(b: Store) {
             );
         }
     }
+}
+
+/// Starts a server, retrying while a stopped one may still hold the store
+/// (as state.rs's `restart_on` does: the disk store closes shortly after
+/// `shutdown` returns).
+async fn start_retrying(cfg: ServerConfig) -> TestServer {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match lockd_server::start(cfg.clone()).await {
+            Ok(server) => return TestServer::from_running(server, None),
+            Err(e) => {
+                assert!(Instant::now() < deadline, "store never reopened: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Committed attachments survive a restart, and so do a live lease's
+/// staged ones (its holder carries on and commits them).
+async fn restart_keeps_attachments(b: Store) {
+    let clock = lockd_server::ManualClock::new();
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = match b {
+        Store::Disk => format!("disk://{}", dir.path().display()),
+        _ => {
+            // Borrow the s3 set-up (credentials, a fresh prefix) of a
+            // throwaway config.
+            let mut url = String::new();
+            let Some(first) = server_with(b, |c| url = c.store.clone()).await else {
+                return;
+            };
+            drop(first.shutdown().await);
+            url
+        }
+    };
+    let cfg = || ServerConfig {
+        listen: "127.0.0.1:0".into(),
+        store: store_url.clone(),
+        clock: clock.clock(),
+        sweeper_interval: Duration::ZERO,
+        ..Default::default()
+    };
+    let s = start_retrying(cfg()).await;
+    let (ids, v1) = commit_files(&s, "durable", &[("a", b"committed-a")]).await;
+    let l = s.acquire("durable", "o", 300, -1).await;
+    let staged = upload_ok(&s, &l, "b", b"staged-b").await;
+    let a2 = upload_ok(&s, &l, "a", b"staged-a").await;
+    assert_eq!(a2.id(), ids[0]);
+    let before = list_public(&s, "default", "durable").await;
+    drop(s.shutdown().await);
+
+    let s = start_retrying(cfg()).await;
+    assert_eq!(list_public(&s, "default", "durable").await, before);
+    let (_, got) =
+        payload(get_public(&s, "default", "durable", &[(params::ID, &ids[0])]).await).await;
+    assert_eq!(got, b"committed-a");
+    let lv = list_leased(&s, &l).await;
+    assert_eq!(names(&lv), ["a", "b"]);
+    assert_eq!(entry(&lv, "b"), staged.info());
+    let (_, got) = payload(get_leased(&s, &l, &[(params::NAME, "b")]).await).await;
+    assert_eq!(got, b"staged-b");
+    s.release(&l).await;
+    assert_eq!(s.describe("default", "durable").await["version"], v1 + 1);
+    let (_, got) =
+        payload(get_public(&s, "default", "durable", &[(params::ID, &ids[0])]).await).await;
+    assert_eq!(got, b"staged-a");
+    drop(s.shutdown().await);
+
+    let s = start_retrying(cfg()).await;
+    let list = list_public(&s, "default", "durable").await;
+    assert_eq!(names(&list), ["a", "b"]);
+    let (_, got) =
+        payload(get_public(&s, "default", "durable", &[(params::NAME, "b")]).await).await;
+    assert_eq!(got, b"staged-b");
+}
+
+/// Keys and namespaces are normalised as everywhere (PROTOCOL.md §1.5,
+/// §1.6): case-insensitive, one leading `/` stripped; the list echoes the
+/// key as supplied (trimmed) and the namespace as resolved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_and_namespaces_are_normalised() {
+    let s = TestServer::mem().await;
+    let l = s.acquire_ns("ns-norm", "mixed/key", "o", 30, -1).await;
+    let raw = Lease {
+        key: " /MIXED/Key ".into(),
+        namespace: " NS-Norm ".into(),
+        ..l.clone()
+    };
+    let u = upload_ok(&s, &raw, "f", b"data").await;
+    let lv = list_leased(&s, &raw).await;
+    assert_eq!(lv["namespace"], "ns-norm");
+    assert_eq!(lv["key"], "/MIXED/Key");
+    assert_eq!(names(&lv), ["f"]);
+    let (_, got) = payload(get_leased(&s, &l, &[(params::ID, &u.id())]).await).await;
+    assert_eq!(got, b"data");
+    s.release(&l).await;
+    let list = list_public(&s, "NS-NORM", "Mixed/KEY").await;
+    assert_eq!(list["namespace"], "ns-norm");
+    assert_eq!(list["key"], "Mixed/KEY");
+    assert_eq!(names(&list), ["f"]);
+    // Another namespace is another key.
+    assert_eq!(
+        names(&list_public(&s, "default", "mixed/key").await),
+        Vec::<String>::new()
+    );
+    let other = s.acquire("mixed/key", "o", 30, -1).await;
+    let wrong_ns = Lease {
+        namespace: "ns-norm".into(),
+        ..other.clone()
+    };
+    assert_error(
+        upload(&s, &wrong_ns, "g", b"g".to_vec(), &[]).await,
+        403,
+        "lease_required",
+    )
+    .await;
 }
 
 async fn large_round_trip(b: Store) {
