@@ -114,6 +114,7 @@ on_all_stores!(
     concurrent_uploads_in_one_txn,
     aborted_upload_leaves_nothing,
     names_are_opaque,
+    list_is_sorted_bytewise,
 );
 
 on_all_stores!(server_default_limit);
@@ -1109,7 +1110,12 @@ async fn lease_check_failures(b: Store) {
     let Some(s) = server_with(b, |c| c.sweeper_interval = Duration::ZERO).await else {
         return;
     };
-    let (_, v1) = commit_files(&s, "lc", &[("a", b"A")]).await;
+    // A document and an attachment: errors carry current_version and
+    // current_etag (§1.1).
+    let l = s.acquire("lc", "o", 30, -1).await;
+    let (v1, etag) = s.update_ok(&l, r#"{"doc":1}"#).await;
+    upload_ok(&s, &l, "a", b"A").await;
+    s.release(&l).await;
     let l = s.acquire("lc", "o", 30, -1).await;
     let calls = ["upload", "list", "get", "delete", "delete_all"];
     let call = |l: Lease, which: &'static str| {
@@ -1132,7 +1138,12 @@ async fn lease_check_failures(b: Store) {
             v["current_version"], v1,
             "current_version of the committed state: {v}"
         );
+        assert_eq!(
+            v["current_etag"], etag,
+            "current_etag of the committed state: {v}"
+        );
     };
+
     for which in calls {
         let v = assert_error(
             call(l.with_lease_id(&new_xid()), which).await,
@@ -1394,6 +1405,18 @@ async fn rollback_discards(b: Store) {
     .await;
     let (_, got) = payload(get_leased(&s, &l, &[(params::ID, &ids[1])]).await).await;
     assert_eq!(got, b"k");
+    // A staged clear survives a keepalive and is undone by a rollback.
+    expect_exact(
+        delete_all(&s, &l).await,
+        &format!(r#"{{"deleted":2,"version":{}}}"#, v1 + 1),
+    )
+    .await;
+    upload_ok(&s, &l, "after-clear", b"x").await;
+    expect_json(s.keepalive(&l, 60).await, StatusCode::OK).await;
+    assert_eq!(names(&list_leased(&s, &l).await), ["after-clear"]);
+    expect_released(s.release_with(&l, true).await).await;
+    assert_eq!(list_public(&s, "default", "rb").await, before);
+    assert_eq!(s.describe("default", "rb").await["version"], v1);
 }
 
 async fn lease_expiry_discards(b: Store) {
@@ -2398,6 +2421,43 @@ async fn keys_and_namespaces_are_normalised() {
     .await;
 }
 
+/// The list is sorted by name as bytes (Go's string order): upper case
+/// before lower case, digits as characters, not numbers.
+async fn list_is_sorted_bytewise(b: Store) {
+    let Some(s) = server(b).await else { return };
+    let l = s.acquire("sorted", "o", 30, -1).await;
+    let given = ["b", "B", "a", "_", "10", "9", "a0", "A", "é", "z"];
+    for n in given {
+        upload_ok(&s, &l, n, n.as_bytes()).await;
+    }
+    let want = ["10", "9", "A", "B", "_", "a", "a0", "b", "z", "é"];
+    let lv = list_leased(&s, &l).await;
+    let got: Vec<&str> = lv["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, want, "holder's view");
+    s.release(&l).await;
+    let pv = list_public(&s, "default", "sorted").await;
+    let got: Vec<&str> = pv["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, want, "committed list");
+    // Many of them.
+    let l = s.acquire("sorted", "o", 30, -1).await;
+    for i in (0..60).rev() {
+        upload_ok(&s, &l, &format!("n{i:03}"), b"").await;
+    }
+    s.release(&l).await;
+    let pv = list_public(&s, "default", "sorted").await;
+    assert_eq!(names(&pv).len(), 70);
+}
+
 async fn large_round_trip(b: Store) {
     let Some(s) = server(b).await else { return };
     const LEN: usize = 20 << 20;
@@ -3033,4 +3093,80 @@ async fn other_methods_are_405() {
     }
     // Nothing was written by them.
     assert_eq!(names(&list_leased(&s, &l).await), Vec::<String>::new());
+}
+
+/// Error responses of the attachment calls carry the request's
+/// `X-Correlation-Id` (PROTOCOL.md §2.2, PROTOCOL-EXTENSIONS.md §1.1),
+/// 405s included (Go answers them from the handler).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn errors_carry_the_correlation_id() {
+    let s = TestServer::mem().await;
+    let l = s.acquire("corr", "o", 30, -1).await;
+    upload_ok(&s, &l, "a", b"a").await;
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (s.http.post(s.url(ATTACHMENTS.path)), 400, "missing_key"),
+        (
+            leased(
+                &s,
+                Method::POST,
+                &lease_path(ATTACHMENTS.path, &l.with_token(99), &[(params::NAME, "x")]),
+                &l.with_token(99),
+            ),
+            403,
+            "fencing_mismatch",
+        ),
+        (
+            leased(
+                &s,
+                Method::POST,
+                &lease_path(
+                    ATTACHMENTS.path,
+                    &l,
+                    &[(params::NAME, "x"), (params::MAX_BYTES, "1")],
+                ),
+                &l,
+            )
+            .body("too long"),
+            413,
+            "attachment_too_large",
+        ),
+        (
+            leased(
+                &s,
+                Method::GET,
+                &lease_path(ATTACHMENT.path, &l, &[(params::NAME, "zz")]),
+                &l,
+            ),
+            404,
+            "attachment_not_found",
+        ),
+        (
+            s.http.get(s.url(&with_query(
+                ATTACHMENT.path,
+                &[(params::KEY, "corr"), (params::PUBLIC, "1")],
+            ))),
+            400,
+            "missing_attachment",
+        ),
+        (
+            s.http.put(s.url(ATTACHMENTS.path)),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            s.http.post(s.url(ATTACHMENT.path)),
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    for (i, (rb, status, code)) in cases.into_iter().enumerate() {
+        let corr = format!("att-corr-{i}");
+        let resp = rb.header("X-Correlation-Id", &corr).send().await.unwrap();
+        assert_eq!(
+            header_str(resp.headers(), "x-correlation-id").as_deref(),
+            Some(corr.as_str()),
+            "{code}"
+        );
+        assert_error(resp, status, code).await;
+    }
 }
