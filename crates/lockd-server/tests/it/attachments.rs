@@ -115,6 +115,8 @@ on_all_stores!(
     aborted_upload_leaves_nothing,
     names_are_opaque,
     list_is_sorted_bytewise,
+    upload_racing_release,
+    upload_racing_expiry,
 );
 
 on_all_stores!(server_default_limit);
@@ -2456,6 +2458,152 @@ async fn list_is_sorted_bytewise(b: Store) {
     s.release(&l).await;
     let pv = list_public(&s, "default", "sorted").await;
     assert_eq!(names(&pv).len(), 70);
+}
+
+/// An upload still streaming when its lease is released: either it is
+/// ordered before the release (200, and the commit includes it) or it is
+/// refused (and nothing of it is anywhere). A 200 whose attachment the
+/// commit lost, or a refusal that left it behind, is a bug.
+async fn upload_racing_release(b: Store) {
+    let Some(s) = server(b).await else { return };
+    for rollback in [false, true] {
+        let key = format!("race-release-{rollback}");
+        let l = s.acquire(&key, "o", 30, -1).await;
+        upload_ok(&s, &l, "early", b"early").await;
+        let data = vec![b'r'; 1 << 20];
+        let head = upload_head(
+            &s,
+            &l,
+            "late",
+            &[],
+            &format!("Content-Length: {}\r\n", data.len()),
+        );
+        let c = TcpStream::connect(s.authority()).await.unwrap();
+        let mut r = BufReader::new(c);
+        r.get_mut().write_all(head.as_bytes()).await.unwrap();
+        r.get_mut()
+            .write_all(&data[..data.len() / 2])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let release = {
+            let (http, url, l) = (s.http.clone(), s.url("/v1/release"), l.clone());
+            tokio::spawn(async move {
+                http.post(url)
+                    .header("X-Fencing-Token", l.fencing_token.to_string())
+                    .json(
+                        &json!({"namespace": l.namespace, "key": l.key, "lease_id": l.lease_id,
+                                  "txn_id": l.txn_id, "rollback": rollback}),
+                    )
+                    .send()
+                    .await
+                    .unwrap()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = r.get_mut().write_all(&data[data.len() / 2..]).await;
+        let (head, body) = lockd_testkit::within(
+            Duration::from_secs(30),
+            "late upload answer",
+            read_response(&mut r),
+        )
+        .await;
+        expect_released(release.await.unwrap()).await;
+        let status = head_status(&head);
+        eprintln!("{b:?} {key}: the late upload was answered {status}");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let public = list_public(&s, "default", &key).await;
+        let committed = names(&public);
+        if rollback {
+            assert_eq!(committed, Vec::<String>::new(), "rolled back: {public}");
+        } else if status == 200 {
+            assert_eq!(
+                committed,
+                ["early", "late"],
+                "a 200 upload must be in the commit: {v}"
+            );
+            let (_, got) =
+                payload(get_public(&s, "default", &key, &[(params::NAME, "late")]).await).await;
+            assert_eq!(got, data);
+        } else {
+            assert_eq!(
+                committed,
+                ["early"],
+                "a refused upload must leave nothing: {head}{v}"
+            );
+        }
+        if status != 200 {
+            assert!(
+                matches!(
+                    v["error"].as_str(),
+                    Some("lease_required" | "lease_expired" | "txn_mismatch")
+                ),
+                "refused as a lease failure: {head}{v}"
+            );
+        }
+        let n = s.acquire(&key, "next", 30, -1).await;
+        assert_eq!(
+            list_leased(&s, &n).await["attachments"],
+            public["attachments"]
+        );
+        s.release(&n).await;
+    }
+}
+
+/// The same with the lease expiring while the body streams: the upload is
+/// refused or rolled back with the rest, never committed later.
+async fn upload_racing_expiry(b: Store) {
+    let Some(s) = server_with(b, |c| c.sweeper_interval = Duration::ZERO).await else {
+        return;
+    };
+    commit_files(&s, "race-expiry", &[("kept", b"kept")]).await;
+    let before = list_public(&s, "default", "race-expiry").await;
+    let l = s.acquire("race-expiry", "o", 1, -1).await;
+    let data = vec![b'e'; 1 << 20];
+    let head = upload_head(
+        &s,
+        &l,
+        "late",
+        &[],
+        &format!("Content-Length: {}\r\n", data.len()),
+    );
+    let c = TcpStream::connect(s.authority()).await.unwrap();
+    let mut r = BufReader::new(c);
+    r.get_mut().write_all(head.as_bytes()).await.unwrap();
+    r.get_mut()
+        .write_all(&data[..data.len() / 2])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.expire(l.expires_at_unix);
+    let _ = r.get_mut().write_all(&data[data.len() / 2..]).await;
+    let (head, body) = lockd_testkit::within(
+        Duration::from_secs(30),
+        "late upload answer",
+        read_response(&mut r),
+    )
+    .await;
+    let status = head_status(&head);
+    eprintln!("{b:?}: the late upload was answered {status}");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    if status != 200 {
+        assert!(
+            matches!(
+                v["error"].as_str(),
+                Some("lease_required" | "lease_expired")
+            ),
+            "refused as a lease failure: {head}{v}"
+        );
+    }
+    // Whatever the answer, the expired lease's staging is gone.
+    let n = s.acquire("race-expiry", "next", 30, -1).await;
+    assert_eq!(
+        list_leased(&s, &n).await["attachments"],
+        before["attachments"],
+        "{head}{v}"
+    );
+    s.release(&n).await;
+    assert_eq!(list_public(&s, "default", "race-expiry").await, before);
 }
 
 async fn large_round_trip(b: Store) {
