@@ -1,6 +1,7 @@
 //! The integration tests of `lockd-server`, linked as one test binary: one module
 //! per area, so the suite builds and links one executable instead of one per file.
 
+mod attachments;
 mod body_drain;
 mod connections;
 mod contention;
