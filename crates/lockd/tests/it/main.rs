@@ -7,6 +7,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_lockd");
 mod auth;
 mod binary;
 mod cli;
+mod cli_attachments;
 mod cli_mtls;
 mod cluster;
 mod crash_loop;
