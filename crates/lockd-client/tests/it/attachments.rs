@@ -315,3 +315,86 @@ async fn max_bytes_refuses_larger_uploads_and_fencing_is_kept() {
     l.release().await.unwrap();
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_uploads_fail_over_streamed_ones_are_sent_once() {
+    let server = TestServer::mem().await;
+    // The first endpoint is dead; a resumed session prefers it.
+    let client = Client::with_endpoints(["http://127.0.0.1:1", server.base.as_str()]).unwrap();
+    let key = unique("att-fo");
+    let held = lease(&client, &key).await;
+    held.detach();
+    let resumed = client.resume_lease(
+        "",
+        &key,
+        held.lease_id(),
+        held.txn_id(),
+        held.fencing_token(),
+    );
+    let up = resumed.attach("bytes", "replayable").await.unwrap();
+    assert_eq!(up.attachment.size, 10);
+
+    let resumed = client.resume_lease(
+        "",
+        &key,
+        held.lease_id(),
+        held.txn_id(),
+        held.fencing_token(),
+    );
+    let (mut w, r) = tokio::io::duplex(1024);
+    tokio::spawn(async move {
+        let _ = w.write_all(b"once only").await;
+    });
+    let err = resumed
+        .attach_reader("stream", r, &AttachOptions::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, lockd_client::Error::Transport(_)),
+        "a stream is not replayed on the next endpoint: {err}"
+    );
+    let names: Vec<String> = held
+        .attachments()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    assert_eq!(names, ["bytes"]);
+    held.release().await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_uploads_are_not_cut_by_the_request_timeout() {
+    let server = TestServer::mem().await;
+    let client = Client::builder()
+        .endpoint(&server.base)
+        .http_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let key = unique("att-slow");
+    let l = lease(&client, &key).await;
+    let (mut w, r) = tokio::io::duplex(1024);
+    tokio::spawn(async move {
+        w.write_all(b"first half, ").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        w.write_all(b"second half").await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let up = l
+        .attach_reader("slow.txt", r, &AttachOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(up.attachment.size, 23);
+    let got = l
+        .get_attachment("slow.txt")
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&got[..], b"first half, second half");
+    l.release().await.unwrap();
+    server.shutdown().await;
+}
