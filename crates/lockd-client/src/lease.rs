@@ -410,7 +410,7 @@ impl Client {
     /// Picks up a lease acquired elsewhere (another process, a shell via
     /// `lockd client acquire`) from its exported fields. The session is
     /// detached: it is not released on drop; call `release`, or
-    /// [`LeaseSession::attach`] to release it on drop as usual.
+    /// [`LeaseSession::reattach`] to release it on drop as usual.
     ///
     /// ```no_run
     /// # async fn demo(client: lockd_client::Client) -> lockd_client::Result<()> {
@@ -606,14 +606,14 @@ impl LeaseSession {
         &self.s.correlation
     }
 
-    fn path(&self, base: &str) -> String {
+    pub(crate) fn path(&self, base: &str) -> String {
         with_query(
             base,
             &[("key", &self.s.key), ("namespace", &self.s.namespace)],
         )
     }
 
-    fn lease_headers(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn lease_headers(&self) -> Vec<(&'static str, String)> {
         vec![
             (headers::LEASE_ID, self.s.lease_id.clone()),
             (headers::TXN_ID, self.s.txn_id.clone()),
@@ -647,7 +647,7 @@ impl LeaseSession {
         }
     }
 
-    fn call(
+    pub(crate) fn call(
         &self,
         method: Method,
         path: String,
@@ -865,8 +865,9 @@ impl LeaseSession {
     }
 
     /// Undoes [`LeaseSession::detach`] (and makes a resumed session
-    /// release on drop).
-    pub fn attach(&self) {
+    /// release on drop). (Named `attach` before attachments took that
+    /// name: see [`LeaseSession::attach`] for uploads.)
+    pub fn reattach(&self) {
         self.s.done.store(false, Ordering::SeqCst);
     }
 

@@ -10,6 +10,12 @@
 //!   tokens, typed JSON state (`load`/`save`), CAS, keepalive, release;
 //! * [`Client::acquire_for_update`]: acquire, run a handler with the state,
 //!   keep the lease alive, commit or roll back;
+//! * attachments: named binary files on a key, staged under the lease and
+//!   committed with its state ([`LeaseSession::attach`],
+//!   [`LeaseSession::attach_reader`], [`LeaseSession::attachments`],
+//!   [`LeaseSession::get_attachment`], [`LeaseSession::delete_attachment`],
+//!   [`LeaseSession::delete_all_attachments`]; public reads with
+//!   [`Client::list_attachments`] and [`Client::get_attachment`]);
 //! * queues: [`Client::enqueue`], [`Client::dequeue`],
 //!   [`Client::dequeue_batch`], [`Client::subscribe`], [`QueueMessage`]
 //!   (ack, nack, defer, extend, workflow state);
@@ -39,8 +45,8 @@
 //!
 //! The crate's `examples/` directory has runnable programs for each of the
 //! Go SDK's quick-start flows (`cargo run -p lockd-client --example
-//! lease_loop`, `acquire_for_update`, `producer`, `consumer`, `subscribe`,
-//! `stateful_consumer`); they start an in-process server unless
+//! lease_loop`, `acquire_for_update`, `attachments`, `producer`,
+//! `consumer`, `subscribe`, `stateful_consumer`); they start an in-process server unless
 //! `LOCKD_URL` is set.
 //!
 //! # Connecting
@@ -120,6 +126,41 @@
 //! [`ApiError::current_etag`] tell what it was compared against. Pass
 //! [`Cas::None`] to [`LeaseSession::update`] to overwrite unconditionally,
 //! or [`Cas::Explicit`] for values of your own.
+//!
+//! # Attachments
+//!
+//! A key can carry named binary attachments beside its JSON document: a
+//! PDF, an image, a backup. They follow the same rules as the state:
+//! [`LeaseSession::attach`] (bytes) and [`LeaseSession::attach_reader`]
+//! (any `AsyncRead`, streamed) **stage** an upload, visible only to the
+//! lease until [`LeaseSession::release`] commits it; a rollback or an
+//! expired lease discards it. Uploading a name again replaces the payload
+//! and keeps the attachment's id; [`AttachOptions`] set a content type, a
+//! size limit (`413 attachment_too_large` beyond it) and
+//! `prevent_overwrite`. A download ([`LeaseSession::get_attachment`],
+//! [`Client::get_attachment`] for committed ones, by name or
+//! [`AttachmentSelector::id`]) is an [`Attachment`]: its
+//! [`api::attachments::AttachmentInfo`] and the payload as an `AsyncRead`.
+//! Uploads and downloads have no client-side timeout; an upload from bytes
+//! fails over to the next endpoint like other calls, a streamed one is sent
+//! once. A missing attachment is `404`
+//! [`ErrorCode::AttachmentNotFound`].
+//!
+//! ```no_run
+//! # async fn demo(client: lockd_client::Client) -> lockd_client::Result<()> {
+//! use lockd_client::{AcquireRequest, AttachOptions};
+//!
+//! let lease = client.acquire(AcquireRequest::new("orders/42", "worker-1")).await?;
+//! let file = tokio::fs::File::open("invoice.pdf").await.unwrap();
+//! let opts = AttachOptions::new().content_type("application/pdf");
+//! lease.attach_reader("invoice.pdf", file, &opts).await?;
+//! lease.release().await?; // committed
+//!
+//! let mut pdf = client.get_attachment("", "orders/42", "invoice.pdf").await?;
+//! let mut out = tokio::fs::File::create("copy.pdf").await.unwrap();
+//! tokio::io::copy(&mut pdf, &mut out).await.unwrap();
+//! # Ok(()) }
+//! ```
 //!
 //! # Dropping sessions and messages
 //!
@@ -257,6 +298,7 @@
 //! ```
 
 mod afu;
+mod attachments;
 mod client;
 mod consumer;
 pub mod correlation;
@@ -271,6 +313,7 @@ mod transport;
 mod watch;
 
 pub use afu::UpdateContext;
+pub use attachments::{AttachOptions, Attachment, AttachmentSelector};
 pub use client::{Client, ClientBuilder, RetryPolicy};
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerError, HandlerError};
 pub use error::{ApiError, Code, Error, ErrorCode, Result};

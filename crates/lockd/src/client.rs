@@ -8,6 +8,7 @@
 //! eval "$(lockd client acquire --key orders)"
 //! lockd client get                      # the document as the holder sees it
 //! echo '{"status":"shipped"}' | lockd client update -
+//! lockd client attachments put label.pdf  # staged with the state
 //! lockd client release
 //! lockd client get --public --key orders
 //! ```
@@ -229,6 +230,143 @@ pub enum ClientCommand {
     /// Queue commands.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Attachments: binary files on the leased key, staged like its state
+    /// (release commits, --rollback discards).
+    ///
+    /// Example: lockd client attachments put invoice.pdf --content-type application/pdf
+    #[command(subcommand, visible_alias = "attachment")]
+    Attachments(AttachmentsCommand),
+}
+
+/// A lease from the environment, or `--public` (committed data, no lease).
+#[derive(Debug, Args)]
+pub struct LeaseOrPublic {
+    /// Read committed attachments without a lease.
+    #[arg(long)]
+    public: bool,
+    /// Key (with --public; else the lease's).
+    #[arg(short = 'k', long, env = "LOCKD_CLIENT_KEY")]
+    key: Option<String>,
+    /// Lease id (lease mode).
+    #[arg(long, env = "LOCKD_CLIENT_LEASE")]
+    lease: Option<String>,
+    /// Fencing token (lease mode).
+    #[arg(long, env = "LOCKD_CLIENT_FENCING_TOKEN")]
+    fencing_token: Option<i64>,
+    /// Transaction id (lease mode).
+    #[arg(long, env = "LOCKD_CLIENT_TXN_ID")]
+    txn_id: Option<String>,
+}
+
+/// Which attachment: `--name` or `--id`.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Pick {
+    /// The attachment's name.
+    #[arg(long)]
+    name: Option<String>,
+    /// The attachment's id.
+    #[arg(long)]
+    id: Option<String>,
+}
+
+impl Pick {
+    fn selector(self) -> lockd_client::AttachmentSelector {
+        match (self.id, self.name) {
+            (Some(id), _) => lockd_client::AttachmentSelector::id(id),
+            (None, name) => lockd_client::AttachmentSelector::name(name.unwrap_or_default()),
+        }
+    }
+}
+
+/// `lockd client attachments …`.
+#[derive(Debug, Subcommand)]
+pub enum AttachmentsCommand {
+    /// Stage an upload from a file or `-` (stdin) under the lease
+    ///
+    /// The payload is streamed, never held in memory. Prints the server's
+    /// answer (JSON: id, size, sha256, staged version). `lockd client
+    /// release` commits it, `release --rollback` discards it.
+    ///
+    /// Examples:
+    ///   lockd client attachments put invoice.pdf --content-type application/pdf
+    ///   tar cz data/ | lockd client attachments put - --name backup.tgz --max-bytes 1073741824
+    ///   lockd client attachments put notes.txt --prevent-overwrite
+    #[command(verbatim_doc_comment)]
+    Put {
+        #[command(flatten)]
+        held: Held,
+        /// File to upload, or `-` for stdin.
+        input: String,
+        /// Attachment name (default: the file's name; required with `-`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Content type stored with it (default application/octet-stream).
+        #[arg(long)]
+        content_type: Option<String>,
+        /// Refuse uploads larger than this many bytes (0 = no limit;
+        /// default: the server's limit).
+        #[arg(long)]
+        max_bytes: Option<u64>,
+        /// Leave an existing attachment of that name alone (the answer says
+        /// "noop":true).
+        #[arg(long)]
+        prevent_overwrite: bool,
+    },
+    /// List attachments, as the lease sees them or committed (--public)
+    ///
+    /// The lease view includes staged uploads and deletions. One line per
+    /// attachment (name, size, content type, id; tab-separated), or a
+    /// JSON array with --output json.
+    ///
+    /// Examples:
+    ///   lockd client attachments list
+    ///   lockd client attachments list --public --key orders --output json
+    #[command(visible_alias = "ls", verbatim_doc_comment)]
+    List {
+        #[command(flatten)]
+        who: LeaseOrPublic,
+    },
+    /// Download one attachment (--name or --id) to stdout or -o FILE
+    ///
+    /// As the lease sees it, or committed with --public. Exits 4 with
+    /// attachment_not_found when there is none.
+    ///
+    /// Examples:
+    ///   lockd client attachments get --name invoice.pdf -o invoice.pdf
+    ///   lockd client attachments get --public --key orders --id 0196d2a1-… > blob
+    #[command(verbatim_doc_comment)]
+    Get {
+        #[command(flatten)]
+        who: LeaseOrPublic,
+        #[command(flatten)]
+        pick: Pick,
+        /// Write to this file instead of stdout (`-` = stdout).
+        #[arg(short = 'o', long, default_value = "-")]
+        output: String,
+    },
+    /// Stage deletion of one attachment (--name or --id) or all (--all)
+    ///
+    /// Prints the server's answer (JSON). Deleting one that is not there
+    /// is not an error ("deleted":false). Release commits the deletion.
+    ///
+    /// Examples:
+    ///   lockd client attachments rm --name draft.txt
+    ///   lockd client attachments rm --all && lockd client release
+    #[command(visible_alias = "delete", verbatim_doc_comment)]
+    Rm {
+        #[command(flatten)]
+        held: Held,
+        /// The attachment's name.
+        #[arg(long, conflicts_with_all = ["id", "all"])]
+        name: Option<String>,
+        /// The attachment's id.
+        #[arg(long, conflicts_with = "all")]
+        id: Option<String>,
+        /// Delete every attachment of the key.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// A delivery a command works on (from `eval "$(lockd client queue dequeue …)"`).
@@ -707,6 +845,206 @@ async fn queue_command(client: &Client, conn: &Conn, cmd: QueueCommand) -> Resul
     }
 }
 
+/// The session of a lease from the environment, for attachment commands.
+fn lease_from(
+    client: &Client,
+    conn: &Conn,
+    who: &LeaseOrPublic,
+) -> Result<Option<lockd_client::LeaseSession>, Error> {
+    let key = who
+        .key
+        .clone()
+        .ok_or_else(|| Error::InvalidArgument("--key (or LOCKD_CLIENT_KEY) required".into()))?;
+    if who.public {
+        return Ok(None);
+    }
+    match (&who.lease, who.fencing_token) {
+        (Some(lease), Some(token)) => {
+            let s = client.resume_lease(
+                &conn.namespace,
+                &key,
+                lease,
+                who.txn_id.as_deref().unwrap_or_default(),
+                token,
+            );
+            Ok(Some(s))
+        }
+        _ => Err(Error::InvalidArgument(
+            "no lease in the environment: acquire one, or use --public".into(),
+        )),
+    }
+}
+
+fn io_err(what: &str, e: std::io::Error) -> Error {
+    Error::InvalidArgument(format!("{what}: {e}"))
+}
+
+async fn attachments_command(
+    client: &Client,
+    conn: &Conn,
+    cmd: AttachmentsCommand,
+) -> Result<(), Error> {
+    match cmd {
+        AttachmentsCommand::Put {
+            held,
+            input,
+            name,
+            content_type,
+            max_bytes,
+            prevent_overwrite,
+        } => {
+            let name = match name {
+                Some(n) => n,
+                None if input == "-" => {
+                    return Err(Error::InvalidArgument(
+                        "--name is required when reading stdin".into(),
+                    ))
+                }
+                None => std::path::Path::new(&input)
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!("{input}: no file name; give --name"))
+                    })?,
+            };
+            let opts = lockd_client::AttachOptions {
+                content_type,
+                max_bytes,
+                prevent_overwrite,
+            };
+            let lease = client.resume_lease(
+                &conn.namespace,
+                &held.key,
+                &held.lease,
+                &held.txn_id,
+                held.fencing_token,
+            );
+            let mut bar = None;
+            let payload = if input == "-" {
+                lockd_client::Payload::from_reader(tokio::io::stdin())
+            } else {
+                let file = tokio::fs::File::open(&input)
+                    .await
+                    .map_err(|e| io_err(&format!("cannot read {input}"), e))?;
+                let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+                bar = progress(len, "upload");
+                let pb = bar.clone();
+                let stream = futures_util::StreamExt::inspect(
+                    tokio_util::io::ReaderStream::new(file),
+                    move |chunk: &std::io::Result<bytes::Bytes>| {
+                        if let (Some(pb), Ok(c)) = (&pb, chunk) {
+                            pb.inc(c.len() as u64);
+                        }
+                    },
+                );
+                lockd_client::Payload::Stream(Box::pin(stream))
+            };
+            let res = lease.attach_with(&name, payload, &opts).await;
+            if let Some(pb) = bar {
+                pb.finish_and_clear();
+            }
+            println!("{}", serde_json::to_string(&res?).unwrap_or_default());
+            Ok(())
+        }
+        AttachmentsCommand::List { who } => {
+            let list = match lease_from(client, conn, &who)? {
+                Some(lease) => lease.attachments().await?,
+                None => {
+                    let key = who.key.unwrap_or_default();
+                    client.list_attachments(&conn.namespace, &key).await?
+                }
+            };
+            let mut out = std::io::stdout().lock();
+            let res = if conn.output == "json" {
+                writeln!(out, "{}", serde_json::to_string(&list).unwrap_or_default())
+            } else {
+                list.iter().try_for_each(|a| {
+                    writeln!(out, "{}\t{}\t{}\t{}", a.name, a.size, a.content_type, a.id)
+                })
+            };
+            res.map_err(|e| io_err("stdout", e))
+        }
+        AttachmentsCommand::Get { who, pick, output } => {
+            let selector = pick.selector();
+            let mut att = match lease_from(client, conn, &who)? {
+                Some(lease) => lease.get_attachment(selector).await?,
+                None => {
+                    let key = who.key.unwrap_or_default();
+                    client
+                        .get_attachment(&conn.namespace, &key, selector)
+                        .await?
+                }
+            };
+            let mut sink: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if output == "-" {
+                Box::new(tokio::io::stdout())
+            } else {
+                Box::new(
+                    tokio::fs::File::create(&output)
+                        .await
+                        .map_err(|e| io_err(&format!("cannot write {output}"), e))?,
+                )
+            };
+            let pb = progress(att.info().size.max(0) as u64, "download");
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let n = att
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| Error::Transport(format!("download: {e}")))?;
+                if n == 0 {
+                    sink.flush()
+                        .await
+                        .map_err(|e| io_err(&format!("cannot write {output}"), e))?;
+                    break;
+                }
+                sink.write_all(&buf[..n])
+                    .await
+                    .map_err(|e| io_err(&format!("cannot write {output}"), e))?;
+                if let Some(pb) = &pb {
+                    pb.inc(n as u64);
+                }
+            }
+            if let Some(pb) = pb {
+                pb.finish_and_clear();
+            }
+            Ok(())
+        }
+        AttachmentsCommand::Rm {
+            held,
+            name,
+            id,
+            all,
+        } => {
+            let lease = client.resume_lease(
+                &conn.namespace,
+                &held.key,
+                &held.lease,
+                &held.txn_id,
+                held.fencing_token,
+            );
+            let json = match (all, id, name) {
+                (true, _, _) => serde_json::to_string(&lease.delete_all_attachments().await?),
+                (false, Some(id), _) => serde_json::to_string(
+                    &lease
+                        .delete_attachment(lockd_client::AttachmentSelector::id(id))
+                        .await?,
+                ),
+                (false, None, Some(name)) => serde_json::to_string(
+                    &lease
+                        .delete_attachment(lockd_client::AttachmentSelector::name(name))
+                        .await?,
+                ),
+                (false, None, None) => {
+                    return Err(Error::InvalidArgument("give --name, --id or --all".into()))
+                }
+            };
+            println!("{}", json.unwrap_or_default());
+            Ok(())
+        }
+    }
+}
+
 /// A progress bar on stderr for transfers of at least 1 MiB, only when
 /// stderr is a terminal (scripts and pipes see nothing).
 fn progress(len: u64, what: &str) -> Option<indicatif::ProgressBar> {
@@ -1000,6 +1338,7 @@ async fn command(client: &Client, conn: &Conn, cmd: ClientCommand) -> Result<(),
             Ok(())
         }
         ClientCommand::Queue(q) => queue_command(client, conn, q).await,
+        ClientCommand::Attachments(a) => attachments_command(client, conn, a).await,
         ClientCommand::Describe { key } => {
             let d = client.describe(&conn.namespace, &key).await?;
             println!("{}", serde_json::to_string(&d).unwrap_or_default());

@@ -2,6 +2,7 @@
 //! per area, so the suite builds and links one executable instead of one per file.
 
 mod afu;
+mod attachments;
 mod correlation;
 mod drain;
 mod drain_real;

@@ -8,6 +8,7 @@ mod attachment_crash;
 mod auth;
 mod binary;
 mod cli;
+mod cli_attachments;
 mod cli_mtls;
 mod cluster;
 mod crash_loop;
