@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use lockd_client::{AcquireRequest, Block, Cas, Client, Error};
-use lockd_server::config::parse_duration;
+use lockd_server::config::{parse_duration, parse_size};
 
 /// Connection settings shared by every client command.
 #[derive(Debug, Args)]
@@ -290,7 +290,7 @@ pub enum AttachmentsCommand {
     ///
     /// Examples:
     ///   lockd client attachments put invoice.pdf --content-type application/pdf
-    ///   tar cz data/ | lockd client attachments put - --name backup.tgz --max-bytes 1073741824
+    ///   tar cz data/ | lockd client attachments put - --name backup.tgz --max-bytes 1GiB
     ///   lockd client attachments put notes.txt --prevent-overwrite
     #[command(verbatim_doc_comment)]
     Put {
@@ -304,9 +304,9 @@ pub enum AttachmentsCommand {
         /// Content type stored with it (default application/octet-stream).
         #[arg(long)]
         content_type: Option<String>,
-        /// Refuse uploads larger than this many bytes (0 = no limit;
-        /// default: the server's limit).
-        #[arg(long)]
+        /// Refuse uploads larger than this (`1GiB`, `500MB`, bytes; 0 = no
+        /// limit; default: the server's limit).
+        #[arg(long, value_parser = parse_size)]
         max_bytes: Option<u64>,
         /// Leave an existing attachment of that name alone (the answer says
         /// "noop":true).
