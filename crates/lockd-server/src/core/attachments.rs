@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 
 use super::key_entry::{persist, KeyState};
 use super::record::{attachment_blob_key, key_id, Attachment, MetaRecord, Staged};
-use super::state::{check_other_txn, LeaseRef};
+use super::state::LeaseRef;
 use super::{CoreError, CoreResult, Engine};
 use crate::storage::{ByteStream, Cond, Op, StoreError};
 
@@ -222,6 +222,14 @@ pub(super) struct Released {
 }
 
 impl Released {
+    /// Only blobs.
+    fn blobs(blobs: Vec<String>) -> Self {
+        Released {
+            after: Vec::new(),
+            blobs,
+        }
+    }
+
     /// Everything staged `s` holds on to.
     pub(super) fn staged(id: &str, s: &Staged) -> Self {
         Released {
@@ -306,12 +314,8 @@ impl Engine {
         // Checks before the body, and the id to keep on an overwrite.
         let existing = {
             let entry = self.key_entry(&id);
-            let st = self
-                .lock_leased(&id, &entry, &l.lease_id, l.fencing_token, Some(&l.txn_id))
-                .await?;
-            let rec = st.rec.clone().unwrap_or_default();
+            let (st, rec) = self.lock_staging(&id, &entry, &l).await?;
             drop(st);
-            check_other_txn(&rec, &l.txn_id)?;
             let seen = visible(&rec, &l.txn_id);
             let existing = seen.iter().find(|a| a.name == name).cloned();
             if prevent_overwrite {
@@ -386,11 +390,7 @@ impl Engine {
         existing: &Option<Attachment>,
     ) -> CoreResult<Attached> {
         let entry = self.key_entry(id);
-        let mut st = self
-            .lock_leased(id, &entry, &l.lease_id, l.fencing_token, Some(&l.txn_id))
-            .await?;
-        let mut rec = st.rec.clone().unwrap_or_default();
-        check_other_txn(&rec, &l.txn_id)?;
+        let (mut st, mut rec) = self.lock_staging(id, &entry, l).await?;
         let now = self.cfg.clock.now_unix();
         // The id and creation time of the name as the caller saw it before
         // the upload, or as it is now (another upload of the name by the
@@ -428,11 +428,7 @@ impl Engine {
         // The blob's intent stays until the upload is committed or
         // discarded: through it the sweeper finds a staged upload whose
         // lease expired on a key nobody touches again.
-        let released = Released {
-            after: Vec::new(),
-            blobs: dropped,
-        };
-        self.persist_releasing(id, &mut st, rec, Vec::new(), released)
+        self.persist_releasing(id, &mut st, rec, Vec::new(), Released::blobs(dropped))
             .await?;
         Ok(Attached {
             info,
@@ -554,11 +550,7 @@ impl Engine {
     ) -> CoreResult<Deleted> {
         let id = key_id(namespace, key);
         let entry = self.key_entry(&id);
-        let mut st = self
-            .lock_leased(&id, &entry, &l.lease_id, l.fencing_token, Some(&l.txn_id))
-            .await?;
-        let mut rec = st.rec.clone().unwrap_or_default();
-        check_other_txn(&rec, &l.txn_id)?;
+        let (mut st, mut rec) = self.lock_staging(&id, &entry, l).await?;
         let Some(found) = visible(&rec, &l.txn_id)
             .into_iter()
             .find(|a| selector.matches(a))
@@ -584,11 +576,7 @@ impl Engine {
             }
         }
         rec.updated_at_unix = self.cfg.clock.now_unix();
-        let released = Released {
-            after: Vec::new(),
-            blobs: dropped,
-        };
-        self.persist_releasing(&id, &mut st, rec, Vec::new(), released)
+        self.persist_releasing(&id, &mut st, rec, Vec::new(), Released::blobs(dropped))
             .await?;
         Ok(Deleted { count: 1, version })
     }
@@ -613,11 +601,7 @@ impl Engine {
     ) -> CoreResult<Deleted> {
         let id = key_id(namespace, key);
         let entry = self.key_entry(&id);
-        let mut st = self
-            .lock_leased(&id, &entry, &l.lease_id, l.fencing_token, Some(&l.txn_id))
-            .await?;
-        let mut rec = st.rec.clone().unwrap_or_default();
-        check_other_txn(&rec, &l.txn_id)?;
+        let (mut st, mut rec) = self.lock_staging(&id, &entry, l).await?;
         if let Some(s) = rec.staged_by(&l.txn_id).filter(|s| s.remove) {
             return Ok(Deleted {
                 count: 0,
@@ -637,11 +621,7 @@ impl Engine {
             s.clear_attachments = true;
         }
         rec.updated_at_unix = self.cfg.clock.now_unix();
-        let released = Released {
-            after: Vec::new(),
-            blobs: dropped,
-        };
-        self.persist_releasing(&id, &mut st, rec, Vec::new(), released)
+        self.persist_releasing(&id, &mut st, rec, Vec::new(), Released::blobs(dropped))
             .await?;
         Ok(Deleted { count, version })
     }

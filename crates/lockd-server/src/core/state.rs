@@ -5,7 +5,9 @@
 use bytes::Bytes;
 use lockd_api::ErrorCode;
 
-use super::key_entry::{delete_doc, persist};
+use tokio::sync::MutexGuard;
+
+use super::key_entry::{delete_doc, persist, KeyEntry, KeyState};
 use super::record::{doc_key, key_id, MetaRecord, Staged};
 use super::{CoreError, CoreResult, Engine};
 use crate::storage::{Cond, Op};
@@ -158,11 +160,7 @@ impl Engine {
         let id = key_id(&input.namespace, &input.key);
         let entry = self.key_entry(&id);
         let l = &input.lease;
-        let mut st = self
-            .lock_leased(&id, &entry, &l.lease_id, l.fencing_token, Some(&l.txn_id))
-            .await?;
-        let mut rec = st.rec.clone().unwrap_or_default();
-        check_other_txn(&rec, &l.txn_id)?;
+        let (mut st, mut rec) = self.lock_staging(&id, &entry, l).await?;
         check_version(&rec, &l.txn_id, input.if_version)?;
         check_etag(&rec, &l.txn_id, input.if_etag.as_deref())?;
         let etag = uuid::Uuid::now_v7().to_string();
@@ -203,11 +201,7 @@ impl Engine {
         let id = key_id(&input.namespace, &input.key);
         let entry = self.key_entry(&id);
         let l = &input.lease;
-        let mut st = self
-            .lock_leased(&id, &entry, &l.lease_id, l.fencing_token, Some(&l.txn_id))
-            .await?;
-        let mut rec = st.rec.clone().unwrap_or_default();
-        check_other_txn(&rec, &l.txn_id)?;
+        let (mut st, mut rec) = self.lock_staging(&id, &entry, l).await?;
         check_etag(&rec, &l.txn_id, input.if_etag.as_deref())?;
         let staged_doc = rec
             .staged_by(&l.txn_id)
@@ -250,11 +244,7 @@ impl Engine {
         let id = key_id(&input.namespace, &input.key);
         let entry = self.key_entry(&id);
         let l = &input.lease;
-        let mut st = self
-            .lock_leased(&id, &entry, &l.lease_id, l.fencing_token, Some(&l.txn_id))
-            .await?;
-        let mut rec = st.rec.clone().unwrap_or_default();
-        check_other_txn(&rec, &l.txn_id)?;
+        let (mut st, mut rec) = self.lock_staging(&id, &entry, l).await?;
         check_version(&rec, &l.txn_id, input.if_version)?;
         let version = rec.version;
         let staged = rec.staged.get_or_insert_with(|| Staged {
@@ -286,7 +276,27 @@ impl Engine {
     }
 }
 
-pub(super) fn check_other_txn(rec: &MetaRecord, txn: &str) -> CoreResult<()> {
+impl Engine {
+    /// Locks a key for a change the holder of `l` stages: the lease checks
+    /// (the caller's lease, token and txn), then `409 txn_mismatch` when
+    /// another transaction has changes staged. Returns the lock and a copy
+    /// of the record to change.
+    pub(super) async fn lock_staging<'s>(
+        &self,
+        id: &str,
+        entry: &'s KeyEntry,
+        l: &LeaseRef,
+    ) -> CoreResult<(MutexGuard<'s, KeyState>, MetaRecord)> {
+        let st = self
+            .lock_leased(id, entry, &l.lease_id, l.fencing_token, Some(&l.txn_id))
+            .await?;
+        let rec = st.rec.clone().unwrap_or_default();
+        check_other_txn(&rec, &l.txn_id)?;
+        Ok((st, rec))
+    }
+}
+
+fn check_other_txn(rec: &MetaRecord, txn: &str) -> CoreResult<()> {
     match &rec.staged {
         Some(s) if s.txn_id != txn => Err(CoreError::new(
             ErrorCode::TxnMismatch,
