@@ -623,22 +623,31 @@ fn spawn_background(
         .take()
         .map(|e| tokio::spawn(e.run(stopped.clone())));
     // Payloads a crash left behind are deleted at once, not at the first
-    // sweep.
-    let engine = parts.engine.clone();
+    // sweep (by an active node: a passive one writes nothing).
+    let (engine, ha_state) = (parts.engine.clone(), parts.ha.clone());
     tokio::spawn(async move {
-        if let Err(e) = engine.sweep_orphans().await {
-            tracing::warn!(error = %e.into_refusal().detail, "attachment orphan sweep failed");
+        if ha_state.is_active() {
+            sweep_orphans(&engine).await;
         }
     });
     let sweeper = (!cfg.sweeper_interval.is_zero())
-        .then(|| spawn_sweeper(parts.engine.clone(), cfg, stopped.clone()));
+        .then(|| spawn_sweeper(parts.engine.clone(), parts.ha.clone(), cfg, stopped.clone()));
     Background { ha, sweeper }
 }
 
+/// Deletes attachment payloads a crash left behind, logging a failure.
+async fn sweep_orphans(engine: &Engine) {
+    if let Err(e) = engine.sweep_orphans().await {
+        tracing::warn!(error = %e.into_refusal().detail, "attachment orphan sweep failed");
+    }
+}
+
 /// Clears expired leases every `--sweeper-interval` on the engine's clock
-/// (a manual clock's advance runs it).
+/// (a manual clock's advance runs it) and, on an active node, settles
+/// attachment payloads whose fate a crash left open.
 fn spawn_sweeper(
     engine: Arc<Engine>,
+    ha: Arc<Ha>,
     cfg: &ServerConfig,
     mut stopped: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
@@ -653,6 +662,9 @@ fn spawn_sweeper(
                         let n = engine.sweep_expired().await;
                         if n > 0 {
                             tracing::debug!(cleared = n, "swept expired leases");
+                        }
+                        if ha.is_active() {
+                            sweep_orphans(&engine).await;
                         }
                     }
                     _ = stopped.changed() => break,

@@ -261,9 +261,6 @@ impl Engine {
                 entry.wake_head();
             }
         }
-        if let Err(e) = self.sweep_orphans().await {
-            tracing::warn!(error = %e.into_refusal().detail, "attachment orphan sweep failed");
-        }
         self.evict_idle();
         cleared
     }
