@@ -186,12 +186,14 @@
 //!   share), `queue`, `overload`, `sdk` (+ `chart`); `s3` plans
 //!   `--store s3` runs.
 
+mod attachments;
 mod baseline;
 mod chart;
 mod cli;
 mod lease;
 mod load;
 mod overload;
+mod procfs;
 mod queue;
 mod report;
 mod s3;
@@ -230,6 +232,8 @@ fn main() -> ExitCode {
         Cmd::Baseline(c) => c.threads,
         Cmd::Queue(q) => q.threads,
         Cmd::Overload(o) => o.threads,
+        Cmd::Attachments(a) => a.threads,
+        Cmd::AttachmentRss(a) => a.threads,
         Cmd::LeaseCycle(a)
         | Cmd::PublicRead(a)
         | Cmd::Keepalive(a)
@@ -261,6 +265,8 @@ fn main() -> ExitCode {
             Cmd::Keepalive(a) => sdk::cmd(sdk::Workload::Keepalive, a, threads).await,
             Cmd::Mixed(a) => sdk::cmd(sdk::Workload::Mixed, a, threads).await,
             Cmd::SdkQueue(a) => sdk::cmd(sdk::Workload::Queue, a, threads).await,
+            Cmd::Attachments(a) => attachments::cmd(a, threads).await,
+            Cmd::AttachmentRss(a) => attachments::rss::cmd(a).await,
         }
     });
     match result {
