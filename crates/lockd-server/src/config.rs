@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use crate::core::queue::QueueConfig;
 
+/// Default limit of an attachment upload that names no `max_bytes`:
+/// 1 TiB, the original's default.
+pub const DEFAULT_ATTACHMENT_MAX_BYTES: u64 = 1 << 40;
+
 /// How the server listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ListenProto {
@@ -82,6 +86,9 @@ pub struct ServerConfig {
     pub queue_max_consumers: usize,
     /// Largest enqueue payload in bytes (0 = unlimited).
     pub queue_max_payload: u64,
+    /// Largest attachment accepted when an upload names no `max_bytes`
+    /// (0 = unlimited). Default 1 TiB, as the original.
+    pub attachment_max_bytes: u64,
     /// Count deliveries that end by lease expiry toward `max_attempts`
     /// (true, our default) or only failure nacks (false, the original's rule).
     pub queue_expiry_counts: bool,
@@ -146,6 +153,7 @@ impl Default for ServerConfig {
             sweeper_interval: Duration::from_secs(5 * 60),
             queue_max_consumers: QueueConfig::default_max_consumers(),
             queue_max_payload: QueueConfig::DEFAULT_MAX_PAYLOAD,
+            attachment_max_bytes: DEFAULT_ATTACHMENT_MAX_BYTES,
             queue_expiry_counts: QueueConfig::DEFAULT_EXPIRY_COUNTS_AS_FAILURE,
             subscribe_flow_control: QueueConfig::DEFAULT_SUBSCRIBE_FLOW_CONTROL,
             qrf: crate::control::qrf::QrfConfig::default(),

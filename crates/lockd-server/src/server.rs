@@ -436,6 +436,13 @@ impl Parts {
                 poll_interval: cfg.queue_poll_interval,
                 poll_jitter: cfg.queue_poll_jitter,
                 clock: cfg.clock.clone(),
+                // Only a shared store has uploads of other processes in
+                // flight.
+                orphan_grace: if url.is_shared() {
+                    EngineConfig::default().orphan_grace
+                } else {
+                    Duration::ZERO
+                },
             },
         );
         let (ha, election) = match ha_mode {
@@ -471,6 +478,7 @@ impl Parts {
             ha: ha.clone(),
             default_namespace,
             json_max: cfg.json_max,
+            attachment_max_bytes: cfg.attachment_max_bytes,
             subscribe_flow_control: cfg.subscribe_flow_control,
             metrics: metrics.as_ref().map(|m| m.http.clone()),
             body_policy: crate::http::BodyPolicy {
@@ -614,6 +622,14 @@ fn spawn_background(
         .election
         .take()
         .map(|e| tokio::spawn(e.run(stopped.clone())));
+    // Payloads a crash left behind are deleted at once, not at the first
+    // sweep.
+    let engine = parts.engine.clone();
+    tokio::spawn(async move {
+        if let Err(e) = engine.sweep_orphans().await {
+            tracing::warn!(error = %e.into_refusal().detail, "attachment orphan sweep failed");
+        }
+    });
     let sweeper = (!cfg.sweeper_interval.is_zero())
         .then(|| spawn_sweeper(parts.engine.clone(), cfg, stopped.clone()));
     Background { ha, sweeper }

@@ -239,6 +239,11 @@ struct Args {
     #[arg(long, env = "LOCKD_QUEUE_MAX_PAYLOAD", default_value_t = QueueConfig::DEFAULT_MAX_PAYLOAD, value_parser = parse_size)]
     queue_max_payload: u64,
 
+    /// Largest attachment accepted when an upload names no `max_bytes`
+    /// (0 = unlimited; uploads may ask for a lower or higher limit).
+    #[arg(long, env = "LOCKD_ATTACHMENT_MAX_BYTES", default_value = size(DEFAULTS.attachment_max_bytes), value_parser = parse_size)]
+    attachment_max_bytes: u64,
+
     /// Count only failure nacks toward `max_attempts`, as the original
     /// lockd does. By default a delivery whose lease expires unanswered (a
     /// crashed or hung consumer) counts too, so poison messages reach the
@@ -782,6 +787,7 @@ async fn serve(args: Args, config_dir: Option<std::path::PathBuf>) -> ExitCode {
             .queue_max_consumers
             .unwrap_or(ServerConfig::default().queue_max_consumers),
         queue_max_payload: args.queue_max_payload,
+        attachment_max_bytes: args.attachment_max_bytes,
         queue_expiry_counts: !args.queue_original_attempts,
         subscribe_flow_control: args.queue_subscribe_flow_control,
         http: lockd_server::ConnLimits {

@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::clock::{add_secs, secs_until, unix_secs};
+use super::attachments::{commit_attachments, Released};
 use super::key_entry::{delete_doc, persist, KeyEntry, KeyState};
 use super::record::{Lease, MetaRecord};
 use super::{CoreError, CoreResult, Engine};
@@ -89,14 +90,13 @@ fn waiting(rec: Option<&MetaRecord>, retry_after: i64) -> CoreError {
         .with_retry_after(retry_after.max(1))
 }
 
-/// Discards staged changes: the record without them, and the deletion of a
-/// staged document.
-fn rollback(rec: &mut MetaRecord, id: &str) -> Vec<crate::storage::Op> {
+/// Discards staged changes: the record without them; what they held (a
+/// staged document, uploaded attachments) is let go of.
+fn rollback(rec: &mut MetaRecord, id: &str) -> Released {
     rec.staged
         .take()
-        .and_then(|s| delete_doc(id, &s.state_etag))
-        .into_iter()
-        .collect()
+        .map(|s| Released::staged(id, &s))
+        .unwrap_or_default()
 }
 
 impl Engine {
@@ -203,7 +203,7 @@ impl Engine {
     ) -> CoreResult<Acquired> {
         let mut rec = st.rec.clone().unwrap_or_default();
         // Leftovers of a lease that ended without commit are rolled back.
-        let after = rollback(&mut rec, id);
+        let released = rollback(&mut rec, id);
         rec.fencing_token = self.next_fencing_token(rec.fencing_token);
         let lease = Lease::new(
             xid::new().to_string(),
@@ -229,7 +229,8 @@ impl Engine {
             state_etag: rec.state_etag.clone(),
             fencing_token: lease.fencing_token,
         };
-        persist(self.store.as_ref(), id, st, rec, Vec::new(), after).await?;
+        self.persist_releasing(id, st, rec, Vec::new(), released)
+            .await?;
         Ok(out)
     }
 
@@ -250,8 +251,9 @@ impl Engine {
         let mut rec = rec.clone();
         rec.lease = None;
         rec.updated_at_unix = unix_secs(now);
-        let after = rollback(&mut rec, id);
-        persist(self.store.as_ref(), id, st, rec, Vec::new(), after).await?;
+        let released = rollback(&mut rec, id);
+        self.persist_releasing(id, st, rec, Vec::new(), released)
+            .await?;
         Ok(true)
     }
 
@@ -417,24 +419,28 @@ impl Engine {
         let mut rec = rec.clone();
         rec.lease = None;
         rec.updated_at_unix = unix_secs(now);
-        let after = if input.rollback {
+        let released = if input.rollback {
             rollback(&mut rec, &id)
         } else {
             commit(&mut rec, &id)
         };
-        persist(self.store.as_ref(), &id, &mut st, rec, Vec::new(), after).await?;
+        self.persist_releasing(&id, &mut st, rec, Vec::new(), released)
+            .await?;
         drop(st);
         entry.wake_head();
         Ok(())
     }
 }
 
-/// Applies staged changes to the committed fields (§4.5). Returns the
-/// deletions of documents no longer referenced.
-fn commit(rec: &mut MetaRecord, id: &str) -> Vec<crate::storage::Op> {
+/// Applies staged changes to the committed fields (§4.5, and
+/// PROTOCOL-EXTENSIONS.md §2.1 for attachments). Returns what is no longer
+/// referenced: documents and attachment payloads.
+fn commit(rec: &mut MetaRecord, id: &str) -> Released {
     let Some(staged) = rec.staged.take() else {
-        return Vec::new();
+        return Released::default();
     };
+    let blobs = commit_attachments(rec, id, &staged);
+    let attachments_changed = staged.touches_attachments();
     let mut after = Vec::new();
     let doc_changed = staged.remove || !staged.state_etag.is_empty();
     if !staged.state_etag.is_empty() {
@@ -447,10 +453,11 @@ fn commit(rec: &mut MetaRecord, id: &str) -> Vec<crate::storage::Op> {
     if let Some(hidden) = staged.query_hidden {
         rec.query_hidden = hidden;
     }
-    // A metadata-only commit keeps the version, as the original does.
-    if doc_changed && staged.version > 0 {
+    // A metadata-only commit keeps the version, as the original does; an
+    // attachment change bumps it.
+    if (doc_changed || attachments_changed) && staged.version > 0 {
         rec.version = staged.version;
     }
     rec.published_version = rec.version;
-    after
+    Released { after, blobs }
 }

@@ -2,6 +2,7 @@
 //! state. It never sees HTTP types; handlers call it with validated,
 //! normalised inputs and map its [`CoreError`] to responses.
 
+pub mod attachments;
 pub mod clock;
 mod error;
 mod key_entry;
@@ -47,6 +48,11 @@ pub struct EngineConfig {
     /// Where every deadline is read from (the system clock; tests give a
     /// [`ManualClock`]'s).
     pub clock: Clock,
+    /// How old an attachment upload's intent must be before the orphan
+    /// sweeper settles it when this process is not uploading it: zero for
+    /// a store only this process writes, long enough on a shared one for
+    /// other nodes' uploads to finish (see `attachments.rs`).
+    pub orphan_grace: Duration,
 }
 
 impl Default for EngineConfig {
@@ -59,6 +65,7 @@ impl Default for EngineConfig {
             poll_interval: Duration::from_secs(3),
             poll_jitter: Duration::from_millis(500),
             clock: Clock::system(),
+            orphan_grace: Duration::from_secs(60 * 60),
         }
     }
 }
@@ -76,6 +83,9 @@ pub struct Engine {
     /// Every fencing token handed out is above this ([`Store::fencing_floor`],
     /// raised after a store lost acknowledged writes).
     fencing_floor: i64,
+    /// Attachment uploads streaming right now (the orphan sweeper skips
+    /// them).
+    in_flight: attachments::InFlight,
 }
 
 /// The highest fencing token a stored object records, if it is one of the
@@ -112,6 +122,7 @@ impl Engine {
             cfg,
             next_waiter: AtomicU64::new(1),
             fencing_floor,
+            in_flight: attachments::InFlight::default(),
         })
     }
 
@@ -250,8 +261,22 @@ impl Engine {
                 entry.wake_head();
             }
         }
+        if let Err(e) = self.sweep_orphans().await {
+            tracing::warn!(error = %e.into_refusal().detail, "attachment orphan sweep failed");
+        }
         self.evict_idle();
         cleared
+    }
+
+    /// Deletes attachment payloads left behind by a crash (see
+    /// `attachments.rs`), with the configured grace. Returns how many.
+    pub async fn sweep_orphans(&self) -> CoreResult<usize> {
+        let grace = i64::try_from(self.cfg.orphan_grace.as_millis()).unwrap_or(i64::MAX);
+        let n = self.sweep_attachment_orphans(grace).await?;
+        if n > 0 {
+            tracing::info!(deleted = n, "orphaned attachment payloads deleted");
+        }
+        Ok(n)
     }
 
     /// Drops idle keys from memory so it holds only keys in use. An entry is

@@ -2,7 +2,10 @@
 //!
 //! Layout of the objects a key owns in the store:
 //! * `m/<namespace>/<key>`: this record, as JSON;
-//! * `s/<namespace>/<key>@<state_etag>`: one JSON document per etag.
+//! * `s/<namespace>/<key>@<state_etag>`: one JSON document per etag;
+//! * blob `a/<namespace>/<key>/<object>`: one attachment payload per
+//!   upload (see `attachments.rs`), named by a fresh UUIDv7 so that a
+//!   staged overwrite never touches the committed payload of the name.
 //!
 //! A commit only rewrites the record to point at the staged document's etag,
 //! so documents are never copied, and the record write is the single commit
@@ -87,6 +90,43 @@ pub struct Staged {
     /// A staged `query_hidden` attribute.
     #[serde(default)]
     pub query_hidden: Option<bool>,
+    /// Attachments uploaded under this txn (by name; they replace
+    /// committed ones of the same name at commit).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uploads: Vec<Attachment>,
+    /// Names of committed attachments whose deletion is staged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deletes: Vec<String>,
+    /// Deletion of every committed attachment is staged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clear_attachments: bool,
+}
+
+impl Staged {
+    /// Whether any attachment change is staged.
+    pub fn touches_attachments(&self) -> bool {
+        !self.uploads.is_empty() || !self.deletes.is_empty() || self.clear_attachments
+    }
+}
+
+/// An attachment as the key record keeps it (PROTOCOL-EXTENSIONS.md §2.1).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// UUIDv7 of the name, kept across overwrites.
+    pub id: String,
+    pub name: String,
+    pub size: i64,
+    #[serde(default)]
+    pub sha256: String,
+    #[serde(default)]
+    pub content_type: String,
+    #[serde(default)]
+    pub created_at_unix: i64,
+    #[serde(default)]
+    pub updated_at_unix: i64,
+    /// The payload's blob (see [`attachment_blob_key`]); new for every
+    /// upload.
+    pub object: String,
 }
 
 /// The metadata record of one `(namespace, key)`; never deleted.
@@ -106,6 +146,9 @@ pub struct MetaRecord {
     pub query_hidden: bool,
     #[serde(default)]
     pub updated_at_unix: i64,
+    /// Committed attachments, sorted by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
 }
 
 impl MetaRecord {
@@ -147,6 +190,11 @@ pub fn meta_key(key_id: &str) -> String {
 /// Store key of a document.
 pub fn doc_key(key_id: &str, etag: &str) -> String {
     format!("s/{key_id}@{etag}")
+}
+
+/// Blob key of an attachment payload.
+pub fn attachment_blob_key(key_id: &str, object: &str) -> String {
+    format!("a/{key_id}/{object}")
 }
 
 /// Identifier of a key inside the engine: `<namespace>/<key>` (namespaces

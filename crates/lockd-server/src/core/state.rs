@@ -286,7 +286,7 @@ impl Engine {
     }
 }
 
-fn check_other_txn(rec: &MetaRecord, txn: &str) -> CoreResult<()> {
+pub(super) fn check_other_txn(rec: &MetaRecord, txn: &str) -> CoreResult<()> {
     match &rec.staged {
         Some(s) if s.txn_id != txn => Err(CoreError::new(
             ErrorCode::TxnMismatch,

@@ -39,6 +39,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
+use lockd_api::endpoints as ep;
 use lockd_api::ErrorCode;
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
@@ -69,9 +70,15 @@ const ENQUEUE_OVERHEAD: u64 = (1 << 20) + 64 * 1024;
 impl BodyPolicy {
     /// The most bytes a request to `path` may declare.
     fn limit(&self, path: &str) -> Option<u64> {
-        match path {
-            "/v1/queue/enqueue" if self.enqueue_max == 0 => None,
-            "/v1/queue/enqueue" => Some(self.enqueue_max.saturating_add(ENQUEUE_OVERHEAD)),
+        let ep = lockd_api::endpoints::find(path).map(|e| e.slot);
+        match ep {
+            Some(s) if s == ep::QUEUE_ENQUEUE.slot && self.enqueue_max == 0 => None,
+            Some(s) if s == ep::QUEUE_ENQUEUE.slot => {
+                Some(self.enqueue_max.saturating_add(ENQUEUE_OVERHEAD))
+            }
+            // An upload's limit is its own (`max_bytes`), checked by the
+            // handler after the lease, as `413 attachment_too_large`.
+            Some(s) if s == ep::ATTACHMENTS.slot => None,
             _ => Some(self.json_max),
         }
     }

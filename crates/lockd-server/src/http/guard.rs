@@ -2,11 +2,11 @@
 //!
 //! 1. [`tag`] finds the request's entry in the endpoint table
 //!    (`lockd_api::endpoints`) once and attaches it as a [`Route`], which
-//!    the logs, metrics, back-pressure and authorization read; it also
-//!    refuses a method the endpoint does not serve;
+//!    the logs, metrics, back-pressure and authorization read;
 //! 2. the correlation and observability middleware (in `super`);
-//! 3. [`passive`]: a standby node refuses what it must not serve;
-//! 4. [`pressure`]: drain and QRF back-pressure, and the in-flight
+//! 3. [`methods`]: refuses a method the endpoint does not serve;
+//! 4. [`passive`]: a standby node refuses what it must not serve;
+//! 5. [`pressure`]: drain and QRF back-pressure, and the in-flight
 //!    counts the LSF samples.
 
 use std::sync::Arc;
@@ -34,34 +34,43 @@ impl Route {
     }
 }
 
-/// Tags a request with its endpoint and refuses methods it does not
-/// serve (`405 method_not_allowed`, with `Allow` where the endpoint says).
+/// Tags a request with its endpoint, for everything after it (the
+/// correlation id, logs and metrics included).
 pub async fn tag(mut req: Request, next: Next) -> Response {
     let ep = endpoints::find(req.uri().path());
-    if let Some(Endpoint {
-        methods: Methods::Only {
+    req.extensions_mut().insert(Route(ep));
+    next.run(req).await
+}
+
+/// Refuses a method the endpoint does not serve: `405
+/// method_not_allowed`, with `Allow` where the endpoint says. Runs inside
+/// the correlation middleware, so the refusal is logged and counted like
+/// any answer and carries the request's correlation id.
+pub async fn methods(req: Request, next: Next) -> Response {
+    let Some(Endpoint {
+        methods: methods @ Methods::Only {
             allowed,
             allow_header,
         },
         ..
-    }) = ep
-    {
-        if !allowed.contains(&req.method().as_str()) {
-            let mut resp = ApiError::new(
-                ErrorCode::MethodNotAllowed,
-                format!("method {} not allowed", req.method()),
-            )
-            .into_response();
-            if *allow_header {
-                if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
-                    resp.headers_mut().insert(http::header::ALLOW, v);
-                }
-            }
-            return resp;
+    }) = Route::of(&req)
+    else {
+        return next.run(req).await;
+    };
+    if methods.allows(req.method().as_str()) {
+        return next.run(req).await;
+    }
+    let mut resp = ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("method {} not allowed", req.method()),
+    )
+    .into_response();
+    if *allow_header {
+        if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+            resp.headers_mut().insert(http::header::ALLOW, v);
         }
     }
-    req.extensions_mut().insert(Route(ep));
-    next.run(req).await
+    resp
 }
 
 /// A passive node (failover) answers everything but the endpoints marked

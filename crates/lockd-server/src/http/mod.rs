@@ -2,6 +2,7 @@
 //! validate a request in the order the protocol gives, call the core, and
 //! shape the response; they never touch storage.
 
+mod attachments;
 mod decode;
 mod drain;
 mod error;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub default_namespace: String,
     /// Body limit for JSON requests and documents.
     pub json_max: u64,
+    /// Limit of an upload naming no `max_bytes` (0 = none).
+    pub attachment_max_bytes: u64,
     /// Subscribe streams wait for acks past `page_size` unacknowledged
     /// deliveries (`--queue-subscribe-flow-control`).
     pub subscribe_flow_control: bool,
@@ -173,6 +176,8 @@ fn handlers() -> Vec<(Endpoint, MethodRouter<Shared>)> {
         (ep::QUEUE_DLQ_LIST, any(queue::dlq_list)),
         (ep::QUEUE_DLQ_GET, any(queue::dlq_get)),
         (ep::QUEUE_DLQ_REDRIVE, any(queue::dlq_redrive)),
+        (ep::ATTACHMENTS, any(attachments::attachments)),
+        (ep::ATTACHMENT, any(attachments::attachment)),
     ]
 }
 
@@ -195,6 +200,7 @@ pub fn router(state: Shared) -> Router {
             guard::pressure,
         ))
         .layer(axum::middleware::from_fn_with_state(ha, guard::passive))
+        .layer(axum::middleware::from_fn(guard::methods))
         .layer(axum::middleware::from_fn_with_state(metrics, correlation))
         .layer(axum::middleware::from_fn(guard::tag))
         // Outermost: whatever answers (a handler, a guard, a refusal), the

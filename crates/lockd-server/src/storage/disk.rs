@@ -374,6 +374,7 @@ impl DiskStore {
         }
         std::fs::create_dir_all(dir.join("blobs"))
             .map_err(|e| format!("cannot create blob directory in {}: {e}", dir.display()))?;
+        remove_partial_blobs(&dir.join("blobs"));
         let (tx, rx) = mpsc::channel::<LogItem>();
         let shared = Arc::new(Shared {
             db,
@@ -524,11 +525,38 @@ impl DiskStore {
     }
 
     fn blob_path(&self, key: &str) -> PathBuf {
-        self.dir
-            .join("blobs")
-            .join(hex::encode(Sha256::digest(key.as_bytes())))
+        blob_path_in(&self.dir, key)
     }
+}
 
+/// Where the blob `key` lives under the store directory `dir`.
+fn blob_path_in(dir: &std::path::Path, key: &str) -> PathBuf {
+    dir.join("blobs")
+        .join(hex::encode(Sha256::digest(key.as_bytes())))
+}
+
+/// Deletes the temporary files of blob writes a crash interrupted (a blob
+/// becomes visible only by its rename, so these were never stored).
+/// Nothing else writes the directory while the store is opening: it is
+/// locked to this process.
+fn remove_partial_blobs(blobs: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(blobs) else {
+        return;
+    };
+    let mut removed = 0u64;
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with("tmp-")
+            && std::fs::remove_file(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, "disk store: removed partial blob files of interrupted writes");
+    }
+}
+
+impl DiskStore {
     /// Checks and applies one batch in memory and queues its record, or,
     /// when a precondition needs the etag of a key only redb holds, hands
     /// the batch back with the keys to read first (the read is not made

@@ -1,0 +1,837 @@
+//! Attachments: named binary payloads on a key, staged under its lease and
+//! committed or discarded with its JSON state (PROTOCOL-EXTENSIONS.md §2).
+//!
+//! The key record lists the committed attachments; the staged overlay of
+//! the lease's txn holds uploads, deletions by name and a "clear all"
+//! flag (see `record.rs`). `lease.rs` applies or discards the overlay at
+//! release and expiry.
+//!
+//! Every upload streams into a fresh blob, named by a new UUIDv7, so a
+//! staged overwrite never touches the committed payload of its name.
+//!
+//! **Crash safety.** A blob whose fate is not settled by the key record
+//! has an *intent* object `ai/<object>` naming its key:
+//! * an upload writes the intent before the first byte, and removes it in
+//!   the batch that stages the blob in the record;
+//! * a record change that lets go of blobs (an overwrite, a deletion, a
+//!   commit, a rollback) writes their intents in the same batch (before
+//!   the record, for stores that apply batches in order), then deletes the
+//!   blobs and their intents.
+//!
+//! So after a crash at any point, every blob the record does not reference
+//! has an intent, and [`Engine::sweep_attachment_orphans`] (run at start-up
+//! and from the expiry sweeper) deletes exactly those: for each intent
+//! it looks at the key's record under the key's lock; a referenced blob
+//! keeps its payload (only the intent goes), an unreferenced one is
+//! deleted. A committed record never points at a missing blob, because the
+//! blob is durable before the record that names it is written, and a blob
+//! is deleted only after a record that no longer names it is.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex as SyncMutex};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use lockd_api::ErrorCode;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::key_entry::{persist, KeyState};
+use super::record::{attachment_blob_key, key_id, Attachment, MetaRecord, Staged};
+use super::state::{check_other_txn, LeaseRef};
+use super::{CoreError, CoreResult, Engine};
+use crate::storage::{ByteStream, Cond, Op, StoreError};
+
+/// Prefix of the intent objects (see the module docs).
+const INTENT_PREFIX: &str = "ai/";
+
+/// How many intents one sweep pass lists at a time.
+const SWEEP_PAGE: usize = 256;
+
+/// Validated input of an upload.
+pub struct AttachInput {
+    pub namespace: String,
+    pub key: String,
+    pub lease: LeaseRef,
+    pub name: String,
+    /// Already resolved (parameter, header, or the default).
+    pub content_type: String,
+    /// Most bytes accepted; `None` = no limit.
+    pub max_bytes: Option<u64>,
+    /// The body's declared length (`Content-Length`), if any.
+    pub declared_len: Option<u64>,
+    pub prevent_overwrite: bool,
+    pub body: ByteStream,
+}
+
+/// Result of an upload.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    pub info: Attachment,
+    /// `prevent_overwrite` found the name taken; nothing was written.
+    pub noop: bool,
+    /// The version the caller sees (staged, else committed).
+    pub version: i64,
+}
+
+/// Who reads: a public reader sees committed attachments, a lease holder
+/// its txn's view.
+#[derive(Debug, Clone)]
+pub enum Viewer {
+    Public,
+    Lease(LeaseRef),
+}
+
+/// Which attachment: by id (and then the name must match if given), else
+/// by name.
+#[derive(Debug, Clone, Default)]
+pub struct Selector {
+    pub id: String,
+    pub name: String,
+}
+
+impl Selector {
+    fn matches(&self, a: &Attachment) -> bool {
+        if !self.id.is_empty() {
+            a.id == self.id && (self.name.is_empty() || a.name == self.name)
+        } else {
+            a.name == self.name
+        }
+    }
+}
+
+/// An attachment being downloaded.
+pub struct Download {
+    pub info: Attachment,
+    pub body: ByteStream,
+}
+
+/// Result of a deletion (one or all).
+#[derive(Debug, Clone, Copy)]
+pub struct Deleted {
+    /// One: whether a deletion was staged; all: how many were visible.
+    pub count: i64,
+    pub version: i64,
+}
+
+/// An intent object: a blob whose fate the key record may not settle.
+#[derive(Debug, Serialize, Deserialize)]
+struct Intent {
+    key_id: String,
+    blob: String,
+    at_ms: i64,
+}
+
+fn intent_key(blob: &str) -> String {
+    // The blob key embeds a UUIDv7, unique per upload.
+    format!("{INTENT_PREFIX}{blob}")
+}
+
+/// Blobs of uploads in flight in this process (between their intent and
+/// the record that stages them): the sweeper leaves them alone.
+#[derive(Default)]
+pub struct InFlight(SyncMutex<HashSet<String>>);
+
+impl InFlight {
+    fn insert(&self, blob: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(blob.to_string());
+    }
+    fn remove(&self, blob: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(blob);
+    }
+    fn contains(&self, blob: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(blob)
+    }
+}
+
+/// Removes an upload's blob from [`InFlight`] however the upload ends.
+struct InFlightGuard<'a>(&'a InFlight, String);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.remove(&self.1);
+    }
+}
+
+/// The attachments `txn` sees: committed ones under its overlay.
+fn visible(rec: &MetaRecord, txn: &str) -> Vec<Attachment> {
+    let Some(s) = rec.staged_by(txn) else {
+        return rec.attachments.clone();
+    };
+    if s.remove {
+        return Vec::new();
+    }
+    let mut out: Vec<Attachment> = if s.clear_attachments {
+        Vec::new()
+    } else {
+        rec.attachments
+            .iter()
+            .filter(|a| !s.deletes.contains(&a.name))
+            .filter(|a| !s.uploads.iter().any(|u| u.name == a.name))
+            .cloned()
+            .collect()
+    };
+    out.extend(s.uploads.iter().cloned());
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+fn too_large() -> CoreError {
+    CoreError::new(ErrorCode::AttachmentTooLarge, "attachment exceeds max_bytes")
+}
+
+fn not_found() -> CoreError {
+    CoreError::new(ErrorCode::AttachmentNotFound, "attachment not found")
+}
+
+/// Starts the staged overlay of `txn` if needed and gives it its version.
+fn stage(rec: &mut MetaRecord, txn: &str) -> i64 {
+    let version = rec.version;
+    let staged = rec.staged.get_or_insert_with(|| Staged {
+        txn_id: txn.to_string(),
+        ..Staged::default()
+    });
+    if staged.version == 0 {
+        staged.version = version.saturating_add(1);
+    }
+    staged.version
+}
+
+/// What a record change lets go of: deletions applied with the record
+/// (documents) and blobs deleted once it is written (attachments).
+#[derive(Default)]
+pub(super) struct Released {
+    pub after: Vec<Op>,
+    pub blobs: Vec<String>,
+}
+
+impl Released {
+    /// Everything staged `s` holds on to.
+    pub(super) fn staged(id: &str, s: &Staged) -> Self {
+        Released {
+            after: super::key_entry::delete_doc(id, &s.state_etag)
+                .into_iter()
+                .collect(),
+            blobs: s
+                .uploads
+                .iter()
+                .map(|u| attachment_blob_key(id, &u.object))
+                .collect(),
+        }
+    }
+}
+
+/// Applies a staged attachment overlay to the committed list; returns the
+/// blobs no longer referenced. `remove`: the key is being removed, so it
+/// ends with none.
+pub(super) fn commit_attachments(rec: &mut MetaRecord, id: &str, s: &Staged) -> Vec<String> {
+    let blob = |a: &Attachment| attachment_blob_key(id, &a.object);
+    let mut dropped = Vec::new();
+    if s.remove {
+        dropped.extend(rec.attachments.drain(..).map(|a| blob(&a)));
+        dropped.extend(s.uploads.iter().map(blob));
+        return dropped;
+    }
+    if s.clear_attachments {
+        dropped.extend(rec.attachments.drain(..).map(|a| blob(&a)));
+    }
+    rec.attachments.retain(|a| {
+        let gone = s.deletes.contains(&a.name) || s.uploads.iter().any(|u| u.name == a.name);
+        if gone {
+            dropped.push(blob(a));
+        }
+        !gone
+    });
+    rec.attachments.extend(s.uploads.iter().cloned());
+    rec.attachments.sort_by(|a, b| a.name.cmp(&b.name));
+    dropped
+}
+
+/// Counts bytes and hashes a payload on its way to the store, failing it
+/// past `max` bytes.
+struct Metered {
+    seen: u64,
+    hash: Sha256,
+}
+
+impl Engine {
+    /// Uploads an attachment and stages it under the caller's lease.
+    ///
+    /// The lease is checked before the body is read, and again (with the
+    /// other-txn check) when the uploaded blob is staged; the key is not
+    /// locked while the body streams, so keepalives and reads of the
+    /// holder go on meanwhile.
+    pub async fn attach(&self, input: AttachInput) -> CoreResult<Attached> {
+        let AttachInput {
+            namespace,
+            key,
+            lease: l,
+            name,
+            content_type,
+            max_bytes,
+            declared_len,
+            prevent_overwrite,
+            body,
+        } = input;
+        let id = key_id(&namespace, &key);
+        // Checks before the body, and the id to keep on an overwrite.
+        let existing = {
+            let entry = self.key_entry(&id);
+            let st = self
+                .lock_leased(&id, &entry, &l.lease_id, l.fencing_token, Some(&l.txn_id))
+                .await?;
+            let rec = st.rec.clone().unwrap_or_default();
+            drop(st);
+            check_other_txn(&rec, &l.txn_id)?;
+            let seen = visible(&rec, &l.txn_id);
+            let existing = seen.iter().find(|a| a.name == name).cloned();
+            if prevent_overwrite {
+                // A name with a committed copy whose deletion is staged
+                // counts as taken too, as in the original.
+                let taken = existing.clone().or_else(|| {
+                    rec.attachments
+                        .iter()
+                        .find(|a| a.name == name)
+                        .cloned()
+                });
+                if let Some(info) = taken {
+                    let version = rec.current_version(&l.txn_id);
+                    return Ok(Attached {
+                        info,
+                        noop: true,
+                        version,
+                    });
+                }
+            }
+            // A declared length past the limit is refused before a byte
+            // is read (the lease was checked first, as the protocol says).
+            if let (Some(len), Some(max)) = (declared_len, max_bytes) {
+                if len > max {
+                    return Err(too_large());
+                }
+            }
+            existing
+        };
+
+        // Stream the payload into a fresh blob, announced by its intent.
+        let object = uuid::Uuid::now_v7().to_string();
+        let blob = attachment_blob_key(&id, &object);
+        self.in_flight.insert(&blob);
+        let _flight = InFlightGuard(&self.in_flight, blob.clone());
+        self.write_intent(&id, &blob).await?;
+        let (size, sha256) = match self.stream_blob(&blob, body, max_bytes).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.forget_blob(&blob).await;
+                return Err(e);
+            }
+        };
+
+        // Stage it (the lease is checked again: it may have ended).
+        let staged = self
+            .cas_retry(|| {
+                self.stage_upload(
+                    &id,
+                    &l,
+                    (&name, &content_type),
+                    &object,
+                    (size, &sha256),
+                    &existing,
+                )
+            })
+            .await;
+        match staged {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.forget_blob(&blob).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Stages an uploaded blob: `(name, content type)`, `(size, sha256)`.
+    async fn stage_upload(
+        &self,
+        id: &str,
+        l: &LeaseRef,
+        (name, content_type): (&str, &str),
+        object: &str,
+        (size, sha256): (u64, &str),
+        existing: &Option<Attachment>,
+    ) -> CoreResult<Attached> {
+        let entry = self.key_entry(id);
+        let mut st = self
+            .lock_leased(id, &entry, &l.lease_id, l.fencing_token, Some(&l.txn_id))
+            .await?;
+        let mut rec = st.rec.clone().unwrap_or_default();
+        check_other_txn(&rec, &l.txn_id)?;
+        let now = self.cfg.clock.now_unix();
+        // The id and creation time of the name as the caller saw it before
+        // the upload, or as it is now (another upload of the name by the
+        // same holder may have finished meanwhile).
+        let current = visible(&rec, &l.txn_id)
+            .into_iter()
+            .find(|a| a.name == name)
+            .or_else(|| existing.clone())
+            .or_else(|| rec.attachments.iter().find(|a| a.name == name).cloned());
+        let info = Attachment {
+            id: current
+                .as_ref()
+                .map(|a| a.id.clone())
+                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            name: name.to_string(),
+            size: i64::try_from(size).unwrap_or(i64::MAX),
+            sha256: sha256.to_string(),
+            content_type: content_type.to_string(),
+            created_at_unix: current.as_ref().map_or(now, |a| a.created_at_unix),
+            updated_at_unix: now,
+            object: object.to_string(),
+        };
+        let version = stage(&mut rec, &l.txn_id);
+        let mut dropped = Vec::new();
+        if let Some(s) = rec.staged.as_mut() {
+            if let Some(at) = s.uploads.iter().position(|u| u.name == info.name) {
+                let old = s.uploads.remove(at);
+                dropped.push(attachment_blob_key(id, &old.object));
+            }
+            s.deletes.retain(|n| n != &info.name);
+            s.uploads.push(info.clone());
+            s.uploads.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        rec.updated_at_unix = now;
+        // The blob is staged: its intent goes with the same write.
+        let blob = attachment_blob_key(id, object);
+        let released = Released {
+            after: vec![Op::Delete {
+                key: intent_key(&blob),
+                cond: Cond::Any,
+            }],
+            blobs: dropped,
+        };
+        self.persist_releasing(id, &mut st, rec, Vec::new(), released)
+            .await?;
+        Ok(Attached {
+            info,
+            noop: false,
+            version,
+        })
+    }
+
+    /// Lists the attachments `viewer` sees, sorted by name.
+    pub async fn list_attachments(
+        &self,
+        namespace: &str,
+        key: &str,
+        viewer: &Viewer,
+    ) -> CoreResult<Vec<Attachment>> {
+        let id = key_id(namespace, key);
+        match viewer {
+            Viewer::Public => {
+                let Some(rec) = self.peek(&id).await? else {
+                    return Ok(Vec::new());
+                };
+                check_published(&rec)?;
+                Ok(rec.attachments)
+            }
+            Viewer::Lease(l) => {
+                let entry = self.key_entry(&id);
+                let st = self
+                    .lock_leased(&id, &entry, &l.lease_id, l.fencing_token, Some(&l.txn_id))
+                    .await?;
+                let rec = st.rec.clone().unwrap_or_default();
+                Ok(visible(&rec, &l.txn_id))
+            }
+        }
+    }
+
+    /// Opens an attachment `viewer` sees for streaming.
+    pub async fn get_attachment(
+        &self,
+        namespace: &str,
+        key: &str,
+        viewer: &Viewer,
+        selector: &Selector,
+    ) -> CoreResult<Download> {
+        let id = key_id(namespace, key);
+        // A commit may delete a blob between reading the record and
+        // opening the blob; the record then names another one: look again.
+        for _ in 0..8 {
+            let info = {
+                let (rec, txn) = match viewer {
+                    Viewer::Public => {
+                        let Some(rec) = self.peek(&id).await? else {
+                            return Err(not_found());
+                        };
+                        check_published(&rec)?;
+                        (rec, String::new())
+                    }
+                    Viewer::Lease(l) => {
+                        let entry = self.key_entry(&id);
+                        let st = self
+                            .lock_leased(
+                                &id,
+                                &entry,
+                                &l.lease_id,
+                                l.fencing_token,
+                                Some(&l.txn_id),
+                            )
+                            .await?;
+                        (st.rec.clone().unwrap_or_default(), l.txn_id.clone())
+                    }
+                };
+                visible(&rec, &txn)
+                    .into_iter()
+                    .find(|a| selector.matches(a))
+                    .ok_or_else(not_found)?
+            };
+            match self
+                .store
+                .get_blob(&attachment_blob_key(&id, &info.object))
+                .await?
+            {
+                Some((_, body)) => return Ok(Download { info, body }),
+                None => {
+                    // Gone: either a commit replaced it (look again) or it
+                    // is missing for good (the second look says so).
+                    let again = self.peek(&id).await?;
+                    let still = again.as_ref().is_some_and(|r| {
+                        r.attachments.iter().any(|a| a.object == info.object)
+                            || r.staged
+                                .as_ref()
+                                .is_some_and(|s| s.uploads.iter().any(|a| a.object == info.object))
+                    });
+                    if still {
+                        tracing::error!(
+                            key = %id,
+                            attachment = %info.name,
+                            "attachment payload missing from the store"
+                        );
+                        return Err(not_found());
+                    }
+                }
+            }
+        }
+        Err(not_found())
+    }
+
+    /// Stages the deletion of one attachment. Not finding it is not an
+    /// error: `count` 0.
+    pub async fn delete_attachment(
+        &self,
+        namespace: &str,
+        key: &str,
+        lease: &LeaseRef,
+        selector: &Selector,
+    ) -> CoreResult<Deleted> {
+        self.cas_retry(|| self.delete_attachment_once(namespace, key, lease, selector))
+            .await
+    }
+
+    async fn delete_attachment_once(
+        &self,
+        namespace: &str,
+        key: &str,
+        l: &LeaseRef,
+        selector: &Selector,
+    ) -> CoreResult<Deleted> {
+        let id = key_id(namespace, key);
+        let entry = self.key_entry(&id);
+        let mut st = self
+            .lock_leased(&id, &entry, &l.lease_id, l.fencing_token, Some(&l.txn_id))
+            .await?;
+        let mut rec = st.rec.clone().unwrap_or_default();
+        check_other_txn(&rec, &l.txn_id)?;
+        let Some(found) = visible(&rec, &l.txn_id)
+            .into_iter()
+            .find(|a| selector.matches(a))
+        else {
+            return Ok(Deleted {
+                count: 0,
+                version: rec.current_version(&l.txn_id),
+            });
+        };
+        let committed = !rec
+            .staged_by(&l.txn_id)
+            .is_some_and(|s| s.clear_attachments)
+            && rec.attachments.iter().any(|a| a.name == found.name);
+        let version = stage(&mut rec, &l.txn_id);
+        let mut dropped = Vec::new();
+        if let Some(s) = rec.staged.as_mut() {
+            if let Some(at) = s.uploads.iter().position(|u| u.name == found.name) {
+                let old = s.uploads.remove(at);
+                dropped.push(attachment_blob_key(&id, &old.object));
+            }
+            if committed && !s.deletes.contains(&found.name) {
+                s.deletes.push(found.name.clone());
+            }
+        }
+        rec.updated_at_unix = self.cfg.clock.now_unix();
+        let released = Released {
+            after: Vec::new(),
+            blobs: dropped,
+        };
+        self.persist_releasing(&id, &mut st, rec, Vec::new(), released)
+            .await?;
+        Ok(Deleted { count: 1, version })
+    }
+
+    /// Stages the deletion of every attachment the caller sees; `count` is
+    /// how many that was.
+    pub async fn delete_all_attachments(
+        &self,
+        namespace: &str,
+        key: &str,
+        lease: &LeaseRef,
+    ) -> CoreResult<Deleted> {
+        self.cas_retry(|| self.delete_all_once(namespace, key, lease))
+            .await
+    }
+
+    async fn delete_all_once(
+        &self,
+        namespace: &str,
+        key: &str,
+        l: &LeaseRef,
+    ) -> CoreResult<Deleted> {
+        let id = key_id(namespace, key);
+        let entry = self.key_entry(&id);
+        let mut st = self
+            .lock_leased(&id, &entry, &l.lease_id, l.fencing_token, Some(&l.txn_id))
+            .await?;
+        let mut rec = st.rec.clone().unwrap_or_default();
+        check_other_txn(&rec, &l.txn_id)?;
+        if let Some(s) = rec.staged_by(&l.txn_id).filter(|s| s.remove) {
+            return Ok(Deleted {
+                count: 0,
+                version: s.version,
+            });
+        }
+        let count = i64::try_from(visible(&rec, &l.txn_id).len()).unwrap_or(i64::MAX);
+        let version = stage(&mut rec, &l.txn_id);
+        let mut dropped = Vec::new();
+        if let Some(s) = rec.staged.as_mut() {
+            dropped.extend(
+                s.uploads
+                    .drain(..)
+                    .map(|u| attachment_blob_key(&id, &u.object)),
+            );
+            s.deletes.clear();
+            s.clear_attachments = true;
+        }
+        rec.updated_at_unix = self.cfg.clock.now_unix();
+        let released = Released {
+            after: Vec::new(),
+            blobs: dropped,
+        };
+        self.persist_releasing(&id, &mut st, rec, Vec::new(), released)
+            .await?;
+        Ok(Deleted { count, version })
+    }
+
+    /// Writes `rec` like `persist`, and lets go of `released`: documents
+    /// are deleted in the same batch; blobs get intents in the batch
+    /// (before the record), and are deleted, with their intents, once the
+    /// record is written. A failure to delete leaves the intent for the
+    /// sweeper.
+    pub(super) async fn persist_releasing(
+        &self,
+        id: &str,
+        st: &mut KeyState,
+        rec: MetaRecord,
+        mut before: Vec<Op>,
+        released: Released,
+    ) -> CoreResult<()> {
+        for blob in &released.blobs {
+            before.push(self.intent_op(id, blob)?);
+        }
+        persist(self.store.as_ref(), id, st, rec, before, released.after).await?;
+        for blob in &released.blobs {
+            self.forget_blob(blob).await;
+        }
+        Ok(())
+    }
+
+    fn intent_op(&self, id: &str, blob: &str) -> CoreResult<Op> {
+        let intent = Intent {
+            key_id: id.to_string(),
+            blob: blob.to_string(),
+            at_ms: self.cfg.clock.now_ms(),
+        };
+        let value = serde_json::to_vec(&intent).map_err(|e| {
+            CoreError::new(ErrorCode::InternalError, format!("encode intent: {e}"))
+        })?;
+        Ok(Op::Put {
+            key: intent_key(blob),
+            value: Bytes::from(value),
+            cond: Cond::Any,
+        })
+    }
+
+    async fn write_intent(&self, id: &str, blob: &str) -> CoreResult<()> {
+        let op = self.intent_op(id, blob)?;
+        self.store.apply(vec![op]).await?;
+        Ok(())
+    }
+
+    /// Deletes a blob nothing references, then its intent (best effort:
+    /// what fails is left to the sweeper).
+    async fn forget_blob(&self, blob: &str) {
+        if let Err(e) = self.store.delete_blob(blob).await {
+            tracing::warn!(blob, error = %e, "attachment payload not deleted; the sweeper retries");
+            return;
+        }
+        let _ = self
+            .store
+            .apply(vec![Op::Delete {
+                key: intent_key(blob),
+                cond: Cond::Any,
+            }])
+            .await;
+    }
+
+    /// Streams `body` into `blob`, hashing and counting it; refuses past
+    /// `max` bytes. Returns the size and the SHA-256 (hex).
+    async fn stream_blob(
+        &self,
+        blob: &str,
+        body: ByteStream,
+        max: Option<u64>,
+    ) -> CoreResult<(u64, String)> {
+        let meter = Arc::new(SyncMutex::new(Metered {
+            seen: 0,
+            hash: Sha256::new(),
+        }));
+        let over = Arc::new(AtomicBool::new(false));
+        let (m, flag) = (meter.clone(), over.clone());
+        let metered: ByteStream = Box::pin(body.map(move |chunk| {
+            let chunk = chunk?;
+            let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+            g.seen = g.seen.saturating_add(chunk.len() as u64);
+            if max.is_some_and(|max| g.seen > max) {
+                flag.store(true, Ordering::Relaxed);
+                return Err(std::io::Error::other("attachment exceeds max_bytes"));
+            }
+            g.hash.update(&chunk);
+            Ok(chunk)
+        }));
+        match self.store.put_blob(blob, metered).await {
+            Ok(_) => {}
+            Err(_) if over.load(Ordering::Relaxed) => return Err(too_large()),
+            Err(StoreError::Source(e)) => {
+                return Err(CoreError::new(
+                    ErrorCode::InvalidBody,
+                    format!("reading the attachment body: {e}"),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let g = std::mem::replace(
+            &mut *meter.lock().unwrap_or_else(|p| p.into_inner()),
+            Metered {
+                seen: 0,
+                hash: Sha256::new(),
+            },
+        );
+        Ok((g.seen, hex::encode(g.hash.finalize())))
+    }
+
+    /// Settles every intent older than `grace` (milliseconds) whose upload
+    /// is not in flight here: a blob its key's record does not reference is
+    /// deleted, and the intent goes. Returns how many blobs were deleted.
+    /// At start-up of a store no other process writes, `grace` is 0; on a
+    /// shared store it protects other nodes' uploads in flight.
+    pub async fn sweep_attachment_orphans(&self, grace_ms: i64) -> CoreResult<usize> {
+        let now = self.cfg.clock.now_ms();
+        let mut after: Option<String> = None;
+        let mut deleted = 0;
+        loop {
+            let keys = self
+                .store
+                .list(INTENT_PREFIX, after.as_deref(), SWEEP_PAGE)
+                .await?;
+            let Some(last) = keys.last().cloned() else {
+                break;
+            };
+            for k in keys {
+                let Some((raw, _)) = self.store.get(&k).await? else {
+                    continue;
+                };
+                let Ok(intent) = serde_json::from_slice::<Intent>(&raw) else {
+                    tracing::warn!(intent = %k, "unreadable attachment intent removed");
+                    self.store
+                        .apply(vec![Op::Delete {
+                            key: k.clone(),
+                            cond: Cond::Any,
+                        }])
+                        .await?;
+                    continue;
+                };
+                if self.in_flight.contains(&intent.blob)
+                    || now.saturating_sub(intent.at_ms) < grace_ms
+                {
+                    continue;
+                }
+                if self.settle_intent(&intent).await? {
+                    deleted += 1;
+                }
+            }
+            after = Some(last);
+        }
+        Ok(deleted)
+    }
+
+    /// Settles one intent under its key's lock; true if the blob was
+    /// deleted.
+    async fn settle_intent(&self, intent: &Intent) -> CoreResult<bool> {
+        let entry = self.key_entry(&intent.key_id);
+        let st = self.lock_key(&entry, &intent.key_id).await?;
+        let referenced = st.rec.as_ref().is_some_and(|r| {
+            let named = |a: &Attachment| attachment_blob_key(&intent.key_id, &a.object) == intent.blob;
+            r.attachments.iter().any(named)
+                || r.staged
+                    .as_ref()
+                    .is_some_and(|s| s.uploads.iter().any(named))
+        });
+        if referenced {
+            self.store
+                .apply(vec![Op::Delete {
+                    key: intent_key(&intent.blob),
+                    cond: Cond::Any,
+                }])
+                .await?;
+            return Ok(false);
+        }
+        self.store.delete_blob(&intent.blob).await?;
+        self.store
+            .apply(vec![Op::Delete {
+                key: intent_key(&intent.blob),
+                cond: Cond::Any,
+            }])
+            .await?;
+        drop(st);
+        tracing::info!(key = %intent.key_id, blob = %intent.blob, "orphaned attachment payload deleted");
+        Ok(true)
+    }
+}
+
+/// Public reads of a key whose committed version is not published yet
+/// are refused (as `/v1/get` does).
+fn check_published(rec: &MetaRecord) -> CoreResult<()> {
+    if rec.published_version < rec.version {
+        return Err(CoreError::new(
+            ErrorCode::StateNotPublished,
+            "state update not published yet",
+        ));
+    }
+    Ok(())
+}
