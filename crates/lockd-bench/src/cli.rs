@@ -1,9 +1,11 @@
 //! The command line: subcommands, their flags and defaults.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::attachments::parse_payload_size;
 use crate::overload::OverloadArgs;
 use crate::queue::Mode;
 use crate::s3::S3Args;
@@ -13,8 +15,8 @@ use crate::sdk::SdkArgs;
 #[command(
     name = "lockd-bench",
     version,
-    about = "Load generator for lockd: lease cycles (acquire → update → release) and queue \
-             messages (enqueue → dequeue/subscribe → ack) against in-process mem/disk/s3 servers (s3 with one or more nodes) \
+    about = "Load generator for lockd: lease cycles (acquire → update → release), queue \
+             messages (enqueue → dequeue/subscribe → ack) and attachment throughput against in-process mem/disk/s3 servers (s3 with one or more nodes) \
              or a running one, compared to a bare axum baseline; and an overload run that \
              checks the server's back-pressure"
 )]
@@ -44,6 +46,12 @@ pub enum Cmd {
     Mixed(SdkArgs),
     /// SDK: producers enqueue, consumers dequeue or subscribe and ack.
     SdkQueue(SdkArgs),
+    /// Attachments: acquire → streamed upload → release → public download per size, in MiB/s
+    /// and as ratios to a raw write + fsync / read of the same bytes on the same disk.
+    Attachments(AttachmentsArgs),
+    /// Attachments: one large upload and download against a `lockd` binary on disk://,
+    /// sampling the server's VmRSS (does it stream or buffer?).
+    AttachmentRss(AttachmentRssArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -146,6 +154,62 @@ pub struct QueueArgs {
     pub baseline_clients: Option<u32>,
     #[command(flatten)]
     pub s3: S3Args,
+    /// Tokio worker threads (default: number of CPUs).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print a machine-readable JSON summary on stdout (report moves to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AttachmentsArgs {
+    /// Payload sizes, comma-separated (1MiB, 64MiB, 100MB, 4096, …).
+    #[arg(long, value_delimiter = ',', default_value = "1MiB,64MiB", value_parser = parse_payload_size)]
+    pub sizes: Vec<u64>,
+    /// Measured cycles per size (after one unmeasured cycle that verifies the payload).
+    #[arg(short = 'n', long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub iterations: u32,
+    /// Which in-process store(s) to benchmark (`s3`: disk, then s3 with --s3).
+    #[arg(long, value_enum, default_value_t = StoreChoice::Disk, conflicts_with = "url")]
+    pub store: StoreChoice,
+    /// Target a running lockd server (plain HTTP) instead of in-process ones.
+    #[arg(long, value_name = "http://host:port")]
+    pub url: Option<String>,
+    /// Directory of the raw-disk baseline when the store has none of its own (mem, s3,
+    /// --url); default: the system temporary directory.
+    #[arg(long, value_name = "DIR")]
+    pub raw_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// Per-request timeout (a whole upload or download).
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Tokio worker threads (default: number of CPUs).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print a machine-readable JSON summary on stdout (report moves to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AttachmentRssArgs {
+    /// Payload size (1GiB, 512MiB, …).
+    #[arg(long, default_value = "1GiB", value_parser = parse_payload_size)]
+    pub size: u64,
+    /// The lockd binary to start (default: `lockd` next to this executable).
+    #[arg(long, value_name = "PATH")]
+    pub lockd: Option<PathBuf>,
+    /// The server's disk:// directory (default: a fresh temporary one, removed afterwards).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// VmRSS sampling period.
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    pub sample_every: Duration,
+    /// Per-request timeout (a whole upload or download).
+    #[arg(long, default_value = "600s", value_parser = parse_duration)]
+    pub timeout: Duration,
     /// Tokio worker threads (default: number of CPUs).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -381,6 +445,54 @@ mod tests {
             &["lockd-bench", "lease", "--queue-poll-interval", "soon"],
             &["lockd-bench", "overload", "--store", "s3"],
             &["lockd-bench", "overload", "--nodes", "2"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn attachments_cli_parses() {
+        let Ok(Cli {
+            cmd: Cmd::Attachments(a),
+        }) = Cli::try_parse_from(["lockd-bench", "attachments"])
+        else {
+            panic!("attachments did not parse");
+        };
+        assert_eq!(a.sizes, [1 << 20, 64 << 20]);
+        assert_eq!(a.iterations, 5);
+        assert_eq!(a.store, StoreChoice::Disk);
+        assert_eq!(a.timeout, Duration::from_secs(300));
+        let Ok(Cli {
+            cmd: Cmd::Attachments(a),
+        }) = Cli::try_parse_from([
+            "lockd-bench",
+            "attachments",
+            "--sizes",
+            "4KiB,100MB",
+            "-n",
+            "2",
+            "--store",
+            "mem",
+        ])
+        else {
+            panic!("attachments --sizes did not parse");
+        };
+        assert_eq!(a.sizes, [4096, 100_000_000]);
+        assert_eq!((a.iterations, a.store), (2, StoreChoice::Mem));
+        let Ok(Cli {
+            cmd: Cmd::AttachmentRss(r),
+        }) = Cli::try_parse_from(["lockd-bench", "attachment-rss"])
+        else {
+            panic!("attachment-rss did not parse");
+        };
+        assert_eq!(r.size, 1 << 30);
+        assert_eq!(r.sample_every, Duration::from_millis(20));
+        for bad in [
+            &["lockd-bench", "attachments", "--sizes", "0"][..],
+            &["lockd-bench", "attachments", "--sizes", "1MiB,lots"],
+            &["lockd-bench", "attachments", "-n", "0"],
+            &["lockd-bench", "attachments", "--store", "mem", "--url", "x"],
+            &["lockd-bench", "attachment-rss", "--size", "1 elephant"],
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} parsed");
         }

@@ -137,6 +137,17 @@
 //! the backlog, the drain, the delivery check, a PASS/FAIL verdict per
 //! claim and a per-second timeline.
 //!
+//! # Attachments
+//!
+//! `attachments` runs, per `--sizes` entry (default `1MiB,64MiB`) and
+//! store, acquire → streamed upload → release → public download, and
+//! before each cycle a raw write + fsync / read-back of the same bytes in
+//! the store's directory; it reports MiB/s for upload+commit, download
+//! and the whole cycle as medians and as ratios to the raw figures.
+//! `attachment-rss` uploads and downloads one large attachment (default
+//! 1 GiB) through a `lockd` child process on `disk://` and samples its
+//! `VmRSS`. Details in the `attachments` module.
+//!
 //! # Examples
 //!
 //! ```text
@@ -169,6 +180,12 @@
 //! # the same on disk with the server's default QRF settings, JSON on stdout
 //! cargo run --release -p lockd-bench -- overload --store disk --duration 10s --default-qrf \
 //!     --json > overload.json
+//!
+//! # attachments: 1 MiB and 64 MiB on disk, 5 cycles each, vs the raw disk
+//! cargo run --release -p lockd-bench -- attachments --store disk --sizes 1MiB,64MiB
+//!
+//! # the server's memory while one 1 GiB attachment goes up and down
+//! cargo build --release -p lockd -p lockd-bench && target/release/lockd-bench attachment-rss
 //! ```
 //!
 //! With `--json` the human-readable report goes to stderr and a single JSON
@@ -183,15 +200,18 @@
 //! * `report`: text sink, number formats, comparison table, JSON output.
 //! * `server`: in-process lockd servers (the only user of `lockd-server`).
 //! * workloads: `baseline`, `lease` (+ `load`, the closed loop they
-//!   share), `queue`, `overload`, `sdk` (+ `chart`); `s3` plans
-//!   `--store s3` runs.
+//!   share), `queue`, `overload`, `sdk` (+ `chart`), `attachments`;
+//!   `s3` plans `--store s3` runs.
+//! * `procfs`: `VmRSS`/`VmHWM` of a process.
 
+mod attachments;
 mod baseline;
 mod chart;
 mod cli;
 mod lease;
 mod load;
 mod overload;
+mod procfs;
 mod queue;
 mod report;
 mod s3;
@@ -230,6 +250,8 @@ fn main() -> ExitCode {
         Cmd::Baseline(c) => c.threads,
         Cmd::Queue(q) => q.threads,
         Cmd::Overload(o) => o.threads,
+        Cmd::Attachments(a) => a.threads,
+        Cmd::AttachmentRss(a) => a.threads,
         Cmd::LeaseCycle(a)
         | Cmd::PublicRead(a)
         | Cmd::Keepalive(a)
@@ -261,6 +283,8 @@ fn main() -> ExitCode {
             Cmd::Keepalive(a) => sdk::cmd(sdk::Workload::Keepalive, a, threads).await,
             Cmd::Mixed(a) => sdk::cmd(sdk::Workload::Mixed, a, threads).await,
             Cmd::SdkQueue(a) => sdk::cmd(sdk::Workload::Queue, a, threads).await,
+            Cmd::Attachments(a) => attachments::cmd(a, threads).await,
+            Cmd::AttachmentRss(a) => attachments::rss::cmd(a).await,
         }
     });
     match result {

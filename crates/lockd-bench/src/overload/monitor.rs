@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use hyper::Uri;
 use serde::Serialize;
 
+use crate::procfs;
 use crate::report::PRINTED_ERRORS;
 use crate::server::QrfProbe;
 use crate::stats::Latency;
@@ -53,22 +54,13 @@ pub(super) struct Monitor {
 
 /// `VmRSS` of this process, bytes.
 pub(super) fn read_rss() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    parse_vm_rss(&text)
+    procfs::read(procfs::Proc::Current, procfs::Field::Rss)
 }
 
 /// The `VmRSS:  N kB` line of `/proc/<pid>/status`, in bytes.
+#[cfg(test)]
 pub(super) fn parse_vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let mut it = line["VmRSS:".len()..].split_whitespace();
-    let n: u64 = it.next()?.parse().ok()?;
-    let unit = it.next().unwrap_or("kB");
-    let mult = match unit {
-        "kB" | "KB" | "kb" => 1024,
-        "mB" | "MB" => 1024 * 1024,
-        _ => 1,
-    };
-    Some(n.saturating_mul(mult))
+    procfs::status_bytes(status, procfs::Field::Rss)
 }
 
 impl Monitor {

@@ -9,6 +9,7 @@
 //! decide *when* to call and what to count.
 //!
 //! * [`lease`]: acquire, update, release;
+//! * [`attachments`]: streamed upload and public download;
 //! * [`queue`]: enqueue (multipart), dequeue, subscribe, ack, stats;
 //! * here: the client, one exchange with a timeout, `/healthz`, the
 //!   baseline's `POST /json`, error texts and the `waiting`/`queue_busy`
@@ -17,6 +18,7 @@
 //! Error messages start with the request's name (`acquire k: HTTP 409
 //! Conflict: {…}`), which [`error_kind`] turns into a tally key.
 
+pub mod attachments;
 pub mod lease;
 pub mod queue;
 

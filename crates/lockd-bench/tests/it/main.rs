@@ -1,4 +1,5 @@
 //! The integration tests of `lockd-bench`, linked as one test binary: one module
 //! per area, so the suite builds and links one executable instead of one per file.
 
+mod attachments;
 mod smoke;
