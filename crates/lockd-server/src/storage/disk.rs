@@ -95,9 +95,6 @@ pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs
 /// Database key prefix of inline blobs.
 const INLINE_PREFIX: &str = "\u{0}blob/";
 
-/// How much of a blob is gathered in memory before a write to its file.
-const BLOB_WRITE_BUFFER: usize = 1 << 20;
-
 /// Upper bound on batches folded into one log write, to bound latency.
 const MAX_GROUP: usize = 1024;
 
@@ -501,10 +498,7 @@ impl DiskStore {
     async fn put_blob_file(&self, key: &str, mut body: ByteStream) -> StoreResult<u64> {
         let dir = self.dir.join("blobs");
         let tmp = dir.join(format!("tmp-{}", uuid::Uuid::now_v7()));
-        let file = tokio::fs::File::create(&tmp).await.map_err(backend)?;
-        // Bodies arrive in pieces of a few KiB; each write of the file is a
-        // trip to the blocking pool, so they are gathered first.
-        let mut file = tokio::io::BufWriter::with_capacity(BLOB_WRITE_BUFFER, file);
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(backend)?;
         let mut len = 0u64;
         let res: StoreResult<()> = async {
             while let Some(chunk) = body.next().await {
@@ -512,8 +506,7 @@ impl DiskStore {
                 len += chunk.len() as u64;
                 file.write_all(&chunk).await.map_err(backend)?;
             }
-            file.flush().await.map_err(backend)?;
-            file.get_ref().sync_all().await.map_err(backend)?;
+            file.sync_all().await.map_err(backend)?;
             tokio::fs::rename(&tmp, self.blob_path(key))
                 .await
                 .map_err(backend)?;
