@@ -23,6 +23,7 @@ pub mod error;
 pub mod headers;
 pub mod names;
 pub mod queue;
+pub mod selector;
 pub mod types;
 
 pub use error::{ErrorBody, ErrorCode};
