@@ -202,6 +202,8 @@ table! {
     ATTACHMENTS = 23: "/v1/attachments", Lock, Any, "attachments" ["GET", "POST", "DELETE"] allow_header: false;
     /// `GET` (download), `DELETE` (delete one) `/v1/attachment`.
     ATTACHMENT = 24: "/v1/attachment", Lock, Any, "attachment" ["GET", "DELETE"] allow_header: false;
+    /// `POST /v1/query`: keys or documents matching a selector.
+    QUERY = 25: "/v1/query", Lock, Read, "query";
 }
 
 #[cfg(test)]

@@ -140,6 +140,23 @@ codes! {
     MissingQueue = ("missing_queue", 400),
     /// No txn id given.
     MissingTxn = ("missing_txn", 400),
+    /// The server has no query engine (never sent by this server).
+    QueryDisabled = ("query_disabled", 501),
+    /// A query's `return` is not `keys` or `documents`.
+    InvalidReturn = ("invalid_return", 400),
+    /// A query's selector does not parse, or names a field that is not a
+    /// JSON Pointer.
+    InvalidSelector = ("invalid_selector", 400),
+    /// A query's `fields` parameter is not a JSON object.
+    InvalidFields = ("invalid_fields", 400),
+    /// A query's `engine` is not `auto`, `index` or `scan`.
+    InvalidEngine = ("invalid_engine", 400),
+    /// A query's `refresh` is not empty or `wait_for`.
+    InvalidRefresh = ("invalid_refresh", 400),
+    /// The engine asked for is not allowed in the namespace.
+    QueryEngineUnavailable = ("query_engine_unavailable", 400),
+    /// A query cursor is malformed or from the other engine.
+    InvalidCursor = ("invalid_cursor", 400),
     /// No attachment name (upload), or neither id nor name (get, delete).
     MissingAttachment = ("missing_attachment", 400),
     /// `max_bytes` is not an integer ≥ 0.

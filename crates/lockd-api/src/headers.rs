@@ -40,3 +40,11 @@ pub const ATTACHMENT_CREATED_AT: &str = "x-attachment-created-at";
 pub const ATTACHMENT_UPDATED_AT: &str = "x-attachment-updated-at";
 /// SHA-256 of the payload, lowercase hex (download).
 pub const ATTACHMENT_SHA256: &str = "x-attachment-sha256";
+/// What a query returned: `keys` or `documents`.
+pub const QUERY_RETURN: &str = "x-lockd-query-return";
+/// Where a query's next page starts (documents mode: a trailer).
+pub const QUERY_CURSOR: &str = "x-lockd-query-cursor";
+/// The index sequence a query saw (documents mode: a trailer).
+pub const QUERY_INDEX_SEQ: &str = "x-lockd-query-index-seq";
+/// A query's metadata as compact JSON (documents mode: a trailer).
+pub const QUERY_METADATA: &str = "x-lockd-query-metadata";
