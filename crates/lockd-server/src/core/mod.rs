@@ -7,6 +7,7 @@ pub mod clock;
 mod error;
 mod key_entry;
 mod lease;
+pub mod query;
 pub mod queue;
 pub mod record;
 mod state;
