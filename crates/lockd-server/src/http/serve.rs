@@ -292,6 +292,40 @@ struct Guarded<T> {
     eof_hold: Option<Pin<Box<Sleep>>>,
     /// An answer of ours still to be written in place of one of hyper's.
     pending: Option<(Vec<u8>, usize)>,
+    /// Request bytes already read but not yet handed to hyper (what did
+    /// not fit after a header was added; see [`with_trailers_allowed`]).
+    unread: Option<(Vec<u8>, usize)>,
+}
+
+/// The paths whose answers end with HTTP/1.1 trailers.
+const TRAILER_PATHS: &[&str] = &["/v1/query"];
+
+/// A request head with `te: trailers` added after its request line, if
+/// `head` starts with a complete request line for one of
+/// [`TRAILER_PATHS`].
+///
+/// hyper writes a response's trailers on HTTP/1.1 only when the request
+/// said `TE: trailers`, but the original's clients never say it and still
+/// read a query's cursor and metadata from the trailers (Go's `net/http`
+/// and curl deliver them). Saying it on their behalf for those paths lets
+/// hyper send them.
+fn with_trailers_allowed(head: &[u8]) -> Option<Vec<u8>> {
+    let line_end = head.windows(2).position(|w| w == b"\r\n")?;
+    let line = std::str::from_utf8(&head[..line_end]).ok()?;
+    let mut parts = line.split(' ');
+    let (_method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if version != "HTTP/1.1" {
+        return None;
+    }
+    let path = target.split('?').next().unwrap_or(target);
+    if !TRAILER_PATHS.contains(&path) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(head.len() + 16);
+    out.extend_from_slice(&head[..line_end + 2]);
+    out.extend_from_slice(b"te: trailers\r\n");
+    out.extend_from_slice(&head[line_end + 2..]);
+    Some(out)
 }
 
 /// hyper answers a request it cannot parse by itself, with an empty body
@@ -375,6 +409,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        // Bytes held back from an earlier read come first.
+        if let Some((bytes, at)) = this.unread.as_mut() {
+            let n = (bytes.len() - *at).min(buf.remaining());
+            buf.put_slice(&bytes[*at..*at + n]);
+            *at += n;
+            if *at >= bytes.len() {
+                this.unread = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
         let started = this.state.started.load(Ordering::Acquire);
         // A request head arrived since its first byte: it is done.
         if this
@@ -412,6 +456,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
                     // The first bytes of a request head: the clock starts.
                     // (Most heads arrive whole and never need the timer.)
                     this.head_started = Some((tokio::time::Instant::now(), started));
+                    if let Some(head) = with_trailers_allowed(&buf.filled()[before..]) {
+                        // Hand hyper the head with the header added; what
+                        // does not fit waits for the next read.
+                        buf.set_filled(before);
+                        let n = head.len().min(buf.remaining());
+                        buf.put_slice(&head[..n]);
+                        if n < head.len() {
+                            this.unread = Some((head, n));
+                        }
+                    }
                 }
                 Poll::Ready(Ok(()))
             }
@@ -708,6 +762,7 @@ async fn serve_connection<I: Accepted>(
         timer: None,
         eof_hold: None,
         pending: None,
+        unread: None,
     });
     if h2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -744,5 +799,25 @@ async fn serve_connection<I: Accepted>(
             _ = evict_state.evict.notified() => conn.as_mut().graceful_shutdown(),
         }
         let _ = conn.await;
+    }
+}
+
+#[cfg(test)]
+mod trailer_tests {
+    use super::with_trailers_allowed;
+
+    #[test]
+    fn query_heads_get_te_trailers_and_others_stay_untouched() {
+        let head = b"POST /v1/query?engine=scan HTTP/1.1\r\nHost: x\r\n\r\n{}";
+        let out = with_trailers_allowed(head).unwrap();
+        assert_eq!(
+            out,
+            b"POST /v1/query?engine=scan HTTP/1.1\r\nte: trailers\r\nHost: x\r\n\r\n{}".to_vec()
+        );
+        assert!(with_trailers_allowed(b"POST /v1/update HTTP/1.1\r\nHost: x\r\n\r\n").is_none());
+        assert!(with_trailers_allowed(b"POST /v1/queryx HTTP/1.1\r\n\r\n").is_none());
+        // An incomplete request line is left alone.
+        assert!(with_trailers_allowed(b"POST /v1/query HTTP/1.1").is_none());
+        assert!(with_trailers_allowed(b"POST /v1/query HTTP/1.0\r\n\r\n").is_none());
     }
 }

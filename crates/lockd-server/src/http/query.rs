@@ -1,0 +1,394 @@
+//! `/v1/query` (PROTOCOL-EXTENSIONS.md §4.3–§4.6): validates in the
+//! protocol's order, runs the scan engine, and answers keys as one JSON
+//! object or documents as an NDJSON stream whose cursor and metadata
+//! follow as HTTP trailers.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use bytes::{BufMut, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use http_body::Frame;
+use lockd_api::query::{QueryKeysResponse, QueryRequest, ReturnMode, DEFAULT_LIMIT, MAX_LIMIT};
+use lockd_api::selector::Selector;
+use lockd_api::{headers, ErrorCode};
+
+use super::decode::{read_json, Decode, Query, Unknown};
+use super::{respond, ApiError, AppState, Caller};
+use crate::core::query::{DocFilter, Hit, ScanEvent, ScanInput, ScanSummary};
+
+type Res = Result<Response, ApiError>;
+
+/// Scan cursors: this prefix and the last key, base64url without padding.
+const SCAN_CURSOR: &str = "scanv1:";
+
+/// Rows written between flushes of a documents stream.
+const FLUSH_EVERY: usize = 16;
+
+/// The decoding of a query body: optional, lenient.
+const QUERY_BODY: Decode = Decode {
+    allow_empty: true,
+    unknown: Unknown::Ignore,
+    code: ErrorCode::InvalidBody,
+};
+
+fn selector_error(detail: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidSelector, detail)
+}
+
+/// Checks every field pointer of a selector (§3.1): it must start with
+/// `/` (or be empty, the document root).
+fn check_fields(sel: &Selector) -> Result<(), ApiError> {
+    for f in sel.fields() {
+        if !f.is_empty() && !f.starts_with('/') {
+            return Err(selector_error(format!(
+                "field {f:?} is not a JSON Pointer (it must start with \"/\")"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub async fn query(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, body: Body) -> Res {
+    let q = Query::parse(uri.query());
+    let mut req: QueryRequest = read_json(body, app.json_max, QUERY_BODY).await?;
+    if ReturnMode::parse(&req.return_mode).is_none() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidReturn,
+            format!("unknown return mode {:?}", req.return_mode),
+        ));
+    }
+    // Query parameters override the body.
+    if !q.get("namespace").is_empty() {
+        req.namespace = q.get("namespace").to_string();
+    }
+    if !q.get("cursor").is_empty() {
+        req.cursor = q.get("cursor").to_string();
+    }
+    if let Ok(n) = q.get("limit").trim().parse::<i64>() {
+        req.limit = n;
+    }
+    let raw_selector = q.get("selector").trim();
+    if !raw_selector.is_empty() {
+        let sel: Selector = serde_json::from_str(raw_selector)
+            .map_err(|e| selector_error(format!("selector parameter: {e}")))?;
+        req.selector = Some(sel);
+    }
+    let selector = req.selector.unwrap_or_default();
+    check_fields(&selector)?;
+    let namespace = app.namespace_for(&req.namespace, &caller)?;
+    let fields = q.get("fields").trim();
+    if !fields.is_empty()
+        && !matches!(
+            serde_json::from_str::<serde_json::Value>(fields),
+            Ok(serde_json::Value::Object(_))
+        )
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidFields,
+            "fields must be a JSON object",
+        ));
+    }
+    let hint = lockd_api::query::EngineHint::parse(q.get("engine")).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidEngine,
+            format!("unknown engine {:?}", q.get("engine")),
+        )
+    })?;
+    let mode_raw = if q.get("return").is_empty() {
+        req.return_mode.as_str()
+    } else {
+        q.get("return")
+    };
+    let mode = ReturnMode::parse(mode_raw).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidReturn,
+            format!("unknown return mode {mode_raw:?}"),
+        )
+    })?;
+    match q.get("refresh").trim().to_ascii_lowercase().as_str() {
+        "" | "wait_for" | "wait-for" => {}
+        other => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRefresh,
+                format!("unknown refresh mode {other:?}"),
+            ))
+        }
+    }
+    // Work in progress: only the scan engine exists on this branch.
+    if hint == lockd_api::query::EngineHint::Index {
+        return Err(ApiError::new(
+            ErrorCode::QueryEngineUnavailable,
+            "index engine disabled for namespace",
+        ));
+    }
+    let after = decode_cursor(&req.cursor)?;
+    let limit = match req.limit {
+        n if n <= 0 => DEFAULT_LIMIT,
+        n => n.min(MAX_LIMIT),
+    };
+    let filter: Option<DocFilter> = if selector.is_empty() {
+        None
+    } else {
+        // Placeholder until lockd-lql's evaluator is merged: equality on a
+        // top-level pointer only.
+        let sel = selector.clone();
+        Some(Arc::new(move |doc: &serde_json::Value| {
+            eval_stub(&sel, doc)
+        }))
+    };
+    let input = ScanInput {
+        namespace: namespace.clone(),
+        after,
+        limit: usize::try_from(limit).unwrap_or(100),
+        documents: mode == ReturnMode::Documents,
+        filter,
+    };
+    let rx = app.engine.scan(input);
+    match mode {
+        ReturnMode::Keys => keys_answer(namespace, rx).await,
+        ReturnMode::Documents => Ok(documents_answer(namespace, rx)),
+    }
+}
+
+fn eval_stub(sel: &Selector, doc: &serde_json::Value) -> bool {
+    match &sel.eq {
+        Some(t) => doc
+            .pointer(&t.field)
+            .map(lockd_api::selector::scalar_text)
+            .zip(t.value_text())
+            .is_some_and(|(a, b)| a == b),
+        None => true,
+    }
+}
+
+fn decode_cursor(raw: &str) -> Result<Option<String>, ApiError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let bad = || ApiError::new(ErrorCode::InvalidCursor, "invalid cursor");
+    let encoded = raw.strip_prefix(SCAN_CURSOR).ok_or_else(bad)?;
+    let bytes = base64url_decode(encoded).ok_or_else(bad)?;
+    String::from_utf8(bytes).map(Some).map_err(|_| bad())
+}
+
+fn encode_cursor(key: &str) -> String {
+    format!("{SCAN_CURSOR}{}", base64url_encode(key.as_bytes()))
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+fn base64url_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            let idx = (n >> (18 - 6 * i)) & 63;
+            out.push(char::from(B64[idx as usize]));
+        }
+    }
+    out
+}
+
+fn base64url_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0u32;
+    for c in s.bytes() {
+        let v = B64.iter().position(|&b| b == c)? as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(((acc >> bits) & 0xff) as u8);
+        }
+    }
+    // Left-over bits must be padding zeros, and a lone character is never
+    // a valid encoding.
+    if bits >= 6 || acc & ((1 << bits) - 1) != 0 {
+        return None;
+    }
+    Some(out)
+}
+
+fn metadata(summary: &ScanSummary, documents: bool) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    if documents {
+        for (k, v) in [
+            ("query_candidates_seen", summary.seen),
+            ("query_candidates_matched", summary.matched),
+            ("query_bytes_captured", summary.bytes),
+            ("query_spill_count", 0),
+            ("query_spill_bytes", 0),
+        ] {
+            m.insert(k.to_string(), v.to_string());
+        }
+    }
+    m
+}
+
+async fn keys_answer(namespace: String, mut rx: tokio::sync::mpsc::Receiver<ScanEvent>) -> Res {
+    let mut keys = Vec::new();
+    let summary = loop {
+        match rx.recv().await {
+            Some(ScanEvent::Hit(h)) => keys.push(h.key),
+            Some(ScanEvent::Done(s)) => break s,
+            Some(ScanEvent::Failed(e)) => return Err(e.into()),
+            None => {
+                return Err(ApiError::new(
+                    ErrorCode::InternalError,
+                    "query ended without a result",
+                ))
+            }
+        }
+    };
+    let body = QueryKeysResponse {
+        namespace,
+        keys,
+        cursor: summary
+            .next_after
+            .as_deref()
+            .map(encode_cursor)
+            .unwrap_or_default(),
+        index_seq: 0,
+        metadata: metadata(&summary, false),
+    };
+    let mut resp = respond::json(StatusCode::OK, &body);
+    respond::set_str(&mut resp, headers::QUERY_RETURN, ReturnMode::Keys.as_str());
+    if !body.cursor.is_empty() {
+        respond::set_str(&mut resp, headers::QUERY_CURSOR, &body.cursor);
+    }
+    Ok(resp)
+}
+
+/// One NDJSON row, fields in the order the Go SDK requires.
+fn row(out: &mut BytesMut, namespace: &str, hit: &Hit) {
+    let json = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+    out.put_slice(b"{\"ns\":");
+    out.put_slice(json(namespace).as_bytes());
+    out.put_slice(b",\"key\":");
+    out.put_slice(json(&hit.key).as_bytes());
+    if hit.version != 0 {
+        out.put_slice(format!(",\"ver\":{}", hit.version).as_bytes());
+    }
+    out.put_slice(b",\"doc\":");
+    out.put_slice(hit.doc.as_deref().unwrap_or(b"null"));
+    out.put_slice(b"}\n");
+}
+
+fn documents_answer(namespace: String, rx: tokio::sync::mpsc::Receiver<ScanEvent>) -> Response {
+    struct St {
+        rx: tokio::sync::mpsc::Receiver<ScanEvent>,
+        namespace: String,
+        /// Trailers to send after the last rows.
+        trailers: Option<HeaderMap>,
+        done: bool,
+    }
+    let start = St {
+        rx,
+        namespace,
+        trailers: None,
+        done: false,
+    };
+    let frames = futures_util::stream::unfold(start, |mut st| async move {
+        if let Some(t) = st.trailers.take() {
+            st.done = true;
+            return Some((Ok::<_, Infallible>(Frame::trailers(t)), st));
+        }
+        if st.done {
+            return None;
+        }
+        let mut out = BytesMut::new();
+        let mut rows = 0;
+        loop {
+            match st.rx.recv().await {
+                Some(ScanEvent::Hit(h)) => {
+                    row(&mut out, &st.namespace, &h);
+                    rows += 1;
+                    if rows >= FLUSH_EVERY {
+                        return Some((Ok(Frame::data(out.freeze())), st));
+                    }
+                }
+                Some(ScanEvent::Done(summary)) => {
+                    let t = trailers_of(&summary);
+                    if out.is_empty() {
+                        st.done = true;
+                        return Some((Ok(Frame::trailers(t)), st));
+                    }
+                    st.trailers = Some(t);
+                    return Some((Ok(Frame::data(out.freeze())), st));
+                }
+                failed => {
+                    // Too late for a status: the stream just ends.
+                    if let Some(ScanEvent::Failed(e)) = failed {
+                        tracing::warn!(error = %e.into_refusal().detail, "query stream failed");
+                    }
+                    st.done = true;
+                    if out.is_empty() {
+                        return None;
+                    }
+                    return Some((Ok(Frame::data(out.freeze())), st));
+                }
+            }
+        }
+    });
+    let mut resp = Response::new(Body::new(http_body_util::StreamBody::new(frames)));
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    h.insert(
+        HeaderName::from_static(headers::QUERY_RETURN),
+        HeaderValue::from_static("documents"),
+    );
+    h.insert(
+        http::header::TRAILER,
+        HeaderValue::from_static(
+            "X-Lockd-Query-Cursor, X-Lockd-Query-Index-Seq, X-Lockd-Query-Metadata",
+        ),
+    );
+    resp
+}
+
+fn trailers_of(summary: &ScanSummary) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Some(after) = &summary.next_after {
+        if let Ok(v) = HeaderValue::from_str(&encode_cursor(after)) {
+            h.insert(HeaderName::from_static(headers::QUERY_CURSOR), v);
+        }
+    }
+    let meta = serde_json::to_string(&metadata(summary, true)).unwrap_or_default();
+    if let Ok(v) = HeaderValue::from_str(&meta) {
+        h.insert(HeaderName::from_static(headers::QUERY_METADATA), v);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_refuse_foreign_ones() {
+        for key in ["", "a", "ab", "abc", "orders/2", "ü/ß"] {
+            let c = encode_cursor(key);
+            assert_eq!(decode_cursor(&c).unwrap().as_deref(), Some(key), "{key}");
+        }
+        assert_eq!(encode_cursor("orders/2"), "scanv1:b3JkZXJzLzI");
+        assert!(decode_cursor("indexv1:b3JkZXJzLzI").is_err());
+        assert!(decode_cursor("scanv1:***").is_err());
+        assert!(decode_cursor("scanv1:b").is_err());
+    }
+}
