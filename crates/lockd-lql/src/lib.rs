@@ -5,12 +5,14 @@
 #![forbid(unsafe_code)]
 
 mod eval;
+mod params;
 mod parse;
 mod path;
 mod temporal;
 
 pub use eval::{compile, validate_fields, Compiled, MAX_DEPTH};
 pub use lockd_api::selector::Selector;
+pub use params::parse_query_params;
 pub use parse::{parse, parse_or, to_text, ParseError};
 
 use std::fmt;

@@ -145,6 +145,13 @@ pub(crate) fn literal(raw: &str, offset: usize) -> Result<Lit, ParseError> {
     err(offset, "unterminated quote")
 }
 
+impl Expr {
+    /// An expression from its parts.
+    pub(crate) fn new(steps: Vec<Step>, built: Built, at: usize) -> Expr {
+        Expr { steps, built, at }
+    }
+}
+
 /// Splits `text` at `seps` outside quotes and braces; yields trimmed,
 /// non-empty pieces with their offsets.
 fn split_outside<'t>(
@@ -216,7 +223,7 @@ pub(crate) enum Built {
     Exists(String),
 }
 
-fn canonical_key(op: Op, key: &str) -> Option<&'static str> {
+pub(crate) fn canonical_key(op: Op, key: &str) -> Option<&'static str> {
     let k = key.to_ascii_lowercase();
     let name = match (op, k.as_str()) {
         (_, "f" | "field") => "field",
@@ -603,7 +610,7 @@ pub(crate) fn clause_path(path: &str, offset: usize) -> Result<(Vec<Step>, Op, u
 }
 
 /// One parsed expression: where to put it, and what.
-struct Expr {
+pub(crate) struct Expr {
     steps: Vec<Step>,
     built: Built,
     at: usize,
@@ -706,7 +713,7 @@ fn shorthand(expr: &str, at: usize) -> Result<Expr, ParseError> {
 }
 
 /// Parses one expression: a clause path with a braced body, or a comparison.
-fn expression(expr: &str, at: usize) -> Result<Expr, ParseError> {
+pub(crate) fn expression(expr: &str, at: usize) -> Result<Expr, ParseError> {
     let head_end = expr.find(['.', '{']).unwrap_or(expr.len());
     let head = expr.get(..head_end).unwrap_or("").trim();
     if !is_root_token(head) {
@@ -735,8 +742,12 @@ fn expression(expr: &str, at: usize) -> Result<Expr, ParseError> {
 /// expressions combine: each that does not start with `and`/`or` is put in
 /// a group of its own under `and` (or `or` when `or_mode`); top-level `or`
 /// groups are ANDed with the rest.
-fn assemble(exprs: Vec<Expr>, or_mode: bool) -> Result<Selector, ParseError> {
-    let wrap = exprs.len() > 1;
+pub(crate) fn assemble(
+    exprs: Vec<Expr>,
+    or_mode: bool,
+    wrap: bool,
+) -> Result<Selector, ParseError> {
+    let wrap = wrap && exprs.len() > 1;
     let mut base = Selector::default();
     let mut base_groups = Groups::default();
     let mut ors = Selector::default();
@@ -774,7 +785,7 @@ fn parse_mode(text: &str, or_mode: bool) -> Result<Selector, ParseError> {
     for (at, piece) in split_outside(text, 0, &[',', '\n'])? {
         exprs.push(expression(piece, at)?);
     }
-    assemble(exprs, or_mode)
+    assemble(exprs, or_mode, true)
 }
 
 /// Parses LQL text into a selector (PROTOCOL-EXTENSIONS.md §3.3). Several
