@@ -1,5 +1,7 @@
 //! Compiling and evaluating selectors (PROTOCOL-EXTENSIONS.md §3.2).
 
+use std::borrow::Cow;
+
 use lockd_api::selector::{Bound, DateTerm, InTerm, RangeTerm, Selector, Term};
 use serde_json::Value;
 use time::{Duration, OffsetDateTime, UtcOffset};
@@ -329,11 +331,12 @@ fn eval(n: &Node, doc: &Value, now: OffsetDateTime) -> bool {
 }
 
 /// The text a candidate compares as; objects, arrays and null have none.
-fn candidate_text(v: &Value) -> Option<String> {
+fn candidate_text(v: &Value) -> Option<Cow<'_, str>> {
     match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+        Value::Bool(true) => Some(Cow::Borrowed("true")),
+        Value::Bool(false) => Some(Cow::Borrowed("false")),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
         _ => None,
     }
 }
@@ -371,12 +374,12 @@ fn test_value(test: &Test, v: &Value, now: OffsetDateTime) -> bool {
                 return false;
             };
             let hay = if *ignore_case {
-                text.to_lowercase()
+                Cow::Owned(text.to_lowercase())
             } else {
                 text
             };
             let hit = needles.iter().any(|n| match op {
-                TextOp::Eq => hay == *n,
+                TextOp::Eq => *hay == **n,
                 TextOp::Contains => hay.contains(n.as_str()),
                 TextOp::Prefix => hay.starts_with(n.as_str()),
             });
@@ -388,7 +391,7 @@ fn test_value(test: &Test, v: &Value, now: OffsetDateTime) -> bool {
                 None => false,
             }
         }
-        Test::In(items) => candidate_text(v).is_some_and(|t| items.contains(&t)),
+        Test::In(items) => candidate_text(v).is_some_and(|t| items.iter().any(|i| *i == *t)),
         Test::Numeric(bounds) => {
             let n = match v {
                 Value::Number(n) => n.as_f64(),
