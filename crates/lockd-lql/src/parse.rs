@@ -553,6 +553,12 @@ pub(crate) fn clause_path(path: &str, offset: usize) -> Result<(Vec<Step>, Op, u
         if word.is_empty() {
             continue;
         }
+        if steps.len() >= crate::MAX_DEPTH && Op::from_name(word).is_none() {
+            return err(
+                at,
+                format!("and/or/not nest deeper than {} levels", crate::MAX_DEPTH),
+            );
+        }
         match word.to_ascii_lowercase().as_str() {
             w @ ("and" | "or") => {
                 let mut n = None;

@@ -229,6 +229,10 @@ fn errors_carry_position_and_message() {
     fails("eq{f=\"/a\"x}", 9, "after a quoted value");
     fails("and.99999999999999999999999.eq{f=/a}", 4, "too large");
     fails("exists{/a,v=1}", 10, "does not take");
+    let deep = format!("{}exists{{/a}}", "not.".repeat(100_000));
+    fails(&deep, 4 * lockd_lql::MAX_DEPTH, "nest deeper");
+    let ok = format!("{}exists{{/a}}", "not.".repeat(lockd_lql::MAX_DEPTH));
+    assert!(lockd_lql::compile(&parse(&ok).unwrap()).is_ok());
 }
 
 #[test]
