@@ -1,0 +1,132 @@
+//! LQL — the lockd query language — for lockd in Rust
+//! (PROTOCOL-EXTENSIONS.md §3).
+//!
+//! A query carries a *selector*: the JSON AST [`Selector`] (defined in
+//! `lockd-api`). This crate evaluates it against JSON documents
+//! ([`compile`], [`Compiled::matches`]), checks the fields the server
+//! validates ([`validate_fields`]), reads and writes the text syntax
+//! ([`parse`], [`parse_or`], [`to_text`]) and reads the URL-parameter form
+//! ([`parse_query_params`]).
+//!
+//! # Semantics (§3.2)
+//!
+//! * Members of one selector object are ANDed; `and` needs all, `or` any —
+//!   and a non-empty `or` replaces every other member of its object; `not`
+//!   negates (`{"not":{}}` never matches). The empty selector matches every
+//!   document; a non-empty one only matches documents whose root is an object.
+//! * Fields are RFC 6901 JSON Pointers (`~1` is `/`, `~0` is `~`; `""` and `/`
+//!   are the root) with wildcards: `*` any object member, `[]` any array
+//!   element, `**` any immediate child, `...` any descendant at any depth
+//!   (including the value itself); `name[]` is `name/[]`. A numeric segment
+//!   only indexes arrays. Arrays are never expanded implicitly.
+//! * A clause matches when **any** value its path reaches satisfies it.
+//! * `eq`, `contains`, `icontains`, `prefix`, `iprefix`, `in` compare text:
+//!   strings as they are, booleans as `true`/`false`, numbers as written;
+//!   objects, arrays and null never match. `ignoreCase` (and the `i` forms)
+//!   compare case-insensitively; `any` lists alternatives. A term with
+//!   neither `value` nor `any` (or an empty value) only asks that the path
+//!   resolves to a non-null value, as does `exists`. `eq` also matches when
+//!   both sides are temporal literals naming the same instant; a date-only
+//!   value matches any timestamp on that UTC date.
+//! * Temporal literals: `YYYY-MM-DD`, RFC 3339 with or without a fraction,
+//!   and zone-less `YYYY-MM-DDTHH:MM:SS[.fraction]` read as UTC.
+//! * `range` compares numbers (and numeric strings) with numeric bounds, or
+//!   temporal strings with temporal bounds; bounds of both kinds in one term,
+//!   or a bound that is neither, never match. `date` compares temporal strings
+//!   with `value` (same date or instant), `since`/`gte`, `after`/`gt`,
+//!   `before`/`lt`, `lte`; its literals may also be `now`, `today` or
+//!   `yesterday` (UTC midnights), resolved against the `now` given to
+//!   [`Compiled::matches`]. An unreadable literal makes the clause never match.
+//!
+//! # Text syntax (§3.3)
+//!
+//! Expressions are separated by `,` or newlines outside quotes and braces;
+//! several are ANDed ([`parse_or`] ORs them).
+//!
+//! * Clauses: `op{key=value,…}` with `op` one of `eq`, `contains`,
+//!   `icontains`, `prefix`, `iprefix`, `range`, `date`, `in`, `exists`, and
+//!   keys `field` (`f`), `value` (`v`), `any` (`a`, values split on `|`),
+//!   `ignoreCase` (`ic`), `gte`, `gt`, `lte`, `lt`, and for `date` `since`,
+//!   `after` (`a`), `before` (`b`). `exists{/p}` takes the bare pointer.
+//! * Values may be quoted with `"` or `'` (`\"`, `\'`, `\\` escape inside);
+//!   unquoted numbers are numbers and unquoted `true`/`false` are the text
+//!   `"true"`/`"false"` (as in §3.4).
+//! * Composition: `not.`, `and.`, `or.` prefixes; `and.N.`/`or.N.` put
+//!   clauses with the same `N` in the same sub-selector; unnumbered ones
+//!   open a new one each. Top-level `or.` groups are ANDed with the rest.
+//! * Shorthand: `/p=v`, `/p==v`, `/p!=v`, `/p>n`, `/p>=n`, `/p<n`, `/p<=n`
+//!   (a comparison's value must be a number or a temporal literal).
+//!
+//! Errors are [`ParseError`]s with the byte offset and a message.
+//!
+//! ```
+//! use lockd_lql::{compile, parse, to_text};
+//! use serde_json::json;
+//!
+//! let sel = parse(r#"/status="open", /amount>=100, or.eq{f=/tags[],v=vip}, or.exists{/priority}"#)?;
+//! let matcher = compile(&sel)?;
+//! let now = time::OffsetDateTime::now_utc();
+//! assert!(matcher.matches(&json!({"status": "open", "amount": 150, "tags": ["vip"]}), now));
+//! assert!(!matcher.matches(&json!({"status": "open", "amount": 150, "tags": []}), now));
+//! assert!(!matcher.matches(&json!({"status": "open", "amount": 50, "priority": 1}), now));
+//!
+//! // The printed form reads back as the same selector.
+//! assert_eq!(parse(&to_text(&sel))?, sel);
+//!
+//! // Mistakes are reported with their position.
+//! let err = parse("/status=open, eq{f=/a,zz=1}").unwrap_err();
+//! assert_eq!(err.offset, 22);
+//! assert!(err.to_string().contains("does not take the key"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+
+mod eval;
+mod params;
+mod parse;
+mod path;
+mod temporal;
+
+pub use eval::{compile, validate_fields, Compiled, MAX_DEPTH};
+pub use lockd_api::selector::Selector;
+pub use params::parse_query_params;
+pub use parse::{parse, parse_or, to_text, ParseError};
+/// The clock type [`Compiled::matches`] takes (re-exported from `time`).
+pub use time::OffsetDateTime;
+
+use std::fmt;
+
+/// Why a selector cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LqlError {
+    /// A field that must be a JSON Pointer does not start with `/`.
+    FieldNotPointer(String),
+    /// A field is not a well-formed JSON Pointer.
+    InvalidPointer {
+        /// The field as given.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `and`/`or`/`not` nest deeper than this.
+    TooDeep(usize),
+}
+
+impl fmt::Display for LqlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LqlError::FieldNotPointer(field) => {
+                write!(
+                    f,
+                    "field {field:?} must be a JSON Pointer starting with '/'"
+                )
+            }
+            LqlError::InvalidPointer { field, reason } => {
+                write!(f, "field {field:?} is not a valid JSON Pointer: {reason}")
+            }
+            LqlError::TooDeep(n) => write!(f, "selector nests deeper than {n} levels"),
+        }
+    }
+}
+
+impl std::error::Error for LqlError {}
