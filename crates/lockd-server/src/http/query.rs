@@ -40,19 +40,6 @@ fn selector_error(detail: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidSelector, detail)
 }
 
-/// Checks every field pointer of a selector (§3.1): it must start with
-/// `/` (or be empty, the document root).
-fn check_fields(sel: &Selector) -> Result<(), ApiError> {
-    for f in sel.fields() {
-        if !f.is_empty() && !f.starts_with('/') {
-            return Err(selector_error(format!(
-                "field {f:?} is not a JSON Pointer (it must start with \"/\")"
-            )));
-        }
-    }
-    Ok(())
-}
-
 pub async fn query(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, body: Body) -> Res {
     let q = Query::parse(uri.query());
     let mut req: QueryRequest = read_json(body, app.json_max, QUERY_BODY).await?;
@@ -79,7 +66,7 @@ pub async fn query(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, b
         req.selector = Some(sel);
     }
     let selector = req.selector.unwrap_or_default();
-    check_fields(&selector)?;
+    lockd_lql::validate_fields(&selector).map_err(|e| selector_error(e.to_string()))?;
     let namespace = app.namespace_for(&req.namespace, &caller)?;
     let fields = q.get("fields").trim();
     if !fields.is_empty()
@@ -134,11 +121,11 @@ pub async fn query(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, b
     let filter: Option<DocFilter> = if selector.is_empty() {
         None
     } else {
-        // Placeholder until lockd-lql's evaluator is merged: equality on a
-        // top-level pointer only.
-        let sel = selector.clone();
+        let compiled = lockd_lql::compile(&selector).map_err(|e| selector_error(e.to_string()))?;
+        // One instant for the whole query (date macros).
+        let now = lockd_lql::OffsetDateTime::now_utc();
         Some(Arc::new(move |doc: &serde_json::Value| {
-            eval_stub(&sel, doc)
+            compiled.matches(doc, now)
         }))
     };
     let input = ScanInput {
@@ -152,17 +139,6 @@ pub async fn query(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, b
     match mode {
         ReturnMode::Keys => keys_answer(namespace, rx).await,
         ReturnMode::Documents => Ok(documents_answer(namespace, rx)),
-    }
-}
-
-fn eval_stub(sel: &Selector, doc: &serde_json::Value) -> bool {
-    match &sel.eq {
-        Some(t) => doc
-            .pointer(&t.field)
-            .map(lockd_api::selector::scalar_text)
-            .zip(t.value_text())
-            .is_some_and(|(a, b)| a == b),
-        None => true,
     }
 }
 
