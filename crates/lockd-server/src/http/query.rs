@@ -138,7 +138,7 @@ pub async fn query(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, b
     let rx = app.engine.scan(input);
     match mode {
         ReturnMode::Keys => keys_answer(namespace, rx).await,
-        ReturnMode::Documents => Ok(documents_answer(namespace, rx)),
+        ReturnMode::Documents => documents_answer(namespace, rx).await,
     }
 }
 
@@ -263,17 +263,29 @@ fn row(out: &mut BytesMut, namespace: &str, hit: &Hit) {
     out.put_slice(b"}\n");
 }
 
-fn documents_answer(namespace: String, rx: tokio::sync::mpsc::Receiver<ScanEvent>) -> Response {
+async fn documents_answer(
+    namespace: String,
+    mut rx: tokio::sync::mpsc::Receiver<ScanEvent>,
+) -> Res {
     struct St {
         rx: tokio::sync::mpsc::Receiver<ScanEvent>,
         namespace: String,
+        /// The event read before the answer started.
+        first: Option<ScanEvent>,
         /// Trailers to send after the last rows.
         trailers: Option<HeaderMap>,
         done: bool,
     }
+    // A failure before the first row is an ordinary error answer; after
+    // it, the status is out and the stream just ends.
+    let first = match rx.recv().await {
+        Some(ScanEvent::Failed(e)) => return Err(e.into()),
+        other => other,
+    };
     let start = St {
         rx,
         namespace,
+        first,
         trailers: None,
         done: false,
     };
@@ -288,7 +300,11 @@ fn documents_answer(namespace: String, rx: tokio::sync::mpsc::Receiver<ScanEvent
         let mut out = BytesMut::new();
         let mut rows = 0;
         loop {
-            match st.rx.recv().await {
+            let next = match st.first.take() {
+                Some(ev) => Some(ev),
+                None => st.rx.recv().await,
+            };
+            match next {
                 Some(ScanEvent::Hit(h)) => {
                     row(&mut out, &st.namespace, &h);
                     rows += 1;
@@ -335,7 +351,7 @@ fn documents_answer(namespace: String, rx: tokio::sync::mpsc::Receiver<ScanEvent
             "X-Lockd-Query-Cursor, X-Lockd-Query-Index-Seq, X-Lockd-Query-Metadata",
         ),
     );
-    resp
+    Ok(resp)
 }
 
 fn trailers_of(summary: &ScanSummary) -> HeaderMap {
