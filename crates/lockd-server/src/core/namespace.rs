@@ -24,6 +24,10 @@ use crate::storage::{Cond, Op};
 /// compare-and-swap to a concurrent update.
 const SAVE_RETRIES: u32 = 16;
 
+/// Most namespaces whose configuration is kept in memory; past it, reads
+/// of other namespaces go to the store (any name can be asked for).
+const MAX_CACHED: usize = 4096;
+
 /// A namespace's query engine preferences.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NamespaceConfig {
@@ -114,7 +118,7 @@ impl Engine {
             }
         }
         let (loaded, _) = self.load_namespace_config(namespace).await?;
-        if !self.cfg.shared {
+        if !self.cfg.shared && self.ns_configs.entries.len() < MAX_CACHED {
             // A save that finished meanwhile wins: only fill a gap.
             self.ns_configs
                 .entries
@@ -199,9 +203,10 @@ impl Engine {
                 .map_err(CoreError::from);
             match res {
                 Ok(_) => {
-                    self.ns_configs
-                        .entries
-                        .insert(namespace.to_string(), (config, Some(new_etag.clone())));
+                    let entries = &self.ns_configs.entries;
+                    if entries.contains_key(namespace) || entries.len() < MAX_CACHED {
+                        entries.insert(namespace.to_string(), (config, Some(new_etag.clone())));
+                    }
                     return Ok((config, new_etag));
                 }
                 // Another writer (another node) saved in between: with
@@ -340,6 +345,23 @@ mod tests {
             (c.preferred, c.fallback),
             (PreferredEngine::Index, FallbackEngine::Scan)
         );
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded_and_saves_stay_visible() {
+        let (e, _) = engine(false);
+        for i in 0..MAX_CACHED + 10 {
+            e.namespace_config(&format!("ns{i}")).await.unwrap();
+        }
+        assert_eq!(e.ns_configs.entries.len(), MAX_CACHED);
+        let late = format!("ns{}", MAX_CACHED + 5);
+        let (_, etag) = e
+            .update_namespace_config(&late, &update("scan", "", ""))
+            .await
+            .unwrap();
+        assert_eq!(e.ns_configs.entries.len(), MAX_CACHED);
+        let (c, seen) = e.namespace_config(&late).await.unwrap();
+        assert_eq!((c.preferred, seen), (PreferredEngine::Scan, Some(etag)));
     }
 
     #[tokio::test]
