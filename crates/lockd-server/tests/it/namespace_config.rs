@@ -3,6 +3,7 @@
 //! `POST`/`PUT /v1/namespace` in its documented order, the built-in
 //! default without an ETag, saves with fresh ETags, `If-Match`, the `PUT`
 //! alias, the `405` with `Allow`, persistence across a restart on disk://,
+//! saves on a shared s3:// store read back by a second server,
 //! and the `rw` permission under mTLS.
 
 use std::collections::BTreeSet;
@@ -386,4 +387,44 @@ async fn mtls_needs_read_and_write_permission() {
         (403, Some("namespace_forbidden"))
     );
     server.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// s3:// (a shared store: every read goes to the store).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn saves_and_if_match_on_s3() {
+    let Some(s3) = lockd_testkit::cluster::ensure_s3() else {
+        eprintln!("SKIPPED: s3 backend (LOCKD_TEST_S3_AUTO=0)");
+        return;
+    };
+    // nextest runs every test in a process of its own; the server (the
+    // only reader) starts after this.
+    std::env::set_var("LOCKD_S3_ACCESS_KEY_ID", &s3.access_key_id);
+    std::env::set_var("LOCKD_S3_SECRET_ACCESS_KEY", &s3.secret_access_key);
+    let store = s3.store_url(&lockd_testkit::unique("nsconfig"));
+    let cfg = |store: &str| ServerConfig {
+        listen: "127.0.0.1:0".into(),
+        store: store.to_string(),
+        ..Default::default()
+    };
+    let a = TestServer::from_config(cfg(&store), None).await;
+    assert_eq!(ok(get(&a, "orders").await).await.1, None);
+    let r = post(&a, "orders", config("", "scan", ""), Some("nope")).await;
+    assert_error(r, 409, "namespace_config_conflict").await;
+    let (v, e1) = ok(post(&a, "orders", config("", "scan", ""), None).await).await;
+    assert_eq!(v, config("orders", "scan", "none"));
+    let e1 = e1.unwrap();
+    let (_, e2) = ok(post(&a, "orders", config("", "", "scan"), Some(&e1)).await).await;
+    let r = post(&a, "orders", config("", "index", ""), Some(&e1)).await;
+    assert_error(r, 409, "namespace_config_conflict").await;
+    let (v, seen) = ok(get(&a, "orders").await).await;
+    assert_eq!(v, config("orders", "scan", "scan"));
+    assert_eq!(seen, e2);
+    // A second server on the same bucket and prefix reads the same.
+    a.shutdown().await;
+    let b = TestServer::from_config(cfg(&store), None).await;
+    let (v, seen) = ok(get(&b, "orders").await).await;
+    assert_eq!(v, config("orders", "scan", "scan"));
+    assert_eq!(seen, e2);
 }
