@@ -40,3 +40,6 @@ pub const ATTACHMENT_CREATED_AT: &str = "x-attachment-created-at";
 pub const ATTACHMENT_UPDATED_AT: &str = "x-attachment-updated-at";
 /// SHA-256 of the payload, lowercase hex (download).
 pub const ATTACHMENT_SHA256: &str = "x-attachment-sha256";
+/// CAS guard on a namespace configuration's ETag (`POST /v1/namespace`;
+/// quotes around the value are ignored).
+pub const IF_MATCH: &str = "if-match";
