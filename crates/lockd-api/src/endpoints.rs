@@ -202,8 +202,12 @@ table! {
     ATTACHMENTS = 23: "/v1/attachments", Lock, Any, "attachments" ["GET", "POST", "DELETE"] allow_header: false;
     /// `GET` (download), `DELETE` (delete one) `/v1/attachment`.
     ATTACHMENT = 24: "/v1/attachment", Lock, Any, "attachment" ["GET", "DELETE"] allow_header: false;
+    /// `GET` (read), `POST` (update) `/v1/namespace`: a namespace's query
+    /// engine preferences; `PUT` is an alias of `POST` (liblockdc sends
+    /// it). Both need read and write permission (`rw`), even for reading.
+    NAMESPACE = 25: "/v1/namespace", Other, Write, "namespace" ["GET", "POST", "PUT"] allow_header: true;
     /// `POST /v1/query`: keys or documents matching a selector.
-    QUERY = 25: "/v1/query", Lock, Read, "query";
+    QUERY = 26: "/v1/query", Lock, Read, "query";
 }
 
 #[cfg(test)]
@@ -247,5 +251,6 @@ mod tests {
         assert!(ATTACHMENTS.methods.allows("DELETE") && !ATTACHMENTS.methods.allows("PUT"));
         assert!(ATTACHMENT.methods.allows("GET") && !ATTACHMENT.methods.allows("POST"));
         assert_eq!(ACQUIRE.methods, Methods::Any);
+        assert!(NAMESPACE.methods.allows("PUT") && !NAMESPACE.methods.allows("DELETE"));
     }
 }

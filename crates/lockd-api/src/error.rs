@@ -165,6 +165,11 @@ codes! {
     AttachmentTooLarge = ("attachment_too_large", 413),
     /// No such attachment in the caller's view.
     AttachmentNotFound = ("attachment_not_found", 404),
+    /// `POST /v1/namespace` without a `query` object.
+    InvalidNamespaceRequest = ("invalid_namespace_request", 400),
+    /// `If-Match` on `POST /v1/namespace` differs from the stored
+    /// configuration's ETag (or none was ever stored).
+    NamespaceConfigConflict = ("namespace_config_conflict", 409),
     /// Multipart body could not be parsed.
     MultipartError = ("multipart_error", 400),
     /// Client certificate lacks the permission.

@@ -48,3 +48,6 @@ pub const QUERY_CURSOR: &str = "x-lockd-query-cursor";
 pub const QUERY_INDEX_SEQ: &str = "x-lockd-query-index-seq";
 /// A query's metadata as compact JSON (documents mode: a trailer).
 pub const QUERY_METADATA: &str = "x-lockd-query-metadata";
+/// CAS guard on a namespace configuration's ETag (`POST /v1/namespace`;
+/// quotes around the value are ignored).
+pub const IF_MATCH: &str = "if-match";

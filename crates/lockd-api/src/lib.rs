@@ -22,6 +22,7 @@ pub mod endpoints;
 pub mod error;
 pub mod headers;
 pub mod names;
+pub mod namespace;
 pub mod query;
 pub mod queue;
 pub mod selector;

@@ -24,6 +24,8 @@
 //!   gracefully;
 //! * [`Client::queue_stats`] and [`Client::watch_queue`] (a [`QueueWatch`]
 //!   stream of head changes) to look at a queue without consuming it;
+//! * [`Client::namespace_config`] and [`Client::update_namespace_config`]:
+//!   a namespace's query engine preferences, with ETag/`If-Match`;
 //! * [`correlation`]: ids that follow work through every request;
 //! * [`Error`]: one error type, with the server's error code and hints.
 //!
@@ -306,6 +308,7 @@ mod error;
 #[cfg(feature = "inprocess")]
 pub mod inprocess;
 mod lease;
+mod namespace;
 mod queue;
 mod sse;
 mod tls;
@@ -326,6 +329,7 @@ pub use lockd_api as api;
 /// A client bundle (CA certificate, client certificate and key) for
 /// `https://` endpoints; see [`ClientBuilder::bundle`].
 pub use lockd_tls::ClientBundle;
+pub use namespace::NamespaceConfig;
 pub use queue::{DequeueOptions, EnqueueOptions, QueueMessage};
 pub use tls::{default_config_dir, discover_client_bundle};
 pub use transport::Endpoint;

@@ -236,6 +236,82 @@ pub enum ClientCommand {
     /// Example: lockd client attachments put invoice.pdf --content-type application/pdf
     #[command(subcommand, visible_alias = "attachment")]
     Attachments(AttachmentsCommand),
+    /// Namespace configuration: the query engines of the namespace (-n).
+    ///
+    /// Example: lockd client namespace set -n orders --fallback scan
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
+}
+
+/// `lockd client namespace …`: prints the configuration as JSON
+/// (`namespace`, `query`, and its `etag` once one was saved).
+#[derive(Debug, Subcommand)]
+pub enum NamespaceCommand {
+    /// Print the configuration of the namespace (-n, else the server's
+    /// default).
+    ///
+    /// Example: lockd client namespace get -n orders
+    Get,
+    /// Change the configuration; an engine not given stays as it is.
+    ///
+    /// Examples:
+    ///   lockd client namespace set -n orders --preferred scan
+    ///   lockd client namespace set -n orders --fallback none --if-match 0196…
+    #[command(verbatim_doc_comment)]
+    Set {
+        /// The engine queries use first: index or scan.
+        #[arg(long, value_parser = ["index", "scan"])]
+        preferred: Option<String>,
+        /// What queries may fall back to: scan or none.
+        #[arg(long, value_parser = ["scan", "none"])]
+        fallback: Option<String>,
+        /// Only if the configuration's ETag is still this (exit code 3 if
+        /// not, also when the namespace was never configured).
+        #[arg(long)]
+        if_match: Option<String>,
+    },
+}
+
+async fn namespace_command(
+    client: &Client,
+    conn: &Conn,
+    cmd: NamespaceCommand,
+) -> Result<(), Error> {
+    use lockd_client::api::namespace::{FallbackEngine, PreferredEngine};
+    let cfg = match cmd {
+        NamespaceCommand::Get => client.namespace_config(&conn.namespace).await?,
+        NamespaceCommand::Set {
+            preferred,
+            fallback,
+            if_match,
+        } => {
+            if preferred.is_none() && fallback.is_none() {
+                return Err(Error::InvalidArgument(
+                    "namespace set: give --preferred and/or --fallback".into(),
+                ));
+            }
+            client
+                .update_namespace_config(
+                    &conn.namespace,
+                    preferred.as_deref().and_then(PreferredEngine::parse),
+                    fallback.as_deref().and_then(FallbackEngine::parse),
+                    if_match.as_deref(),
+                )
+                .await?
+        }
+    };
+    let mut out = serde_json::json!({
+        "namespace": cfg.namespace,
+        "query": {
+            "preferred_engine": cfg.preferred_engine.as_str(),
+            "fallback_engine": cfg.fallback_engine.as_str(),
+        },
+    });
+    if let (Some(etag), Some(obj)) = (cfg.etag, out.as_object_mut()) {
+        obj.insert("etag".into(), serde_json::Value::String(etag));
+    }
+    println!("{out}");
+    Ok(())
 }
 
 /// A lease from the environment, or `--public` (committed data, no lease).
@@ -1339,6 +1415,7 @@ async fn command(client: &Client, conn: &Conn, cmd: ClientCommand) -> Result<(),
         }
         ClientCommand::Queue(q) => queue_command(client, conn, q).await,
         ClientCommand::Attachments(a) => attachments_command(client, conn, a).await,
+        ClientCommand::Namespace(n) => namespace_command(client, conn, n).await,
         ClientCommand::Describe { key } => {
             let d = client.describe(&conn.namespace, &key).await?;
             println!("{}", serde_json::to_string(&d).unwrap_or_default());

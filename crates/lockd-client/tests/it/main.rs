@@ -10,6 +10,7 @@ mod errors;
 mod failover;
 mod leases;
 mod mtls;
+mod namespace_config;
 mod queue;
 mod queue_parity;
 mod smoke;

@@ -7,6 +7,7 @@ pub mod clock;
 mod error;
 mod key_entry;
 mod lease;
+pub mod namespace;
 pub mod query;
 pub mod queue;
 pub mod record;
@@ -21,6 +22,7 @@ use dashmap::DashMap;
 pub use clock::{Clock, ManualClock};
 pub use error::{CoreError, CoreResult};
 pub use lease::{AcquireInput, KeepAliveInput, ReleaseInput};
+pub use namespace::{NamespaceConfig, NamespaceUpdate};
 pub use state::{Document, LeaseRef, MetadataInput, RemoveInput, UpdateInput};
 
 use crate::storage::Store;
@@ -87,6 +89,8 @@ pub struct Engine {
     /// Attachment uploads streaming right now (the orphan sweeper skips
     /// them).
     in_flight: attachments::InFlight,
+    /// Namespace configurations read or saved (see `namespace.rs`).
+    ns_configs: namespace::ConfigCache,
 }
 
 /// The highest fencing token a stored object records, if it is one of the
@@ -124,6 +128,7 @@ impl Engine {
             next_waiter: AtomicU64::new(1),
             fencing_floor,
             in_flight: attachments::InFlight::default(),
+            ns_configs: namespace::ConfigCache::default(),
         })
     }
 

@@ -10,6 +10,7 @@ pub(crate) mod guard;
 mod lease;
 pub(crate) mod linger;
 mod multipart;
+mod namespace;
 mod query;
 mod queue;
 mod respond;
@@ -179,6 +180,7 @@ fn handlers() -> Vec<(Endpoint, MethodRouter<Shared>)> {
         (ep::QUEUE_DLQ_REDRIVE, any(queue::dlq_redrive)),
         (ep::ATTACHMENTS, any(attachments::attachments)),
         (ep::ATTACHMENT, any(attachments::attachment)),
+        (ep::NAMESPACE, any(namespace::namespace)),
         (ep::QUERY, any(query::query)),
     ]
 }

@@ -11,6 +11,7 @@ mod interop;
 mod leases;
 mod metrics;
 mod mtls;
+mod namespace_config;
 mod qrf;
 mod queue;
 mod queue_stateful;

@@ -10,6 +10,7 @@ mod binary;
 mod cli;
 mod cli_attachments;
 mod cli_mtls;
+mod cli_namespace;
 mod cluster;
 mod crash_loop;
 mod drain;

@@ -1,0 +1,6 @@
+//! The integration tests of `lockd-lql`, linked as one test binary (one
+//! module per area), as in every crate of the workspace.
+
+mod eval;
+mod params;
+mod text;
