@@ -13,18 +13,58 @@ use axum::response::Response;
 use bytes::{BufMut, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use http_body::Frame;
-use lockd_api::query::{QueryKeysResponse, QueryRequest, ReturnMode, DEFAULT_LIMIT, MAX_LIMIT};
+use lockd_api::namespace::{FallbackEngine, PreferredEngine};
+use lockd_api::query::{
+    EngineHint, QueryKeysResponse, QueryRequest, ReturnMode, DEFAULT_LIMIT, MAX_LIMIT,
+};
 use lockd_api::selector::Selector;
 use lockd_api::{headers, ErrorCode};
 
 use super::decode::{read_json, Decode, Query, Unknown};
 use super::{respond, ApiError, AppState, Caller};
+use crate::core::namespace::NamespaceConfig;
 use crate::core::query::{DocFilter, Hit, ScanEvent, ScanInput, ScanSummary};
 
 type Res = Result<Response, ApiError>;
 
-/// Scan cursors: this prefix and the last key, base64url without padding.
-const SCAN_CURSOR: &str = "scanv1:";
+/// The engine a query runs on, once the hint met the namespace's config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolved {
+    Index,
+    Scan,
+}
+
+impl Resolved {
+    /// Cursors: this prefix and the last key, base64url without padding.
+    fn cursor_prefix(self) -> &'static str {
+        match self {
+            Resolved::Index => "indexv1:",
+            Resolved::Scan => "scanv1:",
+        }
+    }
+}
+
+/// Resolves the `engine` hint against the namespace's preferences
+/// (PROTOCOL-EXTENSIONS.md §4.2).
+fn resolve(hint: EngineHint, cfg: &NamespaceConfig) -> Result<Resolved, ApiError> {
+    let scan_allowed =
+        cfg.preferred == PreferredEngine::Scan || cfg.fallback == FallbackEngine::Scan;
+    let unavailable = |what: &str| {
+        ApiError::new(
+            ErrorCode::QueryEngineUnavailable,
+            format!("{what} engine disabled for namespace"),
+        )
+    };
+    match hint {
+        EngineHint::Auto if cfg.preferred == PreferredEngine::Index => Ok(Resolved::Index),
+        EngineHint::Auto if scan_allowed => Ok(Resolved::Scan),
+        EngineHint::Auto => Err(unavailable("query")),
+        EngineHint::Index if cfg.preferred == PreferredEngine::Index => Ok(Resolved::Index),
+        EngineHint::Index => Err(unavailable("index")),
+        EngineHint::Scan if scan_allowed => Ok(Resolved::Scan),
+        EngineHint::Scan => Err(unavailable("scan")),
+    }
+}
 
 /// Rows written between flushes of a documents stream.
 const FLUSH_EVERY: usize = 16;
@@ -65,6 +105,17 @@ pub async fn query(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, b
             .map_err(|e| selector_error(format!("selector parameter: {e}")))?;
         req.selector = Some(sel);
     }
+    // With no selector in the parameters or the body, the URL's clause
+    // parameters (`?eq{field=/s,value=v}`, `?eq.field=/s&eq.value=v`) are
+    // one.
+    if req.selector.as_ref().is_none_or(Selector::is_empty) {
+        let pairs = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes());
+        if let Some(sel) =
+            lockd_lql::parse_query_params(pairs).map_err(|e| selector_error(e.to_string()))?
+        {
+            req.selector = Some(sel);
+        }
+    }
     let selector = req.selector.unwrap_or_default();
     lockd_lql::validate_fields(&selector).map_err(|e| selector_error(e.to_string()))?;
     let namespace = app.namespace_for(&req.namespace, &caller)?;
@@ -80,7 +131,7 @@ pub async fn query(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, b
             "fields must be a JSON object",
         ));
     }
-    let hint = lockd_api::query::EngineHint::parse(q.get("engine")).ok_or_else(|| {
+    let hint = EngineHint::parse(q.get("engine")).ok_or_else(|| {
         ApiError::new(
             ErrorCode::InvalidEngine,
             format!("unknown engine {:?}", q.get("engine")),
@@ -106,14 +157,9 @@ pub async fn query(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, b
             ))
         }
     }
-    // Work in progress: only the scan engine exists on this branch.
-    if hint == lockd_api::query::EngineHint::Index {
-        return Err(ApiError::new(
-            ErrorCode::QueryEngineUnavailable,
-            "index engine disabled for namespace",
-        ));
-    }
-    let after = decode_cursor(&req.cursor)?;
+    let (cfg, _) = app.engine.namespace_config(&namespace).await?;
+    let engine = resolve(hint, &cfg)?;
+    let after = decode_cursor(engine, &req.cursor)?;
     let limit = match req.limit {
         n if n <= 0 => DEFAULT_LIMIT,
         n => n.min(MAX_LIMIT),
@@ -137,24 +183,28 @@ pub async fn query(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, b
     };
     let rx = app.engine.scan(input);
     match mode {
-        ReturnMode::Keys => keys_answer(namespace, rx).await,
-        ReturnMode::Documents => documents_answer(namespace, rx).await,
+        ReturnMode::Keys => keys_answer(engine, namespace, rx).await,
+        ReturnMode::Documents => documents_answer(engine, namespace, rx).await,
     }
 }
 
-fn decode_cursor(raw: &str) -> Result<Option<String>, ApiError> {
+fn decode_cursor(engine: Resolved, raw: &str) -> Result<Option<String>, ApiError> {
     let raw = raw.trim();
     if raw.is_empty() {
         return Ok(None);
     }
     let bad = || ApiError::new(ErrorCode::InvalidCursor, "invalid cursor");
-    let encoded = raw.strip_prefix(SCAN_CURSOR).ok_or_else(bad)?;
+    let encoded = raw.strip_prefix(engine.cursor_prefix()).ok_or_else(bad)?;
     let bytes = base64url_decode(encoded).ok_or_else(bad)?;
     String::from_utf8(bytes).map(Some).map_err(|_| bad())
 }
 
-fn encode_cursor(key: &str) -> String {
-    format!("{SCAN_CURSOR}{}", base64url_encode(key.as_bytes()))
+fn encode_cursor(engine: Resolved, key: &str) -> String {
+    format!(
+        "{}{}",
+        engine.cursor_prefix(),
+        base64url_encode(key.as_bytes())
+    )
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -198,8 +248,13 @@ fn base64url_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn metadata(summary: &ScanSummary, documents: bool) -> BTreeMap<String, String> {
+fn metadata(engine: Resolved, summary: &ScanSummary, documents: bool) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
+    if engine == Resolved::Index {
+        // Index queries are answered from committed documents, which are
+        // always up to date: nothing is ever pending.
+        m.insert("index_pending".to_string(), "false".to_string());
+    }
     if documents {
         for (k, v) in [
             ("query_candidates_seen", summary.seen),
@@ -214,7 +269,11 @@ fn metadata(summary: &ScanSummary, documents: bool) -> BTreeMap<String, String> 
     m
 }
 
-async fn keys_answer(namespace: String, mut rx: tokio::sync::mpsc::Receiver<ScanEvent>) -> Res {
+async fn keys_answer(
+    engine: Resolved,
+    namespace: String,
+    mut rx: tokio::sync::mpsc::Receiver<ScanEvent>,
+) -> Res {
     let mut keys = Vec::new();
     let summary = loop {
         match rx.recv().await {
@@ -235,10 +294,10 @@ async fn keys_answer(namespace: String, mut rx: tokio::sync::mpsc::Receiver<Scan
         cursor: summary
             .next_after
             .as_deref()
-            .map(encode_cursor)
+            .map(|k| encode_cursor(engine, k))
             .unwrap_or_default(),
         index_seq: 0,
-        metadata: metadata(&summary, false),
+        metadata: metadata(engine, &summary, false),
     };
     let mut resp = respond::json(StatusCode::OK, &body);
     respond::set_str(&mut resp, headers::QUERY_RETURN, ReturnMode::Keys.as_str());
@@ -264,6 +323,7 @@ fn row(out: &mut BytesMut, namespace: &str, hit: &Hit) {
 }
 
 async fn documents_answer(
+    engine: Resolved,
     namespace: String,
     mut rx: tokio::sync::mpsc::Receiver<ScanEvent>,
 ) -> Res {
@@ -289,7 +349,7 @@ async fn documents_answer(
         trailers: None,
         done: false,
     };
-    let frames = futures_util::stream::unfold(start, |mut st| async move {
+    let frames = futures_util::stream::unfold(start, move |mut st| async move {
         if let Some(t) = st.trailers.take() {
             st.done = true;
             return Some((Ok::<_, Infallible>(Frame::trailers(t)), st));
@@ -313,7 +373,7 @@ async fn documents_answer(
                     }
                 }
                 Some(ScanEvent::Done(summary)) => {
-                    let t = trailers_of(&summary);
+                    let t = trailers_of(engine, &summary);
                     if out.is_empty() {
                         st.done = true;
                         return Some((Ok(Frame::trailers(t)), st));
@@ -354,14 +414,14 @@ async fn documents_answer(
     Ok(resp)
 }
 
-fn trailers_of(summary: &ScanSummary) -> HeaderMap {
+fn trailers_of(engine: Resolved, summary: &ScanSummary) -> HeaderMap {
     let mut h = HeaderMap::new();
     if let Some(after) = &summary.next_after {
-        if let Ok(v) = HeaderValue::from_str(&encode_cursor(after)) {
+        if let Ok(v) = HeaderValue::from_str(&encode_cursor(engine, after)) {
             h.insert(HeaderName::from_static(headers::QUERY_CURSOR), v);
         }
     }
-    let meta = serde_json::to_string(&metadata(summary, true)).unwrap_or_default();
+    let meta = serde_json::to_string(&metadata(engine, summary, true)).unwrap_or_default();
     if let Ok(v) = HeaderValue::from_str(&meta) {
         h.insert(HeaderName::from_static(headers::QUERY_METADATA), v);
     }
@@ -374,13 +434,56 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_refuse_foreign_ones() {
-        for key in ["", "a", "ab", "abc", "orders/2", "ü/ß"] {
-            let c = encode_cursor(key);
-            assert_eq!(decode_cursor(&c).unwrap().as_deref(), Some(key), "{key}");
+        for engine in [Resolved::Index, Resolved::Scan] {
+            for key in ["", "a", "ab", "abc", "orders/2", "ü/ß"] {
+                let c = encode_cursor(engine, key);
+                let back = decode_cursor(engine, &c).unwrap();
+                assert_eq!(back.as_deref(), Some(key), "{key}");
+            }
         }
-        assert_eq!(encode_cursor("orders/2"), "scanv1:b3JkZXJzLzI");
-        assert!(decode_cursor("indexv1:b3JkZXJzLzI").is_err());
-        assert!(decode_cursor("scanv1:***").is_err());
-        assert!(decode_cursor("scanv1:b").is_err());
+        assert_eq!(
+            encode_cursor(Resolved::Scan, "orders/2"),
+            "scanv1:b3JkZXJzLzI"
+        );
+        assert_eq!(
+            encode_cursor(Resolved::Index, "orders/2"),
+            "indexv1:b3JkZXJzLzI"
+        );
+        assert!(decode_cursor(Resolved::Scan, "indexv1:b3JkZXJzLzI").is_err());
+        assert!(decode_cursor(Resolved::Index, "scanv1:b3JkZXJzLzI").is_err());
+        assert!(decode_cursor(Resolved::Scan, "scanv1:***").is_err());
+        assert!(decode_cursor(Resolved::Scan, "scanv1:b").is_err());
+    }
+
+    #[test]
+    fn engines_resolve_as_the_protocol_table_says() {
+        let cfg = |p, f| NamespaceConfig {
+            preferred: p,
+            fallback: f,
+        };
+        use FallbackEngine as F;
+        use PreferredEngine as P;
+        let default = cfg(P::Index, F::None);
+        assert_eq!(
+            resolve(EngineHint::Auto, &default).unwrap(),
+            Resolved::Index
+        );
+        assert_eq!(
+            resolve(EngineHint::Index, &default).unwrap(),
+            Resolved::Index
+        );
+        assert!(resolve(EngineHint::Scan, &default).is_err());
+        let with_fallback = cfg(P::Index, F::Scan);
+        assert_eq!(
+            resolve(EngineHint::Scan, &with_fallback).unwrap(),
+            Resolved::Scan
+        );
+        assert_eq!(
+            resolve(EngineHint::Auto, &with_fallback).unwrap(),
+            Resolved::Index
+        );
+        let scan = cfg(P::Scan, F::None);
+        assert_eq!(resolve(EngineHint::Auto, &scan).unwrap(), Resolved::Scan);
+        assert!(resolve(EngineHint::Index, &scan).is_err());
     }
 }

@@ -298,7 +298,7 @@ struct Guarded<T> {
 }
 
 /// The paths whose answers end with HTTP/1.1 trailers.
-const TRAILER_PATHS: &[&str] = &["/v1/query"];
+const TRAILER_PATHS: &[&str] = &[lockd_api::endpoints::QUERY.path];
 
 /// A request head with `te: trailers` added after its request line, if
 /// `head` starts with a complete request line for one of

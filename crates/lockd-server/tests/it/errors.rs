@@ -1011,7 +1011,7 @@ async fn unknown_paths_are_plain_text_404() {
         "/v1/acquire/",
         "/V1/ACQUIRE",
         "/v1",
-        "/v1/query",
+        "/v1/query/",
         "/healthz/x",
         "/v1/queue/enqueue2",
         "/",

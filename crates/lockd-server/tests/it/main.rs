@@ -13,6 +13,7 @@ mod metrics;
 mod mtls;
 mod namespace_config;
 mod qrf;
+mod query;
 mod queue;
 mod queue_stateful;
 mod queue_stress;
