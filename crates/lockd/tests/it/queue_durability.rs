@@ -334,13 +334,15 @@ fn proc_status_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} not in /proc/{pid}/status"))
 }
 
-/// (d) A 50 MB payload is streamed through the server, not buffered: the
+/// (d) A 90 MiB payload is streamed through the server, not buffered: the
 /// server's peak RSS (VmHWM) while it enqueues and delivers the payload
-/// stays well below the payload size.
+/// stays well below the payload size. (The server's fixed overhead for
+/// such a transfer is about 25–35 MB on a debug build, whatever the size;
+/// a buffered payload would add at least its own 90 MiB.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn large_payload_is_streamed_not_buffered() {
-    const LEN: usize = 50 * 1024 * 1024;
-    const SLACK_KB: u64 = 40 * 1024;
+    const LEN: usize = 90 * 1024 * 1024;
+    const SLACK_KB: u64 = 60 * 1024;
     let dir = tempfile::tempdir().unwrap();
     let srv = lockd(dir.path()).start();
     let pid = srv.pid();
@@ -359,7 +361,7 @@ async fn large_payload_is_streamed_not_buffered() {
             Duration::from_secs(120),
         )
         .await
-        .expect("enqueue 50 MB");
+        .expect("enqueue the large payload");
     assert_eq!(enq["payload_bytes"], LEN as u64);
     let after_enqueue = proc_status_kb(pid, "VmHWM:");
 
