@@ -449,14 +449,6 @@ pub fn parse_go_bool(s: &str) -> Option<bool> {
     }
 }
 
-/// The protocol's lenient truthiness for `public=`: 1, true, on, yes.
-pub fn truthy(s: &str) -> bool {
-    matches!(
-        s.trim().to_ascii_lowercase().as_str(),
-        "1" | "true" | "on" | "yes"
-    )
-}
-
 /// Whether `s` is an xid: 20 characters of lowercase base32hex.
 pub fn is_xid(s: &str) -> bool {
     s.len() == 20

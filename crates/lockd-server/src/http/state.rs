@@ -7,6 +7,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
 use http::{header::CONTENT_TYPE, HeaderMap, HeaderValue, StatusCode, Uri};
+use lockd_api::attachments::query_flag;
 use lockd_api::endpoints::Permission;
 use lockd_api::{
     headers, DescribeResponse, ErrorCode, MetadataAttributes, MetadataRequest, MetadataResponse,
@@ -15,7 +16,7 @@ use lockd_api::{
 use sha2::{Digest, Sha256};
 
 use super::decode::{
-    header, int_header, opt_int_header, parse_go_bool, read_body, read_json, truthy, Decode, Query,
+    header, int_header, opt_int_header, parse_go_bool, read_body, read_json, Decode, Query,
 };
 use super::{required_key, respond, ApiError, AppState, Caller};
 use crate::core::{Document, LeaseRef, MetadataInput, RemoveInput, UpdateInput};
@@ -87,7 +88,7 @@ pub async fn get(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, h: 
         ));
     }
     let lease_id = header(&h, headers::LEASE_ID);
-    let public = truthy(q.get("public")) && lease_id.is_none();
+    let public = query_flag(q.get("public")) && lease_id.is_none();
     let token = if public {
         None
     } else {
