@@ -208,6 +208,9 @@ table! {
     NAMESPACE = 25: "/v1/namespace", Other, Write, "namespace" ["GET", "POST", "PUT"] allow_header: true;
     /// `POST /v1/query`: keys or documents matching a selector.
     QUERY = 26: "/v1/query", Lock, Read, "query";
+    /// `POST /v1/index/flush`: bring a namespace's index up to date (read
+    /// and write permission).
+    INDEX_FLUSH = 27: "/v1/index/flush", Other, Write, "index.flush" ["POST"] allow_header: true;
 }
 
 #[cfg(test)]

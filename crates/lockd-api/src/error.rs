@@ -157,6 +157,12 @@ codes! {
     QueryEngineUnavailable = ("query_engine_unavailable", 400),
     /// A query cursor is malformed or from the other engine.
     InvalidCursor = ("invalid_cursor", 400),
+    /// The server has no index (never sent by this server).
+    IndexUnavailable = ("index_unavailable", 501),
+    /// An index flush `mode` is not `wait`, `sync` or `async`.
+    InvalidMode = ("invalid_mode", 400),
+    /// Asynchronous index flushes are running for too many namespaces.
+    IndexFlushBusy = ("index_flush_busy", 409),
     /// No attachment name (upload), or neither id nor name (get, delete).
     MissingAttachment = ("missing_attachment", 400),
     /// `max_bytes` is not an integer ≥ 0.

@@ -149,6 +149,85 @@ pub struct DocumentRow {
     pub doc: serde_json::Value,
 }
 
+/// Largest `POST /v1/index/flush` body (8 KiB).
+pub const FLUSH_BODY_LIMIT: u64 = 8 << 10;
+
+/// `POST /v1/index/flush` body (strict; may be empty). The `namespace`
+/// and `mode` query parameters win over it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IndexFlushRequest {
+    /// Namespace whose index to flush.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// `wait` (also `sync`, and the default) or `async`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub mode: String,
+}
+
+/// How an index flush is carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushMode {
+    /// Answer `200` once the index is up to date.
+    Wait,
+    /// Answer `202` at once; the flush runs in the background.
+    Async,
+}
+
+impl FlushMode {
+    /// Parses a `mode` value, case-insensitively: `""`, `wait` and `sync`
+    /// are [`FlushMode::Wait`], `async` is [`FlushMode::Async`].
+    ///
+    /// ```
+    /// use lockd_api::query::FlushMode;
+    /// assert_eq!(FlushMode::parse(" SYNC "), Some(FlushMode::Wait));
+    /// assert_eq!(FlushMode::parse("async"), Some(FlushMode::Async));
+    /// assert_eq!(FlushMode::parse("later"), None);
+    /// ```
+    pub fn parse(raw: &str) -> Option<FlushMode> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "" | "wait" | "sync" => Some(FlushMode::Wait),
+            "async" => Some(FlushMode::Async),
+            _ => None,
+        }
+    }
+
+    /// The `mode` echoed in the response.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlushMode::Wait => "wait",
+            FlushMode::Async => "async",
+        }
+    }
+}
+
+/// `POST /v1/index/flush` answer: `200` for `wait`, `202` for `async`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexFlushResponse {
+    /// The namespace, normalised.
+    #[serde(default)]
+    pub namespace: String,
+    /// `wait` or `async`.
+    #[serde(default)]
+    pub mode: String,
+    /// The request was accepted.
+    #[serde(default)]
+    pub accepted: bool,
+    /// The index was brought up to date before the answer (`wait`).
+    #[serde(default)]
+    pub flushed: bool,
+    /// Changes remain that the index has not taken in yet.
+    #[serde(default)]
+    pub pending: bool,
+    /// The index's sequence number after the flush (absent when 0).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub index_seq: u64,
+    /// Names an asynchronous flush; a second request while it runs gets
+    /// the same id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub flush_id: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +253,20 @@ mod tests {
         assert_eq!(ReturnMode::parse("rows"), None);
         assert_eq!(EngineHint::parse("Index"), Some(EngineHint::Index));
         assert_eq!(EngineHint::parse("fast"), None);
+    }
+
+    #[test]
+    fn flush_answers_keep_their_fields() {
+        let r = IndexFlushResponse {
+            namespace: "default".into(),
+            mode: "wait".into(),
+            accepted: true,
+            flushed: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"namespace":"default","mode":"wait","accepted":true,"flushed":true,"pending":false}"#
+        );
     }
 }
