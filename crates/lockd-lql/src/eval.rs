@@ -21,7 +21,7 @@ pub struct Compiled {
 }
 
 #[derive(Debug, Clone)]
-enum Node {
+pub(crate) enum Node {
     /// Any of these (a non-empty `or`, which replaces the other members).
     Or(Vec<Node>),
     /// All of these (an empty list matches everything).
@@ -31,14 +31,14 @@ enum Node {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum TextOp {
+pub(crate) enum TextOp {
     Eq,
     Contains,
     Prefix,
 }
 
 #[derive(Debug, Clone)]
-enum Test {
+pub(crate) enum Test {
     /// The path resolves to a non-null value.
     Exists,
     Text {
@@ -57,7 +57,7 @@ enum Test {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Cmp {
+pub(crate) enum Cmp {
     Gte,
     Gt,
     Lte,
@@ -67,7 +67,7 @@ enum Cmp {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Lit {
+pub(crate) enum Lit {
     At(Temporal),
     Now,
     Today,
@@ -131,6 +131,15 @@ impl Compiled {
             return true;
         }
         doc.is_object() && eval(&self.root, doc, now)
+    }
+
+    /// Whether this is the empty selector (it matches every document).
+    pub fn is_empty(&self) -> bool {
+        self.empty
+    }
+
+    pub(crate) fn root(&self) -> &Node {
+        &self.root
     }
 
     /// [`Compiled::matches`] at the current time.

@@ -6,7 +6,9 @@
 //! ([`compile`], [`Compiled::matches`]), checks the fields the server
 //! validates ([`validate_fields`]), reads and writes the text syntax
 //! ([`parse`], [`parse_or`], [`to_text`]) and reads the URL-parameter form
-//! ([`parse_query_params`]).
+//! ([`parse_query_params`]), and tells a secondary index what to file a
+//! document under and which filed terms a selector needs ([`document_terms`],
+//! [`Compiled::plan`]).
 //!
 //! # Semantics (§3.2)
 //!
@@ -86,11 +88,13 @@ mod params;
 mod parse;
 mod path;
 mod temporal;
+mod terms;
 
 pub use eval::{compile, validate_fields, Compiled, MAX_DEPTH};
 pub use lockd_api::selector::Selector;
 pub use params::parse_query_params;
 pub use parse::{parse, parse_or, to_text, ParseError};
+pub use terms::{document_terms, Plan};
 /// The clock type [`Compiled::matches`] takes (re-exported from `time`).
 pub use time::OffsetDateTime;
 

@@ -3,4 +3,5 @@
 
 mod eval;
 mod params;
+mod terms;
 mod text;
