@@ -626,7 +626,9 @@ impl Engine {
         Ok(Deleted { count, version })
     }
 
-    /// Writes `rec` like `persist`, and lets go of `released`: documents
+    /// Writes `rec` like `persist`, files a changed committed document in
+    /// the query index (every commit goes through here), and lets go of
+    /// `released`: documents
     /// are deleted in the same batch; blobs get intents in the batch
     /// (before the record), and are deleted, with their intents, once the
     /// record is written. A failure to delete leaves the intent for the
@@ -642,7 +644,13 @@ impl Engine {
         for blob in &released.blobs {
             before.push(self.intent_op(id, blob)?);
         }
+        let published = (
+            super::index::Published::of(st.rec.as_ref()),
+            super::index::Published::of(Some(&rec)),
+        );
         persist(self.store.as_ref(), id, st, rec, before, released.after).await?;
+        // Still under the key's lock: the index sees commits in order.
+        self.index_commit(id, &published.0, &published.1).await;
         for blob in &released.blobs {
             self.forget_blob(blob).await;
         }

@@ -5,6 +5,7 @@
 pub mod attachments;
 pub mod clock;
 mod error;
+pub mod index;
 mod key_entry;
 mod lease;
 pub mod namespace;
@@ -91,6 +92,8 @@ pub struct Engine {
     in_flight: attachments::InFlight,
     /// Namespace configurations read or saved (see `namespace.rs`).
     ns_configs: namespace::ConfigCache,
+    /// The query indexes (see `index.rs`).
+    indexes: index::Indexes,
 }
 
 /// The highest fencing token a stored object records, if it is one of the
@@ -121,6 +124,7 @@ impl Engine {
     /// An engine over `store`.
     pub fn new(store: Arc<dyn Store>, cfg: EngineConfig) -> Arc<Self> {
         let fencing_floor = store.fencing_floor().max(0);
+        let cfg_shared = cfg.shared;
         Arc::new(Self {
             store,
             keys: DashMap::new(),
@@ -129,6 +133,7 @@ impl Engine {
             fencing_floor,
             in_flight: attachments::InFlight::default(),
             ns_configs: namespace::ConfigCache::default(),
+            indexes: index::Indexes::new(!cfg_shared),
         })
     }
 

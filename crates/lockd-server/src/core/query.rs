@@ -16,6 +16,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use super::index::IndexCursor;
 use super::record::{doc_key, key_id, meta_key, MetaRecord};
 use super::{CoreError, CoreResult, Engine};
 
@@ -31,8 +32,15 @@ const DIAGNOSTICS_PREFIX: &str = "lockd-diagnostics/";
 /// Decides whether a committed document matches (a compiled selector).
 pub type DocFilter = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
 
+/// Where the keys to look at come from.
+pub enum Source {
+    /// Every record of the namespace, listed from the store.
+    Store,
+    /// The candidates of the namespace's index (see `index.rs`).
+    Index(IndexCursor),
+}
+
 /// What a scan looks for.
-#[derive(Clone)]
 pub struct ScanInput {
     pub namespace: String,
     /// Start strictly after this key (the cursor's).
@@ -44,6 +52,8 @@ pub struct ScanInput {
     pub documents: bool,
     /// `None`: the selector is empty (everything matches).
     pub filter: Option<DocFilter>,
+    /// Where the keys come from.
+    pub source: Source,
 }
 
 /// One matching key.
@@ -71,6 +81,14 @@ pub struct ScanSummary {
     pub bytes: u64,
 }
 
+/// A running scan's progress.
+#[derive(Default)]
+struct Run {
+    summary: ScanSummary,
+    sent: usize,
+    last_sent: Option<String>,
+}
+
 /// What a running scan sends its reader.
 #[derive(Debug)]
 pub enum ScanEvent {
@@ -80,7 +98,7 @@ pub enum ScanEvent {
 }
 
 /// Whether a key of a namespace can be a query result at all.
-fn searchable_key(key: &str) -> bool {
+pub(super) fn searchable_key(key: &str) -> bool {
     if key.starts_with(DIAGNOSTICS_PREFIX) {
         return false;
     }
@@ -96,7 +114,7 @@ impl Engine {
         let (tx, rx) = mpsc::channel(ROWS_AHEAD);
         let engine = self.clone();
         tokio::spawn(async move {
-            let end = match engine.run_scan(&input, &tx).await {
+            let end = match engine.run_scan(input, &tx).await {
                 Ok(summary) => ScanEvent::Done(summary),
                 Err(e) => ScanEvent::Failed(e),
             };
@@ -107,50 +125,75 @@ impl Engine {
 
     async fn run_scan(
         &self,
-        input: &ScanInput,
+        mut input: ScanInput,
         tx: &mpsc::Sender<ScanEvent>,
     ) -> CoreResult<ScanSummary> {
-        let prefix = meta_key(&key_id(&input.namespace, ""));
-        let mut after = input
-            .after
-            .as_ref()
-            .map(|k| meta_key(&key_id(&input.namespace, k)));
-        let mut summary = ScanSummary::default();
-        let mut sent = 0usize;
-        let mut last_sent: Option<String> = None;
-        loop {
-            let names = self
-                .store
-                .list(&prefix, after.as_deref(), LIST_PAGE)
-                .await?;
-            let Some(last) = names.last().cloned() else {
-                return Ok(summary);
-            };
-            for name in names {
-                let Some(key) = name.strip_prefix(prefix.as_str()) else {
-                    continue;
-                };
-                if !searchable_key(key) {
-                    continue;
-                }
-                if sent >= input.limit {
-                    // Full, and another candidate follows.
-                    summary.next_after = last_sent;
-                    return Ok(summary);
-                }
-                let Some(hit) = self.candidate(input, key, &mut summary).await? else {
-                    continue;
-                };
-                summary.matched += 1;
-                sent += 1;
-                last_sent = Some(hit.key.clone());
-                if tx.send(ScanEvent::Hit(hit)).await.is_err() {
-                    // The reader went away.
-                    return Ok(summary);
+        let mut run = Run::default();
+        match std::mem::replace(&mut input.source, Source::Store) {
+            Source::Store => {
+                let prefix = meta_key(&key_id(&input.namespace, ""));
+                let mut after = input
+                    .after
+                    .as_ref()
+                    .map(|k| meta_key(&key_id(&input.namespace, k)));
+                loop {
+                    let names = self
+                        .store
+                        .list(&prefix, after.as_deref(), LIST_PAGE)
+                        .await?;
+                    let Some(last) = names.last().cloned() else {
+                        return Ok(run.summary);
+                    };
+                    for name in names {
+                        let Some(key) = name.strip_prefix(prefix.as_str()) else {
+                            continue;
+                        };
+                        if self.offer(&input, key, &mut run, tx).await? {
+                            return Ok(run.summary);
+                        }
+                    }
+                    after = Some(last);
                 }
             }
-            after = Some(last);
+            Source::Index(mut cursor) => loop {
+                let batch = cursor.next_batch();
+                if batch.is_empty() {
+                    return Ok(run.summary);
+                }
+                for key in batch {
+                    if self.offer(&input, &key, &mut run, tx).await? {
+                        return Ok(run.summary);
+                    }
+                }
+            },
         }
+    }
+
+    /// Looks at one candidate key; `true` when the scan is over (the page
+    /// is full and this key follows it, or the reader went away).
+    async fn offer(
+        &self,
+        input: &ScanInput,
+        key: &str,
+        run: &mut Run,
+        tx: &mpsc::Sender<ScanEvent>,
+    ) -> CoreResult<bool> {
+        if !searchable_key(key) {
+            return Ok(false);
+        }
+        if run.sent >= input.limit {
+            // Full, and another candidate follows.
+            run.summary.next_after = run.last_sent.take();
+            return Ok(true);
+        }
+        let Some(hit) = self.candidate(input, key, &mut run.summary).await? else {
+            return Ok(false);
+        };
+        run.summary.matched += 1;
+        run.sent += 1;
+        run.last_sent = Some(hit.key.clone());
+        // A closed channel: the reader went away.
+        Ok(tx.send(ScanEvent::Hit(hit)).await.is_err())
     }
 
     /// Reads one candidate; `Some` if it matches.
@@ -276,6 +319,7 @@ mod tests {
             limit,
             documents,
             filter,
+            source: Source::Store,
         }
     }
 

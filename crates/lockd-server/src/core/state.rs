@@ -178,12 +178,13 @@ impl Engine {
         let bytes = input.body.len() as i64;
         let before = vec![Op::Put {
             key: doc_key(&id, &etag),
-            value: input.body,
+            value: input.body.clone(),
             cond: Cond::Any,
         }];
         let after = delete_doc(&id, &old).into_iter().collect();
         let query_hidden = rec.effective_query_hidden();
         persist(self.store.as_ref(), &id, &mut st, rec, before, after).await?;
+        self.index_stage(&input.namespace, &etag, &old, &input.body);
         Ok(Updated {
             new_version,
             new_state_etag: etag,

@@ -7,6 +7,7 @@ mod decode;
 mod drain;
 mod error;
 pub(crate) mod guard;
+mod index;
 mod lease;
 pub(crate) mod linger;
 mod multipart;
@@ -182,6 +183,7 @@ fn handlers() -> Vec<(Endpoint, MethodRouter<Shared>)> {
         (ep::ATTACHMENT, any(attachments::attachment)),
         (ep::NAMESPACE, any(namespace::namespace)),
         (ep::QUERY, any(query::query)),
+        (ep::INDEX_FLUSH, any(index::flush)),
     ]
 }
 

@@ -1,5 +1,6 @@
 //! `/v1/query` (PROTOCOL-EXTENSIONS.md §4.3–§4.6): validates in the
-//! protocol's order, runs the scan engine, and answers keys as one JSON
+//! protocol's order, runs the query through the index or the scan, and
+//! answers keys as one JSON
 //! object or documents as an NDJSON stream whose cursor and metadata
 //! follow as HTTP trailers.
 
@@ -22,8 +23,9 @@ use lockd_api::{headers, ErrorCode};
 
 use super::decode::{read_json, Decode, Query, Unknown};
 use super::{respond, ApiError, AppState, Caller};
+use crate::core::index::{IndexFacts, IndexUse};
 use crate::core::namespace::NamespaceConfig;
-use crate::core::query::{DocFilter, Hit, ScanEvent, ScanInput, ScanSummary};
+use crate::core::query::{DocFilter, Hit, ScanEvent, ScanInput, ScanSummary, Source};
 
 type Res = Result<Response, ApiError>;
 
@@ -148,15 +150,16 @@ pub async fn query(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, b
             format!("unknown return mode {mode_raw:?}"),
         )
     })?;
-    match q.get("refresh").trim().to_ascii_lowercase().as_str() {
-        "" | "wait_for" | "wait-for" => {}
+    let refresh = match q.get("refresh").trim().to_ascii_lowercase().as_str() {
+        "" => false,
+        "wait_for" | "wait-for" => true,
         other => {
             return Err(ApiError::new(
                 ErrorCode::InvalidRefresh,
                 format!("unknown refresh mode {other:?}"),
             ))
         }
-    }
+    };
     let (cfg, _) = app.engine.namespace_config(&namespace).await?;
     let engine = resolve(hint, &cfg)?;
     let after = decode_cursor(engine, &req.cursor)?;
@@ -164,28 +167,94 @@ pub async fn query(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri, b
         n if n <= 0 => DEFAULT_LIMIT,
         n => n.min(MAX_LIMIT),
     };
+    let compiled = lockd_lql::compile(&selector).map_err(|e| selector_error(e.to_string()))?;
+    let plan = compiled.plan();
     let filter: Option<DocFilter> = if selector.is_empty() {
         None
     } else {
-        let compiled = lockd_lql::compile(&selector).map_err(|e| selector_error(e.to_string()))?;
         // One instant for the whole query (date macros).
         let now = lockd_lql::OffsetDateTime::now_utc();
         Some(Arc::new(move |doc: &serde_json::Value| {
             compiled.matches(doc, now)
         }))
     };
+    let mut facts = Facts::Scan;
+    let mut source = Source::Store;
+    if engine == Resolved::Index {
+        if refresh {
+            // The index is kept current by every commit; waiting for it
+            // means waiting for its build.
+            app.engine.index_ready(&namespace).await?;
+        }
+        facts = match app.engine.index_use(&namespace, &plan, after.as_deref()) {
+            IndexUse::Ready(cursor, f) => {
+                source = Source::Index(cursor);
+                Facts::Index(f)
+            }
+            IndexUse::Building => Facts::ScanWhileBuilding,
+            IndexUse::Disabled => Facts::ScanShared,
+        };
+    }
     let input = ScanInput {
         namespace: namespace.clone(),
         after,
         limit: usize::try_from(limit).unwrap_or(100),
         documents: mode == ReturnMode::Documents,
         filter,
+        source,
     };
     let rx = app.engine.scan(input);
+    let answer = Answer {
+        engine,
+        facts,
+        namespace,
+    };
     match mode {
-        ReturnMode::Keys => keys_answer(engine, namespace, rx).await,
-        ReturnMode::Documents => documents_answer(engine, namespace, rx).await,
+        ReturnMode::Keys => keys_answer(answer, rx).await,
+        ReturnMode::Documents => documents_answer(answer, rx).await,
     }
+}
+
+/// How a query was answered, for its metadata.
+#[derive(Debug, Clone, Copy)]
+enum Facts {
+    /// The scan engine was asked for.
+    Scan,
+    /// Through the index, in this state.
+    Index(IndexFacts),
+    /// The index engine was asked for; its index is being built, so the
+    /// scan answered.
+    ScanWhileBuilding,
+    /// The index engine was asked for on a node that keeps no index (a
+    /// store shared with other nodes): the scan answered.
+    ScanShared,
+}
+
+impl Facts {
+    fn index_seq(self) -> u64 {
+        match self {
+            Facts::Index(f) => f.seq,
+            _ => 0,
+        }
+    }
+}
+
+/// What every answer of one query shares.
+struct Answer {
+    engine: Resolved,
+    facts: Facts,
+    namespace: String,
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
 }
 
 fn decode_cursor(engine: Resolved, raw: &str) -> Result<Option<String>, ApiError> {
@@ -248,12 +317,27 @@ fn base64url_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn metadata(engine: Resolved, summary: &ScanSummary, documents: bool) -> BTreeMap<String, String> {
+fn metadata(facts: Facts, summary: &ScanSummary, documents: bool) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
-    if engine == Resolved::Index {
-        // Index queries are answered from committed documents, which are
-        // always up to date: nothing is ever pending.
-        m.insert("index_pending".to_string(), "false".to_string());
+    let mut put = |k: &str, v: String| {
+        m.insert(k.to_string(), v);
+    };
+    match facts {
+        Facts::Scan => {}
+        Facts::Index(f) => {
+            // Commits file their documents before they answer: nothing
+            // acknowledged is ever missing from a built index.
+            put("index_pending", "false".into());
+            put("index_updated_at", rfc3339_ms(f.updated_ms));
+        }
+        Facts::ScanWhileBuilding => {
+            put("index_pending", "true".into());
+            put("engine", "scan".into());
+        }
+        Facts::ScanShared => {
+            put("index_pending", "false".into());
+            put("engine", "scan".into());
+        }
     }
     if documents {
         for (k, v) in [
@@ -263,17 +347,13 @@ fn metadata(engine: Resolved, summary: &ScanSummary, documents: bool) -> BTreeMa
             ("query_spill_count", 0),
             ("query_spill_bytes", 0),
         ] {
-            m.insert(k.to_string(), v.to_string());
+            put(k, v.to_string());
         }
     }
     m
 }
 
-async fn keys_answer(
-    engine: Resolved,
-    namespace: String,
-    mut rx: tokio::sync::mpsc::Receiver<ScanEvent>,
-) -> Res {
+async fn keys_answer(a: Answer, mut rx: tokio::sync::mpsc::Receiver<ScanEvent>) -> Res {
     let mut keys = Vec::new();
     let summary = loop {
         match rx.recv().await {
@@ -289,20 +369,31 @@ async fn keys_answer(
         }
     };
     let body = QueryKeysResponse {
-        namespace,
+        namespace: a.namespace,
         keys,
         cursor: summary
             .next_after
             .as_deref()
-            .map(|k| encode_cursor(engine, k))
+            .map(|k| encode_cursor(a.engine, k))
             .unwrap_or_default(),
-        index_seq: 0,
-        metadata: metadata(engine, &summary, false),
+        index_seq: a.facts.index_seq(),
+        metadata: metadata(a.facts, &summary, false),
     };
     let mut resp = respond::json(StatusCode::OK, &body);
     respond::set_str(&mut resp, headers::QUERY_RETURN, ReturnMode::Keys.as_str());
     if !body.cursor.is_empty() {
         respond::set_str(&mut resp, headers::QUERY_CURSOR, &body.cursor);
+    }
+    if body.index_seq > 0 {
+        respond::set_str(
+            &mut resp,
+            headers::QUERY_INDEX_SEQ,
+            &body.index_seq.to_string(),
+        );
+    }
+    if !body.metadata.is_empty() {
+        let meta = serde_json::to_string(&body.metadata).unwrap_or_default();
+        respond::set_str(&mut resp, headers::QUERY_METADATA, &meta);
     }
     Ok(resp)
 }
@@ -322,11 +413,12 @@ fn row(out: &mut BytesMut, namespace: &str, hit: &Hit) {
     out.put_slice(b"}\n");
 }
 
-async fn documents_answer(
-    engine: Resolved,
-    namespace: String,
-    mut rx: tokio::sync::mpsc::Receiver<ScanEvent>,
-) -> Res {
+async fn documents_answer(a: Answer, mut rx: tokio::sync::mpsc::Receiver<ScanEvent>) -> Res {
+    let Answer {
+        engine,
+        facts,
+        namespace,
+    } = a;
     struct St {
         rx: tokio::sync::mpsc::Receiver<ScanEvent>,
         namespace: String,
@@ -373,7 +465,7 @@ async fn documents_answer(
                     }
                 }
                 Some(ScanEvent::Done(summary)) => {
-                    let t = trailers_of(engine, &summary);
+                    let t = trailers_of(engine, facts, &summary);
                     if out.is_empty() {
                         st.done = true;
                         return Some((Ok(Frame::trailers(t)), st));
@@ -414,14 +506,20 @@ async fn documents_answer(
     Ok(resp)
 }
 
-fn trailers_of(engine: Resolved, summary: &ScanSummary) -> HeaderMap {
+fn trailers_of(engine: Resolved, facts: Facts, summary: &ScanSummary) -> HeaderMap {
     let mut h = HeaderMap::new();
     if let Some(after) = &summary.next_after {
         if let Ok(v) = HeaderValue::from_str(&encode_cursor(engine, after)) {
             h.insert(HeaderName::from_static(headers::QUERY_CURSOR), v);
         }
     }
-    let meta = serde_json::to_string(&metadata(engine, summary, true)).unwrap_or_default();
+    if facts.index_seq() > 0 {
+        h.insert(
+            HeaderName::from_static(headers::QUERY_INDEX_SEQ),
+            HeaderValue::from(facts.index_seq()),
+        );
+    }
+    let meta = serde_json::to_string(&metadata(facts, summary, true)).unwrap_or_default();
     if let Ok(v) = HeaderValue::from_str(&meta) {
         h.insert(HeaderName::from_static(headers::QUERY_METADATA), v);
     }
