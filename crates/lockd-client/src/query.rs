@@ -492,7 +492,7 @@ pub enum QueryResponse {
     /// A page of keys.
     Keys(QueryPage),
     /// A stream of documents.
-    Documents(QueryDocuments),
+    Documents(Box<QueryDocuments>),
 }
 
 fn engine_param(e: EngineHint) -> &'static str {
@@ -584,10 +584,10 @@ impl Client {
         };
         if answered_documents {
             let (parts, body) = answer.response.into_parts();
-            return Ok(QueryResponse::Documents(QueryDocuments::new(
+            return Ok(QueryResponse::Documents(Box::new(QueryDocuments::new(
                 body,
                 parts.headers,
-            )));
+            ))));
         }
         let (parts, raw) = read_all(answer.response).await?;
         let wire: QueryKeysResponse =
@@ -723,7 +723,7 @@ impl Client {
     pub async fn query_documents(&self, query: &Query) -> Result<QueryDocuments> {
         let q = query.clone().return_mode(ReturnMode::Documents);
         match self.query(&q).await? {
-            QueryResponse::Documents(rows) => Ok(rows),
+            QueryResponse::Documents(rows) => Ok(*rows),
             QueryResponse::Keys(_) => Err(Error::Decode(
                 "asked for documents, the server answered keys".into(),
             )),

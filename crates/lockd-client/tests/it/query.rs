@@ -342,3 +342,24 @@ async fn flush_index_waits_or_runs_in_the_background() {
     assert_eq!(err.status(), Some(400), "{err}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_trailers_arrive_over_a_unix_socket_too() {
+    let server = lockd_client::inprocess::start().await.unwrap();
+    let client = server.client();
+    seed(&client, "").await;
+    let mut rows = client
+        .query_documents(&Query::parse("/amount>=50").unwrap().limit(5))
+        .await
+        .unwrap();
+    let mut n = 0;
+    while let Some(row) = rows.next().await {
+        assert!(row.unwrap().doc["amount"].as_u64().unwrap() >= 50);
+        n += 1;
+    }
+    assert_eq!(n, 5);
+    let summary = rows.summary().unwrap().unwrap();
+    assert!(summary.cursor.is_some(), "{summary:?}");
+    assert!(summary.metadata.contains_key("query_candidates_seen"));
+    server.close().await.unwrap();
+}
