@@ -241,10 +241,11 @@ pub enum ClientCommand {
     /// Example: lockd client namespace set -n orders --fallback scan
     #[command(subcommand)]
     Namespace(NamespaceCommand),
-    /// Find the keys (or, with --documents, the documents) of the
-    /// namespace (-n) whose committed JSON matches a selector: LQL text,
-    /// or a JSON selector when it starts with `{`; none matches
-    /// everything. Keys print one per line, documents as NDJSON rows
+    /// Find keys (or documents) whose committed JSON matches a selector
+    ///
+    /// Queries the namespace (-n) with a selector: LQL text, or a JSON
+    /// selector when it starts with `{`; none matches everything. Keys
+    /// print one per line, documents (--documents) as NDJSON rows
     /// ({"ns","key","ver","doc"}); the next page's cursor, when there is
     /// one, goes to stderr as `next cursor: <cursor>` (--all follows it).
     ///
@@ -254,7 +255,9 @@ pub enum ClientCommand {
     ///   lockd client query --all --engine scan '{"exists":"/status"}'
     #[command(verbatim_doc_comment)]
     Query(QueryArgs),
-    /// Index commands.
+    /// Index commands: flush.
+    ///
+    /// Example: lockd client index flush -n orders --async
     #[command(subcommand)]
     Index(IndexCommand),
 }
