@@ -231,6 +231,332 @@ pub struct InTerm {
     pub any: Vec<String>,
 }
 
+// ------------------------------------------------------------ construction
+
+/// Building selectors in code. Each constructor makes the one-clause
+/// selector the text syntax would (`lockd_lql::parse`), and [`Selector::and`]
+/// / [`Selector::or`] combine them into the same shape the parser gives a
+/// list of expressions, so a built selector equals the parsed one.
+///
+/// ```
+/// use lockd_api::selector::Selector;
+/// let s = Selector::eq("/status", "open")
+///     .and(Selector::gte("/amount", 100))
+///     .and(Selector::in_("/region", ["us", "eu"]))
+///     .and(!Selector::exists("/archived"));
+/// assert_eq!(
+///     serde_json::to_string(&s).unwrap(),
+///     r#"{"and":[{"eq":{"field":"/status","value":"open"}},{"range":{"field":"/amount","gte":100.0}},{"in":{"field":"/region","any":["us","eu"]}},{"not":{"exists":"/archived"}}]}"#
+/// );
+/// let either = Selector::eq("/state", "queued").or(Selector::eq("/state", "running"));
+/// assert_eq!(either.or.len(), 2);
+/// ```
+impl Selector {
+    /// The selector that matches every document (`{}`).
+    pub fn all() -> Selector {
+        Selector::default()
+    }
+
+    /// `eq`: the value at `field` equals `value` (compared as text, or as
+    /// the same instant).
+    pub fn eq(field: impl Into<String>, value: impl Into<Value>) -> Selector {
+        Selector {
+            eq: Some(Term::new(field).value(value)),
+            ..Selector::default()
+        }
+    }
+
+    /// `contains`: the text at `field` contains `needle`.
+    pub fn contains(field: impl Into<String>, needle: impl Into<Value>) -> Selector {
+        Selector {
+            contains: Some(Term::new(field).value(needle)),
+            ..Selector::default()
+        }
+    }
+
+    /// `icontains`: like [`Selector::contains`], ignoring case.
+    pub fn icontains(field: impl Into<String>, needle: impl Into<Value>) -> Selector {
+        Selector {
+            icontains: Some(Term::new(field).value(needle)),
+            ..Selector::default()
+        }
+    }
+
+    /// `prefix`: the text at `field` starts with `prefix`.
+    pub fn prefix(field: impl Into<String>, prefix: impl Into<Value>) -> Selector {
+        Selector {
+            prefix: Some(Term::new(field).value(prefix)),
+            ..Selector::default()
+        }
+    }
+
+    /// `iprefix`: like [`Selector::prefix`], ignoring case.
+    pub fn iprefix(field: impl Into<String>, prefix: impl Into<Value>) -> Selector {
+        Selector {
+            iprefix: Some(Term::new(field).value(prefix)),
+            ..Selector::default()
+        }
+    }
+
+    /// `in`: the value at `field` equals one of `values`.
+    pub fn in_<I, S>(field: impl Into<String>, values: I) -> Selector
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Selector {
+            in_: Some(InTerm {
+                field: field.into(),
+                any: values.into_iter().map(Into::into).collect(),
+            }),
+            ..Selector::default()
+        }
+    }
+
+    /// `exists`: `field` resolves to a non-null value.
+    pub fn exists(field: impl Into<String>) -> Selector {
+        Selector {
+            exists: Some(field.into()),
+            ..Selector::default()
+        }
+    }
+
+    /// `range` with bounds of your own (see [`RangeTerm::new`]).
+    pub fn range(term: RangeTerm) -> Selector {
+        Selector {
+            range: Some(term),
+            ..Selector::default()
+        }
+    }
+
+    /// `range`: the value at `field` is ≥ `bound` (a number or a datetime).
+    pub fn gte(field: impl Into<String>, bound: impl Into<Bound>) -> Selector {
+        Selector::range(RangeTerm::new(field).gte(bound))
+    }
+
+    /// `range`: the value at `field` is > `bound`.
+    pub fn gt(field: impl Into<String>, bound: impl Into<Bound>) -> Selector {
+        Selector::range(RangeTerm::new(field).gt(bound))
+    }
+
+    /// `range`: the value at `field` is ≤ `bound`.
+    pub fn lte(field: impl Into<String>, bound: impl Into<Bound>) -> Selector {
+        Selector::range(RangeTerm::new(field).lte(bound))
+    }
+
+    /// `range`: the value at `field` is < `bound`.
+    pub fn lt(field: impl Into<String>, bound: impl Into<Bound>) -> Selector {
+        Selector::range(RangeTerm::new(field).lt(bound))
+    }
+
+    /// `date` with comparisons of your own (see [`DateTerm::new`]).
+    pub fn date(term: DateTerm) -> Selector {
+        Selector {
+            date: Some(term),
+            ..Selector::default()
+        }
+    }
+
+    /// Both this and `other` must match. An `and` list grows instead of
+    /// nesting, and the empty selector (match everything) drops out.
+    pub fn and(self, other: Selector) -> Selector {
+        if self.is_empty() {
+            return other;
+        }
+        if other.is_empty() {
+            return self;
+        }
+        let mut list = self.into_list(|s| &mut s.and);
+        list.extend(other.into_list(|s| &mut s.and));
+        Selector {
+            and: list,
+            ..Selector::default()
+        }
+    }
+
+    /// This or `other` must match. An `or` list grows instead of nesting.
+    pub fn or(self, other: Selector) -> Selector {
+        let mut list = self.into_list(|s| &mut s.or);
+        list.extend(other.into_list(|s| &mut s.or));
+        Selector {
+            or: list,
+            ..Selector::default()
+        }
+    }
+
+    /// The selector negated (the same as `!self`).
+    pub fn negate(self) -> Selector {
+        Selector {
+            not: Some(Box::new(self)),
+            ..Selector::default()
+        }
+    }
+
+    /// The members of `list` if that is all the selector has, else the
+    /// selector itself as the one member.
+    fn into_list(mut self, list: fn(&mut Selector) -> &mut Vec<Selector>) -> Vec<Selector> {
+        let members = std::mem::take(list(&mut self));
+        if self.is_empty() && !members.is_empty() {
+            return members;
+        }
+        *list(&mut self) = members;
+        vec![self]
+    }
+}
+
+impl std::ops::Not for Selector {
+    type Output = Selector;
+
+    /// `not`: the selector must not match.
+    fn not(self) -> Selector {
+        self.negate()
+    }
+}
+
+impl Term {
+    /// A term on `field` with no value yet (it then only asks that the
+    /// path resolves).
+    pub fn new(field: impl Into<String>) -> Term {
+        Term {
+            field: field.into(),
+            ..Term::default()
+        }
+    }
+
+    /// The value compared.
+    pub fn value(mut self, value: impl Into<Value>) -> Term {
+        self.value = Some(value.into());
+        self
+    }
+
+    /// Alternatives, any of which may match.
+    pub fn any<I, S>(mut self, values: I) -> Term
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.any = values.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Compare ignoring case.
+    pub fn ignore_case(mut self) -> Term {
+        self.ignore_case = true;
+        self
+    }
+}
+
+impl RangeTerm {
+    /// A range on `field` with no bound yet.
+    ///
+    /// ```
+    /// use lockd_api::selector::{RangeTerm, Selector};
+    /// let s = Selector::range(RangeTerm::new("/amount").gte(10).lt(20.5));
+    /// assert_eq!(
+    ///     serde_json::to_string(&s).unwrap(),
+    ///     r#"{"range":{"field":"/amount","gte":10.0,"lt":20.5}}"#
+    /// );
+    /// ```
+    pub fn new(field: impl Into<String>) -> RangeTerm {
+        RangeTerm {
+            field: field.into(),
+            ..RangeTerm::default()
+        }
+    }
+
+    /// ≥ `bound`.
+    pub fn gte(mut self, bound: impl Into<Bound>) -> RangeTerm {
+        self.gte = Some(bound.into());
+        self
+    }
+
+    /// > `bound`.
+    pub fn gt(mut self, bound: impl Into<Bound>) -> RangeTerm {
+        self.gt = Some(bound.into());
+        self
+    }
+
+    /// ≤ `bound`.
+    pub fn lte(mut self, bound: impl Into<Bound>) -> RangeTerm {
+        self.lte = Some(bound.into());
+        self
+    }
+
+    /// < `bound`.
+    pub fn lt(mut self, bound: impl Into<Bound>) -> RangeTerm {
+        self.lt = Some(bound.into());
+        self
+    }
+}
+
+impl DateTerm {
+    /// A date comparison on `field` with nothing to compare yet.
+    ///
+    /// ```
+    /// use lockd_api::selector::{DateTerm, Selector};
+    /// let s = Selector::date(DateTerm::new("/updated_at").since("yesterday"));
+    /// assert_eq!(
+    ///     serde_json::to_string(&s).unwrap(),
+    ///     r#"{"date":{"field":"/updated_at","since":"yesterday"}}"#
+    /// );
+    /// ```
+    pub fn new(field: impl Into<String>) -> DateTerm {
+        DateTerm {
+            field: field.into(),
+            ..DateTerm::default()
+        }
+    }
+
+    /// The same calendar date or instant.
+    pub fn on(mut self, value: impl Into<String>) -> DateTerm {
+        self.value = Some(value.into());
+        self
+    }
+
+    /// At or after (also `now`, `today`, `yesterday`).
+    pub fn since(mut self, value: impl Into<String>) -> DateTerm {
+        self.since = Some(value.into());
+        self
+    }
+
+    /// Strictly after.
+    pub fn after(mut self, value: impl Into<String>) -> DateTerm {
+        self.after = Some(value.into());
+        self
+    }
+
+    /// Strictly before.
+    pub fn before(mut self, value: impl Into<String>) -> DateTerm {
+        self.before = Some(value.into());
+        self
+    }
+}
+
+macro_rules! numeric_bounds {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Bound {
+            fn from(v: $t) -> Bound {
+                Bound::Number(v as f64)
+            }
+        }
+    )*};
+}
+numeric_bounds!(i32, i64, u32, u64, f32, f64);
+
+impl From<&str> for Bound {
+    /// A datetime literal (or numeric text).
+    fn from(v: &str) -> Bound {
+        Bound::Text(v.to_string())
+    }
+}
+
+impl From<String> for Bound {
+    /// A datetime literal (or numeric text).
+    fn from(v: String) -> Bound {
+        Bound::Text(v)
+    }
+}
+
 fn null_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Selector>, D::Error> {
     Ok(Option::<Vec<Selector>>::deserialize(d)?.unwrap_or_default())
 }
@@ -322,6 +648,35 @@ mod tests {
             r#"{"and":[{"eq":{"field":"/a"}},{"not":{"exists":"/b"}}],"range":{"field":"c","gt":1},"date":{"field":"d"}}"#,
         );
         assert_eq!(s.fields(), vec!["/a", "/b", "c"]);
+    }
+
+    #[test]
+    fn built_selectors_combine_without_nesting() {
+        let a = Selector::eq("/a", "1");
+        let b = Selector::exists("/b");
+        let c = Selector::lt("/c", 3);
+        let abc = a.clone().and(b.clone()).and(c.clone());
+        assert_eq!(abc.and, vec![a.clone(), b.clone(), c.clone()]);
+        assert_eq!(a.clone().and(b.clone().and(c.clone())), abc);
+        assert_eq!(Selector::all().and(a.clone()), a);
+        assert_eq!(a.clone().and(Selector::all()), a);
+        let or = a.clone().or(b.clone()).or(c.clone());
+        assert_eq!(or.or, vec![a.clone(), b.clone(), c.clone()]);
+        // An `and` inside an `or` stays a member of its own.
+        let mixed = a.clone().and(b.clone()).or(c.clone());
+        assert_eq!(mixed.or.len(), 2);
+        assert_eq!(mixed.or[0].and.len(), 2);
+        let not = !a.clone();
+        assert_eq!(not.not.as_deref(), Some(&a));
+        assert_eq!(
+            serde_json::to_string(&Selector::icontains("/n", "x").or(Selector::iprefix("/n", "y")))
+                .unwrap(),
+            r#"{"or":[{"icontains":{"field":"/n","value":"x"}},{"iprefix":{"field":"/n","value":"y"}}]}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Selector::gt("/t", "2025-01-01")).unwrap(),
+            r#"{"range":{"field":"/t","gt":"2025-01-01"}}"#
+        );
     }
 
     #[test]

@@ -149,6 +149,9 @@ pub enum Error {
     Decode(String),
     /// The caller passed something unusable (bad URL, bad option).
     InvalidArgument(String),
+    /// A selector's text could not be parsed ([`crate::parse_selector`]):
+    /// the byte offset of the problem and what it is.
+    Selector(lockd_lql::ParseError),
     /// Not available in this build.
     Unsupported(String),
     /// The operation was cancelled (e.g. the lease was lost).
@@ -170,6 +173,7 @@ impl std::fmt::Display for Error {
             Error::Timeout => f.write_str("lockd: request timed out"),
             Error::Decode(m) => write!(f, "lockd: bad response: {m}"),
             Error::InvalidArgument(m) => write!(f, "lockd: {m}"),
+            Error::Selector(e) => write!(f, "lockd: selector: {e}"),
             Error::Unsupported(m) => write!(f, "lockd: not supported: {m}"),
             Error::Cancelled(m) => write!(f, "lockd: cancelled: {m}"),
             Error::Handler(e) => write!(f, "lockd: handler failed: {e}"),

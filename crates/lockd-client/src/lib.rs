@@ -24,6 +24,11 @@
 //!   gracefully;
 //! * [`Client::queue_stats`] and [`Client::watch_queue`] (a [`QueueWatch`]
 //!   stream of head changes) to look at a queue without consuming it;
+//! * [`Client::query_keys`], [`Client::query_all_keys`] and
+//!   [`Client::query_documents`]: the keys or the documents whose committed
+//!   JSON matches a [`Selector`] (built in code, or parsed from LQL text
+//!   with [`parse_selector`]); [`Client::flush_index`] brings a
+//!   namespace's index up to date;
 //! * [`Client::namespace_config`] and [`Client::update_namespace_config`]:
 //!   a namespace's query engine preferences, with ETag/`If-Match`;
 //! * [`correlation`]: ids that follow work through every request;
@@ -309,6 +314,7 @@ mod error;
 pub mod inprocess;
 mod lease;
 mod namespace;
+mod query;
 mod queue;
 mod sse;
 mod tls;
@@ -326,10 +332,20 @@ pub use lease::{
 /// The lockd v1 wire types (the `lockd-api` crate): request and response
 /// bodies, header names, error codes.
 pub use lockd_api as api;
+/// The query wire types and the selector AST, for [`Client::query`] and
+/// friends.
+pub use lockd_api::query::{DocumentRow, EngineHint, FlushMode, IndexFlushResponse, ReturnMode};
+pub use lockd_api::selector::Selector;
+/// LQL, the selector text syntax (the `lockd-lql` crate): parsing,
+/// printing and local evaluation.
+pub use lockd_lql as lql;
 /// A client bundle (CA certificate, client certificate and key) for
 /// `https://` endpoints; see [`ClientBuilder::bundle`].
 pub use lockd_tls::ClientBundle;
 pub use namespace::NamespaceConfig;
+pub use query::{
+    parse_selector, Query, QueryDocuments, QueryPage, QueryResponse, QuerySummary, TypedRow,
+};
 pub use queue::{DequeueOptions, EnqueueOptions, QueueMessage};
 pub use tls::{default_config_dir, discover_client_bundle};
 pub use transport::Endpoint;

@@ -11,6 +11,7 @@ mod failover;
 mod leases;
 mod mtls;
 mod namespace_config;
+mod query;
 mod queue;
 mod queue_parity;
 mod smoke;

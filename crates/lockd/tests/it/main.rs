@@ -11,6 +11,7 @@ mod cli;
 mod cli_attachments;
 mod cli_mtls;
 mod cli_namespace;
+mod cli_query;
 mod cluster;
 mod crash_loop;
 mod drain;
