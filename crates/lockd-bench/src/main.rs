@@ -212,6 +212,7 @@ mod lease;
 mod load;
 mod overload;
 mod procfs;
+mod query;
 mod queue;
 mod report;
 mod s3;
@@ -252,6 +253,7 @@ fn main() -> ExitCode {
         Cmd::Overload(o) => o.threads,
         Cmd::Attachments(a) => a.threads,
         Cmd::AttachmentRss(a) => a.threads,
+        Cmd::Query(q) => q.threads,
         Cmd::LeaseCycle(a)
         | Cmd::PublicRead(a)
         | Cmd::Keepalive(a)
@@ -285,6 +287,7 @@ fn main() -> ExitCode {
             Cmd::SdkQueue(a) => sdk::cmd(sdk::Workload::Queue, a, threads).await,
             Cmd::Attachments(a) => attachments::cmd(a, threads).await,
             Cmd::AttachmentRss(a) => attachments::rss::cmd(a).await,
+            Cmd::Query(q) => query::cmd(q, threads).await,
         }
     });
     match result {
