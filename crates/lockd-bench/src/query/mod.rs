@@ -374,3 +374,47 @@ pub async fn cmd(args: QueryArgs, threads: usize) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Cmd};
+
+    fn parse(args: &[&str]) -> Result<QueryArgs, String> {
+        match Cli::try_parse_from([&["lockd-bench", "query"], args].concat()) {
+            Ok(Cli { cmd: Cmd::Query(q) }) => Ok(q),
+            Ok(_) => Err("another subcommand".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn defaults_and_conflicts() {
+        let q = parse(&[]).expect("defaults");
+        assert_eq!(
+            (q.docs, q.store, q.clients),
+            (1_000_000, OneStore::Disk, 64)
+        );
+        assert_eq!((q.reps, q.scan_reps, q.rounds), (200, 3, 3));
+        assert_eq!(q.cycle_duration, Duration::from_secs(10));
+        assert!(!q.tolerate_missing_flush && q.url.is_none());
+        let q = parse(&["--url", "http://h:1", "--server-pid", "7"]).expect("url");
+        assert_eq!(rss_source(&q).0, Some(Proc::Pid(7)));
+        assert_eq!(rss_source(&parse(&["--url", "x"]).expect("url")).0, None);
+        assert_eq!(
+            rss_source(&parse(&[]).expect("in-process")).0,
+            Some(Proc::Current)
+        );
+        for bad in [
+            &["--server-pid", "7"][..],
+            &["--url", "x", "--store", "mem"],
+            &["--docs", "0"],
+            &["--store", "s3"],
+            &["--cycle-duration", "soon"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+}
