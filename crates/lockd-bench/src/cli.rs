@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::attachments::parse_payload_size;
 use crate::overload::OverloadArgs;
+use crate::query::QueryArgs;
 use crate::queue::Mode;
 use crate::s3::S3Args;
 use crate::sdk::SdkArgs;
@@ -16,7 +17,7 @@ use crate::sdk::SdkArgs;
     name = "lockd-bench",
     version,
     about = "Load generator for lockd: lease cycles (acquire → update → release), queue \
-             messages (enqueue → dequeue/subscribe → ack) and attachment throughput against in-process mem/disk/s3 servers (s3 with one or more nodes) \
+             messages (enqueue → dequeue/subscribe → ack), attachment throughput and queries (index vs scan) against in-process mem/disk/s3 servers (s3 with one or more nodes) \
              or a running one, compared to a bare axum baseline; and an overload run that \
              checks the server's back-pressure"
 )]
@@ -52,6 +53,9 @@ pub enum Cmd {
     /// Attachments: one large upload and download against a `lockd` binary on disk://,
     /// sampling the server's VmRSS (does it stream or buffer?).
     AttachmentRss(AttachmentRssArgs),
+    /// Query: load N 1 KiB documents, flush the index, time a selective query with the
+    /// index and with a scan, the index's memory, and lease cycles with vs without an index.
+    Query(QueryArgs),
 }
 
 #[derive(Args, Debug, Clone)]

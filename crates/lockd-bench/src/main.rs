@@ -148,6 +148,16 @@
 //! 1 GiB) through a `lockd` child process on `disk://` and samples its
 //! `VmRSS`. Details in the `attachments` module.
 //!
+//! # Queries
+//!
+//! `query` loads N 1 KiB documents into one namespace, flushes its index
+//! (the build time; `VmRSS` before and after it is the index memory),
+//! times a selective query (~100 keys) with the index and with a scan
+//! (median, p95, their ratio; every answer checked against the keys the
+//! documents imply), and compares lease-cycle throughput in a namespace
+//! with an index against one without (ratio A ÷ B, target ≥ 0.8). Details
+//! in the `query` module.
+//!
 //! # Examples
 //!
 //! ```text
@@ -186,6 +196,9 @@
 //!
 //! # the server's memory while one 1 GiB attachment goes up and down
 //! cargo build --release -p lockd -p lockd-bench && target/release/lockd-bench attachment-rss
+//!
+//! # the index vs a scan on 1M documents, the index's memory and commit cost
+//! cargo run --release -p lockd-bench -- query --store disk --docs 1000000 -c 64
 //! ```
 //!
 //! With `--json` the human-readable report goes to stderr and a single JSON
@@ -200,7 +213,8 @@
 //! * `report`: text sink, number formats, comparison table, JSON output.
 //! * `server`: in-process lockd servers (the only user of `lockd-server`).
 //! * workloads: `baseline`, `lease` (+ `load`, the closed loop they
-//!   share), `queue`, `overload`, `sdk` (+ `chart`), `attachments`;
+//!   share), `queue`, `overload`, `sdk` (+ `chart`), `attachments`,
+//!   `query`;
 //!   `s3` plans `--store s3` runs.
 //! * `procfs`: `VmRSS`/`VmHWM` of a process.
 
@@ -212,6 +226,7 @@ mod lease;
 mod load;
 mod overload;
 mod procfs;
+mod query;
 mod queue;
 mod report;
 mod s3;
@@ -252,6 +267,7 @@ fn main() -> ExitCode {
         Cmd::Overload(o) => o.threads,
         Cmd::Attachments(a) => a.threads,
         Cmd::AttachmentRss(a) => a.threads,
+        Cmd::Query(q) => q.threads,
         Cmd::LeaseCycle(a)
         | Cmd::PublicRead(a)
         | Cmd::Keepalive(a)
@@ -285,6 +301,7 @@ fn main() -> ExitCode {
             Cmd::SdkQueue(a) => sdk::cmd(sdk::Workload::Queue, a, threads).await,
             Cmd::Attachments(a) => attachments::cmd(a, threads).await,
             Cmd::AttachmentRss(a) => attachments::rss::cmd(a).await,
+            Cmd::Query(q) => query::cmd(q, threads).await,
         }
     });
     match result {

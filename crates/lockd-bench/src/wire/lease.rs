@@ -33,16 +33,30 @@ impl LeaseUris {
 
 /// `POST {base}/v1/update?key={key}`.
 pub fn update_uri(base: &str, key: &str) -> Result<Uri, String> {
-    endpoint(
-        base,
-        &format!("{}?key={key}", lockd_api::endpoints::UPDATE.path),
-    )
+    update_uri_in(base, "", key)
+}
+
+/// `POST {base}/v1/update?key={key}&namespace={ns}` (no `namespace`
+/// parameter when `ns` is empty: the server's default namespace).
+pub fn update_uri_in(base: &str, ns: &str, key: &str) -> Result<Uri, String> {
+    let path = lockd_api::endpoints::UPDATE.path;
+    if ns.is_empty() {
+        endpoint(base, &format!("{path}?key={key}"))
+    } else {
+        endpoint(base, &format!("{path}?key={key}&namespace={ns}"))
+    }
 }
 
 /// The acquire body: `{"key","owner","ttl_seconds":30,"block_seconds":-1}`
 /// (fail at once instead of waiting when the key is held).
 pub fn acquire_body(key: &str, owner: &str) -> Result<Bytes, String> {
+    acquire_body_in("", key, owner)
+}
+
+/// [`acquire_body`] for a key of namespace `ns` (`""`: the default).
+pub fn acquire_body_in(ns: &str, key: &str, owner: &str) -> Result<Bytes, String> {
     let req = AcquireRequest {
+        namespace: ns.to_string(),
         key: key.to_string(),
         owner: owner.to_string(),
         ttl_seconds: TTL_SECONDS,
@@ -95,12 +109,22 @@ pub fn lease_headers(key: &str, lease: &AcquireResponse) -> Result<LeaseHeaders,
 /// The release body `{key,lease_id,txn_id}`, with `"rollback":true` to
 /// discard what was staged.
 pub fn release_body(key: &str, lease: AcquireResponse, rollback: bool) -> Result<Bytes, String> {
+    release_body_in("", key, lease, rollback)
+}
+
+/// [`release_body`] for a key of namespace `ns` (`""`: the default).
+pub fn release_body_in(
+    ns: &str,
+    key: &str,
+    lease: AcquireResponse,
+    rollback: bool,
+) -> Result<Bytes, String> {
     let req = ReleaseRequest {
+        namespace: ns.to_string(),
         key: key.to_string(),
         lease_id: lease.lease_id,
         txn_id: lease.txn_id,
         rollback,
-        ..Default::default()
     };
     serde_json::to_vec(&req)
         .map(Bytes::from)
@@ -131,7 +155,21 @@ mod tests {
             &r[..],
             br#"{"key":"k","lease_id":"l","txn_id":"t","rollback":false}"#
         );
-        let r = release_body("k", lease, true).expect("rollback");
+        let r = release_body("k", lease.clone(), true).expect("rollback");
         assert!(r.ends_with(br#","rollback":true}"#));
+        let a = acquire_body_in("ns1", "k", "o").expect("acquire in ns");
+        assert!(a.starts_with(br#"{"namespace":"ns1","key":"k","#));
+        let r = release_body_in("ns1", "k", lease, false).expect("release in ns");
+        assert!(r.starts_with(br#"{"namespace":"ns1","key":"k","#));
+        assert_eq!(
+            update_uri_in("http://h:1", "ns1", "k")
+                .expect("uri")
+                .to_string(),
+            "http://h:1/v1/update?key=k&namespace=ns1"
+        );
+        assert_eq!(
+            update_uri("http://h:1", "k").expect("uri").to_string(),
+            "http://h:1/v1/update?key=k"
+        );
     }
 }

@@ -11,6 +11,7 @@
 //! * [`lease`]: acquire, update, release;
 //! * [`attachments`]: streamed upload and public download;
 //! * [`queue`]: enqueue (multipart), dequeue, subscribe, ack, stats;
+//! * [`query`]: query (keys, documents), index flush, namespace engines;
 //! * here: the client, one exchange with a timeout, `/healthz`, the
 //!   baseline's `POST /json`, error texts and the `waiting`/`queue_busy`
 //!   codes.
@@ -20,6 +21,7 @@
 
 pub mod attachments;
 pub mod lease;
+pub mod query;
 pub mod queue;
 
 use std::time::Duration;

@@ -2,4 +2,5 @@
 //! per area, so the suite builds and links one executable instead of one per file.
 
 mod attachments;
+mod query;
 mod smoke;
