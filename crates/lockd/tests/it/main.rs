@@ -16,6 +16,7 @@ mod cluster;
 mod crash_loop;
 mod drain;
 mod durability;
+mod index_crash;
 mod mtls_roundtrip;
 mod observability;
 mod otlp;
