@@ -518,3 +518,68 @@ proptest! {
         }
     }
 }
+
+/// The selector examples of the README's Query section parse, and mean
+/// what the README says.
+#[test]
+fn readme_examples() {
+    use serde_json::json;
+    let now = lockd_lql::OffsetDateTime::now_utc();
+    let cases: &[(&str, serde_json::Value, bool)] = &[
+        (r#"/status="open""#, json!({"status": "open"}), true),
+        (
+            "eq{field=/status,value=open,ignoreCase=true}",
+            json!({"status": "OPEN"}),
+            true,
+        ),
+        ("in{field=/region,any=us|eu}", json!({"region": "eu"}), true),
+        ("/amount>=100, /amount<500", json!({"amount": 500}), false),
+        ("/amount>=100, /amount<500", json!({"amount": 100}), true),
+        (
+            "eq{field=/tags[],value=vip}",
+            json!({"tags": ["a", "vip"]}),
+            true,
+        ),
+        (
+            "eq{field=/items[]/sku,value=A-1}",
+            json!({"items": [{"sku": "B"}, {"sku": "A-1"}]}),
+            true,
+        ),
+        (
+            "contains{field=/title,value=lease}",
+            json!({"title": "a lease"}),
+            true,
+        ),
+        (
+            "iprefix{field=/name,value=ab}",
+            json!({"name": "ABC"}),
+            true,
+        ),
+        (
+            "date{field=/due,since=yesterday}",
+            json!({"due": "2000-01-01"}),
+            false,
+        ),
+        (
+            "exists{/customer/email}",
+            json!({"customer": {"email": null}}),
+            false,
+        ),
+        (
+            "or.eq{f=/s,v=open}, or.eq{f=/s,v=held}",
+            json!({"s": "held"}),
+            true,
+        ),
+        ("not.exists{/closed}", json!({"closed": 1}), false),
+        (
+            "eq{field=/.../id,value=7}",
+            json!({"a": [{"b": {"id": 7}}]}),
+            true,
+        ),
+    ];
+    for (text, doc, want) in cases {
+        let sel = lockd_lql::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        let got = lockd_lql::compile(&sel).unwrap().matches(doc, now);
+        assert_eq!(got, *want, "{text} on {doc}");
+    }
+}
