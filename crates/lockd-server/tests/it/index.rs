@@ -1227,8 +1227,96 @@ fn date_lit(rng: &mut fastrand::Rng) -> Value {
     }
 }
 
-fn gen_leaf(rng: &mut fastrand::Rng) -> Value {
-    let f = field(rng);
+/// A path to a scalar of a random document and that scalar, the path
+/// sometimes with wildcards (`[]`, `*`) in place of concrete steps.
+fn sample(rng: &mut fastrand::Rng, docs: &[Value]) -> Option<(String, Value)> {
+    if docs.is_empty() {
+        return None;
+    }
+    let mut at = &docs[rng.usize(..docs.len())];
+    let mut path = String::new();
+    loop {
+        match at {
+            Value::Object(m) if !m.is_empty() => {
+                let (k, v) = m.iter().nth(rng.usize(..m.len())).unwrap();
+                if maybe(rng, 10) {
+                    path.push_str("/*");
+                } else {
+                    path.push('/');
+                    path.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                }
+                at = v;
+            }
+            Value::Array(a) if !a.is_empty() => {
+                let i = rng.usize(..a.len());
+                if maybe(rng, 25) {
+                    path.push_str("/[]");
+                } else if maybe(rng, 33) && !path.is_empty() {
+                    path.push_str("[]");
+                } else {
+                    path.push_str(&format!("/{i}"));
+                }
+                at = &a[i];
+            }
+            Value::Object(_) | Value::Array(_) | Value::Null => return None,
+            scalar => {
+                if path.is_empty() {
+                    path.push('/');
+                }
+                return Some((path, scalar.clone()));
+            }
+        }
+    }
+}
+
+/// A needle made from a value a document holds: as it is, as text, or
+/// with its case changed.
+fn needle_from(rng: &mut fastrand::Rng, v: &Value) -> Value {
+    match v {
+        Value::String(s) => match rng.u8(..6) {
+            0 => json!(s.to_uppercase()),
+            1 => json!(s.to_lowercase()),
+            _ => v.clone(),
+        },
+        other if maybe(rng, 30) => json!(other.to_string()),
+        other => other.clone(),
+    }
+}
+
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn gen_leaf(rng: &mut fastrand::Rng, docs: &[Value]) -> Value {
+    let (f, hint) = match sample(rng, docs) {
+        Some((f, v)) if maybe(rng, 60) => (f, Some(v)),
+        _ => (field(rng), None),
+    };
+    let needle = |rng: &mut fastrand::Rng| match &hint {
+        Some(h) if maybe(rng, 80) => needle_from(rng, h),
+        _ => needle(rng),
+    };
+    let needle_text = |rng: &mut fastrand::Rng| text_of(&needle(rng));
+    let part = |rng: &mut fastrand::Rng| match &hint {
+        Some(h) if maybe(rng, 70) => {
+            let chars: Vec<char> = text_of(&needle_from(rng, h)).chars().collect();
+            let a = rng.usize(..=chars.len());
+            let b = rng.usize(a..=chars.len());
+            chars[a..b].iter().collect()
+        }
+        _ => part(rng),
+    };
+    let bound = |rng: &mut fastrand::Rng| match &hint {
+        Some(Value::Number(n)) if maybe(rng, 70) => {
+            let x = n.as_f64().unwrap_or(0.0);
+            json!(x + [-1.0, -0.5, 0.0, 0.5, 1.0][rng.usize(..5)])
+        }
+        Some(Value::String(d)) if maybe(rng, 50) => json!(d),
+        _ => bound(rng),
+    };
     match rng.u8(..16) {
         0..=4 => {
             let mut t = json!({"field": f});
@@ -1292,28 +1380,31 @@ fn gen_leaf(rng: &mut fastrand::Rng) -> Value {
     }
 }
 
-fn gen_selector(rng: &mut fastrand::Rng, depth: u32) -> Value {
+fn gen_selector(rng: &mut fastrand::Rng, depth: u32, docs: &[Value]) -> Value {
     if depth >= 3 || maybe(rng, 45) {
-        return gen_leaf(rng);
+        return gen_leaf(rng, docs);
     }
     match rng.u8(..5) {
         0 => {
-            json!({"and": (0..rng.usize(1..4)).map(|_| gen_selector(rng, depth + 1)).collect::<Vec<_>>()})
+            json!({"and": (0..rng.usize(1..4)).map(|_| gen_selector(rng, depth + 1, docs)).collect::<Vec<_>>()})
         }
         1 | 2 => {
-            json!({"or": (0..rng.usize(1..4)).map(|_| gen_selector(rng, depth + 1)).collect::<Vec<_>>()})
+            json!({"or": (0..rng.usize(1..4)).map(|_| gen_selector(rng, depth + 1, docs)).collect::<Vec<_>>()})
         }
-        3 => json!({"not": gen_selector(rng, depth + 1)}),
+        3 => json!({"not": gen_selector(rng, depth + 1, docs)}),
         _ => {
             // Several members in one object (ANDed), or an `or` that wins
             // over its siblings.
-            let mut sel = gen_leaf(rng);
-            let other = gen_leaf(rng);
+            let mut sel = gen_leaf(rng, docs);
+            let other = gen_leaf(rng, docs);
             for (k, v) in other.as_object().unwrap() {
                 sel[k] = v.clone();
             }
             if maybe(rng, 30) {
-                sel["or"] = json!([gen_selector(rng, depth + 1), gen_selector(rng, depth + 1)]);
+                sel["or"] = json!([
+                    gen_selector(rng, depth + 1, docs),
+                    gen_selector(rng, depth + 1, docs)
+                ]);
             }
             sel
         }
@@ -1485,12 +1576,13 @@ async fn compare(
     n: usize,
     ctx: &str,
 ) -> usize {
+    let docs: Vec<Value> = model.values().filter_map(|m| m.doc.clone()).collect();
     let mut nonempty = 0;
     for i in 0..n {
         let sel = if i == 0 {
             json!({})
         } else {
-            gen_selector(rng, 0)
+            gen_selector(rng, 0, &docs)
         };
         let ctx = format!("{ctx}, selector #{i} {sel}");
         let (want_keys, want_docs) = expected(model, &sel);
@@ -1631,11 +1723,17 @@ async fn property_run(b: Backend, seed: u64) {
 }
 
 async fn index_and_scan_agree_on_random_data(b: Backend) {
-    // Fixed seeds (reproducible), plus one from the environment to explore:
-    // LOCKD_INDEX_SEED=<n>.
-    let mut seeds = vec![0x5eed_0001_u64, 0x5eed_0002, 0x5eed_0003];
+    // Fixed seeds, so a failure reproduces. Seed 26 is kept because it
+    // found the titlecase ignoreCase bug (see
+    // ignore_case_eq_matches_titlecase_letters). To explore, run with
+    // LOCKD_INDEX_SEED=<n>[,<n>…] or LOCKD_INDEX_SEED=<from>..<to>.
+    let mut seeds = vec![0x5eed_0001_u64, 0x5eed_0002, 26];
     if let Ok(v) = std::env::var("LOCKD_INDEX_SEED") {
-        seeds = vec![v.trim().parse().expect("LOCKD_INDEX_SEED is a number")];
+        let num = |t: &str| -> u64 { t.trim().parse().expect("LOCKD_INDEX_SEED: numbers") };
+        seeds = match v.split_once("..") {
+            Some((a, b)) => (num(a)..num(b)).collect(),
+            None => v.split(',').map(num).collect(),
+        };
     }
     for seed in seeds {
         eprintln!("index property test: seed {seed} on {b:?}");
