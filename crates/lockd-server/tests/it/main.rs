@@ -7,6 +7,7 @@ mod connections;
 mod contention;
 mod deadlines;
 mod errors;
+mod index;
 mod interop;
 mod leases;
 mod metrics;
