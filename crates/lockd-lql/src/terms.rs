@@ -125,10 +125,13 @@ fn walk(v: &Value, at: DefaultHasher, out: &mut Vec<u64>) {
 
 fn scalar_term(mut at: DefaultHasher, text: &str) -> u64 {
     at.write_u8(SCALAR);
-    if text.chars().any(char::is_uppercase) {
-        text.to_lowercase().hash(&mut at);
-    } else {
+    // Lower-case exactly as the evaluator does (`str::to_lowercase`); only
+    // ASCII text without capitals can skip it. Outside ASCII, letters that
+    // are not "uppercase" still change (titlecase `ǅ` becomes `ǆ`).
+    if text.is_ascii() && !text.bytes().any(|b| b.is_ascii_uppercase()) {
         text.hash(&mut at);
+    } else {
+        text.to_lowercase().hash(&mut at);
     }
     at.finish()
 }
@@ -260,5 +263,13 @@ mod tests {
         assert!(plan("eq{f=/f,v=1.5}").admits(&t));
         assert!(plan("eq{f=/b,v=false}").admits(&t));
         assert!(!plan("/n=121").admits(&t));
+    }
+
+    #[test]
+    fn titlecase_letters_are_folded_as_the_evaluator_folds_them() {
+        // U+01C5 is titlecase, not uppercase, yet lower-cases to U+01C6.
+        let t = terms(&json!({"name": "\u{01c5}emal"}));
+        assert!(plan("eq{f=/name,v=\u{01c6}emal,ic=true}").admits(&t));
+        assert!(plan("eq{f=/name,v=\u{01c4}emal,ic=true}").admits(&t));
     }
 }

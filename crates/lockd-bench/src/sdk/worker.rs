@@ -106,6 +106,7 @@ pub(super) fn code(e: &lockd_client::Error) -> String {
         E::Unsupported(_) => "unsupported".into(),
         E::Cancelled(_) => "cancelled".into(),
         E::Handler(_) => "handler".into(),
+        E::Selector(_) => "selector".into(),
     }
 }
 
