@@ -629,6 +629,16 @@ fn spawn_background(
         if ha_state.is_active() {
             sweep_orphans(&engine).await;
         }
+        // Namespaces that kept a query index get it back without waiting
+        // for a query (a node that shares its store keeps none).
+        match engine.rebuild_indexes().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(namespaces = n, "rebuilding query indexes"),
+            Err(e) => tracing::warn!(
+                error = %e.into_refusal().detail,
+                "query indexes not rebuilt at start; they are built on first use"
+            ),
+        }
     });
     let sweeper = (!cfg.sweeper_interval.is_zero())
         .then(|| spawn_sweeper(parts.engine.clone(), parts.ha.clone(), cfg, stopped.clone()));

@@ -147,7 +147,8 @@ async fn index_answers_exactly_the_acknowledged_commits_after_kill_9() {
         .await;
         assert_eq!(status, 200, "{v}");
         // What the previous rounds acknowledged is all there.
-        check(&http, &base, &known.lock().expect("known").clone(), round).await;
+        let snapshot = known.lock().expect("known").clone();
+        check(&http, &base, &snapshot, round).await;
 
         // Build the index, then keep committing while the server is killed.
         let (status, v) = post(
@@ -166,7 +167,8 @@ async fn index_answers_exactly_the_acknowledged_commits_after_kill_9() {
         for t in tasks {
             t.await.expect("writer");
         }
-        check(&http, &base, &known.lock().expect("known").clone(), round).await;
+        let snapshot = known.lock().expect("known").clone();
+        check(&http, &base, &snapshot, round).await;
         // More commits, and the kill falls among them.
         stop.store(false, Ordering::SeqCst);
         let tasks = writers(&srv.api(), &http, &base, &known, &stop, &mut rng);
@@ -178,14 +180,16 @@ async fn index_answers_exactly_the_acknowledged_commits_after_kill_9() {
         // Restart and settle each open operation by what the store holds.
         let srv = cmd.start();
         let base = srv.base();
+        // The namespace kept an index, so the start rebuilds it before
+        // anything asks for it.
+        let log = srv.wait_stderr("query index built");
+        assert!(
+            log.contains("query index built"),
+            "no index rebuild at start:\n{log}"
+        );
         settle(&http, &base, &known).await;
-        check(
-            &http,
-            &base,
-            &known.lock().expect("known").clone(),
-            round + 1,
-        )
-        .await;
+        let snapshot = known.lock().expect("known").clone();
+        check(&http, &base, &snapshot, round + 1).await;
         srv.kill();
     }
 }

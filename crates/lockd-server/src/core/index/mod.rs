@@ -30,12 +30,14 @@
 //! # Durability
 //!
 //! The index is derived from the committed records, which are durable; it
-//! is not written anywhere itself. After a restart (or a `kill -9`) it is
-//! rebuilt on first use from what the store holds, in the background;
-//! until the build is done, index queries are answered by the scan path
-//! (and say so in their metadata) and flushes wait for it. Nothing can be
-//! lost or invented across a crash, because nothing but committed records
-//! feeds it.
+//! is not written anywhere itself. Once a namespace's index has been built,
+//! a small marker (`n/<namespace>/index`) records that the namespace uses
+//! one, and every start rebuilds the marked namespaces' indexes from what
+//! the store holds, in the background (so after a restart or a `kill -9`
+//! the index is back without waiting for a query). Until a build is done,
+//! index queries are answered by the scan path (and say so in their
+//! metadata) and flushes wait for it. Nothing can be lost or invented
+//! across a crash, because nothing but committed records feeds it.
 //!
 //! # Building while commits go on
 //!
@@ -68,6 +70,15 @@ use keys::KeyIndex;
 use super::query::searchable_key;
 use super::record::{doc_key, key_id, meta_key, MetaRecord};
 use super::{CoreError, CoreResult, Engine};
+use crate::storage::{Cond, Op};
+
+/// Store key of the marker saying a namespace keeps an index.
+fn marker_key(ns: &str) -> String {
+    format!("n/{ns}/index")
+}
+
+/// Marker keys listed per store call at start-up.
+const MARKER_PAGE: usize = 256;
 
 /// Terms computed at update time for documents not yet committed, at most.
 const MAX_STAGED: usize = 65_536;
@@ -274,13 +285,16 @@ impl Engine {
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             match engine.build_index(&ns, &building).await {
-                Ok(n) => tracing::info!(
-                    namespace = %ns,
-                    keys = n,
-                    ms = started.elapsed().as_millis() as u64,
-                    approx_bytes = engine.index_memory(&ns).unwrap_or(0),
-                    "query index built"
-                ),
+                Ok(n) => {
+                    tracing::info!(
+                        namespace = %ns,
+                        keys = n,
+                        ms = started.elapsed().as_millis() as u64,
+                        approx_bytes = engine.index_memory(&ns).unwrap_or(0),
+                        "query index built"
+                    );
+                    engine.mark_indexed(&ns).await;
+                }
                 Err(e) => {
                     let why = e.into_refusal().detail;
                     tracing::error!(namespace = %ns, error = %why, "query index build failed");
@@ -292,6 +306,50 @@ impl Engine {
             }
         });
         Some(space)
+    }
+
+    /// Records that `ns` keeps an index, so the next start rebuilds it.
+    async fn mark_indexed(&self, ns: &str) {
+        let key = marker_key(ns);
+        if matches!(self.store.get(&key).await, Ok(Some(_))) {
+            return;
+        }
+        let put = Op::Put {
+            key,
+            value: Bytes::from_static(b"{}"),
+            cond: Cond::IfAbsent,
+        };
+        if let Err(e) = self.store.apply(vec![put]).await {
+            // Another writer put it first, or the store refused: the index
+            // is then rebuilt on first use instead of at start.
+            tracing::debug!(namespace = %ns, error = %e, "index marker not written");
+        }
+    }
+
+    /// Starts rebuilding, in the background, the index of every namespace
+    /// that kept one before (see the module docs). Returns how many.
+    pub async fn rebuild_indexes(self: &Arc<Self>) -> CoreResult<usize> {
+        if !self.indexes.enabled {
+            return Ok(0);
+        }
+        let mut after: Option<String> = None;
+        let mut started = 0;
+        loop {
+            let names = self.store.list("n/", after.as_deref(), MARKER_PAGE).await?;
+            let Some(last) = names.last().cloned() else {
+                return Ok(started);
+            };
+            for name in &names {
+                let ns = name
+                    .strip_prefix("n/")
+                    .and_then(|rest| rest.strip_suffix("/index"));
+                if let Some(ns) = ns.filter(|ns| !ns.contains('/')) {
+                    self.index_space(ns);
+                    started += 1;
+                }
+            }
+            after = Some(last);
+        }
     }
 
     /// Prepares an index query over `ns` with `plan`, starting after
