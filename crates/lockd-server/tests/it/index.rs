@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::query::{keys, query};
 use lockd_testkit::server::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -114,35 +115,6 @@ async fn flush_wait(s: &TestServer, ns: &str) -> u64 {
 
 fn code(v: &Value) -> String {
     v["error"].as_str().unwrap_or_default().to_string()
-}
-
-/// A keys-mode query: (status, headers, body).
-async fn query(
-    s: &TestServer,
-    params: &str,
-    body: Value,
-) -> (u16, reqwest::header::HeaderMap, Value) {
-    let r = s
-        .http
-        .post(s.url(&format!("/v1/query{params}")))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let text = r.text().await.unwrap();
-    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, headers, v)
-}
-
-fn keys(v: &Value) -> Vec<String> {
-    v["keys"]
-        .as_array()
-        .unwrap_or_else(|| panic!("keys missing: {v}"))
-        .iter()
-        .map(|k| k.as_str().unwrap().to_string())
-        .collect()
 }
 
 /// Keys of an eq query through the index in the default namespace.

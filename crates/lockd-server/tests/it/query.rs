@@ -34,7 +34,8 @@ async fn commit(s: &TestServer, key: &str, doc: Value) {
     s.release(&l).await;
 }
 
-async fn query(
+/// A query: (status, headers, body as JSON, or the text when it is not).
+pub(crate) async fn query(
     s: &TestServer,
     params: &str,
     body: Value,
@@ -53,7 +54,8 @@ async fn query(
     (status, headers, v)
 }
 
-fn keys(v: &Value) -> Vec<String> {
+/// The `keys` of a keys-mode answer.
+pub(crate) fn keys(v: &Value) -> Vec<String> {
     v["keys"]
         .as_array()
         .unwrap_or_else(|| panic!("keys missing: {v}"))
