@@ -89,6 +89,9 @@ pub const MAX_BUILDS: usize = 8;
 /// Records the builder reads at the same time.
 const BUILD_READS: usize = 16;
 
+/// Namespace indexes kept before the empty ones are let go.
+const MAX_SPACES: usize = 10_000;
+
 /// Records listed per store call while building.
 const BUILD_PAGE: usize = 512;
 
@@ -265,6 +268,14 @@ impl Engine {
                 return Some(s.clone());
             }
         }
+        if spaces.len() >= MAX_SPACES {
+            // Many namespaces asked for: let go of the empty indexes (they
+            // are rebuilt, cheaply, on their next use).
+            spaces.retain(|_, s| {
+                let inner = s.inner.read().unwrap_or_else(|p| p.into_inner());
+                inner.status == Status::Building || !inner.index.ids.is_empty()
+            });
+        }
         let (status, _) = watch::channel(Status::Building);
         let space = Arc::new(Space {
             inner: RwLock::new(Inner {
@@ -285,6 +296,9 @@ impl Engine {
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             match engine.build_index(&ns, &building).await {
+                // An empty namespace leaves no marker: a client naming
+                // many empty namespaces makes the store write nothing.
+                Ok(0) => {}
                 Ok(n) => {
                     tracing::info!(
                         namespace = %ns,
