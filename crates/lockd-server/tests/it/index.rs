@@ -13,21 +13,6 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn mem() {
-                super::$name(super::Backend::Mem).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn disk() {
-                super::$name(super::Backend::Disk).await
-            }
-        }
-    )*};
-}
-
 on_both_backends!(
     flush_wait_answers_with_the_built_index,
     flush_async_starts_the_build,

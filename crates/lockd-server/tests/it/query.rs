@@ -7,21 +7,6 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn mem() {
-                super::$name(super::Backend::Mem).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn disk() {
-                super::$name(super::Backend::Disk).await
-            }
-        }
-    )*};
-}
-
 on_both_backends!(
     only_committed_visible_documents_are_searched,
     keys_pages_in_order_with_cursors,

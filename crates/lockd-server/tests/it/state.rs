@@ -9,23 +9,6 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-/// Runs an async flow `fn name(Backend)` as two tests, `name::mem` and
-/// `name::disk`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn mem() {
-                super::$name(super::Backend::Mem).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn disk() {
-                super::$name(super::Backend::Disk).await
-            }
-        }
-    )*};
-}
-
 on_both_backends!(
     worked_example,
     staged_state_is_visible_only_to_the_holder,
