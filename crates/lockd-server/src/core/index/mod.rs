@@ -55,6 +55,7 @@ mod keys;
 
 use std::collections::HashMap;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
@@ -125,6 +126,8 @@ pub struct Space {
     status: watch::Sender<Status>,
     /// Names the build (an async flush while it runs answers with it).
     build_id: String,
+    /// The start-up marker was written (or found) for this namespace.
+    marked: AtomicBool,
 }
 
 /// A ready index's facts, for metadata and flush answers.
@@ -287,6 +290,7 @@ impl Engine {
             }),
             status,
             build_id: uuid::Uuid::now_v7().to_string(),
+            marked: AtomicBool::new(false),
         });
         spaces.insert(ns.to_string(), space.clone());
         drop(spaces);
@@ -307,7 +311,7 @@ impl Engine {
                         approx_bytes = engine.index_memory(&ns).unwrap_or(0),
                         "query index built"
                     );
-                    engine.mark_indexed(&ns).await;
+                    engine.mark_indexed(&ns, &building).await;
                 }
                 Err(e) => {
                     let why = e.into_refusal().detail;
@@ -323,7 +327,10 @@ impl Engine {
     }
 
     /// Records that `ns` keeps an index, so the next start rebuilds it.
-    async fn mark_indexed(&self, ns: &str) {
+    async fn mark_indexed(&self, ns: &str, space: &Space) {
+        if space.marked.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let key = marker_key(ns);
         if matches!(self.store.get(&key).await, Ok(Some(_))) {
             return;
@@ -520,6 +527,12 @@ impl Engine {
         };
         if !searchable_key(key) {
             return;
+        }
+        let ready = *space.status.borrow() == Status::Ready;
+        if after.live && ready {
+            // The first document of a namespace whose index was built
+            // empty: from now on a start rebuilds it (once per namespace).
+            self.mark_indexed(ns, &space).await;
         }
         {
             let mut inner = space.inner.write().unwrap_or_else(|p| p.into_inner());
