@@ -97,7 +97,9 @@
 //!   timestamp is read as UTC.
 //! * `/prefix{sub,sub,…}` applies each sub-expression with `/prefix`
 //!   prepended. Sub-expressions are split on commas outside quoted values and
-//!   nested blocks (blocks may nest, `/a{/b{/c=1}}`); a quoted value is one
+//!   nested blocks (blocks may nest, `/a{/b{/c=1}}`, up to 32 levels). A `{`
+//!   before the first `=` opens a block, so a member name with `{` can only
+//!   be reached through a wildcard. A quoted value is one
 //!   whose first non-blank character after `=` is `"` or `'`, and it runs to
 //!   the next same quote (no escapes). A block cannot carry a prefix; put
 //!   `rm:`/`time:` on the expressions inside it.
@@ -105,7 +107,8 @@
 //!   refused with [`MutateError::FileBacked`]. At most one prefix per
 //!   expression, so `time:` never combines with `rm:`, `++` or `--`.
 //! * Paths are JSON Pointers starting with `/` (`~1` is `/`, `~0` is `~`);
-//!   the root cannot be targeted; segments may contain spaces; blanks around
+//!   the root cannot be targeted; at most [`MAX_PATH_STEPS`] segments;
+//!   segments may contain spaces; blanks around
 //!   the path and the value are trimmed. A numeric segment indexes an existing
 //!   array element, and otherwise names an object member. The LQL wildcards
 //!   (`*`, `[]`, `**`, `...`, `name[]`) apply the mutation to every
@@ -142,7 +145,7 @@ mod terms;
 
 pub use eval::{compile, validate_fields, Compiled, MAX_DEPTH};
 pub use lockd_api::selector::Selector;
-pub use mutate::{parse_mutations, MutateError, Mutations};
+pub use mutate::{parse_mutations, MutateError, Mutations, MAX_PATH_STEPS};
 pub use params::parse_query_params;
 pub use parse::{parse, parse_or, to_text, ParseError};
 pub use terms::{document_terms, Plan};

@@ -266,6 +266,10 @@ impl Ctx<'_> {
     }
 }
 
+/// How many segments a path may have (wildcards included), so mutations
+/// cannot nest a document deeper than a JSON reader accepts.
+pub const MAX_PATH_STEPS: usize = 100;
+
 /// How deep brace blocks may nest.
 const MAX_BLOCK_DEPTH: usize = 32;
 
@@ -549,6 +553,9 @@ fn compile_path(ctx: &Ctx<'_>, pointer: &str) -> Result<Vec<Step>, MutateError> 
             steps.push(step);
         }
         steps.extend(std::iter::repeat_n(Step::AnyElement, elements));
+        if steps.len() > MAX_PATH_STEPS {
+            return Err(ctx.invalid(format!("the path has more than {MAX_PATH_STEPS} segments")));
+        }
     }
     Ok(steps)
 }
@@ -660,14 +667,31 @@ fn array_index(name: &str, len: usize) -> Option<usize> {
     name.parse::<usize>().ok().filter(|&i| i < len)
 }
 
+/// Matches of a wildcard path, and the states already explored.
+#[derive(Default)]
+struct Found {
+    matches: Vec<Vec<Loc>>,
+    visited: HashSet<(usize, usize)>,
+}
+
 /// Every existing value `steps` reaches from `v`, as concrete locations, in
 /// document order.
-fn collect(v: &Value, steps: &[Step], at: &mut Vec<Loc>, out: &mut Vec<Vec<Loc>>) {
+///
+/// Each (value, remaining steps) pair is visited once: a value's location is
+/// the same whichever route reaches it, so repeats would only re-find the
+/// same matches, and with several `...` the routes multiply without bound.
+fn collect(v: &Value, steps: &[Step], at: &mut Vec<Loc>, out: &mut Found) {
+    if !out
+        .visited
+        .insert((std::ptr::from_ref(v) as usize, steps.len()))
+    {
+        return;
+    }
     let Some((first, rest)) = steps.split_first() else {
-        out.push(at.clone());
+        out.matches.push(at.clone());
         return;
     };
-    fn each(loc: Loc, child: &Value, steps: &[Step], at: &mut Vec<Loc>, out: &mut Vec<Vec<Loc>>) {
+    fn each(loc: Loc, child: &Value, steps: &[Step], at: &mut Vec<Loc>, out: &mut Found) {
         at.push(loc);
         collect(child, steps, at, out);
         at.pop();
@@ -813,10 +837,11 @@ impl Mutation {
             other => other.clone(),
         };
         if self.steps.iter().any(Step::is_wildcard) {
-            let mut found = Vec::new();
+            let mut found = Found::default();
             collect(doc, &self.steps, &mut Vec::new(), &mut found);
-            let mut seen = HashSet::new();
-            found.retain(|locs| !locs.is_empty() && seen.insert(locs.clone()));
+            let mut found = found.matches;
+            // The root is never a match.
+            found.retain(|locs| !locs.is_empty());
             if op == Op::Remove {
                 // Later matches first, so earlier array indexes stay valid.
                 for locs in found.iter().rev() {

@@ -109,6 +109,14 @@ fn paths() {
     }
     assert!(parse_err(&["/=1"]).to_string().contains("root"));
     assert!(parse_err(&["rm:/"]).to_string().contains("root"));
+    // Paths are capped so a document cannot be nested without bound.
+    let deep = "/a".repeat(100);
+    assert_eq!(parse_mutations(&[format!("{deep}=1")]).unwrap().len(), 1);
+    let err = parse_err(&[&format!("{deep}/a=1")]);
+    assert!(err.to_string().contains("100"), "{err}");
+    assert!(parse_err(&[&format!("/x{{{deep}=1}}")])
+        .to_string()
+        .contains("100"));
 }
 
 #[test]
@@ -317,6 +325,22 @@ fn wildcards_touch_existing_matches_only() {
         ok(&["/.../.../*/.../n++"], json!({"a": {"b": {"n": 1}}}))["a"]["b"]["n"],
         json!(2)
     );
+    // Many `...` over a deep document: every `n` once, and quickly (the
+    // routes number in the millions; each value/step pair is explored once).
+    let mut chain = json!({"n": 1});
+    for _ in 0..80 {
+        chain = json!({"c": chain, "n": 1});
+    }
+    let done = ok(&["/.../c/.../c/.../c/.../c/.../n++"], chain);
+    let mut v = &done;
+    for depth in 0..=80 {
+        assert_eq!(
+            v["n"],
+            json!(if depth >= 4 { 2 } else { 1 }),
+            "depth {depth}"
+        );
+        v = &v["c"];
+    }
     // The root is never a match.
     assert_eq!(ok(&["/...=1"], json!({"a": 2})), json!({"a": 1}));
     assert_eq!(ok(&["rm:/..."], json!({"a": {"b": 1}})), json!({}));
@@ -368,6 +392,35 @@ fn arb_doc() -> impl Strategy<Value = Value> {
         .prop_map(|m| Value::Object(m.into_iter().collect()))
 }
 
+/// A well-formed expression over small paths, wildcards included.
+fn arb_expr() -> impl Strategy<Value = String> {
+    let seg = prop_oneof![
+        3 => "[a-c0-1]".prop_map(String::from),
+        1 => prop::sample::select(vec!["*", "[]", "**", "...", "a[]", "hello key", "x~1y"])
+            .prop_map(String::from),
+    ];
+    let path = prop::collection::vec(seg, 1..4).prop_map(|s| format!("/{}", s.join("/")));
+    let op = prop::sample::select(vec![
+        "=1",
+        "=-2",
+        "=+0.5",
+        "=x",
+        "=\"q, r\"",
+        "='7'",
+        "=true",
+        "=null",
+        "++",
+        "--",
+        "=",
+    ]);
+    (0u8..6, path, op, "[a-c]").prop_map(|(k, p, op, b)| match k {
+        0 => format!("rm:{p}"),
+        1 => format!("time:{p}=NOW"),
+        2 => format!("/{b}{{{p}{op},rm:{p}}}"),
+        _ => format!("{p}{op}"),
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -375,7 +428,8 @@ proptest! {
     fn garbage_never_panics(
         exprs in prop::collection::vec(
             prop_oneof![
-                ".{0,24}",
+                arb_expr(),
+                ".{0,24}".prop_map(String::from),
                 "[/a-c0-1{}=,+\\-*\\[\\].:'\" ~]{0,20}",
                 "(rm:|time:|file:|)(/[a-c*.\\[\\]{}]{0,3}){1,3}(=[+\\-]?[0-9a-z.'\"{},/]{0,6}|\\+\\+|--|\\{/[a-c]=[0-9],/[a-c]\\+\\+\\})?",
             ],
@@ -383,13 +437,34 @@ proptest! {
         ),
         doc in arb_doc(),
     ) {
-        if let Ok(muts) = parse_mutations(&exprs) {
-            let mut d = doc;
-            let _ = muts.apply(&mut d, NOW);
-        } else if let Err(e) = parse_mutations(&exprs) {
-            prop_assert!(e.is_parse_error());
-            prop_assert!(!e.to_string().is_empty());
+        match parse_mutations(&exprs) {
+            Ok(muts) => {
+                let mut d = doc;
+                if let Err(e) = muts.apply(&mut d, NOW) {
+                    prop_assert!(!e.is_parse_error(), "{e:?}");
+                }
+                prop_assert!(d.is_object());
+            }
+            Err(e) => {
+                prop_assert!(e.is_parse_error(), "{e:?}");
+                prop_assert!(e.to_string().starts_with("mutation "), "{e}");
+            }
         }
+    }
+
+    #[test]
+    fn well_formed_mutations_apply_without_panicking(
+        exprs in prop::collection::vec(arb_expr(), 1..5),
+        doc in arb_doc(),
+    ) {
+        let muts = parse_mutations(&exprs);
+        prop_assert!(muts.is_ok(), "{exprs:?}: {muts:?}");
+        let mut d = doc;
+        match muts.unwrap().apply(&mut d, NOW) {
+            Ok(()) | Err(MutateError::NotANumber { .. }) => {}
+            Err(other) => prop_assert!(false, "{exprs:?}: {other:?}"),
+        }
+        prop_assert!(d.is_object());
     }
 
     #[test]
