@@ -8,7 +8,8 @@
 //! ([`parse`], [`parse_or`], [`to_text`]) and reads the URL-parameter form
 //! ([`parse_query_params`]), and tells a secondary index what to file a
 //! document under and which filed terms a selector needs ([`document_terms`],
-//! [`Compiled::plan`]).
+//! [`Compiled::plan`]). It also parses and applies the mutation language of
+//! `POST /v1/mutate` ([`parse_mutations`], [`Mutations::apply`]).
 //!
 //! # Semantics (§3.2)
 //!
@@ -81,9 +82,61 @@
 //! assert!(err.to_string().contains("does not take the key"));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//! # Mutation language (§5.1)
+//!
+//! [`parse_mutations`] takes a list of expressions; each element is **one**
+//! expression (no splitting on top-level commas). They apply in order to a
+//! document that must be a JSON object ([`Mutations::apply`]).
+//!
+//! * `/p=value` sets; `/p++` and `/p--` add ±1; `/p=+N` and `/p=-N` (N a
+//!   finite non-zero number) add ±N instead of setting.
+//! * `rm:/p`, `remove:/p`, `delete:/p`, `del:/p` delete a member or array
+//!   element; a missing path is not an error.
+//! * `time:/p=NOW` (any case) or `time:/p=<RFC 3339>` stores the instant as an
+//!   RFC 3339 UTC string with nanoseconds (trailing zeros dropped); a zone-less
+//!   timestamp is read as UTC.
+//! * `/prefix{sub,sub,…}` applies each sub-expression with `/prefix`
+//!   prepended. Sub-expressions are split on commas outside quoted values and
+//!   nested blocks (blocks may nest, `/a{/b{/c=1}}`, up to 32 levels). A `{`
+//!   before the first `=` opens a block, so a member name with `{` can only
+//!   be reached through a wildcard. A quoted value is one
+//!   whose first non-blank character after `=` is `"` or `'`, and it runs to
+//!   the next same quote (no escapes). A block cannot carry a prefix; put
+//!   `rm:`/`time:` on the expressions inside it.
+//! * `file:`, `textfile:`, `base64file:` are client-local (§5.3): they are
+//!   refused with [`MutateError::FileBacked`]. At most one prefix per
+//!   expression, so `time:` never combines with `rm:`, `++` or `--`.
+//! * Paths are JSON Pointers starting with `/` (`~1` is `/`, `~0` is `~`);
+//!   the root cannot be targeted; at most [`MAX_PATH_STEPS`] segments;
+//!   segments may contain spaces; blanks around
+//!   the path and the value are trimmed. A numeric segment indexes an existing
+//!   array element, and otherwise names an object member. The LQL wildcards
+//!   (`*`, `[]`, `**`, `...`, `name[]`) apply the mutation to every
+//!   **existing** match (never the root) and never create anything.
+//! * Set values: one pair of surrounding `"` or `'` is stripped, then
+//!   `true`/`false`/`null` (any case) are literals, an i64 integer is an
+//!   integer, a finite float a float, anything else a string. Quoting does not
+//!   force a string: `/a="123"` stores 123 — and `/a="-3"` is how to *set* a
+//!   negative number.
+//! * Without wildcards, set and increment create missing intermediate objects
+//!   and replace a non-object intermediate with an object. An increment of a
+//!   missing (or `null`) member stores the delta; of any other non-number it
+//!   fails ([`MutateError::NotANumber`]). Whole results are stored as integers.
+//!
+//! ```
+//! use lockd_lql::parse_mutations;
+//! use serde_json::json;
+//!
+//! let muts = parse_mutations(&[r#"/data{/count++,/hello key="mars"}"#, "del:/old"])?;
+//! let mut doc = json!({"old": 1, "data": {"count": 41}});
+//! muts.apply(&mut doc, time::OffsetDateTime::now_utc())?;
+//! assert_eq!(doc, json!({"data": {"count": 42, "hello key": "mars"}}));
+//! # Ok::<(), lockd_lql::MutateError>(())
+//! ```
 #![forbid(unsafe_code)]
 
 mod eval;
+mod mutate;
 mod params;
 mod parse;
 mod path;
@@ -92,6 +145,7 @@ mod terms;
 
 pub use eval::{compile, validate_fields, Compiled, MAX_DEPTH};
 pub use lockd_api::selector::Selector;
+pub use mutate::{parse_mutations, MutateError, Mutations, MAX_PATH_STEPS};
 pub use params::parse_query_params;
 pub use parse::{parse, parse_or, to_text, ParseError};
 pub use terms::{document_terms, Plan};

@@ -2,6 +2,7 @@
 //! module per area), as in every crate of the workspace.
 
 mod eval;
+mod mutate;
 mod params;
 mod terms;
 mod text;
