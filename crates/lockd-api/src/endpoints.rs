@@ -211,6 +211,9 @@ table! {
     /// `POST /v1/index/flush`: bring a namespace's index up to date (read
     /// and write permission).
     INDEX_FLUSH = 27: "/v1/index/flush", Other, Write, "index.flush" ["POST"] allow_header: true;
+    /// `POST /v1/mutate`: edit the holder's view of a document with LQL
+    /// mutations; staged like `/v1/update`.
+    MUTATE = 28: "/v1/mutate", Lock, Write, "mutate";
 }
 
 #[cfg(test)]

@@ -157,6 +157,10 @@ codes! {
     QueryEngineUnavailable = ("query_engine_unavailable", 400),
     /// A query cursor is malformed or from the other engine.
     InvalidCursor = ("invalid_cursor", 400),
+    /// A mutation does not parse, or uses a file-backed form.
+    InvalidMutations = ("invalid_mutations", 400),
+    /// A mutated document would be larger than the JSON limit.
+    DocumentTooLarge = ("document_too_large", 413),
     /// The server has no index (never sent by this server).
     IndexUnavailable = ("index_unavailable", 501),
     /// An index flush `mode` is not `wait`, `sync` or `async`.

@@ -48,6 +48,20 @@ pub const QUERY_CURSOR: &str = "x-lockd-query-cursor";
 pub const QUERY_INDEX_SEQ: &str = "x-lockd-query-index-seq";
 /// A query's metadata as compact JSON (documents mode: a trailer).
 pub const QUERY_METADATA: &str = "x-lockd-query-metadata";
+/// Mutate: documents read (always 1).
+pub const MUTATE_CANDIDATES_SEEN: &str = "x-lockd-mutate-candidates-seen";
+/// Mutate: documents written (always 1).
+pub const MUTATE_CANDIDATES_WRITTEN: &str = "x-lockd-mutate-candidates-written";
+/// Mutate: bytes of the document the mutations were applied to.
+pub const MUTATE_BYTES_READ: &str = "x-lockd-mutate-bytes-read";
+/// Mutate: bytes of the staged result.
+pub const MUTATE_BYTES_WRITTEN: &str = "x-lockd-mutate-bytes-written";
+/// Mutate: bytes held in memory while applying.
+pub const MUTATE_BYTES_CAPTURED: &str = "x-lockd-mutate-bytes-captured";
+/// Mutate: times the result spilled to disk (always 0 here).
+pub const MUTATE_SPILL_COUNT: &str = "x-lockd-mutate-spill-count";
+/// Mutate: bytes spilled to disk (always 0 here).
+pub const MUTATE_SPILL_BYTES: &str = "x-lockd-mutate-spill-bytes";
 /// CAS guard on a namespace configuration's ETag (`POST /v1/namespace`;
 /// quotes around the value are ignored).
 pub const IF_MATCH: &str = "if-match";

@@ -21,6 +21,7 @@ pub mod delivery;
 pub mod endpoints;
 pub mod error;
 pub mod headers;
+pub mod mutate;
 pub mod names;
 pub mod namespace;
 pub mod query;
