@@ -39,6 +39,27 @@ pub struct UpdateInput {
     pub body: Bytes,
 }
 
+/// Validated input of a mutate.
+#[derive(Debug, Clone)]
+pub struct MutateInput {
+    pub namespace: String,
+    pub key: String,
+    pub lease: LeaseRef,
+    pub if_version: Option<i64>,
+    pub if_etag: Option<String>,
+    pub mutations: std::sync::Arc<lockd_lql::Mutations>,
+    /// Largest document the result may be (`--json-max`).
+    pub max_bytes: u64,
+}
+
+/// Result of a mutate.
+#[derive(Debug, Clone)]
+pub struct Mutated {
+    pub updated: Updated,
+    /// Size of the document the mutations were applied to.
+    pub bytes_read: u64,
+}
+
 /// Validated input of a remove.
 #[derive(Debug, Clone)]
 pub struct RemoveInput {
@@ -160,12 +181,91 @@ impl Engine {
         let id = key_id(&input.namespace, &input.key);
         let entry = self.key_entry(&id);
         let l = &input.lease;
-        let (mut st, mut rec) = self.lock_staging(&id, &entry, l).await?;
+        let (mut st, rec) = self.lock_staging(&id, &entry, l).await?;
         check_version(&rec, &l.txn_id, input.if_version)?;
         check_etag(&rec, &l.txn_id, input.if_etag.as_deref())?;
+        self.stage_document(&input.namespace, &id, &mut st, rec, &l.txn_id, input.body)
+            .await
+    }
+
+    /// Edits the holder's view of a document (its staged copy, else the
+    /// committed one, else `{}`) with `mutations` and stages the result
+    /// as [`Engine::update`] would, under the same lock.
+    pub async fn mutate(&self, input: MutateInput) -> CoreResult<Mutated> {
+        self.cas_retry(|| self.mutate_once(&input)).await
+    }
+
+    async fn mutate_once(&self, input: &MutateInput) -> CoreResult<Mutated> {
+        let id = key_id(&input.namespace, &input.key);
+        let entry = self.key_entry(&id);
+        let l = &input.lease;
+        let (mut st, rec) = self.lock_staging(&id, &entry, l).await?;
+        check_version(&rec, &l.txn_id, input.if_version)?;
+        check_etag(&rec, &l.txn_id, input.if_etag.as_deref())?;
+        let view = match rec.staged_by(&l.txn_id) {
+            Some(s) if s.remove => String::new(),
+            Some(s) if !s.state_etag.is_empty() => s.state_etag.clone(),
+            _ => rec.state_etag.clone(),
+        };
+        let source = if view.is_empty() {
+            Bytes::from_static(b"{}")
+        } else {
+            match self.store.get(&doc_key(&id, &view)).await? {
+                Some((body, _)) => body,
+                None => return Err(missing_doc()),
+            }
+        };
+        let mut doc: serde_json::Value = serde_json::from_slice(&source)
+            .map_err(|e| CoreError::new(ErrorCode::InvalidBody, format!("stored document: {e}")))?;
+        let now = self.cfg.clock.now_ms();
+        let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(now) * 1_000_000)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        input.mutations.apply(&mut doc, at).map_err(|e| {
+            let code = if e.is_parse_error() {
+                ErrorCode::InvalidMutations
+            } else {
+                ErrorCode::InvalidBody
+            };
+            CoreError::new(code, e.to_string())
+        })?;
+        let body = serde_json::to_vec(&doc).map_err(|e| {
+            CoreError::new(ErrorCode::InternalError, format!("encode document: {e}"))
+        })?;
+        if body.len() as u64 > input.max_bytes {
+            return Err(CoreError::new(
+                ErrorCode::DocumentTooLarge,
+                format!(
+                    "mutated document is {} bytes, more than the limit of {}",
+                    body.len(),
+                    input.max_bytes
+                ),
+            ));
+        }
+        let bytes_read = source.len() as u64;
+        let updated = self
+            .stage_document(&input.namespace, &id, &mut st, rec, &l.txn_id, body.into())
+            .await?;
+        Ok(Mutated {
+            updated,
+            bytes_read,
+        })
+    }
+
+    /// Stages `body` as the holder's document: the common end of update
+    /// and mutate, under the key's lock after their checks.
+    async fn stage_document(
+        &self,
+        namespace: &str,
+        id: &str,
+        st: &mut KeyState,
+        mut rec: MetaRecord,
+        txn: &str,
+        body: Bytes,
+    ) -> CoreResult<Updated> {
+        let id = id.to_string();
         let etag = uuid::Uuid::now_v7().to_string();
         let staged = rec.staged.get_or_insert_with(|| Staged {
-            txn_id: l.txn_id.clone(),
+            txn_id: txn.to_string(),
             ..Staged::default()
         });
         if staged.version == 0 {
@@ -175,16 +275,16 @@ impl Engine {
         staged.remove = false;
         let new_version = staged.version;
         rec.updated_at_unix = self.cfg.clock.now_unix();
-        let bytes = input.body.len() as i64;
+        let bytes = body.len() as i64;
         let before = vec![Op::Put {
             key: doc_key(&id, &etag),
-            value: input.body.clone(),
+            value: body.clone(),
             cond: Cond::Any,
         }];
         let after = delete_doc(&id, &old).into_iter().collect();
         let query_hidden = rec.effective_query_hidden();
-        persist(self.store.as_ref(), &id, &mut st, rec, before, after).await?;
-        self.index_stage(&input.namespace, &etag, &old, &input.body);
+        persist(self.store.as_ref(), &id, st, rec, before, after).await?;
+        self.index_stage(namespace, &etag, &old, &body);
         Ok(Updated {
             new_version,
             new_state_etag: etag,

@@ -11,6 +11,7 @@ mod index;
 mod lease;
 pub(crate) mod linger;
 mod multipart;
+mod mutate;
 mod namespace;
 mod query;
 mod queue;
@@ -184,6 +185,7 @@ fn handlers() -> Vec<(Endpoint, MethodRouter<Shared>)> {
         (ep::NAMESPACE, any(namespace::namespace)),
         (ep::QUERY, any(query::query)),
         (ep::INDEX_FLUSH, any(index::flush)),
+        (ep::MUTATE, any(mutate::mutate)),
     ]
 }
 

@@ -40,7 +40,7 @@ fn addressed(app: &AppState, q: &Query, caller: &Caller) -> Result<(String, Stri
 
 /// The lease headers of update, remove and metadata, in the protocol's
 /// order: `missing_lease`, `missing_txn`, then the fencing token.
-fn lease_headers(h: &HeaderMap) -> Result<LeaseRef, ApiError> {
+pub(super) fn lease_headers(h: &HeaderMap) -> Result<LeaseRef, ApiError> {
     let lease_id = header(h, headers::LEASE_ID)
         .ok_or_else(|| ApiError::new(ErrorCode::MissingLease, "x-lease-id header required"))?;
     let txn_id = header(h, headers::TXN_ID)
@@ -58,7 +58,7 @@ fn lease_headers(h: &HeaderMap) -> Result<LeaseRef, ApiError> {
     })
 }
 
-fn if_etag(h: &HeaderMap) -> Option<String> {
+pub(super) fn if_etag(h: &HeaderMap) -> Option<String> {
     header(h, headers::IF_STATE_ETAG)
         .map(|v| v.trim_matches('"').trim().to_string())
         .filter(|v| !v.is_empty())

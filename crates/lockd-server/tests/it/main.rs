@@ -30,6 +30,7 @@ mod interop;
 mod leases;
 mod metrics;
 mod mtls;
+mod mutate;
 mod namespace_config;
 mod qrf;
 mod query;
