@@ -224,6 +224,7 @@ mod chart;
 mod cli;
 mod lease;
 mod load;
+mod mutate;
 mod overload;
 mod procfs;
 mod query;
@@ -268,6 +269,7 @@ fn main() -> ExitCode {
         Cmd::Attachments(a) => a.threads,
         Cmd::AttachmentRss(a) => a.threads,
         Cmd::Query(q) => q.threads,
+        Cmd::Mutate(m) => m.threads,
         Cmd::LeaseCycle(a)
         | Cmd::PublicRead(a)
         | Cmd::Keepalive(a)
@@ -302,6 +304,7 @@ fn main() -> ExitCode {
             Cmd::Attachments(a) => attachments::cmd(a, threads).await,
             Cmd::AttachmentRss(a) => attachments::rss::cmd(a).await,
             Cmd::Query(q) => query::cmd(q, threads).await,
+            Cmd::Mutate(m) => mutate::cmd(m, threads).await,
         }
     });
     match result {
