@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::attachments::parse_payload_size;
+use crate::mutate::MutateArgs;
 use crate::overload::OverloadArgs;
 use crate::query::QueryArgs;
 use crate::queue::Mode;
@@ -56,6 +57,9 @@ pub enum Cmd {
     /// Query: load N 1 KiB documents, flush the index, time a selective query with the
     /// index and with a scan, the index's memory, and lease cycles with vs without an index.
     Query(QueryArgs),
+    /// Mutate: a counter bump in a 64 KiB leased document via /v1/mutate (A) vs
+    /// get + update (B), alternating rounds; checks every counter at the end.
+    Mutate(MutateArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -158,9 +158,20 @@
 //! with an index against one without (ratio A ÷ B, target ≥ 0.8). Details
 //! in the `query` module.
 //!
+//! # Mutate
+//!
+//! `mutate` compares a counter bump in a 64 KiB leased document through
+//! `POST /v1/mutate` (A) with a leased get, a local increment and an
+//! update (B), in alternating rounds on one server, and checks at the end
+//! that every key's counter equals its committed cycles. Details in the
+//! `mutate` module.
+//!
 //! # Examples
 //!
 //! ```text
+//! # mutate vs get + update, disk, 16 clients, 3 rounds
+//! cargo run --release -p lockd-bench -- mutate
+//!
 //! # baseline + mem + disk, 32 clients, 2 s warm-up, 10 s each
 //! cargo run --release -p lockd-bench -- lease
 //!
@@ -214,7 +225,7 @@
 //! * `server`: in-process lockd servers (the only user of `lockd-server`).
 //! * workloads: `baseline`, `lease` (+ `load`, the closed loop they
 //!   share), `queue`, `overload`, `sdk` (+ `chart`), `attachments`,
-//!   `query`;
+//!   `query`, `mutate`;
 //!   `s3` plans `--store s3` runs.
 //! * `procfs`: `VmRSS`/`VmHWM` of a process.
 
@@ -224,6 +235,7 @@ mod chart;
 mod cli;
 mod lease;
 mod load;
+mod mutate;
 mod overload;
 mod procfs;
 mod query;
@@ -268,6 +280,7 @@ fn main() -> ExitCode {
         Cmd::Attachments(a) => a.threads,
         Cmd::AttachmentRss(a) => a.threads,
         Cmd::Query(q) => q.threads,
+        Cmd::Mutate(m) => m.threads,
         Cmd::LeaseCycle(a)
         | Cmd::PublicRead(a)
         | Cmd::Keepalive(a)
@@ -302,6 +315,7 @@ fn main() -> ExitCode {
             Cmd::Attachments(a) => attachments::cmd(a, threads).await,
             Cmd::AttachmentRss(a) => attachments::rss::cmd(a).await,
             Cmd::Query(q) => query::cmd(q, threads).await,
+            Cmd::Mutate(m) => mutate::cmd(m, threads).await,
         }
     });
     match result {

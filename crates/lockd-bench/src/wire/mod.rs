@@ -12,6 +12,7 @@
 //! * [`attachments`]: streamed upload and public download;
 //! * [`queue`]: enqueue (multipart), dequeue, subscribe, ack, stats;
 //! * [`query`]: query (keys, documents), index flush, namespace engines;
+//! * [`mutate`]: `/v1/mutate`, leased and public `/v1/get`;
 //! * here: the client, one exchange with a timeout, `/healthz`, the
 //!   baseline's `POST /json`, error texts and the `waiting`/`queue_busy`
 //!   codes.
@@ -21,6 +22,7 @@
 
 pub mod attachments;
 pub mod lease;
+pub mod mutate;
 pub mod query;
 pub mod queue;
 

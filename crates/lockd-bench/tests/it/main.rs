@@ -2,5 +2,6 @@
 //! per area, so the suite builds and links one executable instead of one per file.
 
 mod attachments;
+mod mutate;
 mod query;
 mod smoke;
