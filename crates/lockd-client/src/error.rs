@@ -152,6 +152,10 @@ pub enum Error {
     /// A selector's text could not be parsed ([`crate::parse_selector`]):
     /// the byte offset of the problem and what it is.
     Selector(lockd_lql::ParseError),
+    /// A mutation expression could not be parsed, or could not be applied
+    /// to a document client side ([`crate::mutate`]); see
+    /// [`lockd_lql::MutateError::is_parse_error`].
+    Mutation(lockd_lql::MutateError),
     /// Not available in this build.
     Unsupported(String),
     /// The operation was cancelled (e.g. the lease was lost).
@@ -174,6 +178,7 @@ impl std::fmt::Display for Error {
             Error::Decode(m) => write!(f, "lockd: bad response: {m}"),
             Error::InvalidArgument(m) => write!(f, "lockd: {m}"),
             Error::Selector(e) => write!(f, "lockd: selector: {e}"),
+            Error::Mutation(e) => write!(f, "lockd: mutation: {e}"),
             Error::Unsupported(m) => write!(f, "lockd: not supported: {m}"),
             Error::Cancelled(m) => write!(f, "lockd: cancelled: {m}"),
             Error::Handler(e) => write!(f, "lockd: handler failed: {e}"),

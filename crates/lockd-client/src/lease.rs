@@ -18,6 +18,7 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::Method;
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 use lockd_api::endpoints as ep;
+use lockd_api::mutate::MutateRequest;
 use lockd_api::{
     headers, AcquireResponse, DescribeResponse, KeepAliveRequest, KeepAliveResponse,
     ReleaseRequest, ReleaseResponse, RemoveResponse, UpdateResponse,
@@ -742,6 +743,12 @@ impl LeaseSession {
             h,
             body.into().into_call_body(),
         );
+        self.send_update(call).await
+    }
+
+    /// Sends an update-shaped call and remembers the staged version and
+    /// etag from its answer (`update` and `mutate` answer alike).
+    async fn send_update(&self, call: Call) -> Result<Updated> {
         let answer = self.s.client.send(call).await?;
         let (_, raw) = read_all(answer.response).await?;
         let up: UpdateResponse =
@@ -755,6 +762,93 @@ impl LeaseSession {
             new_state_etag: up.new_state_etag,
             bytes: up.bytes,
         })
+    }
+
+    /// Edits the document on the server with the mutation language
+    /// ([`crate::mutate`], PROTOCOL-EXTENSIONS.md §5) and stages the result
+    /// like [`LeaseSession::update`], guarded by the session's CAS (the
+    /// version and etag it last saw, as [`LeaseSession::save`] is). The
+    /// expressions are parsed here first, so a malformed one is an
+    /// [`Error::Mutation`] (a file-backed one [`Error::Unsupported`]) and
+    /// nothing is sent. A missing document is edited as `{}`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lockd_client::Client) -> lockd_client::Result<()> {
+    /// use lockd_client::AcquireRequest;
+    /// let lease = client.acquire(AcquireRequest::new("orders/42", "worker-1")).await?;
+    /// let up = lease
+    ///     .mutate(&["/status=shipped", "/attempts++", "time:/shipped_at=NOW"])
+    ///     .await?;
+    /// assert_eq!(lease.version(), up.new_version);
+    /// lease.release().await?; // commits
+    /// # Ok(()) }
+    /// ```
+    pub async fn mutate(&self, exprs: &[impl AsRef<str>]) -> Result<Updated> {
+        self.mutate_with(exprs, Cas::Session).await
+    }
+
+    /// [`LeaseSession::mutate`] with an explicit CAS guard (`Cas::None` to
+    /// edit whatever is there).
+    ///
+    /// ```no_run
+    /// # async fn demo(lease: lockd_client::LeaseSession) -> lockd_client::Result<()> {
+    /// use lockd_client::Cas;
+    /// let cas = Cas::Explicit { version: Some(3), etag: None };
+    /// match lease.mutate_with(&["/count=+5"], cas).await {
+    ///     Err(e) if e.is_cas_conflict() => println!("someone else wrote version 3"),
+    ///     other => { other?; }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn mutate_with(&self, exprs: &[impl AsRef<str>], cas: Cas) -> Result<Updated> {
+        crate::mutate::parse(exprs)?;
+        let req = MutateRequest {
+            namespace: self.s.namespace.clone(),
+            mutations: exprs.iter().map(|e| e.as_ref().to_string()).collect(),
+        };
+        let body = serde_json::to_vec(&req).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let mut h = self.lease_headers();
+        self.cas_headers(&cas, &mut h);
+        h.push(("content-type", "application/json".into()));
+        let call = self.call(
+            Method::POST,
+            self.path(ep::MUTATE.path),
+            h,
+            CallBody::Bytes(body.into()),
+        );
+        self.send_update(call).await
+    }
+
+    /// Applies the mutation language client side (PROTOCOL-EXTENSIONS.md
+    /// §5.3): reads the document as this lease sees it, applies `exprs`
+    /// with [`crate::mutate::apply`] (a missing document starts as `{}`),
+    /// and stages the result with [`LeaseSession::update`], guarded by the
+    /// version and etag of that read (`X-If-Version`, `X-If-State-ETag`).
+    /// Needs no server support beyond get and update.
+    ///
+    /// ```no_run
+    /// # async fn demo(lease: lockd_client::LeaseSession) -> lockd_client::Result<()> {
+    /// lease.mutate_local(&["/status=packed", "rm:/draft"]).await?;
+    /// lease.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn mutate_local(&self, exprs: &[impl AsRef<str>]) -> Result<Updated> {
+        let muts = crate::mutate::parse(exprs)?;
+        let (mut doc, cas) = match self.get().await? {
+            Some(d) => {
+                let doc: serde_json::Value =
+                    serde_json::from_slice(&d.body).map_err(|e| Error::Decode(e.to_string()))?;
+                let cas = Cas::Explicit {
+                    version: (d.version > 0).then_some(d.version),
+                    etag: (!d.etag.is_empty()).then_some(d.etag),
+                };
+                (doc, cas)
+            }
+            None => (serde_json::Value::Object(Default::default()), Cas::None),
+        };
+        crate::mutate::apply_parsed(&mut doc, &muts)?;
+        let body = serde_json::to_vec(&doc).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        self.update(body, cas).await
     }
 
     /// Stages removal of the document. Returns whether anything was removed.

@@ -313,6 +313,7 @@ mod error;
 #[cfg(feature = "inprocess")]
 pub mod inprocess;
 mod lease;
+pub mod mutate;
 mod namespace;
 mod query;
 mod queue;

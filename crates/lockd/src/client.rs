@@ -8,6 +8,7 @@
 //! eval "$(lockd client acquire --key orders)"
 //! lockd client get                      # the document as the holder sees it
 //! echo '{"status":"shipped"}' | lockd client update -
+//! lockd client mutate '/count++' 'time:/updated=NOW'  # edit on the server
 //! lockd client attachments put label.pdf  # staged with the state
 //! lockd client release
 //! lockd client get --public --key orders
@@ -210,6 +211,36 @@ pub enum ClientCommand {
         if_version: Option<i64>,
         /// CAS: the etag the document must have.
         #[arg(long)]
+        if_etag: Option<String>,
+    },
+    /// Edit the document with mutation expressions and stage the result
+    /// (applied by the server, or with --local by this client: get, apply,
+    /// update guarded by the version and etag read).
+    ///
+    /// Forms: `/p=value` set, `/p++` `/p--` `/p=+N` `/p=-N` increment,
+    /// `rm:/p` delete, `time:/p=NOW` timestamp, `/p{/a=1,/b++}` block.
+    /// Shorthand accepted by this command: `set /p=v` (= `/p=v`),
+    /// `inc /p` or `incr /p` (= `/p++`), `inc /p=N` (= `/p=+N`),
+    /// `rm /p` or `unset /p` (= `rm:/p`). File-backed forms (`file:`…) are
+    /// not supported.
+    ///
+    /// Prints `export LOCKD_CLIENT_VERSION=…` and `LOCKD_CLIENT_ETAG=…`.
+    ///
+    /// Example: lockd client mutate 'set /status=shipped' '/count++'
+    Mutate {
+        #[command(flatten)]
+        held: Held,
+        /// Mutation expressions, applied in order.
+        #[arg(required = true, num_args = 1..)]
+        exprs: Vec<String>,
+        /// Apply client side (get, mutate, update) instead of on the server.
+        #[arg(long)]
+        local: bool,
+        /// CAS: the version the document must have (server-side mutate).
+        #[arg(long, conflicts_with = "local")]
+        if_version: Option<i64>,
+        /// CAS: the etag the document must have (server-side mutate).
+        #[arg(long, conflicts_with = "local")]
         if_etag: Option<String>,
     },
     /// Stage removal of the document.
@@ -1297,6 +1328,31 @@ fn parse_block(s: &str) -> Result<Block, String> {
     }
 }
 
+/// The `lockd client mutate` shorthand as a protocol expression:
+/// `set /p=v` → `/p=v`; `inc /p` / `incr /p` → `/p++`; `inc /p=N` →
+/// `/p=+N` (a signed N is kept); `rm /p` / `unset /p` → `rm:/p`. Anything
+/// else is passed through unchanged.
+fn desugar(expr: &str) -> String {
+    let trimmed = expr.trim_start();
+    let Some((word, rest)) = trimmed.split_once(' ') else {
+        return expr.to_string();
+    };
+    let rest = rest.trim_start();
+    if !rest.starts_with('/') {
+        return expr.to_string();
+    }
+    match word {
+        "set" => rest.to_string(),
+        "rm" | "unset" => format!("rm:{rest}"),
+        "inc" | "incr" => match rest.split_once('=') {
+            None => format!("{rest}++"),
+            Some((path, n)) if n.starts_with(['+', '-']) => format!("{path}={n}"),
+            Some((path, n)) => format!("{path}=+{n}"),
+        },
+        _ => expr.to_string(),
+    }
+}
+
 /// Exit code of an error (see the module docs).
 fn exit_code(e: &Error) -> u8 {
     match e {
@@ -1307,7 +1363,7 @@ fn exit_code(e: &Error) -> u8 {
             _ => 1,
         },
         Error::Transport(_) | Error::Timeout => 6,
-        Error::InvalidArgument(_) | Error::Selector(_) => 2,
+        Error::InvalidArgument(_) | Error::Selector(_) | Error::Mutation(_) => 2,
         _ => 1,
     }
 }
@@ -1537,6 +1593,35 @@ async fn command(client: &Client, conn: &Conn, cmd: ClientCommand) -> Result<(),
             println!("export LOCKD_CLIENT_ETAG={}", quote(&up.new_state_etag));
             Ok(())
         }
+        ClientCommand::Mutate {
+            held,
+            exprs,
+            local,
+            if_version,
+            if_etag,
+        } => {
+            let exprs: Vec<String> = exprs.iter().map(|e| desugar(e)).collect();
+            let lease = resume(&held);
+            let up = if local {
+                lease.mutate_local(&exprs).await?
+            } else {
+                let cas = if if_version.is_some() || if_etag.is_some() {
+                    Cas::Explicit {
+                        version: if_version,
+                        etag: if_etag,
+                    }
+                } else {
+                    Cas::None
+                };
+                lease.mutate_with(&exprs, cas).await?
+            };
+            println!(
+                "export LOCKD_CLIENT_VERSION={}",
+                quote(&up.new_version.to_string())
+            );
+            println!("export LOCKD_CLIENT_ETAG={}", quote(&up.new_state_etag));
+            Ok(())
+        }
         ClientCommand::Remove { held } => {
             let removed = resume(&held).remove(Cas::None).await?;
             println!(
@@ -1558,6 +1643,28 @@ async fn command(client: &Client, conn: &Conn, cmd: ClientCommand) -> Result<(),
             let d = client.describe(&conn.namespace, &key).await?;
             println!("{}", serde_json::to_string(&d).unwrap_or_default());
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::desugar;
+
+    #[test]
+    fn mutate_shorthand() {
+        for (given, want) in [
+            ("set /status=shipped", "/status=shipped"),
+            ("inc /count=1", "/count=+1"),
+            ("incr /count=-2", "/count=-2"),
+            ("inc /count", "/count++"),
+            ("rm /draft", "rm:/draft"),
+            ("unset /a/b", "rm:/a/b"),
+            ("/hello key=mars", "/hello key=mars"),
+            ("set x", "set x"),
+            ("rm:/x", "rm:/x"),
+        ] {
+            assert_eq!(desugar(given), want, "{given}");
         }
     }
 }

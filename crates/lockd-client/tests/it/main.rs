@@ -10,6 +10,7 @@ mod errors;
 mod failover;
 mod leases;
 mod mtls;
+mod mutate;
 mod namespace_config;
 mod query;
 mod queue;

@@ -10,6 +10,7 @@ mod binary;
 mod cli;
 mod cli_attachments;
 mod cli_mtls;
+mod cli_mutate;
 mod cli_namespace;
 mod cli_query;
 mod cluster;
