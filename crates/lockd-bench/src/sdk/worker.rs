@@ -107,6 +107,7 @@ pub(super) fn code(e: &lockd_client::Error) -> String {
         E::Cancelled(_) => "cancelled".into(),
         E::Handler(_) => "handler".into(),
         E::Selector(_) => "selector".into(),
+        E::Mutation(_) => "mutation".into(),
     }
 }
 
