@@ -8,6 +8,7 @@ use std::fmt;
 use serde_json::{Map, Number, Value};
 use time::{OffsetDateTime, UtcOffset};
 
+use crate::path::{self, Raw, SplitError};
 use crate::temporal;
 
 /// Why a mutation list cannot be parsed or applied.
@@ -502,24 +503,8 @@ fn join(base: &str, path: &str) -> String {
     }
 }
 
-fn unescape(ctx: &Ctx<'_>, raw: &str) -> Result<String, MutateError> {
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c == '~' {
-            match chars.next() {
-                Some('0') => out.push('~'),
-                Some('1') => out.push('/'),
-                _ => return Err(ctx.invalid("'~' in a path must be followed by 0 or 1")),
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    Ok(out)
-}
-
-/// Compiles a mutation path: a JSON Pointer with the LQL wildcards.
+/// Compiles a mutation path: a JSON Pointer with the LQL wildcards (split
+/// as selector fields are, by `path::split`; numeric segments stay names).
 fn compile_path(ctx: &Ctx<'_>, pointer: &str) -> Result<Vec<Step>, MutateError> {
     let Some(body) = pointer.strip_prefix('/') else {
         return Err(ctx.invalid(format!(
@@ -529,38 +514,24 @@ fn compile_path(ctx: &Ctx<'_>, pointer: &str) -> Result<Vec<Step>, MutateError> 
     if body.is_empty() {
         return Err(ctx.invalid("the document root cannot be targeted"));
     }
-    let mut steps = Vec::new();
-    for raw in body.split('/') {
-        let mut name = raw;
-        let mut elements = 0usize;
-        while name != "[]" {
-            match name.strip_suffix("[]") {
-                Some(stem) => {
-                    name = stem;
-                    elements += 1;
-                }
-                None => break,
-            }
+    let raw = path::split(body, MAX_PATH_STEPS).map_err(|e| match e {
+        SplitError::BadEscape => ctx.invalid("'~' in a path must be followed by 0 or 1"),
+        SplitError::TooLong => {
+            ctx.invalid(format!("the path has more than {MAX_PATH_STEPS} segments"))
         }
-        let step = match name {
-            "*" => Step::AnyMember,
-            "[]" => Step::AnyElement,
-            "**" => Step::AnyChild,
-            "..." => Step::Descend,
-            n => Step::Name(unescape(ctx, n)?),
-        };
-        if !(step == Step::Descend && steps.last() == Some(&Step::Descend)) {
-            steps.push(step);
-        }
-        steps.extend(std::iter::repeat_n(Step::AnyElement, elements));
-        if steps.len() > MAX_PATH_STEPS {
-            return Err(ctx.invalid(format!("the path has more than {MAX_PATH_STEPS} segments")));
-        }
-    }
-    Ok(steps)
+    })?;
+    Ok(raw
+        .into_iter()
+        .map(|r| match r {
+            Raw::Name(n) => Step::Name(n),
+            Raw::AnyMember => Step::AnyMember,
+            Raw::AnyElement => Step::AnyElement,
+            Raw::AnyChild => Step::AnyChild,
+            Raw::Descend => Step::Descend,
+        })
+        .collect())
 }
 
-/// `+N`/`-N` with N a finite non-zero number: an increment by ±N.
 fn increment_of(raw: &str) -> Option<f64> {
     if !(raw.starts_with('+') || raw.starts_with('-')) {
         return None;

@@ -23,7 +23,32 @@ pub(crate) enum Seg {
     Descend,
 }
 
-fn unescape(raw: &str, field: &str) -> Result<String, LqlError> {
+/// One segment of a pointer, split and unescaped, before a numeric name is
+/// read as an array index (selectors) or kept as a name (mutations).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Raw {
+    /// A member name (or digits), unescaped.
+    Name(String),
+    /// `*`.
+    AnyMember,
+    /// `[]` (also each `[]` suffix of `name[]`).
+    AnyElement,
+    /// `**`.
+    AnyChild,
+    /// `...` (twice in a row counts once).
+    Descend,
+}
+
+/// Why a pointer's segments cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SplitError {
+    /// A `~` not followed by `0` or `1`.
+    BadEscape,
+    /// More than the caller's limit of segments.
+    TooLong,
+}
+
+fn unescape(raw: &str) -> Result<String, SplitError> {
     let mut out = String::with_capacity(raw.len());
     let mut chars = raw.chars();
     while let Some(c) = chars.next() {
@@ -31,15 +56,45 @@ fn unescape(raw: &str, field: &str) -> Result<String, LqlError> {
             match chars.next() {
                 Some('0') => out.push('~'),
                 Some('1') => out.push('/'),
-                _ => {
-                    return Err(LqlError::InvalidPointer {
-                        field: field.to_string(),
-                        reason: "`~` must be followed by 0 or 1".into(),
-                    })
-                }
+                _ => return Err(SplitError::BadEscape),
             }
         } else {
             out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// Splits a pointer's body (after its leading `/`) into segments, with
+/// the LQL wildcards and `name[]` read as `name/[]`; more than `max`
+/// segments (checked after each `/`-separated part) is an error.
+pub(crate) fn split(body: &str, max: usize) -> Result<Vec<Raw>, SplitError> {
+    let mut out = Vec::new();
+    for part in body.split('/') {
+        let mut name = part;
+        let mut elements = 0usize;
+        while name != "[]" {
+            match name.strip_suffix("[]") {
+                Some(stem) => {
+                    name = stem;
+                    elements += 1;
+                }
+                None => break,
+            }
+        }
+        let seg = match name {
+            "*" => Raw::AnyMember,
+            "[]" => Raw::AnyElement,
+            "**" => Raw::AnyChild,
+            "..." => Raw::Descend,
+            n => Raw::Name(unescape(n)?),
+        };
+        if !(seg == Raw::Descend && out.last() == Some(&Raw::Descend)) {
+            out.push(seg);
+        }
+        out.extend(std::iter::repeat_n(Raw::AnyElement, elements));
+        if out.len() > max {
+            return Err(SplitError::TooLong);
         }
     }
     Ok(out)
@@ -53,36 +108,23 @@ pub(crate) fn compile(field: &str) -> Result<Vec<Seg>, LqlError> {
     if body.is_empty() {
         return Ok(Vec::new());
     }
-    let mut segs = Vec::new();
-    for raw in body.split('/') {
-        let mut name = raw;
-        let mut elements = 0usize;
-        while name != "[]" {
-            match name.strip_suffix("[]") {
-                Some(stem) => {
-                    name = stem;
-                    elements += 1;
-                }
-                None => break,
-            }
-        }
-        let seg = match name {
-            "*" => Seg::AnyMember,
-            "[]" => Seg::AnyElement,
-            "**" => Seg::AnyChild,
-            "..." => Seg::Descend,
-            n if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+    let raw = split(body, usize::MAX).map_err(|_| LqlError::InvalidPointer {
+        field: field.to_string(),
+        reason: "`~` must be followed by 0 or 1".into(),
+    })?;
+    Ok(raw
+        .into_iter()
+        .map(|r| match r {
+            Raw::Name(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
                 n.parse::<usize>().map(Seg::Index).unwrap_or(Seg::Never)
             }
-            n => Seg::Key(unescape(n, field)?),
-        };
-        // `...` twice in a row means the same as once; keep one.
-        if !(seg == Seg::Descend && segs.last() == Some(&Seg::Descend)) {
-            segs.push(seg);
-        }
-        segs.extend(std::iter::repeat_n(Seg::AnyElement, elements));
-    }
-    Ok(segs)
+            Raw::Name(n) => Seg::Key(n),
+            Raw::AnyMember => Seg::AnyMember,
+            Raw::AnyElement => Seg::AnyElement,
+            Raw::AnyChild => Seg::AnyChild,
+            Raw::Descend => Seg::Descend,
+        })
+        .collect())
 }
 
 /// Calls `f` on every value `segs` reaches from `v` until it returns true;
