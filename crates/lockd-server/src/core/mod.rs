@@ -24,7 +24,9 @@ pub use clock::{Clock, ManualClock};
 pub use error::{CoreError, CoreResult};
 pub use lease::{AcquireInput, KeepAliveInput, ReleaseInput};
 pub use namespace::{NamespaceConfig, NamespaceUpdate};
-pub use state::{Document, LeaseRef, MetadataInput, MutateInput, RemoveInput, UpdateInput};
+pub use state::{
+    Document, LeaseRef, MetadataInput, MutateInput, RemoveInput, UpdateInput, Updated,
+};
 
 use crate::storage::Store;
 use key_entry::KeyEntry;

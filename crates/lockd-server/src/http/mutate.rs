@@ -8,12 +8,12 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
-use http::{HeaderMap, StatusCode, Uri};
+use http::{HeaderMap, Uri};
 use lockd_api::mutate::MutateRequest;
-use lockd_api::{headers, ErrorCode, MetadataAttributes, UpdateResponse};
+use lockd_api::{headers, ErrorCode};
 
 use super::decode::{header, opt_int_header, parse_go_bool, read_json, Decode, Query};
-use super::state::{if_etag, lease_headers};
+use super::state::{if_etag, lease_headers, staged_answer};
 use super::{required_key, respond, ApiError, AppState, Caller};
 use crate::core::MutateInput;
 
@@ -75,19 +75,7 @@ pub async fn mutate(
         })
         .await?;
     let up = &done.updated;
-    let mut resp = respond::json(
-        StatusCode::OK,
-        &UpdateResponse {
-            new_version: up.new_version,
-            new_state_etag: up.new_state_etag.clone(),
-            bytes: up.bytes,
-            metadata: MetadataAttributes {
-                query_hidden: up.query_hidden,
-            },
-        },
-    );
-    respond::set_int(&mut resp, headers::KEY_VERSION, up.new_version);
-    respond::set_str(&mut resp, headers::ETAG, &up.new_state_etag);
+    let mut resp = staged_answer(up);
     let written = u64::try_from(up.bytes).unwrap_or(0);
     for (name, value) in [
         (headers::MUTATE_CANDIDATES_SEEN, 1),

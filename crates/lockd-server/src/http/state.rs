@@ -19,7 +19,7 @@ use super::decode::{
     header, int_header, opt_int_header, parse_go_bool, read_body, read_json, Decode, Query,
 };
 use super::{required_key, respond, ApiError, AppState, Caller};
-use crate::core::{Document, LeaseRef, MetadataInput, RemoveInput, UpdateInput};
+use crate::core::{Document, LeaseRef, MetadataInput, RemoveInput, UpdateInput, Updated};
 
 type Res = Result<Response, ApiError>;
 
@@ -194,6 +194,12 @@ pub async fn update(
             body: compacted.into(),
         })
         .await?;
+    Ok(staged_answer(&up))
+}
+
+/// The `200` of update and mutate: the update body, `X-Key-Version` and
+/// `ETag` of the staged document.
+pub(super) fn staged_answer(up: &Updated) -> Response {
     let mut resp = respond::json(
         StatusCode::OK,
         &UpdateResponse {
@@ -207,7 +213,7 @@ pub async fn update(
     );
     respond::set_int(&mut resp, headers::KEY_VERSION, up.new_version);
     respond::set_str(&mut resp, headers::ETAG, &up.new_state_etag);
-    Ok(resp)
+    resp
 }
 
 pub async fn remove(
