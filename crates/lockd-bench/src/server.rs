@@ -43,6 +43,29 @@ pub struct InProcess {
     purge: Option<String>,
 }
 
+/// Runs `run` with a base URL and (label, store URL): against `url` when
+/// one is given, else against a fresh in-process server on `backend`,
+/// stopped afterwards.
+pub async fn on_target<T, F, Fut>(url: Option<&str>, backend: Backend, run: F) -> Result<T, String>
+where
+    F: FnOnce(String, (String, String)) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    match url {
+        Some(url) => {
+            let base = url.trim_end_matches('/').to_string();
+            run(base, ("remote".into(), url.to_string())).await
+        }
+        None => {
+            let srv = InProcess::start_with(backend, |_| {}).await?;
+            let names = (srv.label.clone(), srv.store_url.clone());
+            let r = run(srv.base_url(), names).await;
+            srv.stop().await;
+            r
+        }
+    }
+}
+
 impl InProcess {
     /// Starts the server(s) for `backend` (`disk://` in a fresh temporary
     /// directory, `s3://` under a fresh prefix).

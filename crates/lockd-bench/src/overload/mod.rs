@@ -139,6 +139,15 @@ pub enum OneStore {
     Disk,
 }
 
+impl From<OneStore> for Backend {
+    fn from(s: OneStore) -> Backend {
+        match s {
+            OneStore::Mem => Backend::Mem,
+            OneStore::Disk => Backend::Disk,
+        }
+    }
+}
+
 fn parse_factor(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
     if v.is_finite() && v > 0.0 && v <= 1000.0 {
@@ -258,10 +267,7 @@ pub async fn cmd(args: OverloadArgs, threads: usize) -> Result<(), String> {
             (None, base, url.clone(), "remote".to_string())
         }
         None => {
-            let backend = match args.store {
-                OneStore::Mem => Backend::Mem,
-                OneStore::Disk => Backend::Disk,
-            };
+            let backend = Backend::from(args.store);
             let qrf = args.in_process_qrf();
             let srv = InProcess::start_with(backend, |cfg| {
                 if let Some((soft, hard, every)) = qrf {

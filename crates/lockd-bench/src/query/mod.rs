@@ -43,8 +43,7 @@ use crate::cli::parse_duration;
 use crate::overload::OneStore;
 use crate::procfs::{self, Field, Proc};
 use crate::report::{cpus, fmt_dur, print_json, Report};
-use crate::s3::Backend;
-use crate::server::InProcess;
+use crate::server::on_target;
 use crate::wire::query::{self as wq, Engine, Flushed};
 use crate::wire::{self, HttpClient};
 use commit::{Committer, CycleSpec};
@@ -340,23 +339,13 @@ pub async fn cmd(args: QueryArgs, threads: usize) -> Result<(), String> {
     let report = Report {
         to_stderr: args.json,
     };
-    let r = match &args.url {
-        Some(url) => {
-            let base = url.trim_end_matches('/');
-            run_target(&args, base, ("remote".into(), url.clone()), threads).await?
-        }
-        None => {
-            let backend = match args.store {
-                OneStore::Mem => Backend::Mem,
-                OneStore::Disk => Backend::Disk,
-            };
-            let srv = InProcess::start_with(backend, |_| {}).await?;
-            let names = (srv.label.clone(), srv.store_url.clone());
-            let r = run_target(&args, &srv.base_url(), names, threads).await;
-            srv.stop().await;
-            r?
-        }
-    };
+    let args = &args;
+    let r = on_target(
+        args.url.as_deref(),
+        args.store.into(),
+        |base, names| async move { run_target(args, &base, names, threads).await },
+    )
+    .await?;
     r.render(&report);
     if args.json {
         print_json(&r)?;
