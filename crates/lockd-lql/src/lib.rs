@@ -145,7 +145,7 @@ mod terms;
 
 pub use eval::{compile, validate_fields, Compiled, MAX_DEPTH};
 pub use lockd_api::selector::Selector;
-pub use mutate::{parse_mutations, MutateError, Mutations, MAX_PATH_STEPS};
+pub use mutate::{parse_mutations, MutateError, Mutations, Rewrite, MAX_PATH_STEPS};
 pub use params::parse_query_params;
 pub use parse::{parse, parse_or, to_text, ParseError};
 pub use terms::{document_terms, Plan};

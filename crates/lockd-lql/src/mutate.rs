@@ -9,7 +9,10 @@ use serde_json::{Map, Number, Value};
 use time::{OffsetDateTime, UtcOffset};
 
 use crate::path::{self, Raw, SplitError};
+
+mod stream;
 use crate::temporal;
+pub use stream::Rewrite;
 
 /// Why a mutation list cannot be parsed or applied.
 ///
@@ -61,6 +64,18 @@ pub enum MutateError {
         /// What overflowed.
         reason: String,
     },
+    /// Applying the mutations would write more than the size limit given to
+    /// [`Mutations::apply_to_json`] (a wildcard set copies its value to
+    /// every match).
+    TooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// The document given to [`Mutations::apply_to_json`] is not valid JSON.
+    InvalidDocument {
+        /// What is wrong, with the byte offset.
+        reason: String,
+    },
 }
 
 impl MutateError {
@@ -86,7 +101,9 @@ impl MutateError {
             | MutateError::FileBacked { index, .. }
             | MutateError::NotANumber { index, .. }
             | MutateError::OutOfRange { index, .. } => Some(*index),
-            MutateError::NotAnObject => None,
+            MutateError::NotAnObject
+            | MutateError::TooLarge { .. }
+            | MutateError::InvalidDocument { .. } => None,
         }
     }
 }
@@ -123,6 +140,13 @@ impl fmt::Display for MutateError {
                 expr,
                 reason,
             } => write!(f, "mutation {index} ({expr:?}): {reason}"),
+            MutateError::TooLarge { limit } => write!(
+                f,
+                "the mutated document would be larger than the limit of {limit} bytes"
+            ),
+            MutateError::InvalidDocument { reason } => {
+                write!(f, "the document is not valid JSON: {reason}")
+            }
         }
     }
 }
@@ -173,6 +197,9 @@ struct Mutation {
     pointer: String,
     steps: Vec<Step>,
     op: Op,
+    /// Bytes one application writes at most (the encoded set value, a
+    /// timestamp or a number), charged to a [`Budget`] per match.
+    cost: u64,
 }
 
 /// A parsed mutation list, ready to apply to documents.
@@ -399,12 +426,19 @@ fn parse_expr(
     };
     let pointer = join(base, path);
     let steps = compile_path(ctx, &pointer)?;
+    let cost = match &op {
+        Op::Set(v) => encoded_len(v),
+        // Quotes, 30 characters of timestamp; a number's text.
+        Op::Time(_) | Op::Increment(_) => 32,
+        Op::Remove => 0,
+    };
     out.push(Mutation {
         index: ctx.index,
         expr: ctx.expr.to_string(),
         pointer,
         steps,
         op,
+        cost,
     });
     Ok(())
 }
@@ -777,11 +811,56 @@ impl Mutations {
         if !doc.is_object() {
             return Err(MutateError::NotAnObject);
         }
+        let mut budget = Budget::unlimited();
         for m in &self.list {
-            m.apply(doc, now)?;
+            m.apply_at(doc, &m.steps, "", now, &mut budget)?;
         }
         Ok(())
     }
+}
+
+/// What applications may still write: wildcard sets copy their value to
+/// every match, so a small request could otherwise grow a document (and
+/// the server's memory) without bound.
+struct Budget {
+    limit: u64,
+    used: u64,
+}
+
+impl Budget {
+    fn unlimited() -> Self {
+        Budget::of(u64::MAX)
+    }
+
+    fn of(limit: u64) -> Self {
+        Budget { limit, used: 0 }
+    }
+
+    fn charge(&mut self, n: u64) -> Result<(), MutateError> {
+        self.used = self.used.saturating_add(n);
+        if self.used > self.limit {
+            return Err(MutateError::TooLarge { limit: self.limit });
+        }
+        Ok(())
+    }
+}
+
+/// Length of `v` encoded as compact JSON, without building the text.
+fn encoded_len(v: &Value) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(buf.len() as u64);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing a `Value` to a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
 }
 
 impl Mutation {
@@ -793,7 +872,17 @@ impl Mutation {
         }
     }
 
-    fn apply(&self, doc: &mut Value, now: OffsetDateTime) -> Result<(), MutateError> {
+    /// Applies the mutation to `doc`, which sits at JSON Pointer `base` of
+    /// the whole document; `steps` is the part of the mutation's path below
+    /// `base` (all of it when `base` is the root).
+    fn apply_at(
+        &self,
+        doc: &mut Value,
+        steps: &[Step],
+        base: &str,
+        now: OffsetDateTime,
+        budget: &mut Budget,
+    ) -> Result<(), MutateError> {
         let op = match &self.op {
             Op::Time(stamp) => {
                 let at = match stamp {
@@ -807,9 +896,9 @@ impl Mutation {
             }
             other => other.clone(),
         };
-        if self.steps.iter().any(Step::is_wildcard) {
+        if steps.iter().any(Step::is_wildcard) {
             let mut found = Found::default();
-            collect(doc, &self.steps, &mut Vec::new(), &mut found);
+            collect(doc, steps, &mut Vec::new(), &mut found);
             let mut found = found.matches;
             // The root is never a match.
             found.retain(|locs| !locs.is_empty());
@@ -826,10 +915,11 @@ impl Mutation {
             }
             for locs in &found {
                 if let Some(v) = get_mut(doc, locs) {
+                    budget.charge(self.cost)?;
                     match &op {
                         Op::Set(value) => *v = value.clone(),
                         Op::Increment(d) => {
-                            let result = self.add(v, *d, locs)?;
+                            let result = self.add(v, *d, base, locs)?;
                             *v = result;
                         }
                         _ => {}
@@ -838,8 +928,7 @@ impl Mutation {
             }
             return Ok(());
         }
-        let names: Vec<&str> = self
-            .steps
+        let names: Vec<&str> = steps
             .iter()
             .filter_map(|s| match s {
                 Step::Name(n) => Some(n.as_str()),
@@ -852,10 +941,11 @@ impl Mutation {
                 Ok(())
             }
             op => {
+                budget.charge(self.cost)?;
                 let slot = slot_creating(doc, &names);
                 match op {
                     Op::Increment(d) => {
-                        let result = self.add(slot, d, &[])?;
+                        let result = self.add(slot, d, base, &[])?;
                         *slot = result;
                     }
                     Op::Set(value) => *slot = value,
@@ -866,13 +956,14 @@ impl Mutation {
         }
     }
 
-    /// `v + delta`; `locs` names `v` for messages (empty: the mutation's own path).
-    fn add(&self, v: &Value, delta: f64, locs: &[Loc]) -> Result<Value, MutateError> {
+    /// `v + delta`; `locs` below `base` name `v` for messages (empty: the
+    /// mutation's own path).
+    fn add(&self, v: &Value, delta: f64, base: &str, locs: &[Loc]) -> Result<Value, MutateError> {
         let path = || {
             if locs.is_empty() {
                 self.pointer.clone()
             } else {
-                pointer_of(locs)
+                format!("{base}{}", pointer_of(locs))
             }
         };
         let Value::Number(n) = v else {

@@ -3,6 +3,7 @@
 
 mod eval;
 mod mutate;
+mod mutate_stream;
 mod params;
 mod terms;
 mod text;

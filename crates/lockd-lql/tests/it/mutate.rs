@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 use time::macros::datetime;
 use time::OffsetDateTime;
 
-const NOW: OffsetDateTime = datetime!(2025-03-10 15:30:00.123456789 UTC);
+pub(crate) const NOW: OffsetDateTime = datetime!(2025-03-10 15:30:00.123456789 UTC);
 
 fn run(exprs: &[&str], doc: Value) -> Result<Value, MutateError> {
     let mut doc = doc;
@@ -373,7 +373,16 @@ fn documents_must_be_objects_and_errors_name_the_expression() {
 
 // ---- properties ----------------------------------------------------------
 
-fn arb_doc() -> impl Strategy<Value = Value> {
+/// Member names: mostly ones the generated paths use, some that need
+/// escaping in JSON or in a pointer.
+fn arb_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => "[a-c0-1]".prop_map(String::from),
+        1 => prop::sample::select(vec!["hello key", "x/y", "q\"", "é"]).prop_map(String::from),
+    ]
+}
+
+pub(crate) fn arb_doc() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
@@ -384,19 +393,19 @@ fn arb_doc() -> impl Strategy<Value = Value> {
     let tree = leaf.prop_recursive(4, 24, 4, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::btree_map("[a-c0-1]", inner, 0..4)
+            prop::collection::btree_map(arb_key(), inner, 0..4)
                 .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     });
-    prop::collection::btree_map("[a-c0-1]", tree, 0..4)
+    prop::collection::btree_map(arb_key(), tree, 0..4)
         .prop_map(|m| Value::Object(m.into_iter().collect()))
 }
 
 /// A well-formed expression over small paths, wildcards included.
-fn arb_expr() -> impl Strategy<Value = String> {
+pub(crate) fn arb_expr() -> impl Strategy<Value = String> {
     let seg = prop_oneof![
         3 => "[a-c0-1]".prop_map(String::from),
-        1 => prop::sample::select(vec!["*", "[]", "**", "...", "a[]", "hello key", "x~1y"])
+        1 => prop::sample::select(vec!["*", "[]", "**", "...", "a[]", "hello key", "x~1y", "é"])
             .prop_map(String::from),
     ];
     let path = prop::collection::vec(seg, 1..4).prop_map(|s| format!("/{}", s.join("/")));

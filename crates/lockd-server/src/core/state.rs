@@ -2,6 +2,8 @@
 //! Staged changes are visible to the lease holder only; release commits
 //! them (see `lease.rs`).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use lockd_api::ErrorCode;
 
@@ -56,8 +58,8 @@ pub struct MutateInput {
 #[derive(Debug, Clone)]
 pub struct Mutated {
     pub updated: Updated,
-    /// Size of the document the mutations were applied to.
-    pub bytes_read: u64,
+    /// What the rewrite read, wrote and parsed (`X-Lockd-Mutate-*`).
+    pub rewrite: lockd_lql::Rewrite,
 }
 
 /// Validated input of a remove.
@@ -215,40 +217,14 @@ impl Engine {
                 None => return Err(missing_doc()),
             }
         };
-        let mut doc: serde_json::Value = serde_json::from_slice(&source)
-            .map_err(|e| CoreError::new(ErrorCode::InvalidBody, format!("stored document: {e}")))?;
         let now = self.cfg.clock.now_ms();
         let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(now) * 1_000_000)
             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-        input.mutations.apply(&mut doc, at).map_err(|e| {
-            let code = if e.is_parse_error() {
-                ErrorCode::InvalidMutations
-            } else {
-                ErrorCode::InvalidBody
-            };
-            CoreError::new(code, e.to_string())
-        })?;
-        let body = serde_json::to_vec(&doc).map_err(|e| {
-            CoreError::new(ErrorCode::InternalError, format!("encode document: {e}"))
-        })?;
-        if body.len() as u64 > input.max_bytes {
-            return Err(CoreError::new(
-                ErrorCode::DocumentTooLarge,
-                format!(
-                    "mutated document is {} bytes, more than the limit of {}",
-                    body.len(),
-                    input.max_bytes
-                ),
-            ));
-        }
-        let bytes_read = source.len() as u64;
+        let (body, rewrite) = rewrite(&input.mutations, source, at, input.max_bytes).await?;
         let updated = self
             .stage_document(&input.namespace, &id, &mut st, rec, &l.txn_id, body.into())
             .await?;
-        Ok(Mutated {
-            updated,
-            bytes_read,
-        })
+        Ok(Mutated { updated, rewrite })
     }
 
     /// Stages `body` as the holder's document: the common end of update
@@ -430,4 +406,43 @@ fn check_etag(rec: &MetaRecord, txn: &str, want: Option<&str>) -> CoreResult<()>
         .with_current(rec.current_version(txn), current)),
         _ => Ok(()),
     }
+}
+
+/// Documents larger than this are rewritten on a blocking thread, so a
+/// mutation of a large document does not hold up other requests.
+const INLINE_REWRITE_MAX: usize = 256 * 1024;
+
+/// Applies `mutations` to the stored document `source` as text (only the
+/// members they reach are parsed), at instant `at`, refusing results past
+/// `max_bytes`.
+async fn rewrite(
+    mutations: &Arc<lockd_lql::Mutations>,
+    source: Bytes,
+    at: time::OffsetDateTime,
+    max_bytes: u64,
+) -> CoreResult<(Vec<u8>, lockd_lql::Rewrite)> {
+    let large = source.len() > INLINE_REWRITE_MAX;
+    let run = {
+        let mutations = Arc::clone(mutations);
+        move || mutations.apply_to_json(&source, at, max_bytes)
+    };
+    let result = if large {
+        tokio::task::spawn_blocking(run).await.map_err(|e| {
+            CoreError::new(ErrorCode::InternalError, format!("mutate task failed: {e}"))
+        })?
+    } else {
+        run()
+    };
+    result.map_err(|e| {
+        let code = match &e {
+            e if e.is_parse_error() => ErrorCode::InvalidMutations,
+            lockd_lql::MutateError::TooLarge { .. } => ErrorCode::DocumentTooLarge,
+            _ => ErrorCode::InvalidBody,
+        };
+        let detail = match &e {
+            lockd_lql::MutateError::InvalidDocument { .. } => format!("stored document: {e}"),
+            _ => e.to_string(),
+        };
+        CoreError::new(code, detail)
+    })
 }

@@ -80,9 +80,9 @@ pub async fn mutate(
     for (name, value) in [
         (headers::MUTATE_CANDIDATES_SEEN, 1),
         (headers::MUTATE_CANDIDATES_WRITTEN, 1),
-        (headers::MUTATE_BYTES_READ, done.bytes_read),
+        (headers::MUTATE_BYTES_READ, done.rewrite.bytes_read),
         (headers::MUTATE_BYTES_WRITTEN, written),
-        (headers::MUTATE_BYTES_CAPTURED, done.bytes_read),
+        (headers::MUTATE_BYTES_CAPTURED, done.rewrite.bytes_captured),
         (headers::MUTATE_SPILL_COUNT, 0),
         (headers::MUTATE_SPILL_BYTES, 0),
     ] {

@@ -14,6 +14,7 @@ on_both_backends!(
     answers_like_update_with_the_mutate_counters,
     cas_headers_guard_the_view,
     staged_until_commit_and_gone_on_rollback,
+    a_large_document_is_rewritten_in_place,
 );
 
 fn mutate_req(s: &TestServer, lease: &Lease, mutations: &[&str]) -> reqwest::RequestBuilder {
@@ -272,4 +273,57 @@ async fn a_result_past_the_json_limit_is_refused() {
     let r = mutate_req(&s, &l, &[more.as_str()]).send().await.unwrap();
     assert_error(r, 413, "document_too_large").await;
     assert_eq!(leased_doc(&s, &l).await, doc);
+}
+
+/// A large document (rewritten off the request threads) keeps every byte
+/// the mutations do not reach, and only the touched member is parsed.
+async fn a_large_document_is_rewritten_in_place(b: Backend) {
+    let s = TestServer::start(b).await;
+    let l = s.acquire("big", "m", 30, 10).await;
+    let rows: Vec<String> = (0..20_000)
+        .map(|i| format!(r#"{{"id":{i},"price":1.50,"tags":["a","b"]}}"#))
+        .collect();
+    let doc = format!(
+        r#"{{"zeta":1e2,"rows":[{}],"order":{{"state":"new","n":41}},"alpha":true}}"#,
+        rows.join(",")
+    );
+    assert!(doc.len() > 512 * 1024, "{}", doc.len());
+    s.update_ok(&l, &doc).await;
+    let (h, v) = mutate_ok(&s, &l, &["/order/n++", "/order/paid_at=now", "/added=1"]).await;
+    let want = doc
+        .replace(r#""n":41}"#, r#""n":42,"paid_at":"now"}"#)
+        .replace(r#""alpha":true}"#, r#""alpha":true,"added":1}"#);
+    let got = read_doc(s.get_leased(&l).await).await.expect("a document");
+    assert_eq!(got.body.len(), want.len());
+    assert!(got.body == want, "the untouched text changed");
+    assert_eq!(v["bytes"], want.len());
+    assert_eq!(
+        header_i64(&h, "x-lockd-mutate-bytes-read"),
+        Some(doc.len() as i64)
+    );
+    assert_eq!(
+        header_i64(&h, "x-lockd-mutate-bytes-written"),
+        Some(want.len() as i64)
+    );
+    // "41", and nothing for the two members that did not exist.
+    assert_eq!(header_i64(&h, "x-lockd-mutate-bytes-captured"), Some(2));
+}
+
+/// A wildcard set that would copy its value past `--json-max` is refused
+/// before the copies are made, and nothing is staged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wildcard_fan_out_past_the_json_limit_is_refused() {
+    let s = TestServer::with_config(Backend::Mem, |c| c.json_max = 64 * 1024).await;
+    let l = s.acquire("k", "m", 30, 10).await;
+    let items: Vec<Value> = (0..500).map(|i| json!({"v": i})).collect();
+    let doc = json!({"items": items});
+    s.update_ok(&l, &doc.to_string()).await;
+    let set = format!("/items[]/v={}", "y".repeat(200));
+    let r = mutate_req(&s, &l, &[set.as_str()]).send().await.unwrap();
+    let e = assert_error(r, 413, "document_too_large").await;
+    assert!(e["detail"].as_str().unwrap().contains("65536 bytes"), "{e}");
+    assert_eq!(leased_doc(&s, &l).await, doc);
+    // The same fan-out with a small value fits.
+    mutate_ok(&s, &l, &["/items[]/v=0"]).await;
+    assert_eq!(leased_doc(&s, &l).await["items"][499], json!({"v": 0}));
 }
