@@ -18,7 +18,7 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::Method;
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 use lockd_api::endpoints as ep;
-use lockd_api::mutate::MutateRequest;
+use lockd_api::mutate::{MutateCounters, MutateRequest};
 use lockd_api::{
     headers, AcquireResponse, DescribeResponse, KeepAliveRequest, KeepAliveResponse,
     ReleaseRequest, ReleaseResponse, RemoveResponse, UpdateResponse,
@@ -197,6 +197,10 @@ pub struct Updated {
     pub new_state_etag: String,
     /// Bytes stored.
     pub bytes: i64,
+    /// The server's `X-Lockd-Mutate-*` counters, on the answer of a
+    /// server-side [`LeaseSession::mutate`]; `None` for an update (and a
+    /// [`LeaseSession::mutate_local`], which is one).
+    pub mutate: Option<crate::MutateCounters>,
 }
 
 pub(crate) struct SessionState {
@@ -750,6 +754,14 @@ impl LeaseSession {
     /// etag from its answer (`update` and `mutate` answer alike).
     async fn send_update(&self, call: Call) -> Result<Updated> {
         let answer = self.s.client.send(call).await?;
+        let mutate = MutateCounters::from_headers(|name| {
+            answer
+                .response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        });
         let (_, raw) = read_all(answer.response).await?;
         let up: UpdateResponse =
             serde_json::from_slice(&raw).map_err(|e| Error::Decode(e.to_string()))?;
@@ -761,6 +773,7 @@ impl LeaseSession {
             new_version: up.new_version,
             new_state_etag: up.new_state_etag,
             bytes: up.bytes,
+            mutate,
         })
     }
 
@@ -780,6 +793,10 @@ impl LeaseSession {
     ///     .mutate(&["/status=shipped", "/attempts++", "time:/shipped_at=NOW"])
     ///     .await?;
     /// assert_eq!(lease.version(), up.new_version);
+    /// // What the server read, wrote and parsed (X-Lockd-Mutate-*).
+    /// if let Some(c) = up.mutate {
+    ///     println!("{} bytes read, {} parsed", c.bytes_read, c.bytes_captured);
+    /// }
     /// lease.release().await?; // commits
     /// # Ok(()) }
     /// ```

@@ -333,6 +333,9 @@ pub use lease::{
 /// The lockd v1 wire types (the `lockd-api` crate): request and response
 /// bodies, header names, error codes.
 pub use lockd_api as api;
+/// The `X-Lockd-Mutate-*` counters of a server-side mutate
+/// ([`Updated::mutate`]).
+pub use lockd_api::mutate::MutateCounters;
 /// The query wire types and the selector AST, for [`Client::query`] and
 /// friends.
 pub use lockd_api::query::{DocumentRow, EngineHint, FlushMode, IndexFlushResponse, ReturnMode};

@@ -53,6 +53,16 @@ async fn server_mutate_stages_then_commit_shows_the_change() {
             .unwrap();
         assert_eq!(up.new_version, v0 + 1, "{up:?}");
         assert!(!up.new_state_etag.is_empty());
+        // The server's counters: it read the committed document, wrote the
+        // result, and parsed only /count and /draft (/data was streamed
+        // through, its new members created).
+        let c = up.mutate.expect("X-Lockd-Mutate-* counters");
+        let committed = json!({"count": 1, "draft": true, "data": {"keep": 1}});
+        assert_eq!(c.bytes_read, committed.to_string().len() as u64, "{c:?}");
+        assert_eq!(c.bytes_written, up.bytes as u64, "{c:?}");
+        assert_eq!(c.bytes_captured, ("1".len() + "true".len()) as u64, "{c:?}");
+        assert_eq!((c.candidates_seen, c.candidates_written), (1, 1));
+        assert_eq!((c.spill_count, c.spill_bytes), (0, 0));
         // The session remembers what the answer said, as after update.
         assert_eq!(lease.version(), up.new_version);
         assert_eq!(lease.state_etag(), up.new_state_etag);
@@ -241,6 +251,7 @@ async fn mutate_local_reads_applies_and_updates_with_cas() {
     assert_eq!(up.new_version, v0 + 1);
     assert_eq!(lease.version(), up.new_version);
     assert_eq!(lease.state_etag(), up.new_state_etag);
+    assert_eq!(up.mutate, None, "an update carries no mutate counters");
     // Applying fails locally: an SDK error and nothing sent.
     let err = lease.mutate_local(&["/status++"]).await.unwrap_err();
     assert!(matches!(err, Error::Mutation(_)), "{err:?}");

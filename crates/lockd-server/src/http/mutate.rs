@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
 use http::{HeaderMap, Uri};
-use lockd_api::mutate::MutateRequest;
+use lockd_api::mutate::{MutateCounters, MutateRequest};
 use lockd_api::{headers, ErrorCode};
 
 use super::decode::{header, opt_int_header, parse_go_bool, read_json, Decode, Query};
@@ -76,16 +76,17 @@ pub async fn mutate(
         .await?;
     let up = &done.updated;
     let mut resp = staged_answer(up);
-    let written = u64::try_from(up.bytes).unwrap_or(0);
-    for (name, value) in [
-        (headers::MUTATE_CANDIDATES_SEEN, 1),
-        (headers::MUTATE_CANDIDATES_WRITTEN, 1),
-        (headers::MUTATE_BYTES_READ, done.rewrite.bytes_read),
-        (headers::MUTATE_BYTES_WRITTEN, written),
-        (headers::MUTATE_BYTES_CAPTURED, done.rewrite.bytes_captured),
-        (headers::MUTATE_SPILL_COUNT, 0),
-        (headers::MUTATE_SPILL_BYTES, 0),
-    ] {
+    let rw = &done.rewrite;
+    let counters = MutateCounters {
+        candidates_seen: 1,
+        candidates_written: 1,
+        bytes_read: rw.bytes_read,
+        bytes_written: rw.bytes_written,
+        bytes_captured: rw.bytes_captured,
+        spill_count: 0,
+        spill_bytes: 0,
+    };
+    for (name, value) in counters.headers() {
         respond::set_str(&mut resp, name, &value.to_string());
     }
     Ok(resp)
