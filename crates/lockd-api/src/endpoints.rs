@@ -214,6 +214,37 @@ table! {
     /// `POST /v1/mutate`: edit the holder's view of a document with LQL
     /// mutations; staged like `/v1/update`.
     MUTATE = 28: "/v1/mutate", Lock, Write, "mutate";
+    /// `POST /v1/txn/decide`: record a transaction's decision (and apply
+    /// it). Read and write permission on every participant namespace, or
+    /// on `ALL` without participants.
+    TXN_DECIDE = 29: "/v1/txn/decide", Lock, Write, "txn.decide";
+    /// `POST /v1/txn/commit`: apply a commit (resource-manager call).
+    TXN_COMMIT = 30: "/v1/txn/commit", Lock, Write, "txn.commit";
+    /// `POST /v1/txn/rollback`: apply a rollback (resource-manager call).
+    TXN_ROLLBACK = 31: "/v1/txn/rollback", Lock, Write, "txn.rollback";
+    /// `POST /v1/txn/replay`: re-apply a recorded decision (`ALL` claim).
+    TXN_REPLAY = 32: "/v1/txn/replay", Lock, Write, "txn.replay";
+    /// `POST /v1/tc/lease/acquire`: coordinator leader election (not in a
+    /// single cluster: `503 tc_unavailable`).
+    TC_LEASE_ACQUIRE = 33: "/v1/tc/lease/acquire", Other, Any, "tc.lease.acquire";
+    /// `POST /v1/tc/lease/renew` (`503 tc_unavailable` here).
+    TC_LEASE_RENEW = 34: "/v1/tc/lease/renew", Other, Any, "tc.lease.renew";
+    /// `POST /v1/tc/lease/release` (`503 tc_unavailable` here).
+    TC_LEASE_RELEASE = 35: "/v1/tc/lease/release", Other, Any, "tc.lease.release";
+    /// `GET /v1/tc/leader` (`503 tc_unavailable` here).
+    TC_LEADER = 36: "/v1/tc/leader", Other, Any, "tc.leader";
+    /// `POST /v1/tc/cluster/announce` (peer servers only).
+    TC_CLUSTER_ANNOUNCE = 37: "/v1/tc/cluster/announce", Other, Any, "tc.cluster.announce";
+    /// `POST /v1/tc/cluster/leave` (peer servers only).
+    TC_CLUSTER_LEAVE = 38: "/v1/tc/cluster/leave", Other, Any, "tc.cluster.leave";
+    /// `GET /v1/tc/cluster/list`: coordinator endpoints (none here).
+    TC_CLUSTER_LIST = 39: "/v1/tc/cluster/list", Other, Any, "tc.cluster.list";
+    /// `POST /v1/tc/rm/register` (peer servers only).
+    TC_RM_REGISTER = 40: "/v1/tc/rm/register", Other, Any, "tc.rm.register";
+    /// `POST /v1/tc/rm/unregister` (peer servers only).
+    TC_RM_UNREGISTER = 41: "/v1/tc/rm/unregister", Other, Any, "tc.rm.unregister";
+    /// `GET /v1/tc/rm/list`: resource managers by backend (none here).
+    TC_RM_LIST = 42: "/v1/tc/rm/list", Other, Any, "tc.rm.list";
 }
 
 #[cfg(test)]

@@ -218,6 +218,32 @@ codes! {
     RequestHeaderTooLarge = ("request_header_too_large", 431),
     /// Txn id does not match the lease's, or another txn staged changes.
     TxnMismatch = ("txn_mismatch", 409),
+    /// A transaction is already decided the other way, or staging under a
+    /// decided transaction (PROTOCOL-EXTENSIONS.md §6).
+    TxnConflict = ("txn_conflict", 409),
+    /// No record (or decision) of the transaction.
+    TxnNotFound = ("txn_not_found", 404),
+    /// `/v1/txn/*` without a `txn_id`.
+    MissingTxnId = ("missing_txn_id", 400),
+    /// `/v1/txn/*` with a `txn_id` that is not an xid.
+    InvalidTxnId = ("invalid_txn_id", 400),
+    /// A transaction state that is not `pending`, `commit` or `rollback`.
+    InvalidState = ("invalid_state", 400),
+    /// A participant's `backend_hash` is not this server's.
+    InvalidBackendHash = ("invalid_backend_hash", 400),
+    /// An apply call's `target_backend_hash` is not this server's.
+    TxnBackendMismatch = ("txn_backend_mismatch", 409),
+    /// A `/v1/txn/*` or `/v1/tc/*` call under mTLS without a client
+    /// certificate.
+    TcClientRequired = ("tc_client_required", 403),
+    /// A TC server call without a peer server certificate.
+    TcServerRequired = ("tc_server_required", 403),
+    /// The caller's certificate is not trusted for coordinator calls.
+    TcForbidden = ("tc_forbidden", 403),
+    /// Cluster announce/leave without a server identity in the certificate.
+    TcClusterIdentityMissing = ("tc_cluster_identity_missing", 403),
+    /// No transaction-coordinator leader election (single cluster).
+    TcUnavailable = ("tc_unavailable", 503),
     /// Transaction decision pending.
     TxnPending = ("txn_pending", 409),
     /// `X-If-Version` differs from the current version.

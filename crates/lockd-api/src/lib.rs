@@ -27,6 +27,7 @@ pub mod namespace;
 pub mod query;
 pub mod queue;
 pub mod selector;
+pub mod txn;
 pub mod types;
 
 pub use error::{ErrorBody, ErrorCode};

@@ -82,6 +82,13 @@ pub struct ServerConfig {
     pub json_max: u64,
     /// How often expired leases are swept (0 disables the sweeper).
     pub sweeper_interval: Duration,
+    /// How often pending transactions are checked for expiry and decided
+    /// ones left unapplied (by a crash) are applied (`--txn-replay-interval`).
+    pub txn_replay_interval: Duration,
+    /// How long a decided transaction's record is kept after it was
+    /// applied, so late releases and replays get its outcome
+    /// (`--tc-decision-retention`).
+    pub tc_decision_retention: Duration,
     /// Most consumers waiting at once; beyond → `503 queue_busy`.
     pub queue_max_consumers: usize,
     /// Largest enqueue payload in bytes (0 = unlimited).
@@ -151,6 +158,8 @@ impl Default for ServerConfig {
             acquire_block: engine.acquire_block,
             json_max: 100_000_000,
             sweeper_interval: Duration::from_secs(5 * 60),
+            txn_replay_interval: Duration::from_secs(5),
+            tc_decision_retention: Duration::from_secs(24 * 60 * 60),
             queue_max_consumers: QueueConfig::default_max_consumers(),
             queue_max_payload: QueueConfig::DEFAULT_MAX_PAYLOAD,
             attachment_max_bytes: DEFAULT_ATTACHMENT_MAX_BYTES,
@@ -189,6 +198,7 @@ impl ServerConfig {
         }
         positive("--acquire-block", !self.acquire_block.is_zero())?;
         positive("--json-max", self.json_max != 0)?;
+        positive("--txn-replay-interval", !self.txn_replay_interval.is_zero())?;
         lockd_api::names::normalize_namespace(&self.default_namespace, "")
             .map_err(|e| ConfigError::DefaultNamespace(e.to_string()))?;
         if self.ha_lease_ttl < Duration::from_secs(5) {

@@ -640,6 +640,15 @@ fn spawn_background(
             ),
         }
     });
+    // Transactions a crash left open are finished at once, then checked
+    // every --txn-replay-interval (by an active node only).
+    let role = parts.ha.clone();
+    tokio::spawn(parts.engine.clone().run_txn_worker(
+        cfg.txn_replay_interval,
+        cfg.tc_decision_retention,
+        Box::new(move || role.is_active()),
+        stopped.clone(),
+    ));
     let sweeper = (!cfg.sweeper_interval.is_zero())
         .then(|| spawn_sweeper(parts.engine.clone(), parts.ha.clone(), cfg, stopped.clone()));
     Background { ha, sweeper }

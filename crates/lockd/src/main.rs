@@ -230,6 +230,17 @@ struct Args {
     #[arg(long, env = "LOCKD_SWEEPER_INTERVAL", default_value = duration(DEFAULTS.sweeper_interval), value_parser = parse_duration)]
     sweeper_interval: Duration,
 
+    /// How often transactions are checked: pending ones past their expiry
+    /// with no live lease are rolled back, decided ones a crash left
+    /// half-applied are finished.
+    #[arg(long, env = "LOCKD_TXN_REPLAY_INTERVAL", default_value = duration(DEFAULTS.txn_replay_interval), value_parser = parse_duration)]
+    txn_replay_interval: Duration,
+
+    /// How long the outcome of an applied transaction is kept for late
+    /// releases and `/v1/txn/replay`.
+    #[arg(long, env = "LOCKD_TC_DECISION_RETENTION", default_value = duration(DEFAULTS.tc_decision_retention), value_parser = parse_duration)]
+    tc_decision_retention: Duration,
+
     /// Most queue consumers waiting at once; more get `503 queue_busy`.
     /// Default: 64 per CPU, between 128 and 4096.
     #[arg(long, env = "LOCKD_QUEUE_MAX_CONSUMERS")]
@@ -783,6 +794,8 @@ async fn serve(args: Args, config_dir: Option<std::path::PathBuf>) -> ExitCode {
         acquire_block: args.acquire_block,
         json_max: args.json_max,
         sweeper_interval: args.sweeper_interval,
+        txn_replay_interval: args.txn_replay_interval,
+        tc_decision_retention: args.tc_decision_retention,
         queue_max_consumers: args
             .queue_max_consumers
             .unwrap_or(ServerConfig::default().queue_max_consumers),

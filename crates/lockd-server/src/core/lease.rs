@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use lockd_api::txn::TxnState;
 use lockd_api::ErrorCode;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -12,6 +13,7 @@ use super::attachments::{commit_attachments, Released};
 use super::clock::{add_secs, secs_until, unix_secs};
 use super::key_entry::{delete_doc, persist, KeyEntry, KeyState};
 use super::record::{Lease, MetaRecord};
+use super::txn::DecideInput;
 use super::{CoreError, CoreResult, Engine};
 
 /// Validated input of an acquire.
@@ -92,7 +94,7 @@ fn waiting(rec: Option<&MetaRecord>, retry_after: i64) -> CoreError {
 
 /// Discards staged changes: the record without them; what they held (a
 /// staged document, uploaded attachments) is let go of.
-fn rollback(rec: &mut MetaRecord, id: &str) -> Released {
+pub(super) fn rollback(rec: &mut MetaRecord, id: &str) -> Released {
     rec.staged
         .take()
         .map(|s| Released::staged(id, &s))
@@ -249,9 +251,25 @@ impl Engine {
             return Ok(false);
         }
         let mut rec = rec.clone();
-        rec.lease = None;
+        let explicit = rec
+            .lease
+            .take()
+            .filter(|l| l.txn_explicit)
+            .map(|l| l.txn_id)
+            .filter(|t| rec.staged.as_ref().is_some_and(|s| &s.txn_id == t));
         rec.updated_at_unix = unix_secs(now);
-        let released = rollback(&mut rec, id);
+        // A participant of a multi-key transaction does not roll back
+        // alone: its expiry decides the whole transaction (rollback,
+        // unless it is already committed), see `txn.rs`.
+        let decision = match &explicit {
+            Some(txn) => self.decide_on_expiry(txn).await?,
+            None => TxnState::Rollback,
+        };
+        let released = if decision == TxnState::Commit {
+            commit(&mut rec, id)
+        } else {
+            rollback(&mut rec, id)
+        };
         self.persist_releasing(id, st, rec, Vec::new(), released)
             .await?;
         Ok(true)
@@ -416,18 +434,50 @@ impl Engine {
         {
             return Err(fail("different transaction already staged"));
         }
+        let explicit = lease.txn_explicit;
         let mut rec = rec.clone();
         rec.lease = None;
         rec.updated_at_unix = unix_secs(now);
-        let released = if input.rollback {
-            rollback(&mut rec, &id)
+        let want = if input.rollback {
+            TxnState::Rollback
         } else {
+            TxnState::Commit
+        };
+        // An explicit transaction is decided as a whole: record the
+        // decision first (the commit point), then apply it here and to
+        // the other participants.
+        let decided = if explicit {
+            let input = DecideInput {
+                txn_id: input.txn_id.clone(),
+                state: want,
+                participants: Vec::new(),
+                expires_at_unix: 0,
+            };
+            self.record_decision(&input).await?
+        } else {
+            want
+        };
+        let released = if decided == TxnState::Commit {
             commit(&mut rec, &id)
+        } else {
+            rollback(&mut rec, &id)
         };
         self.persist_releasing(&id, &mut st, rec, Vec::new(), released)
             .await?;
         drop(st);
         entry.wake_head();
+        if explicit {
+            self.apply_txn(&input.txn_id, false).await?;
+            if decided != want {
+                return Err(CoreError::new(
+                    ErrorCode::TxnConflict,
+                    format!(
+                        "transaction {} was already decided: {decided} (this release asked for {want})",
+                        input.txn_id
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -435,7 +485,7 @@ impl Engine {
 /// Applies staged changes to the committed fields (§4.5, and
 /// PROTOCOL-EXTENSIONS.md §2.1 for attachments). Returns what is no longer
 /// referenced: documents and attachment payloads.
-fn commit(rec: &mut MetaRecord, id: &str) -> Released {
+pub(super) fn commit(rec: &mut MetaRecord, id: &str) -> Released {
     let Some(staged) = rec.staged.take() else {
         return Released::default();
     };

@@ -13,6 +13,7 @@ pub mod query;
 pub mod queue;
 pub mod record;
 mod state;
+pub mod txn;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -96,6 +97,8 @@ pub struct Engine {
     ns_configs: namespace::ConfigCache,
     /// The query indexes (see `index.rs`).
     indexes: index::Indexes,
+    /// Multi-key transactions in memory (see `txn.rs`).
+    txns: txn::Txns,
 }
 
 /// The highest fencing token a stored object records, if it is one of the
@@ -136,6 +139,7 @@ impl Engine {
             in_flight: attachments::InFlight::default(),
             ns_configs: namespace::ConfigCache::default(),
             indexes: index::Indexes::new(!cfg_shared),
+            txns: txn::Txns::default(),
         })
     }
 

@@ -211,6 +211,9 @@ impl Engine {
             tracing::warn!(key = %id, "query skipped a corrupt metadata record");
             return Ok(None);
         };
+        // A key of a committed transaction the apply has not reached yet
+        // reads as committed (see `txn.rs`).
+        let rec = self.committed_view(&id, rec).await;
         if rec.published_version <= 0 || rec.query_hidden {
             return Ok(None);
         }

@@ -111,6 +111,7 @@ impl Engine {
             let Some(rec) = self.peek(&id).await? else {
                 return Ok(None);
             };
+            let rec = self.committed_view(&id, rec).await;
             if rec.state_etag.is_empty() {
                 return Ok(None);
             }
@@ -369,6 +370,17 @@ impl Engine {
             .await?;
         let rec = st.rec.clone().unwrap_or_default();
         check_other_txn(&rec, &l.txn_id)?;
+        // A key of a multi-key transaction is listed in its record before
+        // it stages anything (see `txn.rs`).
+        if let Some(lease) = rec.lease.as_ref().filter(|l| l.txn_explicit) {
+            if let Some((namespace, key)) = id.split_once('/') {
+                let p = super::txn::Participant {
+                    namespace: namespace.to_string(),
+                    key: key.to_string(),
+                };
+                self.enlist(&l.txn_id, p, lease.expires_ms()).await?;
+            }
+        }
         Ok((st, rec))
     }
 }

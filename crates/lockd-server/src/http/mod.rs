@@ -18,6 +18,9 @@ mod queue;
 mod respond;
 pub(crate) mod serve;
 mod state;
+mod tc;
+mod tc_auth;
+mod txn;
 
 use std::sync::Arc;
 
@@ -186,6 +189,20 @@ fn handlers() -> Vec<(Endpoint, MethodRouter<Shared>)> {
         (ep::QUERY, any(query::query)),
         (ep::INDEX_FLUSH, any(index::flush)),
         (ep::MUTATE, any(mutate::mutate)),
+        (ep::TXN_DECIDE, any(txn::decide)),
+        (ep::TXN_COMMIT, any(txn::commit)),
+        (ep::TXN_ROLLBACK, any(txn::rollback)),
+        (ep::TXN_REPLAY, any(txn::replay)),
+        (ep::TC_LEASE_ACQUIRE, any(tc::no_leader)),
+        (ep::TC_LEASE_RENEW, any(tc::no_leader)),
+        (ep::TC_LEASE_RELEASE, any(tc::no_leader)),
+        (ep::TC_LEADER, any(tc::no_leader)),
+        (ep::TC_CLUSTER_ANNOUNCE, any(tc::peer_only)),
+        (ep::TC_CLUSTER_LEAVE, any(tc::peer_only)),
+        (ep::TC_CLUSTER_LIST, any(tc::cluster_list)),
+        (ep::TC_RM_REGISTER, any(tc::peer_only)),
+        (ep::TC_RM_UNREGISTER, any(tc::peer_only)),
+        (ep::TC_RM_LIST, any(tc::rm_list)),
     ]
 }
 

@@ -39,3 +39,4 @@ mod queue_stateful;
 mod queue_stress;
 mod s3_store;
 mod state;
+mod txn;

@@ -1,0 +1,658 @@
+//! Multi-key transactions (PROTOCOL-EXTENSIONS.md §6): several leases
+//! sharing one client-chosen `txn_id`, committed or rolled back together.
+//!
+//! # The record and the commit point
+//!
+//! A transaction has one record, `t/<txn_id>`: its state (`pending`,
+//! `commit`, `rollback`), its participants (the keys that staged something
+//! under it), an expiry, and whether the decision has been applied to every
+//! participant. The record is written with a compare-and-swap on its store
+//! etag, so on a store shared by several nodes it is the single point of
+//! truth.
+//!
+//! * **Enlisting.** A staging call (update, mutate, remove, metadata,
+//!   attachments) under an explicit transaction adds its key to the record
+//!   *before* the staged change is written, so every key that holds staged
+//!   data of the transaction is listed. Staging under a decided
+//!   transaction is refused (`409 txn_conflict`): an xid is used once.
+//! * **Deciding.** The first decision is written into the record and is
+//!   sticky: a later request for the other outcome gets the recorded one.
+//!   Writing the decision is the commit point. Release of any participant
+//!   lease decides (`rollback:false` → commit, `rollback:true` →
+//!   rollback), as does `/v1/txn/decide|commit|rollback`. A participant
+//!   lease that expires before the decision rolls the whole transaction
+//!   back, so no key's work is lost while others commit.
+//! * **Applying.** The decision is then applied key by key: the per-key
+//!   commit or rollback of a release, and the lease cleared. Applying is
+//!   idempotent (a key without staged data of the transaction is left
+//!   alone), and when every participant is done the record is marked
+//!   applied. A crash anywhere leaves a record that start-up recovery and
+//!   the background worker finish: decided records are applied again,
+//!   pending ones whose participants' leases all ended are rolled back.
+//!
+//! # What readers see
+//!
+//! Until the decision, public readers see the committed state of every
+//! key. From the moment the decision is recorded, a public read of a key
+//! whose staged data belongs to a committed transaction returns that
+//! staged data, whether or not the apply has reached the key yet, so no
+//! reader sees some keys of a transaction committed and others not. The
+//! query index is filed as keys are applied, so an index-driven query may
+//! briefly miss a key the apply has not reached (a scan does not).
+//!
+//! Lock order: a key's lock may be held while the transaction's is taken
+//! (enlisting, deciding at release or expiry), never the other way round,
+//! and no code holds two keys' locks at once.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use lockd_api::txn::TxnState;
+use lockd_api::ErrorCode;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, MutexGuard};
+
+use super::clock::unix_secs;
+use super::lease::{commit, rollback};
+use super::record::{key_id, MetaRecord};
+use super::{CoreError, CoreResult, Engine};
+use crate::storage::{Cond, ETag, Op};
+
+/// Every how many worker rounds the whole store is swept for records.
+pub const FULL_SWEEP_EVERY: u64 = 60;
+
+/// Where transaction records live in the store.
+pub const TXN_PREFIX: &str = "t/";
+
+fn txn_key(txn: &str) -> String {
+    format!("{TXN_PREFIX}{txn}")
+}
+
+/// A key taking part in a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Participant {
+    pub namespace: String,
+    pub key: String,
+}
+
+/// The stored record of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnRecord {
+    pub txn_id: String,
+    pub state: TxnState,
+    #[serde(default)]
+    pub participants: BTreeSet<Participant>,
+    /// After this (Unix ms) a pending transaction whose participants hold
+    /// no live lease is rolled back.
+    pub expires_at_ms: i64,
+    pub created_at_unix: i64,
+    pub updated_at_unix: i64,
+    /// When the decision was recorded (Unix ms; 0 while pending).
+    #[serde(default)]
+    pub decided_at_ms: i64,
+    /// The decision has reached every participant.
+    #[serde(default)]
+    pub applied: bool,
+}
+
+/// The cached record of a transaction and the lock serialising its
+/// changes in this process.
+#[derive(Default)]
+pub struct TxnSlot {
+    loaded: bool,
+    rec: Option<TxnRecord>,
+    etag: Option<ETag>,
+}
+
+/// The transactions this process has in memory.
+#[derive(Default)]
+pub struct Txns {
+    slots: dashmap::DashMap<String, Arc<Mutex<TxnSlot>>>,
+    /// Transactions decided by an expiry, to be applied by the worker
+    /// (applying under a key's lock could deadlock).
+    todo: std::sync::Mutex<BTreeSet<String>>,
+    wake: tokio::sync::Notify,
+}
+
+/// How a caller wants a transaction decided.
+#[derive(Debug, Clone)]
+pub struct DecideInput {
+    pub txn_id: String,
+    pub state: TxnState,
+    pub participants: Vec<Participant>,
+    /// Raises the record's expiry (Unix seconds; 0 = no change).
+    pub expires_at_unix: i64,
+}
+
+impl Engine {
+    fn txn_slot(&self, txn: &str) -> Arc<Mutex<TxnSlot>> {
+        if let Some(s) = self.txns.slots.get(txn) {
+            return s.clone();
+        }
+        self.txns.slots.entry(txn.to_string()).or_default().clone()
+    }
+
+    /// Locks a transaction's slot, reading its record on first use (on
+    /// every use when other nodes share the store).
+    async fn lock_txn<'s>(
+        &self,
+        txn: &str,
+        slot: &'s Mutex<TxnSlot>,
+    ) -> CoreResult<MutexGuard<'s, TxnSlot>> {
+        let mut s = slot.lock().await;
+        if !s.loaded || self.cfg.shared {
+            match self.store.get(&txn_key(txn)).await? {
+                Some((raw, etag)) => {
+                    let rec: TxnRecord = serde_json::from_slice(&raw).map_err(|e| {
+                        tracing::error!(txn, error = %e, "corrupt transaction record");
+                        CoreError::new(ErrorCode::InternalError, "corrupt transaction record")
+                    })?;
+                    s.rec = Some(rec);
+                    s.etag = Some(etag);
+                }
+                None => {
+                    s.rec = None;
+                    s.etag = None;
+                }
+            }
+            s.loaded = true;
+        }
+        Ok(s)
+    }
+
+    /// Writes `rec` with a compare-and-swap on the slot's etag.
+    async fn write_txn(&self, s: &mut TxnSlot, rec: TxnRecord) -> CoreResult<()> {
+        let raw = serde_json::to_vec(&rec).map_err(|e| {
+            CoreError::new(ErrorCode::InternalError, format!("encode txn record: {e}"))
+        })?;
+        let cond = match &s.etag {
+            Some(e) => Cond::IfMatch(e.clone()),
+            None => Cond::IfAbsent,
+        };
+        // If the write is abandoned mid-way, read the record again.
+        s.loaded = false;
+        let etags = self
+            .store
+            .apply(vec![Op::Put {
+                key: txn_key(&rec.txn_id),
+                value: Bytes::from(raw),
+                cond,
+            }])
+            .await?;
+        s.etag = etags.into_iter().next();
+        s.rec = Some(rec);
+        s.loaded = true;
+        Ok(())
+    }
+
+    /// The recorded state of a transaction, if it has a record.
+    pub async fn txn_state(&self, txn: &str) -> CoreResult<Option<TxnState>> {
+        let slot = self.txn_slot(txn);
+        let s = self.lock_txn(txn, &slot).await?;
+        Ok(s.rec.as_ref().map(|r| r.state))
+    }
+
+    /// Adds a key to a pending transaction before the key stages anything
+    /// under it; called under the key's lock. `lease_expires_ms` raises
+    /// the record's expiry.
+    pub(super) async fn enlist(
+        &self,
+        txn: &str,
+        p: Participant,
+        lease_expires_ms: i64,
+    ) -> CoreResult<()> {
+        self.cas_retry(|| self.enlist_once(txn, &p, lease_expires_ms))
+            .await
+    }
+
+    async fn enlist_once(
+        &self,
+        txn: &str,
+        p: &Participant,
+        lease_expires_ms: i64,
+    ) -> CoreResult<()> {
+        let slot = self.txn_slot(txn);
+        let mut s = self.lock_txn(txn, &slot).await?;
+        let now = self.cfg.clock.now_ms();
+        let mut rec = match &s.rec {
+            Some(r) if r.state.is_decided() => return Err(decided(txn, r.state)),
+            Some(r) if r.participants.contains(p) && r.expires_at_ms >= lease_expires_ms => {
+                return Ok(())
+            }
+            Some(r) => r.clone(),
+            None => self.new_record(txn, now),
+        };
+        rec.participants.insert(p.clone());
+        rec.expires_at_ms = rec.expires_at_ms.max(lease_expires_ms);
+        rec.updated_at_unix = unix_secs(now);
+        self.write_txn(&mut s, rec).await
+    }
+
+    fn new_record(&self, txn: &str, now: i64) -> TxnRecord {
+        let ttl = i64::try_from(self.cfg.default_ttl.as_millis()).unwrap_or(i64::MAX);
+        TxnRecord {
+            txn_id: txn.to_string(),
+            state: TxnState::Pending,
+            participants: BTreeSet::new(),
+            expires_at_ms: now.saturating_add(ttl),
+            created_at_unix: unix_secs(now),
+            updated_at_unix: unix_secs(now),
+            decided_at_ms: 0,
+            applied: false,
+        }
+    }
+
+    /// Records a decision (or, for `pending`, the participants and expiry)
+    /// and returns the recorded state: a decided transaction keeps its
+    /// decision whatever is asked later. Does not apply it.
+    pub(super) async fn record_decision(&self, input: &DecideInput) -> CoreResult<TxnState> {
+        self.cas_retry(|| self.record_decision_once(input)).await
+    }
+
+    async fn record_decision_once(&self, input: &DecideInput) -> CoreResult<TxnState> {
+        let txn = input.txn_id.as_str();
+        let slot = self.txn_slot(txn);
+        let mut s = self.lock_txn(txn, &slot).await?;
+        let now = self.cfg.clock.now_ms();
+        let mut rec = match &s.rec {
+            Some(r) => r.clone(),
+            None => self.new_record(txn, now),
+        };
+        let before = rec.clone();
+        if rec.state.is_decided() {
+            // Sticky; participants named now are not part of the decision.
+            return Ok(rec.state);
+        }
+        rec.participants.extend(input.participants.iter().cloned());
+        if input.expires_at_unix > 0 {
+            rec.expires_at_ms = rec
+                .expires_at_ms
+                .max(input.expires_at_unix.saturating_mul(1000));
+        }
+        if input.state.is_decided() {
+            rec.state = input.state;
+            rec.decided_at_ms = now;
+        }
+        if s.rec.is_some() && rec == before {
+            return Ok(rec.state);
+        }
+        rec.updated_at_unix = unix_secs(now);
+        let state = rec.state;
+        self.write_txn(&mut s, rec).await?;
+        if state.is_decided() {
+            tracing::info!(txn_id = txn, state = %state, "transaction decided");
+        }
+        Ok(state)
+    }
+
+    /// Applies a transaction's recorded decision to every participant and
+    /// marks the record applied. Returns the state; `None` when there is
+    /// no record. A pending transaction is left as it is; an applied one is
+    /// applied again only when `again` (each key is left alone unless it
+    /// still holds something of the transaction).
+    pub async fn apply_txn(&self, txn: &str, again: bool) -> CoreResult<Option<TxnState>> {
+        let (state, participants) = {
+            let slot = self.txn_slot(txn);
+            let s = self.lock_txn(txn, &slot).await?;
+            match &s.rec {
+                None => return Ok(None),
+                Some(r) if !r.state.is_decided() || (r.applied && !again) => {
+                    return Ok(Some(r.state))
+                }
+                Some(r) => (r.state, r.participants.clone()),
+            }
+        };
+        for p in &participants {
+            self.apply_to_key(txn, state, p).await?;
+        }
+        self.cas_retry(|| self.mark_applied(txn)).await?;
+        Ok(Some(state))
+    }
+
+    async fn mark_applied(&self, txn: &str) -> CoreResult<()> {
+        let slot = self.txn_slot(txn);
+        let mut s = self.lock_txn(txn, &slot).await?;
+        let Some(rec) = s.rec.clone() else {
+            return Ok(());
+        };
+        if rec.applied {
+            return Ok(());
+        }
+        let mut rec = rec;
+        rec.applied = true;
+        rec.updated_at_unix = unix_secs(self.cfg.clock.now_ms());
+        self.write_txn(&mut s, rec).await
+    }
+
+    /// Applies `state` of `txn` to one key: commits or rolls back what it
+    /// staged under `txn` and clears a lease of `txn`. Idempotent.
+    pub(super) async fn apply_to_key(
+        &self,
+        txn: &str,
+        state: TxnState,
+        p: &Participant,
+    ) -> CoreResult<()> {
+        self.cas_retry(|| self.apply_to_key_once(txn, state, p))
+            .await
+    }
+
+    async fn apply_to_key_once(
+        &self,
+        txn: &str,
+        state: TxnState,
+        p: &Participant,
+    ) -> CoreResult<()> {
+        let id = key_id(&p.namespace, &p.key);
+        let entry = self.key_entry(&id);
+        let mut st = self.lock_key(&entry, &id).await?;
+        let Some(rec) = st.rec.as_ref() else {
+            return Ok(());
+        };
+        let staged_here = rec.staged.as_ref().is_some_and(|s| s.txn_id == txn);
+        let leased_here = rec.lease.as_ref().is_some_and(|l| l.txn_id == txn);
+        if !staged_here && !leased_here {
+            return Ok(());
+        }
+        let mut rec = rec.clone();
+        let released = if !staged_here {
+            Default::default()
+        } else if state == TxnState::Commit {
+            commit(&mut rec, &id)
+        } else {
+            rollback(&mut rec, &id)
+        };
+        if leased_here {
+            rec.lease = None;
+        }
+        rec.updated_at_unix = unix_secs(self.cfg.clock.now_ms());
+        self.persist_releasing(&id, &mut st, rec, Vec::new(), released)
+            .await?;
+        drop(st);
+        entry.wake_head();
+        Ok(())
+    }
+
+    /// Decides a transaction as asked (sticky) and applies the recorded
+    /// decision: `/v1/txn/decide` and the apply calls. `pending` only
+    /// records.
+    pub async fn decide_txn(&self, input: DecideInput) -> CoreResult<TxnState> {
+        let state = self.record_decision(&input).await?;
+        if state.is_decided() {
+            self.apply_txn(&input.txn_id, true).await?;
+        }
+        Ok(state)
+    }
+
+    /// Re-applies a recorded decision (`/v1/txn/replay`, the apply calls
+    /// without participants). An expired pending transaction whose
+    /// participants hold no live lease is rolled back first. `None`: no
+    /// record.
+    pub async fn replay_txn(&self, txn: &str) -> CoreResult<Option<TxnState>> {
+        let Some(state) = self.txn_state(txn).await? else {
+            return Ok(None);
+        };
+        if state == TxnState::Pending {
+            return Ok(Some(self.expire_if_due(txn).await?));
+        }
+        self.apply_txn(txn, true).await
+    }
+
+    /// Rolls back a pending transaction past its expiry whose participants
+    /// hold no live lease of it; a live lease moves the expiry instead (a
+    /// transaction lives as long as its leases are kept alive). Returns
+    /// the state afterwards.
+    async fn expire_if_due(&self, txn: &str) -> CoreResult<TxnState> {
+        let now = self.cfg.clock.now_ms();
+        let (expires, participants) = {
+            let slot = self.txn_slot(txn);
+            let s = self.lock_txn(txn, &slot).await?;
+            match &s.rec {
+                Some(r) if r.state == TxnState::Pending => {
+                    (r.expires_at_ms, r.participants.clone())
+                }
+                Some(r) => return Ok(r.state),
+                None => return Ok(TxnState::Rollback),
+            }
+        };
+        if now < expires {
+            return Ok(TxnState::Pending);
+        }
+        let mut live = 0i64;
+        for p in &participants {
+            let id = key_id(&p.namespace, &p.key);
+            if let Some(rec) = self.peek(&id).await? {
+                if let Some(l) = rec.lease.as_ref().filter(|l| l.txn_id == txn) {
+                    if !l.expired(now) {
+                        live = live.max(l.expires_ms());
+                    }
+                }
+            }
+        }
+        if live > 0 {
+            let input = DecideInput {
+                txn_id: txn.to_string(),
+                state: TxnState::Pending,
+                participants: Vec::new(),
+                expires_at_unix: unix_secs(live).saturating_add(1),
+            };
+            return self.record_decision(&input).await;
+        }
+        let input = DecideInput {
+            txn_id: txn.to_string(),
+            state: TxnState::Rollback,
+            participants: Vec::new(),
+            expires_at_unix: 0,
+        };
+        let state = self.record_decision(&input).await?;
+        tracing::info!(txn_id = txn, state = %state, "expired transaction decided");
+        self.apply_txn(txn, false).await?;
+        Ok(state)
+    }
+
+    /// The decision a participant whose lease expired gets: rollback,
+    /// unless the transaction is already committed. Called under the key's
+    /// lock; the other participants are left to the worker.
+    pub(super) async fn decide_on_expiry(&self, txn: &str) -> CoreResult<TxnState> {
+        let input = DecideInput {
+            txn_id: txn.to_string(),
+            state: TxnState::Rollback,
+            participants: Vec::new(),
+            expires_at_unix: 0,
+        };
+        let state = self.record_decision(&input).await?;
+        self.schedule_apply(txn);
+        Ok(state)
+    }
+
+    /// Asks the worker to apply a decided transaction.
+    fn schedule_apply(&self, txn: &str) {
+        if let Ok(mut t) = self.txns.todo.lock() {
+            t.insert(txn.to_string());
+        }
+        self.txns.wake.notify_one();
+    }
+
+    /// Whether a public reader of `rec` should see its staged data as
+    /// committed: it belongs to an explicit transaction recorded as
+    /// committed whose apply has not reached the key yet.
+    pub(super) async fn committed_view(&self, id: &str, rec: MetaRecord) -> MetaRecord {
+        let Some(staged) = rec.staged.as_ref() else {
+            return rec;
+        };
+        let explicit = rec
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.txn_explicit && l.txn_id == staged.txn_id);
+        if !explicit {
+            return rec;
+        }
+        match self.txn_state(&staged.txn_id).await {
+            Ok(Some(TxnState::Commit)) => {
+                let mut view = rec;
+                commit(&mut view, id);
+                view
+            }
+            _ => rec,
+        }
+    }
+
+    /// Finishes every transaction a crash or an expiry left open: applies
+    /// decided records not yet applied, and rolls back expired pending
+    /// ones whose leases ended. With `full`, every record in the store is
+    /// looked at (start-up recovery, records of other nodes, and deleting
+    /// applied records older than `retention`); otherwise only those this
+    /// process has in memory. Returns how many transactions were acted on.
+    pub async fn sweep_txns(
+        &self,
+        full: bool,
+        retention: std::time::Duration,
+    ) -> CoreResult<usize> {
+        let todo: Vec<String> = self
+            .txns
+            .todo
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t).into_iter().collect())
+            .unwrap_or_default();
+        let mut acted = 0;
+        for txn in todo {
+            self.apply_txn(&txn, false).await?;
+            acted += 1;
+        }
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        if full {
+            let mut after: Option<String> = None;
+            loop {
+                let keys = self.store.list(TXN_PREFIX, after.as_deref(), 1000).await?;
+                let Some(last) = keys.last().cloned() else {
+                    break;
+                };
+                for k in &keys {
+                    if let Some(txn) = k.strip_prefix(TXN_PREFIX) {
+                        acted += self.settle_txn(txn, Some(retention_ms)).await?;
+                    }
+                }
+                after = Some(last);
+            }
+        } else {
+            let txns: Vec<String> = self.txns.slots.iter().map(|e| e.key().clone()).collect();
+            for txn in txns {
+                acted += self.settle_txn(&txn, None).await?;
+            }
+        }
+        // Slots nobody uses whose transaction is finished (or unknown)
+        // leave memory; pending ones stay, so the quick sweep sees them.
+        self.txns.slots.retain(|_, slot| {
+            let finished = Arc::strong_count(slot) == 1
+                && slot
+                    .try_lock()
+                    .is_ok_and(|s| s.rec.as_ref().is_none_or(|r| r.applied));
+            !finished
+        });
+        Ok(acted)
+    }
+
+    /// What the sweep does with one transaction: apply a decided one,
+    /// expire a pending one past its expiry, forget an applied one past
+    /// `retention_ms` (when given). Returns 1 when it acted.
+    async fn settle_txn(&self, txn: &str, retention_ms: Option<i64>) -> CoreResult<usize> {
+        let rec = {
+            let slot = self.txn_slot(txn);
+            let s = self.lock_txn(txn, &slot).await?;
+            s.rec.clone()
+        };
+        let Some(rec) = rec else {
+            return Ok(0);
+        };
+        let now = self.cfg.clock.now_ms();
+        if rec.state.is_decided() && !rec.applied {
+            self.apply_txn(txn, false).await?;
+            return Ok(1);
+        }
+        if rec.state == TxnState::Pending && now >= rec.expires_at_ms {
+            let state = self.expire_if_due(txn).await?;
+            return Ok(usize::from(state != TxnState::Pending));
+        }
+        if let Some(keep) = retention_ms {
+            if rec.applied && now.saturating_sub(rec.decided_at_ms) > keep {
+                self.forget_txn(txn).await?;
+            }
+        }
+        Ok(0)
+    }
+
+    /// Deletes an applied record past its retention.
+    async fn forget_txn(&self, txn: &str) -> CoreResult<()> {
+        let slot = self.txn_slot(txn);
+        let mut s = self.lock_txn(txn, &slot).await?;
+        let Some(etag) = s.etag.clone() else {
+            return Ok(());
+        };
+        if !s.rec.as_ref().is_some_and(|r| r.applied) {
+            return Ok(());
+        }
+        s.loaded = false;
+        self.store
+            .apply(vec![Op::Delete {
+                key: txn_key(txn),
+                cond: Cond::IfMatch(etag),
+            }])
+            .await?;
+        s.rec = None;
+        s.etag = None;
+        s.loaded = true;
+        Ok(())
+    }
+
+    /// Runs [`Engine::sweep_txns`] at once (a full sweep: recovery after
+    /// a crash), whenever an expiry decides a transaction, and every
+    /// `every` (a full sweep every [`FULL_SWEEP_EVERY`] rounds) while
+    /// `active` says this node may write, until `stopped` turns true.
+    pub async fn run_txn_worker(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        retention: std::time::Duration,
+        active: Box<dyn Fn() -> bool + Send + Sync>,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut round: u64 = 0;
+        loop {
+            // A passive node writes nothing; its first active round is a
+            // full one.
+            if !active() {
+                round = 0;
+            } else {
+                let full = round % FULL_SWEEP_EVERY == 0;
+                round = round.wrapping_add(1);
+                if let Err(e) = self.sweep_txns(full, retention).await {
+                    tracing::warn!(error = %e.into_refusal().detail, "transaction sweep failed; retried");
+                }
+            }
+            tokio::select! {
+                _ = self.txns.wake.notified() => {}
+                _ = self.cfg.clock.sleep(every) => {}
+                _ = stopped.changed() => break,
+            }
+        }
+    }
+}
+
+/// The refusal of staging under a decided transaction.
+fn decided(txn: &str, state: TxnState) -> CoreError {
+    CoreError::new(
+        ErrorCode::TxnConflict,
+        format!("transaction {txn} is already decided ({state}); use a new txn_id"),
+    )
+}
+
+impl Engine {
+    /// This server's storage backend as a transaction participant's
+    /// `backend_hash`: the first 16 hex digits of the SHA-256 of the
+    /// store's description. Participants naming another backend are
+    /// refused (a single cluster has one).
+    pub fn backend_hash(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.store.describe().as_bytes());
+        hex::encode(&digest[..8])
+    }
+}

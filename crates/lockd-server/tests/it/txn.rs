@@ -1,0 +1,273 @@
+//! Multi-key transactions over real HTTP (PROTOCOL-EXTENSIONS.md §6):
+//! several leases sharing one explicit `txn_id`, decided together by a
+//! release or by `/v1/txn/*`, on every backend.
+
+use lockd_testkit::lease::Lease;
+use lockd_testkit::server::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+on_both_backends!(
+    release_of_one_participant_commits_every_key,
+    release_with_rollback_discards_every_key,
+    an_expired_participant_rolls_back_the_whole_transaction,
+    decide_is_sticky_and_apply_calls_follow_the_record,
+);
+
+/// Acquires `key` in `ns` under the explicit transaction `txn`.
+async fn acquire_in(s: &TestServer, ns: &str, key: &str, txn: &str) -> Lease {
+    s.acquire_json(json!({
+        "namespace": ns, "key": key, "owner": "txn-test", "ttl_seconds": 30,
+        "block_seconds": 5, "txn_id": txn,
+    }))
+    .await
+}
+
+/// The committed document of `key` in `ns`, as a public reader sees it.
+async fn public(s: &TestServer, ns: &str, key: &str) -> Option<Value> {
+    let r = s
+        .http
+        .post(s.url(&format!("/v1/get?namespace={ns}&key={key}&public=1")))
+        .send()
+        .await
+        .unwrap();
+    match r.status() {
+        StatusCode::OK => Some(r.json().await.unwrap()),
+        StatusCode::NO_CONTENT => None,
+        other => panic!(
+            "public get of {ns}/{key}: {other}: {}",
+            r.text().await.unwrap()
+        ),
+    }
+}
+
+async fn txn_call(s: &TestServer, path: &str, body: Value) -> reqwest::Response {
+    s.http.post(s.url(path)).json(&body).send().await.unwrap()
+}
+
+async fn txn_ok(s: &TestServer, path: &str, body: Value) -> Value {
+    let (_, v) = expect_json(txn_call(s, path, body).await, StatusCode::OK).await;
+    v
+}
+
+async fn release_of_one_participant_commits_every_key(b: Backend) {
+    let s = TestServer::start(b).await;
+    let txn = new_xid();
+    let a = acquire_in(&s, "default", "a", &txn).await;
+    let bb = acquire_in(&s, "beta", "b", &txn).await;
+    s.update_ok(&a, r#"{"s":1}"#).await;
+    s.update_ok(&bb, r#"{"s":2}"#).await;
+    // Nothing is visible before the decision.
+    assert_eq!(public(&s, "default", "a").await, None);
+    assert_eq!(public(&s, "beta", "b").await, None);
+    // Releasing a decides for both.
+    s.release(&a).await;
+    assert_eq!(public(&s, "default", "a").await, Some(json!({"s": 1})));
+    assert_eq!(public(&s, "beta", "b").await, Some(json!({"s": 2})));
+    // b's lease was cleared by the apply: its release is idempotent, and
+    // the key is free.
+    s.release(&bb).await;
+    let again = s.acquire_ns("beta", "b", "other", 30, 0).await;
+    assert_eq!(again.key, "b");
+    // The record answers replays.
+    let v = txn_ok(&s, "/v1/txn/replay", json!({"txn_id": txn})).await;
+    assert_eq!(v, json!({"txn_id": txn, "state": "commit"}));
+    // Staging under the decided transaction is refused.
+    let late = acquire_in(&s, "default", "c", &txn).await;
+    let r = s.update(&late, r#"{"late":true}"#).await;
+    assert_error(r, 409, "txn_conflict").await;
+}
+
+async fn release_with_rollback_discards_every_key(b: Backend) {
+    let s = TestServer::start(b).await;
+    // Committed state first, with an implicit transaction.
+    let seed = s.acquire("a", "seed", 30, 5).await;
+    s.update_ok(&seed, r#"{"v":0}"#).await;
+    s.release(&seed).await;
+
+    let txn = new_xid();
+    let a = acquire_in(&s, "default", "a", &txn).await;
+    let bb = acquire_in(&s, "default", "b", &txn).await;
+    s.update_ok(&a, r#"{"v":1}"#).await;
+    s.update_ok(&bb, r#"{"v":1}"#).await;
+    let r = s.release_with(&bb, true).await;
+    expect_released(r).await;
+    assert_eq!(public(&s, "default", "a").await, Some(json!({"v": 0})));
+    assert_eq!(public(&s, "default", "b").await, None);
+    let v = txn_ok(&s, "/v1/txn/replay", json!({"txn_id": txn})).await;
+    assert_eq!(v["state"], "rollback");
+    // a's holder asking to commit learns that it did not.
+    let r = s.release_with(&a, false).await;
+    // (its lease was cleared by the apply: an idempotent release)
+    expect_released(r).await;
+}
+
+async fn an_expired_participant_rolls_back_the_whole_transaction(b: Backend) {
+    let s = TestServer::start(b).await;
+    let txn = new_xid();
+    let a = s
+        .acquire_json(json!({
+            "key": "a", "owner": "o", "ttl_seconds": 5, "txn_id": txn,
+        }))
+        .await;
+    let bb = s
+        .acquire_json(json!({
+            "key": "b", "owner": "o", "ttl_seconds": 60, "txn_id": txn,
+        }))
+        .await;
+    s.update_ok(&a, r#"{"a":1}"#).await;
+    s.update_ok(&bb, r#"{"b":1}"#).await;
+    // a's lease runs out: the transaction is rolled back, b included.
+    s.advance(std::time::Duration::from_secs(6));
+    let r = s.update(&a, r#"{"a":2}"#).await;
+    assert_error(r, 403, "lease_expired").await;
+    let v = txn_ok(&s, "/v1/txn/replay", json!({"txn_id": txn})).await;
+    assert_eq!(v["state"], "rollback");
+    // b's release cannot commit any more.
+    let r = s.release_with(&bb, false).await;
+    assert!(
+        r.status() == StatusCode::OK || r.status() == StatusCode::CONFLICT,
+        "{}",
+        r.status()
+    );
+    assert_eq!(public(&s, "default", "a").await, None);
+    assert_eq!(public(&s, "default", "b").await, None);
+}
+
+async fn decide_is_sticky_and_apply_calls_follow_the_record(b: Backend) {
+    let s = TestServer::start(b).await;
+    let txn = new_xid();
+    let a = acquire_in(&s, "default", "a", &txn).await;
+    s.update_ok(&a, r#"{"x":1}"#).await;
+    // Apply calls without participants need a decided record.
+    let r = txn_call(&s, "/v1/txn/commit", json!({"txn_id": new_xid()})).await;
+    assert_error(r, 404, "txn_not_found").await;
+    let r = txn_call(&s, "/v1/txn/commit", json!({"txn_id": txn})).await;
+    assert_error(r, 409, "txn_pending").await;
+    // Prepare (liblockdc's word) records pending.
+    let v = txn_ok(
+        &s,
+        "/v1/txn/decide",
+        json!({"txn_id": txn, "state": "prepare"}),
+    )
+    .await;
+    assert_eq!(v["state"], "pending");
+    let v = txn_ok(
+        &s,
+        "/v1/txn/decide",
+        json!({"txn_id": txn, "state": "commit"}),
+    )
+    .await;
+    assert_eq!(v, json!({"txn_id": txn, "state": "commit"}));
+    assert_eq!(public(&s, "default", "a").await, Some(json!({"x": 1})));
+    // Sticky: rollback now answers the recorded commit.
+    let v = txn_ok(
+        &s,
+        "/v1/txn/decide",
+        json!({"txn_id": txn, "state": "rollback"}),
+    )
+    .await;
+    assert_eq!(v["state"], "commit");
+    let v = txn_ok(&s, "/v1/txn/rollback", json!({"txn_id": txn})).await;
+    assert_eq!(v["state"], "commit");
+    // a's lease is gone with the apply.
+    let r = s.update(&a, r#"{"x":2}"#).await;
+    assert_error(r, 403, "lease_required").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn txn_calls_check_their_input_in_order() {
+    let s = TestServer::start(Backend::Mem).await;
+    let r = txn_call(&s, "/v1/txn/decide", json!({"state": "commit"})).await;
+    assert_error(r, 400, "missing_txn_id").await;
+    let r = txn_call(
+        &s,
+        "/v1/txn/decide",
+        json!({"txn_id": "nope", "state": "commit"}),
+    )
+    .await;
+    assert_error(r, 400, "invalid_txn_id").await;
+    let txn = new_xid();
+    let r = txn_call(
+        &s,
+        "/v1/txn/decide",
+        json!({"txn_id": txn, "state": "maybe"}),
+    )
+    .await;
+    assert_error(r, 400, "invalid_state").await;
+    let r = txn_call(
+        &s,
+        "/v1/txn/decide",
+        json!({"txn_id": txn, "state": "commit", "x": 1}),
+    )
+    .await;
+    assert_error(r, 400, "invalid_body").await;
+    for (p, code) in [
+        (json!({"namespace": "", "key": "k"}), "invalid_namespace"),
+        (
+            json!({"namespace": ".txns", "key": "k"}),
+            "invalid_namespace",
+        ),
+        (json!({"namespace": "default", "key": ""}), "invalid_key"),
+        (
+            json!({"namespace": "default", "key": "k", "backend_hash": "elsewhere"}),
+            "invalid_backend_hash",
+        ),
+    ] {
+        let r = txn_call(
+            &s,
+            "/v1/txn/decide",
+            json!({"txn_id": txn, "state": "commit", "participants": [p]}),
+        )
+        .await;
+        assert_error(r, 400, code).await;
+    }
+    // The txn id may come from the query.
+    let r = s
+        .http
+        .post(s.url(&format!("/v1/txn/decide?txn_id={txn}&state=pending")))
+        .send()
+        .await
+        .unwrap();
+    let (_, v) = expect_json(r, StatusCode::OK).await;
+    assert_eq!(v["state"], "pending");
+    // Replay: an empty body is refused; an unknown txn is 404.
+    let r = s.http.post(s.url("/v1/txn/replay")).send().await.unwrap();
+    assert_error(r, 400, "invalid_body").await;
+    let r = txn_call(&s, "/v1/txn/replay", json!({"txn_id": new_xid()})).await;
+    assert_error(r, 404, "txn_not_found").await;
+    let r = txn_call(
+        &s,
+        "/v1/txn/commit",
+        json!({"txn_id": txn, "target_backend_hash": "elsewhere"}),
+    )
+    .await;
+    assert_error(r, 409, "txn_backend_mismatch").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tc_endpoints_answer_as_a_single_cluster() {
+    let s = TestServer::start(Backend::Mem).await;
+    for path in [
+        "/v1/tc/leader",
+        "/v1/tc/lease/acquire",
+        "/v1/tc/lease/renew",
+        "/v1/tc/lease/release",
+        "/v1/tc/cluster/announce",
+        "/v1/tc/rm/register",
+    ] {
+        let r = s.http.post(s.url(path)).send().await.unwrap();
+        assert_error(r, 503, "tc_unavailable").await;
+    }
+    let r = s
+        .http
+        .get(s.url("/v1/tc/cluster/list"))
+        .send()
+        .await
+        .unwrap();
+    let (_, v) = expect_json(r, StatusCode::OK).await;
+    assert_eq!(v, json!({"endpoints": []}));
+    let r = s.http.get(s.url("/v1/tc/rm/list")).send().await.unwrap();
+    let (_, v) = expect_json(r, StatusCode::OK).await;
+    assert_eq!(v, json!({"backends": []}));
+}
