@@ -227,11 +227,13 @@
 //!   share), `queue`, `overload`, `sdk` (+ `chart`), `attachments`,
 //!   `query`, `mutate`;
 //!   `s3` plans `--store s3` runs.
-//! * `procfs`: `VmRSS`/`VmHWM` of a process.
+//! * `procfs`: `VmRSS`/`VmHWM` of a process; `child`: a `lockd` binary
+//!   as a child process (`attachment-rss`, `mutate-rss`).
 
 mod attachments;
 mod baseline;
 mod chart;
+mod child;
 mod cli;
 mod lease;
 mod load;
