@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::attachments::parse_payload_size;
 use crate::mutate::MutateArgs;
+use crate::mutate_rss::MutateRssArgs;
 use crate::overload::OverloadArgs;
 use crate::query::QueryArgs;
 use crate::queue::Mode;
@@ -60,6 +61,9 @@ pub enum Cmd {
     /// Mutate: a counter bump in a 64 KiB leased document via /v1/mutate (A) vs
     /// get + update (B), alternating rounds; checks every counter at the end.
     Mutate(MutateArgs),
+    /// Mutate: the peak memory of a `lockd` binary on disk:// for one /v1/mutate of a
+    /// document near --json-max vs one /v1/update of it, each on a fresh process.
+    MutateRss(MutateRssArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -164,13 +164,19 @@
 //! `POST /v1/mutate` (A) with a leased get, a local increment and an
 //! update (B), in alternating rounds on one server, and checks at the end
 //! that every key's counter equals its committed cycles. Details in the
-//! `mutate` module.
+//! `mutate` module. `mutate-rss` starts a `lockd` child process on
+//! `disk://` per phase and compares its peak memory (`VmHWM` growth) for
+//! one mutate of a 90 MB document with one update of it. Details in the
+//! `mutate_rss` module.
 //!
 //! # Examples
 //!
 //! ```text
 //! # mutate vs get + update, disk, 16 clients, 3 rounds
 //! cargo run --release -p lockd-bench -- mutate
+//!
+//! # the server's peak memory: one mutate vs one update of a 90 MB document
+//! cargo build --release -p lockd -p lockd-bench && target/release/lockd-bench mutate-rss
 //!
 //! # baseline + mem + disk, 32 clients, 2 s warm-up, 10 s each
 //! cargo run --release -p lockd-bench -- lease
@@ -225,17 +231,20 @@
 //! * `server`: in-process lockd servers (the only user of `lockd-server`).
 //! * workloads: `baseline`, `lease` (+ `load`, the closed loop they
 //!   share), `queue`, `overload`, `sdk` (+ `chart`), `attachments`,
-//!   `query`, `mutate`;
+//!   `query`, `mutate`, `mutate_rss`;
 //!   `s3` plans `--store s3` runs.
-//! * `procfs`: `VmRSS`/`VmHWM` of a process.
+//! * `procfs`: `VmRSS`/`VmHWM` of a process; `child`: a `lockd` binary
+//!   as a child process (`attachment-rss`, `mutate-rss`).
 
 mod attachments;
 mod baseline;
 mod chart;
+mod child;
 mod cli;
 mod lease;
 mod load;
 mod mutate;
+mod mutate_rss;
 mod overload;
 mod procfs;
 mod query;
@@ -281,6 +290,7 @@ fn main() -> ExitCode {
         Cmd::AttachmentRss(a) => a.threads,
         Cmd::Query(q) => q.threads,
         Cmd::Mutate(m) => m.threads,
+        Cmd::MutateRss(m) => m.threads,
         Cmd::LeaseCycle(a)
         | Cmd::PublicRead(a)
         | Cmd::Keepalive(a)
@@ -316,6 +326,7 @@ fn main() -> ExitCode {
             Cmd::AttachmentRss(a) => attachments::rss::cmd(a).await,
             Cmd::Query(q) => query::cmd(q, threads).await,
             Cmd::Mutate(m) => mutate::cmd(m, threads).await,
+            Cmd::MutateRss(m) => mutate_rss::cmd(m).await,
         }
     });
     match result {

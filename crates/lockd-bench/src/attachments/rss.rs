@@ -17,8 +17,6 @@
 //! (`large_payload_is_streamed_not_buffered`: `VmRSS` before, `VmHWM`
 //! after), with samples per phase on top.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,99 +25,15 @@ use serde::Serialize;
 
 use super::figures::{fmt_mib, fmt_mib_s, fmt_size, mib_per_s};
 use super::{cycle, pattern_block, verify, Step, Target};
+use crate::child::{lockd_or_default, start_lockd};
 use crate::cli::AttachmentRssArgs;
 use crate::procfs::{self, Field, Proc};
 use crate::report::{print_json, Report};
+use crate::wire;
 use crate::wire::attachments::{body_sha256, PatternBody};
-use crate::wire::{self, HttpClient};
-
-/// How long `lockd` may take to answer `/healthz`.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Warm-up payload.
 const WARMUP_BYTES: u64 = 1024 * 1024;
-
-/// A `lockd` child process, killed when dropped.
-struct LockdChild {
-    child: Child,
-    pid: u32,
-    base: String,
-}
-
-impl Drop for LockdChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `lockd` next to this executable (`target/release/lockd` when both
-/// were built with `cargo build --release -p lockd -p lockd-bench`).
-fn default_lockd() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("locating lockd-bench: {e}"))?;
-    let dir = exe
-        .parent()
-        .ok_or("locating lockd-bench: no parent directory")?;
-    Ok(dir.join("lockd"))
-}
-
-/// A free TCP port on 127.0.0.1 (bound, then released).
-fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| format!("finding a free port: {e}"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| format!("finding a free port: {e}"))
-}
-
-async fn start_lockd(bin: &Path, dir: &Path, http: &HttpClient) -> Result<LockdChild, String> {
-    if !bin.is_file() {
-        return Err(format!(
-            "no lockd binary at {} (build it with `cargo build --release -p lockd` or pass --lockd)",
-            bin.display()
-        ));
-    }
-    let port = free_port()?;
-    let mut cmd = Command::new(bin);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("LOCKD_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.arg("--store")
-        .arg(format!("disk://{}", dir.display()))
-        .args(["--disable-mtls", "--log-level", "warn", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
-    let mut srv = LockdChild {
-        pid: child.id(),
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let health = wire::endpoint(&srv.base, "/healthz")?;
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        if let Ok(Some(status)) = srv.child.try_wait() {
-            return Err(format!("{} exited at start: {status}", bin.display()));
-        }
-        if let Ok(s) = wire::healthz(http, &health, Duration::from_secs(1)).await {
-            if s.is_success() {
-                return Ok(srv);
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "{} did not answer {health} within {READY_TIMEOUT:?}",
-                bin.display()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// A thread reading a process's `VmRSS` every `every`.
 struct Sampler {
@@ -260,10 +174,7 @@ pub async fn cmd(args: AttachmentRssArgs) -> Result<(), String> {
     let report = Report {
         to_stderr: args.json,
     };
-    let bin = match &args.lockd {
-        Some(p) => p.clone(),
-        None => default_lockd()?,
-    };
+    let bin = lockd_or_default(args.lockd.as_deref())?;
     let tmp;
     let dir = match &args.dir {
         Some(d) => d.clone(),
@@ -276,7 +187,7 @@ pub async fn cmd(args: AttachmentRssArgs) -> Result<(), String> {
         }
     };
     let http = wire::http_client();
-    let srv = start_lockd(&bin, &dir, &http).await?;
+    let srv = start_lockd(&bin, &dir, &[], &http).await?;
     eprintln!(
         "attachment-rss: {} (pid {}) on disk://{}, {} payload",
         bin.display(),
@@ -298,10 +209,8 @@ pub async fn cmd(args: AttachmentRssArgs) -> Result<(), String> {
     let want = body_sha256(PatternBody::new(block.clone(), args.size));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let read =
-        |f| procfs::read(Proc::Pid(srv.pid), f).ok_or("cannot read the server's /proc status");
-    let rss_before = read(Field::Rss)?;
-    let hwm_before = read(Field::Hwm)?;
+    let rss_before = srv.mem(Field::Rss)?;
+    let hwm_before = srv.mem(Field::Hwm)?;
     let sampler = Sampler::start(srv.pid, args.sample_every)?;
     let mut steps: Vec<(Step, Instant, Option<u64>)> = Vec::new();
     let key = format!("bench-{run_id}-rss");
@@ -315,7 +224,7 @@ pub async fn cmd(args: AttachmentRssArgs) -> Result<(), String> {
     })
     .await;
     let end = Instant::now();
-    let hwm_after_download = read(Field::Hwm)?;
+    let hwm_after_download = srv.mem(Field::Hwm)?;
     let samples = sampler.stop().await;
     let c = result?;
     verify(&c, &want)?;
@@ -383,15 +292,5 @@ mod tests {
         assert_eq!(peak_between(&samples, at(50), at(60)), None);
         assert_eq!(growth(40, 10), 30);
         assert_eq!(growth(10, 40), -30);
-    }
-
-    #[tokio::test]
-    async fn a_missing_binary_is_reported() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let bin = dir.path().join("no-lockd-here");
-        let Err(e) = start_lockd(&bin, dir.path(), &wire::http_client()).await else {
-            panic!("started a binary that does not exist");
-        };
-        assert!(e.contains("no lockd binary"), "{e}");
     }
 }
