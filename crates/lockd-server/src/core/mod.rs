@@ -337,6 +337,7 @@ mod tests {
             block_seconds: -1,
             if_not_exists: false,
             txn_id: None,
+            generated_txn: false,
         }
     }
 

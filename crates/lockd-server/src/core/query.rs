@@ -268,6 +268,7 @@ mod tests {
                 block_seconds: -1,
                 if_not_exists: false,
                 txn_id: None,
+                generated_txn: false,
             })
             .await
             .unwrap();

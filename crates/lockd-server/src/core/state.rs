@@ -374,10 +374,7 @@ impl Engine {
         // it stages anything (see `txn.rs`).
         if let Some(lease) = rec.lease.as_ref().filter(|l| l.txn_explicit) {
             if let Some((namespace, key)) = id.split_once('/') {
-                let p = super::txn::Participant {
-                    namespace: namespace.to_string(),
-                    key: key.to_string(),
-                };
+                let p = super::txn::Participant::key(namespace, key);
                 self.enlist(&l.txn_id, p, lease.expires_ms()).await?;
             }
         }

@@ -69,11 +69,67 @@ fn txn_key(txn: &str) -> String {
     format!("{TXN_PREFIX}{txn}")
 }
 
-/// A key taking part in a transaction.
+/// A key (or a queue message) taking part in a transaction.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Participant {
     pub namespace: String,
+    /// The key; for a message, its id.
     pub key: String,
+    /// For a message delivered under the transaction: its queue.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub queue: String,
+}
+
+impl Participant {
+    /// A key.
+    pub fn key(namespace: impl Into<String>, key: impl Into<String>) -> Self {
+        Participant {
+            namespace: namespace.into(),
+            key: key.into(),
+            queue: String::new(),
+        }
+    }
+
+    /// A message delivered under the transaction.
+    pub fn message(
+        namespace: impl Into<String>,
+        queue: impl Into<String>,
+        id: impl Into<String>,
+    ) -> Self {
+        Participant {
+            namespace: namespace.into(),
+            key: id.into(),
+            queue: queue.into(),
+        }
+    }
+}
+
+/// The queue's side of transactions: what a decision does to a message
+/// delivered under it (commit acks it and drops its workflow state;
+/// rollback makes it visible again and keeps the state). Implemented by
+/// the queue subsystem, which registers itself with the engine.
+#[async_trait::async_trait]
+pub trait QueueParticipants: Send + Sync {
+    /// Applies `state` of `txn` to message `id` of `queue`, if it is still
+    /// delivered under `txn`; otherwise does nothing.
+    async fn settle_for_txn(
+        &self,
+        namespace: &str,
+        queue: &str,
+        id: &str,
+        txn: &str,
+        state: TxnState,
+    ) -> CoreResult<()>;
+
+    /// When the delivery of message `id` under `txn` expires (Unix ms), if
+    /// it is still delivered under `txn`.
+    async fn delivery_expiry(
+        &self,
+        namespace: &str,
+        queue: &str,
+        id: &str,
+        txn: &str,
+    ) -> Option<i64>;
 }
 
 /// The stored record of a transaction.
@@ -113,6 +169,8 @@ pub struct Txns {
     /// (applying under a key's lock could deadlock).
     todo: std::sync::Mutex<BTreeSet<String>>,
     wake: tokio::sync::Notify,
+    /// The queue subsystem, for message participants.
+    queues: std::sync::OnceLock<std::sync::Weak<dyn QueueParticipants>>,
 }
 
 /// How a caller wants a transaction decided.
@@ -126,6 +184,11 @@ pub struct DecideInput {
 }
 
 impl Engine {
+    /// Connects the queue subsystem (once, when it is built).
+    pub fn set_queue_participants(&self, queues: std::sync::Weak<dyn QueueParticipants>) {
+        let _ = self.txns.queues.set(queues);
+    }
+
     fn txn_slot(&self, txn: &str) -> Arc<Mutex<TxnSlot>> {
         if let Some(s) = self.txns.slots.get(txn) {
             return s.clone();
@@ -196,7 +259,7 @@ impl Engine {
     /// Adds a key to a pending transaction before the key stages anything
     /// under it; called under the key's lock. `lease_expires_ms` raises
     /// the record's expiry.
-    pub(super) async fn enlist(
+    pub(crate) async fn enlist(
         &self,
         txn: &str,
         p: Participant,
@@ -273,6 +336,8 @@ impl Engine {
         if input.state.is_decided() {
             rec.state = input.state;
             rec.decided_at_ms = now;
+            // Nothing to apply: the record is final as written.
+            rec.applied = rec.participants.is_empty();
         }
         if s.rec.is_some() && rec == before {
             return Ok(rec.state);
@@ -304,7 +369,12 @@ impl Engine {
             }
         };
         for p in &participants {
-            self.apply_to_key(txn, state, p).await?;
+            if p.queue.is_empty() {
+                self.apply_to_key(txn, state, p, false).await?;
+            } else if let Some(q) = self.txns.queues.get().and_then(|w| w.upgrade()) {
+                q.settle_for_txn(&p.namespace, &p.queue, &p.key, txn, state)
+                    .await?;
+            }
         }
         self.cas_retry(|| self.mark_applied(txn)).await?;
         Ok(Some(state))
@@ -326,14 +396,17 @@ impl Engine {
     }
 
     /// Applies `state` of `txn` to one key: commits or rolls back what it
-    /// staged under `txn` and clears a lease of `txn`. Idempotent.
-    pub(super) async fn apply_to_key(
+    /// staged under `txn` and clears a lease of `txn`; with `drop_doc`, a
+    /// commit also deletes the key's document (an acked message's
+    /// workflow state). Idempotent.
+    pub async fn apply_to_key(
         &self,
         txn: &str,
         state: TxnState,
         p: &Participant,
+        drop_doc: bool,
     ) -> CoreResult<()> {
-        self.cas_retry(|| self.apply_to_key_once(txn, state, p))
+        self.cas_retry(|| self.apply_to_key_once(txn, state, p, drop_doc))
             .await
     }
 
@@ -342,6 +415,7 @@ impl Engine {
         txn: &str,
         state: TxnState,
         p: &Participant,
+        drop_doc: bool,
     ) -> CoreResult<()> {
         let id = key_id(&p.namespace, &p.key);
         let entry = self.key_entry(&id);
@@ -355,13 +429,21 @@ impl Engine {
             return Ok(());
         }
         let mut rec = rec.clone();
-        let released = if !staged_here {
+        let mut released = if !staged_here {
             Default::default()
-        } else if state == TxnState::Commit {
+        } else if state == TxnState::Commit && !drop_doc {
             commit(&mut rec, &id)
         } else {
             rollback(&mut rec, &id)
         };
+        if drop_doc && state == TxnState::Commit && !rec.state_etag.is_empty() {
+            released
+                .after
+                .extend(super::key_entry::delete_doc(&id, &rec.state_etag));
+            rec.state_etag.clear();
+            rec.version = rec.version.saturating_add(1);
+            rec.published_version = rec.version;
+        }
         if leased_here {
             rec.lease = None;
         }
@@ -420,13 +502,21 @@ impl Engine {
         }
         let mut live = 0i64;
         for p in &participants {
-            let id = key_id(&p.namespace, &p.key);
-            if let Some(rec) = self.peek(&id).await? {
-                if let Some(l) = rec.lease.as_ref().filter(|l| l.txn_id == txn) {
-                    if !l.expired(now) {
-                        live = live.max(l.expires_ms());
-                    }
+            let expires = if p.queue.is_empty() {
+                let id = key_id(&p.namespace, &p.key);
+                self.peek(&id)
+                    .await?
+                    .and_then(|rec| rec.lease)
+                    .filter(|l| l.txn_id == txn)
+                    .map(|l| l.expires_ms())
+            } else {
+                match self.txns.queues.get().and_then(|w| w.upgrade()) {
+                    Some(q) => q.delivery_expiry(&p.namespace, &p.queue, &p.key, txn).await,
+                    None => None,
                 }
+            };
+            if let Some(e) = expires.filter(|&e| e > now) {
+                live = live.max(e);
             }
         }
         if live > 0 {
@@ -453,7 +543,7 @@ impl Engine {
     /// The decision a participant whose lease expired gets: rollback,
     /// unless the transaction is already committed. Called under the key's
     /// lock; the other participants are left to the worker.
-    pub(super) async fn decide_on_expiry(&self, txn: &str) -> CoreResult<TxnState> {
+    pub(crate) async fn decide_on_expiry(&self, txn: &str) -> CoreResult<TxnState> {
         let input = DecideInput {
             txn_id: txn.to_string(),
             state: TxnState::Rollback,

@@ -92,6 +92,7 @@ pub async fn acquire(
                         block_seconds,
                         if_not_exists,
                         txn_id: txn,
+                        generated_txn: false,
                     })
                     .await
                     .map_err(ApiError::from)

@@ -195,7 +195,7 @@ fn participant(
             format!("participant backend_hash {hash:?} is not this server's backend"),
         ));
     }
-    Ok(Participant { namespace, key })
+    Ok(Participant::key(namespace, key))
 }
 
 /// Read and write claims on `namespace` (`ALL` for every namespace).

@@ -3,6 +3,9 @@
 //! release or by `/v1/txn/*`, on every backend.
 
 use lockd_testkit::lease::Lease;
+use lockd_testkit::queue::{
+    ack_body, dequeue_one, dq, enqueue_simple, expect_empty, nack_body, post_json, with,
+};
 use lockd_testkit::server::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -12,6 +15,8 @@ on_both_backends!(
     release_with_rollback_discards_every_key,
     an_expired_participant_rolls_back_the_whole_transaction,
     decide_is_sticky_and_apply_calls_follow_the_record,
+    a_message_ack_commits_its_transaction_and_a_nack_rolls_it_back,
+    a_key_release_acks_the_messages_of_its_transaction,
 );
 
 /// Acquires `key` in `ns` under the explicit transaction `txn`.
@@ -270,4 +275,73 @@ async fn tc_endpoints_answer_as_a_single_cluster() {
     let r = s.http.get(s.url("/v1/tc/rm/list")).send().await.unwrap();
     let (_, v) = expect_json(r, StatusCode::OK).await;
     assert_eq!(v, json!({"backends": []}));
+}
+
+async fn a_message_ack_commits_its_transaction_and_a_nack_rolls_it_back(b: Backend) {
+    let s = TestServer::start(b).await;
+    // Commit through the ack.
+    let txn = new_xid();
+    enqueue_simple(&s, "jobs", b"one").await;
+    let k = acquire_in(&s, "default", "progress", &txn).await;
+    let m = dequeue_one(&s, &with(&dq("jobs", 5, 30), json!({"txn_id": txn}))).await;
+    assert_eq!(m.str("txn_id"), txn);
+    s.update_ok(&k, r#"{"done":1}"#).await;
+    let r = post_json(&s, "/v1/queue/ack", &ack_body(&m.msg)).await;
+    expect_json(r, StatusCode::OK).await;
+    assert_eq!(
+        public(&s, "default", "progress").await,
+        Some(json!({"done": 1}))
+    );
+    expect_empty(&s, "default", "jobs").await;
+    // Rollback through the nack: the key keeps its committed state and
+    // the message comes back.
+    let txn = new_xid();
+    enqueue_simple(&s, "jobs", b"two").await;
+    let k = acquire_in(&s, "default", "progress", &txn).await;
+    let m = dequeue_one(&s, &with(&dq("jobs", 5, 30), json!({"txn_id": txn}))).await;
+    s.update_ok(&k, r#"{"done":2}"#).await;
+    let r = post_json(&s, "/v1/queue/nack", &nack_body(&m.msg)).await;
+    expect_json(r, StatusCode::OK).await;
+    assert_eq!(
+        public(&s, "default", "progress").await,
+        Some(json!({"done": 1}))
+    );
+    let again = dequeue_one(&s, &dq("jobs", 5, 30)).await;
+    assert_eq!(again.id(), m.id());
+    assert_eq!(again.attempts(), 2);
+    // Dequeuing under a decided transaction is refused, and the message
+    // stays available.
+    post_json(&s, "/v1/queue/ack", &ack_body(&again.msg)).await;
+    enqueue_simple(&s, "jobs", b"three").await;
+    let r = post_json(
+        &s,
+        "/v1/queue/dequeue",
+        &with(&dq("jobs", 5, 30), json!({"txn_id": txn})),
+    )
+    .await;
+    assert_error(r, 409, "txn_conflict").await;
+    let m3 = dequeue_one(&s, &dq("jobs", 5, 30)).await;
+    assert_eq!(m3.payload, b"three");
+}
+
+async fn a_key_release_acks_the_messages_of_its_transaction(b: Backend) {
+    let s = TestServer::start(b).await;
+    let txn = new_xid();
+    enqueue_simple(&s, "jobs", b"a").await;
+    enqueue_simple(&s, "jobs", b"b").await;
+    let k = acquire_in(&s, "default", "out", &txn).await;
+    let body = with(&dq("jobs", 5, 30), json!({"txn_id": txn, "page_size": 2}));
+    let r = post_json(&s, "/v1/queue/dequeue", &body).await;
+    let (_, got) = lockd_testkit::queue::read_deliveries(r).await;
+    assert_eq!(got.len(), 2);
+    s.update_ok(&k, r#"{"consumed":2}"#).await;
+    s.release(&k).await;
+    assert_eq!(
+        public(&s, "default", "out").await,
+        Some(json!({"consumed": 2}))
+    );
+    expect_empty(&s, "default", "jobs").await;
+    // The consumer's late ack finds its messages gone (already settled).
+    let r = post_json(&s, "/v1/queue/ack", &ack_body(&got[0].msg)).await;
+    assert!(r.status().is_client_error(), "{}", r.status());
 }

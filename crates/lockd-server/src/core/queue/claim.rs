@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use lockd_api::txn::TxnState;
 use lockd_api::ErrorCode;
 use serde_json::json;
 use tokio::time::Instant;
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 use super::message::{state_key, Delivery, MessageRecord, StateLease};
 use super::{DequeueInput, Leased, QueueShard, Queues, Wait};
 use crate::core::clock::add_secs;
+use crate::core::txn::Participant;
 use crate::core::{AcquireInput, CoreError, CoreResult};
 
 /// Puts a claimed entry back in the visibility order if the claim is
@@ -93,7 +95,25 @@ impl Queues {
             let mut out = Vec::new();
             while out.len() < input.page_size {
                 match self.claim_one(shard, input).await? {
-                    Some(l) => out.push(l),
+                    Some(l) => {
+                        let enlist = enlistment(input, &l.record);
+                        if let Err(e) = self.enlist_delivery(enlist).await {
+                            // Nothing of this page reaches the consumer.
+                            out.push(l);
+                            let given: Vec<(String, String)> = out
+                                .drain(..)
+                                .filter_map(|l| {
+                                    let d = l.record.delivery?;
+                                    Some((l.record.id, d.lease_id))
+                                })
+                                .collect();
+                            for (id, lease_id) in given {
+                                self.return_undelivered(shard, &id, &lease_id).await;
+                            }
+                            return Err(e);
+                        }
+                        out.push(l)
+                    }
                     None => break,
                 }
             }
@@ -141,6 +161,15 @@ impl Queues {
                 _ = self.clock().sleep_until_opt(next) => {}
                 _ = drained => {}
             }
+        }
+    }
+
+    /// Lists a message delivered under a consumer's transaction in that
+    /// transaction's record (refused when it is already decided).
+    async fn enlist_delivery(&self, enlist: Option<(String, Participant, i64)>) -> CoreResult<()> {
+        match enlist {
+            Some((txn, p, expires)) => self.engine.enlist(&txn, p, expires).await,
+            None => Ok(()),
         }
     }
 
@@ -196,6 +225,28 @@ impl Queues {
                 shard.lock().settle(&id, None);
                 continue;
             }
+            if let Some(txn) = rec
+                .delivery
+                .as_ref()
+                .filter(|d| d.txn_explicit)
+                .map(|d| d.txn_id.clone())
+            {
+                // A delivery of a client's transaction that lapsed decides
+                // the transaction: rollback (the message is delivered
+                // again), unless it is already committed (the message is
+                // done).
+                if self.engine.decide_on_expiry(&txn).await? == TxnState::Commit {
+                    match self.remove_message(&rec, &mut cached).await {
+                        Err(e) if e.is_store_conflict() => {
+                            shard.lock().settle(&id, Some(&rec));
+                            continue;
+                        }
+                        r => r?,
+                    }
+                    shard.lock().settle(&id, None);
+                    continue;
+                }
+            }
             if let Some(prev) = rec.delivery.take() {
                 // The previous delivery ended by lease expiry.
                 if self.cfg.expiry_counts_as_failure {
@@ -228,7 +279,10 @@ impl Queues {
             // is: never earlier than `now + v`.
             let mut until = add_secs(now, v);
             let state = if input.stateful {
-                match self.lease_state(&rec, &input.owner, v, &txn).await {
+                match self
+                    .lease_state(&rec, &input.owner, v, &txn, input.txn_id.is_some())
+                    .await
+                {
                     Ok((s, state_until)) => {
                         until = until.max(state_until);
                         Some(s)
@@ -269,14 +323,17 @@ impl Queues {
             if input.stateful && rec.state_etag.is_empty() {
                 rec.state_etag = uuid::Uuid::now_v7().to_string();
             }
-            rec.delivery = Some(Delivery::new(
-                xid::new().to_string(),
-                input.owner.clone(),
-                until,
-                rec.fencing_counter,
-                txn,
-                state,
-            ));
+            rec.delivery = Some(
+                Delivery::new(
+                    xid::new().to_string(),
+                    input.owner.clone(),
+                    until,
+                    rec.fencing_counter,
+                    txn,
+                    state,
+                )
+                .in_transaction(input.txn_id.is_some()),
+            );
             if let Err(e) = self.write(&rec, &mut cached).await {
                 let r = cached.rec.clone();
                 shard.lock().settle(&id, r.as_ref());
@@ -304,6 +361,7 @@ impl Queues {
         owner: &str,
         ttl: i64,
         txn: &str,
+        explicit: bool,
     ) -> CoreResult<(StateLease, i64)> {
         let got = self
             .engine
@@ -315,6 +373,7 @@ impl Queues {
                 block_seconds: -1,
                 if_not_exists: false,
                 txn_id: Some(txn.to_string()),
+                generated_txn: !explicit,
             })
             .await?;
         Ok((
@@ -327,4 +386,13 @@ impl Queues {
             got.expires_at_ms,
         ))
     }
+}
+
+/// The transaction a delivery joins, the message as a participant and its
+/// lease expiry: only for a consumer that named a transaction.
+fn enlistment(input: &DequeueInput, rec: &MessageRecord) -> Option<(String, Participant, i64)> {
+    let txn = input.txn_id.clone()?;
+    let expires = rec.delivery.as_ref().map(|d| d.expires_ms()).unwrap_or(0);
+    let p = Participant::message(&rec.namespace, &rec.queue, &rec.id);
+    Some((txn, p, expires))
 }

@@ -32,6 +32,10 @@ pub struct Delivery {
     /// The workflow-state lease of a stateful delivery.
     #[serde(default)]
     pub state: Option<StateLease>,
+    /// `txn_id` came from the consumer: the delivery is a participant of
+    /// that multi-key transaction, and its ack or nack decides it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub txn_explicit: bool,
 }
 
 impl Delivery {
@@ -52,7 +56,14 @@ impl Delivery {
             fencing_token,
             txn_id,
             state,
+            txn_explicit: false,
         }
+    }
+
+    /// The delivery as a participant of its (client-chosen) transaction.
+    pub fn in_transaction(mut self, explicit: bool) -> Self {
+        self.txn_explicit = explicit;
+        self
     }
 
     /// When the delivery lease expires, in Unix milliseconds.

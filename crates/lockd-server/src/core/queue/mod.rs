@@ -192,14 +192,19 @@ fn mismatch() -> CoreError {
 impl Queues {
     /// The queue subsystem over the engine's store.
     pub fn new(engine: Arc<Engine>, cfg: QueueConfig) -> Arc<Self> {
-        Arc::new(Self {
+        let queues = Arc::new(Self {
             store: engine.store().clone(),
             engine,
             drain: std::sync::OnceLock::new(),
             shards: DashMap::new(),
             cfg,
             consumers: AtomicUsize::new(0),
-        })
+        });
+        // Transactions settle the messages delivered under them.
+        let weak: std::sync::Weak<dyn crate::core::txn::QueueParticipants> =
+            Arc::downgrade(&queues) as _;
+        queues.engine.set_queue_participants(weak);
+        queues
     }
 
     /// Connects the server's drain switch: once it flips, waiting

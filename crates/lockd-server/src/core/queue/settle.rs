@@ -13,7 +13,9 @@ use super::{
     clamp_delay, mismatch, not_found, Extended, MessageRef, NackIntent, QueueShard, Queues,
 };
 use crate::core::clock::{add_secs, unix_secs, MAX_REQUEST_SECONDS};
+use crate::core::txn::{DecideInput, Participant, QueueParticipants};
 use crate::core::{CoreError, CoreResult, KeepAliveInput, LeaseRef, ReleaseInput, RemoveInput};
+use lockd_api::txn::TxnState;
 
 impl Queues {
     /// Locks a message for ack/nack/extend and checks the caller's lease.
@@ -25,37 +27,8 @@ impl Queues {
         tokio::sync::OwnedMutexGuard<CachedMessage>,
         MessageRecord,
     )> {
-        let shard = self.shard(&r.namespace, &r.queue).await?;
-        let known = {
-            let idx = shard.lock();
-            idx.entries.get(&r.message_id).map(|e| e.cached.clone())
-        };
-        let cached = match known {
-            Some(s) => s,
-            // Delivered by another node sharing the store: load it.
-            None if self.engine.shared() => {
-                let key = msg_key(&r.namespace, &r.queue, &r.message_id);
-                let (raw, etag) = self
-                    .store
-                    .get(&key)
-                    .await?
-                    .ok_or_else(|| not_found("message not found"))?;
-                let rec: MessageRecord = serde_json::from_slice(&raw).map_err(|_| {
-                    CoreError::new(ErrorCode::InternalError, "corrupt message record")
-                })?;
-                let mut idx = shard.lock();
-                if !idx.entries.contains_key(&rec.id) {
-                    idx.insert(&rec.id.clone(), &rec, etag);
-                }
-                idx.entries
-                    .get(&r.message_id)
-                    .map(|e| e.cached.clone())
-                    .ok_or_else(|| not_found("message not found"))?
-            }
-            None => return Err(not_found("message not found")),
-        };
-        let mut cached = cached.lock_owned().await;
-        self.refresh(&mut cached, &r.namespace, &r.queue, &r.message_id)
+        let (shard, cached) = self
+            .locked_message(&r.namespace, &r.queue, &r.message_id)
             .await?;
         let Some(rec) = cached.rec.clone() else {
             shard.lock().settle(&r.message_id, None);
@@ -79,14 +52,87 @@ impl Queues {
         Ok((shard, cached, rec))
     }
 
+    /// Locks a message (loading it when another node sharing the store
+    /// delivered it) and brings its record up to date.
+    pub(super) async fn locked_message(
+        &self,
+        namespace: &str,
+        queue: &str,
+        id: &str,
+    ) -> CoreResult<(Arc<QueueShard>, tokio::sync::OwnedMutexGuard<CachedMessage>)> {
+        let shard = self.shard(namespace, queue).await?;
+        let known = {
+            let idx = shard.lock();
+            idx.entries.get(id).map(|e| e.cached.clone())
+        };
+        let cached = match known {
+            Some(s) => s,
+            // Delivered by another node sharing the store: load it.
+            None if self.engine.shared() => {
+                let key = msg_key(namespace, queue, id);
+                let (raw, etag) = self
+                    .store
+                    .get(&key)
+                    .await?
+                    .ok_or_else(|| not_found("message not found"))?;
+                let rec: MessageRecord = serde_json::from_slice(&raw).map_err(|_| {
+                    CoreError::new(ErrorCode::InternalError, "corrupt message record")
+                })?;
+                let mut idx = shard.lock();
+                if !idx.entries.contains_key(&rec.id) {
+                    idx.insert(&rec.id.clone(), &rec, etag);
+                }
+                idx.entries
+                    .get(id)
+                    .map(|e| e.cached.clone())
+                    .ok_or_else(|| not_found("message not found"))?
+            }
+            None => return Err(not_found("message not found")),
+        };
+        let mut cached = cached.lock_owned().await;
+        self.refresh(&mut cached, namespace, queue, id).await?;
+        Ok((shard, cached))
+    }
+
     /// Completes a delivery: deletes the message and, for stateful
     /// deliveries, its workflow state. Returns the message's correlation id.
+    /// A delivery made under a client's transaction decides that whole
+    /// transaction instead (commit), which acks the message.
     pub async fn ack(&self, r: &MessageRef) -> CoreResult<String> {
         self.engine.cas_retry(|| self.ack_once(r)).await
     }
 
+    /// Decides the transaction a delivery belongs to, for the ack (commit)
+    /// or nack (rollback) of its consumer; the decision settles the message
+    /// with every other participant. A transaction already decided the
+    /// other way is `409 txn_conflict` (the message went with it).
+    async fn decide_delivery(&self, txn: &str, want: TxnState) -> CoreResult<()> {
+        let state = self
+            .engine
+            .decide_txn(DecideInput {
+                txn_id: txn.to_string(),
+                state: want,
+                participants: Vec::new(),
+                expires_at_unix: 0,
+            })
+            .await?;
+        if state != want {
+            return Err(CoreError::new(
+                ErrorCode::TxnConflict,
+                format!("transaction {txn} was already decided: {state} (asked for {want})"),
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) async fn ack_once(&self, r: &MessageRef) -> CoreResult<String> {
         let (shard, mut cached, rec) = self.locked_delivery(r).await?;
+        if let Some(d) = rec.delivery.as_ref().filter(|d| d.txn_explicit) {
+            let txn = d.txn_id.clone();
+            drop(cached);
+            self.decide_delivery(&txn, TxnState::Commit).await?;
+            return Ok(rec.correlation_id);
+        }
         if !r.state_etag.is_empty() && !rec.state_etag.is_empty() && r.state_etag != rec.state_etag
         {
             return Err(CoreError::new(
@@ -131,6 +177,12 @@ impl Queues {
                 ErrorCode::CasMismatch,
                 "meta_etag does not match",
             ));
+        }
+        if let Some(d) = rec.delivery.as_ref().filter(|d| d.txn_explicit) {
+            let txn = d.txn_id.clone();
+            drop(cached);
+            self.decide_delivery(&txn, TxnState::Rollback).await?;
+            return Ok((rec.meta_etag, rec.correlation_id));
         }
         let state = rec.delivery.take().and_then(|d| d.state);
         match intent {
@@ -323,5 +375,90 @@ impl Queues {
                     .await;
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl QueueParticipants for Queues {
+    async fn settle_for_txn(
+        &self,
+        namespace: &str,
+        queue: &str,
+        id: &str,
+        txn: &str,
+        state: TxnState,
+    ) -> CoreResult<()> {
+        self.engine
+            .cas_retry(|| self.settle_for_txn_once(namespace, queue, id, txn, state))
+            .await
+    }
+
+    async fn delivery_expiry(
+        &self,
+        namespace: &str,
+        queue: &str,
+        id: &str,
+        txn: &str,
+    ) -> Option<i64> {
+        let (_, cached) = self.locked_message(namespace, queue, id).await.ok()?;
+        let d = cached.rec.as_ref()?.delivery.as_ref()?;
+        (d.txn_id == txn).then(|| d.expires_ms())
+    }
+}
+
+impl Queues {
+    /// Commit: the message is deleted and its workflow state dropped.
+    /// Rollback: the delivery ends as a failed attempt (`txn_rollback`),
+    /// the message is visible again, and staged state changes of the
+    /// transaction are discarded (committed state is kept).
+    async fn settle_for_txn_once(
+        &self,
+        namespace: &str,
+        queue: &str,
+        id: &str,
+        txn: &str,
+        state: TxnState,
+    ) -> CoreResult<()> {
+        let (shard, mut cached) = match self.locked_message(namespace, queue, id).await {
+            Ok(x) => x,
+            Err(e) if e.code() == ErrorCode::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let Some(mut rec) = cached.rec.clone() else {
+            return Ok(());
+        };
+        if !rec.delivery.as_ref().is_some_and(|d| d.txn_id == txn) {
+            // Redelivered (its lease lapsed) or already settled.
+            return Ok(());
+        }
+        let lease = rec.delivery.take();
+        let state_lease = lease.and_then(|d| d.state);
+        if state == TxnState::Commit {
+            self.remove_message(&rec, &mut cached).await?;
+            shard.lock().settle(&rec.id, None);
+            drop(cached);
+            shard.touch();
+        } else {
+            rec.failure_attempts += 1;
+            rec.last_error = Some(serde_json::json!({"reason": "txn_rollback"}));
+            rec.set_visible_at_ms(self.clock().now_ms());
+            rec.meta_etag = uuid::Uuid::now_v7().to_string();
+            if rec.failure_attempts >= rec.max_attempts {
+                self.dead_letter(&mut rec, &mut cached).await?;
+                shard.lock().settle(&rec.id, None);
+            } else {
+                self.write(&rec, &mut cached).await?;
+                shard.lock().settle(&rec.id, Some(&rec));
+            }
+            drop(cached);
+            shard.wake();
+        }
+        if let Some(st) = state_lease {
+            let p = Participant::key(namespace, state_key(queue, id));
+            self.engine
+                .apply_to_key(&st.txn_id, state, &p, state == TxnState::Commit)
+                .await?;
+        }
+        Ok(())
     }
 }
