@@ -427,7 +427,7 @@ impl Queues {
         let Some(mut rec) = cached.rec.clone() else {
             return Ok(());
         };
-        if !rec.delivery.as_ref().is_some_and(|d| d.txn_id == txn) {
+        if rec.delivery.as_ref().is_none_or(|d| d.txn_id != txn) {
             // Redelivered (its lease lapsed) or already settled.
             return Ok(());
         }
