@@ -472,6 +472,7 @@ impl Engine {
         entry.wake_head();
         if explicit {
             self.apply_txn(&input.txn_id, false).await?;
+            super::txn::failpoint("txn.answer");
             if decided != want {
                 return Err(CoreError::new(
                     ErrorCode::TxnConflict,

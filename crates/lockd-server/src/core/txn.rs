@@ -284,7 +284,12 @@ impl Engine {
                 return Ok(())
             }
             Some(r) => r.clone(),
-            None => self.new_record(txn, now),
+            None => {
+                // A transaction lives as long as its leases.
+                let mut r = self.new_record(txn, now);
+                r.expires_at_ms = lease_expires_ms;
+                r
+            }
         };
         rec.participants.insert(p.clone());
         rec.expires_at_ms = rec.expires_at_ms.max(lease_expires_ms);
@@ -335,6 +340,19 @@ impl Engine {
         }
         if input.state.is_decided() {
             rec.state = input.state;
+            if rec.state == TxnState::Commit {
+                if let Some(p) = self.lapsed_participant(txn, &rec.participants, now).await? {
+                    // Its staged work is being (or was) rolled back: the
+                    // transaction cannot commit without it.
+                    tracing::info!(
+                        txn_id = txn,
+                        namespace = %p.namespace,
+                        key = %p.key,
+                        "commit refused: a participant's lease lapsed; rolling back"
+                    );
+                    rec.state = TxnState::Rollback;
+                }
+            }
             rec.decided_at_ms = now;
             // Nothing to apply: the record is final as written.
             rec.applied = rec.participants.is_empty();
@@ -344,8 +362,12 @@ impl Engine {
         }
         rec.updated_at_unix = unix_secs(now);
         let state = rec.state;
+        if state.is_decided() {
+            failpoint("txn.before-decision");
+        }
         self.write_txn(&mut s, rec).await?;
         if state.is_decided() {
+            failpoint("txn.decided");
             tracing::info!(txn_id = txn, state = %state, "transaction decided");
         }
         Ok(state)
@@ -368,7 +390,9 @@ impl Engine {
                 Some(r) => (r.state, r.participants.clone()),
             }
         };
-        for p in &participants {
+        for (_k, p) in participants.iter().enumerate() {
+            #[cfg(debug_assertions)]
+            failpoint(&format!("txn.apply.{_k}"));
             if p.queue.is_empty() {
                 self.apply_to_key(txn, state, p, false).await?;
             } else if let Some(q) = self.txns.queues.get().and_then(|w| w.upgrade()) {
@@ -376,6 +400,7 @@ impl Engine {
                     .await?;
             }
         }
+        failpoint("txn.applied");
         self.cas_retry(|| self.mark_applied(txn)).await?;
         Ok(Some(state))
     }
@@ -538,6 +563,54 @@ impl Engine {
         tracing::info!(txn_id = txn, state = %state, "expired transaction decided");
         self.apply_txn(txn, false).await?;
         Ok(state)
+    }
+
+    /// The first participant whose lease (or delivery) of `txn` lapsed
+    /// before `now`. Read from the store, not through the key locks: a
+    /// decision may be taken under another participant's lock.
+    async fn lapsed_participant(
+        &self,
+        txn: &str,
+        participants: &BTreeSet<Participant>,
+        now: i64,
+    ) -> CoreResult<Option<Participant>> {
+        for p in participants {
+            let expires = if p.queue.is_empty() {
+                let key = super::record::meta_key(&key_id(&p.namespace, &p.key));
+                let Some((raw, _)) = self.store.get(&key).await? else {
+                    continue;
+                };
+                let Ok(rec) = serde_json::from_slice::<MetaRecord>(&raw) else {
+                    continue;
+                };
+                if rec.staged.as_ref().is_none_or(|s| s.txn_id != txn) {
+                    // Nothing of the transaction there (any more).
+                    continue;
+                }
+                rec.lease
+                    .filter(|l| l.txn_id == txn)
+                    .map(|l| l.expires_ms())
+            } else {
+                let key = super::queue::message::msg_key(&p.namespace, &p.queue, &p.key);
+                let Some((raw, _)) = self.store.get(&key).await? else {
+                    continue;
+                };
+                let Ok(rec) = serde_json::from_slice::<super::queue::message::MessageRecord>(&raw)
+                else {
+                    continue;
+                };
+                // A message no longer delivered under the transaction
+                // (its lease lapsed; maybe someone else has it) is lost
+                // to it.
+                rec.delivery
+                    .filter(|d| d.txn_id == txn)
+                    .map(|d| d.expires_ms())
+            };
+            if expires.is_none_or(|e| e <= now) {
+                return Ok(Some(p.clone()));
+            }
+        }
+        Ok(None)
     }
 
     /// The decision a participant whose lease expired gets: rollback,
@@ -726,6 +799,23 @@ impl Engine {
         }
     }
 }
+
+/// A crash point of the transaction code for tests: in debug builds the
+/// process aborts here, as a `kill -9` would, when the environment
+/// variable `LOCKD_FAILPOINT` names the point. Release builds have none.
+#[cfg(debug_assertions)]
+pub(crate) fn failpoint(name: &str) {
+    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let point = POINT.get_or_init(|| std::env::var("LOCKD_FAILPOINT").ok());
+    if point.as_deref() == Some(name) {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
+    }
+}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub(crate) fn failpoint(_name: &str) {}
 
 /// The refusal of staging under a decided transaction.
 fn decided(txn: &str, state: TxnState) -> CoreError {

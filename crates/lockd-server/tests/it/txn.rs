@@ -17,6 +17,8 @@ on_both_backends!(
     decide_is_sticky_and_apply_calls_follow_the_record,
     a_message_ack_commits_its_transaction_and_a_nack_rolls_it_back,
     a_key_release_acks_the_messages_of_its_transaction,
+    readers_never_see_half_a_transaction,
+    a_lapsed_participant_that_nobody_touched_still_blocks_the_commit,
 );
 
 /// Acquires `key` in `ns` under the explicit transaction `txn`.
@@ -344,4 +346,104 @@ async fn a_key_release_acks_the_messages_of_its_transaction(b: Backend) {
     // The consumer's late ack finds its messages gone (already settled).
     let r = post_json(&s, "/v1/queue/ack", &ack_body(&got[0].msg)).await;
     assert!(r.status().is_client_error(), "{}", r.status());
+}
+
+/// Transactions write `{"n": n}` to the same three keys, one after the
+/// other; readers read the keys one by one in a random order. A key read
+/// later never shows an older transaction than a key read before it: the
+/// decision makes every key's new state visible at once, although the
+/// keys are applied one at a time.
+async fn readers_never_see_half_a_transaction(b: Backend) {
+    const TXNS: i64 = 40;
+    let s = std::sync::Arc::new(TestServer::start(b).await);
+    let keys = [("default", "x"), ("beta", "y"), ("default", "z")];
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for r in 0..3u64 {
+        let (s, done) = (s.clone(), done.clone());
+        readers.push(tokio::spawn(async move {
+            let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (r + 1);
+            let mut checks = 0u64;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut order = [0usize, 1, 2];
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                order.swap(0, (seed % 3) as usize);
+                order.swap(1, 1 + (seed / 3 % 2) as usize);
+                let mut last = -1;
+                for i in order {
+                    let (ns, key) = keys[i];
+                    let n = public(&s, ns, key)
+                        .await
+                        .map(|d| d["n"].as_i64().unwrap())
+                        .unwrap_or(0);
+                    assert!(
+                        n >= last,
+                        "read {ns}/{key} = {n} after a key showing {last}"
+                    );
+                    last = n;
+                }
+                checks += 1;
+            }
+            checks
+        }));
+    }
+    for n in 1..=TXNS {
+        let txn = new_xid();
+        let mut held = Vec::new();
+        for (ns, key) in keys {
+            let l = acquire_in(&s, ns, key, &txn).await;
+            s.update_ok(&l, &json!({"n": n}).to_string()).await;
+            held.push(l);
+        }
+        s.release(&held[(n % 3) as usize]).await;
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut checks = 0;
+    for r in readers {
+        checks += r.await.unwrap();
+    }
+    assert!(checks > 0);
+    for (ns, key) in keys {
+        assert_eq!(public(&s, ns, key).await, Some(json!({"n": TXNS})));
+    }
+}
+
+/// The lapse is noticed at the decision, not only when the expired key is
+/// next used: a commit asked for after it rolls back instead.
+async fn a_lapsed_participant_that_nobody_touched_still_blocks_the_commit(b: Backend) {
+    let s = TestServer::start(b).await;
+    let txn = new_xid();
+    let short = s
+        .acquire_json(json!({"key": "short", "owner": "o", "ttl_seconds": 5, "txn_id": txn}))
+        .await;
+    let long = s
+        .acquire_json(json!({"key": "long", "owner": "o", "ttl_seconds": 60, "txn_id": txn}))
+        .await;
+    s.update_ok(&short, r#"{"v":1}"#).await;
+    s.update_ok(&long, r#"{"v":1}"#).await;
+    s.advance(std::time::Duration::from_secs(6));
+    // Releasing the live key asks for commit and learns it was refused.
+    let r = s.release_with(&long, false).await;
+    assert_error(r, 409, "txn_conflict").await;
+    assert_eq!(public(&s, "default", "short").await, None);
+    assert_eq!(public(&s, "default", "long").await, None);
+    let v = txn_ok(&s, "/v1/txn/replay", json!({"txn_id": txn})).await;
+    assert_eq!(v["state"], "rollback");
+    // The same through /v1/txn/decide.
+    let txn = new_xid();
+    let a = s
+        .acquire_json(json!({"key": "a2", "owner": "o", "ttl_seconds": 5, "txn_id": txn}))
+        .await;
+    s.update_ok(&a, r#"{"v":2}"#).await;
+    s.advance(std::time::Duration::from_secs(6));
+    let v = txn_ok(
+        &s,
+        "/v1/txn/decide",
+        json!({"txn_id": txn, "state": "commit"}),
+    )
+    .await;
+    assert_eq!(v["state"], "rollback");
+    assert_eq!(public(&s, "default", "a2").await, None);
 }

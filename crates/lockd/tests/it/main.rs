@@ -22,5 +22,6 @@ mod mtls_roundtrip;
 mod observability;
 mod otlp;
 mod queue_durability;
+mod txn_crash;
 mod verify_store;
 mod wal_damage;
