@@ -162,6 +162,34 @@ pub enum Error {
     Cancelled(String),
     /// An acquire-for-update handler failed (its changes were rolled back).
     Handler(Box<dyn std::error::Error + Send + Sync>),
+    /// A [`crate::Transaction`] was asked to commit (or roll back) but had
+    /// already been decided the other way: decisions are sticky, and the
+    /// server answered with the recorded one. E.g. a commit after one of
+    /// its leases expired (which rolls the whole transaction back). The
+    /// transaction is finished either way; see
+    /// [`Error::is_txn_conflict`].
+    ///
+    /// ```
+    /// use lockd_client::{Error, TxnState};
+    /// let e = Error::TxnDecided {
+    ///     txn_id: "d0a1k2m3n4p5q6r7s8t0".into(),
+    ///     asked: TxnState::Commit,
+    ///     recorded: TxnState::Rollback,
+    /// };
+    /// assert!(e.is_txn_conflict());
+    /// assert_eq!(
+    ///     e.to_string(),
+    ///     "lockd: transaction d0a1k2m3n4p5q6r7s8t0 was already decided: rollback (asked for commit)"
+    /// );
+    /// ```
+    TxnDecided {
+        /// The transaction.
+        txn_id: String,
+        /// What was asked.
+        asked: lockd_api::txn::TxnState,
+        /// What the server has recorded (and applied).
+        recorded: lockd_api::txn::TxnState,
+    },
 }
 
 /// Result type of the SDK.
@@ -182,6 +210,14 @@ impl std::fmt::Display for Error {
             Error::Unsupported(m) => write!(f, "lockd: not supported: {m}"),
             Error::Cancelled(m) => write!(f, "lockd: cancelled: {m}"),
             Error::Handler(e) => write!(f, "lockd: handler failed: {e}"),
+            Error::TxnDecided {
+                txn_id,
+                asked,
+                recorded,
+            } => write!(
+                f,
+                "lockd: transaction {txn_id} was already decided: {recorded} (asked for {asked})"
+            ),
         }
     }
 }
@@ -245,6 +281,21 @@ impl Error {
     /// The key is held (acquire) or no message came (queue).
     pub fn is_waiting(&self) -> bool {
         self.error_code() == Some(ErrorCode::Waiting)
+    }
+
+    /// A transaction was already decided otherwise than asked:
+    /// [`Error::TxnDecided`] from a [`crate::Transaction`], or a server's
+    /// `409 txn_conflict` (a release whose decision was overridden, staging
+    /// under a decided transaction).
+    ///
+    /// ```
+    /// # use lockd_client::{ApiError, Error};
+    /// let e = Error::Api(Box::new(ApiError { status: 409, code: "txn_conflict".into(), ..Default::default() }));
+    /// assert!(e.is_txn_conflict());
+    /// ```
+    pub fn is_txn_conflict(&self) -> bool {
+        matches!(self, Error::TxnDecided { .. })
+            || self.error_code() == Some(ErrorCode::TxnConflict)
     }
 
     /// The server throttled the request (429).

@@ -106,6 +106,23 @@ impl AcquireRequest {
         self.if_not_exists = yes;
         self
     }
+
+    /// Joins the explicit transaction `id` (an xid, see
+    /// [`crate::new_txn_id`]): the lease's staged changes are committed or
+    /// rolled back with every other lease of that transaction, and its
+    /// release decides them all. [`crate::Transaction::acquire`] sets this
+    /// for you and also manages the session's end.
+    ///
+    /// ```
+    /// use lockd_client::AcquireRequest;
+    /// let id = lockd_client::new_txn_id();
+    /// let req = AcquireRequest::new("orders/42", "shop").txn_id(id.clone());
+    /// assert_eq!(req.txn_id.as_deref(), Some(id.as_str()));
+    /// ```
+    pub fn txn_id(mut self, id: impl Into<String>) -> Self {
+        self.txn_id = Some(id.into());
+        self
+    }
 }
 
 /// Compare-and-set guard of a write.

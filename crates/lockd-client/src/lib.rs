@@ -31,6 +31,11 @@
 //!   namespace's index up to date;
 //! * [`Client::namespace_config`] and [`Client::update_namespace_config`]:
 //!   a namespace's query engine preferences, with ETag/`If-Match`;
+//! * [`Client::begin`] → [`Transaction`]: leases on several keys (and
+//!   namespaces) committed or rolled back together; the raw coordinator
+//!   calls [`Client::txn_prepare`], [`Client::txn_commit`],
+//!   [`Client::txn_rollback`], [`Client::txn_replay`] and
+//!   [`Client::txn_apply`];
 //! * [`correlation`]: ids that follow work through every request;
 //! * [`Error`]: one error type, with the server's error code and hints.
 //!
@@ -166,6 +171,33 @@
 //! let mut pdf = client.get_attachment("", "orders/42", "invoice.pdf").await?;
 //! let mut out = tokio::fs::File::create("copy.pdf").await.unwrap();
 //! tokio::io::copy(&mut pdf, &mut out).await.unwrap();
+//! # Ok(()) }
+//! ```
+//!
+//! # Multi-key transactions
+//!
+//! A lease's release commits that one key. To change several keys
+//! atomically, acquire them through one [`Transaction`]: each session
+//! stages its changes, and [`Transaction::commit`] publishes all of them at
+//! once (or [`Transaction::rollback`] none). Public readers never see some
+//! keys of a transaction committed and others not. Decisions are sticky: a
+//! commit of a transaction that was already rolled back — for instance
+//! because one of its leases expired — fails with [`Error::TxnDecided`]
+//! ([`Error::is_txn_conflict`]). A `Transaction` dropped undecided rolls
+//! back. Transaction ids are xids ([`new_txn_id`]) and are used once.
+//!
+//! ```no_run
+//! # async fn demo(client: lockd_client::Client) -> lockd_client::Result<()> {
+//! use lockd_client::AcquireRequest;
+//!
+//! let txn = client.begin();
+//! let order = txn.acquire(AcquireRequest::new("orders/42", "shop")).await?;
+//! let stock = txn
+//!     .acquire(AcquireRequest::new("widget", "shop").namespace("stock"))
+//!     .await?;
+//! order.save(&serde_json::json!({ "status": "reserved" })).await?;
+//! stock.save(&serde_json::json!({ "count": 6 })).await?;
+//! txn.commit().await?; // both, or (on error) neither
 //! # Ok(()) }
 //! ```
 //!
@@ -320,6 +352,7 @@ mod queue;
 mod sse;
 mod tls;
 mod transport;
+mod txn;
 mod watch;
 
 pub use afu::UpdateContext;
@@ -353,4 +386,5 @@ pub use query::{
 pub use queue::{DequeueOptions, EnqueueOptions, QueueMessage};
 pub use tls::{default_config_dir, discover_client_bundle};
 pub use transport::Endpoint;
+pub use txn::{new_txn_id, Transaction, TxnParticipant, TxnState};
 pub use watch::QueueWatch;

@@ -108,6 +108,7 @@ pub(super) fn code(e: &lockd_client::Error) -> String {
         E::Handler(_) => "handler".into(),
         E::Selector(_) => "selector".into(),
         E::Mutation(_) => "mutation".into(),
+        E::TxnDecided { .. } => "txn_conflict".into(),
     }
 }
 

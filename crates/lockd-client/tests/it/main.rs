@@ -17,3 +17,4 @@ mod queue;
 mod queue_parity;
 mod smoke;
 mod throttle;
+mod txn;

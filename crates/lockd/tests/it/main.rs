@@ -13,6 +13,7 @@ mod cli_mtls;
 mod cli_mutate;
 mod cli_namespace;
 mod cli_query;
+mod cli_txn;
 mod cluster;
 mod crash_loop;
 mod drain;
