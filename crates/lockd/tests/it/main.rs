@@ -23,6 +23,7 @@ mod mtls_roundtrip;
 mod observability;
 mod otlp;
 mod queue_durability;
+mod txn_cluster;
 mod txn_crash;
 mod verify_store;
 mod wal_damage;
