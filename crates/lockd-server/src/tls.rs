@@ -5,7 +5,11 @@
 //!
 //! A handshake that fails (no client certificate, wrong CA, expired,
 //! missing clientAuth usage, revoked serial) closes the connection before
-//! any request is read. A plain-HTTP request sent to the TLS port gets a
+//! any request is read; so does a verified certificate whose identity
+//! cannot be read (it is never served without authorization). With a
+//! `--tc-trust-dir`, certificates of its CAs are admitted too and marked
+//! when they do not also chain to the server's CA (coordinator calls
+//! only, see `http::tc_auth`). A plain-HTTP request sent to the TLS port gets a
 //! `400` explaining the mistake, then the connection closes.
 
 use std::io;
