@@ -118,6 +118,25 @@ pub struct ServerConfig {
     /// `None` serves plain HTTP with no authorization (testing only).
     /// Unix sockets are always plain: the socket's permissions guard them.
     pub tls: Option<lockd_tls::ServerBundle>,
+    /// `--tc-trust-dir`: a directory of CA certificates (every `*.pem` and
+    /// `*.crt` in it) whose client certificates may call the
+    /// transaction-coordinator endpoints (`/v1/txn/*`, `/v1/tc/*`) under
+    /// mTLS. Such certificates are also admitted at the handshake, but
+    /// one that does not chain to the server bundle's CA may use only
+    /// those endpoints. Read once at start; a missing directory or one
+    /// without certificates fails start-up. `None` (the default) trusts
+    /// no extra CA.
+    pub tc_trust_dir: Option<std::path::PathBuf>,
+    /// `--tc-allow-default-ca`: client certificates of the server
+    /// bundle's own CA with the clientAuth usage (e.g. from `lockd auth
+    /// new tcclient`) may call the transaction-coordinator endpoints.
+    /// Off by default: under mTLS no CA is trusted for them until this or
+    /// [`ServerConfig::tc_trust_dir`] says so.
+    pub tc_allow_default_ca: bool,
+    /// `--tc-disable-auth`: no certificate check on the
+    /// transaction-coordinator endpoints (namespace claims still apply).
+    /// For tests and isolated setups; off by default.
+    pub tc_disable_auth: bool,
     /// How nodes sharing a store coordinate (`--ha`).
     pub ha: crate::ha::HaMode,
     /// Failover lease lifetime (`--ha-lease-ttl`, at least 5 s).
@@ -171,6 +190,9 @@ impl Default for ServerConfig {
             drain_grace: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
             tls: None,
+            tc_trust_dir: None,
+            tc_allow_default_ca: false,
+            tc_disable_auth: false,
             ha: crate::ha::HaMode::Failover,
             ha_lease_ttl: Duration::from_secs(10),
             queue_poll_interval: engine.poll_interval,

@@ -395,7 +395,7 @@ struct Metrics {
 /// runs in the background.
 struct Parts {
     /// The TLS configuration of a TCP listener with mTLS.
-    tls: Option<Arc<lockd_tls::rustls::ServerConfig>>,
+    tls: Option<crate::tls::TlsSetup>,
     /// The parsed `--store`.
     url: storage::StoreUrl,
     metrics: Option<Metrics>,
@@ -416,9 +416,25 @@ impl Parts {
         cfg.validate()?;
         // Build the TLS configuration before touching storage or the network,
         // so a bad bundle fails start-up cleanly.
-        let tls = match (&cfg.tls, cfg.listen_proto) {
-            (Some(b), p) if p != ListenProto::Unix => Some(lockd_tls::server_config(b)?),
-            _ => None,
+        let bundle = cfg
+            .tls
+            .as_ref()
+            .filter(|_| cfg.listen_proto != ListenProto::Unix);
+        // Who may call the coordinator endpoints; its trust-dir CAs are
+        // admitted at the handshake too.
+        let tc_auth = crate::http::tc_auth::TcAuth::new(cfg, bundle)?;
+        let tls = match bundle {
+            Some(b) => {
+                let extra = tc_auth.handshake_cas();
+                Some(crate::tls::TlsSetup {
+                    config: lockd_tls::config::server_config_with(b, extra)?,
+                    home: match extra {
+                        Some(_) => Some(lockd_tls::TrustPool::new(b.ca_certs.clone())?),
+                        None => None,
+                    },
+                })
+            }
+            None => None,
         };
         let url: storage::StoreUrl = cfg.store.parse().map_err(storage::StoreOpenError::from)?;
         let (store, metrics) = open_store(cfg, &url).await?;
@@ -486,6 +502,7 @@ impl Parts {
                 enqueue_max: cfg.queue_max_payload,
                 body_timeout: cfg.http.body_timeout,
             },
+            tc_auth,
         }));
         Ok(Parts {
             tls,
@@ -698,7 +715,7 @@ fn spawn_sweeper(
 /// the router on it until `stopped` turns true.
 async fn bind_and_serve(
     cfg: &ServerConfig,
-    tls: Option<Arc<lockd_tls::rustls::ServerConfig>>,
+    tls: Option<crate::tls::TlsSetup>,
     app: axum::Router,
     limits: crate::http::ConnLimits,
     stopped: watch::Receiver<bool>,

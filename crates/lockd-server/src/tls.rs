@@ -5,7 +5,11 @@
 //!
 //! A handshake that fails (no client certificate, wrong CA, expired,
 //! missing clientAuth usage, revoked serial) closes the connection before
-//! any request is read. A plain-HTTP request sent to the TLS port gets a
+//! any request is read; so does a verified certificate whose identity
+//! cannot be read (it is never served without authorization). With a
+//! `--tc-trust-dir`, certificates of its CAs are admitted too and marked
+//! when they do not also chain to the server's CA (coordinator calls
+//! only, see `http::tc_auth`). A plain-HTTP request sent to the TLS port gets a
 //! `400` explaining the mistake, then the connection closes.
 
 use std::io;
@@ -24,7 +28,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::http::linger::Linger;
 use crate::http::Peer;
 use lockd_tls::rustls;
-use lockd_tls::Identity;
+use lockd_tls::{Identity, TrustPool};
 
 /// How long a client may take to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,7 +42,19 @@ const PLAIN_HTTP_REPLY: &[u8] =
 /// A TLS connection and the identity its client certificate proved.
 pub struct TlsConn {
     stream: TlsStream<Linger<TcpStream>>,
-    peer: Option<Arc<Identity>>,
+    peer: Peer,
+}
+
+/// What the listener needs: the rustls configuration and, when it admits
+/// client certificates of CAs besides the server's own (the
+/// `--tc-trust-dir` CAs), the server's own CAs, to mark the certificates
+/// that chain only to the others (see [`Peer::coordinator_only`]).
+#[derive(Clone)]
+pub struct TlsSetup {
+    /// The server's TLS configuration.
+    pub config: Arc<rustls::ServerConfig>,
+    /// The server bundle's CAs, when the handshake admits others too.
+    pub home: Option<TrustPool>,
 }
 
 impl AsyncRead for TlsConn {
@@ -89,14 +105,12 @@ pub struct TlsListener {
 
 impl TlsListener {
     /// Starts accepting on `tcp`; stops when `stop` turns true.
-    pub fn new(
-        tcp: TcpListener,
-        config: Arc<rustls::ServerConfig>,
-        stop: watch::Receiver<bool>,
-    ) -> io::Result<Self> {
+    pub fn new(tcp: TcpListener, setup: TlsSetup, stop: watch::Receiver<bool>) -> io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
-        tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), tx, stop));
+        let acceptor = TlsAcceptor::from(setup.config);
+        let home = setup.home.map(Arc::new);
+        tokio::spawn(accept_loop(tcp, acceptor, home, tx, stop));
         Ok(Self { ready, local })
     }
 }
@@ -120,7 +134,7 @@ impl axum::serve::Listener for TlsListener {
 
 impl crate::http::serve::Accepted for TlsConn {
     fn peer(&self) -> Peer {
-        Peer(self.peer.clone())
+        self.peer.clone()
     }
 
     fn h2(&self) -> bool {
@@ -131,6 +145,7 @@ impl crate::http::serve::Accepted for TlsConn {
 async fn accept_loop(
     tcp: TcpListener,
     acceptor: TlsAcceptor,
+    home: Option<Arc<TrustPool>>,
     tx: mpsc::Sender<(TlsConn, SocketAddr)>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -157,10 +172,16 @@ async fn accept_loop(
         };
         let _ = sock.set_nodelay(true);
         let acceptor = acceptor.clone();
+        let home = home.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&acceptor, sock, addr)).await {
+            match tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                handshake(&acceptor, home.as_deref(), sock, addr),
+            )
+            .await
+            {
                 Ok(Some(conn)) => {
                     let _ = tx.send((conn, addr)).await;
                 }
@@ -175,7 +196,12 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn handshake(acceptor: &TlsAcceptor, sock: TcpStream, addr: SocketAddr) -> Option<TlsConn> {
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    home: Option<&TrustPool>,
+    sock: TcpStream,
+    addr: SocketAddr,
+) -> Option<TlsConn> {
     // A TLS connection starts with a handshake record (0x16); anything
     // that looks like an HTTP method is someone using http:// by mistake.
     let mut first = [0u8; 1];
@@ -198,17 +224,30 @@ async fn handshake(acceptor: &TlsAcceptor, sock: TcpStream, addr: SocketAddr) ->
         }
     };
     let (_, session) = stream.get_ref();
-    let peer = session
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|leaf| match Identity::from_der(leaf) {
-            Ok(id) => Some(Arc::new(id)),
-            Err(e) => {
-                tracing::warn!(%addr, error = %e, "verified client certificate could not be read");
-                None
-            }
-        });
-    Some(TlsConn { stream, peer })
+    let chain = session.peer_certificates().unwrap_or_default();
+    if chain.is_empty() {
+        // The verifier requires a certificate; without one there is no
+        // identity to authorize requests by.
+        tracing::warn!(%addr, "tls connection without a client certificate");
+        return None;
+    }
+    let id = match Identity::from_chain(chain) {
+        Ok(id) => Arc::new(id),
+        Err(e) => {
+            // Verified but unreadable: refused, never served unauthorized.
+            tracing::warn!(%addr, error = %e, "verified client certificate could not be read");
+            return None;
+        }
+    };
+    // Admitted through a --tc-trust-dir CA only: coordinator calls only.
+    let coordinator_only = home.is_some_and(|h| !h.accepts_at_handshake(chain));
+    Some(TlsConn {
+        stream,
+        peer: Peer {
+            id: Some(id),
+            coordinator_only,
+        },
+    })
 }
 
 /// Certificate problems are worth an operator's attention (a revoked or

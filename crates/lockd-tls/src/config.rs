@@ -12,7 +12,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::bundle::{ClientBundle, ServerBundle};
-use crate::{provider, serial_hex, TlsError};
+use crate::{provider, serial_hex, TlsError, TrustPool};
 
 fn roots(cas: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TlsError> {
     let mut store = RootCertStore::empty();
@@ -94,11 +94,32 @@ impl ClientCertVerifier for DenylistClientVerifier {
 /// assert_eq!(config.alpn_protocols[0], b"h2");
 /// ```
 pub fn server_config(bundle: &ServerBundle) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config_with(bundle, None)
+}
+
+/// [`server_config`], also admitting client certificates that chain to a
+/// CA of `extra_client_cas` (same usage and denylist rules). What such a
+/// certificate may do is for the server to decide after the handshake
+/// (see [`crate::TrustPool::accepts_at_handshake`]).
+///
+/// ```no_run
+/// let bundle = lockd_tls::ServerBundle::load("/home/me/.lockd/server.pem".as_ref(), None).unwrap();
+/// let tc = lockd_tls::TrustPool::load_dir("/home/me/.lockd/tc-trust.d".as_ref()).unwrap();
+/// let config = lockd_tls::config::server_config_with(&bundle, Some(&tc)).unwrap();
+/// # let _ = config;
+/// ```
+pub fn server_config_with(
+    bundle: &ServerBundle,
+    extra_client_cas: Option<&TrustPool>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = provider();
-    let inner =
-        WebPkiClientVerifier::builder_with_provider(roots(&bundle.ca_certs)?, provider.clone())
-            .build()
-            .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let mut cas = bundle.ca_certs.clone();
+    if let Some(extra) = extra_client_cas {
+        cas.extend(extra.certs().iter().cloned());
+    }
+    let inner = WebPkiClientVerifier::builder_with_provider(roots(&cas)?, provider.clone())
+        .build()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
     let verifier = Arc::new(DenylistClientVerifier {
         inner,
         denylist: bundle.denylist.clone(),
@@ -182,7 +203,7 @@ impl ServerCertVerifier for BundleServerVerifier {
     }
 }
 
-fn webpki_error(e: webpki::Error) -> rustls::Error {
+pub(crate) fn webpki_error(e: webpki::Error) -> rustls::Error {
     use rustls::CertificateError as C;
     rustls::Error::InvalidCertificate(match e {
         webpki::Error::CertExpired { .. } => C::Expired,

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
 use x509_parser::x509::X509Name;
 
@@ -234,9 +235,28 @@ pub struct Identity {
     pub uris: Vec<String>,
     spiffe: bool,
     claims: Result<Claims, ClaimError>,
+    /// The certificate chain the client presented, leaf first.
+    chain: Vec<CertificateDer<'static>>,
 }
 
 impl Identity {
+    /// Reads the identity from the chain a client presented (leaf first,
+    /// then intermediates), keeping the chain for later checks (e.g.
+    /// [`crate::TrustPool::verify_client`]).
+    pub fn from_chain(chain: &[CertificateDer<'_>]) -> Result<Self, crate::inspect::InspectError> {
+        let leaf = chain
+            .first()
+            .ok_or_else(|| crate::inspect::InspectError::Parse("no certificate".into()))?;
+        let mut id = Self::from_der(leaf)?;
+        id.chain = chain.iter().map(|c| c.clone().into_owned()).collect();
+        Ok(id)
+    }
+
+    /// The certificate chain the identity was read from, leaf first.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
     /// Reads the identity from a DER certificate.
     pub fn from_der(der: &[u8]) -> Result<Self, crate::inspect::InspectError> {
         let (_, cert) = X509Certificate::from_der(der)
@@ -284,6 +304,7 @@ impl Identity {
             uris,
             spiffe,
             claims,
+            chain: vec![CertificateDer::from(der.to_vec())],
         })
     }
 

@@ -13,6 +13,9 @@
 //!   required, chained to the bundle's CA, clientAuth usage, not revoked) and
 //!   for clients (server chained to the bundle's CA, serverAuth usage, no
 //!   host name check);
+//! - [`trust`]: trust pools that a verified client certificate is checked
+//!   against after the handshake (who may use the transaction-coordinator
+//!   endpoints);
 //! - [`inspect`]: what a certificate says (subject, serial, validity,
 //!   names, usages) and what is wrong with a server or client bundle, as
 //!   `lockd auth inspect` and `lockd auth verify` report it;
@@ -25,11 +28,13 @@ pub mod identity;
 pub mod inspect;
 #[cfg(feature = "mint")]
 pub mod mint;
+pub mod trust;
 
 pub use bundle::{ClientBundle, ServerBundle};
 pub use config::{client_config, server_config};
 pub use identity::{Access, ClaimError, Denied, Identity, Permission};
 pub use rustls;
+pub use trust::TrustPool;
 
 /// Errors from loading bundles or building TLS configurations.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +53,9 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("tls: {0}")]
     Rustls(String),
+    /// A trust directory is unusable (see [`TrustPool::load_dir`]).
+    #[error("{0}")]
+    Trust(String),
     /// Certificate creation failed.
     #[error("mint: {0}")]
     Mint(String),

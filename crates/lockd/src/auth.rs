@@ -105,8 +105,14 @@ pub enum NewCommand {
     Client(NewClientArgs),
     /// Create a transaction-coordinator client bundle (tc-client.pem).
     ///
-    /// It claims `ALL=rw`. Without --out or --force, an existing
+    /// The certificate has the clientAuth usage, the SPIFFE URI
+    /// `spiffe://lockd/tc/<cn>` and the claim `ALL=rw`, and is signed by
+    /// the CA. Servers trust it for /v1/txn/* and /v1/tc/* only when
+    /// started with --tc-allow-default-ca (or with this CA in
+    /// --tc-trust-dir). Without --out or --force, an existing
     /// tc-client.pem is kept and tc-client02.pem, … is written instead.
+    ///
+    /// Example: lockd auth new tcclient --cn coordinator-1
     Tcclient(NewTcClientArgs),
 }
 

@@ -356,6 +356,27 @@ struct Args {
     #[arg(long, env = "LOCKD_DENYLIST_PATH")]
     denylist_path: Option<std::path::PathBuf>,
 
+    /// Directory of CA certificates (every *.pem and *.crt in it) whose
+    /// client certificates, with the clientAuth usage, may call the
+    /// transaction-coordinator endpoints (/v1/txn/*, /v1/tc/*) under mTLS.
+    /// They are admitted at the handshake, but a certificate that does not
+    /// also chain to the server bundle's CA may use only those endpoints.
+    /// Read once at start; a missing or empty directory fails start-up.
+    #[arg(long, env = "LOCKD_TC_TRUST_DIR")]
+    tc_trust_dir: Option<std::path::PathBuf>,
+
+    /// Let client certificates of the server bundle's own CA (with the
+    /// clientAuth usage, e.g. from `lockd auth new tcclient`) call the
+    /// transaction-coordinator endpoints. Under mTLS no CA is trusted for
+    /// them unless this or --tc-trust-dir says so.
+    #[arg(long, env = "LOCKD_TC_ALLOW_DEFAULT_CA", default_value_t = false)]
+    tc_allow_default_ca: bool,
+
+    /// No certificate check on the transaction-coordinator endpoints
+    /// (namespace claims still apply). For tests and isolated setups.
+    #[arg(long, env = "LOCKD_TC_DISABLE_AUTH", default_value_t = false)]
+    tc_disable_auth: bool,
+
     /// Create whatever is missing of a CA, server and client bundles and a
     /// config.yaml in DIR (mode 0700, files 0600), then serve with them.
     /// Running it again changes nothing.
@@ -816,6 +837,9 @@ async fn serve(args: Args, config_dir: Option<std::path::PathBuf>) -> ExitCode {
         drain_grace: args.drain_grace,
         shutdown_timeout: args.shutdown_timeout,
         tls,
+        tc_trust_dir: args.tc_trust_dir,
+        tc_allow_default_ca: args.tc_allow_default_ca,
+        tc_disable_auth: args.tc_disable_auth,
         ha: args.ha,
         ha_lease_ttl: args.ha_lease_ttl,
         queue_poll_interval: args.queue_poll_interval,

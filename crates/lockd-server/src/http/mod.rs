@@ -19,7 +19,7 @@ mod respond;
 pub(crate) mod serve;
 mod state;
 mod tc;
-mod tc_auth;
+pub(crate) mod tc_auth;
 mod txn;
 
 use std::sync::Arc;
@@ -65,14 +65,23 @@ pub struct AppState {
     pub metrics: Option<Arc<crate::obs::metrics::HttpMetrics>>,
     /// Body limits and timeouts enforced before handlers run.
     pub body_policy: BodyPolicy,
+    /// Who may call the coordinator endpoints (`--tc-*`).
+    pub tc_auth: tc_auth::TcAuth,
 }
 
 type Shared = Arc<AppState>;
 
-/// The verified client identity of a connection; `None` without mTLS.
-/// The listener attaches it to every request as axum connect info.
+/// What the handshake proved about a connection's client. The listener
+/// attaches it to every request as axum connect info.
 #[derive(Clone, Debug, Default)]
-pub struct Peer(pub Option<Arc<Identity>>);
+pub struct Peer {
+    /// The verified client identity; `None` without mTLS.
+    pub id: Option<Arc<Identity>>,
+    /// The certificate was admitted only because it chains to a
+    /// `--tc-trust-dir` CA, not to the server's: it may use the
+    /// coordinator endpoints only (see `tc_auth::scope`).
+    pub coordinator_only: bool,
+}
 
 /// The caller of a request: its certificate identity under mTLS (nobody,
 /// and no authorization, without), and the namespace permission its
@@ -94,7 +103,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
             id: parts
                 .extensions
                 .get::<axum::extract::ConnectInfo<Peer>>()
-                .and_then(|c| c.0 .0.clone()),
+                .and_then(|c| c.0.id.clone()),
             permission: parts
                 .extensions
                 .get::<Route>()
@@ -226,6 +235,7 @@ pub fn router(state: Shared) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(ha, guard::passive))
         .layer(axum::middleware::from_fn(guard::methods))
+        .layer(axum::middleware::from_fn(tc_auth::scope))
         .layer(axum::middleware::from_fn_with_state(metrics, correlation))
         .layer(axum::middleware::from_fn(guard::tag))
         // Outermost: whatever answers (a handler, a guard, a refusal), the

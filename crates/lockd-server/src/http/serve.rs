@@ -164,7 +164,7 @@ pub fn priority_path(path: &str) -> bool {
 pub trait Accepted: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// The verified client identity (mTLS), if any.
     fn peer(&self) -> Peer {
-        Peer(None)
+        Peer::default()
     }
     /// Whether the client negotiated HTTP/2 (ALPN).
     fn h2(&self) -> bool {

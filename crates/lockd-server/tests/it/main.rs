@@ -39,4 +39,5 @@ mod queue_stateful;
 mod queue_stress;
 mod s3_store;
 mod state;
+mod tc_auth;
 mod txn;

@@ -44,6 +44,10 @@ impl Drop for Server {
 }
 
 fn serve(dir: &Path, port: u16) -> Server {
+    serve_with(dir, port, &[])
+}
+
+fn serve_with(dir: &Path, port: u16, extra: &[&str]) -> Server {
     let mut cmd = Command::new(BIN);
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("LOCKD_") {
@@ -61,6 +65,7 @@ fn serve(dir: &Path, port: u16) -> Server {
         ])
         .arg("--bundle")
         .arg(dir.join("server.pem"))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -193,4 +198,88 @@ fn mint_serve_call_revoke_restart_refuse() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `curl` posting `body` to `path` with the `tc-client` files of `lockd
+/// auth export`; returns the HTTP status and the body.
+fn curl_tc(dir: &Path, port: u16, path: &str, body: &str) -> (String, String) {
+    let out = Command::new("curl")
+        .current_dir(dir)
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--cert",
+            "tc-client.crt",
+            "--key",
+            "tc-client.key",
+            "--cacert",
+            "ca.crt",
+            "-w",
+            "\n%{http_code}",
+            "-d",
+            body,
+            &format!("https://127.0.0.1:{port}{path}"),
+        ])
+        .output()
+        .expect("curl must be installed (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.to_string(), body.to_string())
+}
+
+#[test]
+fn minted_tc_client_needs_tc_allow_default_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    ok(lockd(dir, &["auth", "new", "ca"]));
+    ok(lockd(
+        dir,
+        &["auth", "new", "server", "--hosts", "127.0.0.1,localhost"],
+    ));
+    ok(lockd(
+        dir,
+        &["auth", "new", "tcclient", "--cn", "coordinator"],
+    ));
+    let out = ok(lockd(
+        dir,
+        &[
+            "auth",
+            "export",
+            "--in",
+            dir.join("tc-client.pem").to_str().unwrap(),
+            "--out-dir",
+            dir.to_str().unwrap(),
+        ],
+    ));
+    assert!(out.contains("tc-client.key"), "{out}");
+    let replay = r#"{"txn_id":"d0a1k2m3n4p5q6r7s8t0"}"#;
+
+    // By default the server trusts no CA for coordinator calls.
+    let port = free_port();
+    let server = serve(dir, port);
+    let (status, body) = curl_tc(dir, port, "/v1/txn/replay", replay);
+    assert_eq!(status, "403", "{body}");
+    assert!(body.contains("\"tc_forbidden\""), "{body}");
+    drop(server);
+
+    // --tc-allow-default-ca: the minted bundle works as it is.
+    let port = free_port();
+    let _server = serve_with(dir, port, &["--tc-allow-default-ca"]);
+    let (status, body) = curl_tc(dir, port, "/v1/txn/replay", replay);
+    assert_eq!(status, "404", "{body}");
+    assert!(body.contains("\"txn_not_found\""), "{body}");
+    let (status, body) = curl_tc(
+        dir,
+        port,
+        "/v1/txn/decide",
+        r#"{"txn_id":"d0a1k2m3n4p5q6r7s8t1","state":"pending"}"#,
+    );
+    assert_eq!(status, "200", "{body}");
+    assert!(body.contains("\"state\":\"pending\""), "{body}");
 }
