@@ -19,6 +19,8 @@ on_both_backends!(
     a_key_release_acks_the_messages_of_its_transaction,
     readers_never_see_half_a_transaction,
     a_lapsed_participant_that_nobody_touched_still_blocks_the_commit,
+    a_stateful_delivery_brings_its_workflow_state_into_the_transaction,
+    overlapping_transactions_never_deadlock_or_leak,
 );
 
 /// Acquires `key` in `ns` under the explicit transaction `txn`.
@@ -76,9 +78,16 @@ async fn release_of_one_participant_commits_every_key(b: Backend) {
     s.release(&bb).await;
     let again = s.acquire_ns("beta", "b", "other", 30, 0).await;
     assert_eq!(again.key, "b");
-    // The record answers replays.
-    let v = txn_ok(&s, "/v1/txn/replay", json!({"txn_id": txn})).await;
-    assert_eq!(v, json!({"txn_id": txn, "state": "commit"}));
+    // The record answers replays, and replaying changes nothing.
+    let before = s.get_public("default", "a").await;
+    let version = before.headers().get("x-key-version").cloned();
+    for _ in 0..2 {
+        let v = txn_ok(&s, "/v1/txn/replay", json!({"txn_id": txn})).await;
+        assert_eq!(v, json!({"txn_id": txn, "state": "commit"}));
+    }
+    let after = s.get_public("default", "a").await;
+    assert_eq!(after.headers().get("x-key-version").cloned(), version);
+    assert_eq!(public(&s, "default", "a").await, Some(json!({"s": 1})));
     // Staging under the decided transaction is refused.
     let late = acquire_in(&s, "default", "c", &txn).await;
     let r = s.update(&late, r#"{"late":true}"#).await;
@@ -446,4 +455,150 @@ async fn a_lapsed_participant_that_nobody_touched_still_blocks_the_commit(b: Bac
     .await;
     assert_eq!(v["state"], "rollback");
     assert_eq!(public(&s, "default", "a2").await, None);
+}
+
+/// dequeueWithState under a client's transaction: the workflow state
+/// staged under the state lease commits with the ack's decision, which
+/// then drops it with the message; a nack rolls the staged state back and
+/// keeps the committed one.
+async fn a_stateful_delivery_brings_its_workflow_state_into_the_transaction(b: Backend) {
+    use lockd_testkit::queue::read_deliveries;
+    let s = TestServer::start(b).await;
+    enqueue_simple(&s, "flows", b"job").await;
+    // First attempt: state staged, then nack (rollback of the transaction).
+    let txn = new_xid();
+    let body = with(&dq("flows", 5, 30), json!({"txn_id": txn}));
+    let r = post_json(&s, "/v1/queue/dequeueWithState", &body).await;
+    let (_, mut got) = read_deliveries(r).await;
+    let m = got.pop().expect("a delivery");
+    assert_eq!(m.str("state_txn_id"), txn);
+    let state = Lease {
+        namespace: "default".into(),
+        key: format!("q/flows/state/{}", m.id()),
+        lease_id: m.str("state_lease_id").into(),
+        txn_id: txn.clone(),
+        owner: String::new(),
+        fencing_token: m.int("state_fencing_token"),
+        version: 0,
+        state_etag: None,
+        expires_at_unix: 0,
+        body: Value::Null,
+        headers: Default::default(),
+    };
+    s.update_ok(&state, r#"{"step":1}"#).await;
+    let r = post_json(&s, "/v1/queue/nack", &nack_body(&m.msg)).await;
+    expect_json(r, StatusCode::OK).await;
+    let key = format!("q/flows/state/{}", m.id());
+    assert_eq!(public(&s, "default", &key).await, None, "rolled back");
+    // Second attempt: state staged, then ack (commit): message and
+    // workflow state are gone.
+    let txn = new_xid();
+    let body = with(&dq("flows", 5, 30), json!({"txn_id": txn}));
+    let r = post_json(&s, "/v1/queue/dequeueWithState", &body).await;
+    let (_, mut got) = read_deliveries(r).await;
+    let m = got.pop().expect("the message again");
+    assert_eq!(m.attempts(), 2);
+    let state = Lease {
+        lease_id: m.str("state_lease_id").into(),
+        txn_id: txn.clone(),
+        fencing_token: m.int("state_fencing_token"),
+        ..state
+    };
+    s.update_ok(&state, r#"{"step":2}"#).await;
+    let r = post_json(&s, "/v1/queue/ack", &ack_body(&m.msg)).await;
+    expect_json(r, StatusCode::OK).await;
+    expect_empty(&s, "default", "flows").await;
+    assert_eq!(
+        public(&s, "default", &key).await,
+        None,
+        "dropped with the message"
+    );
+    let v = txn_ok(&s, "/v1/txn/replay", json!({"txn_id": txn})).await;
+    assert_eq!(v["state"], "commit");
+}
+
+/// Clients run transactions over random, overlapping sets of keys,
+/// acquiring in random order with a short wait. Nobody deadlocks (a busy
+/// key makes the acquire fail and the client roll back what it holds), and
+/// at the end every key holds the document of a transaction that
+/// committed: nothing of a rolled-back transaction leaked.
+async fn overlapping_transactions_never_deadlock_or_leak(b: Backend) {
+    const CLIENTS: u64 = 6;
+    const ROUNDS: u64 = 15;
+    const POOL: u64 = 6;
+    let s = std::sync::Arc::new(TestServer::start(b).await);
+    let outcomes = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let (s, outcomes) = (s.clone(), outcomes.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seed = 0x2545_f491_4f6c_dd1du64.wrapping_mul(c + 1);
+            let mut next = move |n: u64| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed % n
+            };
+            for _ in 0..ROUNDS {
+                let txn = new_xid();
+                let mut keys: Vec<u64> = Vec::new();
+                while keys.len() < 3 {
+                    let k = next(POOL);
+                    if !keys.contains(&k) {
+                        keys.push(k);
+                    }
+                }
+                let mut held = Vec::new();
+                let mut busy = false;
+                for k in &keys {
+                    let r = s
+                        .acquire_raw(json!({
+                            "key": format!("pool-{k}"), "owner": format!("c{c}"),
+                            "ttl_seconds": 30, "block_seconds": 1, "txn_id": txn,
+                        }))
+                        .await;
+                    if r.status() != StatusCode::OK {
+                        busy = true;
+                        break;
+                    }
+                    let (h, v) = expect_json(r, StatusCode::OK).await;
+                    let l = Lease::from_response(&v, &h);
+                    s.update_ok(&l, &json!({"txn": txn}).to_string()).await;
+                    held.push(l);
+                }
+                let commit = !busy && next(4) != 0;
+                if let Some(first) = held.first() {
+                    let r = s.release_with(first, !commit).await;
+                    expect_released(r).await;
+                }
+                for l in held.iter().skip(1) {
+                    expect_released(s.release_with(l, !commit).await).await;
+                }
+                outcomes
+                    .lock()
+                    .unwrap()
+                    .insert(txn, commit && !held.is_empty());
+            }
+        }));
+    }
+    let all = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    })
+    .await;
+    assert!(all.is_ok(), "transactions deadlocked");
+    let outcomes = outcomes.lock().unwrap().clone();
+    let committed = outcomes.values().filter(|&&c| c).count();
+    assert!(committed > 0, "no transaction committed");
+    for k in 0..POOL {
+        if let Some(doc) = public(&s, "default", &format!("pool-{k}")).await {
+            let txn = doc["txn"].as_str().unwrap();
+            assert_eq!(
+                outcomes.get(txn),
+                Some(&true),
+                "pool-{k} holds {txn}, which did not commit"
+            );
+        }
+    }
 }
