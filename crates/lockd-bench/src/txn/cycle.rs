@@ -362,6 +362,17 @@ impl Cycler {
     }
 }
 
+/// Hooks for the tests of the parent module.
+#[cfg(test)]
+pub mod tests_support {
+    use super::Cycler;
+
+    /// One measured-style cycle of client `c` (its next counter).
+    pub async fn one(c: &Cycler, client: usize) -> Result<(), String> {
+        c.cycle(client).await.map(|_| ())
+    }
+}
+
 fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -324,6 +324,69 @@ mod tests {
         }
     }
 
+    /// Both sides against a real in-process mem:// server over HTTP, N = 1
+    /// and 3, two short rounds: figures are not asserted, that cycles
+    /// complete, the ratio is theirs and the checks pass are; then a key
+    /// set is overwritten behind the bench's back and the check must fail.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn both_sides_and_the_check_on_a_real_server() {
+        let flags = "--store mem --keys 1,3 -c 3 --rounds 2 -d 300ms -w 0s --doc-bytes 256";
+        let args = parse(&flags.split(' ').collect::<Vec<_>>()).expect("flags");
+        let args = &args;
+        let (r, tampered) = on_target(None, args.store.into(), |base, names| async move {
+            let r = run_target(args, &base, names, 2).await?;
+            // A fresh A side of N = 2: one transaction per client, then
+            // client 1's keys rewritten to 0 outside the bench's books.
+            let fresh = || {
+                Cycler::new(
+                    &base,
+                    "tbench-t",
+                    &r.run_id,
+                    Side::A,
+                    2,
+                    2,
+                    256,
+                    args.timeout,
+                )
+            };
+            let a = Arc::new(fresh()?);
+            seed(&a).await?;
+            for c in 0..2 {
+                cycle::tests_support::one(&a, c).await?;
+            }
+            let ok = check(&a).await;
+            // Another cycler on the same keys keeps books of its own.
+            fresh()?.seed(1).await?;
+            Ok((r, (ok, check(&a).await)))
+        })
+        .await
+        .expect("run");
+        assert_eq!(r.results.len(), 2);
+        for (p, n) in r.results.iter().zip([1, 3]) {
+            assert_eq!(p.keys, n);
+            assert_eq!(p.rounds.len(), 2);
+            assert_eq!((p.rounds[0].first, p.rounds[1].first), ("a", "b"));
+            for w in p.rounds.iter().flat_map(|r| [&r.a, &r.b]) {
+                assert!(w.summary.units > 0, "N = {n}: {w:?}");
+                assert_eq!(w.summary.errors, 0, "N = {n}: {w:?}");
+                assert!((w.keys_per_s - w.cycles_per_s * f64::from(n)).abs() < 1e-6);
+            }
+            let want = p.a.cycles_per_s / p.b.cycles_per_s;
+            assert!(p.a_over_b.is_some_and(|x| (x - want).abs() < 1e-9), "{p:?}");
+            assert!(p.check_a.ok && p.check_b.ok, "{p:?}");
+            assert_eq!((p.check_a.passed, p.check_b.passed), (3, 3));
+        }
+        assert!(r.ok());
+        let (before, after) = tampered;
+        assert!(before.ok && before.passed == 2, "{before:?}");
+        assert!(!after.ok && after.passed == 1, "{after:?}");
+        assert_eq!(after.failures[0].client, 1);
+        assert!(after.failures[0]
+            .keys
+            .iter()
+            .all(|k| k.counter == Some(0) && k.committed == 1));
+    }
+
     #[test]
     fn flags_parse() {
         let t = parse(&[
