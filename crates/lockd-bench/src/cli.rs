@@ -13,6 +13,7 @@ use crate::query::QueryArgs;
 use crate::queue::Mode;
 use crate::s3::S3Args;
 use crate::sdk::SdkArgs;
+use crate::txn::TxnArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -64,6 +65,10 @@ pub enum Cmd {
     /// Mutate: the peak memory of a `lockd` binary on disk:// for one /v1/mutate of a
     /// document near --json-max vs one /v1/update of it, each on a fresh process.
     MutateRss(MutateRssArgs),
+    /// Transactions: N keys written in one multi-key transaction (one txn_id, one commit)
+    /// vs the same N keys as independent lease cycles, alternating rounds per N; checks
+    /// that each transaction's keys hold the same counter at the end.
+    Txn(TxnArgs),
 }
 
 #[derive(Args, Debug, Clone)]

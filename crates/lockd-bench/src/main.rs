@@ -169,11 +169,24 @@
 //! one mutate of a 90 MB document with one update of it. Details in the
 //! `mutate_rss` module.
 //!
+//! # Transactions
+//!
+//! `txn` measures the cost of atomicity: per `--keys` value N (default
+//! `2,8`), N keys written in one multi-key transaction (one fresh
+//! `txn_id` xid, acquire and update each, one release decides commit for
+//! all) against the same N keys as independent lease cycles, in
+//! alternating rounds on one server; the ratio A ÷ B of the median
+//! cycles/s, and at the end each transaction's keys must hold one and
+//! the same counter. Details in the `txn` module.
+//!
 //! # Examples
 //!
 //! ```text
 //! # mutate vs get + update, disk, 16 clients, 3 rounds
 //! cargo run --release -p lockd-bench -- mutate
+//!
+//! # a transaction of 2 and of 8 keys vs as many independent cycles, disk, 16 clients
+//! cargo run --release -p lockd-bench -- txn --store disk -d 5s -w 1s --rounds 3
 //!
 //! # the server's peak memory: one mutate vs one update of a 90 MB document
 //! cargo build --release -p lockd -p lockd-bench && target/release/lockd-bench mutate-rss
@@ -231,7 +244,7 @@
 //! * `server`: in-process lockd servers (the only user of `lockd-server`).
 //! * workloads: `baseline`, `lease` (+ `load`, the closed loop they
 //!   share), `queue`, `overload`, `sdk` (+ `chart`), `attachments`,
-//!   `query`, `mutate`, `mutate_rss`;
+//!   `query`, `mutate`, `mutate_rss`, `txn`;
 //!   `s3` plans `--store s3` runs.
 //! * `procfs`: `VmRSS`/`VmHWM` of a process; `child`: a `lockd` binary
 //!   as a child process (`attachment-rss`, `mutate-rss`).
@@ -254,6 +267,7 @@ mod s3;
 mod sdk;
 mod server;
 mod stats;
+mod txn;
 mod wire;
 
 /// The same allocator as the `lockd` binary, so in-process figures match
@@ -291,6 +305,7 @@ fn main() -> ExitCode {
         Cmd::Query(q) => q.threads,
         Cmd::Mutate(m) => m.threads,
         Cmd::MutateRss(m) => m.threads,
+        Cmd::Txn(t) => t.threads,
         Cmd::LeaseCycle(a)
         | Cmd::PublicRead(a)
         | Cmd::Keepalive(a)
@@ -327,6 +342,7 @@ fn main() -> ExitCode {
             Cmd::Query(q) => query::cmd(q, threads).await,
             Cmd::Mutate(m) => mutate::cmd(m, threads).await,
             Cmd::MutateRss(m) => mutate_rss::cmd(m).await,
+            Cmd::Txn(t) => txn::cmd(t, threads).await,
         }
     });
     match result {

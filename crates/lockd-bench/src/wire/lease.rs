@@ -1,5 +1,6 @@
 //! The lease cycle on the wire: `POST /v1/acquire`, `POST /v1/update`,
-//! `POST /v1/release` (PROTOCOL.md §4, §5).
+//! `POST /v1/release` (PROTOCOL.md §4, §5), and acquire under an explicit
+//! transaction (PROTOCOL-EXTENSIONS.md §6).
 
 use bytes::Bytes;
 use hyper::header::{HeaderName, HeaderValue};
@@ -55,12 +56,20 @@ pub fn acquire_body(key: &str, owner: &str) -> Result<Bytes, String> {
 
 /// [`acquire_body`] for a key of namespace `ns` (`""`: the default).
 pub fn acquire_body_in(ns: &str, key: &str, owner: &str) -> Result<Bytes, String> {
+    acquire_body_txn(ns, key, owner, "")
+}
+
+/// [`acquire_body_in`] joining the explicit transaction `txn_id` (an xid
+/// chosen by the client, PROTOCOL-EXTENSIONS.md §6.1); `""` leaves the
+/// field out, so the server starts an implicit transaction.
+pub fn acquire_body_txn(ns: &str, key: &str, owner: &str, txn_id: &str) -> Result<Bytes, String> {
     let req = AcquireRequest {
         namespace: ns.to_string(),
         key: key.to_string(),
         owner: owner.to_string(),
         ttl_seconds: TTL_SECONDS,
         block_seconds: -1,
+        txn_id: txn_id.to_string(),
         ..Default::default()
     };
     serde_json::to_vec(&req)
@@ -160,6 +169,9 @@ mod tests {
         let a = acquire_body_in("ns1", "k", "o").expect("acquire in ns");
         assert!(a.starts_with(br#"{"namespace":"ns1","key":"k","#));
         let r = release_body_in("ns1", "k", lease, false).expect("release in ns");
+        let t = acquire_body_txn("ns1", "k", "o", "d0f1").expect("acquire in txn");
+        assert!(t.ends_with(br#""block_seconds":-1,"txn_id":"d0f1"}"#));
+        assert_eq!(acquire_body_txn("ns1", "k", "o", "").expect("implicit"), a);
         assert!(r.starts_with(br#"{"namespace":"ns1","key":"k","#));
         assert_eq!(
             update_uri_in("http://h:1", "ns1", "k")

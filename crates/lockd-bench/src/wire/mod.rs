@@ -8,7 +8,7 @@
 //! the `lockd-api` response types where they exist). The workloads only
 //! decide *when* to call and what to count.
 //!
-//! * [`lease`]: acquire, update, release;
+//! * [`lease`]: acquire (also with an explicit `txn_id`), update, release;
 //! * [`attachments`]: streamed upload and public download;
 //! * [`queue`]: enqueue (multipart), dequeue, subscribe, ack, stats;
 //! * [`query`]: query (keys, documents), index flush, namespace engines;
