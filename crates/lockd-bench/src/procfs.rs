@@ -1,7 +1,7 @@
 //! Memory figures of a process from `/proc/<pid>/status` (Linux): `VmRSS`
 //! (resident now) and `VmHWM` (the resident peak since it started). The
-//! overload monitor reads this process's; `attachment-rss` a child
-//! `lockd`'s.
+//! overload monitor reads this process's; `attachment-rss` and `mutate-rss`
+//! a child `lockd`'s.
 
 /// Which process to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
