@@ -249,6 +249,7 @@
 //! * `procfs`: `VmRSS`/`VmHWM` of a process; `child`: a `lockd` binary
 //!   as a child process (`attachment-rss`, `mutate-rss`).
 
+mod ab;
 mod attachments;
 mod baseline;
 mod chart;

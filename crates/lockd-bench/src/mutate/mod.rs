@@ -145,36 +145,24 @@ async fn run_target(
     );
     seed(&a, &doc).await?;
     seed(&b, &doc).await?;
-    let mut rounds = Vec::new();
-    for round in 0..args.rounds {
-        let a_first = round % 2 == 0;
-        let order = if a_first { [&a, &b] } else { [&b, &a] };
-        let mut got = Vec::new();
-        for c in order {
-            eprintln!(
-                "  round {} of {}: side {}",
-                round + 1,
-                args.rounds,
-                c.side.name().to_uppercase()
-            );
-            got.push(cycle::run(c.clone(), args.warmup, args.duration).await?);
-        }
-        let (second, first) = (got.pop(), got.pop());
-        let (Some(first), Some(second)) = (first, second) else {
-            return Err("a round lost a side".into());
-        };
-        let (wa, wb) = if a_first {
-            (first, second)
-        } else {
-            (second, first)
-        };
-        rounds.push(Round {
-            round,
-            first: if a_first { "a" } else { "b" },
-            a: wa,
-            b: wb,
-        });
-    }
+    let rounds: Vec<Round> = crate::ab::alternate(args.rounds, [&a, &b], |c, round, _| {
+        eprintln!(
+            "  round {} of {}: side {}",
+            round + 1,
+            args.rounds,
+            c.side.name().to_uppercase()
+        );
+        cycle::run(c.clone(), args.warmup, args.duration)
+    })
+    .await?
+    .into_iter()
+    .map(|r| Round {
+        round: r.round,
+        first: r.first(),
+        a: r.a,
+        b: r.b,
+    })
+    .collect();
     eprintln!("mutate: checking {} counters", 2 * n);
     let check = check(&[&a, &b]).await;
     let med_a = SideMedians::of(rounds.iter().map(|r| &r.a));

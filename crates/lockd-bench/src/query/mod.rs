@@ -185,40 +185,32 @@ async fn commit_cost(
     if got.keys.is_empty() && keys > 0 {
         return Err(format!("{ns_a}: the index query for b0 found nothing"));
     }
-    let mut rounds = Vec::new();
-    for round in 0..args.rounds {
-        let a_first = round % 2 == 0;
-        let run = |c: &Arc<Committer>, nth: u64| {
-            let spec = CycleSpec {
-                rev_base: (u64::from(round) * 2 + nth + 1) << 32,
-                ..spec
-            };
-            eprintln!(
-                "  round {} of {}: lease cycles in {} ({} + {})",
-                round + 1,
-                args.rounds,
-                c.ns,
-                fmt_dur(spec.warmup),
-                fmt_dur(spec.duration)
-            );
-            commit::cycles(c.clone(), spec)
+    let rounds: Vec<Round> = crate::ab::alternate(args.rounds, [&a, &b], |c, round, nth| {
+        let spec = CycleSpec {
+            rev_base: (u64::from(round) * 2 + nth + 1) << 32,
+            ..spec
         };
-        let (sa, sb) = if a_first {
-            let sa = run(&a, 0).await?;
-            (sa, run(&b, 1).await?)
-        } else {
-            let sb = run(&b, 0).await?;
-            (run(&a, 1).await?, sb)
-        };
-        rounds.push(Round {
-            round,
-            first: if a_first { "a" } else { "b" },
-            a_cycles_per_s: sa.rate,
-            b_cycles_per_s: sb.rate,
-            a: sa,
-            b: sb,
-        });
-    }
+        eprintln!(
+            "  round {} of {}: lease cycles in {} ({} + {})",
+            round + 1,
+            args.rounds,
+            c.ns,
+            fmt_dur(spec.warmup),
+            fmt_dur(spec.duration)
+        );
+        commit::cycles(c.clone(), spec)
+    })
+    .await?
+    .into_iter()
+    .map(|r| Round {
+        round: r.round,
+        first: r.first(),
+        a_cycles_per_s: r.a.rate,
+        b_cycles_per_s: r.b.rate,
+        a: r.a,
+        b: r.b,
+    })
+    .collect();
     let a_med = median(&rounds.iter().map(|r| r.a_cycles_per_s).collect::<Vec<_>>());
     let b_med = median(&rounds.iter().map(|r| r.b_cycles_per_s).collect::<Vec<_>>());
     let a_over_b = ratio(a_med, b_med);
