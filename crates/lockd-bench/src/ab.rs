@@ -4,6 +4,28 @@
 
 use std::future::Future;
 
+use serde::Serialize;
+
+/// Which side of a side-by-side run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// The thing measured (mutate, a transaction, …).
+    A,
+    /// Its baseline (get + update, independent cycles, …).
+    B,
+}
+
+impl Side {
+    /// `a` or `b`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::A => "a",
+            Side::B => "b",
+        }
+    }
+}
+
 /// One round: both sides' results and which ran first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AbRound<R> {

@@ -61,25 +61,8 @@ pub fn document(bytes: usize) -> Bytes {
     Bytes::from(s)
 }
 
-/// Which cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Side {
-    /// acquire → mutate → release.
-    A,
-    /// acquire → get → update → release.
-    B,
-}
-
-impl Side {
-    /// `a` or `b`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Side::A => "a",
-            Side::B => "b",
-        }
-    }
-}
+/// Which cycle (A or B, as the module doc describes them).
+pub use crate::ab::Side;
 
 /// One side's keys on one server, and the cycles committed on each.
 pub struct Cycler {

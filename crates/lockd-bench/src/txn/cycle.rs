@@ -41,25 +41,8 @@ pub fn new_xid() -> String {
     xid::new().to_string()
 }
 
-/// Which cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Side {
-    /// N keys in one explicit transaction.
-    A,
-    /// N independent single-key cycles.
-    B,
-}
-
-impl Side {
-    /// `a` or `b`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Side::A => "a",
-            Side::B => "b",
-        }
-    }
-}
+/// Which cycle (A or B, as the module doc describes them).
+pub use crate::ab::Side;
 
 /// What the bench knows about one key's committed counter.
 pub struct Expect {
