@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::lease::{AcquireRequest, LeaseSession, SessionState};
 
 /// A fresh transaction id: an [xid](https://github.com/rs/xid) (12 bytes:
-/// Unix seconds, a per-process random machine part, the process id and a
+/// Unix seconds, a machine id, the process id and a
 /// counter), as 20 characters of `0-9a-v`. Ids made later sort after
 /// earlier ones of the same process.
 ///
@@ -46,39 +46,7 @@ use crate::lease::{AcquireRequest, LeaseSession, SessionState};
 /// assert_ne!(id, lockd_client::new_txn_id());
 /// ```
 pub fn new_txn_id() -> String {
-    use std::sync::atomic::AtomicU32;
-    use std::sync::OnceLock;
-    static MACHINE: OnceLock<[u8; 3]> = OnceLock::new();
-    static COUNTER: OnceLock<AtomicU32> = OnceLock::new();
-    let machine = MACHINE.get_or_init(|| {
-        let r = fastrand::u32(..).to_be_bytes();
-        [r[0], r[1], r[2]]
-    });
-    let count = COUNTER
-        .get_or_init(|| AtomicU32::new(fastrand::u32(..)))
-        .fetch_add(1, Ordering::Relaxed)
-        .to_be_bytes();
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as u32)
-        .unwrap_or(0)
-        .to_be_bytes();
-    let pid = (std::process::id() as u16).to_be_bytes();
-    let mut raw = [0u8; 12];
-    raw[..4].copy_from_slice(&secs);
-    raw[4..7].copy_from_slice(machine);
-    raw[7..9].copy_from_slice(&pid);
-    raw[9..].copy_from_slice(&count[1..]);
-    encode_xid(&raw)
-}
-
-/// The base32hex (lower case, no padding) text of an xid's 12 bytes.
-fn encode_xid(raw: &[u8; 12]) -> String {
-    const ALPHABET: &[u8; 32] = b"0123456789abcdefghijklmnopqrstuv";
-    let bits = raw.iter().fold(0u128, |acc, b| (acc << 8) | u128::from(*b)) << 4;
-    (0..20)
-        .map(|i| ALPHABET[((bits >> (95 - 5 * i)) & 31) as usize] as char)
-        .collect()
+    xid::new().to_string()
 }
 
 impl Client {
@@ -564,17 +532,6 @@ impl Transaction {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn xids_encode_as_rs_xid_does() {
-        // The reference id of the xid format.
-        let raw = [
-            0x4d, 0x88, 0xe1, 0x5b, 0x60, 0xf4, 0x86, 0xe4, 0x28, 0x41, 0x2d, 0xc9,
-        ];
-        assert_eq!(encode_xid(&raw), "9m4e2mr0ui3e8a215n4g");
-        assert_eq!(encode_xid(&[0; 12]), "00000000000000000000");
-        assert_eq!(encode_xid(&[0xff; 12]), "vvvvvvvvvvvvvvvvvvvg");
-    }
 
     #[test]
     fn fresh_ids_are_distinct_and_carry_the_time() {
