@@ -388,6 +388,16 @@ pub struct TxnTarget {
 }
 
 /// `lockd client txn …`.
+/// `lockd client txn begin`: prints a fresh transaction id for the
+/// acquires that follow.
+fn begin_txn(conn: &Conn) {
+    let id = lockd_client::new_txn_id();
+    emit(
+        conn,
+        vec![("LOCKD_CLIENT_TXN_ID", id.clone()), (TXN_EXPLICIT_ENV, id)],
+    );
+}
+
 async fn txn_command(client: &Client, conn: &Conn, cmd: TxnCommand) -> Result<(), Error> {
     use lockd_client::{TxnParticipant, TxnState};
     let participants = |t: &TxnTarget| -> Vec<TxnParticipant> {
@@ -402,11 +412,7 @@ async fn txn_command(client: &Client, conn: &Conn, cmd: TxnCommand) -> Result<()
     };
     let (txn_id, asked, recorded) = match cmd {
         TxnCommand::Begin => {
-            let id = lockd_client::new_txn_id();
-            emit(
-                conn,
-                vec![("LOCKD_CLIENT_TXN_ID", id.clone()), (TXN_EXPLICIT_ENV, id)],
-            );
+            begin_txn(conn);
             return Ok(());
         }
         TxnCommand::Commit { t } => {
@@ -1593,6 +1599,11 @@ fn load_bundle(path: &std::path::Path) -> Result<lockd_client::ClientBundle, Err
 
 /// Runs a client command.
 pub async fn run(args: ClientArgs) -> ExitCode {
+    // A fresh transaction id needs no server, and no certificates.
+    if let ClientCommand::Txn(TxnCommand::Begin) = &args.command {
+        begin_txn(&args.conn);
+        return ExitCode::SUCCESS;
+    }
     let mut builder = Client::builder();
     if let Some(path) = &args.conn.bundle {
         match load_bundle(path) {

@@ -156,3 +156,31 @@ fn cli_plain_acquires_in_one_shell_stay_single_key() {
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     assert_eq!(doc_after(&out, "doc:"), json!({"n": 3}));
 }
+
+/// `txn begin` only makes an id: it needs no server and no certificates
+/// (here: an https server that does not exist and an empty config dir).
+#[test]
+fn cli_txn_begin_needs_no_server_and_no_bundle() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args(["client", "txn", "begin"])
+        .env("LOCKD_CLIENT_SERVER", "https://127.0.0.1:9")
+        .env("LOCKD_CONFIG_DIR", empty.path())
+        .env("HOME", empty.path())
+        .env_remove("LOCKD_CLIENT_BUNDLE")
+        .env_remove("LOCKD_CLIENT_DISABLE_MTLS")
+        .output()
+        .expect("run lockd");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = after(&stdout, "export LOCKD_CLIENT_TXN_ID=").trim_matches('"');
+    assert_eq!(id.len(), 20, "{stdout}");
+    assert!(
+        stdout.contains(&format!("export LOCKD_CLIENT_TXN_EXPLICIT=\"{id}\"")),
+        "{stdout}"
+    );
+}
