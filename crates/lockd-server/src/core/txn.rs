@@ -292,6 +292,7 @@ impl Engine {
             }
         };
         rec.participants.insert(p.clone());
+        too_many(txn, &rec)?;
         rec.expires_at_ms = rec.expires_at_ms.max(lease_expires_ms);
         rec.updated_at_unix = unix_secs(now);
         self.write_txn(&mut s, rec).await
@@ -333,10 +334,16 @@ impl Engine {
             return Ok(rec.state);
         }
         rec.participants.extend(input.participants.iter().cloned());
+        too_many(txn, &rec)?;
         if input.expires_at_unix > 0 {
-            rec.expires_at_ms = rec
-                .expires_at_ms
-                .max(input.expires_at_unix.saturating_mul(1000));
+            // A requested expiry is clamped like a lease TTL: a record
+            // nobody decides cannot be kept pending forever.
+            let max_ttl = i64::try_from(self.cfg.max_ttl.as_millis()).unwrap_or(i64::MAX);
+            let asked = input
+                .expires_at_unix
+                .saturating_mul(1000)
+                .min(now.saturating_add(max_ttl));
+            rec.expires_at_ms = rec.expires_at_ms.max(asked);
         }
         if input.state.is_decided() {
             rec.state = input.state;
@@ -816,6 +823,21 @@ pub(crate) fn failpoint(name: &str) {
 #[cfg(not(debug_assertions))]
 #[inline(always)]
 pub(crate) fn failpoint(_name: &str) {}
+
+/// Most keys and messages one transaction may hold: its record is
+/// rewritten whole on every enlistment, and a decision applies to each.
+pub const MAX_PARTICIPANTS: usize = 10_000;
+
+/// Refuses a record grown past [`MAX_PARTICIPANTS`].
+fn too_many(txn: &str, rec: &TxnRecord) -> CoreResult<()> {
+    if rec.participants.len() > MAX_PARTICIPANTS {
+        return Err(CoreError::new(
+            ErrorCode::TxnConflict,
+            format!("transaction {txn} would have more than {MAX_PARTICIPANTS} participants"),
+        ));
+    }
+    Ok(())
+}
 
 /// The refusal of staging under a decided transaction.
 fn decided(txn: &str, state: TxnState) -> CoreError {

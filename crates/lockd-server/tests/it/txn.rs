@@ -602,3 +602,45 @@ async fn overlapping_transactions_never_deadlock_or_leak(b: Backend) {
         }
     }
 }
+
+/// A transaction holds at most 10,000 participants, and an expiry asked
+/// for is clamped like a lease TTL (`--max-ttl`), so a record nobody
+/// decides is rolled back rather than kept pending forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transactions_are_bounded_in_size_and_life() {
+    let s = TestServer::start(Backend::Mem).await;
+    let many = |n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|i| json!({"namespace": "default", "key": format!("k{i}")}))
+            .collect()
+    };
+    let txn = new_xid();
+    let r = txn_call(
+        &s,
+        "/v1/txn/decide",
+        json!({"txn_id": txn, "state": "pending", "participants": many(10_001)}),
+    )
+    .await;
+    let e = assert_error(r, 409, "txn_conflict").await;
+    assert!(e["detail"].as_str().unwrap().contains("10000"), "{e}");
+    let v = txn_ok(
+        &s,
+        "/v1/txn/decide",
+        json!({"txn_id": txn, "state": "pending", "participants": many(10_000)}),
+    )
+    .await;
+    assert_eq!(v["state"], "pending");
+
+    let txn = new_xid();
+    let forever = s.now_unix() + 10 * 365 * 24 * 3600;
+    let v = txn_ok(
+        &s,
+        "/v1/txn/decide",
+        json!({"txn_id": txn, "state": "pending", "expires_at_unix": forever}),
+    )
+    .await;
+    assert_eq!(v["state"], "pending");
+    s.advance(std::time::Duration::from_secs(31 * 60));
+    let v = txn_ok(&s, "/v1/txn/replay", json!({"txn_id": txn})).await;
+    assert_eq!(v["state"], "rollback");
+}
