@@ -70,6 +70,10 @@ pub struct ServerConfig {
     /// (`--disk-recover-truncate-wal`). Without it such a store refuses to
     /// start. Fencing tokens stay above anything ever handed out.
     pub disk_recover_truncate_wal: bool,
+    /// `disk://` only: bytes of database pages kept in memory
+    /// (`--disk-cache-size`; `0` = the default, 64 MiB). Committed keys
+    /// nobody uses cost no memory beyond it.
+    pub disk_cache_bytes: u64,
     /// Namespace used when a request names none.
     pub default_namespace: String,
     /// Default lease TTL.
@@ -171,6 +175,7 @@ impl Default for ServerConfig {
             listen_proto: ListenProto::Tcp,
             store: "mem://".into(),
             disk_recover_truncate_wal: false,
+            disk_cache_bytes: crate::storage::DEFAULT_DISK_CACHE_BYTES,
             default_namespace: "default".into(),
             default_ttl: engine.default_ttl,
             max_ttl: engine.max_ttl,

@@ -529,6 +529,7 @@ async fn open_store(
         &storage::OpenOptions {
             recover_truncate_wal: cfg.disk_recover_truncate_wal,
             fencing_token_of: Some(crate::core::fencing_token_of),
+            disk_cache_bytes: cfg.disk_cache_bytes,
         },
     )?;
     if url.is_shared() {

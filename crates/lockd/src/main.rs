@@ -202,6 +202,12 @@ struct Args {
     #[arg(long, env = "LOCKD_DISK_RECOVER_TRUNCATE_WAL", default_value_t = false)]
     disk_recover_truncate_wal: bool,
 
+    /// `disk://` only: memory for database pages (reads of committed
+    /// keys and records not in use). Keys nobody uses cost nothing beyond
+    /// it. E.g. 64MiB, 1GiB.
+    #[arg(long, env = "LOCKD_DISK_CACHE_SIZE", default_value = size(DEFAULTS.disk_cache_bytes), value_parser = parse_size)]
+    disk_cache_size: u64,
+
     /// Namespace used when a request names none.
     #[arg(
         short = 'n',
@@ -810,6 +816,7 @@ async fn serve(args: Args, config_dir: Option<std::path::PathBuf>) -> ExitCode {
         listen_proto: args.listen_proto,
         store,
         disk_recover_truncate_wal: args.disk_recover_truncate_wal,
+        disk_cache_bytes: args.disk_cache_size,
         default_namespace: args.default_namespace,
         default_ttl: args.default_ttl,
         max_ttl: args.max_ttl,

@@ -322,7 +322,14 @@ impl DiskStore {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create store directory {}: {e}", dir.display()))?;
         let file = dir.join("lockd.redb");
-        let db = Database::create(&file).map_err(|e| match e {
+        let cache = match opts.disk_cache_bytes {
+            0 => super::DEFAULT_DISK_CACHE_BYTES,
+            n => n,
+        };
+        let db = Database::builder()
+            .set_cache_size(usize::try_from(cache).unwrap_or(usize::MAX))
+            .create(&file)
+            .map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => format!(
                 "store {} is already in use by another lockd process; \
                  stop it or point --store at another directory",
@@ -1095,6 +1102,7 @@ mod tests {
         OpenOptions {
             recover_truncate_wal: true,
             fencing_token_of: Some(crate::core::fencing_token_of),
+            ..OpenOptions::default()
         }
     }
 

@@ -51,7 +51,15 @@ pub struct OpenOptions {
     /// raise [`Store::fencing_floor`] above every token ever handed out.
     /// Needed (only) when a damaged log is recovered.
     pub fencing_token_of: Option<FencingTokenOf>,
+    /// Bytes of database pages a `disk://` store keeps in memory (redb's
+    /// page cache, shared by reads and writes). `0` means
+    /// [`DEFAULT_DISK_CACHE_BYTES`]. Keys nobody uses cost no memory
+    /// beyond this bound.
+    pub disk_cache_bytes: u64,
 }
+
+/// Default bound of a `disk://` store's page cache: 64 MiB.
+pub const DEFAULT_DISK_CACHE_BYTES: u64 = 64 << 20;
 
 /// Opaque version of a stored object.
 pub type ETag = String;
