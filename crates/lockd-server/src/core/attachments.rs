@@ -203,9 +203,11 @@ fn not_found() -> CoreError {
 /// Starts the staged overlay of `txn` if needed and gives it its version.
 fn stage(rec: &mut MetaRecord, txn: &str) -> i64 {
     let version = rec.version;
-    let staged = rec.staged.get_or_insert_with(|| Staged {
-        txn_id: txn.to_string(),
-        ..Staged::default()
+    let staged = rec.staged.get_or_insert_with(|| {
+        Box::new(Staged {
+            txn_id: txn.to_string(),
+            ..Staged::default()
+        })
     });
     if staged.version == 0 {
         staged.version = version.saturating_add(1);

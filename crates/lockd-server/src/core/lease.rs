@@ -225,11 +225,12 @@ impl Engine {
         rec.lease = Some(lease.clone());
         rec.updated_at_unix = unix_secs(now);
         let expires_at_ms = lease.expires_ms();
+        let expires_at_unix = lease.expires_at_unix();
         let out = Acquired {
             lease_id: lease.id,
             txn_id: lease.txn_id,
             owner: lease.owner,
-            expires_at_unix: lease.expires_at_unix,
+            expires_at_unix,
             expires_at_ms,
             version: rec.version,
             state_etag: rec.state_etag.clone(),

@@ -17,22 +17,66 @@ use super::clock::unix_secs;
 
 /// A live (or expired but not yet cleared) lease on a key.
 ///
-/// The expiry is kept in milliseconds (`expires_at_ms`) and, for readers
-/// of the wire and of older records, in whole seconds rounded down
-/// (`expires_at_unix`). Records written before milliseconds were kept have
-/// only the seconds; they expire at the start of that second, as they did.
+/// In memory the expiry is one number of Unix milliseconds. Stored, it is
+/// written twice, as `expires_at_ms` and, for readers of the wire and of
+/// older records, in whole seconds rounded down (`expires_at_unix`).
+/// Records written before milliseconds were kept have only the seconds;
+/// they expire at the start of that second, as they did. (One field
+/// instead of both keeps the cached record of every held lease 16 bytes
+/// smaller.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredLease", into = "StoredLease")]
 pub struct Lease {
     pub id: String,
     pub owner: String,
-    /// `floor(expires_at_ms / 1000)`; set with [`Lease::set_expires_ms`].
-    pub expires_at_unix: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    expires_at_ms: Option<i64>,
+    /// Set with [`Lease::set_expires_ms`].
+    expires_ms: i64,
     pub fencing_token: i64,
     pub txn_id: String,
-    #[serde(default)]
     pub txn_explicit: bool,
+}
+
+/// A [`Lease`] as records store it.
+#[derive(Serialize, Deserialize)]
+struct StoredLease {
+    id: String,
+    owner: String,
+    expires_at_unix: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at_ms: Option<i64>,
+    fencing_token: i64,
+    txn_id: String,
+    #[serde(default)]
+    txn_explicit: bool,
+}
+
+impl From<StoredLease> for Lease {
+    fn from(s: StoredLease) -> Self {
+        Self {
+            id: s.id,
+            owner: s.owner,
+            expires_ms: s
+                .expires_at_ms
+                .unwrap_or_else(|| s.expires_at_unix.saturating_mul(1000)),
+            fencing_token: s.fencing_token,
+            txn_id: s.txn_id,
+            txn_explicit: s.txn_explicit,
+        }
+    }
+}
+
+impl From<Lease> for StoredLease {
+    fn from(l: Lease) -> Self {
+        Self {
+            id: l.id,
+            owner: l.owner,
+            expires_at_unix: unix_secs(l.expires_ms),
+            expires_at_ms: Some(l.expires_ms),
+            fencing_token: l.fencing_token,
+            txn_id: l.txn_id,
+            txn_explicit: l.txn_explicit,
+        }
+    }
 }
 
 impl Lease {
@@ -48,8 +92,7 @@ impl Lease {
         Self {
             id,
             owner,
-            expires_at_unix: unix_secs(expires_ms),
-            expires_at_ms: Some(expires_ms),
+            expires_ms,
             fencing_token,
             txn_id,
             txn_explicit,
@@ -58,14 +101,18 @@ impl Lease {
 
     /// When the lease expires, in Unix milliseconds.
     pub fn expires_ms(&self) -> i64 {
-        self.expires_at_ms
-            .unwrap_or_else(|| self.expires_at_unix.saturating_mul(1000))
+        self.expires_ms
     }
 
-    /// Moves the expiry (both fields).
+    /// When the lease expires, in whole Unix seconds rounded down (what
+    /// the wire carries).
+    pub fn expires_at_unix(&self) -> i64 {
+        unix_secs(self.expires_ms)
+    }
+
+    /// Moves the expiry.
     pub fn set_expires_ms(&mut self, ms: i64) {
-        self.expires_at_ms = Some(ms);
-        self.expires_at_unix = unix_secs(ms);
+        self.expires_ms = ms;
     }
 
     /// A lease is expired when `now >= expiry`, in milliseconds.
@@ -141,7 +188,7 @@ pub struct MetaRecord {
     #[serde(default)]
     pub lease: Option<Lease>,
     #[serde(default)]
-    pub staged: Option<Staged>,
+    pub staged: Option<Box<Staged>>,
     #[serde(default)]
     pub query_hidden: bool,
     #[serde(default)]
@@ -154,7 +201,7 @@ pub struct MetaRecord {
 impl MetaRecord {
     /// The staged changes if they belong to `txn_id`.
     pub fn staged_by(&self, txn_id: &str) -> Option<&Staged> {
-        self.staged.as_ref().filter(|s| s.txn_id == txn_id)
+        self.staged.as_deref().filter(|s| s.txn_id == txn_id)
     }
 
     /// "Current" version for CAS checks by `txn_id` (§4.6).

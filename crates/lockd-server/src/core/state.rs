@@ -241,9 +241,11 @@ impl Engine {
     ) -> CoreResult<Updated> {
         let id = id.to_string();
         let etag = uuid::Uuid::now_v7().to_string();
-        let staged = rec.staged.get_or_insert_with(|| Staged {
-            txn_id: txn.to_string(),
-            ..Staged::default()
+        let staged = rec.staged.get_or_insert_with(|| {
+            Box::new(Staged {
+                txn_id: txn.to_string(),
+                ..Staged::default()
+            })
         });
         if staged.version == 0 {
             staged.version = rec.version + 1;
@@ -291,9 +293,11 @@ impl Engine {
             });
         }
         let version = rec.version;
-        let staged = rec.staged.get_or_insert_with(|| Staged {
-            txn_id: l.txn_id.clone(),
-            ..Staged::default()
+        let staged = rec.staged.get_or_insert_with(|| {
+            Box::new(Staged {
+                txn_id: l.txn_id.clone(),
+                ..Staged::default()
+            })
         });
         staged.version = if staged.version > 0 {
             staged.version
@@ -325,9 +329,11 @@ impl Engine {
         let (mut st, mut rec) = self.lock_staging(&id, &entry, l).await?;
         check_version(&rec, &l.txn_id, input.if_version)?;
         let version = rec.version;
-        let staged = rec.staged.get_or_insert_with(|| Staged {
-            txn_id: l.txn_id.clone(),
-            ..Staged::default()
+        let staged = rec.staged.get_or_insert_with(|| {
+            Box::new(Staged {
+                txn_id: l.txn_id.clone(),
+                ..Staged::default()
+            })
         });
         if staged.version == 0 {
             staged.version = version + 1;

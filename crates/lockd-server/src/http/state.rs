@@ -260,7 +260,7 @@ pub async fn describe(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri
         if let Some(l) = &rec.lease {
             out.owner = l.owner.clone();
             out.lease_id = l.id.clone();
-            out.expires_at_unix = l.expires_at_unix;
+            out.expires_at_unix = l.expires_at_unix();
         }
         out.version = rec.version;
         out.state_etag = rec.state_etag.clone();

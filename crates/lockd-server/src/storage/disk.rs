@@ -330,13 +330,13 @@ impl DiskStore {
             .set_cache_size(usize::try_from(cache).unwrap_or(usize::MAX))
             .create(&file)
             .map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => format!(
-                "store {} is already in use by another lockd process; \
+                redb::DatabaseError::DatabaseAlreadyOpen => format!(
+                    "store {} is already in use by another lockd process; \
                  stop it or point --store at another directory",
-                dir.display()
-            ),
-            other => format!("cannot open store {}: {other}", file.display()),
-        })?;
+                    dir.display()
+                ),
+                other => format!("cannot open store {}: {other}", file.display()),
+            })?;
         let (epoch, floor) = {
             let txn = db.begin_write().map_err(|e| e.to_string())?;
             let found = {
