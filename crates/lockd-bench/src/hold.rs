@@ -255,7 +255,8 @@ impl Target {
             .map_err(|e| format!("acquire {key}: {e}"))
     }
 
-    /// Acquires key `i` for the bench's owner.
+    /// Acquires key `i` for the bench's owner: the lease and the TTL it
+    /// was granted (its expiry − now, seconds).
     async fn acquire(&self, i: u64) -> Result<(Held, i64), String> {
         let key = key_name(i);
         let a = self.try_acquire(i, "lockd-bench-hold").await?;
@@ -268,7 +269,7 @@ impl Target {
                 txn_id: lease.txn_id,
                 fencing: lease.fencing_token,
             },
-            lease.expires_at_unix,
+            lease.expires_at_unix - unix_now(),
         ))
     }
 
@@ -699,9 +700,18 @@ pub async fn cmd(args: HoldArgs) -> Result<(), String> {
     let granted_ttl_s = held
         .iter()
         .find(|(h, _)| h.index == 0)
-        .map_or(0, |(_, exp)| exp - unix_now());
+        .map_or(0, |(_, granted)| *granted);
     let mut held: Vec<Held> = held.drain(..).map(|(h, _)| h).collect();
     held.sort_unstable_by_key(|h| h.index);
+    // A lease shorter than the run would expire during the measurement.
+    let wanted = i64::try_from(args.ttl.as_secs()).unwrap_or(i64::MAX);
+    if granted_ttl_s + 5 < wanted {
+        return Err(format!(
+            "the server granted a TTL of {granted_ttl_s} s, not the {wanted} s asked for \
+             (its --max-ttl is lower?)"
+        ));
+    }
+
     let hold_mem = reading(&srv, args.settle).await?;
     let checked = check_held(&t, &held, args.check_keys).await?;
     let second = t.try_acquire(0, "lockd-bench-hold-intruder").await?;
@@ -721,14 +731,6 @@ pub async fn cmd(args: HoldArgs) -> Result<(), String> {
         hold_mem.rss_bytes as f64 / MIB,
         hold.bytes_per_key
     );
-    // A lease shorter than the run would expire during the measurement.
-    let wanted = i64::try_from(args.ttl.as_secs()).unwrap_or(i64::MAX);
-    if granted_ttl_s + 5 + (hold.seconds as i64) < wanted {
-        return Err(format!(
-            "the server granted a TTL of {granted_ttl_s} s, not the {wanted} s asked for \
-             (its --max-ttl is lower?)"
-        ));
-    }
 
     // Idle.
     let idle = if args.hold_only {
@@ -866,7 +868,7 @@ mod tests {
             assert_eq!(v["key"], "hold-123");
         }
         // Too small for the key: the shortest document, still JSON.
-        let d = state_document("hold-1234567", 32);
+        let d = state_document("hold-12345678901234", 32);
         assert!(d.len() > 32);
         assert!(serde_json::from_slice::<serde_json::Value>(&d).is_ok());
     }
