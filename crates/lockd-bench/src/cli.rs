@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::attachments::parse_payload_size;
+use crate::hold::HoldArgs;
 use crate::mutate::MutateArgs;
 use crate::mutate_rss::MutateRssArgs;
 use crate::overload::OverloadArgs;
@@ -69,6 +70,9 @@ pub enum Cmd {
     /// vs the same N keys as independent lease cycles, alternating rounds per N; checks
     /// that each transaction's keys hold the same counter at the end.
     Txn(TxnArgs),
+    /// Memory: N leases held on a `lockd` binary on disk:// (RSS per held lease), then
+    /// released with committed state (RSS per idle key), optionally after a restart.
+    Hold(HoldArgs),
 }
 
 #[derive(Args, Debug, Clone)]

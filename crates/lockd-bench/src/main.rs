@@ -244,10 +244,10 @@
 //! * `server`: in-process lockd servers (the only user of `lockd-server`).
 //! * workloads: `baseline`, `lease` (+ `load`, the closed loop they
 //!   share), `queue`, `overload`, `sdk` (+ `chart`), `attachments`,
-//!   `query`, `mutate`, `mutate_rss`, `txn`;
+//!   `query`, `mutate`, `mutate_rss`, `txn`, `hold`;
 //!   `s3` plans `--store s3` runs.
 //! * `procfs`: `VmRSS`/`VmHWM` of a process; `child`: a `lockd` binary
-//!   as a child process (`attachment-rss`, `mutate-rss`).
+//!   as a child process (`attachment-rss`, `mutate-rss`, `hold`).
 
 mod ab;
 mod attachments;
@@ -255,6 +255,7 @@ mod baseline;
 mod chart;
 mod child;
 mod cli;
+mod hold;
 mod lease;
 mod load;
 mod mutate;
@@ -307,6 +308,7 @@ fn main() -> ExitCode {
         Cmd::Mutate(m) => m.threads,
         Cmd::MutateRss(m) => m.threads,
         Cmd::Txn(t) => t.threads,
+        Cmd::Hold(h) => h.threads,
         Cmd::LeaseCycle(a)
         | Cmd::PublicRead(a)
         | Cmd::Keepalive(a)
@@ -344,6 +346,7 @@ fn main() -> ExitCode {
             Cmd::Mutate(m) => mutate::cmd(m, threads).await,
             Cmd::MutateRss(m) => mutate_rss::cmd(m).await,
             Cmd::Txn(t) => txn::cmd(t, threads).await,
+            Cmd::Hold(h) => hold::cmd(h).await,
         }
     });
     match result {

@@ -2,6 +2,7 @@
 //! per area, so the suite builds and links one executable instead of one per file.
 
 mod attachments;
+mod hold;
 mod mutate;
 mod query;
 mod smoke;
