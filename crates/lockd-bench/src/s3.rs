@@ -71,16 +71,6 @@ pub enum S3Ha {
     Failover,
 }
 
-impl S3Ha {
-    /// `concurrent` or `failover`.
-    pub fn name(self) -> &'static str {
-        match self {
-            S3Ha::Concurrent => "concurrent",
-            S3Ha::Failover => "failover",
-        }
-    }
-}
-
 impl S3Args {
     /// The node counts in the order given, without repeats.
     pub fn node_counts(&self) -> Vec<u32> {

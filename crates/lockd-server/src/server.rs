@@ -458,9 +458,24 @@ impl Parts {
         let url: storage::StoreUrl = cfg.store.parse().map_err(storage::StoreOpenError::from)?;
         let (store, metrics, s3_requests) = open_store(cfg, &url).await?;
         let ha_mode = ha_mode(cfg, &url);
-        // Other writers may touch the same objects: read fresh, retry lost
-        // compare-and-swaps (failover too, for the moment two nodes overlap).
+        // Other writers may touch the same objects: retry lost
+        // compare-and-swaps (failover too, for the moment two nodes
+        // overlap).
         let shared = url.is_shared() && ha_mode != HaMode::Single;
+        let election = match ha_mode {
+            // A local store is owned by one process (disk:// is locked, mem://
+            // is private): there is nobody to elect against.
+            HaMode::Failover | HaMode::Auto if url.is_shared() => Some(Election::new(
+                store.clone(),
+                cfg.ha_lease_ttl,
+                cfg.clock.clone(),
+            )),
+            _ => None,
+        };
+        // Concurrent nodes read every record afresh; in failover mode the
+        // active node is the only writer and trusts its cache within its
+        // term.
+        let cache_term = election.as_ref().map(|(_, ha)| ha.term());
         let engine = Engine::new(
             store.clone(),
             EngineConfig {
@@ -468,6 +483,7 @@ impl Parts {
                 max_ttl: cfg.max_ttl,
                 acquire_block: cfg.acquire_block,
                 shared,
+                cache_term,
                 poll_interval: cfg.queue_poll_interval,
                 poll_jitter: cfg.queue_poll_jitter,
                 clock: cfg.clock.clone(),
@@ -480,17 +496,13 @@ impl Parts {
                 },
             },
         );
-        let (ha, election) = match ha_mode {
-            // A local store is owned by one process (disk:// is locked, mem://
-            // is private): there is nobody to elect against.
-            HaMode::Failover | HaMode::Auto if url.is_shared() => {
-                let (mut election, ha) =
-                    Election::new(store.clone(), cfg.ha_lease_ttl, cfg.clock.clone());
+        let (ha, election) = match election {
+            Some((mut election, ha)) => {
                 // Decide the role before serving the first request.
                 election.round().await;
                 (ha, Some(election))
             }
-            _ => (Ha::always_active(), None),
+            None => (Ha::always_active(), None),
         };
         tracing::info!(mode = %ha_mode, shared, active = ha.is_active(), "ha");
         let default_namespace =

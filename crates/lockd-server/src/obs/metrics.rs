@@ -501,7 +501,7 @@ impl S3Requests {
         e.family(
             "lockd_s3_requests_total",
             "counter",
-            "HTTP requests sent to the object store by kind (retries count; put_conditional and delete_conditional carry If-Match or If-None-Match).",
+            "HTTP requests sent to the object store by kind (retries count; put_conditional and delete_conditional carry If-Match or If-None-Match; delete includes DeleteObjects; post is multipart uploads).",
         );
         for (i, kind) in S3_REQUEST_KINDS.iter().enumerate() {
             e.sample(

@@ -484,18 +484,21 @@ impl HttpService for CountingService {
 fn request_kind<B>(req: &http::Request<B>) -> usize {
     let conditional = req.headers().contains_key(http::header::IF_MATCH)
         || req.headers().contains_key(http::header::IF_NONE_MATCH);
-    let listing = req
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|p| p.starts_with("list-type=")));
+    let query = |name: &str| {
+        req.uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p.split('=').next() == Some(name)))
+    };
     match *req.method() {
-        http::Method::GET if listing => 2,
+        http::Method::GET if query("list-type") => 2,
         http::Method::GET => 0,
         http::Method::HEAD => 1,
         http::Method::PUT if conditional => 4,
         http::Method::PUT => 3,
         http::Method::DELETE if conditional => 6,
         http::Method::DELETE => 5,
+        // object_store deletes through DeleteObjects (`POST ?delete`).
+        http::Method::POST if query("delete") => 5,
         _ => 7,
     }
 }
@@ -756,6 +759,37 @@ pub(crate) fn test_store(test: &str) -> Option<S3Store> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_counted_by_kind() {
+        use crate::obs::metrics::S3_REQUEST_KINDS;
+        let kind = |method: &str, uri: &str, header: Option<&str>| {
+            let mut b = http::Request::builder().method(method).uri(uri);
+            if let Some(h) = header {
+                b = b.header(h, "\"x\"");
+            }
+            S3_REQUEST_KINDS[request_kind(&b.body(()).unwrap())]
+        };
+        assert_eq!(kind("GET", "http://h/b/obj/k", None), "get");
+        assert_eq!(kind("GET", "http://h/b?list-type=2&prefix=p", None), "list");
+        assert_eq!(kind("HEAD", "http://h/b/obj/k", None), "head");
+        assert_eq!(kind("PUT", "http://h/b/obj/k", None), "put");
+        assert_eq!(
+            kind("PUT", "http://h/b/obj/k", Some("if-match")),
+            "put_conditional"
+        );
+        assert_eq!(
+            kind("PUT", "http://h/b/obj/k", Some("if-none-match")),
+            "put_conditional"
+        );
+        assert_eq!(kind("DELETE", "http://h/b/obj/k", None), "delete");
+        assert_eq!(
+            kind("DELETE", "http://h/b/obj/k", Some("if-match")),
+            "delete_conditional"
+        );
+        assert_eq!(kind("POST", "http://h/b?delete", None), "delete");
+        assert_eq!(kind("POST", "http://h/b/blob/k?uploads", None), "post");
+    }
 
     #[test]
     fn keys_round_trip_through_paths() {
