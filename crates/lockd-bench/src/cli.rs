@@ -302,7 +302,7 @@ impl QueueArgs {
 mod tests {
     use super::*;
     use crate::overload;
-    use crate::s3::{self, Backend};
+    use crate::s3::{self, Backend, S3Ha};
 
     #[test]
     fn cli_parses() {
@@ -387,8 +387,14 @@ mod tests {
             s3::plan(a.store, &a.s3),
             Ok(vec![
                 Backend::Disk,
-                Backend::S3 { nodes: 1 },
-                Backend::S3 { nodes: 2 }
+                Backend::S3 {
+                    nodes: 1,
+                    ha: S3Ha::Concurrent
+                },
+                Backend::S3 {
+                    nodes: 2,
+                    ha: S3Ha::Concurrent
+                }
             ])
         );
 
@@ -417,8 +423,14 @@ mod tests {
             s3::plan(q.store, &q.s3),
             Ok(vec![
                 Backend::Disk,
-                Backend::S3 { nodes: 2 },
-                Backend::S3 { nodes: 1 }
+                Backend::S3 {
+                    nodes: 2,
+                    ha: S3Ha::Concurrent
+                },
+                Backend::S3 {
+                    nodes: 1,
+                    ha: S3Ha::Concurrent
+                }
             ])
         );
 

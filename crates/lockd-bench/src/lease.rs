@@ -64,11 +64,14 @@ struct LeaseRun {
     ratio_of_baseline_ceiling: Option<f64>,
     error_kinds: std::collections::BTreeMap<String, u64>,
     ratios: Option<RatiosVs>,
+    /// Object-store requests per cycle inside the window (`--store s3`).
+    s3_requests_per_cycle: Option<s3::S3PerUnit>,
 }
 
 impl LeaseRun {
     fn new(store: String, target: String, nodes: u32, summary: Summary, run_id: &str) -> Self {
         LeaseRun {
+            s3_requests_per_cycle: None,
             key_prefix: key_prefix(run_id, &store),
             store,
             target,
@@ -153,6 +156,9 @@ impl LeaseReport {
             if !ops.is_empty() {
                 report.line(&format!("    per request: {}", ops.join(" | ")));
             }
+            if let Some(per) = &run.s3_requests_per_cycle {
+                report.line(&per.line("cycle"));
+            }
             if s.warmup_errors > 0 {
                 report.line(&format!("    ({} errors during warm-up)", s.warmup_errors));
             }
@@ -231,13 +237,17 @@ async fn run_inprocess(
 ) -> Result<LeaseRun, String> {
     let srv = InProcess::start(backend, &args.s3).await?;
     let (label, store_url) = (srv.label.clone(), srv.store_url.clone());
-    let result = run_target(args, &label, &srv.bases(), doc, run_id).await;
+    let (result, s3) = srv
+        .counting_s3(
+            args.common.warmup,
+            args.common.duration,
+            run_target(args, &label, &srv.bases(), doc, run_id),
+        )
+        .await;
     srv.stop().await;
-    Ok(LeaseRun::new(
-        label,
-        store_url,
-        backend.nodes(),
-        result?,
-        run_id,
-    ))
+    let summary = result?;
+    let per = s3.and_then(|c| c.per(summary.units));
+    let mut run = LeaseRun::new(label, store_url, backend.nodes(), summary, run_id);
+    run.s3_requests_per_cycle = per;
+    Ok(run)
 }

@@ -168,7 +168,12 @@ pub fn nodes_text(label: &str, nodes: u32) -> String {
         return String::new();
     }
     let plural = if nodes == 1 { "" } else { "s" };
-    format!(" ({nodes} node{plural}, --ha concurrent)")
+    let ha = if label.ends_with("-failover") {
+        "failover"
+    } else {
+        "concurrent"
+    };
+    format!(" ({nodes} node{plural}, --ha {ha})")
 }
 
 /// `errors by kind (whole run): acquire 409 cas_mismatch × 3, …`.

@@ -6,14 +6,18 @@
 //! (`lockd-bench-<run>-<label>-<random>`), so runs never see each other's
 //! objects, and the objects left under it are deleted after the run.
 //! `--nodes 1,2` runs the workload once per count with that many in-process
-//! servers sharing the prefix in `--ha concurrent` mode; clients are spread
-//! round-robin over the nodes. The disk store is measured in the same
-//! invocation as the reference. Starting the nodes and deleting the
-//! objects is [`crate::server`]'s job.
+//! servers sharing the prefix, once per `--ha` mode (`concurrent`: every
+//! node serves, clients spread round-robin over the nodes; `failover`: the
+//! first node is elected active and serves every client, the others stay
+//! passive). The disk store is measured in the same invocation as the
+//! reference. Starting the nodes and deleting the objects is
+//! [`crate::server`]'s job; counting their object-store requests per unit
+//! of work ([`S3Counts`]) too.
 
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
+use serde::Serialize;
 
 use crate::cli::{parse_duration, StoreChoice};
 
@@ -43,6 +47,28 @@ pub struct S3Args {
     /// dequeues look for other nodes' changes; default: the server's, 3s).
     #[arg(long, value_parser = parse_duration, conflicts_with = "url")]
     pub queue_poll_interval: Option<Duration>,
+    /// With --store s3: the nodes' --ha modes to measure (e.g. failover,concurrent), each
+    /// with every --nodes count. concurrent: every node serves (clients round-robin);
+    /// failover: one node is elected active and serves every client.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "concurrent",
+        conflicts_with = "url"
+    )]
+    pub ha: Vec<S3Ha>,
+}
+
+/// `--ha` of the nodes of an s3 run.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum S3Ha {
+    /// Every node serves; compare-and-swap on every mutation.
+    #[default]
+    Concurrent,
+    /// One node active (elected through the store), the others passive.
+    Failover,
 }
 
 impl S3Args {
@@ -59,6 +85,20 @@ impl S3Args {
         }
         out
     }
+
+    /// The `--ha` modes in the order given, without repeats.
+    pub fn ha_modes(&self) -> Vec<S3Ha> {
+        let mut out: Vec<S3Ha> = Vec::new();
+        for &m in &self.ha {
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+        if out.is_empty() {
+            out.push(S3Ha::Concurrent);
+        }
+        out
+    }
 }
 
 /// One in-process store setup to measure.
@@ -68,24 +108,33 @@ pub enum Backend {
     Mem,
     /// `disk://` in a temporary directory.
     Disk,
-    /// `s3://` with this many nodes sharing one prefix.
-    S3 { nodes: u32 },
+    /// `s3://` with this many nodes sharing one prefix, in this `--ha`
+    /// mode.
+    S3 { nodes: u32, ha: S3Ha },
 }
 
 impl Backend {
-    /// `mem`, `disk`, `s3x1`, `s3x2`, … (also used in key prefixes).
+    /// `mem`, `disk`, `s3x1`, `s3x2`, … with `-failover` in failover mode
+    /// (also used in key prefixes).
     pub fn label(self) -> String {
         match self {
             Backend::Mem => "mem".into(),
             Backend::Disk => "disk".into(),
-            Backend::S3 { nodes } => format!("s3x{nodes}"),
+            Backend::S3 {
+                nodes,
+                ha: S3Ha::Concurrent,
+            } => format!("s3x{nodes}"),
+            Backend::S3 {
+                nodes,
+                ha: S3Ha::Failover,
+            } => format!("s3x{nodes}-failover"),
         }
     }
 
     /// Servers this setup runs.
     pub fn nodes(self) -> u32 {
         match self {
-            Backend::S3 { nodes } => nodes,
+            Backend::S3 { nodes, .. } => nodes,
             _ => 1,
         }
     }
@@ -93,7 +142,10 @@ impl Backend {
 
 /// What `--store` (with `--s3`/`--nodes`) asks for, in run order.
 pub fn plan(store: StoreChoice, s3: &S3Args) -> Result<Vec<Backend>, String> {
-    let s3_flags = s3.s3.is_some() || s3.node_counts() != [1] || s3.queue_poll_interval.is_some();
+    let s3_flags = s3.s3.is_some()
+        || s3.node_counts() != [1]
+        || s3.queue_poll_interval.is_some()
+        || s3.ha_modes() != [S3Ha::Concurrent];
     match store {
         StoreChoice::S3 => {
             if s3.s3.is_none() {
@@ -104,15 +156,15 @@ pub fn plan(store: StoreChoice, s3: &S3Args) -> Result<Vec<Backend>, String> {
                 );
             }
             let mut out = vec![Backend::Disk];
-            out.extend(
-                s3.node_counts()
-                    .into_iter()
-                    .map(|nodes| Backend::S3 { nodes }),
-            );
+            for nodes in s3.node_counts() {
+                for ha in s3.ha_modes() {
+                    out.push(Backend::S3 { nodes, ha });
+                }
+            }
             Ok(out)
         }
         _ if s3_flags => {
-            Err("--s3, --nodes and --queue-poll-interval only apply to --store s3".into())
+            Err("--s3, --nodes, --ha and --queue-poll-interval only apply to --store s3".into())
         }
         StoreChoice::Mem => Ok(vec![Backend::Mem]),
         StoreChoice::Disk => Ok(vec![Backend::Disk]),
@@ -186,6 +238,96 @@ impl S3Root {
     }
 }
 
+/// Object-store requests of a run's nodes (summed over the nodes), by
+/// kind, as the server counts them (`lockd_s3_requests_total`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct S3Counts(pub Vec<(&'static str, u64)>);
+
+impl S3Counts {
+    /// Adds `other`'s counts kind by kind.
+    pub fn add(&mut self, other: &[(&'static str, u64)]) {
+        for &(kind, n) in other {
+            match self.0.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, m)) => *m += n,
+                None => self.0.push((kind, n)),
+            }
+        }
+    }
+
+    /// The requests made since `before`.
+    pub fn since(&self, before: &S3Counts) -> S3Counts {
+        S3Counts(
+            self.0
+                .iter()
+                .map(|&(kind, n)| {
+                    let b = before
+                        .0
+                        .iter()
+                        .find(|(k, _)| *k == kind)
+                        .map_or(0, |(_, m)| *m);
+                    (kind, n.saturating_sub(b))
+                })
+                .collect(),
+        )
+    }
+
+    /// Every request.
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Requests per unit of work over `units` units.
+    pub fn per(&self, units: u64) -> Option<S3PerUnit> {
+        if units == 0 {
+            return None;
+        }
+        let u = units as f64;
+        Some(S3PerUnit {
+            requests: self.total(),
+            units,
+            total: self.total() as f64 / u,
+            by_kind: self
+                .0
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|&(k, n)| (k, n as f64 / u))
+                .collect(),
+        })
+    }
+}
+
+/// Object-store requests per unit of work (lease cycle, queue message)
+/// inside a run's measurement window.
+#[derive(Debug, Clone, Serialize)]
+pub struct S3PerUnit {
+    /// Requests inside the window, all nodes.
+    pub requests: u64,
+    /// Units of work finished inside the window.
+    pub units: u64,
+    /// Requests per unit.
+    pub total: f64,
+    /// Requests per unit by kind (kinds with none left out).
+    pub by_kind: Vec<(&'static str, f64)>,
+}
+
+impl S3PerUnit {
+    /// `s3 requests per cycle: 3.02 (get 1.00, put_conditional 2.02) over 1,234 cycles`.
+    pub fn line(&self, unit: &str) -> String {
+        let kinds: Vec<String> = self
+            .by_kind
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.2}"))
+            .collect();
+        format!(
+            "    s3 requests per {unit}: {:.2} ({}) — {} requests over {} {unit}s in the window",
+            self.total,
+            kinds.join(", "),
+            self.requests,
+            self.units
+        )
+    }
+}
+
 /// A fresh per-run prefix name.
 pub fn fresh_prefix(label: &str) -> String {
     format!(
@@ -232,13 +374,20 @@ mod tests {
             s3: root.clone(),
             nodes: vec![1, 2, 1],
             queue_poll_interval: None,
+            ha: vec![],
         };
         assert_eq!(
             plan(StoreChoice::S3, &s3),
             Ok(vec![
                 Backend::Disk,
-                Backend::S3 { nodes: 1 },
-                Backend::S3 { nodes: 2 }
+                Backend::S3 {
+                    nodes: 1,
+                    ha: S3Ha::Concurrent
+                },
+                Backend::S3 {
+                    nodes: 2,
+                    ha: S3Ha::Concurrent
+                }
             ])
         );
         let none = S3Args {
@@ -256,7 +405,42 @@ mod tests {
             ..Default::default()
         };
         assert!(plan(StoreChoice::Mem, &two).is_err());
-        assert_eq!(Backend::S3 { nodes: 2 }.label(), "s3x2");
+        assert_eq!(
+            Backend::S3 {
+                nodes: 2,
+                ha: S3Ha::Concurrent
+            }
+            .label(),
+            "s3x2"
+        );
         assert_eq!(Backend::Disk.nodes(), 1);
+        let both = S3Args {
+            s3: root,
+            nodes: vec![2],
+            ha: vec![S3Ha::Failover, S3Ha::Concurrent, S3Ha::Failover],
+            ..Default::default()
+        };
+        assert_eq!(
+            plan(StoreChoice::S3, &both),
+            Ok(vec![
+                Backend::Disk,
+                Backend::S3 {
+                    nodes: 2,
+                    ha: S3Ha::Failover
+                },
+                Backend::S3 {
+                    nodes: 2,
+                    ha: S3Ha::Concurrent
+                }
+            ])
+        );
+        assert_eq!(
+            Backend::S3 {
+                nodes: 2,
+                ha: S3Ha::Failover
+            }
+            .label(),
+            "s3x2-failover"
+        );
     }
 }

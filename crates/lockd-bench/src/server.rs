@@ -6,8 +6,10 @@
 //!   address, store URL, `ha`, `queue_poll_interval`, `qrf`,
 //!   `lsf_sample_interval`, `tls`), [`lockd_server::start`] and
 //!   [`lockd_server::RunningServer`] (`base_url`, `shutdown`);
-//! * `lockd_server::HaMode::Concurrent` for several nodes on one
-//!   object store;
+//! * `lockd_server::HaMode::{Concurrent, Failover}` for several nodes on
+//!   one object store, `RunningServer::ha()` (which node is active) and
+//!   `RunningServer::s3_requests()` (the object-store requests a node
+//!   made);
 //! * for the overload monitor ([`QrfProbe`]): the running server's QRF
 //!   state and its in-flight queue operations
 //!   (`RunningServer::control()`);
@@ -23,7 +25,7 @@ use lockd_server::{RunningServer, ServerConfig};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::s3::{self, Backend, S3Args};
+use crate::s3::{self, Backend, S3Args, S3Counts, S3Ha};
 
 /// Running in-process lockd servers (one, or several nodes sharing an
 /// object store) and what they own.
@@ -115,14 +117,19 @@ impl InProcess {
             store: store_url.clone(),
             ..Default::default()
         };
-        if let Backend::S3 { .. } = backend {
-            cfg.ha = lockd_server::HaMode::Concurrent;
+        if let Backend::S3 { ha, .. } = backend {
+            cfg.ha = match ha {
+                S3Ha::Concurrent => lockd_server::HaMode::Concurrent,
+                S3Ha::Failover => lockd_server::HaMode::Failover,
+            };
             if let Some(every) = s3.queue_poll_interval {
                 cfg.queue_poll_interval = every;
             }
         }
         tweak(&mut cfg);
         let mut servers = Vec::new();
+        // One after the other: in failover mode the first node wins the
+        // election (each decides its role before it starts serving).
         for n in 0..backend.nodes() {
             match lockd_server::start(cfg.clone()).await {
                 Ok(srv) => servers.push(srv),
@@ -154,12 +161,44 @@ impl InProcess {
         self.server.base_url()
     }
 
-    /// Base URLs of all nodes.
+    /// Base URLs of the nodes that serve: all of them, except passive
+    /// nodes in failover mode.
     pub fn bases(&self) -> Vec<String> {
         std::iter::once(&self.server)
             .chain(&self.others)
+            .filter(|s| s.ha().is_active())
             .map(|s| s.base_url())
             .collect()
+    }
+
+    /// The object-store requests all nodes have made so far (`None` unless
+    /// the store is an object store).
+    pub fn s3_requests(&self) -> Option<S3Counts> {
+        let mut sum = S3Counts::default();
+        for srv in std::iter::once(&self.server).chain(&self.others) {
+            sum.add(&srv.s3_requests()?);
+        }
+        Some(sum)
+    }
+
+    /// Runs `work` (a measured run with this warm-up and window) and
+    /// counts the object-store requests all nodes make between the end of
+    /// the warm-up and the end of the window (`None` unless on an object
+    /// store).
+    pub async fn counting_s3<T>(
+        &self,
+        warmup: Duration,
+        window: Duration,
+        work: impl std::future::Future<Output = T>,
+    ) -> (T, Option<S3Counts>) {
+        let count = async {
+            tokio::time::sleep(warmup).await;
+            let before = self.s3_requests();
+            tokio::time::sleep(window).await;
+            let after = self.s3_requests();
+            after.zip(before).map(|(a, b)| a.since(&b))
+        };
+        tokio::join!(work, count)
     }
 
     /// Live QRF readings of the first node.

@@ -8,8 +8,18 @@
 //!   `/healthz` and `/readyz`) so clients move on to the next endpoint, and
 //!   take over once the active node's lease lapses.
 //! - `single`: no coordination; the node assumes it owns the store.
+//!
+//! In failover mode the active node is the store's only writer, so its
+//! cached records are authoritative while it holds the lease: a mutation
+//! costs one conditional write and no read. Each time the node takes the
+//! lease after someone else may have written (first election, or a lease
+//! object that is no longer the version it wrote last), [`Ha::term`] moves
+//! on and everything cached before is reloaded on first use. Every write
+//! stays conditional on the cached etag, so a node that still believes it
+//! is active while another one took over cannot overwrite that node's
+//! changes: its write fails and the record is read again.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +88,10 @@ pub struct Ha {
     /// `retry_after_seconds` hint of passive answers.
     holder_until_ms: AtomicI64,
     clock: Clock,
+    /// The active term: bumped each time this node takes the lease after
+    /// another node may have written the store. Caches loaded in an
+    /// earlier term are stale.
+    term: Arc<AtomicU64>,
 }
 
 impl Ha {
@@ -88,7 +102,14 @@ impl Ha {
             active: AtomicBool::new(true),
             holder_until_ms: AtomicI64::new(0),
             clock: Clock::system(),
+            term: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The active term (see the module docs), shared with the engine,
+    /// which reloads records cached in an earlier term.
+    pub fn term(&self) -> Arc<AtomicU64> {
+        self.term.clone()
     }
 
     /// Whether this node serves requests now.
@@ -146,6 +167,7 @@ impl Election {
             active: AtomicBool::new(false),
             holder_until_ms: AtomicI64::new(0),
             clock,
+            term: Arc::new(AtomicU64::new(0)),
         });
         (
             Self {
@@ -175,6 +197,10 @@ impl Election {
                 return;
             }
         };
+        // Nobody else held the lease since our last write only if the
+        // object is still the version we wrote.
+        let continuing = matches!((&current, &self.etag), (Some((_, now_etag)), Some(ours)) if now_etag == ours)
+            && self.ha.is_active();
         let cond = match &current {
             None => Cond::IfAbsent,
             Some((raw, etag)) => {
@@ -210,6 +236,12 @@ impl Election {
             .await
         {
             Ok(etags) => {
+                if !continuing {
+                    // A new term: what this node cached before may have
+                    // been changed by the previous holder. Bumped before
+                    // the node serves again.
+                    self.ha.term.fetch_add(1, Ordering::AcqRel);
+                }
                 self.etag = etags.into_iter().next();
                 self.ours_until_ms = now.saturating_add(ttl_ms);
                 self.ha

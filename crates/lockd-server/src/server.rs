@@ -47,6 +47,7 @@ pub struct RunningServer {
     ha: Arc<Ha>,
     metrics_addr: Option<SocketAddr>,
     metrics_task: Option<JoinHandle<()>>,
+    s3_requests: Option<Arc<crate::obs::metrics::S3Requests>>,
 }
 
 impl RunningServer {
@@ -68,6 +69,21 @@ impl RunningServer {
     /// The engine behind the server (for embedding and tests).
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    /// HTTP requests this node has sent to its object store so far, by
+    /// kind (the `kind` labels of `lockd_s3_requests_total`: `get`, `head`,
+    /// `list`, `put`, `put_conditional`, `delete`, `delete_conditional`,
+    /// `post`); `None` unless the store is `s3://` or `aws://`.
+    pub fn s3_requests(&self) -> Option<Vec<(&'static str, u64)>> {
+        let counts = self.s3_requests.as_ref()?.snapshot();
+        Some(
+            crate::obs::metrics::S3_REQUEST_KINDS
+                .iter()
+                .copied()
+                .zip(counts)
+                .collect(),
+        )
     }
 
     /// Where `GET /metrics` is served (`--metrics-listen`), if it is.
@@ -382,6 +398,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
         ha: parts.ha,
         metrics_addr,
         metrics_task,
+        s3_requests: parts.s3_requests,
     })
 }
 
@@ -406,6 +423,8 @@ struct Parts {
     /// This node's election, when there are other nodes to elect against.
     election: Option<Election>,
     app: axum::Router,
+    /// The object store's request counts (`s3://`, `aws://`).
+    s3_requests: Option<Arc<crate::obs::metrics::S3Requests>>,
 }
 
 impl Parts {
@@ -437,11 +456,26 @@ impl Parts {
             None => None,
         };
         let url: storage::StoreUrl = cfg.store.parse().map_err(storage::StoreOpenError::from)?;
-        let (store, metrics) = open_store(cfg, &url).await?;
+        let (store, metrics, s3_requests) = open_store(cfg, &url).await?;
         let ha_mode = ha_mode(cfg, &url);
-        // Other writers may touch the same objects: read fresh, retry lost
-        // compare-and-swaps (failover too, for the moment two nodes overlap).
+        // Other writers may touch the same objects: retry lost
+        // compare-and-swaps (failover too, for the moment two nodes
+        // overlap).
         let shared = url.is_shared() && ha_mode != HaMode::Single;
+        let election = match ha_mode {
+            // A local store is owned by one process (disk:// is locked, mem://
+            // is private): there is nobody to elect against.
+            HaMode::Failover | HaMode::Auto if url.is_shared() => Some(Election::new(
+                store.clone(),
+                cfg.ha_lease_ttl,
+                cfg.clock.clone(),
+            )),
+            _ => None,
+        };
+        // Concurrent nodes read every record afresh; in failover mode the
+        // active node is the only writer and trusts its cache within its
+        // term.
+        let cache_term = election.as_ref().map(|(_, ha)| ha.term());
         let engine = Engine::new(
             store.clone(),
             EngineConfig {
@@ -449,6 +483,7 @@ impl Parts {
                 max_ttl: cfg.max_ttl,
                 acquire_block: cfg.acquire_block,
                 shared,
+                cache_term,
                 poll_interval: cfg.queue_poll_interval,
                 poll_jitter: cfg.queue_poll_jitter,
                 clock: cfg.clock.clone(),
@@ -461,17 +496,13 @@ impl Parts {
                 },
             },
         );
-        let (ha, election) = match ha_mode {
-            // A local store is owned by one process (disk:// is locked, mem://
-            // is private): there is nobody to elect against.
-            HaMode::Failover | HaMode::Auto if url.is_shared() => {
-                let (mut election, ha) =
-                    Election::new(store.clone(), cfg.ha_lease_ttl, cfg.clock.clone());
+        let (ha, election) = match election {
+            Some((mut election, ha)) => {
                 // Decide the role before serving the first request.
                 election.round().await;
                 (ha, Some(election))
             }
-            _ => (Ha::always_active(), None),
+            None => (Ha::always_active(), None),
         };
         tracing::info!(mode = %ha_mode, shared, active = ha.is_active(), "ha");
         let default_namespace =
@@ -514,6 +545,7 @@ impl Parts {
             ha,
             election,
             app,
+            s3_requests,
         })
     }
 }
@@ -523,15 +555,34 @@ impl Parts {
 async fn open_store(
     cfg: &ServerConfig,
     url: &storage::StoreUrl,
-) -> Result<(Arc<dyn storage::Store>, Option<Metrics>), StartError> {
-    let store = storage::open_url(
-        url,
-        &storage::OpenOptions {
-            recover_truncate_wal: cfg.disk_recover_truncate_wal,
-            fencing_token_of: Some(crate::core::fencing_token_of),
-            disk_cache_bytes: cfg.disk_cache_bytes,
-        },
-    )?;
+) -> Result<
+    (
+        Arc<dyn storage::Store>,
+        Option<Metrics>,
+        Option<Arc<crate::obs::metrics::S3Requests>>,
+    ),
+    StartError,
+> {
+    // An object store counts its HTTP requests (`lockd_s3_requests_total`,
+    // `RunningServer::s3_requests`): keep its counters.
+    let (store, s3_requests): (Arc<dyn storage::Store>, _) = match url {
+        storage::StoreUrl::S3(s3) => {
+            let s3 = storage::S3Store::open_url(s3)?;
+            let requests = s3.requests();
+            (Arc::new(s3), Some(requests))
+        }
+        _ => (
+            storage::open_url(
+                url,
+                &storage::OpenOptions {
+                    recover_truncate_wal: cfg.disk_recover_truncate_wal,
+                    fencing_token_of: Some(crate::core::fencing_token_of),
+                    disk_cache_bytes: cfg.disk_cache_bytes,
+                },
+            )?,
+            None,
+        ),
+    };
     if url.is_shared() {
         // Refuse to run on a store that would silently break the
         // guarantees (e.g. one that ignores conditional writes).
@@ -546,17 +597,20 @@ async fn open_store(
     // With metrics on, every storage operation is timed by a decorator
     // (backends stay untouched; without metrics there is no wrapper).
     if cfg.metrics_listen.is_none() {
-        return Ok((store, None));
+        return Ok((store, None, s3_requests));
     }
     let metrics = Metrics {
         http: Arc::new(crate::obs::metrics::HttpMetrics::new()),
         store: Arc::new(crate::obs::metrics::StoreMetrics::new()),
     };
+    if let Some(r) = &s3_requests {
+        metrics.store.set_s3_requests(r.clone());
+    }
     let store = Arc::new(crate::obs::store::MeteredStore::new(
         store,
         metrics.store.clone(),
     ));
-    Ok((store, Some(metrics)))
+    Ok((store, Some(metrics), s3_requests))
 }
 
 /// The HA mode in effect: `--ha concurrent` falls back to failover on a

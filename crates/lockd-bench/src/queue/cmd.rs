@@ -82,6 +82,9 @@ struct QueueRun {
     errors: Errors,
     messages_per_response: Option<f64>,
     backlog: Backlog,
+    /// Object-store requests per acked message inside the window
+    /// (`--store s3`).
+    s3_requests_per_message: Option<crate::s3::S3PerUnit>,
     /// Everything measured: counts, rates and latencies.
     #[serde(flatten)]
     result: QueueResult,
@@ -127,6 +130,7 @@ impl QueueRun {
                 max: r.backlog_max,
                 cap: backlog_cap,
             },
+            s3_requests_per_message: None,
             result: r,
         }
     }
@@ -169,6 +173,9 @@ impl QueueRun {
         }
         ops.push(format!("ack {}", p50_p99(r.ack)));
         report.line(&format!("    per request: {}", ops.join(" | ")));
+        if let Some(per) = &self.s3_requests_per_message {
+            report.line(&per.line("message"));
+        }
         let mut misc = vec![
             format!("enqueued {}/s", group(r.enqueue_rate)),
             format!(
@@ -474,9 +481,17 @@ pub async fn cmd(args: QueueArgs, threads: usize) -> Result<(), String> {
                 // A fresh server (and directory or prefix) per run: no leftovers.
                 let srv = InProcess::start(backend, &args.s3).await?;
                 let q = queue_for(mode)?;
-                let result = run_target(&args, &srv.label, mode, &srv.bases(), &q, &run_id).await;
+                let (result, s3) = srv
+                    .counting_s3(
+                        args.warmup,
+                        args.duration,
+                        run_target(&args, &srv.label, mode, &srv.bases(), &q, &run_id),
+                    )
+                    .await;
                 let (label, store_url) = (srv.label.clone(), srv.store_url.clone());
                 srv.stop().await;
+                let result = result?;
+                let per = s3.and_then(|c| c.per(result.acked));
                 runs.push(QueueRun::new(
                     label,
                     backend.nodes(),
@@ -485,8 +500,11 @@ pub async fn cmd(args: QueueArgs, threads: usize) -> Result<(), String> {
                     q,
                     args.page_size(mode),
                     args.backlog,
-                    result?,
+                    result,
                 ));
+                if let Some(run) = runs.last_mut() {
+                    run.s3_requests_per_message = per;
+                }
             }
         }
     }

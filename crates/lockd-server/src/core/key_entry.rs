@@ -21,6 +21,9 @@ pub struct KeyState {
     loaded: bool,
     /// A write was started; a reload must wait for it to land first.
     written: bool,
+    /// The HA term the record was loaded in (failover mode; 0 otherwise):
+    /// a record of another term is reloaded.
+    term: u32,
     /// The record, `None` if the key was never acquired.
     pub rec: Option<MetaRecord>,
     /// Store etag of the record, for conditional writes.
@@ -40,16 +43,32 @@ pub struct KeyEntry {
 }
 
 impl KeyEntry {
-    /// Locks the entry, loading the record from the store on first use, or
-    /// on every use when `fresh` (other nodes write the same store).
+    /// Locks the entry, loading the record from the store on first use, on
+    /// every use when `fresh` (other nodes write the same store), or when
+    /// it was loaded in another HA `term` than this one.
     pub async fn lock(
         &self,
         store: &dyn Store,
         id: &str,
         fresh: bool,
+        term: u32,
     ) -> CoreResult<MutexGuard<'_, KeyState>> {
+        Ok(self.lock_cached(store, id, fresh, term).await?.0)
+    }
+
+    /// [`KeyEntry::lock`], also telling whether the record was served
+    /// from the cache (`true`) rather than read from the store by this
+    /// call.
+    pub async fn lock_cached(
+        &self,
+        store: &dyn Store,
+        id: &str,
+        fresh: bool,
+        term: u32,
+    ) -> CoreResult<(MutexGuard<'_, KeyState>, bool)> {
         let mut st = self.state.lock().await;
-        if !st.loaded || fresh {
+        let cached = st.loaded && !fresh && st.term == term;
+        if !cached {
             if st.written {
                 store.barrier().await?;
                 st.written = false;
@@ -72,8 +91,9 @@ impl KeyEntry {
                 }
             }
             st.loaded = true;
+            st.term = term;
         }
-        Ok(st)
+        Ok((st, cached))
     }
 
     /// Whether the waiter `me` may take the key now: the queue is empty or

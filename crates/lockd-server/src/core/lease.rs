@@ -124,8 +124,29 @@ impl Engine {
             id: None,
         };
         let mut first = true;
+        // Concurrent nodes start from the cached record: a grant is a
+        // conditional write, so a stale "free" loses its CAS and is read
+        // again; a "held" (or "exists") is confirmed by a fresh read before
+        // this acquire waits or fails on it.
+        let mut verify = false;
         loop {
-            let mut st = self.lock_key(&entry, &id).await?;
+            let mut st = if verify {
+                self.lock_key(&entry, &id).await?
+            } else {
+                let (st, maybe_stale) = self.lock_key_optimistic(&entry, &id).await?;
+                let now = self.cfg.clock.now_ms();
+                let refuses = st.rec.as_ref().is_some_and(|r| {
+                    (first && input.if_not_exists)
+                        || r.lease.as_ref().is_some_and(|l| !l.expired(now))
+                });
+                if maybe_stale && refuses {
+                    drop(st);
+                    verify = true;
+                    continue;
+                }
+                st
+            };
+            verify = false;
             if first && input.if_not_exists && st.rec.is_some() {
                 return Err(CoreError::new(
                     ErrorCode::AlreadyExists,
@@ -349,7 +370,22 @@ impl Engine {
         token: i64,
         txn: Option<&str>,
     ) -> CoreResult<tokio::sync::MutexGuard<'s, KeyState>> {
-        let mut st = self.lock_key(entry, id).await?;
+        // Concurrent nodes trust a cached record that shows the caller's
+        // live lease (the write that follows is conditional on its etag);
+        // anything else is decided on a fresh read.
+        let (mut st, maybe_stale) = self.lock_key_optimistic(entry, id).await?;
+        if maybe_stale
+            && !holds(
+                st.rec.as_ref(),
+                lease_id,
+                token,
+                txn,
+                self.cfg.clock.now_ms(),
+            )
+        {
+            drop(st);
+            st = self.lock_key(entry, id).await?;
+        }
         if let Err(e) = self.check_lease(id, &mut st, lease_id, token, txn).await {
             drop(st);
             entry.wake_head();
@@ -409,8 +445,22 @@ impl Engine {
     async fn release_once(&self, input: &ReleaseInput) -> CoreResult<()> {
         let id = super::record::key_id(&input.namespace, &input.key);
         let entry = self.key_entry(&id);
-        let mut st = self.lock_key(&entry, &id).await?;
+        // As in `lock_leased`: a cached record is trusted only when it shows
+        // the caller's live lease (a release is then a conditional write).
+        let (mut st, maybe_stale) = self.lock_key_optimistic(&entry, &id).await?;
         let now = self.cfg.clock.now_ms();
+        if maybe_stale
+            && !holds(
+                st.rec.as_ref(),
+                &input.lease_id,
+                input.fencing_token,
+                Some(&input.txn_id),
+                now,
+            )
+        {
+            drop(st);
+            st = self.lock_key(&entry, &id).await?;
+        }
         if self.clear_if_expired(&id, &mut st, now).await? {
             drop(st);
             entry.wake_head();
@@ -486,6 +536,24 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Whether `rec` shows the live lease `lease_id` with fencing token `token`
+/// (and transaction `txn`, when given) at `now`: what [`Engine::check_lease`]
+/// accepts, decided without side effects.
+fn holds(
+    rec: Option<&MetaRecord>,
+    lease_id: &str,
+    token: i64,
+    txn: Option<&str>,
+    now: i64,
+) -> bool {
+    rec.and_then(|r| r.lease.as_ref()).is_some_and(|l| {
+        l.id == lease_id
+            && !l.expired(now)
+            && l.fencing_token == token
+            && txn.is_none_or(|t| t == l.txn_id)
+    })
 }
 
 /// Applies staged changes to the committed fields (§4.5, and

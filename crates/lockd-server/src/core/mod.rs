@@ -47,6 +47,13 @@ pub struct EngineConfig {
     /// every operation reads the record afresh, and a lost compare-and-swap
     /// is retried from a fresh read.
     pub shared: bool,
+    /// With `shared`, in `--ha failover` mode: this node's active term
+    /// ([`crate::ha::Ha::term`]). Records cached in the current term are
+    /// authoritative (this node is the only writer while it holds the HA
+    /// lease), so they are not read again on each use; a record cached in
+    /// an earlier term is reloaded. `None`: trust the cache only when not
+    /// `shared`.
+    pub cache_term: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// How often a waiting acquire or dequeue looks at the store for
     /// changes made by other nodes (shared stores only).
     pub poll_interval: Duration,
@@ -69,6 +76,7 @@ impl Default for EngineConfig {
             max_ttl: Duration::from_secs(30 * 60),
             acquire_block: Duration::from_secs(60),
             shared: false,
+            cache_term: None,
             poll_interval: Duration::from_secs(3),
             poll_jitter: Duration::from_millis(500),
             clock: Clock::system(),
@@ -196,7 +204,47 @@ impl Engine {
         entry: &'s KeyEntry,
         id: &str,
     ) -> CoreResult<tokio::sync::MutexGuard<'s, key_entry::KeyState>> {
-        entry.lock(self.store.as_ref(), id, self.cfg.shared).await
+        let (fresh, term) = match self.cache_term() {
+            // Authoritative while the term lasts (the term is kept as u32 in
+            // the entry: only equality matters).
+            Some(t) => (false, t as u32),
+            None => (self.cfg.shared, 0),
+        };
+        entry.lock(self.store.as_ref(), id, fresh, term).await
+    }
+
+    /// Locks a key's entry for a mutation that may start from the cached
+    /// record even when other nodes write the store concurrently: every
+    /// write is conditional on the cached etag, so a decision to write
+    /// that rests on a stale record loses its compare-and-swap and is
+    /// retried from a fresh read. Returns whether the record came from a
+    /// cache that may be stale (`--ha concurrent` only): a caller about to
+    /// answer without writing (a refusal) must lock again with
+    /// [`Engine::lock_key`] and decide on a fresh record.
+    async fn lock_key_optimistic<'s>(
+        &self,
+        entry: &'s KeyEntry,
+        id: &str,
+    ) -> CoreResult<(tokio::sync::MutexGuard<'s, key_entry::KeyState>, bool)> {
+        if !self.fresh_reads() {
+            return Ok((self.lock_key(entry, id).await?, false));
+        }
+        entry.lock_cached(self.store.as_ref(), id, false, 0).await
+    }
+
+    /// This node's active term when its cache is authoritative within a
+    /// term (`--ha failover` on a shared store), else `None`.
+    pub(crate) fn cache_term(&self) -> Option<u64> {
+        self.cfg
+            .cache_term
+            .as_ref()
+            .map(|t| t.load(Ordering::Acquire))
+    }
+
+    /// Whether records must be read afresh on every use (a store shared
+    /// with nodes writing at the same time: `--ha concurrent`).
+    pub(crate) fn fresh_reads(&self) -> bool {
+        self.cfg.shared && self.cfg.cache_term.is_none()
     }
 
     /// The clock every deadline is read from.

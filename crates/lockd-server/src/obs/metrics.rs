@@ -364,6 +364,8 @@ pub struct StoreMetrics {
     /// Group commits of the store (`disk://`), reported by the store
     /// through the metrics wrapper.
     commits: DiskCommits,
+    /// Requests of an object store, set once when the store is one.
+    s3: std::sync::OnceLock<std::sync::Arc<S3Requests>>,
 }
 
 impl Default for StoreMetrics {
@@ -379,7 +381,14 @@ impl StoreMetrics {
             latency: [const { Histogram::new() }; STORE_OPS.len()],
             errors: [const { [const { AtomicU64::new(0) }; FAILURES.len()] }; STORE_OPS.len()],
             commits: DiskCommits::new(),
+            s3: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Exports `requests` (an object store's request counts) with the
+    /// storage metrics; the first call wins.
+    pub fn set_s3_requests(&self, requests: std::sync::Arc<S3Requests>) {
+        let _ = self.s3.set(requests);
     }
 
     /// The store's group commits (`disk://` only).
@@ -397,9 +406,13 @@ impl StoreMetrics {
         }
     }
 
-    /// Writes `lockd_storage_operation_duration_seconds` and
-    /// `lockd_storage_errors_total`.
+    /// Writes `lockd_storage_operation_duration_seconds`,
+    /// `lockd_storage_errors_total` and, on object stores,
+    /// `lockd_s3_requests_total`.
     pub fn write(&self, e: &mut Exposition) {
+        if let Some(s3) = self.s3.get() {
+            s3.write(e);
+        }
         e.family(
             "lockd_storage_operation_duration_seconds",
             "histogram",
@@ -430,6 +443,72 @@ impl StoreMetrics {
                     );
                 }
             }
+        }
+    }
+}
+
+/// Kinds of HTTP request an object store (`s3://`, `aws://`) is sent,
+/// the `kind` label of `lockd_s3_requests_total`.
+pub const S3_REQUEST_KINDS: [&str; 8] = [
+    "get",
+    "head",
+    "list",
+    "put",
+    "put_conditional",
+    "delete",
+    "delete_conditional",
+    "post",
+];
+
+/// HTTP requests sent to an object store by kind, retries included (each
+/// attempt is one request). Counted by the `s3://` backend itself, always
+/// (a relaxed addition per request); exported with `--metrics-listen`.
+#[derive(Debug)]
+pub struct S3Requests {
+    counts: [AtomicU64; S3_REQUEST_KINDS.len()],
+}
+
+impl Default for S3Requests {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl S3Requests {
+    /// All zero.
+    pub const fn new() -> Self {
+        Self {
+            counts: [const { AtomicU64::new(0) }; S3_REQUEST_KINDS.len()],
+        }
+    }
+
+    /// Counts one request of kind `kind` (an index into
+    /// [`S3_REQUEST_KINDS`]; others are ignored).
+    #[inline]
+    pub fn record(&self, kind: usize) {
+        if let Some(c) = self.counts.get(kind) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The counts so far, in the order of [`S3_REQUEST_KINDS`].
+    pub fn snapshot(&self) -> [u64; S3_REQUEST_KINDS.len()] {
+        std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed))
+    }
+
+    /// Writes `lockd_s3_requests_total`.
+    pub fn write(&self, e: &mut Exposition) {
+        e.family(
+            "lockd_s3_requests_total",
+            "counter",
+            "HTTP requests sent to the object store by kind (retries count; put_conditional and delete_conditional carry If-Match or If-None-Match; delete includes DeleteObjects; post is multipart uploads).",
+        );
+        for (i, kind) in S3_REQUEST_KINDS.iter().enumerate() {
+            e.sample(
+                "lockd_s3_requests_total",
+                &[("kind", kind)],
+                self.counts[i].load(Ordering::Relaxed) as f64,
+            );
         }
     }
 }

@@ -39,7 +39,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AwsAuthorizer};
-use object_store::client::{HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector};
+use object_store::client::{
+    HttpClient, HttpConnector, HttpError, HttpRequest, HttpRequestBody, HttpResponse, HttpService,
+    ReqwestConnector,
+};
 use object_store::path::Path;
 use object_store::{
     BackoffConfig, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
@@ -50,6 +53,7 @@ use super::payload::{self, Split};
 use super::{
     ByteStream, Cond, ETag, Op, S3Scheme, S3Url, Store, StoreError, StoreOpenError, StoreResult,
 };
+use crate::obs::metrics::S3Requests;
 
 /// Blobs up to this size are sent in one PUT; larger ones as a multipart
 /// upload (S3 parts must be at least 5 MiB, except the last).
@@ -159,6 +163,8 @@ pub struct S3Store {
     region: String,
     http: HttpClient,
     describe: String,
+    /// Every HTTP request sent to the store, by kind.
+    requests: std::sync::Arc<S3Requests>,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -208,6 +214,8 @@ impl S3Store {
                 .with_connect_timeout(Duration::from_secs(5))
                 .with_allow_http(t.insecure)
         };
+        let requests = std::sync::Arc::new(S3Requests::new());
+        let connector = CountingConnector(requests.clone());
         let (mut builder, region, endpoint) = match t.scheme {
             S3Scheme::S3 => {
                 let region = t.region.clone().unwrap_or_else(|| "us-east-1".into());
@@ -250,6 +258,7 @@ impl S3Store {
                 .with_bucket_name(&t.bucket)
                 .with_region(&region)
                 .with_retry(retry_config())
+                .with_http_connector(connector.clone())
                 .build()
                 .map_err(|source| StoreOpenError::Client {
                     url: url.clone(),
@@ -258,7 +267,7 @@ impl S3Store {
         };
         let s3 = build(OBJECT_TIMEOUT)?;
         let blob_s3 = build(BLOB_TIMEOUT)?;
-        let http = ReqwestConnector::default()
+        let http = connector
             .connect(&options(OBJECT_TIMEOUT))
             .map_err(|source| StoreOpenError::Client {
                 url: url.clone(),
@@ -294,7 +303,14 @@ impl S3Store {
             region,
             http,
             describe,
+            requests,
         })
+    }
+
+    /// The counts of HTTP requests this store has sent, by kind
+    /// (`lockd_s3_requests_total`).
+    pub(crate) fn requests(&self) -> std::sync::Arc<S3Requests> {
+        self.requests.clone()
     }
 
     fn object_path(&self, key: &str) -> StoreResult<Path> {
@@ -432,6 +448,58 @@ impl S3Store {
         }
         writer.finish().await.map_err(backend)?;
         Ok(len)
+    }
+}
+
+/// Builds object_store's reqwest clients, wrapped so that every request
+/// they send (retries included) is counted by kind.
+#[derive(Debug, Clone)]
+struct CountingConnector(std::sync::Arc<S3Requests>);
+
+impl HttpConnector for CountingConnector {
+    fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
+        let inner = ReqwestConnector::default().connect(options)?;
+        Ok(HttpClient::new(CountingService {
+            inner,
+            requests: self.0.clone(),
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct CountingService {
+    inner: HttpClient,
+    requests: std::sync::Arc<S3Requests>,
+}
+
+#[async_trait::async_trait]
+impl HttpService for CountingService {
+    async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+        self.requests.record(request_kind(&req));
+        self.inner.execute(req).await
+    }
+}
+
+/// The index in [`crate::obs::metrics::S3_REQUEST_KINDS`] of a request.
+fn request_kind<B>(req: &http::Request<B>) -> usize {
+    let conditional = req.headers().contains_key(http::header::IF_MATCH)
+        || req.headers().contains_key(http::header::IF_NONE_MATCH);
+    let query = |name: &str| {
+        req.uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p.split('=').next() == Some(name)))
+    };
+    match *req.method() {
+        http::Method::GET if query("list-type") => 2,
+        http::Method::GET => 0,
+        http::Method::HEAD => 1,
+        http::Method::PUT if conditional => 4,
+        http::Method::PUT => 3,
+        http::Method::DELETE if conditional => 6,
+        http::Method::DELETE => 5,
+        // object_store deletes through DeleteObjects (`POST ?delete`).
+        http::Method::POST if query("delete") => 5,
+        _ => 7,
     }
 }
 
@@ -691,6 +759,37 @@ pub(crate) fn test_store(test: &str) -> Option<S3Store> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_counted_by_kind() {
+        use crate::obs::metrics::S3_REQUEST_KINDS;
+        let kind = |method: &str, uri: &str, header: Option<&str>| {
+            let mut b = http::Request::builder().method(method).uri(uri);
+            if let Some(h) = header {
+                b = b.header(h, "\"x\"");
+            }
+            S3_REQUEST_KINDS[request_kind(&b.body(()).unwrap())]
+        };
+        assert_eq!(kind("GET", "http://h/b/obj/k", None), "get");
+        assert_eq!(kind("GET", "http://h/b?list-type=2&prefix=p", None), "list");
+        assert_eq!(kind("HEAD", "http://h/b/obj/k", None), "head");
+        assert_eq!(kind("PUT", "http://h/b/obj/k", None), "put");
+        assert_eq!(
+            kind("PUT", "http://h/b/obj/k", Some("if-match")),
+            "put_conditional"
+        );
+        assert_eq!(
+            kind("PUT", "http://h/b/obj/k", Some("if-none-match")),
+            "put_conditional"
+        );
+        assert_eq!(kind("DELETE", "http://h/b/obj/k", None), "delete");
+        assert_eq!(
+            kind("DELETE", "http://h/b/obj/k", Some("if-match")),
+            "delete_conditional"
+        );
+        assert_eq!(kind("POST", "http://h/b?delete", None), "delete");
+        assert_eq!(kind("POST", "http://h/b/blob/k?uploads", None), "post");
+    }
 
     #[test]
     fn keys_round_trip_through_paths() {

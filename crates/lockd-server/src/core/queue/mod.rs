@@ -174,6 +174,9 @@ pub struct Queues {
     drain: std::sync::OnceLock<DrainWatch>,
     store: Arc<dyn Store>,
     shards: DashMap<String, Arc<QueueShard>>,
+    /// The HA term the shards were loaded in (failover mode): when the
+    /// node's term moves on they are dropped and reloaded from the store.
+    term: std::sync::atomic::AtomicU64,
     cfg: QueueConfig,
     consumers: AtomicUsize,
 }
@@ -197,6 +200,7 @@ impl Queues {
             engine,
             drain: std::sync::OnceLock::new(),
             shards: DashMap::new(),
+            term: std::sync::atomic::AtomicU64::new(0),
             cfg,
             consumers: AtomicUsize::new(0),
         });

@@ -37,7 +37,9 @@ impl Queues {
     }
 
     /// Reloads a cached record whose last write was abandoned mid-way.
-    /// On shared stores every use reads the record afresh.
+    /// On stores shared with concurrently writing nodes every use reads the
+    /// record afresh (in failover mode the active node's cache is
+    /// authoritative: the queue's shards are dropped when its term changes).
     pub(super) async fn refresh(
         &self,
         cached: &mut CachedMessage,
@@ -45,7 +47,7 @@ impl Queues {
         queue: &str,
         id: &str,
     ) -> CoreResult<()> {
-        if !cached.stale && !self.engine.shared() {
+        if !cached.stale && !self.engine.fresh_reads() {
             return Ok(());
         }
         self.store.barrier().await?;

@@ -114,6 +114,13 @@ impl Queues {
     /// The shard of a queue, loaded from storage on first use.
     pub async fn shard(&self, ns: &str, queue: &str) -> CoreResult<Arc<QueueShard>> {
         let id = format!("{ns}/{queue}");
+        if let Some(term) = self.engine.cache_term() {
+            // A new HA term: another node may have changed every queue
+            // since these shards were loaded.
+            if self.term.swap(term, std::sync::atomic::Ordering::AcqRel) != term {
+                self.shards.clear();
+            }
+        }
         let shard = match self.shards.get(&id) {
             Some(s) => s.clone(),
             None => self

@@ -16,12 +16,15 @@ impl Queues {
         sync_shard(self.store.clone(), shard.clone()).await
     }
 
-    /// On shared stores, starts a look for other nodes' messages in the
-    /// background when the last one is older than the poll interval; a
-    /// consumer is woken when it finds something. At most one look per
-    /// queue runs at a time, and none runs on the request's own time.
+    /// On stores shared with concurrently writing nodes, starts a look for
+    /// other nodes' messages in the background when the last one is older
+    /// than the poll interval; a consumer is woken when it finds something.
+    /// At most one look per queue runs at a time, and none runs on the
+    /// request's own time. In failover mode the active node is the only
+    /// one enqueuing, and its shards are reloaded whole when its term
+    /// changes: no look is needed.
     pub(super) fn sync_if_due(&self, shard: &Arc<QueueShard>) {
-        if !self.engine.shared() {
+        if !self.engine.fresh_reads() {
             return;
         }
         let due = {
