@@ -154,6 +154,11 @@ impl InProcess {
         self.server.base_url()
     }
 
+    /// Where the first node serves `/metrics` (with `metrics_listen` set).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.server.metrics_addr()
+    }
+
     /// Base URLs of all nodes.
     pub fn bases(&self) -> Vec<String> {
         std::iter::once(&self.server)

@@ -70,6 +70,13 @@ pub struct ServerConfig {
     /// (`--disk-recover-truncate-wal`). Without it such a store refuses to
     /// start. Fencing tokens stay above anything ever handed out.
     pub disk_recover_truncate_wal: bool,
+    /// `disk://` only, for tests and benchmarks: a simulated fsync latency
+    /// added after every durable write of the store (see
+    /// [`crate::storage::OpenOptions::sync_delay`]). Honoured only when
+    /// lockd-server is built with the `fault-hooks` feature, which the
+    /// `lockd` binary never enables; there is no flag or environment
+    /// variable for it. `None` (the default) adds nothing.
+    pub disk_sync_delay: Option<Duration>,
     /// Namespace used when a request names none.
     pub default_namespace: String,
     /// Default lease TTL.
@@ -171,6 +178,7 @@ impl Default for ServerConfig {
             listen_proto: ListenProto::Tcp,
             store: "mem://".into(),
             disk_recover_truncate_wal: false,
+            disk_sync_delay: None,
             default_namespace: "default".into(),
             default_ttl: engine.default_ttl,
             max_ttl: engine.max_ttl,

@@ -529,6 +529,7 @@ async fn open_store(
         &storage::OpenOptions {
             recover_truncate_wal: cfg.disk_recover_truncate_wal,
             fencing_token_of: Some(crate::core::fencing_token_of),
+            sync_delay: cfg.disk_sync_delay,
         },
     )?;
     if url.is_shared() {

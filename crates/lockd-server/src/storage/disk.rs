@@ -345,8 +345,11 @@ impl DiskStore {
             found
         };
         let wal_path = dir.join("lockd.wal");
-        let (wal, recovered) = Wal::open(&wal_path, WAL_CAPACITY, epoch)
+        #[cfg_attr(not(feature = "fault-hooks"), allow(unused_mut))]
+        let (mut wal, recovered) = Wal::open(&wal_path, WAL_CAPACITY, epoch)
             .map_err(|e| format!("cannot open write-ahead log {}: {e}", wal_path.display()))?;
+        #[cfg(feature = "fault-hooks")]
+        wal.set_sync_delay(opts.sync_delay);
         let (records, changes) = (recovered.records, recovered.changes.len());
         let damaged = recovered
             .damage
@@ -841,6 +844,7 @@ fn checkpoint(
     let next = wal.epoch() + 1;
     match write_checkpoint(&shared.db, &frozen, seq, next, None) {
         Ok(()) => {
+            wal.slow_disk();
             {
                 let mut g = shared.lock();
                 g.flushing = None;
@@ -1095,6 +1099,7 @@ mod tests {
         OpenOptions {
             recover_truncate_wal: true,
             fencing_token_of: Some(crate::core::fencing_token_of),
+            ..OpenOptions::default()
         }
     }
 

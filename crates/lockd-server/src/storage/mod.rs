@@ -51,6 +51,13 @@ pub struct OpenOptions {
     /// raise [`Store::fencing_floor`] above every token ever handed out.
     /// Needed (only) when a damaged log is recovered.
     pub fencing_token_of: Option<FencingTokenOf>,
+    /// Test and benchmark hook: a simulated fsync latency. `disk://` sleeps
+    /// this long after every `fdatasync` of its write-ahead log and after
+    /// every durable checkpoint commit, as a slow disk would take. Honoured
+    /// only when lockd-server is built with the `fault-hooks` feature (off
+    /// by default, never enabled by the `lockd` binary), ignored otherwise;
+    /// no server flag or environment variable sets it.
+    pub sync_delay: Option<std::time::Duration>,
 }
 
 /// Opaque version of a stored object.
