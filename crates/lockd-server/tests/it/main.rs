@@ -38,6 +38,7 @@ mod queue;
 mod queue_stateful;
 mod queue_stress;
 mod s3_store;
+mod slow_disk;
 mod state;
 mod tc_auth;
 mod txn;
