@@ -783,12 +783,12 @@ struct Recent([Option<std::time::Duration>; 2]);
 
 impl Recent {
     /// Notes a synced group commit; returns how long the next group may
-    /// be held back: half the shorter of the last two (so one slow fsync
-    /// does not stretch it).
+    /// be held back: the shorter of the last two (so one slow fsync does
+    /// not stretch it).
     fn synced(&mut self, took: std::time::Duration) -> Option<std::time::Duration> {
         self.0 = [self.0[1], Some(took)];
         match self.0 {
-            [Some(a), Some(b)] => Some(a.min(b) / 2),
+            [Some(a), Some(b)] => Some(a.min(b)),
             _ => None,
         }
     }
@@ -807,9 +807,10 @@ impl Recent {
 ///
 /// The hold ends once as many batches are queued as were in flight when
 /// the last group ended (the group plus what queued meanwhile), or after
-/// half the recent commit duration ([`Recent`]), whichever comes first. A
+/// one recent commit duration ([`Recent`]), whichever comes first. A
 /// fast disk thus holds groups back for microseconds, and callers that do
-/// not come back cost the ones waiting at most half a commit. Nobody is
+/// not come back cost the ones waiting at most one commit (what the
+/// cohort that comes back late pays without the hold). Nobody is
 /// answered any earlier: only when their group's `fdatasync` returned.
 struct Hold {
     /// Batches to wait for.

@@ -832,6 +832,8 @@ mod tests {
             epoch: 4,
             seq: 7,
             scratch: Vec::new(),
+            #[cfg(feature = "fault-hooks")]
+            sync_delay: None,
         };
         fake.append_all(&[&record(&[("x", 1, "fake")], &[], 1)])
             .unwrap();

@@ -103,7 +103,11 @@ async fn slow_fsync_groups_concurrent_writers_and_keeps_every_answered_write() {
         "{commits} group commits for {batches} batches: no group grew"
     );
     // The hook is in effect: no group commit took less than the delay.
-    let fast = sample(&text, "lockd_disk_commit_duration_seconds_bucket", Some("0.001"));
+    let fast = sample(
+        &text,
+        "lockd_disk_commit_duration_seconds_bucket",
+        Some("0.001"),
+    );
     assert_eq!(
         fast, 0.0,
         "{fast} group commits were faster than the simulated 2 ms fsync"
