@@ -161,6 +161,11 @@ impl InProcess {
         self.server.base_url()
     }
 
+    /// Where the first node serves `/metrics` (with `metrics_listen` set).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.server.metrics_addr()
+    }
+
     /// Base URLs of the nodes that serve: all of them, except passive
     /// nodes in failover mode.
     pub fn bases(&self) -> Vec<String> {

@@ -74,6 +74,13 @@ pub struct ServerConfig {
     /// (`--disk-cache-size`; `0` = the default, 64 MiB). Committed keys
     /// nobody uses cost no memory beyond it.
     pub disk_cache_bytes: u64,
+    /// `disk://` only, for tests and benchmarks: a simulated fsync latency
+    /// added after every durable write of the store (see
+    /// [`crate::storage::OpenOptions::sync_delay`]). Honoured only when
+    /// lockd-server is built with the `fault-hooks` feature, which the
+    /// `lockd` binary never enables; there is no flag or environment
+    /// variable for it. `None` (the default) adds nothing.
+    pub disk_sync_delay: Option<Duration>,
     /// Namespace used when a request names none.
     pub default_namespace: String,
     /// Default lease TTL.
@@ -176,6 +183,7 @@ impl Default for ServerConfig {
             store: "mem://".into(),
             disk_recover_truncate_wal: false,
             disk_cache_bytes: crate::storage::DEFAULT_DISK_CACHE_BYTES,
+            disk_sync_delay: None,
             default_namespace: "default".into(),
             default_ttl: engine.default_ttl,
             max_ttl: engine.max_ttl,

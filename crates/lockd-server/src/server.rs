@@ -578,6 +578,7 @@ async fn open_store(
                     recover_truncate_wal: cfg.disk_recover_truncate_wal,
                     fencing_token_of: Some(crate::core::fencing_token_of),
                     disk_cache_bytes: cfg.disk_cache_bytes,
+                    sync_delay: cfg.disk_sync_delay,
                 },
             )?,
             None,

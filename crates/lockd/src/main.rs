@@ -817,6 +817,8 @@ async fn serve(args: Args, config_dir: Option<std::path::PathBuf>) -> ExitCode {
         store,
         disk_recover_truncate_wal: args.disk_recover_truncate_wal,
         disk_cache_bytes: args.disk_cache_size,
+        // A test and benchmark hook only (lockd-server's `fault-hooks`).
+        disk_sync_delay: None,
         default_namespace: args.default_namespace,
         default_ttl: args.default_ttl,
         max_ttl: args.max_ttl,

@@ -2,10 +2,14 @@
 //! `public-read`, `keepalive`, `mixed` and `sdk-queue`, with a live
 //! progress bar, a summary table (ops/s, p50/p95/p99/max, errors by code),
 //! `--json`, `--sweep` (SVG chart) and, for `lease-cycle`, `--vs-etcd`
-//! (the equivalent workload against etcd in alternating windows).
+//! (the equivalent workload against etcd in alternating windows);
+//! `--fsync-delay` runs the in-process `disk://` server with a simulated
+//! fsync latency, and `--vs-no-delay` measures it against the same server
+//! without one in alternating rounds (see `slowdisk.rs`).
 
 #[cfg(feature = "etcd")]
 mod etcd;
+mod slowdisk;
 mod summary;
 mod worker;
 
@@ -23,6 +27,7 @@ use crate::chart;
 use crate::report::{fmt_dur, fmt_ms, group, print_json, ser_secs};
 use crate::s3::Backend;
 use crate::server::InProcess;
+use slowdisk::{CommitCounters, Commits, DelayRatio};
 use summary::{summarize, table, EtcdRatio, Summary};
 use worker::{run_window, Ctx, Measured, System, WindowSpec};
 
@@ -176,6 +181,17 @@ pub struct SdkArgs {
     /// With --vs-etcd: alternating windows per system (the duration is split among them).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: u32,
+    /// In-process `--store disk` only: a simulated fsync latency (2ms,
+    /// 10ms, …) added after every durable write of the store, as on a slow
+    /// disk (lockd-server's `fault-hooks` test hook). Reports the store's
+    /// group commits (batches per commit) too.
+    #[arg(long, value_parser = crate::cli::parse_duration)]
+    pub fsync_delay: Option<Duration>,
+    /// With --fsync-delay: run the workload on a second `disk://` server
+    /// without the delay as well, in --rounds alternating windows, and
+    /// report delayed ÷ undelayed.
+    #[arg(long, requires = "fsync_delay", conflicts_with = "vs_etcd")]
+    pub vs_no_delay: bool,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -189,8 +205,10 @@ pub struct SdkArgs {
 
 // ---------------------------------------------------------------- setup
 
-/// Starts the in-process server (mTLS with `--server-bundle`).
-async fn start_server(args: &SdkArgs) -> Result<InProcess, String> {
+/// Starts the in-process server (mTLS with `--server-bundle`); `delay` is
+/// the simulated fsync latency of a `disk://` server, whose `/metrics`
+/// (on a free local port) then tell its group commits.
+async fn start_server(args: &SdkArgs, delay: Option<Duration>) -> Result<InProcess, String> {
     let backend = match args.store {
         Store::Mem => Backend::Mem,
         Store::Disk => Backend::Disk,
@@ -202,7 +220,46 @@ async fn start_server(args: &SdkArgs) -> Result<InProcess, String> {
         ),
         None => None,
     };
-    InProcess::start_with(backend, |cfg| cfg.tls = tls.clone()).await
+    InProcess::start_with(backend, |cfg| {
+        cfg.tls = tls.clone();
+        if args.fsync_delay.is_some() {
+            cfg.disk_sync_delay = delay;
+            cfg.metrics_listen = Some("127.0.0.1:0".into());
+        }
+    })
+    .await
+}
+
+/// One side of an SDK workload's windows: a server's context and where
+/// its group-commit counters are read.
+#[derive(Clone)]
+struct Side {
+    name: &'static str,
+    ctx: Arc<Ctx>,
+    metrics: Option<std::net::SocketAddr>,
+}
+
+/// One window on `side`, with the group commits it made.
+async fn measure(
+    side: &Side,
+    spec: &WindowSpec,
+) -> Result<(Measured, Option<CommitCounters>), String> {
+    let t0 = std::time::Instant::now();
+    let before = match side.metrics {
+        Some(addr) => Some(CommitCounters::scrape(addr).await?),
+        None => None,
+    };
+    let mut m = Measured::default();
+    run_window(System::Lockd, &side.ctx, spec, &mut m).await;
+    let commits = match (side.metrics, before) {
+        (Some(addr), Some(before)) => Some(
+            CommitCounters::scrape(addr)
+                .await?
+                .since(before, t0.elapsed()),
+        ),
+        _ => None,
+    };
+    Ok((m, commits))
 }
 
 fn build_client(endpoints: &[String], args: &SdkArgs) -> Result<Client, String> {
@@ -261,6 +318,15 @@ struct Point {
     etcd: Option<Summary>,
     /// lockd ÷ etcd.
     ratio: Option<EtcdRatio>,
+    /// `--fsync-delay`: the group commits of the server measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    commits: Option<Commits>,
+    /// `--vs-no-delay`: the same workload without the delay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    no_delay: Option<Summary>,
+    /// `--vs-no-delay`: with the delay ÷ without.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vs_no_delay: Option<DelayRatio>,
 }
 
 /// The JSON summary of an SDK workload.
@@ -278,6 +344,9 @@ struct SdkReport {
     ops: Option<u64>,
     rounds: u32,
     vs_etcd: Option<String>,
+    /// `--fsync-delay`, ms.
+    fsync_delay_ms: Option<f64>,
+    vs_no_delay: bool,
     worker_threads: usize,
     cpus: usize,
     run_id: String,
@@ -299,6 +368,12 @@ pub async fn cmd(wl: Workload, args: SdkArgs, threads: usize) -> Result<(), Stri
     if wl == Workload::Queue && args.concurrency < 2 {
         return Err("sdk-queue needs at least 2 clients (producers + consumers)".into());
     }
+    if args.fsync_delay.is_some() && (args.store != Store::Disk || !args.endpoints.is_empty()) {
+        return Err(
+            "--fsync-delay applies to the in-process disk server only (--store disk, no --endpoints)"
+                .into(),
+        );
+    }
     let json_out = args.json;
     let say = |s: &str| {
         if json_out {
@@ -309,7 +384,13 @@ pub async fn cmd(wl: Workload, args: SdkArgs, threads: usize) -> Result<(), Stri
     };
 
     let server = if args.endpoints.is_empty() {
-        Some(start_server(&args).await?)
+        Some(start_server(&args, args.fsync_delay).await?)
+    } else {
+        None
+    };
+    // --vs-no-delay: the same store without the delay.
+    let base = if args.vs_no_delay {
+        Some(start_server(&args, None).await?)
     } else {
         None
     };
@@ -318,10 +399,18 @@ pub async fn cmd(wl: Workload, args: SdkArgs, threads: usize) -> Result<(), Stri
         None => args.endpoints.clone(),
     };
     let target = match &server {
-        Some(s) => format!("in-process {}", s.store_url),
+        Some(s) => match args.fsync_delay {
+            Some(d) => format!("in-process {} with fsync +{}", s.store_url, fmt_dur(d)),
+            None => format!("in-process {}", s.store_url),
+        },
         None => endpoints.join(","),
     };
+    let base_target = base.as_ref().map(|b| format!("in-process {}", b.store_url));
     let client = build_client(&endpoints, &args)?;
+    let base_client = match &base {
+        Some(b) => Some(build_client(&[b.base_url()], &args)?),
+        None => None,
+    };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let id = run_id();
     let sweep: Vec<u32> = if args.sweep.is_empty() {
@@ -357,6 +446,12 @@ pub async fn cmd(wl: Workload, args: SdkArgs, threads: usize) -> Result<(), Stri
     if wl == Workload::Mixed {
         head += &format!("    read ratio {}\n", args.read_ratio);
     }
+    if let Some(t) = &base_target {
+        head += &format!(
+            "    against {t} without the delay: {} alternating windows per server\n",
+            args.rounds
+        );
+    }
     if let Some(url) = &args.vs_etcd {
         head += &format!(
             "    etcd {url}: grant lease → txn(create_revision == 0: put lock key with lease) → put state → delete lock key → revoke lease; {} alternating windows per system\n",
@@ -372,7 +467,7 @@ pub async fn cmd(wl: Workload, args: SdkArgs, threads: usize) -> Result<(), Stri
             .producers
             .unwrap_or(c / 2)
             .clamp(1, c.saturating_sub(1).max(1));
-        let ctx = Arc::new(Ctx {
+        let make_ctx = |client: &Client| Ctx {
             workload: wl,
             client: client.clone(),
             prefix: format!("bench-{id}-{i}"),
@@ -389,34 +484,107 @@ pub async fn cmd(wl: Workload, args: SdkArgs, threads: usize) -> Result<(), Stri
             queue: format!("bench-{id}-{i}"),
             #[cfg(feature = "etcd")]
             etcd: etcd.clone(),
-        });
+        };
+        let ctx = Arc::new(make_ctx(&client));
+        let lockd_side = Side {
+            name: if args.fsync_delay.is_some() {
+                "delayed"
+            } else {
+                "lockd"
+            },
+            ctx: ctx.clone(),
+            metrics: server.as_ref().and_then(|s| s.metrics_addr()),
+        };
+        let base_side = match (&base, &base_client) {
+            (Some(b), Some(client)) => Some(Side {
+                name: "no-delay",
+                ctx: Arc::new(make_ctx(client)),
+                metrics: b.metrics_addr(),
+            }),
+            _ => None,
+        };
         if matches!(wl, Workload::PublicRead | Workload::Mixed) {
             populate(&ctx, ctx.all_keys(c)).await?;
-        }
-        let with_etcd = args.vs_etcd.is_some();
-        let rounds = if with_etcd { args.rounds } else { 1 };
-        let mut lockd = Measured::default();
-        let mut etcd_m = Measured::default();
-        for r in 0..rounds {
-            let spec = |sys: System| WindowSpec {
-                concurrency: c,
-                warmup: args.warmup,
-                duration: args.duration / rounds,
-                ops: args.ops.map(|n| (n / rounds as u64).max(1)),
-                progress,
-                label: if rounds > 1 {
-                    format!("{} c={c} {}/{rounds}", sys.name(), r + 1)
-                } else {
-                    format!("{} c={c}", sys.name())
-                },
-            };
-            run_window(System::Lockd, &ctx, &spec(System::Lockd), &mut lockd).await;
-            if with_etcd {
-                run_window(System::Etcd, &ctx, &spec(System::Etcd), &mut etcd_m).await;
+            if let Some(b) = &base_side {
+                populate(&b.ctx, b.ctx.all_keys(c)).await?;
             }
         }
+        let with_etcd = args.vs_etcd.is_some();
+        let rounds = if with_etcd || base_side.is_some() {
+            args.rounds
+        } else {
+            1
+        };
+        let spec = |name: &str, r: u32| WindowSpec {
+            concurrency: c,
+            warmup: args.warmup,
+            duration: args.duration / rounds,
+            ops: args.ops.map(|n| (n / rounds as u64).max(1)),
+            progress,
+            label: if rounds > 1 {
+                format!("{name} c={c} {}/{rounds}", r + 1)
+            } else {
+                format!("{name} c={c}")
+            },
+        };
+        let mut lockd = Measured::default();
+        let mut etcd_m = Measured::default();
+        let mut base_m = Measured::default();
+        let mut commits: Option<CommitCounters> = None;
+        let mut base_commits: Option<CommitCounters> = None;
+        let add = |into: &mut Option<CommitCounters>, c: Option<CommitCounters>| {
+            if let Some(c) = c {
+                into.get_or_insert_with(CommitCounters::default).add(c);
+            }
+        };
+        if let Some(b) = &base_side {
+            let out = crate::ab::alternate(rounds, [&lockd_side, b], |side, r, _| {
+                let side = side.clone();
+                let spec = spec(side.name, r);
+                async move { measure(&side, &spec).await }
+            })
+            .await?;
+            for round in out {
+                lockd.merge(round.a.0);
+                add(&mut commits, round.a.1);
+                base_m.merge(round.b.0);
+                add(&mut base_commits, round.b.1);
+            }
+        } else {
+            for r in 0..rounds {
+                let (m, cc) = measure(&lockd_side, &spec(lockd_side.name, r)).await?;
+                lockd.merge(m);
+                add(&mut commits, cc);
+                if with_etcd {
+                    run_window(
+                        System::Etcd,
+                        &ctx,
+                        &spec(System::Etcd.name(), r),
+                        &mut etcd_m,
+                    )
+                    .await;
+                }
+            }
+        }
+        let commits = commits.map(CommitCounters::figures);
+        let base_commits = base_commits.map(CommitCounters::figures);
         let l = summarize("lockd", &target, c, wl, lockd);
         say(&table(&l));
+        let (no_delay, vs_no_delay) = match (&base_target, args.fsync_delay) {
+            (Some(t), Some(delay)) => {
+                let b = summarize("lockd (no delay)", t, c, wl, base_m);
+                say(&table(&b));
+                let r = DelayRatio::of(delay, &l, &b, [commits, base_commits]);
+                say(&r.text(c, &l, &b));
+                (Some(b), Some(r))
+            }
+            _ => {
+                if let Some(cc) = &commits {
+                    say(&cc.line("group commits"));
+                }
+                (None, None)
+            }
+        };
         let e = if let Some(url) = &args.vs_etcd {
             let e = summarize("etcd", url, c, wl, etcd_m);
             say(&table(&e));
@@ -437,10 +605,36 @@ pub async fn cmd(wl: Workload, args: SdkArgs, threads: usize) -> Result<(), Stri
             ratio: e.as_ref().map(|e| EtcdRatio::of(&l, e)),
             lockd: l,
             etcd: e,
+            commits,
+            no_delay,
+            vs_no_delay,
         });
     }
 
-    if sweep.len() > 1 || !args.sweep.is_empty() {
+    if (sweep.len() > 1 || !args.sweep.is_empty()) && args.vs_no_delay {
+        say("sweep (fsync delay ÷ no delay):\n");
+        say(&format!(
+            "    {:>8} {:>14} {:>10} {:>14} {:>10} {:>8} {:>8} {:>8}\n",
+            "clients", "delayed ops/s", "p99", "no-delay ops/s", "p99", "ratio", "group", "group0"
+        ));
+        for p in &points {
+            let (Some(b), Some(r)) = (&p.no_delay, &p.vs_no_delay) else {
+                continue;
+            };
+            let g = |c: &Option<Commits>| c.map_or("-".into(), |c| format!("{:.1}", c.mean_group));
+            say(&format!(
+                "    {:>8} {:>14} {:>10} {:>14} {:>10} {:>8} {:>8} {:>8}\n",
+                p.concurrency,
+                group(p.lockd.total.ops_per_s),
+                fmt_ms(p.lockd.total.latency.p99),
+                group(b.total.ops_per_s),
+                fmt_ms(b.total.latency.p99),
+                format!("{:.2}×", r.throughput),
+                g(&r.delayed),
+                g(&r.no_delay)
+            ));
+        }
+    } else if sweep.len() > 1 || !args.sweep.is_empty() {
         say("sweep:\n");
         say(&format!(
             "    {:>8} {:>14} {:>10} {:>14} {:>10} {:>10}\n",
@@ -493,6 +687,16 @@ pub async fn cmd(wl: Workload, args: SdkArgs, threads: usize) -> Result<(), Stri
                 samples: series(&|p| p.etcd.as_ref()),
             });
         }
+        if args.vs_no_delay {
+            lines[0].name = format!(
+                "lockd (disk://, fsync +{})",
+                fmt_dur(args.fsync_delay.unwrap_or_default())
+            );
+            lines.push(chart::Series {
+                name: "lockd (disk://, no delay)".into(),
+                samples: series(&|p| p.no_delay.as_ref()),
+            });
+        }
         let title = format!(
             "lockd-bench {} ({} B, keys {}, {} CPUs)",
             wl.name(),
@@ -507,6 +711,9 @@ pub async fn cmd(wl: Workload, args: SdkArgs, threads: usize) -> Result<(), Stri
     if let Some(s) = server {
         s.stop().await;
     }
+    if let Some(b) = base {
+        b.stop().await;
+    }
 
     if json_out {
         print_json(&SdkReport {
@@ -518,12 +725,14 @@ pub async fn cmd(wl: Workload, args: SdkArgs, threads: usize) -> Result<(), Stri
             warmup: args.warmup,
             duration: args.duration,
             ops: args.ops,
-            rounds: if args.vs_etcd.is_some() {
+            rounds: if args.vs_etcd.is_some() || args.vs_no_delay {
                 args.rounds
             } else {
                 1
             },
             vs_etcd: args.vs_etcd.clone(),
+            fsync_delay_ms: args.fsync_delay.map(|d| d.as_secs_f64() * 1e3),
+            vs_no_delay: args.vs_no_delay,
             worker_threads: threads,
             cpus,
             run_id: id,

@@ -387,6 +387,15 @@ pub(super) struct Measured {
 }
 
 impl Measured {
+    /// Adds the windows of `other`.
+    pub(super) fn merge(&mut self, other: Measured) {
+        self.elapsed += other.elapsed;
+        self.absorb(Rec {
+            classes: other.classes,
+            errors: other.errors,
+        });
+    }
+
     fn absorb(&mut self, rec: Rec) {
         if self.classes.len() < rec.classes.len() {
             self.classes.resize_with(rec.classes.len(), Vec::new);

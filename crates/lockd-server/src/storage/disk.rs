@@ -352,8 +352,11 @@ impl DiskStore {
             found
         };
         let wal_path = dir.join("lockd.wal");
-        let (wal, recovered) = Wal::open(&wal_path, WAL_CAPACITY, epoch)
+        #[cfg_attr(not(feature = "fault-hooks"), allow(unused_mut))]
+        let (mut wal, recovered) = Wal::open(&wal_path, WAL_CAPACITY, epoch)
             .map_err(|e| format!("cannot open write-ahead log {}: {e}", wal_path.display()))?;
+        #[cfg(feature = "fault-hooks")]
+        wal.set_sync_delay(opts.sync_delay);
         let (records, changes) = (recovered.records, recovered.changes.len());
         let damaged = recovered
             .damage
@@ -718,32 +721,46 @@ fn replay(
 
 /// The log thread: appends the records of every batch waiting with one
 /// write and one `fdatasync`, answers their callers, and checkpoints when
-/// the log has grown or aged, and when the store closes.
+/// the log has grown or aged, and when the store closes. After each group
+/// it may hold the next one back briefly for the callers it just answered
+/// (see [`Hold`]).
 fn log_loop(shared: &Shared, mut wal: Wal, rx: mpsc::Receiver<LogItem>) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut last_checkpoint = std::time::Instant::now();
     let mut pending: Vec<LogItem> = Vec::new();
+    let mut recent = Recent::default();
+    let mut hold: Option<Hold> = None;
     loop {
-        match rx.recv_timeout(CHECKPOINT_EVERY) {
-            Ok(first) => pending.push(first),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-        while pending.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(item) => pending.push(item),
-                Err(_) => break,
+        if pending.is_empty() {
+            match rx.recv_timeout(CHECKPOINT_EVERY) {
+                Ok(first) => pending.push(first),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
             }
+        }
+        drain(&rx, &mut pending);
+        if let Some(h) = hold.take() {
+            h.wait(&rx, &mut pending);
         }
         if !pending.is_empty() {
             let started = std::time::Instant::now();
             let batches = pending.len();
             let outcome = write_log(shared, &mut wal, &rx, &mut pending);
+            let took = started.elapsed();
             if outcome == Logged::Checkpointed {
                 last_checkpoint = std::time::Instant::now();
             }
             if let Some(observer) = shared.commits.get() {
-                observer.commit(batches, started.elapsed(), outcome != Logged::Failed);
+                observer.commit(batches, took, outcome != Logged::Failed);
+            }
+            if outcome == Logged::Synced {
+                // What queued while this group was written decides the
+                // hold, so it is taken now.
+                drain(&rx, &mut pending);
+                hold = recent.synced(took).map(|cap| Hold {
+                    target: (batches + pending.len()).min(MAX_GROUP),
+                    until: std::time::Instant::now() + cap,
+                });
             }
         }
         let due = wal.used() >= CHECKPOINT_BYTES
@@ -751,9 +768,83 @@ fn log_loop(shared: &Shared, mut wal: Wal, rx: mpsc::Receiver<LogItem>) {
         if due {
             last_checkpoint = std::time::Instant::now();
             checkpoint(shared, &mut wal, &rx, &mut pending);
+            hold = None;
         }
     }
     checkpoint(shared, &mut wal, &rx, &mut pending);
+}
+
+/// Moves what is queued into `pending`, up to [`MAX_GROUP`].
+fn drain(rx: &mpsc::Receiver<LogItem>, pending: &mut Vec<LogItem>) {
+    while pending.len() < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(item) => pending.push(item),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Durations of the last two group commits that wrote and synced the log.
+#[derive(Default)]
+struct Recent([Option<std::time::Duration>; 2]);
+
+impl Recent {
+    /// Notes a synced group commit; returns how long the next group may
+    /// be held back: the shorter of the last two (so one slow fsync does
+    /// not stretch it).
+    fn synced(&mut self, took: std::time::Duration) -> Option<std::time::Duration> {
+        self.0 = [self.0[1], Some(took)];
+        match self.0 {
+            [Some(a), Some(b)] => Some(a.min(b)),
+            _ => None,
+        }
+    }
+}
+
+/// Holding the next group back for the callers the last one answered.
+///
+/// Writers that write again as soon as they are answered (a lease cycle
+/// makes three durable writes in a row) fall into cohorts when fsync is
+/// slow: the callers one group answers come back while the next group is
+/// being synced, wait for it to end, then for a group of their own. Each
+/// write then costs two commits and a group holds only part of the
+/// writers. Held back until those callers are queued again, the next group
+/// takes both cohorts: one commit per write plus the writers' turn-around,
+/// and groups as large as the number of writers.
+///
+/// The hold ends once as many batches are queued as were in flight when
+/// the last group ended (the group plus what queued meanwhile), or after
+/// one recent commit duration ([`Recent`]), whichever comes first. A
+/// fast disk thus holds groups back for microseconds, and callers that do
+/// not come back cost the ones waiting at most one commit (what the
+/// cohort that comes back late pays without the hold). Nobody is
+/// answered any earlier: only when their group's `fdatasync` returned.
+struct Hold {
+    /// Batches to wait for.
+    target: usize,
+    /// When to stop waiting.
+    until: std::time::Instant,
+}
+
+impl Hold {
+    fn wait(self, rx: &mpsc::Receiver<LogItem>, pending: &mut Vec<LogItem>) {
+        while pending.len() < self.target {
+            let left = self
+                .until
+                .saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match rx.recv_timeout(left) {
+                Ok(item) => {
+                    pending.push(item);
+                    drain(rx, pending);
+                }
+                // Timed out, or the store is closing: write what is here.
+                Err(_) => return,
+            }
+        }
+    }
 }
 
 /// How [`write_log`] made a group durable.
@@ -848,6 +939,7 @@ fn checkpoint(
     let next = wal.epoch() + 1;
     match write_checkpoint(&shared.db, &frozen, seq, next, None) {
         Ok(()) => {
+            wal.slow_disk();
             {
                 let mut g = shared.lock();
                 g.flushing = None;

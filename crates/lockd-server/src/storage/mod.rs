@@ -56,6 +56,13 @@ pub struct OpenOptions {
     /// [`DEFAULT_DISK_CACHE_BYTES`]. Keys nobody uses cost no memory
     /// beyond this bound.
     pub disk_cache_bytes: u64,
+    /// Test and benchmark hook: a simulated fsync latency. `disk://` sleeps
+    /// this long after every `fdatasync` of its write-ahead log and after
+    /// every durable checkpoint commit, as a slow disk would take. Honoured
+    /// only when lockd-server is built with the `fault-hooks` feature (off
+    /// by default, never enabled by the `lockd` binary), ignored otherwise;
+    /// no server flag or environment variable sets it.
+    pub sync_delay: Option<std::time::Duration>,
 }
 
 /// Default bound of a `disk://` store's page cache: 64 MiB.

@@ -234,6 +234,9 @@ pub(super) struct Wal {
     epoch: u64,
     seq: u64,
     scratch: Vec<u8>,
+    /// The simulated fsync latency (see [`Wal::set_sync_delay`]).
+    #[cfg(feature = "fault-hooks")]
+    sync_delay: Option<std::time::Duration>,
 }
 
 impl Wal {
@@ -273,6 +276,8 @@ impl Wal {
                 epoch: epoch + 1,
                 seq: 0,
                 scratch: Vec::new(),
+                #[cfg(feature = "fault-hooks")]
+                sync_delay: None,
             },
             recovered,
         ))
@@ -314,6 +319,7 @@ impl Wal {
         }
         self.file.write_all_at(&self.scratch, self.offset)?;
         self.file.sync_data()?;
+        self.slow_disk();
         self.offset += self.scratch.len() as u64;
         self.seq = seq;
         // Keep the buffer from pinning a rare huge group's memory.
@@ -321,6 +327,25 @@ impl Wal {
             self.scratch = Vec::new();
         }
         Ok(())
+    }
+
+    /// Test and benchmark hook (feature `fault-hooks`): from now on every
+    /// `fdatasync` of the log, and every [`Wal::slow_disk`], takes `delay`
+    /// longer, as on a slow disk ([`super::OpenOptions::sync_delay`]).
+    #[cfg(feature = "fault-hooks")]
+    pub fn set_sync_delay(&mut self, delay: Option<std::time::Duration>) {
+        self.sync_delay = delay.filter(|d| !d.is_zero());
+    }
+
+    /// Sleeps the simulated fsync latency, if one is set; called after each
+    /// durable write the store makes. Does nothing without the
+    /// `fault-hooks` feature.
+    #[inline]
+    pub fn slow_disk(&self) {
+        #[cfg(feature = "fault-hooks")]
+        if let Some(delay) = self.sync_delay {
+            std::thread::sleep(delay);
+        }
     }
 
     /// Starts epoch `epoch` at offset 0, once the database has durably
@@ -807,6 +832,8 @@ mod tests {
             epoch: 4,
             seq: 7,
             scratch: Vec::new(),
+            #[cfg(feature = "fault-hooks")]
+            sync_delay: None,
         };
         fake.append_all(&[&record(&[("x", 1, "fake")], &[], 1)])
             .unwrap();

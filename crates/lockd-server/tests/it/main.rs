@@ -39,6 +39,7 @@ mod queue_stateful;
 mod queue_stress;
 mod s3_store;
 mod s3_trips;
+mod slow_disk;
 mod state;
 mod tc_auth;
 mod txn;
