@@ -24,8 +24,8 @@ use super::clock::unix_secs;
 /// they expire at the start of that second, as they did. (One field
 /// instead of both keeps the cached record of every held lease 16 bytes
 /// smaller.)
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "StoredLease", into = "StoredLease")]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "StoredLease")]
 pub struct Lease {
     pub id: String,
     pub owner: String,
@@ -36,8 +36,8 @@ pub struct Lease {
     pub txn_explicit: bool,
 }
 
-/// A [`Lease`] as records store it.
-#[derive(Serialize, Deserialize)]
+/// A [`Lease`] as records store it (read side).
+#[derive(Deserialize)]
 struct StoredLease {
     id: String,
     owner: String,
@@ -65,17 +65,31 @@ impl From<StoredLease> for Lease {
     }
 }
 
-impl From<Lease> for StoredLease {
-    fn from(l: Lease) -> Self {
-        Self {
-            id: l.id,
-            owner: l.owner,
-            expires_at_unix: unix_secs(l.expires_ms),
-            expires_at_ms: Some(l.expires_ms),
-            fencing_token: l.fencing_token,
-            txn_id: l.txn_id,
-            txn_explicit: l.txn_explicit,
+/// A [`Lease`] as records store it (write side): borrowed, so writing a
+/// record does not copy its strings.
+#[derive(Serialize)]
+struct StoredLeaseRef<'a> {
+    id: &'a str,
+    owner: &'a str,
+    expires_at_unix: i64,
+    expires_at_ms: i64,
+    fencing_token: i64,
+    txn_id: &'a str,
+    txn_explicit: bool,
+}
+
+impl Serialize for Lease {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        StoredLeaseRef {
+            id: &self.id,
+            owner: &self.owner,
+            expires_at_unix: unix_secs(self.expires_ms),
+            expires_at_ms: self.expires_ms,
+            fencing_token: self.fencing_token,
+            txn_id: &self.txn_id,
+            txn_explicit: self.txn_explicit,
         }
+        .serialize(serializer)
     }
 }
 
