@@ -117,7 +117,11 @@ impl Queues {
         if let Some(term) = self.engine.cache_term() {
             // A new HA term: another node may have changed every queue
             // since these shards were loaded.
-            if self.term.swap(term, std::sync::atomic::Ordering::AcqRel) != term {
+            // A plain load first: the swap, a write to a shared cache
+            // line, is needed only once per term.
+            if self.term.load(std::sync::atomic::Ordering::Acquire) != term
+                && self.term.swap(term, std::sync::atomic::Ordering::AcqRel) != term
+            {
                 self.shards.clear();
             }
         }
