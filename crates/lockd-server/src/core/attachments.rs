@@ -169,7 +169,7 @@ impl Drop for InFlightGuard<'_> {
 /// The attachments `txn` sees: committed ones under its overlay.
 fn visible(rec: &MetaRecord, txn: &str) -> Vec<Attachment> {
     let Some(s) = rec.staged_by(txn) else {
-        return rec.attachments.clone();
+        return rec.attachments.to_vec();
     };
     if s.remove {
         return Vec::new();
@@ -453,7 +453,7 @@ impl Engine {
                     return Ok(Vec::new());
                 };
                 check_published(&rec)?;
-                Ok(rec.attachments)
+                Ok(rec.attachments.into())
             }
             Viewer::Lease(l) => {
                 let entry = self.key_entry(&id);

@@ -6,10 +6,12 @@
 //! the record's store etag before the cache changes, so a failed write leaves
 //! the cache as it was.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex as SyncMutex};
 
-use tokio::sync::{Mutex, MutexGuard, Notify};
+use async_lock::{Mutex, MutexGuard};
+use compact_str::CompactString;
+use thin_vec::ThinVec;
+use tokio::sync::Notify;
 
 use super::record::{doc_key, meta_key, MetaRecord};
 use super::CoreResult;
@@ -26,9 +28,13 @@ pub struct KeyState {
     term: u32,
     /// The record, `None` if the key was never acquired.
     pub rec: Option<MetaRecord>,
-    /// Store etag of the record, for conditional writes.
-    store_etag: Option<ETag>,
+    /// Store etag of the record, for conditional writes (inline when it
+    /// fits 24 bytes, as the disk store's counters do).
+    store_etag: Option<CompactString>,
 }
+
+/// A locked [`KeyState`].
+pub type KeyGuard<'a> = MutexGuard<'a, KeyState>;
 
 struct Waiter {
     id: u64,
@@ -36,10 +42,16 @@ struct Waiter {
 }
 
 /// A key's lock, cache and waiter queue.
+///
+/// Every held lease keeps one of these in memory, so its size counts:
+/// the async mutex is `async_lock`'s (16 bytes of its own against
+/// tokio's 40) and the waiter queue is a `ThinVec`.
 #[derive(Default)]
 pub struct KeyEntry {
     state: Mutex<KeyState>,
-    waiters: SyncMutex<VecDeque<Waiter>>,
+    /// The FIFO of blocked acquirers, oldest first: one pointer and no
+    /// allocation while nobody waits, as nearly always.
+    waiters: SyncMutex<ThinVec<Waiter>>,
 }
 
 impl KeyEntry {
@@ -52,7 +64,7 @@ impl KeyEntry {
         id: &str,
         fresh: bool,
         term: u32,
-    ) -> CoreResult<MutexGuard<'_, KeyState>> {
+    ) -> CoreResult<KeyGuard<'_>> {
         Ok(self.lock_cached(store, id, fresh, term).await?.0)
     }
 
@@ -65,7 +77,7 @@ impl KeyEntry {
         id: &str,
         fresh: bool,
         term: u32,
-    ) -> CoreResult<(MutexGuard<'_, KeyState>, bool)> {
+    ) -> CoreResult<(KeyGuard<'_>, bool)> {
         let mut st = self.state.lock().await;
         let cached = st.loaded && !fresh && st.term == term;
         if !cached {
@@ -83,7 +95,7 @@ impl KeyEntry {
                         )
                     })?;
                     st.rec = Some(rec);
-                    st.store_etag = Some(etag);
+                    st.store_etag = Some(CompactString::from(etag));
                 }
                 None => {
                     st.rec = None;
@@ -100,7 +112,7 @@ impl KeyEntry {
     /// `me` is at its head.
     pub fn may_take(&self, me: Option<u64>) -> bool {
         let q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        match (q.front(), me) {
+        match (q.first(), me) {
             (None, _) => true,
             (Some(w), Some(me)) => w.id == me,
             (Some(_), None) => false,
@@ -110,23 +122,23 @@ impl KeyEntry {
     /// Whether `me` is at the head of the queue.
     pub fn is_head(&self, me: u64) -> bool {
         let q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        q.front().map(|w| w.id == me).unwrap_or(false)
+        q.first().map(|w| w.id == me).unwrap_or(false)
     }
 
     /// Appends a waiter to the queue.
     pub fn enqueue(&self, id: u64, notify: Arc<Notify>) {
         let mut q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        q.push_back(Waiter { id, notify });
+        q.push(Waiter { id, notify });
     }
 
     /// Removes a waiter; if it was the head, the new head is woken so it can
     /// look at the key (and arm its expiry timer).
     pub fn dequeue(&self, id: u64) {
         let mut q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        let was_head = q.front().map(|w| w.id == id).unwrap_or(false);
+        let was_head = q.first().map(|w| w.id == id).unwrap_or(false);
         q.retain(|w| w.id != id);
         if was_head {
-            if let Some(w) = q.front() {
+            if let Some(w) = q.first() {
                 w.notify.notify_one();
             }
         }
@@ -138,7 +150,7 @@ impl KeyEntry {
     pub fn idle(&self) -> bool {
         let no_waiters = self.waiters.lock().map(|q| q.is_empty()).unwrap_or(false);
         no_waiters
-            && self.state.try_lock().is_ok_and(|st| {
+            && self.state.try_lock().is_some_and(|st| {
                 st.rec
                     .as_ref()
                     .is_none_or(|r| r.lease.is_none() && r.staged.is_none())
@@ -149,12 +161,12 @@ impl KeyEntry {
     /// changed right now.
     pub fn holds_lease(&self, now: i64) -> bool {
         match self.state.try_lock() {
-            Ok(st) => st
+            Some(st) => st
                 .rec
                 .as_ref()
                 .and_then(|r| r.lease.as_ref())
                 .is_some_and(|l| !l.expired(now)),
-            Err(_) => true,
+            None => true,
         }
     }
 
@@ -164,7 +176,7 @@ impl KeyEntry {
     /// expiry anyway.
     pub fn needs_sweep(&self, now: i64) -> bool {
         match self.state.try_lock() {
-            Ok(st) => {
+            Some(st) => {
                 !st.loaded
                     || st
                         .rec
@@ -172,7 +184,7 @@ impl KeyEntry {
                         .and_then(|r| r.lease.as_ref())
                         .is_some_and(|l| l.expired(now))
             }
-            Err(_) => false,
+            None => false,
         }
     }
 
@@ -184,7 +196,7 @@ impl KeyEntry {
     /// Wakes the waiter at the head of the queue (the key may be free).
     pub fn wake_head(&self) {
         let q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(w) = q.front() {
+        if let Some(w) = q.first() {
             w.notify.notify_one();
         }
     }
@@ -210,7 +222,7 @@ pub async fn persist(
         )
     })?;
     let cond = match &st.store_etag {
-        Some(e) => Cond::IfMatch(e.clone()),
+        Some(e) => Cond::IfMatch(ETag::from(e.as_str())),
         None => Cond::IfAbsent,
     };
     let idx = before.len();
@@ -228,7 +240,7 @@ pub async fn persist(
     ops.extend(after);
     match store.apply(ops).await {
         Ok(etags) => {
-            st.store_etag = etags.get(idx).cloned();
+            st.store_etag = etags.get(idx).map(|e| CompactString::from(e.as_str()));
             st.rec = Some(rec);
             st.loaded = true;
             Ok(())
@@ -252,15 +264,15 @@ mod size_tests {
     use super::*;
 
     /// Every held lease keeps one `Arc<KeyEntry>` in memory; with the
-    /// allocator's size classes (…, 256, 320, 384, …) the entry and its
-    /// 16-byte reference counts fit 320 bytes today. Growing the record
+    /// allocator's size classes (…, 224, 256, 320, …) the entry and its
+    /// 16-byte reference counts fit 256 bytes today. Growing the record
     /// or the entry past that costs 64 bytes per held lease: box what is
     /// rarely present (as `MetaRecord::staged` is) instead.
     #[test]
     fn a_key_entry_fits_its_allocation_class() {
         let arc_inner = std::mem::size_of::<KeyEntry>() + 16;
         assert!(
-            arc_inner <= 320,
+            arc_inner <= 256,
             "Arc<KeyEntry> is {arc_inner} bytes (KeyState {}, MetaRecord {}, Lease {})",
             std::mem::size_of::<KeyState>(),
             std::mem::size_of::<MetaRecord>(),

@@ -248,9 +248,9 @@ impl Engine {
         let expires_at_ms = lease.expires_ms();
         let expires_at_unix = lease.expires_at_unix();
         let out = Acquired {
-            lease_id: lease.id,
-            txn_id: lease.txn_id,
-            owner: lease.owner,
+            lease_id: lease.id.into(),
+            txn_id: lease.txn_id.into(),
+            owner: lease.owner.into(),
             expires_at_unix,
             expires_at_ms,
             version: rec.version,
@@ -282,7 +282,7 @@ impl Engine {
             .take()
             .filter(|l| l.txn_explicit)
             .map(|l| l.txn_id)
-            .filter(|t| rec.staged.as_ref().is_some_and(|s| &s.txn_id == t));
+            .filter(|t| rec.staged.as_ref().is_some_and(|s| s.txn_id == *t));
         rec.updated_at_unix = unix_secs(now);
         // A participant of a multi-key transaction does not roll back
         // alone: its expiry decides the whole transaction (rollback,
@@ -369,7 +369,7 @@ impl Engine {
         lease_id: &str,
         token: i64,
         txn: Option<&str>,
-    ) -> CoreResult<tokio::sync::MutexGuard<'s, KeyState>> {
+    ) -> CoreResult<super::key_entry::KeyGuard<'s>> {
         // Concurrent nodes trust a cached record that shows the caller's
         // live lease (the write that follows is conditional on its etag);
         // anything else is decided on a fresh read.

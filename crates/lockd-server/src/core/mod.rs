@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use compact_str::CompactString;
 use dashmap::DashMap;
 
 pub use clock::{Clock, ManualClock};
@@ -92,7 +93,9 @@ const CAS_RETRIES: u32 = 16;
 /// The lease and state engine.
 pub struct Engine {
     store: Arc<dyn Store>,
-    keys: DashMap<String, Arc<KeyEntry>>,
+    /// Keys in memory by `<namespace>/<key>`, inline when the id fits 24
+    /// bytes (most do), so a held lease's map entry needs no allocation.
+    keys: DashMap<CompactString, Arc<KeyEntry>>,
     cfg: EngineConfig,
     next_waiter: AtomicU64,
     /// Every fencing token handed out is above this ([`Store::fencing_floor`],
@@ -179,7 +182,10 @@ impl Engine {
         if let Some(s) = self.keys.get(id) {
             return s.clone();
         }
-        self.keys.entry(id.to_string()).or_default().clone()
+        self.keys
+            .entry(CompactString::from(id))
+            .or_default()
+            .clone()
     }
 
     /// Reads a record without creating an entry for keys never seen.
@@ -203,7 +209,7 @@ impl Engine {
         &self,
         entry: &'s KeyEntry,
         id: &str,
-    ) -> CoreResult<tokio::sync::MutexGuard<'s, key_entry::KeyState>> {
+    ) -> CoreResult<key_entry::KeyGuard<'s>> {
         let (fresh, term) = match self.cache_term() {
             // Authoritative while the term lasts (the term is kept as u32 in
             // the entry: only equality matters).
@@ -225,7 +231,7 @@ impl Engine {
         &self,
         entry: &'s KeyEntry,
         id: &str,
-    ) -> CoreResult<(tokio::sync::MutexGuard<'s, key_entry::KeyState>, bool)> {
+    ) -> CoreResult<(key_entry::KeyGuard<'s>, bool)> {
         if !self.fresh_reads() {
             return Ok((self.lock_key(entry, id).await?, false));
         }
@@ -313,7 +319,7 @@ impl Engine {
         // here cost a transient allocation of the size of the whole key
         // set on each sweep (tens of MiB with a million held leases).
         let now = self.cfg.clock.now_ms();
-        let ids: Vec<(String, Arc<KeyEntry>)> = self
+        let ids: Vec<(CompactString, Arc<KeyEntry>)> = self
             .keys
             .iter()
             .filter(|e| e.value().needs_sweep(now))

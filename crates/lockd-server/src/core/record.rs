@@ -11,7 +11,9 @@
 //! so documents are never copied, and the record write is the single commit
 //! point on every backend.
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
+use thin_vec::ThinVec;
 
 use super::clock::unix_secs;
 
@@ -27,25 +29,28 @@ use super::clock::unix_secs;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(from = "StoredLease")]
 pub struct Lease {
-    pub id: String,
-    pub owner: String,
+    /// Lease and transaction ids (20-character xids) and most owner names
+    /// fit the 24 bytes of a `CompactString` inline: a held lease's
+    /// strings need no allocations of their own.
+    pub id: CompactString,
+    pub owner: CompactString,
     /// Set with [`Lease::set_expires_ms`].
     expires_ms: i64,
     pub fencing_token: i64,
-    pub txn_id: String,
+    pub txn_id: CompactString,
     pub txn_explicit: bool,
 }
 
 /// A [`Lease`] as records store it (read side).
 #[derive(Deserialize)]
 struct StoredLease {
-    id: String,
-    owner: String,
+    id: CompactString,
+    owner: CompactString,
     expires_at_unix: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_at_ms: Option<i64>,
     fencing_token: i64,
-    txn_id: String,
+    txn_id: CompactString,
     #[serde(default)]
     txn_explicit: bool,
 }
@@ -96,19 +101,19 @@ impl Serialize for Lease {
 impl Lease {
     /// A lease expiring at `expires_ms` (Unix milliseconds).
     pub fn new(
-        id: String,
-        owner: String,
+        id: impl Into<CompactString>,
+        owner: impl Into<CompactString>,
         expires_ms: i64,
         fencing_token: i64,
-        txn_id: String,
+        txn_id: impl Into<CompactString>,
         txn_explicit: bool,
     ) -> Self {
         Self {
-            id,
-            owner,
+            id: id.into(),
+            owner: owner.into(),
             expires_ms,
             fencing_token,
-            txn_id,
+            txn_id: txn_id.into(),
             txn_explicit,
         }
     }
@@ -208,8 +213,10 @@ pub struct MetaRecord {
     #[serde(default)]
     pub updated_at_unix: i64,
     /// Committed attachments, sorted by name.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub attachments: Vec<Attachment>,
+    /// (A `ThinVec`: one pointer while empty, as it nearly always is,
+    /// where a `Vec` takes three in every cached record.)
+    #[serde(default, skip_serializing_if = "ThinVec::is_empty")]
+    pub attachments: ThinVec<Attachment>,
 }
 
 impl MetaRecord {
@@ -282,14 +289,7 @@ mod tests {
 
     #[test]
     fn both_expiry_fields_are_written() {
-        let lease = Lease::new(
-            "l".into(),
-            "o".into(),
-            1_700_000_001_990,
-            1,
-            "t".into(),
-            false,
-        );
+        let lease = Lease::new("l", "o", 1_700_000_001_990, 1, "t", false);
         let v = serde_json::to_value(&lease).unwrap();
         assert_eq!(v["expires_at_unix"], 1_700_000_001);
         assert_eq!(v["expires_at_ms"], 1_700_000_001_990_i64);

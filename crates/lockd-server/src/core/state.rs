@@ -7,8 +7,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use lockd_api::ErrorCode;
 
-use tokio::sync::MutexGuard;
-
 use super::key_entry::{delete_doc, persist, KeyEntry, KeyState};
 use super::record::{doc_key, key_id, MetaRecord, Staged};
 use super::{CoreError, CoreResult, Engine};
@@ -370,7 +368,7 @@ impl Engine {
         id: &str,
         entry: &'s KeyEntry,
         l: &LeaseRef,
-    ) -> CoreResult<(MutexGuard<'s, KeyState>, MetaRecord)> {
+    ) -> CoreResult<(super::key_entry::KeyGuard<'s>, MetaRecord)> {
         let st = self
             .lock_leased(id, entry, &l.lease_id, l.fencing_token, Some(&l.txn_id))
             .await?;

@@ -258,8 +258,8 @@ pub async fn describe(State(app): State<Arc<AppState>>, caller: Caller, uri: Uri
     };
     if let Some(rec) = rec {
         if let Some(l) = &rec.lease {
-            out.owner = l.owner.clone();
-            out.lease_id = l.id.clone();
+            out.owner = l.owner.to_string();
+            out.lease_id = l.id.to_string();
             out.expires_at_unix = l.expires_at_unix();
         }
         out.version = rec.version;
