@@ -54,8 +54,10 @@ impl CachedPayload {
                 used.checked_add(len).filter(|n| *n <= max)
             })
             .ok()?;
+        // A copy, so that the budget counts what is held (the request's
+        // buffer the body may be a slice of can be larger).
         Some(Self {
-            body: body.clone(),
+            body: Bytes::copy_from_slice(body),
             budget: budget.clone(),
         })
     }
