@@ -834,7 +834,7 @@ impl Engine {
         let mut deleted = 0;
         // Documents: `s/<namespace>/<key>@<etag>`, listed in key order.
         let mut after: Option<String> = None;
-        let mut record: Option<(String, Option<MetaRecord>)> = None;
+        let mut record: Option<(String, Option<Option<MetaRecord>>)> = None;
         loop {
             let keys = self.store.list("s/", after.as_deref(), 1000).await?;
             let Some(last) = keys.last().cloned() else {
@@ -848,15 +848,17 @@ impl Engine {
                     continue;
                 }
                 if record.as_ref().is_none_or(|(r, _)| r != id) {
-                    record = Some((id.to_string(), self.peek(id).await?));
+                    record = Some((id.to_string(), self.sweep_record(id).await?));
                 }
-                let referenced = record
-                    .as_ref()
-                    .and_then(|(_, r)| r.as_ref())
-                    .is_some_and(|r| {
+                let referenced = match record.as_ref().and_then(|(_, r)| r.as_ref()) {
+                    // Unreadable: keep everything of the key.
+                    None => true,
+                    Some(None) => false,
+                    Some(Some(r)) => {
                         r.state_etag == etag
                             || r.staged.as_ref().is_some_and(|s| s.state_etag == etag)
-                    });
+                    }
+                };
                 if !referenced {
                     self.delete_garbage(&k).await?;
                     deleted += 1;
@@ -909,6 +911,24 @@ impl Engine {
             after = Some(last);
         }
         Ok(deleted)
+    }
+
+    /// The record of `id` as the garbage sweep sees it: `Some(None)` when
+    /// the key has none, `None` when it cannot be read (corrupt: nothing
+    /// of the key is deleted).
+    async fn sweep_record(&self, id: &str) -> CoreResult<Option<Option<MetaRecord>>> {
+        match self.peek(id).await {
+            Ok(Some(rec)) => Ok(Some(Some(rec))),
+            // `peek` reads a record it cannot parse as none: look again.
+            Ok(None) => match self.store.get(&super::record::meta_key(id)).await? {
+                None => Ok(Some(None)),
+                Some(_) => Ok(None),
+            },
+            Err(e) => {
+                tracing::warn!(key = id, error = %e.into_refusal().detail, "garbage sweep skips a key");
+                Ok(None)
+            }
+        }
     }
 
     async fn delete_garbage(&self, key: &str) -> CoreResult<()> {

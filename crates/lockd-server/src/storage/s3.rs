@@ -30,16 +30,16 @@
 //! A batch that changes a record and then deletes, unconditionally, what
 //! the record no longer references (the old document of a key, the inline
 //! payload of an acked message, settled attachment intents) has its commit
-//! point in the conditional write. [`Store::apply`] therefore answers once
-//! the operations up to and including the last conditional one have been
-//! applied, and queues every later `Cond::Any` delete for a background task
-//! that sends them as `DeleteObjects` requests of up to 1,000 keys (after
-//! at most [`REAP_DELAY`]). A later write of a queued key takes it off the
-//! queue. The objects lockd deletes this way are all named by fresh UUIDs,
+//! point in the conditional write. [`Store::apply`] therefore queues every
+//! `Cond::Any` delete that follows an applied conditional operation of its
+//! batch for a background task, instead of sending it before answering;
+//! the task sends them as `DeleteObjects` requests of up to 1,000 keys
+//! (after at most [`REAP_DELAY`]). A later write of a queued key takes it
+//! off the queue. The objects lockd deletes this way are all named by fresh UUIDs,
 //! so nothing references them again. Deletes still queued when the process
-//! dies, or that the store refuses, are garbage the engine's orphan sweep
-//! collects (`core/attachments.rs`); nothing still referenced is ever
-//! queued. A delete that is the first or only operation of a batch, or
+//! dies, or that the store refuses (after the usual retries), are garbage
+//! the engine's first orphan sweep after the next start collects
+//! (`core/attachments.rs`); nothing still referenced is ever queued. A delete that is the first or only operation of a batch, or
 //! that follows only unconditional writes, is sent at once as before.
 //!
 //! # Errors and retries

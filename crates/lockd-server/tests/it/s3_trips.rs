@@ -419,7 +419,7 @@ fn old_uuid(hours_ago: u64, n: u16) -> String {
 /// references, inline payloads of messages that are gone) is collected by
 /// the active node's start-up sweep, once older than the orphan grace;
 /// the referenced document, a live message's payload and recent garbage
-/// stay.
+/// stay, and so do the documents of a key whose record cannot be read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn startup_sweep_collects_garbage_a_crash_left() {
     let Some(local) = s3("startup_sweep_collects_garbage_a_crash_left") else {
@@ -461,6 +461,9 @@ async fn startup_sweep_collects_garbage_a_crash_left() {
             put(format!("s/default/k@{newer}"), "{\"v\":2}".into()),
             put(format!("s/default/k@{fresh}"), "{\"v\":3}".into()),
             put(format!("s/default/nokey@{older}"), "{}".into()),
+            // A record that cannot be read keeps its documents.
+            put("m/default/unreadable".into(), "not json".into()),
+            put(format!("s/default/unreadable@{older}"), "{}".into()),
             put(format!("q/default/jobs/msg/{live_msg}"), message(&live_msg)),
             put(format!("q/default/jobs/pl/{live_msg}"), "x".into()),
             put(format!("q/default/jobs/pl/{gone_msg}"), "y".into()),
@@ -488,6 +491,7 @@ async fn startup_sweep_collects_garbage_a_crash_left() {
         vec![
             format!("s/default/k@{kept}"),
             format!("s/default/k@{fresh}"),
+            format!("s/default/unreadable@{older}"),
         ],
         "referenced and recent documents stay"
     );
