@@ -502,3 +502,52 @@ async fn startup_sweep_collects_garbage_a_crash_left() {
     );
     let _ = a.shutdown().await;
 }
+
+/// Concurrent nodes act on their cached message records: node B, which
+/// enqueued two messages that node A then delivered, acks A's delivery of
+/// the first (its cached record, without the delivery, is read again
+/// before the ack is refused) and, asked for a message, loses the
+/// compare-and-swap on the second instead of delivering it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_queue_nodes_act_on_stale_caches_safely() {
+    use lockd_testkit::queue::{ack, dequeue_one, dq, enqueue_simple, expect_empty};
+    let Some(local) = s3("concurrent_queue_nodes_act_on_stale_caches_safely") else {
+        return;
+    };
+    let url = local.store_url(&prefix("qcas"));
+    let ttl = Duration::from_secs(10);
+    let a = lockd_server::start(config(&url, HaMode::Concurrent, ttl))
+        .await
+        .expect("node a starts");
+    let b = lockd_server::start(config(&url, HaMode::Concurrent, ttl))
+        .await
+        .expect("node b starts");
+    let b_metrics = b.metrics_addr().expect("metrics listener");
+    let (a, b) = (
+        TestServer::from_running(a, None),
+        TestServer::from_running(b, None),
+    );
+
+    let first = enqueue_simple(&b, "jobs", b"one").await;
+    let second = enqueue_simple(&b, "jobs", b"two").await;
+    // A's first use of the queue loads both from the store.
+    let d1 = dequeue_one(&a, &dq("jobs", -1, 30)).await;
+    let d2 = dequeue_one(&a, &dq("jobs", -1, 30)).await;
+    assert_eq!((d1.id(), d2.id()), (first.as_str(), second.as_str()));
+    assert_eq!(d2.payload, b"two");
+
+    // B still caches both as never delivered.
+    ack(&b, &d1).await;
+    let lost0 = lost_cas(&b, b_metrics).await;
+    expect_empty(&b, "default", "jobs").await;
+    assert!(
+        lost_cas(&b, b_metrics).await > lost0,
+        "B tried its stale record and lost the CAS"
+    );
+    ack(&a, &d2).await;
+    expect_empty(&a, "default", "jobs").await;
+    expect_empty(&b, "default", "jobs").await;
+
+    a.shutdown().await;
+    b.shutdown().await;
+}
