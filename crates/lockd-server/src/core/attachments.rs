@@ -46,6 +46,14 @@ use super::state::LeaseRef;
 use super::{CoreError, CoreResult, Engine};
 use crate::storage::{ByteStream, Cond, Op, StoreError};
 
+/// Milliseconds since the Unix epoch on the system clock, the one UUIDv7
+/// names are made from.
+fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Prefix of the intent objects (see the module docs).
 const INTENT_PREFIX: &str = "ai/";
 
@@ -132,9 +140,11 @@ fn intent_key(blob: &str) -> String {
 }
 
 /// Blobs of uploads in flight in this process (between their intent and
-/// the record that stages them): the sweeper leaves them alone.
+/// the record that stages them): the sweeper leaves them alone. Also
+/// whether this engine has run its garbage sweep of documents and inline
+/// payloads ([`Engine::sweep_object_garbage`]), which runs once.
 #[derive(Default)]
-pub struct InFlight(SyncMutex<HashSet<String>>);
+pub struct InFlight(SyncMutex<HashSet<String>>, AtomicBool);
 
 impl InFlight {
     fn insert(&self, blob: &str) {
@@ -743,7 +753,8 @@ impl Engine {
     }
 
     /// Settles every intent older than `grace` (milliseconds) whose upload
-    /// is not in flight here: a blob its key's record does not reference is
+    /// is not in flight here (and, the first time on an object store, runs
+    /// [`Engine::sweep_object_garbage`] with the same grace): a blob its key's record does not reference is
     /// deleted, and the intent goes. Returns how many blobs were deleted.
     /// At start-up of a store no other process writes, `grace` is 0; on a
     /// shared store it protects other nodes' uploads in flight.
@@ -784,7 +795,151 @@ impl Engine {
             }
             after = Some(last);
         }
+        if !self.store.atomic_batches() && !self.in_flight.1.swap(true, Ordering::AcqRel) {
+            match self.sweep_object_garbage(grace_ms).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "unreferenced documents and payloads deleted"),
+                Err(e) => {
+                    // Tried again at the next sweep.
+                    self.in_flight.1.store(false, Ordering::Release);
+                    return Err(e);
+                }
+            }
+        }
         Ok(deleted)
+    }
+
+    /// Deletes the state documents no key record references and the inline
+    /// queue payloads of messages that are gone, when older than `grace_ms`
+    /// (by the UUIDv7 they are named with). An object store deletes such
+    /// garbage in the background after the write that let go of it
+    /// (`storage/s3.rs`); what a crash or a refused delete left behind is
+    /// found here. Each document and payload name is a fresh UUIDv7 that no
+    /// write references again once let go, and the grace is longer than
+    /// any write that creates one before referencing it takes, so nothing
+    /// referenced is deleted. Returns how many objects were deleted.
+    pub async fn sweep_object_garbage(&self, grace_ms: i64) -> CoreResult<usize> {
+        let now = unix_ms_now();
+        let old = |name: &str| {
+            uuid::Uuid::parse_str(name)
+                .ok()
+                .and_then(|u| u.get_timestamp())
+                .map(|t| {
+                    let (s, n) = t.to_unix();
+                    i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1000)
+                        + i64::from(n / 1_000_000)
+                })
+                .is_some_and(|at| now.saturating_sub(at) >= grace_ms)
+        };
+        let mut deleted = 0;
+        // Documents: `s/<namespace>/<key>@<etag>`, listed in key order.
+        let mut after: Option<String> = None;
+        let mut record: Option<(String, Option<Option<MetaRecord>>)> = None;
+        loop {
+            let keys = self.store.list("s/", after.as_deref(), 1000).await?;
+            let Some(last) = keys.last().cloned() else {
+                break;
+            };
+            for k in keys {
+                let Some((id, etag)) = k.strip_prefix("s/").and_then(|r| r.rsplit_once('@')) else {
+                    continue;
+                };
+                if !old(etag) {
+                    continue;
+                }
+                if record.as_ref().is_none_or(|(r, _)| r != id) {
+                    record = Some((id.to_string(), self.sweep_record(id).await?));
+                }
+                let referenced = match record.as_ref().and_then(|(_, r)| r.as_ref()) {
+                    // Unreadable: keep everything of the key.
+                    None => true,
+                    Some(None) => false,
+                    Some(Some(r)) => {
+                        r.state_etag == etag
+                            || r.staged.as_ref().is_some_and(|s| s.state_etag == etag)
+                    }
+                };
+                if !referenced {
+                    self.delete_garbage(&k).await?;
+                    deleted += 1;
+                }
+            }
+            after = Some(last);
+        }
+        // Inline payloads: `q/<ns>/<queue>/pl/<id>`, garbage once neither
+        // `msg/<id>` nor `dlq/<id>` exists. A queue's `dlq/` and `msg/`
+        // list before its `pl/`; candidates are checked again one by one
+        // (message, dead letter, message: a move between the two in either
+        // direction is seen).
+        let mut after: Option<String> = None;
+        let mut live: HashSet<String> = HashSet::new();
+        let mut queue = String::new();
+        loop {
+            let keys = self.store.list("q/", after.as_deref(), 1000).await?;
+            let Some(last) = keys.last().cloned() else {
+                break;
+            };
+            for k in keys {
+                let mut parts = k.rsplitn(3, '/');
+                let (Some(id), Some(kind), Some(prefix)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    continue;
+                };
+                if prefix != queue {
+                    queue = prefix.to_string();
+                    live.clear();
+                }
+                match kind {
+                    "msg" | "dlq" => {
+                        live.insert(id.to_string());
+                    }
+                    "pl" if !live.contains(id) && old(id) => {
+                        let msg = format!("{prefix}/msg/{id}");
+                        let dlq = format!("{prefix}/dlq/{id}");
+                        if self.store.get(&msg).await?.is_none()
+                            && self.store.get(&dlq).await?.is_none()
+                            && self.store.get(&msg).await?.is_none()
+                        {
+                            self.delete_garbage(&k).await?;
+                            deleted += 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            after = Some(last);
+        }
+        Ok(deleted)
+    }
+
+    /// The record of `id` as the garbage sweep sees it: `Some(None)` when
+    /// the key has none, `None` when it cannot be read (corrupt: nothing
+    /// of the key is deleted).
+    async fn sweep_record(&self, id: &str) -> CoreResult<Option<Option<MetaRecord>>> {
+        match self.peek(id).await {
+            Ok(Some(rec)) => Ok(Some(Some(rec))),
+            // `peek` reads a record it cannot parse as none: look again.
+            Ok(None) => match self.store.get(&super::record::meta_key(id)).await? {
+                None => Ok(Some(None)),
+                Some(_) => Ok(None),
+            },
+            Err(e) => {
+                tracing::warn!(key = id, error = %e.into_refusal().detail, "garbage sweep skips a key");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn delete_garbage(&self, key: &str) -> CoreResult<()> {
+        self.store
+            .apply(vec![Op::Delete {
+                key: key.to_string(),
+                cond: Cond::Any,
+            }])
+            .await?;
+        tracing::debug!(key, "unreferenced object deleted");
+        Ok(())
     }
 
     /// Settles one intent under its key's lock; true if a blob was

@@ -25,6 +25,23 @@
 //! in the order of their stored form, which can differ from plain byte order
 //! (lockd's own names never produce them).
 //!
+//! # Garbage deleted in batches
+//!
+//! A batch that changes a record and then deletes, unconditionally, what
+//! the record no longer references (the old document of a key, the inline
+//! payload of an acked message, settled attachment intents) has its commit
+//! point in the conditional write. [`Store::apply`] therefore queues every
+//! `Cond::Any` delete that follows an applied conditional operation of its
+//! batch for a background task, instead of sending it before answering;
+//! the task sends them as `DeleteObjects` requests of up to 1,000 keys
+//! (after at most [`REAP_DELAY`]). A later write of a queued key takes it
+//! off the queue. The objects lockd deletes this way are all named by fresh UUIDs,
+//! so nothing references them again. Deletes still queued when the process
+//! dies, or that the store refuses (after the usual retries), are garbage
+//! the engine's first orphan sweep after the next start collects
+//! (`core/attachments.rs`); nothing still referenced is ever queued. A delete that is the first or only operation of a batch, or
+//! that follows only unconditional writes, is sent at once as before.
+//!
 //! # Errors and retries
 //!
 //! Server errors (5xx), timeouts and dropped connections are retried with a
@@ -62,6 +79,13 @@ pub const BLOB_SINGLE_PUT_MAX: usize = 8 * 1024 * 1024;
 const BLOB_PART_SIZE: usize = 8 * 1024 * 1024;
 /// Parts of one blob uploaded at once.
 const BLOB_PART_CONCURRENCY: usize = 4;
+/// How long queued garbage deletes wait for more to share a request.
+pub const REAP_DELAY: Duration = Duration::from_millis(500);
+/// Keys per `DeleteObjects` request (S3's limit).
+const REAP_BATCH: usize = 1000;
+/// Queued garbage deletes beyond which `apply` deletes at once instead
+/// (the background task is behind: the store refuses or is slow).
+const REAP_MAX_PENDING: usize = 100_000;
 /// Whole-request timeout of object requests.
 const OBJECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Whole-request timeout of blob requests, streaming of the body included
@@ -165,6 +189,82 @@ pub struct S3Store {
     describe: String,
     /// Every HTTP request sent to the store, by kind.
     requests: std::sync::Arc<S3Requests>,
+    /// Garbage deletes queued for the background task (module docs).
+    reaper: std::sync::Arc<Reaper>,
+}
+
+/// Garbage deletes waiting to be sent in batches, shared with the task that
+/// sends them.
+#[derive(Default)]
+struct Reaper {
+    pending: std::sync::Mutex<std::collections::HashSet<String>>,
+    wake: tokio::sync::Notify,
+    /// The store was dropped: send what is queued and stop.
+    closed: std::sync::atomic::AtomicBool,
+    /// The task was spawned.
+    started: std::sync::atomic::AtomicBool,
+}
+
+impl Reaper {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for S3Store {
+    fn drop(&mut self) {
+        self.reaper
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.reaper.wake.notify_one();
+    }
+}
+
+/// The background task of [`Reaper`]: waits for queued deletes, lets more
+/// gather for up to [`REAP_DELAY`] (less when a request's worth is
+/// queued), sends them, and stops once the store is dropped and nothing is
+/// left.
+async fn reap(s3: AmazonS3, reaper: std::sync::Arc<Reaper>) {
+    use std::sync::atomic::Ordering;
+    loop {
+        let closed = reaper.closed.load(Ordering::Acquire);
+        if reaper.lock().is_empty() {
+            if closed {
+                return;
+            }
+            reaper.wake.notified().await;
+            continue;
+        }
+        let deadline = tokio::time::Instant::now() + REAP_DELAY;
+        loop {
+            if reaper.closed.load(Ordering::Acquire) || reaper.lock().len() >= REAP_BATCH {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = reaper.wake.notified() => {}
+            }
+        }
+        let batch: Vec<String> = reaper.lock().drain().collect();
+        let paths: Vec<object_store::Result<Path>> = batch
+            .iter()
+            .filter_map(|p| Path::parse(p).ok())
+            .map(Ok)
+            .collect();
+        let mut results = s3.delete_stream(futures_util::stream::iter(paths).boxed());
+        let mut failed = 0usize;
+        while let Some(r) = results.next().await {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    failed += 1;
+                    if failed == 1 {
+                        tracing::warn!(error = %e, "garbage objects not deleted; the orphan sweep collects them");
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for S3Store {
@@ -304,6 +404,7 @@ impl S3Store {
             http,
             describe,
             requests,
+            reaper: Default::default(),
         })
     }
 
@@ -321,8 +422,53 @@ impl S3Store {
         child_path(&self.blobs, key)
     }
 
+    /// Queues the delete of `key`, garbage after a batch's commit point,
+    /// for the background task (module docs); deletes at once when the
+    /// queue is full or there is no runtime to run the task.
+    async fn delete_later(&self, key: &str) -> StoreResult<()> {
+        use std::sync::atomic::Ordering;
+        let path = self.object_path(key)?;
+        let len = {
+            let mut pending = self.reaper.lock();
+            if pending.len() >= REAP_MAX_PENDING {
+                None
+            } else {
+                pending.insert(path.as_ref().to_string());
+                Some(pending.len())
+            }
+        };
+        let Some(len) = len else {
+            return ignore_not_found(self.s3.delete(&path).await);
+        };
+        if !self.reaper.started.swap(true, Ordering::AcqRel) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => {
+                    h.spawn(reap(self.s3.clone(), self.reaper.clone()));
+                }
+                Err(_) => {
+                    self.reaper.started.store(false, Ordering::Release);
+                    self.reaper.lock().remove(path.as_ref());
+                    return ignore_not_found(self.s3.delete(&path).await);
+                }
+            }
+        }
+        if len == 1 || len >= REAP_BATCH {
+            self.reaper.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Takes `path` off the garbage queue: it is being written again.
+    fn keep(&self, path: &Path) {
+        let mut pending = self.reaper.lock();
+        if !pending.is_empty() {
+            pending.remove(path.as_ref());
+        }
+    }
+
     async fn put(&self, key: &str, value: Bytes, cond: &Cond) -> StoreResult<ETag> {
         let path = self.object_path(key)?;
+        self.keep(&path);
         let mode = match cond {
             Cond::Any => PutMode::Overwrite,
             Cond::IfAbsent => PutMode::Create,
@@ -626,11 +772,26 @@ impl Store for S3Store {
 
     async fn apply(&self, ops: Vec<Op>) -> StoreResult<Vec<ETag>> {
         let mut etags = Vec::with_capacity(ops.len());
+        // Whether a conditional operation (the batch's commit point) has
+        // been applied: unconditional deletes after it are garbage and go
+        // to the background task (module docs).
+        let mut committed = false;
         for op in ops {
             match op {
-                Op::Put { key, value, cond } => etags.push(self.put(&key, value, &cond).await?),
+                Op::Put { key, value, cond } => {
+                    etags.push(self.put(&key, value, &cond).await?);
+                    committed |= cond != Cond::Any;
+                }
+                Op::Delete {
+                    key,
+                    cond: Cond::Any,
+                } if committed => {
+                    self.delete_later(&key).await?;
+                    etags.push(String::new());
+                }
                 Op::Delete { key, cond } => {
                     self.delete(&key, &cond).await?;
+                    committed |= cond != Cond::Any;
                     etags.push(String::new());
                 }
             }

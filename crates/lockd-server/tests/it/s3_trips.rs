@@ -292,3 +292,262 @@ async fn concurrent_node_loses_the_cas_then_reloads() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Keys under `prefix` in the store (at most 1000).
+async fn keys(store: &dyn Store, prefix: &str) -> Vec<String> {
+    store.list(prefix, None, 1000).await.expect("list")
+}
+
+/// The documents a lease cycle lets go of are deleted in the background,
+/// many to one request: five cycles with an update each make fewer delete
+/// requests than documents they let go of, and the key is left with its
+/// one committed document once the deletes have gone out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_old_documents_are_deleted_in_batches() {
+    let Some(local) = s3("failover_old_documents_are_deleted_in_batches") else {
+        return;
+    };
+    let url = local.store_url(&prefix("reap"));
+    let store = lockd_server::storage::open(&url).expect("open the store");
+    let a = lockd_server::start(config(&url, HaMode::Failover, Duration::from_secs(60)))
+        .await
+        .expect("node a starts");
+    let metrics = a.metrics_addr().expect("metrics listener");
+    let a = TestServer::from_running(a, None);
+
+    let first = a.acquire("k", "t", 30, -1).await;
+    a.update_ok(&first, r#"{"n":0}"#).await;
+    a.release(&first).await;
+    let (del0, cond_del0) = (
+        s3_requests(&a, metrics, "delete").await,
+        s3_requests(&a, metrics, "delete_conditional").await,
+    );
+    const CYCLES: usize = 5;
+    for n in 1..=CYCLES {
+        let lease = a.acquire("k", "t", 30, -1).await;
+        a.update_ok(&lease, &format!(r#"{{"n":{n}}}"#)).await;
+        a.release(&lease).await;
+    }
+    // Each release let go of the previous committed document.
+    let docs = loop {
+        let docs = keys(store.as_ref(), "s/").await;
+        if docs.len() == 1 {
+            break docs;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let deletes = s3_requests(&a, metrics, "delete").await - del0;
+    assert!(
+        deletes < CYCLES as u64,
+        "{deletes} delete requests for {CYCLES} old documents"
+    );
+    assert_eq!(
+        s3_requests(&a, metrics, "delete_conditional").await,
+        cond_del0
+    );
+    let doc = a.get_public("default", "k").await;
+    assert_eq!(doc.status(), StatusCode::OK);
+    let body: serde_json::Value = doc.json().await.expect("json");
+    assert_eq!(body["n"], CYCLES, "the last commit is kept ({docs:?})");
+    a.shutdown().await;
+}
+
+/// An inline payload is delivered from the enqueueing node's memory, so
+/// in failover mode enqueue → dequeue → ack reads nothing; the payload
+/// object goes with the batched deletes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_queue_message_makes_no_read() {
+    use lockd_testkit::queue::{ack, dequeue_one, dq, enqueue_simple};
+    let Some(local) = s3("failover_queue_message_makes_no_read") else {
+        return;
+    };
+    let url = local.store_url(&prefix("qtrips"));
+    let store = lockd_server::storage::open(&url).expect("open the store");
+    let a = lockd_server::start(config(&url, HaMode::Failover, Duration::from_secs(60)))
+        .await
+        .expect("node a starts");
+    let metrics = a.metrics_addr().expect("metrics listener");
+    let a = TestServer::from_running(a, None);
+
+    // First use of the queue loads its (empty) index.
+    let first = enqueue_simple(&a, "jobs", b"warm").await;
+    let d = dequeue_one(&a, &dq("jobs", -1, 30)).await;
+    assert_eq!(d.id(), first);
+    ack(&a, &d).await;
+
+    let (get0, cond0) = (
+        s3_requests(&a, metrics, "get").await,
+        s3_requests(&a, metrics, "put_conditional").await,
+    );
+    const MESSAGES: u64 = 4;
+    for n in 0..MESSAGES {
+        let payload = format!("payload {n}");
+        let id = enqueue_simple(&a, "jobs", payload.as_bytes()).await;
+        let d = dequeue_one(&a, &dq("jobs", -1, 30)).await;
+        assert_eq!(d.id(), id);
+        assert_eq!(d.payload, payload.as_bytes(), "the payload as enqueued");
+        ack(&a, &d).await;
+    }
+    let gets = s3_requests(&a, metrics, "get").await - get0;
+    let cond = s3_requests(&a, metrics, "put_conditional").await - cond0;
+    // Enqueue and delivery are one conditional PUT each; election rounds
+    // read and write the HA lease once each.
+    let election_rounds = cond - 2 * MESSAGES;
+    assert_eq!(gets, election_rounds, "{gets} GETs for {MESSAGES} messages");
+    // The payload objects go in the background.
+    loop {
+        let left = keys(store.as_ref(), "q/").await;
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.shutdown().await;
+}
+
+/// A UUIDv7 of `hours_ago` hours before now (as garbage a crash left).
+fn old_uuid(hours_ago: u64, n: u16) -> String {
+    let at = std::time::SystemTime::now() - Duration::from_secs(hours_ago * 3600);
+    let d = at.duration_since(std::time::UNIX_EPOCH).unwrap();
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, d.as_secs(), d.subsec_nanos());
+    let mut bytes = *uuid::Uuid::new_v7(ts).as_bytes();
+    bytes[15] = n as u8;
+    uuid::Uuid::from_bytes(bytes).to_string()
+}
+
+/// What deletes queued at a crash leave behind (documents no record
+/// references, inline payloads of messages that are gone) is collected by
+/// the active node's start-up sweep, once older than the orphan grace;
+/// the referenced document, a live message's payload and recent garbage
+/// stay, and so do the documents of a key whose record cannot be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn startup_sweep_collects_garbage_a_crash_left() {
+    let Some(local) = s3("startup_sweep_collects_garbage_a_crash_left") else {
+        return;
+    };
+    let url = local.store_url(&prefix("garbage"));
+    let store = lockd_server::storage::open(&url).expect("open the store");
+    let put = |key: String, value: String| Op::Put {
+        key,
+        value: Bytes::from(value),
+        cond: Cond::Any,
+    };
+    // A key whose record points at an old document, with an older and a
+    // newer unreferenced one beside it, and a fresh unreferenced one.
+    let (older, kept, newer) = (old_uuid(3, 1), old_uuid(2, 2), old_uuid(2, 3));
+    let fresh = uuid::Uuid::now_v7().to_string();
+    let record = serde_json::json!({
+        "version": 1, "published_version": 1, "state_etag": kept,
+        "fencing_token": 1, "updated_at_unix": 1,
+    });
+    let live_msg = old_uuid(2, 4);
+    let gone_msg = old_uuid(2, 5);
+    let message = |id: &str| {
+        serde_json::json!({
+            "id": id, "namespace": "default", "queue": "jobs",
+            "enqueued_at_unix": 1, "payload_bytes": 1,
+            "payload_content_type": "text/plain", "attempts": 0,
+            "max_attempts": 5, "visibility_timeout_seconds": 30,
+            "not_visible_until_unix": 1, "expires_at_unix": 4_000_000_000_i64,
+            "fencing_counter": 0, "meta_etag": id, "payload_inline": true,
+        })
+        .to_string()
+    };
+    store
+        .apply(vec![
+            put("m/default/k".into(), record.to_string()),
+            put(format!("s/default/k@{older}"), "{\"v\":0}".into()),
+            put(format!("s/default/k@{kept}"), "{\"v\":1}".into()),
+            put(format!("s/default/k@{newer}"), "{\"v\":2}".into()),
+            put(format!("s/default/k@{fresh}"), "{\"v\":3}".into()),
+            put(format!("s/default/nokey@{older}"), "{}".into()),
+            // A record that cannot be read keeps its documents.
+            put("m/default/unreadable".into(), "not json".into()),
+            put(format!("s/default/unreadable@{older}"), "{}".into()),
+            put(format!("q/default/jobs/msg/{live_msg}"), message(&live_msg)),
+            put(format!("q/default/jobs/pl/{live_msg}"), "x".into()),
+            put(format!("q/default/jobs/pl/{gone_msg}"), "y".into()),
+        ])
+        .await
+        .expect("seed the store");
+
+    let a = lockd_server::start(config(&url, HaMode::Failover, Duration::from_secs(60)))
+        .await
+        .expect("node a starts");
+    // The sweep goes documents first, then payloads: once the orphaned
+    // payload is gone, every document has been looked at.
+    loop {
+        if !keys(store.as_ref(), "q/default/jobs/pl/")
+            .await
+            .iter()
+            .any(|k| k.ends_with(&gone_msg))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        keys(store.as_ref(), "s/").await,
+        vec![
+            format!("s/default/k@{kept}"),
+            format!("s/default/k@{fresh}"),
+            format!("s/default/unreadable@{older}"),
+        ],
+        "referenced and recent documents stay"
+    );
+    assert_eq!(
+        keys(store.as_ref(), "q/default/jobs/pl/").await,
+        vec![format!("q/default/jobs/pl/{live_msg}")],
+        "a live message keeps its payload"
+    );
+    let _ = a.shutdown().await;
+}
+
+/// Concurrent nodes act on their cached message records: node B, which
+/// enqueued two messages that node A then delivered, acks A's delivery of
+/// the first (its cached record, without the delivery, is read again
+/// before the ack is refused) and, asked for a message, loses the
+/// compare-and-swap on the second instead of delivering it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_queue_nodes_act_on_stale_caches_safely() {
+    use lockd_testkit::queue::{ack, dequeue_one, dq, enqueue_simple, expect_empty};
+    let Some(local) = s3("concurrent_queue_nodes_act_on_stale_caches_safely") else {
+        return;
+    };
+    let url = local.store_url(&prefix("qcas"));
+    let ttl = Duration::from_secs(10);
+    let a = lockd_server::start(config(&url, HaMode::Concurrent, ttl))
+        .await
+        .expect("node a starts");
+    let b = lockd_server::start(config(&url, HaMode::Concurrent, ttl))
+        .await
+        .expect("node b starts");
+    let b_metrics = b.metrics_addr().expect("metrics listener");
+    let (a, b) = (
+        TestServer::from_running(a, None),
+        TestServer::from_running(b, None),
+    );
+
+    let first = enqueue_simple(&b, "jobs", b"one").await;
+    let second = enqueue_simple(&b, "jobs", b"two").await;
+    // A's first use of the queue loads both from the store.
+    let d1 = dequeue_one(&a, &dq("jobs", -1, 30)).await;
+    let d2 = dequeue_one(&a, &dq("jobs", -1, 30)).await;
+    assert_eq!((d1.id(), d2.id()), (first.as_str(), second.as_str()));
+    assert_eq!(d2.payload, b"two");
+
+    // B still caches both as never delivered.
+    ack(&b, &d1).await;
+    let lost0 = lost_cas(&b, b_metrics).await;
+    expect_empty(&b, "default", "jobs").await;
+    assert!(
+        lost_cas(&b, b_metrics).await > lost0,
+        "B tried its stale record and lost the CAS"
+    );
+    ack(&a, &d2).await;
+    expect_empty(&a, "default", "jobs").await;
+    expect_empty(&b, "default", "jobs").await;
+
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -345,8 +345,17 @@ impl Queues {
                 return Err(e);
             }
             shard.lock().settle(&id, Some(&rec));
+            // The payload held since the enqueue, if any: a redelivery
+            // reads it back from the store.
+            let held = cached.payload.take().filter(|_| rec.payload_inline);
             drop(cached);
-            let (payload_len, payload) = self.open_payload(&rec).await?;
+            let (payload_len, payload) = match held {
+                Some(p) => (
+                    p.body.len() as u64,
+                    crate::storage::once_stream(p.body.clone()),
+                ),
+                None => self.open_payload(&rec).await?,
+            };
             return Ok(Some(Leased {
                 record: rec,
                 payload_len,

@@ -23,6 +23,10 @@ impl QueueConfig {
     pub const DEFAULT_VISIBILITY_TIMEOUT_SECONDS: i64 = 30;
     /// `payload_content_type` of a message enqueued without one.
     pub const DEFAULT_CONTENT_TYPE: &'static str = "application/octet-stream";
+    /// Bytes of inline payloads the server keeps in memory between their
+    /// enqueue and first delivery, so that delivering one reads nothing
+    /// from the store (past it, deliveries read the payload back).
+    pub const PAYLOAD_CACHE_BYTES: usize = 32 << 20;
     /// Default of [`QueueConfig::max_payload`] (`--queue-max-payload`).
     pub const DEFAULT_MAX_PAYLOAD: u64 = 100_000_000;
     /// Default of [`QueueConfig::expiry_counts_as_failure`]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use lockd_api::ErrorCode;
 
+use super::index::CachedPayload;
 use super::message::{inline_payload_key, msg_key, payload_key, MessageRecord};
 use super::{clamp_delay, encode, message_expiry, EnqueueInput, QueueConfig, Queues};
 use crate::core::clock::{add_secs, unix_secs};
@@ -102,6 +103,9 @@ impl Queues {
         rec.set_expires_ms(message_expiry(now, input.ttl_seconds));
         let raw = encode(&rec)?;
         let mut ops = Vec::with_capacity(2);
+        let cached_payload = inline.as_ref().and_then(|body| {
+            CachedPayload::new(body, &self.payload_cache, QueueConfig::PAYLOAD_CACHE_BYTES)
+        });
         if let Some(body) = inline {
             ops.push(Op::Put {
                 key: inline_payload_key(&rec.namespace, &rec.queue, &id),
@@ -125,7 +129,9 @@ impl Queues {
             }
         };
         let etag = etags.into_iter().nth(record_at).unwrap_or_default();
-        shard.lock().insert(&id, &rec, etag);
+        shard
+            .lock()
+            .insert_with_payload(&id, &rec, etag, cached_payload);
         shard.wake();
         Ok(rec)
     }

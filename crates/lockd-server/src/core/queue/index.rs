@@ -3,7 +3,10 @@
 //! consumers claim from.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use tokio::sync::Mutex;
 
@@ -29,6 +32,41 @@ pub(super) struct CachedMessage {
     /// A write was started and not seen to finish (its future was dropped):
     /// reload from the store before use.
     pub(super) stale: bool,
+    /// The inline payload, kept from the enqueue on this node to the first
+    /// delivery. Payloads never change once stored, so this is right in
+    /// every mode.
+    pub(super) payload: Option<CachedPayload>,
+}
+
+/// An inline payload held in memory, counted against the server's budget
+/// ([`super::QueueConfig::PAYLOAD_CACHE_BYTES`]) until dropped.
+pub(super) struct CachedPayload {
+    pub(super) body: Bytes,
+    budget: Arc<AtomicUsize>,
+}
+
+impl CachedPayload {
+    /// Holds `body` if the budget has room for it.
+    pub(super) fn new(body: &Bytes, budget: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        let len = body.len();
+        budget
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(len).filter(|n| *n <= max)
+            })
+            .ok()?;
+        // A copy, so that the budget counts what is held (the request's
+        // buffer the body may be a slice of can be larger).
+        Some(Self {
+            body: Bytes::copy_from_slice(body),
+            budget: budget.clone(),
+        })
+    }
+}
+
+impl Drop for CachedPayload {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.body.len(), Ordering::AcqRel);
+    }
 }
 
 /// Every live message of one queue and the order they become visible in.
@@ -41,10 +79,22 @@ pub(super) struct Index {
 
 impl Index {
     pub(super) fn insert(&mut self, id: &str, rec: &MessageRecord, etag: ETag) {
+        self.insert_with_payload(id, rec, etag, None);
+    }
+
+    /// [`Index::insert`] with the message's inline payload held in memory.
+    pub(super) fn insert_with_payload(
+        &mut self,
+        id: &str,
+        rec: &MessageRecord,
+        etag: ETag,
+        payload: Option<CachedPayload>,
+    ) {
         let cached = Arc::new(Mutex::new(CachedMessage {
             rec: Some(rec.clone()),
             etag,
             stale: false,
+            payload,
         }));
         self.entries.insert(
             id.to_string(),

@@ -179,6 +179,8 @@ pub struct Queues {
     term: std::sync::atomic::AtomicU64,
     cfg: QueueConfig,
     consumers: AtomicUsize,
+    /// Bytes of inline payloads held in the shards' caches.
+    payload_cache: Arc<AtomicUsize>,
 }
 
 fn not_found(detail: &str) -> CoreError {
@@ -203,6 +205,7 @@ impl Queues {
             term: std::sync::atomic::AtomicU64::new(0),
             cfg,
             consumers: AtomicUsize::new(0),
+            payload_cache: Arc::new(AtomicUsize::new(0)),
         });
         // Transactions settle the messages delivered under them.
         let weak: std::sync::Weak<dyn crate::core::txn::QueueParticipants> =

@@ -36,19 +36,26 @@ impl Queues {
         }
     }
 
-    /// Reloads a cached record whose last write was abandoned mid-way.
-    /// On stores shared with concurrently writing nodes every use reads the
-    /// record afresh (in failover mode the active node's cache is
-    /// authoritative: the queue's shards are dropped when its term changes).
+    /// Reloads a cached record whose last write was abandoned mid-way or
+    /// lost a compare-and-swap; returns whether it read the store.
+    ///
+    /// Otherwise the cached record is used in every mode: in failover mode
+    /// the active node's cache is authoritative (the queue's shards are
+    /// dropped when its term changes); with concurrently writing nodes it
+    /// is optimistic, as every write is conditional on the cached etag: a
+    /// write over another node's change fails, marks the entry stale and
+    /// the caller's retry reads it afresh, and a check that refuses on a
+    /// cached record reads it again before refusing
+    /// ([`Queues::locked_delivery`]).
     pub(super) async fn refresh(
         &self,
         cached: &mut CachedMessage,
         ns: &str,
         queue: &str,
         id: &str,
-    ) -> CoreResult<()> {
-        if !cached.stale && !self.engine.fresh_reads() {
-            return Ok(());
+    ) -> CoreResult<bool> {
+        if !cached.stale {
+            return Ok(false);
         }
         self.store.barrier().await?;
         match self.store.get(&msg_key(ns, queue, id)).await? {
@@ -62,7 +69,7 @@ impl Queues {
             None => cached.rec = None,
         }
         cached.stale = false;
-        Ok(())
+        Ok(true)
     }
 
     /// Writes a changed record over the one in `cached`.

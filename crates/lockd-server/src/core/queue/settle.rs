@@ -19,6 +19,8 @@ use lockd_api::txn::TxnState;
 
 impl Queues {
     /// Locks a message for ack/nack/extend and checks the caller's lease.
+    /// A refusal based on a cached record that other nodes may have
+    /// changed since (concurrent mode) is checked again on a fresh read.
     pub(super) async fn locked_delivery(
         &self,
         r: &MessageRef,
@@ -27,11 +29,32 @@ impl Queues {
         tokio::sync::OwnedMutexGuard<CachedMessage>,
         MessageRecord,
     )> {
-        let (shard, cached) = self
+        let (shard, mut cached, read) = self
             .locked_message(&r.namespace, &r.queue, &r.message_id)
             .await?;
+        let checked = match self.check_delivery(&cached, r) {
+            Err(_) if !read && self.engine.fresh_reads() => {
+                cached.stale = true;
+                self.refresh(&mut cached, &r.namespace, &r.queue, &r.message_id)
+                    .await?;
+                self.check_delivery(&cached, r)
+            }
+            checked => checked,
+        };
+        match checked {
+            Ok(rec) => Ok((shard, cached, rec)),
+            Err(e) => {
+                if cached.rec.is_none() {
+                    shard.lock().settle(&r.message_id, None);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The cached record if `r` names its live delivery.
+    fn check_delivery(&self, cached: &CachedMessage, r: &MessageRef) -> CoreResult<MessageRecord> {
         let Some(rec) = cached.rec.clone() else {
-            shard.lock().settle(&r.message_id, None);
             return Err(not_found("message already removed"));
         };
         let Some(d) = rec.delivery.as_ref() else {
@@ -49,24 +72,30 @@ impl Queues {
                 "message lease expired",
             ));
         }
-        Ok((shard, cached, rec))
+        Ok(rec)
     }
 
     /// Locks a message (loading it when another node sharing the store
-    /// delivered it) and brings its record up to date.
+    /// delivered it) and brings its record up to date (see
+    /// [`Queues::refresh`]); tells whether the record was read from the
+    /// store by this call.
     pub(super) async fn locked_message(
         &self,
         namespace: &str,
         queue: &str,
         id: &str,
-    ) -> CoreResult<(Arc<QueueShard>, tokio::sync::OwnedMutexGuard<CachedMessage>)> {
+    ) -> CoreResult<(
+        Arc<QueueShard>,
+        tokio::sync::OwnedMutexGuard<CachedMessage>,
+        bool,
+    )> {
         let shard = self.shard(namespace, queue).await?;
         let known = {
             let idx = shard.lock();
             idx.entries.get(id).map(|e| e.cached.clone())
         };
-        let cached = match known {
-            Some(s) => s,
+        let (cached, loaded) = match known {
+            Some(s) => (s, false),
             // Delivered by another node sharing the store: load it.
             None if self.engine.shared() => {
                 let key = msg_key(namespace, queue, id);
@@ -79,19 +108,22 @@ impl Queues {
                     CoreError::new(ErrorCode::InternalError, "corrupt message record")
                 })?;
                 let mut idx = shard.lock();
-                if !idx.entries.contains_key(&rec.id) {
+                let inserted = !idx.entries.contains_key(&rec.id);
+                if inserted {
                     idx.insert(&rec.id.clone(), &rec, etag);
                 }
-                idx.entries
+                let cached = idx
+                    .entries
                     .get(id)
                     .map(|e| e.cached.clone())
-                    .ok_or_else(|| not_found("message not found"))?
+                    .ok_or_else(|| not_found("message not found"))?;
+                (cached, inserted)
             }
             None => return Err(not_found("message not found")),
         };
         let mut cached = cached.lock_owned().await;
-        self.refresh(&mut cached, namespace, queue, id).await?;
-        Ok((shard, cached))
+        let read = self.refresh(&mut cached, namespace, queue, id).await? || loaded;
+        Ok((shard, cached, read))
     }
 
     /// Completes a delivery: deletes the message and, for stateful
@@ -400,7 +432,11 @@ impl QueueParticipants for Queues {
         id: &str,
         txn: &str,
     ) -> Option<i64> {
-        let (_, cached) = self.locked_message(namespace, queue, id).await.ok()?;
+        let (_, mut cached, read) = self.locked_message(namespace, queue, id).await.ok()?;
+        if !read && self.engine.fresh_reads() {
+            cached.stale = true;
+            self.refresh(&mut cached, namespace, queue, id).await.ok()?;
+        }
         let d = cached.rec.as_ref()?.delivery.as_ref()?;
         (d.txn_id == txn).then(|| d.expires_ms())
     }
@@ -419,11 +455,17 @@ impl Queues {
         txn: &str,
         state: TxnState,
     ) -> CoreResult<()> {
-        let (shard, mut cached) = match self.locked_message(namespace, queue, id).await {
+        let (shard, mut cached, read) = match self.locked_message(namespace, queue, id).await {
             Ok(x) => x,
             Err(e) if e.code() == ErrorCode::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
+        if !read && self.engine.fresh_reads() {
+            // Decided from the record as it is now: another node may have
+            // delivered it under this transaction since it was cached.
+            cached.stale = true;
+            self.refresh(&mut cached, namespace, queue, id).await?;
+        }
         let Some(mut rec) = cached.rec.clone() else {
             return Ok(());
         };
