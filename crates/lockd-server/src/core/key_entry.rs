@@ -8,11 +8,11 @@
 
 use std::sync::{Arc, Mutex as SyncMutex};
 
-use async_lock::{Mutex, MutexGuard};
 use compact_str::CompactString;
 use thin_vec::ThinVec;
 use tokio::sync::Notify;
 
+use super::key_lock::{KeyLock, KeyLockGuard};
 use super::record::{doc_key, meta_key, MetaRecord};
 use super::CoreResult;
 use crate::storage::{Cond, ETag, Op, Store};
@@ -34,7 +34,7 @@ pub struct KeyState {
 }
 
 /// A locked [`KeyState`].
-pub type KeyGuard<'a> = MutexGuard<'a, KeyState>;
+pub type KeyGuard<'a> = KeyLockGuard<'a, KeyState>;
 
 struct Waiter {
     id: u64,
@@ -44,11 +44,11 @@ struct Waiter {
 /// A key's lock, cache and waiter queue.
 ///
 /// Every held lease keeps one of these in memory, so its size counts:
-/// the async mutex is `async_lock`'s (16 bytes of its own against
-/// tokio's 40) and the waiter queue is a `ThinVec`.
+/// the lock is a one-byte [`KeyLock`] (tokio's mutex takes 40) and the
+/// waiter queue is a `ThinVec`.
 #[derive(Default)]
 pub struct KeyEntry {
-    state: Mutex<KeyState>,
+    state: KeyLock<KeyState>,
     /// The FIFO of blocked acquirers, oldest first: one pointer and no
     /// allocation while nobody waits, as nearly always.
     waiters: SyncMutex<ThinVec<Waiter>>,

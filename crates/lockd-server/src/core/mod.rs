@@ -7,6 +7,7 @@ pub mod clock;
 mod error;
 pub mod index;
 mod key_entry;
+mod key_lock;
 mod lease;
 pub mod namespace;
 pub mod query;
