@@ -33,9 +33,8 @@ impl Queues {
             .locked_message(&r.namespace, &r.queue, &r.message_id)
             .await?;
         let checked = match self.check_delivery(&cached, r) {
-            Err(_) if !read && self.engine.fresh_reads() => {
-                cached.stale = true;
-                self.refresh(&mut cached, &r.namespace, &r.queue, &r.message_id)
+            Err(_) if self.may_be_stale(read) => {
+                self.reread(&mut cached, &r.namespace, &r.queue, &r.message_id)
                     .await?;
                 self.check_delivery(&cached, r)
             }
@@ -50,6 +49,25 @@ impl Queues {
                 Err(e)
             }
         }
+    }
+
+    /// Whether a record [`Queues::locked_message`] served from the cache
+    /// (`read` false) may be behind the store: other nodes write it
+    /// concurrently.
+    fn may_be_stale(&self, read: bool) -> bool {
+        !read && self.engine.fresh_reads()
+    }
+
+    /// Reads a cached record afresh from the store.
+    async fn reread(
+        &self,
+        cached: &mut CachedMessage,
+        ns: &str,
+        queue: &str,
+        id: &str,
+    ) -> CoreResult<()> {
+        cached.stale = true;
+        self.refresh(cached, ns, queue, id).await.map(|_| ())
     }
 
     /// The cached record if `r` names its live delivery.
@@ -433,9 +451,8 @@ impl QueueParticipants for Queues {
         txn: &str,
     ) -> Option<i64> {
         let (_, mut cached, read) = self.locked_message(namespace, queue, id).await.ok()?;
-        if !read && self.engine.fresh_reads() {
-            cached.stale = true;
-            self.refresh(&mut cached, namespace, queue, id).await.ok()?;
+        if self.may_be_stale(read) {
+            self.reread(&mut cached, namespace, queue, id).await.ok()?;
         }
         let d = cached.rec.as_ref()?.delivery.as_ref()?;
         (d.txn_id == txn).then(|| d.expires_ms())
@@ -460,11 +477,10 @@ impl Queues {
             Err(e) if e.code() == ErrorCode::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
-        if !read && self.engine.fresh_reads() {
+        if self.may_be_stale(read) {
             // Decided from the record as it is now: another node may have
             // delivered it under this transaction since it was cached.
-            cached.stale = true;
-            self.refresh(&mut cached, namespace, queue, id).await?;
+            self.reread(&mut cached, namespace, queue, id).await?;
         }
         let Some(mut rec) = cached.rec.clone() else {
             return Ok(());
