@@ -71,7 +71,7 @@ pub struct ServerConfig {
     /// start. Fencing tokens stay above anything ever handed out.
     pub disk_recover_truncate_wal: bool,
     /// `disk://` only: bytes of database pages kept in memory
-    /// (`--disk-cache-size`; `0` = the default, 64 MiB). Committed keys
+    /// (`--disk-cache-size`; `0` = the default, 32 MiB). Committed keys
     /// nobody uses cost no memory beyond it.
     pub disk_cache_bytes: u64,
     /// `disk://` only, for tests and benchmarks: a simulated fsync latency
