@@ -12,6 +12,11 @@
 //!   one `fdatasync`, then answers those callers. No caller is answered
 //!   before its data is durable, and throughput grows with the number of
 //!   concurrent writers instead of being capped at one fsync per write.
+//! * On a slow disk (recent syncs of a millisecond or more) the log thread
+//!   does not wait for a group's `fdatasync` before writing the next
+//!   group: up to eight syncs run at once on sync threads, and callers are
+//!   still answered in write order, each once every write up to its own is
+//!   durable (see `Pipe`).
 //! * Every [`CHECKPOINT_BYTES`] of log or [`CHECKPOINT_EVERY`] (and when the
 //!   store closes) the log thread freezes the overlay, writes it into redb
 //!   with one durable commit that also records the next log *epoch*, and
@@ -133,6 +138,8 @@ struct Shared {
     inner: Mutex<Inner>,
     /// Told about each group commit (metrics), once set.
     commits: std::sync::OnceLock<Arc<dyn CommitObserver>>,
+    /// Group commits whose sync overlaps later ones (slow disks).
+    pipe: Pipe,
 }
 
 impl Shared {
@@ -389,6 +396,7 @@ impl DiskStore {
         let shared = Arc::new(Shared {
             db,
             commits: std::sync::OnceLock::new(),
+            pipe: Pipe::default(),
             inner: Mutex::new(Inner {
                 active: Overlay::new(),
                 flushing: None,
@@ -723,12 +731,15 @@ fn replay(
 /// write and one `fdatasync`, answers their callers, and checkpoints when
 /// the log has grown or aged, and when the store closes. After each group
 /// it may hold the next one back briefly for the callers it just answered
-/// (see [`Hold`]).
-fn log_loop(shared: &Shared, mut wal: Wal, rx: mpsc::Receiver<LogItem>) {
+/// (see [`Hold`]). On a slow disk it does not wait for a group's
+/// `fdatasync` before writing the next: see [`Pipe`].
+fn log_loop(shared: &Arc<Shared>, mut wal: Wal, rx: mpsc::Receiver<LogItem>) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut last_checkpoint = std::time::Instant::now();
     let mut pending: Vec<LogItem> = Vec::new();
-    let mut recent = Recent::default();
+    let pipe = &shared.pipe;
+    let mut syncers: Option<Syncers> = None;
+    let mut no_syncers = false;
     let mut hold: Option<Hold> = None;
     loop {
         if pending.is_empty() {
@@ -739,8 +750,31 @@ fn log_loop(shared: &Shared, mut wal: Wal, rx: mpsc::Receiver<LogItem>) {
             }
         }
         drain(&rx, &mut pending);
-        if let Some(h) = hold.take() {
+        let (in_flight, slow) = pipe.status();
+        let pipelined = (slow || in_flight > 0) && !no_syncers;
+        if pipelined {
+            hold = None;
+        } else if let Some(h) = hold.take() {
             h.wait(&rx, &mut pending);
+        }
+        if pipelined && !pending.is_empty() {
+            if syncers.is_none() {
+                match Syncers::start(shared, &wal) {
+                    Ok(s) => syncers = Some(s),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "disk store: cannot start log sync threads; syncing each group in turn");
+                        no_syncers = true;
+                    }
+                }
+            }
+            if let Some(s) = &syncers {
+                pipe.wait_for_slot();
+                drain(&rx, &mut pending);
+                if write_overlapped(shared, &mut wal, s, &rx, &mut pending) {
+                    last_checkpoint = std::time::Instant::now();
+                }
+                pending.clear();
+            }
         }
         if !pending.is_empty() {
             let started = std::time::Instant::now();
@@ -757,7 +791,7 @@ fn log_loop(shared: &Shared, mut wal: Wal, rx: mpsc::Receiver<LogItem>) {
                 // What queued while this group was written decides the
                 // hold, so it is taken now.
                 drain(&rx, &mut pending);
-                hold = recent.synced(took).map(|cap| Hold {
+                hold = pipe.synced(took, wal.last_sync()).map(|cap| Hold {
                     target: (batches + pending.len()).min(MAX_GROUP),
                     until: std::time::Instant::now() + cap,
                 });
@@ -767,11 +801,281 @@ fn log_loop(shared: &Shared, mut wal: Wal, rx: mpsc::Receiver<LogItem>) {
             || (wal.used() > 0 && last_checkpoint.elapsed() >= CHECKPOINT_EVERY);
         if due {
             last_checkpoint = std::time::Instant::now();
+            pipe.wait_idle();
             checkpoint(shared, &mut wal, &rx, &mut pending);
             hold = None;
         }
     }
+    pipe.wait_idle();
     checkpoint(shared, &mut wal, &rx, &mut pending);
+    // Stops and joins the sync threads, so the store is closed when the
+    // log thread is.
+    drop(syncers);
+}
+
+/// Group commits on a slow disk.
+///
+/// With one group in flight, a writer that comes back while a group is
+/// being synced waits for that sync to end and then for its own: on a disk
+/// whose `fdatasync` takes milliseconds, that wait is most of the cost of
+/// a write. Once recent syncs took [`SLOW_SYNC`] or more, the log thread
+/// writes each group and hands its `fdatasync` to one of
+/// [`MAX_IN_FLIGHT`] sync threads, and writes the next group at once:
+/// the syncs overlap.
+///
+/// Callers are answered strictly in the order their groups were written,
+/// and only once their group's own sync and every earlier group's
+/// returned; after a failed sync, that group and every later one get the
+/// error and the store refuses writes. Each record's `first` field holds
+/// the lowest sequence number not yet answered when it was written, which
+/// keeps recovery's rule (see [`super::wal`]) sound.
+#[derive(Default)]
+struct Pipe {
+    state: Mutex<PipeState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct PipeState {
+    /// Groups written and not yet answered, oldest first.
+    groups: std::collections::VecDeque<InFlight>,
+    /// The last group commits' durations (write to answer).
+    recent: Recent,
+    /// The last `fdatasync` durations: they decide whether groups
+    /// overlap.
+    syncs: Recent,
+    /// A sync failed: every group after it fails too.
+    failed: Option<String>,
+    /// Numbers the groups.
+    next_id: u64,
+    /// The most groups in flight at once so far.
+    peak: usize,
+}
+
+/// A group written to the log whose callers wait for its sync.
+struct InFlight {
+    id: u64,
+    /// Sequence number of its first record (the next record's, for a
+    /// group without any).
+    first: u64,
+    items: Vec<LogItem>,
+    started: std::time::Instant,
+    /// Its sync's outcome, once known.
+    done: Option<Result<(), String>>,
+}
+
+/// Syncs that must have taken this long (the shorter of the last two)
+/// before groups overlap ([`Pipe`]).
+const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(1);
+/// Groups being synced at once on a slow disk.
+const MAX_IN_FLIGHT: usize = 8;
+
+impl Pipe {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PipeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Groups in flight, and whether recent syncs were slow.
+    fn status(&self) -> (usize, bool) {
+        let p = self.lock();
+        let slow = p.syncs.shorter().is_some_and(|d| d >= SLOW_SYNC);
+        (p.groups.len(), slow)
+    }
+
+    /// Notes a serial group commit's duration and its `fdatasync`'s;
+    /// returns how long the next group may be held back ([`Hold`]).
+    fn synced(
+        &self,
+        took: std::time::Duration,
+        sync: std::time::Duration,
+    ) -> Option<std::time::Duration> {
+        let mut p = self.lock();
+        p.syncs.synced(sync);
+        p.recent.synced(took)
+    }
+
+    /// Blocks while [`MAX_IN_FLIGHT`] groups are in flight.
+    fn wait_for_slot(&self) {
+        let mut p = self.lock();
+        while p.groups.len() >= MAX_IN_FLIGHT {
+            p = self.changed.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Blocks until every group in flight was answered.
+    fn wait_idle(&self) {
+        let mut p = self.lock();
+        while !p.groups.is_empty() {
+            p = self.changed.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The lowest sequence number not yet answered, if a group is in
+    /// flight.
+    fn oldest(&self) -> Option<u64> {
+        self.lock().groups.front().map(|g| g.first)
+    }
+
+    /// Adds a written group; `done` is set for a group with nothing to
+    /// sync. Returns its number.
+    fn push(&self, first: u64, items: Vec<LogItem>, done: Option<Result<(), String>>) -> u64 {
+        let mut p = self.lock();
+        let id = p.next_id;
+        p.next_id += 1;
+        p.groups.push_back(InFlight {
+            id,
+            first,
+            items,
+            started: std::time::Instant::now(),
+            done,
+        });
+        p.peak = p.peak.max(p.groups.len());
+        id
+    }
+
+    /// Records group `id`'s outcome (if given) and answers every group at
+    /// the front whose outcome is known.
+    fn finish(&self, shared: &Shared, id: Option<(u64, Result<std::time::Duration, String>)>) {
+        let mut ready = Vec::new();
+        let mut newly_failed = None;
+        {
+            let mut p = self.lock();
+            if let Some((id, result)) = id {
+                if let Ok(sync) = result {
+                    p.syncs.synced(sync);
+                }
+                if let Some(g) = p.groups.iter_mut().find(|g| g.id == id) {
+                    g.done = Some(result.map(|_| ()));
+                }
+            }
+            while p.groups.front().is_some_and(|g| g.done.is_some()) {
+                let Some(g) = p.groups.pop_front() else { break };
+                let took = g.started.elapsed();
+                let outcome = match (&p.failed, &g.done) {
+                    (Some(earlier), _) => Err(earlier.clone()),
+                    (None, Some(Err(e))) => {
+                        let reason = format!("write-ahead log: {e}");
+                        p.failed = Some(reason.clone());
+                        newly_failed = Some(reason.clone());
+                        Err(reason)
+                    }
+                    (None, _) => Ok(()),
+                };
+                ready.push((g.items, took, outcome));
+            }
+            self.changed.notify_all();
+        }
+        if let Some(reason) = newly_failed {
+            shared.set_broken(reason);
+        }
+        for (mut items, took, outcome) in ready {
+            if let Some(observer) = shared.commits.get() {
+                observer.commit(items.len(), took, outcome.is_ok());
+            }
+            answer(&mut items, outcome.err().as_deref());
+        }
+    }
+}
+
+/// The sync threads of a slow disk ([`Pipe`]); dropping this stops and
+/// joins them.
+struct Syncers {
+    jobs: Option<mpsc::Sender<u64>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Syncers {
+    fn start(shared: &Arc<Shared>, wal: &Wal) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<u64>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut out = Self {
+            jobs: Some(tx),
+            threads: Vec::with_capacity(MAX_IN_FLIGHT),
+        };
+        for n in 0..MAX_IN_FLIGHT {
+            let syncer = wal.syncer()?;
+            let (shared, rx) = (shared.clone(), rx.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("lockd-disk-sync-{n}"))
+                .spawn(move || loop {
+                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok(id) = job else { return };
+                    let started = std::time::Instant::now();
+                    let result = syncer
+                        .sync()
+                        .map(|()| started.elapsed())
+                        .map_err(|e| e.to_string());
+                    shared.pipe.finish(&shared, Some((id, result)));
+                })?;
+            out.threads.push(thread);
+        }
+        Ok(out)
+    }
+
+    /// Has group `id` synced; false once the threads are gone.
+    fn sync(&self, id: u64) -> bool {
+        self.jobs.as_ref().is_some_and(|tx| tx.send(id).is_ok())
+    }
+}
+
+impl Drop for Syncers {
+    fn drop(&mut self) {
+        self.jobs.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Writes `pending` as one group whose sync overlaps the next groups'
+/// ([`Pipe`]); the callers are answered once it and every earlier group
+/// are durable. Returns whether it checkpointed instead (a group too big
+/// for the rest of the log).
+fn write_overlapped(
+    shared: &Shared,
+    wal: &mut Wal,
+    syncers: &Syncers,
+    rx: &mpsc::Receiver<LogItem>,
+    pending: &mut Vec<LogItem>,
+) -> bool {
+    let pipe = &shared.pipe;
+    let broken = shared.lock().broken.clone();
+    if let Some(reason) = broken {
+        answer(pending, Some(&reason));
+        return false;
+    }
+    let records: Vec<&RecordBuf> = pending.iter().filter_map(|i| i.record.as_ref()).collect();
+    if records.is_empty() {
+        // Barriers: answered once every earlier group is durable.
+        drop(records);
+        pipe.push(wal.next_seq(), std::mem::take(pending), Some(Ok(())));
+        pipe.finish(shared, None);
+        return false;
+    }
+    if !wal.fits_all(&records) {
+        drop(records);
+        pipe.wait_idle();
+        checkpoint(shared, wal, rx, pending);
+        return true;
+    }
+    let first = wal.next_seq();
+    let oldest = pipe.oldest().unwrap_or(first);
+    if let Err(e) = wal.write_all(&records, oldest) {
+        drop(records);
+        let reason = format!("write-ahead log: {e}");
+        shared.set_broken(reason.clone());
+        answer(pending, Some(&reason));
+        return false;
+    }
+    drop(records);
+    let id = pipe.push(first, std::mem::take(pending), None);
+    if !syncers.sync(id) {
+        pipe.finish(
+            shared,
+            Some((id, Err("the log sync threads stopped".into()))),
+        );
+    }
+    false
 }
 
 /// Moves what is queued into `pending`, up to [`MAX_GROUP`].
@@ -794,6 +1098,11 @@ impl Recent {
     /// not stretch it).
     fn synced(&mut self, took: std::time::Duration) -> Option<std::time::Duration> {
         self.0 = [self.0[1], Some(took)];
+        self.shorter()
+    }
+
+    /// The shorter of the last two, once there were two.
+    fn shorter(&self) -> Option<std::time::Duration> {
         match self.0 {
             [Some(a), Some(b)] => Some(a.min(b)),
             _ => None,
@@ -1429,6 +1738,51 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn disk_recovered_damaged_first_record_keeps_fencing_tokens_growing() {
         tokens_stay_above_after_recovery(|wal, recs| testing::zero(wal, &recs[0])).await;
+    }
+
+    /// On a slow disk group commits overlap: many groups are synced at
+    /// once, each writer's writes are answered in order with growing
+    /// etags, a barrier is answered only after the writes before it, and
+    /// everything answered is there after the store is reopened.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn disk_slow_syncs_overlap_and_answer_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let slow = OpenOptions {
+            sync_delay: Some(std::time::Duration::from_millis(3)),
+            ..OpenOptions::default()
+        };
+        let store = Arc::new(DiskStore::open_with(dir.path(), &slow).unwrap());
+        let mut writers = Vec::new();
+        for w in 0..24 {
+            let store = store.clone();
+            writers.push(tokio::spawn(async move {
+                let mut last = 0u64;
+                for i in 0..8 {
+                    let etags = store
+                        .apply(vec![put(&format!("w{w}"), &i.to_string())])
+                        .await
+                        .unwrap();
+                    let etag: u64 = etags[0].parse().unwrap();
+                    assert!(etag > last, "writer {w}: etag {etag} after {last}");
+                    last = etag;
+                }
+                // Everything this writer wrote is answered before its
+                // barrier is.
+                store.barrier().await.unwrap();
+                last
+            }));
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        let peak = store.shared.pipe.lock().peak;
+        assert!(peak > 1, "no two group commits overlapped (peak {peak})");
+        drop(Arc::into_inner(store).unwrap());
+        let reopened = DiskStore::open(dir.path()).unwrap();
+        for w in 0..24 {
+            let (value, _) = reopened.get(&format!("w{w}")).await.unwrap().unwrap();
+            assert_eq!(&value[..], b"7", "writer {w} after reopening");
+        }
     }
 
     /// Only the engine's own records count toward the floor, never the

@@ -18,8 +18,12 @@
 //! magic "LKW2" | payload length u32 | epoch u64 | sequence u64 | first u64 | crc32 u32 | payload
 //! ```
 //!
-//! `first` is the sequence number of the first record of the same write
-//! (the group the record was made durable with). The CRC covers epoch,
+//! `first` is the lowest sequence number that was not yet durable when the
+//! record was written: the first record of the same write (the group it
+//! was made durable with), or, on a slow disk where the store writes a
+//! group while earlier ones are still being synced (`Pipe` in
+//! `disk.rs`), the first record of the oldest write not yet answered. The
+//! CRC covers epoch,
 //! sequence, first and payload. Logs written before `first` existed use
 //! magic "LKW1" and no `first` field; they are still read (see below).
 //!
@@ -41,23 +45,25 @@
 //!   without a word.
 //! * **Damage.** Recovery then looks at every later position of the file
 //!   for an intact record of the current epoch (magic, header, CRC) with a
-//!   sequence number above `s` whose `first` is above `s` too, i.e. that
-//!   was written by a *later* write than record `s`. Writes are issued one
-//!   after the other, each only once the previous one's `fdatasync`
-//!   returned, so such a record proves that the write holding record `s`
-//!   had completed and been acknowledged: record `s` was damaged after it
-//!   was durable (a flipped bit, a lost sector, a bug), and everything from
-//!   it on that was acknowledged would be lost by trimming. Opening the
-//!   store then fails ([`Recovered::damage`]) unless the operator accepts
-//!   the loss.
+//!   sequence number above `s` whose `first` is above `s` too. Such a
+//!   record was written after record `s` was durable (its write's
+//!   `fdatasync` had returned), so it proves that record `s` was damaged
+//!   after it was durable (a flipped bit, a lost sector, a bug), and that
+//!   what follows it was likely acknowledged and would be lost by
+//!   trimming. Opening the store then fails ([`Recovered::damage`]) unless
+//!   the operator accepts the loss.
 //!
 //! Intact records after `s` whose `first` is at most `s` belong to the
-//! same write as `s`: a write the crash interrupted, whose pages may reach
-//! the disk in any order after a power loss. They are dropped with it.
+//! same write as `s`, or to a write made while `s`'s was still being
+//! synced: writes the crash interrupted, whose pages may reach the disk in
+//! any order after a power loss. None of them was acknowledged, because
+//! callers are answered in the order of the writes and only once every
+//! write up to theirs is durable. They are dropped with it.
 //!
 //! Limits of the rule:
 //!
-//! * Damage inside the *last* write, or damage that also destroys every
+//! * Damage inside the *last* write (on a slow disk: inside the last
+//!   writes that were synced together), or damage that also destroys every
 //!   record written after it, looks exactly like a torn tail and is trimmed
 //!   quietly. No framing can tell these apart; redb's own checksums and
 //!   the disk's are the only other line of defence.
@@ -229,11 +235,13 @@ impl RecordBuf {
 /// The open log.
 pub(super) struct Wal {
     file: File,
+    path: std::path::PathBuf,
     capacity: u64,
     offset: u64,
     epoch: u64,
     seq: u64,
     scratch: Vec<u8>,
+    last_sync: std::time::Duration,
     /// The simulated fsync latency (see [`Wal::set_sync_delay`]).
     #[cfg(feature = "fault-hooks")]
     sync_delay: Option<std::time::Duration>,
@@ -271,11 +279,13 @@ impl Wal {
         Ok((
             Self {
                 file,
+                path: path.to_path_buf(),
                 capacity: capacity.max(len),
                 offset: 0,
                 epoch: epoch + 1,
                 seq: 0,
                 scratch: Vec::new(),
+                last_sync: std::time::Duration::ZERO,
                 #[cfg(feature = "fault-hooks")]
                 sync_delay: None,
             },
@@ -300,10 +310,25 @@ impl Wal {
     }
 
     /// Appends records with one write and waits until they are on disk.
+    /// Only when no earlier write is still being synced (serial commits).
     pub fn append_all(&mut self, payloads: &[&RecordBuf]) -> io::Result<()> {
+        self.write_all(payloads, self.seq)?;
+        let started = std::time::Instant::now();
+        self.file.sync_data()?;
+        self.slow_disk();
+        self.last_sync = started.elapsed();
+        Ok(())
+    }
+
+    /// Appends records with one write and does not sync them: a
+    /// [`Syncer`] does, on another thread. `first` is the lowest sequence
+    /// number not yet known to be durable (this write's own first record
+    /// when nothing is being synced); recovery relies on it (see the
+    /// module docs).
+    pub fn write_all(&mut self, payloads: &[&RecordBuf], first: u64) -> io::Result<()> {
         self.scratch.clear();
-        let first = self.seq;
-        let mut seq = first;
+        let first = first.min(self.seq);
+        let mut seq = self.seq;
         for payload in payloads {
             let body = &payload.buf;
             self.scratch.extend_from_slice(MAGIC);
@@ -318,8 +343,6 @@ impl Wal {
             seq += 1;
         }
         self.file.write_all_at(&self.scratch, self.offset)?;
-        self.file.sync_data()?;
-        self.slow_disk();
         self.offset += self.scratch.len() as u64;
         self.seq = seq;
         // Keep the buffer from pinning a rare huge group's memory.
@@ -327,6 +350,28 @@ impl Wal {
             self.scratch = Vec::new();
         }
         Ok(())
+    }
+
+    /// How long the last [`Wal::append_all`]'s `fdatasync` took.
+    pub fn last_sync(&self) -> std::time::Duration {
+        self.last_sync
+    }
+
+    /// The sequence number of the next record.
+    pub fn next_seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// A handle that syncs this log from another thread. It opens the
+    /// file again rather than sharing its descriptor: Linux reports a
+    /// failed write-back once per open file, and each sync thread must
+    /// see the failures that happen after its own last sync.
+    pub fn syncer(&self) -> io::Result<Syncer> {
+        Ok(Syncer {
+            file: OpenOptions::new().write(true).open(&self.path)?,
+            #[cfg(feature = "fault-hooks")]
+            sync_delay: self.sync_delay,
+        })
     }
 
     /// Test and benchmark hook (feature `fault-hooks`): from now on every
@@ -354,6 +399,26 @@ impl Wal {
         self.epoch = epoch;
         self.offset = 0;
         self.seq = 0;
+    }
+}
+
+/// Syncs the log from a thread of its own ([`Wal::syncer`]).
+pub(super) struct Syncer {
+    file: File,
+    #[cfg(feature = "fault-hooks")]
+    sync_delay: Option<std::time::Duration>,
+}
+
+impl Syncer {
+    /// Waits until everything written to the log before the call is on
+    /// disk (plus the simulated latency of the `fault-hooks` feature).
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()?;
+        #[cfg(feature = "fault-hooks")]
+        if let Some(delay) = self.sync_delay {
+            std::thread::sleep(delay);
+        }
+        Ok(())
     }
 }
 
@@ -822,16 +887,65 @@ mod tests {
 
     /// Records of earlier epochs after the end are no evidence of damage,
     /// nor is a record-shaped value inside one of them.
+    /// Writes whose syncs overlap: a write made while an earlier one was
+    /// not yet answered carries that one's first sequence number, so a
+    /// crash that tore the earlier write drops both quietly (neither was
+    /// answered), while a write made after it was answered still proves
+    /// damage.
+    #[test]
+    fn a_write_made_while_an_earlier_one_syncs_falls_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lockd.wal");
+        let (mut wal, _) = Wal::open(&path, 1 << 16, 0).unwrap();
+        wal.append_all(&[&record(&[("a", 1, "x")], &[], 1)])
+            .unwrap();
+        // Write A (records 1 and 2) is being synced when write B (records 3
+        // and 4) is made: B carries A's first record.
+        let a: Vec<RecordBuf> = (2..4).map(|i| record(&[("a", i, "A")], &[], i)).collect();
+        assert_eq!(wal.next_seq(), 1);
+        wal.write_all(&a.iter().collect::<Vec<_>>(), 1).unwrap();
+        let b: Vec<RecordBuf> = (4..6).map(|i| record(&[("b", i, "B")], &[], i)).collect();
+        wal.write_all(&b.iter().collect::<Vec<_>>(), 1).unwrap();
+        wal.syncer().unwrap().sync().unwrap();
+        let recs = records(&path, 1);
+        assert_eq!(
+            recs.iter().map(|r| (r.seq, r.first)).collect::<Vec<_>>(),
+            [(0, 0), (1, 1), (2, 1), (3, 1), (4, 1)]
+        );
+        // A crash tore A: B, intact, was not answered either.
+        let image = dir.path().join("image.wal");
+        std::fs::copy(&path, &image).unwrap();
+        tear(&image, &recs[1]);
+        let (_, rec) = Wal::open(&image, 1 << 16, 1).unwrap();
+        assert_eq!((rec.records, rec.damage), (1, None));
+
+        // Write C made after A and B were answered: the same hole in A is
+        // now damage, with B and C among what it would drop.
+        wal.write_all(&[&record(&[("c", 9, "C")], &[], 9)], 5)
+            .unwrap();
+        wal.syncer().unwrap().sync().unwrap();
+        tear(&path, &recs[1]);
+        let (_, rec) = Wal::open(&path, 1 << 16, 1).unwrap();
+        assert_eq!(rec.records, 1);
+        let damage = rec.damage.expect("damage");
+        assert_eq!(
+            (damage.seq, damage.later_records, damage.last_seq),
+            (1, 4, 5)
+        );
+    }
+
     #[test]
     fn leftovers_of_earlier_epochs_are_not_damage() {
         // A well-formed record of epoch 4, as a stored value may carry it.
         let mut fake = Wal {
             file: tempfile::tempfile().unwrap(),
+            path: std::path::PathBuf::new(),
             capacity: 1 << 16,
             offset: 0,
             epoch: 4,
             seq: 7,
             scratch: Vec::new(),
+            last_sync: std::time::Duration::ZERO,
             #[cfg(feature = "fault-hooks")]
             sync_delay: None,
         };
