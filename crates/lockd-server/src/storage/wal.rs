@@ -885,8 +885,6 @@ mod tests {
         );
     }
 
-    /// Records of earlier epochs after the end are no evidence of damage,
-    /// nor is a record-shaped value inside one of them.
     /// Writes whose syncs overlap: a write made while an earlier one was
     /// not yet answered carries that one's first sequence number, so a
     /// crash that tore the earlier write drops both quietly (neither was
@@ -934,6 +932,8 @@ mod tests {
         );
     }
 
+    /// Records of earlier epochs after the end are no evidence of damage,
+    /// nor is a record-shaped value inside one of them.
     #[test]
     fn leftovers_of_earlier_epochs_are_not_damage() {
         // A well-formed record of epoch 4, as a stored value may carry it.
