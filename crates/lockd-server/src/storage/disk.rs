@@ -740,6 +740,7 @@ fn log_loop(shared: &Arc<Shared>, mut wal: Wal, rx: mpsc::Receiver<LogItem>) {
     let pipe = &shared.pipe;
     let mut syncers: Option<Syncers> = None;
     let mut no_syncers = false;
+    let mut recent = Recent::default();
     let mut hold: Option<Hold> = None;
     loop {
         if pending.is_empty() {
@@ -791,7 +792,8 @@ fn log_loop(shared: &Arc<Shared>, mut wal: Wal, rx: mpsc::Receiver<LogItem>) {
                 // What queued while this group was written decides the
                 // hold, so it is taken now.
                 drain(&rx, &mut pending);
-                hold = pipe.synced(took, wal.last_sync()).map(|cap| Hold {
+                pipe.synced(wal.last_sync());
+                hold = recent.synced(took).map(|cap| Hold {
                     target: (batches + pending.len()).min(MAX_GROUP),
                     until: std::time::Instant::now() + cap,
                 });
@@ -839,8 +841,6 @@ struct Pipe {
 struct PipeState {
     /// Groups written and not yet answered, oldest first.
     groups: std::collections::VecDeque<InFlight>,
-    /// The last group commits' durations (write to answer).
-    recent: Recent,
     /// The last `fdatasync` durations: they decide whether groups
     /// overlap.
     syncs: Recent,
@@ -882,16 +882,9 @@ impl Pipe {
         (p.groups.len(), slow)
     }
 
-    /// Notes a serial group commit's duration and its `fdatasync`'s;
-    /// returns how long the next group may be held back ([`Hold`]).
-    fn synced(
-        &self,
-        took: std::time::Duration,
-        sync: std::time::Duration,
-    ) -> Option<std::time::Duration> {
-        let mut p = self.lock();
-        p.syncs.synced(sync);
-        p.recent.synced(took)
+    /// Notes how long a serial group commit's `fdatasync` took.
+    fn synced(&self, sync: std::time::Duration) {
+        self.lock().syncs.synced(sync);
     }
 
     /// Blocks while [`MAX_IN_FLIGHT`] groups are in flight.
