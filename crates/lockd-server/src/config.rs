@@ -160,6 +160,13 @@ pub struct ServerConfig {
     /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP),
     /// `host:port` or `:port`; `None` (the default) collects none.
     pub metrics_listen: Option<String>,
+    /// Where to serve the operator console (`--console-listen`),
+    /// `host:port` or `:port`; `None` (the default) serves none. Under
+    /// mTLS it takes the server's TLS configuration and client
+    /// certificates; without, it is read-only.
+    pub console_listen: Option<String>,
+    /// `--console-read-only`: the console changes nothing, whoever asks.
+    pub console_read_only: bool,
     /// Connection limits and timeouts of the HTTP listener.
     pub http: crate::http::ConnLimits,
     /// The clock every deadline is read from: the system clock. Tests that
@@ -211,6 +218,8 @@ impl Default for ServerConfig {
             queue_poll_interval: engine.poll_interval,
             queue_poll_jitter: engine.poll_jitter,
             metrics_listen: None,
+            console_listen: None,
+            console_read_only: false,
             http: crate::http::ConnLimits::default(),
             clock: engine.clock,
         }

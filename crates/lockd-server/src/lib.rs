@@ -28,6 +28,7 @@
 //! ```
 
 pub mod config;
+pub(crate) mod console;
 pub mod control;
 pub(crate) mod core;
 pub(crate) mod ha;

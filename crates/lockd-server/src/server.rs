@@ -47,6 +47,8 @@ pub struct RunningServer {
     ha: Arc<Ha>,
     metrics_addr: Option<SocketAddr>,
     metrics_task: Option<JoinHandle<()>>,
+    console_addr: Option<SocketAddr>,
+    console_task: Option<JoinHandle<std::io::Result<()>>>,
     s3_requests: Option<Arc<crate::obs::metrics::S3Requests>>,
 }
 
@@ -89,6 +91,12 @@ impl RunningServer {
     /// Where `GET /metrics` is served (`--metrics-listen`), if it is.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// Where the operator console is served (`--console-listen`), if it
+    /// is.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console_addr
     }
 
     /// Drains, then shuts down (what SIGTERM does), within
@@ -186,6 +194,9 @@ impl RunningServer {
         if let Some(m) = self.metrics_task {
             let _ = m.await;
         }
+        if let Some(c) = self.console_task {
+            let _ = c.await;
+        }
         if let BoundAddr::Unix(p) = &self.addr {
             let _ = std::fs::remove_file(p);
         }
@@ -229,6 +240,9 @@ pub enum StartError {
     /// `--metrics-listen` could not be served.
     #[error("{0}")]
     Metrics(String),
+    /// `--console-listen` could not be served.
+    #[error("{0}")]
+    Console(String),
     /// The listener could not be bound.
     #[error(transparent)]
     Listen(#[from] ListenError),
@@ -380,6 +394,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     let (stop, stopped) = watch::channel(false);
     let (metrics_addr, metrics_task) = serve_metrics(&cfg, &parts, &stopped).await?;
     let limits = connection_limits(&cfg);
+    let (console_addr, console_task) = serve_console(&cfg, &parts, limits, &stopped).await?;
     let background = spawn_background(&cfg, &mut parts, &stopped);
     let tls = parts.tls.is_some();
     let (addr, task) = bind_and_serve(&cfg, parts.tls, parts.app, limits, stopped).await?;
@@ -398,6 +413,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
         ha: parts.ha,
         metrics_addr,
         metrics_task,
+        console_addr,
+        console_task,
         s3_requests: parts.s3_requests,
     })
 }
@@ -597,7 +614,9 @@ async fn open_store(
     }
     // With metrics on, every storage operation is timed by a decorator
     // (backends stay untouched; without metrics there is no wrapper).
-    if cfg.metrics_listen.is_none() {
+    // The console shows requests per second by endpoint: it needs the
+    // same counters.
+    if cfg.metrics_listen.is_none() && cfg.console_listen.is_none() {
         return Ok((store, None, s3_requests));
     }
     let metrics = Metrics {
@@ -655,6 +674,42 @@ async fn serve_metrics(
         sys = "observability.telemetry.exporter",
         listen = %addr,
         "metrics listening on http://{addr}/metrics"
+    );
+    Ok((Some(addr), Some(task)))
+}
+
+/// Serves the operator console on `--console-listen`, when it is set: the
+/// bound address and its task. Under mTLS it takes the API's TLS
+/// configuration, so browsers present a client certificate.
+async fn serve_console(
+    cfg: &ServerConfig,
+    parts: &Parts,
+    limits: crate::http::ConnLimits,
+    stopped: &watch::Receiver<bool>,
+) -> Result<(Option<SocketAddr>, Option<JoinHandle<std::io::Result<()>>>), StartError> {
+    let (Some(listen), Some(m)) = (&cfg.console_listen, &parts.metrics) else {
+        return Ok((None, None));
+    };
+    let console = crate::console::Console {
+        engine: parts.engine.clone(),
+        queues: parts.queues.clone(),
+        control: parts.control.clone(),
+        ha: parts.ha.clone(),
+        http: m.http.clone(),
+        store: parts.engine.store().describe(),
+        mtls: parts.tls.is_some(),
+        read_only: cfg.console_read_only,
+        stopped: stopped.clone(),
+    };
+    let (addr, task) = crate::console::serve(listen, console, parts.tls.clone(), limits)
+        .await
+        .map_err(StartError::Console)?;
+    let scheme = if parts.tls.is_some() { "https" } else { "http" };
+    tracing::info!(
+        sys = "console",
+        listen = %addr,
+        mtls = parts.tls.is_some(),
+        "console listening on {scheme}://{addr}/"
     );
     Ok((Some(addr), Some(task)))
 }

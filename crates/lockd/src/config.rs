@@ -163,6 +163,8 @@ pub const TEMPLATE: &str = r#"# lockd server configuration (keys are the flag na
 # log-level: info
 # log-format: text              # text or json
 # metrics-listen: "127.0.0.1:9464" # Prometheus /metrics (off when unset)
+# console-listen: "127.0.0.1:9480" # operator console in a browser (off when unset)
+# console-read-only: false      # no changes through the console, whoever asks
 # otlp-endpoint: "http://127.0.0.1:4318" # OTLP trace export (binaries built with --features otlp)
 #
 # Perimeter defence (0 disables a limit)

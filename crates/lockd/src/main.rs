@@ -411,6 +411,20 @@ struct Args {
     #[arg(long, env = "LOCKD_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<String>,
 
+    /// Serve the operator console at `http://ADDR/` (a listener of its
+    /// own), e.g. 127.0.0.1:9480. Off by default. Without mTLS it is
+    /// read-only (and warns loudly on a non-loopback address); with mTLS
+    /// browsers must present a client certificate from the server's CA,
+    /// and namespace claims decide what each operator sees and changes.
+    #[arg(long, env = "LOCKD_CONSOLE_LISTEN", value_name = "ADDR")]
+    console_listen: Option<String>,
+
+    /// Make the console read-only whoever asks (without mTLS, a console
+    /// on a loopback address otherwise lets its visitors redrive dead
+    /// letters, as the API would).
+    #[arg(long, env = "LOCKD_CONSOLE_READ_ONLY", default_value_t = false)]
+    console_read_only: bool,
+
     /// Export a span per HTTP request to this OpenTelemetry collector over
     /// OTLP/HTTP (protobuf POSTs to URL/v1/traces), e.g.
     /// http://127.0.0.1:4318. Plain http only. Off by default.
@@ -862,6 +876,11 @@ async fn serve(args: Args, config_dir: Option<std::path::PathBuf>) -> ExitCode {
             .metrics_listen
             .filter(|m| !m.trim().is_empty())
             .map(|m| m.trim().to_string()),
+        console_listen: args
+            .console_listen
+            .filter(|m| !m.trim().is_empty())
+            .map(|m| m.trim().to_string()),
+        console_read_only: args.console_read_only,
         clock: lockd_server::Clock::system(),
     };
     let store_desc = cfg.store.clone();

@@ -174,6 +174,26 @@ struct Inner {
     healthy_run: u32,
     pressure: Pressure,
     last_reason: String,
+    /// The latest transitions, oldest first, at most [`TRANSITIONS_KEPT`].
+    transitions: std::collections::VecDeque<Transition>,
+}
+
+/// How many QRF transitions [`Controller::transitions`] keeps.
+pub const TRANSITIONS_KEPT: usize = 32;
+
+/// One change of the QRF posture, with the LSF sample that caused it.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    /// When it happened, Unix milliseconds.
+    pub at_unix_ms: i64,
+    /// The posture before.
+    pub from: State,
+    /// The posture after.
+    pub to: State,
+    /// Why, in words (the metric over its limit, or the healthy run).
+    pub reason: String,
+    /// The sample that tipped it.
+    pub sample: super::Sample,
 }
 
 /// The QRF controller.
@@ -231,9 +251,16 @@ impl Controller {
                     ..Pressure::default()
                 },
                 last_reason: String::new(),
+                transitions: std::collections::VecDeque::new(),
             }),
             paced: AtomicUsize::new(0),
         }
+    }
+
+    /// The latest posture changes, oldest first (at most
+    /// [`TRANSITIONS_KEPT`]), each with the sample that caused it.
+    pub fn transitions(&self) -> Vec<Transition> {
+        self.lock().transitions.iter().cloned().collect()
     }
 
     /// The configuration.
@@ -407,8 +434,21 @@ impl Controller {
                 reason
             };
             tracing::warn!(from = before.as_str(), to = inner.state.as_str(), reason = %why, "QRF state change");
+            if inner.transitions.len() >= TRANSITIONS_KEPT {
+                inner.transitions.pop_front();
+            }
+            let to = inner.state;
+            inner.transitions.push_back(Transition {
+                at_unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                from: before,
+                to,
+                reason: why.clone(),
+                sample: s.clone(),
+            });
             inner.last_reason = why;
-            return Some(inner.state);
+            return Some(to);
         }
         None
     }

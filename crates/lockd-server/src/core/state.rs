@@ -356,6 +356,31 @@ impl Engine {
     pub async fn describe(&self, namespace: &str, key: &str) -> CoreResult<Option<MetaRecord>> {
         self.peek(&key_id(namespace, key)).await
     }
+
+    /// Up to `limit` keys of `namespace` that start with `prefix`, in key
+    /// order, after `start_after` (a key of an earlier page): every key
+    /// that has a record, held or not.
+    pub async fn list_keys(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> CoreResult<Vec<String>> {
+        let base = super::record::meta_key(&key_id(namespace, ""));
+        let listed = self
+            .store
+            .list(
+                &format!("{base}{prefix}"),
+                start_after.map(|k| format!("{base}{k}")).as_deref(),
+                limit,
+            )
+            .await?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(&base).map(str::to_string))
+            .collect())
+    }
 }
 
 impl Engine {

@@ -259,6 +259,14 @@ impl HttpMetrics {
         }
     }
 
+    /// Requests answered by an endpoint slot so far, every status.
+    pub fn total(&self, endpoint: usize) -> u64 {
+        let start = endpoint.saturating_mul(STATUS_SLOTS);
+        self.cells
+            .get(start..start.saturating_add(STATUS_SLOTS))
+            .map_or(0, |cells| cells.iter().map(Histogram::count).sum())
+    }
+
     /// Requests recorded for an endpoint slot and status (tests).
     #[cfg(test)]
     pub fn count(&self, endpoint: usize, status: u16) -> u64 {

@@ -593,3 +593,127 @@ async fn unix_socket_is_plain_and_owner_only() {
     assert_eq!(body["owner"], "o");
     server.shutdown().await.unwrap();
 }
+
+/// One console request on a fresh TLS connection.
+async fn console_call(
+    cfg: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Reply, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = TlsConnector::from(cfg.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("http: {e}"))?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("https://localhost{path}"))
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )))
+        .unwrap();
+    let resp = send
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Ok(Reply { status, body })
+}
+
+/// Under mTLS the console takes the API's TLS configuration: no client
+/// certificate, no console; with one, its namespace claims decide what
+/// is shown and changed, as on the API.
+#[tokio::test]
+async fn the_console_under_mtls_needs_a_certificate_and_follows_its_claims() {
+    let ca = Ca::generate("lockd-ca", year()).unwrap();
+    let leaf = ca
+        .issue(&LeafSpec::server("lockd-server", &[], year()))
+        .unwrap();
+    let bundle =
+        ServerBundle::parse(ca.server_bundle(&leaf, false, &BTreeSet::new()).as_bytes()).unwrap();
+    let server = start(ServerConfig {
+        listen: "127.0.0.1:0".into(),
+        store: "mem://".into(),
+        tls: Some(bundle),
+        console_listen: Some("127.0.0.1:0".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let console = server.console_addr().expect("console bound");
+
+    // No certificate: the handshake fails before any route.
+    let err = console_call(&anonymous_cfg(), console, "GET", "/api/overview", None)
+        .await
+        .err()
+        .expect("refused without a client certificate");
+    assert!(!err.is_empty());
+
+    let (rw, _) = client(&ca, &[("default", Permission::ReadWrite)]);
+    let (ro, _) = client(&ca, &[("default", Permission::Read)]);
+    let (other, _) = client(&ca, &[("billing", Permission::ReadWrite)]);
+
+    let o = console_call(&rw, console, "GET", "/api/overview", None)
+        .await
+        .unwrap();
+    assert_eq!(o.status, 200, "{}", o.body);
+    assert_eq!(o.body["server"]["mtls"], true);
+    assert_eq!(o.body["server"]["access"]["mode"], "certificate");
+    assert!(o.body["server"]["access"]["identity"]
+        .as_str()
+        .unwrap()
+        .contains("lockd-client"));
+
+    // Reading a namespace needs read permission on it.
+    let r = console_call(&ro, console, "GET", "/api/keys?namespace=default", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = console_call(&other, console, "GET", "/api/keys?namespace=default", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (403, Some("namespace_forbidden"))
+    );
+
+    // Changing one needs write permission.
+    let redrive = json!({"namespace": "default", "queue": "jobs", "ids": ["none"]});
+    let r = console_call(
+        &ro,
+        console,
+        "POST",
+        "/api/queue/redrive",
+        Some(redrive.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (403, Some("namespace_forbidden")),
+        "{}",
+        r.body
+    );
+    let r = console_call(&rw, console, "POST", "/api/queue/redrive", Some(redrive))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["moved"], json!([]));
+    server.shutdown().await.unwrap();
+}

@@ -15,6 +15,7 @@ mod cli_namespace;
 mod cli_query;
 mod cli_txn;
 mod cluster;
+mod console;
 mod crash_loop;
 mod drain;
 mod durability;
