@@ -533,12 +533,14 @@ impl Browser {
             assert!(Instant::now() < deadline, "{css} never appeared");
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{el}/click"),
-            Some(json!({})),
-        )
-        .await;
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/element/{el}/click"),
+                Some(json!({})),
+            )
+            .await;
+        assert!(v.is_null(), "clicking {css}: {v}");
     }
 
     /// Accepts the confirmation the page asks for.
@@ -614,14 +616,17 @@ async fn the_console_in_a_real_browser() {
     browser.wait_text("#srv-store", |t| t == "mem://").await;
     let mut leases = Vec::new();
     for i in 0..3 {
+        let key = format!("orders/{i}");
         let l = client
-            .acquire(lockd_client::AcquireRequest::new(
-                format!("orders/{i}"),
-                "worker-a",
-            ))
+            .acquire(lockd_client::AcquireRequest::new(key.clone(), "checkout"))
             .await
             .unwrap();
-        l.save(&json!({"order": i, "status": "paid"}))
+        l.save(&json!({"order": i, "status": "paid", "items": [{"sku": "A-1", "qty": 2}]}))
+            .await
+            .unwrap();
+        l.release().await.unwrap();
+        let l = client
+            .acquire(lockd_client::AcquireRequest::new(key, "worker-a"))
             .await
             .unwrap();
         leases.push(l);
@@ -647,6 +652,9 @@ async fn the_console_in_a_real_browser() {
         .wait_text("#key-facts", |t| {
             t.contains("worker-a") && t.contains("fencing token")
         })
+        .await;
+    browser
+        .wait_text("#doc-text", |t| t.contains("\"status\": \"paid\""))
         .await;
     browser.screenshot("keys").await;
 
