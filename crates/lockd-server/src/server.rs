@@ -697,6 +697,7 @@ async fn serve_console(
         ha: parts.ha.clone(),
         http: m.http.clone(),
         store: parts.engine.store().describe(),
+        default_namespace: cfg.default_namespace.clone(),
         mtls: parts.tls.is_some(),
         read_only: cfg.console_read_only,
         stopped: stopped.clone(),

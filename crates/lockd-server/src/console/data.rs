@@ -43,6 +43,8 @@ pub struct ServerView {
     pub version: &'static str,
     pub store: String,
     pub node_id: String,
+    /// The namespace of requests that name none.
+    pub default_namespace: String,
     /// `active`, or `passive` (another node serves writes).
     pub ha_role: &'static str,
     pub draining: bool,
@@ -238,6 +240,7 @@ pub(super) fn overview(
             version: env!("CARGO_PKG_VERSION"),
             store: c.store.clone(),
             node_id: c.ha.node_id().to_string(),
+            default_namespace: c.default_namespace.clone(),
             ha_role: if c.ha.is_active() {
                 "active"
             } else {

@@ -86,6 +86,8 @@ pub struct Console {
     pub http: Arc<HttpMetrics>,
     /// The store, as it describes itself.
     pub store: String,
+    /// The namespace of requests that name none (`--default-namespace`).
+    pub default_namespace: String,
     /// Whether the listener requires client certificates (mTLS).
     pub mtls: bool,
     /// `--console-read-only`: no changes through the console, whoever
@@ -264,12 +266,13 @@ fn ok<T: Serialize>(v: &T) -> Answer {
     Ok(json(StatusCode::OK, v))
 }
 
-/// A namespace as the API would take it (normalized), or a clear refusal.
-fn namespace(raw: Option<&str>) -> Result<String, ConsoleError> {
+/// A namespace as the API would take it (normalized; the server's
+/// default when none is named), or a clear refusal.
+fn namespace(c: &Console, raw: Option<&str>) -> Result<String, ConsoleError> {
     let raw = raw
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .unwrap_or("default");
+        .unwrap_or(&c.default_namespace);
     lockd_api::names::normalize_namespace(raw, "")
         .map_err(|e| ConsoleError::bad(format!("namespace: {e}")))
 }
@@ -322,7 +325,7 @@ struct KeysQuery {
 
 async fn keys(State(s): State<Arc<Served>>, access: Access, Query(q): Query<KeysQuery>) -> Answer {
     let c = &s.console;
-    let ns = namespace(q.namespace.as_deref())?;
+    let ns = namespace(c, q.namespace.as_deref())?;
     access.read(&ns)?;
     let limit = q.limit.unwrap_or(50).clamp(1, MAX_PAGE);
     let page = data::keys(c, &ns, &q.prefix, q.after.as_deref(), limit).await?;
@@ -336,8 +339,8 @@ struct KeyQuery {
 }
 
 impl KeyQuery {
-    fn address(&self) -> Result<(String, String), ConsoleError> {
-        let ns = namespace(self.namespace.as_deref())?;
+    fn address(&self, c: &Console) -> Result<(String, String), ConsoleError> {
+        let ns = namespace(c, self.namespace.as_deref())?;
         let key = self
             .key
             .as_deref()
@@ -349,7 +352,7 @@ impl KeyQuery {
 
 async fn key(State(s): State<Arc<Served>>, access: Access, Query(q): Query<KeyQuery>) -> Answer {
     let c = &s.console;
-    let (ns, key) = q.address()?;
+    let (ns, key) = q.address(c)?;
     access.read(&ns)?;
     ok(&data::key(c, &ns, &key).await?)
 }
@@ -360,7 +363,7 @@ async fn key_document(
     Query(q): Query<KeyQuery>,
 ) -> Answer {
     let c = &s.console;
-    let (ns, key) = q.address()?;
+    let (ns, key) = q.address(c)?;
     access.read(&ns)?;
     let Some(doc) = c.engine.get_public(&ns, &key).await? else {
         return Err(ConsoleError {
@@ -408,8 +411,8 @@ struct QueueQuery {
 }
 
 impl QueueQuery {
-    fn address(&self) -> Result<(String, String), ConsoleError> {
-        let ns = namespace(self.namespace.as_deref())?;
+    fn address(&self, c: &Console) -> Result<(String, String), ConsoleError> {
+        let ns = namespace(c, self.namespace.as_deref())?;
         let queue = self
             .queue
             .as_deref()
@@ -428,7 +431,7 @@ async fn queue(
     Query(q): Query<QueueQuery>,
 ) -> Answer {
     let c = &s.console;
-    let (ns, name) = q.address()?;
+    let (ns, name) = q.address(c)?;
     access.read(&ns)?;
     ok(&data::queue(c, &ns, &name).await?)
 }
@@ -455,11 +458,19 @@ async fn redrive(State(s): State<Arc<Served>>, access: Access, body: axum::body:
         namespace: req.namespace,
         queue: req.queue,
     }
-    .address()?;
+    .address(c)?;
     if c.read_only {
         return Err(ConsoleError::read_only());
     }
     let who = access.write(&ns)?;
+    // Only the active node writes to a shared store, as on the API.
+    if !c.ha.is_active() {
+        return Err(ConsoleError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "node_passive",
+            detail: "this node is passive: redrive from the active node's console".into(),
+        });
+    }
     if req.ids.is_empty() && !req.all {
         return Err(ConsoleError::bad("name the dead letters (ids) or set all"));
     }

@@ -315,12 +315,15 @@ async fn console_shows_leases_documents_and_queues_and_redrives_on_loopback() {
     srv.terminate();
 }
 
+/// `LOCKD_CONSOLE_*` set from the environment: a read-only console
+/// refuses changes, and its namespace is the server's default.
 #[tokio::test]
-async fn a_read_only_console_refuses_changes_and_env_turns_it_on() {
+async fn a_read_only_console_from_the_environment_refuses_changes() {
     let port = free_port();
     let srv = LockdCmd::with_store(BIN, "mem://")
         .env("LOCKD_CONSOLE_LISTEN", &format!("127.0.0.1:{port}"))
         .env("LOCKD_CONSOLE_READ_ONLY", "true")
+        .env("LOCKD_DEFAULT_NAMESPACE", "ops")
         .start();
     srv.wait_stderr("console listening");
     let console = format!("http://127.0.0.1:{port}");
@@ -328,14 +331,17 @@ async fn a_read_only_console_refuses_changes_and_env_turns_it_on() {
     let id = dead_letter(&client, "jobs").await;
     let (_, o) = get(&format!("{console}/api/overview")).await;
     assert_eq!(o["server"]["access"]["mode"], "read_only", "{o}");
+    assert_eq!(o["server"]["default_namespace"], "ops", "{o}");
     let (st, e) = post(
         &format!("{console}/api/queue/redrive"),
         &json!({"queue": "jobs", "all": true}),
     )
     .await;
     assert_eq!((st, e["error"].as_str()), (403, Some("console_read_only")));
-    // Nothing moved.
+    // Nothing moved (and a queue named without a namespace is the
+    // server's default namespace's).
     let (_, q) = get(&format!("{console}/api/queue?queue=jobs")).await;
+    assert_eq!(q["namespace"], "ops", "{q}");
     assert_eq!(q["dead_letters"][0]["id"], id, "{q}");
     srv.terminate();
 }
