@@ -595,6 +595,38 @@ mod tests {
     }
 
     #[test]
+    fn transitions_are_kept_with_their_samples_and_bounded() {
+        let c = controller();
+        assert!(c.transitions().is_empty());
+        let hard = Sample {
+            producers: 25,
+            ..calm()
+        };
+        c.observe(&hard);
+        for _ in 0..3 {
+            c.observe(&calm());
+        }
+        let t = c.transitions();
+        assert_eq!(t.len(), 2);
+        assert_eq!((t[0].from, t[0].to), (State::Disengaged, State::Engaged));
+        assert_eq!(t[0].sample.producers, 25);
+        assert!(t[0].reason.contains("queue_inflight 25"), "{}", t[0].reason);
+        assert_eq!((t[1].from, t[1].to), (State::Engaged, State::Recovery));
+        assert_eq!(t[1].sample.producers, 0);
+        assert!(t[0].at_unix_ms > 0 && t[1].at_unix_ms >= t[0].at_unix_ms);
+        // However long it runs, the oldest go first.
+        for _ in 0..TRANSITIONS_KEPT {
+            c.observe(&hard);
+            for _ in 0..3 {
+                c.observe(&calm());
+            }
+        }
+        let t = c.transitions();
+        assert_eq!(t.len(), TRANSITIONS_KEPT);
+        assert_eq!(t[TRANSITIONS_KEPT - 1].to, State::Recovery);
+    }
+
+    #[test]
     fn soft_breach_keeps_engaged_and_resets_recovery() {
         let c = controller();
         c.observe(&Sample {

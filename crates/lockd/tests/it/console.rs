@@ -491,9 +491,9 @@ impl Browser {
             .map(str::to_string)
     }
 
-    /// Waits up to 15 s for the text of `css` to satisfy `ok`.
+    /// Waits up to 30 s for the text of `css` to satisfy `ok`.
     async fn wait_text(&self, css: &str, ok: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let t = self.text(css).await.unwrap_or_default();
             if ok(&t) {
@@ -531,7 +531,7 @@ impl Browser {
     }
 
     async fn click(&self, css: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let el = loop {
             if let Some(el) = self.find(css).await {
                 break el;
@@ -573,6 +573,14 @@ impl Browser {
         let v = self.call(reqwest::Method::GET, "/screenshot", None).await;
         let png = decode_base64(v.as_str().expect("a screenshot"));
         std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), png).unwrap();
+    }
+}
+
+impl Browser {
+    /// Ends the session, so the browser quits before its driver goes.
+    async fn close(self) {
+        let url = format!("{}/session/{}", self.base, self.session);
+        let _ = self.http.delete(url).send().await;
     }
 }
 
@@ -691,7 +699,7 @@ async fn the_console_in_a_real_browser() {
     }
     browser.open(&format!("{console}/#overview")).await;
     browser.wait_text("#leases-held", |t| t == "0").await;
-    drop(browser);
+    browser.close().await;
     srv.terminate();
 
     // A read-only console refuses the same click.
@@ -708,6 +716,6 @@ async fn the_console_in_a_real_browser() {
         .wait_text("#queue-msg", |t| t.contains("console_read_only"))
         .await;
     browser.wait_text("#dead-rows", |t| t.contains(&id)).await;
-    drop(browser);
+    browser.close().await;
     srv.terminate();
 }
