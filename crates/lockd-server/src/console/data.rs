@@ -447,7 +447,11 @@ fn show_document(body: &[u8]) -> (String, bool) {
             }
         }
     }
-    let cut = body.len().min(DOCUMENT_SHOWN);
+    let mut cut = body.len().min(DOCUMENT_SHOWN);
+    // Cut before a character, not inside one (stored documents are UTF-8).
+    while cut > 0 && cut < body.len() && body[cut] & 0xC0 == 0x80 {
+        cut -= 1;
+    }
     let text = String::from_utf8_lossy(&body[..cut]).into_owned();
     (text, cut < body.len())
 }
@@ -621,4 +625,27 @@ pub(super) async fn queue(c: &Console, ns: &str, name: &str) -> Result<QueueView
             .collect(),
         more_dead_letters: more,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_are_cut_between_characters() {
+        let small = br#"{"a":1}"#;
+        assert_eq!(
+            show_document(small),
+            ("{\n  \"a\": 1\n}".to_string(), false)
+        );
+        // "é" is two bytes; put one across the cut.
+        let mut big = vec![b'"'; 1];
+        big.extend(std::iter::repeat_n(b'x', DOCUMENT_SHOWN - 2));
+        big.extend("é and more".as_bytes());
+        big.push(b'"');
+        let (text, cut) = show_document(&big);
+        assert!(cut);
+        assert_eq!(text.len(), DOCUMENT_SHOWN - 1);
+        assert!(!text.contains('\u{FFFD}'));
+    }
 }
