@@ -701,15 +701,36 @@ async fn serve_console(
         mtls: parts.tls.is_some(),
         read_only: cfg.console_read_only,
         stopped: stopped.clone(),
+        shared: Default::default(),
     };
-    let (addr, task) = crate::console::serve(listen, console, parts.tls.clone(), limits)
+    // The API on a Unix socket speaks plain HTTP even with a bundle; the
+    // console listens on TCP, so a bundle means TLS for it regardless.
+    let tls = match (&parts.tls, &cfg.tls) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(bundle)) => Some(crate::tls::TlsSetup {
+            config: lockd_tls::config::server_config_with(bundle, None)
+                .map_err(|e| StartError::Console(format!("--console-listen: {e}")))?,
+            home: None,
+        }),
+        (None, None) => None,
+    };
+    let mtls = tls.is_some();
+    let console = crate::console::Console { mtls, ..console };
+    // Open pages hold their event stream: a console of its own few
+    // connections never takes descriptors the API needs.
+    let limits = crate::http::ConnLimits {
+        max_connections: limits.max_connections.min(crate::console::MAX_CONNECTIONS),
+        reserve: limits.reserve.min(crate::console::MAX_CONNECTIONS / 4),
+        ..limits
+    };
+    let (addr, task) = crate::console::serve(listen, console, tls, limits)
         .await
         .map_err(StartError::Console)?;
-    let scheme = if parts.tls.is_some() { "https" } else { "http" };
+    let scheme = if mtls { "https" } else { "http" };
     tracing::info!(
         sys = "console",
         listen = %addr,
-        mtls = parts.tls.is_some(),
+        mtls,
         "console listening on {scheme}://{addr}/"
     );
     Ok((Some(addr), Some(task)))

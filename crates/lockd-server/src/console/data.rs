@@ -14,6 +14,41 @@ use crate::obs::{endpoint_label, ENDPOINT_SLOTS};
 
 /// How often the event stream sends an overview.
 pub const EVERY: Duration = Duration::from_secs(1);
+/// How long the costly figures of an overview serve every open page.
+const FRESH: Duration = Duration::from_millis(900);
+
+/// The costly figures of an overview: counting leases walks every key in
+/// memory, queue figures every message. Taken at most once per [`FRESH`]
+/// however many pages are open.
+struct Costly {
+    taken: std::time::Instant,
+    leases: LeaseView,
+    gauges: Vec<crate::core::queue::QueueGauge>,
+}
+
+/// The latest [`Costly`] figures, shared by the console's streams.
+#[derive(Default)]
+pub struct Shared(std::sync::Mutex<Option<Arc<Costly>>>);
+
+impl Shared {
+    fn get(&self, c: &Console) -> Arc<Costly> {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = last.as_ref().filter(|f| f.taken.elapsed() < FRESH) {
+            return f.clone();
+        }
+        let fresh = Arc::new(Costly {
+            taken: std::time::Instant::now(),
+            leases: LeaseView {
+                held: c.engine.live_leases(),
+                waiters: c.engine.waiting_acquirers(),
+                keys_cached: c.engine.cached_keys(),
+            },
+            gauges: c.queues.gauges(),
+        });
+        *last = Some(fresh.clone());
+        fresh
+    }
+}
 
 /// The overview: what a person on call looks at first.
 #[derive(Debug, Clone, Serialize)]
@@ -192,8 +227,11 @@ pub(super) fn overview(
             total: *n,
         })
         .collect();
-    let gauges = c.queues.gauges();
-    let visible = gauges.iter().filter(|g| access.may_read(&g.namespace));
+    let costly = c.shared.get(c);
+    let visible = costly
+        .gauges
+        .iter()
+        .filter(|g| access.may_read(&g.namespace));
     let queues = visible.fold(
         QueueTotals {
             queues: 0,
@@ -253,15 +291,11 @@ pub(super) fn overview(
                 0
             },
             mtls: c.mtls,
-            access: access.describe(),
+            access: access.describe(c.read_only),
         },
         rates,
         requests,
-        leases: LeaseView {
-            held: c.engine.live_leases(),
-            waiters: c.engine.waiting_acquirers(),
-            keys_cached: c.engine.cached_keys(),
-        },
+        leases: costly.leases.clone(),
         queues,
         inflight,
         qrf: QrfView {
@@ -362,10 +396,14 @@ pub(super) async fn keys(
     after: Option<&str>,
     limit: usize,
 ) -> Result<KeysPage, ConsoleError> {
-    let listed = c.engine.list_keys(ns, prefix, after, limit).await?;
-    let next = (listed.len() == limit)
-        .then(|| listed.last().cloned())
-        .flatten();
+    // One more than a page tells whether another page follows.
+    let mut listed = c
+        .engine
+        .list_keys(ns, prefix, after, limit.saturating_add(1))
+        .await?;
+    let more = listed.len() > limit;
+    listed.truncate(limit);
+    let next = more.then(|| listed.last().cloned()).flatten();
     let mut keys = Vec::with_capacity(listed.len());
     for key in listed {
         let rec = c.engine.describe(ns, &key).await?;
@@ -437,13 +475,71 @@ pub struct DocumentView {
     pub truncated: bool,
 }
 
+/// Indents JSON text two spaces a level, token by token: keys keep their
+/// order and numbers their digits (a parse into values would sort the one
+/// and round the other).
+fn pretty(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.extend(std::iter::repeat_n("  ", depth));
+    };
+    let mut chars = text.chars().peekable();
+    while let Some(ch) = chars.next() {
+        if in_string {
+            out.push(ch);
+            match (escaped, ch) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match ch {
+            '"' => {
+                in_string = true;
+                out.push(ch);
+            }
+            '{' | '[' => {
+                out.push(ch);
+                while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                    chars.next();
+                }
+                if let Some(&close) = chars.peek().filter(|c| matches!(c, '}' | ']')) {
+                    chars.next();
+                    out.push(close);
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(ch);
+            }
+            ',' => {
+                out.push(ch);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn show_document(body: &[u8]) -> (String, bool) {
     if body.len() <= DOCUMENT_SHOWN {
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
-            if let Ok(pretty) = serde_json::to_string_pretty(&v) {
-                if pretty.len() <= DOCUMENT_SHOWN {
-                    return (pretty, false);
-                }
+        if let Ok(text) = std::str::from_utf8(body) {
+            let p = pretty(text);
+            if p.len() <= DOCUMENT_SHOWN {
+                return (p, false);
             }
         }
     }
@@ -563,6 +659,9 @@ pub struct QueueView {
     pub waiting_consumers: usize,
     /// The visible head: its id and when it was enqueued (Unix seconds).
     pub head: Option<HeadView>,
+    /// Whether this node holds the queue in memory (the figures above are
+    /// live only then).
+    pub in_memory: bool,
     pub dead_letters: Vec<DeadLetter>,
     /// Whether there are more dead letters than listed.
     pub more_dead_letters: bool,
@@ -587,7 +686,11 @@ pub struct DeadLetter {
 }
 
 pub(super) async fn queue(c: &Console, ns: &str, name: &str) -> Result<QueueView, ConsoleError> {
-    let snap = c.queues.snapshot(ns, name).await?;
+    // Only queues in memory have live figures; looking at another one
+    // loads nothing (its dead letters are read from the store).
+    let loaded = c.queues.loaded_snapshot(ns, name);
+    let in_memory = loaded.is_some();
+    let snap = loaded.unwrap_or_default();
     let gauge = c
         .queues
         .gauges()
@@ -624,12 +727,22 @@ pub(super) async fn queue(c: &Console, ns: &str, name: &str) -> Result<QueueView
             })
             .collect(),
         more_dead_letters: more,
+        in_memory,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pretty_keeps_order_digits_and_strings() {
+        let doc = r#"{"z":1,"a":[12345678901234567890123,{},[]],"s":"x,{\"y\":[1]}"}"#;
+        assert_eq!(
+            pretty(doc),
+            "{\n  \"z\": 1,\n  \"a\": [\n    12345678901234567890123,\n    {},\n    []\n  ],\n  \"s\": \"x,{\\\"y\\\":[1]}\"\n}"
+        );
+    }
 
     #[test]
     fn documents_are_cut_between_characters() {

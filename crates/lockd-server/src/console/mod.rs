@@ -16,11 +16,12 @@
 //!   moves dead letters back.
 //!
 //! Who may do what ([`Access`]):
-//! * with mTLS the listener takes the server's TLS configuration, so a
-//!   browser must present a client certificate from the server's CA, and
-//!   each namespace is shown or changed only as the certificate's
-//!   namespace claims allow (read to look, write to redrive), as on the
-//!   API;
+//! * with a server bundle the listener takes TLS (the API's configuration,
+//!   even when the API itself is on a plain Unix socket), so a browser must
+//!   present a client certificate from the server's CA, and each namespace
+//!   is shown or changed only as the certificate's namespace claims allow
+//!   (read to look, write to redrive), as on the API; a certificate
+//!   admitted only through `--tc-trust-dir` gets nothing;
 //! * without mTLS, on a loopback address, whoever reaches the console may
 //!   do what the API (which has no authorization without mTLS either)
 //!   allows; requests must name the console's own host (no DNS
@@ -36,7 +37,7 @@
 //! document or the dead letters, the store); serving it adds nothing to
 //! the request path beyond the per-endpoint counters metrics keep.
 
-mod data;
+pub(crate) mod data;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,6 +63,9 @@ use crate::http::serve::serve as serve_http;
 use crate::http::{ConnLimits, Peer};
 use crate::obs::metrics::HttpMetrics;
 
+/// Most connections the console's listener keeps open at once (each open
+/// page holds one for its event stream).
+pub const MAX_CONNECTIONS: usize = 64;
 /// Most keys one page of `/api/keys` lists.
 pub const MAX_PAGE: usize = 200;
 /// Bytes of a document `/api/key` shows; the rest is downloaded.
@@ -95,6 +99,8 @@ pub struct Console {
     pub read_only: bool,
     /// Turns true when the server stops: event streams end.
     pub stopped: watch::Receiver<bool>,
+    /// The costly overview figures, shared by every open page.
+    pub shared: data::Shared,
 }
 
 /// The console as its listener serves it.
@@ -172,8 +178,12 @@ impl Access {
         }
     }
 
-    fn describe(&self) -> serde_json::Value {
+    fn describe(&self, read_only: bool) -> serde_json::Value {
         match self {
+            Access::Certificate(id) if read_only => serde_json::json!({
+                "mode": "read_only",
+                "identity": id.owner_suffix().trim_start_matches('/'),
+            }),
             Access::ReadOnly => serde_json::json!({"mode": "read_only", "identity": null}),
             Access::Local => serde_json::json!({"mode": "local", "identity": null}),
             Access::Certificate(id) => serde_json::json!({
@@ -256,6 +266,10 @@ fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
             );
             resp.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp.headers_mut().insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
             resp
         }
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
@@ -328,7 +342,9 @@ async fn keys(State(s): State<Arc<Served>>, access: Access, Query(q): Query<Keys
     let ns = namespace(c, q.namespace.as_deref())?;
     access.read(&ns)?;
     let limit = q.limit.unwrap_or(50).clamp(1, MAX_PAGE);
-    let page = data::keys(c, &ns, &q.prefix, q.after.as_deref(), limit).await?;
+    // Keys are stored in lower case without a leading `/`.
+    let prefix = q.prefix.trim().trim_start_matches('/').to_lowercase();
+    let page = data::keys(c, &ns, &prefix, q.after.as_deref(), limit).await?;
     ok(&page)
 }
 
@@ -341,12 +357,10 @@ struct KeyQuery {
 impl KeyQuery {
     fn address(&self, c: &Console) -> Result<(String, String), ConsoleError> {
         let ns = namespace(c, self.namespace.as_deref())?;
-        let key = self
-            .key
-            .as_deref()
-            .filter(|k| !k.is_empty())
+        let key = lockd_api::names::normalize_key(self.key.as_deref().unwrap_or(""))
+            .map_err(|e| ConsoleError::bad(format!("key: {e}")))?
             .ok_or_else(|| ConsoleError::bad("key is required"))?;
-        Ok((ns, key.to_string()))
+        Ok((ns, key))
     }
 }
 
@@ -517,12 +531,33 @@ async fn guard(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // A certificate admitted only for the coordinator endpoints (a
+    // `--tc-trust-dir` CA) gets nothing here, as on the API.
+    if req
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .is_some_and(|p| p.0.coordinator_only)
+    {
+        return ConsoleError {
+            status: StatusCode::FORBIDDEN,
+            code: "namespace_forbidden",
+            detail: "this certificate is admitted for the coordinator endpoints only".into(),
+        }
+        .into_response();
+    }
     let h = req.headers();
+    // HTTP/2 names the host in the request's authority, HTTP/1.1 in Host.
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            h.get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        });
     if let Some(hosts) = &s.hosts {
-        let host = h
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let host = host.as_deref().unwrap_or("");
         if !hosts.iter().any(|ok| ok.eq_ignore_ascii_case(host)) {
             return ConsoleError {
                 status: StatusCode::MISDIRECTED_REQUEST,
@@ -537,7 +572,6 @@ async fn guard(
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim_start().starts_with("application/json"));
-        let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
         let foreign = h
             .get(header::ORIGIN)
             .and_then(|v| v.to_str().ok())
@@ -545,7 +579,7 @@ async fn guard(
                 let rest = origin
                     .strip_prefix("http://")
                     .or_else(|| origin.strip_prefix("https://"));
-                rest != host
+                !rest.is_some_and(|r| host.as_deref().is_some_and(|h| r.eq_ignore_ascii_case(h)))
             });
         if !json || foreign {
             return ConsoleError {
@@ -605,10 +639,16 @@ pub async fn serve(
     }
     let port = addr.port();
     let hosts = (tls.is_none() && loopback).then(|| {
-        ["127.0.0.1", "localhost", "[::1]"]
+        let mut names: Vec<String> = ["127.0.0.1", "localhost", "[::1]"]
             .iter()
             .map(|h| format!("{h}:{port}"))
-            .collect()
+            .collect();
+        names.push(addr.to_string());
+        if port == 80 {
+            names.extend(["127.0.0.1", "localhost", "[::1]"].map(String::from));
+            names.push(addr.ip().to_string());
+        }
+        names
     });
     let served = Served {
         actions: tls.is_none() && loopback && !console.read_only,

@@ -710,10 +710,80 @@ async fn the_console_under_mtls_needs_a_certificate_and_follows_its_claims() {
         "{}",
         r.body
     );
-    let r = console_call(&rw, console, "POST", "/api/queue/redrive", Some(redrive))
-        .await
-        .unwrap();
+    let r = console_call(
+        &rw,
+        console,
+        "POST",
+        "/api/queue/redrive",
+        Some(redrive.clone()),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["moved"], json!([]));
+
+    // Browsers speak HTTP/2 here and send their page's origin: the host
+    // is then the request's authority (HTTP/2 sends no Host header).
+    let mut h2 = (*rw).clone();
+    h2.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(console).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = TlsConnector::from(Arc::new(h2))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for (origin, status) in [("https://localhost", 200), ("https://evil.example", 403)] {
+        let req = http::Request::post("https://localhost/api/queue/redrive")
+            .header("content-type", "application/json")
+            .header("origin", origin)
+            .body(Full::new(Bytes::from(redrive.to_string())))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.status().as_u16(), status, "origin {origin}");
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// The API on a Unix socket stays plain, but a console beside it listens
+/// on TCP: with a bundle configured it takes TLS and client certificates.
+#[tokio::test]
+async fn a_console_beside_a_unix_socket_still_needs_a_certificate() {
+    let ca = Ca::generate("lockd-ca", year()).unwrap();
+    let leaf = ca
+        .issue(&LeafSpec::server("lockd-server", &[], year()))
+        .unwrap();
+    let bundle =
+        ServerBundle::parse(ca.server_bundle(&leaf, false, &BTreeSet::new()).as_bytes()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(ServerConfig {
+        listen: dir.path().join("lockd.sock").display().to_string(),
+        listen_proto: lockd_server::ListenProto::Unix,
+        store: "mem://".into(),
+        tls: Some(bundle),
+        console_listen: Some("127.0.0.1:0".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let console = server.console_addr().expect("console bound");
+    assert!(
+        console_call(&anonymous_cfg(), console, "GET", "/api/overview", None)
+            .await
+            .is_err(),
+        "no certificate, no console"
+    );
+    let (rw, _) = client(&ca, &[("default", Permission::ReadWrite)]);
+    let o = console_call(&rw, console, "GET", "/api/overview", None)
+        .await
+        .unwrap();
+    assert_eq!(o.status, 200, "{}", o.body);
+    assert_eq!(o.body["server"]["mtls"], true);
     server.shutdown().await.unwrap();
 }

@@ -410,3 +410,52 @@ async fn a_bad_trust_dir_fails_start_up() {
         );
     }
 }
+
+/// A certificate admitted only through `--tc-trust-dir` gets nothing from
+/// the console either, whatever namespaces it claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_dir_certificates_get_nothing_from_the_console() {
+    let ca = Ca::generate("lockd-ca", year()).unwrap();
+    let tc_ca = Ca::generate("tc-ca", year()).unwrap();
+    let dir = trust_dir(&tc_ca);
+    let mut cfg = config(
+        &ca,
+        Flags {
+            trust_dir: Some(dir.path().to_path_buf()),
+            ..NO_FLAGS
+        },
+    );
+    cfg.console_listen = Some("127.0.0.1:0".into());
+    let server = start(cfg).await.unwrap();
+    let console = server.console_addr().expect("console bound");
+    let foreign = client(&tc_ca, &ca, &sdk_spec());
+    for (method, path) in [
+        ("GET", "/api/overview"),
+        ("GET", "/api/keys?namespace=default"),
+        ("POST", "/api/queue/redrive"),
+    ] {
+        let r = call(
+            &foreign,
+            console,
+            method,
+            path,
+            json!({"queue": "jobs", "all": true}),
+        )
+        .await
+        .unwrap();
+        assert_refused(&r, 403, "namespace_forbidden");
+    }
+    // The same claims from the server's own CA are served.
+    let own = client(&ca, &ca, &sdk_spec());
+    let r = call(
+        &own,
+        console,
+        "GET",
+        "/api/keys?namespace=default",
+        Value::Null,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    server.shutdown().await.unwrap();
+}

@@ -70,6 +70,13 @@ impl Queues {
         Ok(self.snapshot_of(&shard))
     }
 
+    /// Diagnostics of a queue this node holds in memory; `None` for one it
+    /// does not (nothing is loaded: a look must not add queues).
+    pub fn loaded_snapshot(&self, ns: &str, queue: &str) -> Option<QueueSnapshot> {
+        let shard = self.shards.get(&format!("{ns}/{queue}"))?;
+        Some(self.snapshot_of(shard.value()))
+    }
+
     /// Diagnostics of a queue already at hand.
     pub fn snapshot_of(&self, shard: &QueueShard) -> QueueSnapshot {
         let now = self.clock().now_ms();
