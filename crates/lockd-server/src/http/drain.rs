@@ -8,8 +8,10 @@
 //! next write fails (`EPIPE` on a Unix socket, a reset on TCP) and it may
 //! never read the answer, or the connection's next request is garbage.
 //!
-//! This middleware gives every HTTP/1 request body to the handler through
-//! a wrapper that hands the unread rest back when the handler drops it.
+//! This middleware gives every request body to the handler through a
+//! wrapper that hands the unread rest back when the handler drops it (on
+//! HTTP/2 too, where an unread rest would otherwise reset the stream under
+//! a client still sending).
 //! Before the response leaves, the rest is read and discarded, up to
 //! [`DRAIN_MAX_BYTES`] and [`DRAIN_MAX_TIME`] (as Go's server reads up to
 //! 256 KiB after a handler). Within the bound the connection stays usable
@@ -243,7 +245,11 @@ pub async fn finish_request_body(
         }
     }
     // HTTP/2 streams are independent: an unread body costs the connection
-    // nothing. A body that is already at its end has nothing to drain.
+    // nothing, and the connection is never closed for one. Its short rest
+    // is still read before the answer goes out: otherwise the stream is
+    // reset under a client still sending (curl then fails the request with
+    // "Stream error in the HTTP/2 framing layer" instead of reading the
+    // answer). A body that is already at its end has nothing to drain.
     let h2 = req.version() == Version::HTTP_2;
     if req.body().is_end_stream() {
         return next.run(req).await;
@@ -262,6 +268,10 @@ pub async fn finish_request_body(
     // The handler is done; if it dropped its body unfinished, the rest
     // came back. (A body still held elsewhere, or read to its end, did not.)
     let keep = match rx.try_recv() {
+        Ok(Rest::Body(rest)) if h2 => {
+            drain(rest, DRAIN_MAX_BYTES, DRAIN_MAX_TIME).await;
+            true
+        }
         Ok(_) if h2 => true,
         Ok(Rest::Stalled) => false,
         Ok(Rest::Body(rest)) => {
