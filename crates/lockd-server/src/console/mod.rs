@@ -31,7 +31,8 @@
 //!   server warns loudly at start-up;
 //! * `--console-read-only` makes it read-only in every case.
 //!
-//! Every change is logged (`sys=console.action`) with who made it.
+//! Every change, and every refused attempt, is logged
+//! (`sys=console.action`) with who made it.
 //!
 //! The console reads what the server keeps in memory (and, for a key's
 //! document or the dead letters, the store); serving it adds nothing to
@@ -169,12 +170,21 @@ impl Access {
     fn write(&self, namespace: &str) -> Result<String, ConsoleError> {
         match self {
             Access::ReadOnly => Err(ConsoleError::read_only()),
-            Access::Local => Ok("local operator (no mTLS)".into()),
+            Access::Local => Ok(self.who()),
             Access::Certificate(id) => {
                 id.authorize(namespace, Need::Write)
                     .map_err(ConsoleError::denied)?;
-                Ok(id.owner_suffix().trim_start_matches('/').to_string())
+                Ok(self.who())
             }
+        }
+    }
+
+    /// Who acts, for the log.
+    fn who(&self) -> String {
+        match self {
+            Access::ReadOnly => "anonymous (no mTLS)".into(),
+            Access::Local => "local operator (no mTLS)".into(),
+            Access::Certificate(id) => id.owner_suffix().trim_start_matches('/').to_string(),
         }
     }
 
@@ -465,8 +475,23 @@ struct Redrive {
 pub const MAX_REDRIVE: usize = 1000;
 
 async fn redrive(State(s): State<Arc<Served>>, access: Access, body: axum::body::Bytes) -> Answer {
-    let c = &s.console;
-    let req: Redrive = serde_json::from_slice(&body)
+    let answer = redrive_checked(&s.console, &access, &body).await;
+    // Refused attempts are logged too, with whoever made them.
+    if let Err(e) = &answer {
+        tracing::warn!(
+            sys = "console.action",
+            operator = %access.who(),
+            action = "queue.dlq.redrive",
+            error = e.code,
+            detail = %e.detail,
+            "console: redrive refused"
+        );
+    }
+    answer
+}
+
+async fn redrive_checked(c: &Console, access: &Access, body: &[u8]) -> Answer {
+    let req: Redrive = serde_json::from_slice(body)
         .map_err(|e| ConsoleError::bad(format!("request body: {e}")))?;
     let (ns, name) = QueueQuery {
         namespace: req.namespace,

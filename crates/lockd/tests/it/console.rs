@@ -345,6 +345,8 @@ async fn a_read_only_console_from_the_environment_refuses_changes() {
     )
     .await;
     assert_eq!((st, e["error"].as_str()), (403, Some("console_read_only")));
+    let log = srv.wait_stderr("console: redrive refused");
+    assert!(log.contains("anonymous (no mTLS)"), "{log}");
     // Nothing moved (and a queue named without a namespace is the
     // server's default namespace's).
     let (_, q) = get(&format!("{console}/api/queue?queue=jobs")).await;
