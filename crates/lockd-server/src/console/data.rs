@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::{Access, Console, ConsoleError, DEAD_LETTERS_SHOWN, DOCUMENT_SHOWN};
 use crate::control::Sample;
+use crate::core::queue::QueueGauge;
 use crate::obs::{endpoint_label, ENDPOINT_SLOTS};
 
 /// How often the event stream sends an overview.
@@ -23,7 +24,7 @@ const FRESH: Duration = Duration::from_millis(900);
 struct Costly {
     taken: std::time::Instant,
     leases: LeaseView,
-    gauges: Vec<crate::core::queue::QueueGauge>,
+    gauges: Vec<QueueGauge>,
 }
 
 /// The latest [`Costly`] figures, shared by the console's streams.
@@ -135,7 +136,7 @@ pub struct QrfView {
     pub state: &'static str,
     pub transitions: Vec<TransitionView>,
     /// The latest LSF sample (`null` before the first, or with QRF off).
-    pub sample: Option<SampleView>,
+    pub sample: Option<Sample>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -144,41 +145,7 @@ pub struct TransitionView {
     pub from: &'static str,
     pub to: &'static str,
     pub reason: String,
-    pub sample: SampleView,
-}
-
-/// An LSF sample, as the console shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct SampleView {
-    pub memory_percent: f64,
-    pub swap_percent: f64,
-    pub cpu_percent: f64,
-    pub load1: f64,
-    pub load1_multiplier: f64,
-    pub rss_bytes: u64,
-    pub producers: i64,
-    pub consumers: i64,
-    pub acks: i64,
-    pub locks: i64,
-    pub queue_backlog: i64,
-}
-
-impl From<&Sample> for SampleView {
-    fn from(s: &Sample) -> Self {
-        SampleView {
-            memory_percent: s.memory_percent,
-            swap_percent: s.swap_percent,
-            cpu_percent: s.cpu_percent,
-            load1: s.load1,
-            load1_multiplier: s.load1_multiplier,
-            rss_bytes: s.rss_bytes,
-            producers: s.producers,
-            consumers: s.consumers,
-            acks: s.acks,
-            locks: s.locks,
-            queue_backlog: s.queue_backlog,
-        }
-    }
+    pub sample: Sample,
 }
 
 fn now_unix_ms() -> i64 {
@@ -262,13 +229,13 @@ pub(super) fn overview(
     let transitions = ctl
         .qrf
         .transitions()
-        .iter()
+        .into_iter()
         .map(|t| TransitionView {
             at_unix_ms: t.at_unix_ms,
             from: t.from.as_str(),
             to: t.to.as_str(),
-            reason: t.reason.clone(),
-            sample: SampleView::from(&t.sample),
+            reason: t.reason,
+            sample: t.sample,
         })
         .collect();
     let draining = ctl.drain.is_draining();
@@ -301,7 +268,7 @@ pub(super) fn overview(
         qrf: QrfView {
             state: ctl.qrf.state().as_str(),
             transitions,
-            sample: sample.as_ref().map(SampleView::from),
+            sample,
         },
     }
 }
@@ -604,33 +571,12 @@ pub(super) async fn key(c: &Console, ns: &str, key: &str) -> Result<KeyView, Con
     Ok(view)
 }
 
-/// One queue's figures.
-#[derive(Debug, Clone, Serialize)]
-pub struct QueueRow {
-    pub namespace: String,
-    pub queue: String,
-    pub messages: usize,
-    pub ready: usize,
-    pub in_flight: usize,
-    pub waiting_consumers: usize,
-    pub dead_lettered: u64,
-}
-
-fn rows(c: &Console, access: &Access) -> Vec<QueueRow> {
-    let mut rows: Vec<QueueRow> = c
+fn rows(c: &Console, access: &Access) -> Vec<QueueGauge> {
+    let mut rows: Vec<QueueGauge> = c
         .queues
         .gauges()
         .into_iter()
         .filter(|g| access.may_read(&g.namespace))
-        .map(|g| QueueRow {
-            namespace: g.namespace,
-            queue: g.queue,
-            messages: g.messages,
-            ready: g.ready,
-            in_flight: g.in_flight,
-            waiting_consumers: g.waiting_consumers,
-            dead_lettered: g.dead_lettered,
-        })
         .collect();
     rows.sort_by(|a, b| (&a.namespace, &a.queue).cmp(&(&b.namespace, &b.queue)));
     rows
@@ -639,7 +585,7 @@ fn rows(c: &Console, access: &Access) -> Vec<QueueRow> {
 /// The queues this server has in memory.
 #[derive(Debug, Clone, Serialize)]
 pub struct QueuesView {
-    pub queues: Vec<QueueRow>,
+    pub queues: Vec<QueueGauge>,
 }
 
 pub(super) fn queues(c: &Console, access: &Access) -> QueuesView {
@@ -691,11 +637,7 @@ pub(super) async fn queue(c: &Console, ns: &str, name: &str) -> Result<QueueView
     let loaded = c.queues.loaded_snapshot(ns, name);
     let in_memory = loaded.is_some();
     let snap = loaded.unwrap_or_default();
-    let gauge = c
-        .queues
-        .gauges()
-        .into_iter()
-        .find(|g| g.namespace == ns && g.queue == name);
+    let gauge = c.queues.loaded_gauge(ns, name);
     let mut dead = c
         .queues
         .dlq_list(ns, name, None, DEAD_LETTERS_SHOWN + 1)

@@ -75,8 +75,9 @@ impl Drop for InflightGuard<'_> {
     }
 }
 
-/// One LSF sample: the host and the server's in-flight work.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// One LSF sample: the host and the server's in-flight work (the console
+/// shows it as JSON).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Sample {
     /// Host memory in use, percent (see [`lsf`] for the rule).
     pub memory_percent: f64,

@@ -137,8 +137,8 @@ pub struct Extended {
     pub correlation_id: String,
 }
 
-/// One queue's figures for metrics ([`Queues::gauges`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// One queue's figures for metrics and the console ([`Queues::gauges`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct QueueGauge {
     /// Namespace.
     pub namespace: String,

@@ -37,26 +37,15 @@ impl Queues {
         let now = self.clock().now_ms();
         self.shards
             .iter()
-            .map(|s| {
-                let shard = s.value();
-                let idx = shard.lock();
-                let ready = idx.order.range(..(now + 1, String::new())).count();
-                let in_flight = idx
-                    .entries
-                    .values()
-                    .filter(|e| e.lease_id.is_some() && e.visible_at > now)
-                    .count();
-                QueueGauge {
-                    namespace: shard.namespace.clone(),
-                    queue: shard.name.clone(),
-                    messages: idx.entries.len(),
-                    ready,
-                    in_flight,
-                    waiting_consumers: shard.waiting.load(Ordering::Relaxed),
-                    dead_lettered: shard.dead_lettered.load(Ordering::Relaxed),
-                }
-            })
+            .map(|s| gauge_of(s.value(), now))
             .collect()
+    }
+
+    /// The figures of one queue this node holds in memory (`None` for one
+    /// it does not: nothing is loaded).
+    pub fn loaded_gauge(&self, ns: &str, queue: &str) -> Option<QueueGauge> {
+        let shard = self.shards.get(&format!("{ns}/{queue}"))?;
+        Some(gauge_of(shard.value(), self.clock().now_ms()))
     }
 
     /// Consumers waiting for messages, over every queue.
@@ -92,5 +81,25 @@ impl Queues {
             total_consumers: self.consumers.load(Ordering::Relaxed),
             head,
         }
+    }
+}
+
+/// One queue's figures at `now`: one short lock of its index.
+fn gauge_of(shard: &QueueShard, now: i64) -> QueueGauge {
+    let idx = shard.lock();
+    let ready = idx.order.range(..(now + 1, String::new())).count();
+    let in_flight = idx
+        .entries
+        .values()
+        .filter(|e| e.lease_id.is_some() && e.visible_at > now)
+        .count();
+    QueueGauge {
+        namespace: shard.namespace.clone(),
+        queue: shard.name.clone(),
+        messages: idx.entries.len(),
+        ready,
+        in_flight,
+        waiting_consumers: shard.waiting.load(Ordering::Relaxed),
+        dead_lettered: shard.dead_lettered.load(Ordering::Relaxed),
     }
 }
