@@ -177,6 +177,19 @@ async fn call_raw(
     headers: &[(&str, String)],
     body: Bytes,
 ) -> Result<Reply, String> {
+    exchange(cfg, addr, "POST", path, content_type, headers, body).await
+}
+
+/// One request on a fresh TLS connection (HTTP/1.1).
+async fn exchange(
+    cfg: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    headers: &[(&str, String)],
+    body: Bytes,
+) -> Result<Reply, String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tls = TlsConnector::from(cfg.clone())
@@ -187,7 +200,9 @@ async fn call_raw(
         .await
         .map_err(|e| format!("http: {e}"))?;
     tokio::spawn(conn);
-    let mut req = http::Request::post(format!("https://localhost{path}"))
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("https://localhost{path}"))
         .header("content-type", content_type);
     for (k, v) in headers {
         req = req.header(*k, v);
@@ -602,38 +617,17 @@ async fn console_call(
     path: &str,
     body: Option<Value>,
 ) -> Result<Reply, String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = TlsConnector::from(cfg.clone())
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| format!("http: {e}"))?;
-    tokio::spawn(conn);
-    let req = http::Request::builder()
-        .method(method)
-        .uri(format!("https://localhost{path}"))
-        .header("host", "localhost")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(
-            body.map(|b| b.to_string()).unwrap_or_default(),
-        )))
-        .unwrap();
-    let resp = send
-        .send_request(req)
-        .await
-        .map_err(|e| format!("request: {e}"))?;
-    let status = resp.status().as_u16();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("body: {e}"))?
-        .to_bytes();
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Ok(Reply { status, body })
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    exchange(
+        cfg,
+        addr,
+        method,
+        path,
+        "application/json",
+        &[],
+        body.into(),
+    )
+    .await
 }
 
 /// Under mTLS the console takes the API's TLS configuration: no client

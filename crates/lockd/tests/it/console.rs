@@ -78,6 +78,19 @@ async fn dead_letter(client: &Client, queue: &str) -> String {
     sent.message_id
 }
 
+/// A redriven message `id` is delivered from `queue` again (and acked).
+async fn expect_back(client: &Client, queue: &str, id: &str) {
+    let mut opts = DequeueOptions::new("worker-2");
+    opts.block = Some(Duration::from_secs(5));
+    let back = client
+        .dequeue(queue, opts)
+        .await
+        .unwrap()
+        .expect("redriven");
+    assert_eq!(back.id(), id);
+    back.ack().await.unwrap();
+}
+
 /// The first `n` events of the console's stream, as (name, data).
 async fn events(console: &str, n: usize) -> Vec<(String, Value)> {
     let mut resp = http()
@@ -277,15 +290,7 @@ async fn console_shows_leases_documents_and_queues_and_redrives_on_loopback() {
     srv.wait_stderr("dead letters redriven");
     let log = srv.stderr();
     assert!(log.contains("local operator (no mTLS)"), "{log}");
-    let mut opts = DequeueOptions::new("worker-2");
-    opts.block = Some(Duration::from_secs(5));
-    let back = client
-        .dequeue("jobs", opts)
-        .await
-        .unwrap()
-        .expect("redriven");
-    assert_eq!(back.id(), id);
-    back.ack().await.unwrap();
+    expect_back(&client, "jobs", &id).await;
 
     // What a page of another site could send through a browser.
     let port = console.rsplit(':').next().unwrap();
@@ -694,15 +699,7 @@ async fn the_console_in_a_real_browser() {
     browser
         .wait_text("#dead-rows", |t| t.contains("no dead letters"))
         .await;
-    let mut opts = DequeueOptions::new("worker-2");
-    opts.block = Some(Duration::from_secs(5));
-    let back = client
-        .dequeue("jobs", opts)
-        .await
-        .unwrap()
-        .expect("redriven");
-    assert_eq!(back.id(), id);
-    back.ack().await.unwrap();
+    expect_back(&client, "jobs", &id).await;
     for l in leases {
         l.release().await.unwrap();
     }
